@@ -1,0 +1,213 @@
+//! What netwatch's kernel programs and its user space must agree on, and nothing else:
+//! the ring-buffer record, the per-socket map value, the tracepoint field layouts handed in
+//! at load time, and the names and indices both sides use to find maps and programs.
+//!
+//! Every record is `#[repr(C)]` with explicit padding so that the bytes the kernel writes are
+//! the bytes user space reads, on any compiler.
+#![no_std]
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+/// Address families as the kernel numbers them.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+
+/// What a [`RawEvent`] reports.
+pub mod event_kind {
+    /// `sock:inet_sock_set_state`: `old_state -> new_state`.
+    pub const STATE: u8 = 1;
+    /// `tcp:tcp_retransmit_skb`: a segment was retransmitted; `new_state` is the socket state.
+    pub const RETRANSMIT: u8 = 2;
+    /// `tcp:tcp_retransmit_synack`: a listener re-sent a SYN-ACK (SYN flood / lossy path).
+    pub const SYNACK_RETRANSMIT: u8 = 3;
+    /// `tcp:tcp_receive_reset`: the peer reset us; `new_state` is the last state we saw.
+    pub const RESET_RECEIVED: u8 = 4;
+    /// `tcp:tcp_send_reset`: we sent a reset; `aux` holds the kernel's `sk_rst_reason`.
+    pub const RESET_SENT: u8 = 5;
+    /// `tcp:tcp_destroy_sock`: the kernel freed the socket.
+    pub const DESTROY: u8 = 6;
+}
+
+/// Bits of [`RawEvent::flags`].
+pub mod event_flags {
+    /// The owner was read from the current task at this very event (a syscall-only
+    /// transition), not inherited from an earlier one.
+    pub const OWNER_CAPTURED: u8 = 1;
+    /// `aux` holds a value (reset reason, retransmit error) the kernel gave.
+    pub const AUX_VALID: u8 = 2;
+    /// `dwell_ns` is known: netwatch saw this socket enter its previous state.
+    pub const DWELL_KNOWN: u8 = 4;
+}
+
+pub const COMM_LEN: usize = 16;
+
+/// One event as the kernel writes it into the ring buffer.
+///
+/// Addresses are in network byte order (IPv4 in the first 4 bytes), ports in host order
+/// (the tracepoints already convert them). `tgid == 0` means the owner is unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawEvent {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    /// Kernel address of the socket: unique while it lives, reused soon after.
+    pub skaddr: u64,
+    /// Time spent in `old_state`, valid when `DWELL_KNOWN` is set.
+    pub dwell_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub comm: [u8; COMM_LEN],
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub kind: u8,
+    pub old_state: u8,
+    /// The new state for `STATE`; the socket's state for every other kind (0 if unknown).
+    pub new_state: u8,
+    pub flags: u8,
+    pub _pad: [u8; 2],
+    /// Reset reason (`RESET_SENT`) or error (`RETRANSMIT`), valid when `AUX_VALID` is set.
+    pub aux: u32,
+}
+
+impl RawEvent {
+    pub const SIZE: usize = core::mem::size_of::<Self>();
+}
+
+/// What the kernel remembers per socket (map `SOCKETS`, keyed by `skaddr`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockInfo {
+    /// When the socket entered `state` (CLOCK_MONOTONIC ns); 0 = not seen.
+    pub state_since_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub comm: [u8; COMM_LEN],
+    pub state: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Offset of a tracepoint field that the running kernel does not have.
+pub const ABSENT: u16 = u16::MAX;
+
+/// Where each field sits in one tracepoint's record on the running kernel, read from its
+/// tracefs `format` file at start-up and handed to the program as a load-time global.
+/// A field the kernel lacks is [`ABSENT`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TpFields {
+    pub skaddr: u16,
+    pub oldstate: u16,
+    pub newstate: u16,
+    pub state: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub protocol: u16,
+    pub saddr: u16,
+    pub daddr: u16,
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+    /// `tcp_send_reset` on 6.10+: `enum sk_rst_reason reason`.
+    pub reason: u16,
+    /// `tcp_retransmit_skb` on 6.12+: `int err`.
+    pub err: u16,
+    /// `tcp_send_reset` on 6.10+: `__u8 saddr[sizeof(struct sockaddr_in6)]` holding a
+    /// sockaddr_in or sockaddr_in6 (family, port, address).
+    pub src_sockaddr: u16,
+    pub dst_sockaddr: u16,
+}
+
+impl TpFields {
+    /// Every field absent: the program returns at once (what a missing tracepoint gets).
+    pub const NONE: Self = Self {
+        skaddr: ABSENT,
+        oldstate: ABSENT,
+        newstate: ABSENT,
+        state: ABSENT,
+        sport: ABSENT,
+        dport: ABSENT,
+        family: ABSENT,
+        protocol: ABSENT,
+        saddr: ABSENT,
+        daddr: ABSENT,
+        saddr_v6: ABSENT,
+        daddr_v6: ABSENT,
+        reason: ABSENT,
+        err: ABSENT,
+        src_sockaddr: ABSENT,
+        dst_sockaddr: ABSENT,
+    };
+}
+
+/// The kernel programs copy this many bytes of each tracepoint record in one read, then pick
+/// fields out of the copy. Every record netwatch reads is shorter (the longest,
+/// `tcp_send_reset` on 6.18, is 88 bytes); user space refuses a layout that reaches past it.
+pub const RECORD_COPY_LEN: usize = 128;
+
+/// Indices into the per-CPU `STATS` array.
+pub mod stat {
+    /// Events a program tried to put in the ring buffer.
+    pub const PRODUCED: u32 = 0;
+    /// Of those, events that found no room (lost).
+    pub const LOST: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// Names both sides use for maps, globals and programs.
+pub mod names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const SOCKETS: &str = "SOCKETS";
+    pub const STATS: &str = "STATS";
+    /// Global `u64`: wake user space once this many bytes wait in the ring buffer.
+    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+    pub const SET_STATE_FIELDS: &str = "SET_STATE_FIELDS";
+    pub const RETRANSMIT_FIELDS: &str = "RETRANSMIT_FIELDS";
+    pub const SYNACK_FIELDS: &str = "SYNACK_FIELDS";
+    pub const RECV_RESET_FIELDS: &str = "RECV_RESET_FIELDS";
+    pub const SEND_RESET_FIELDS: &str = "SEND_RESET_FIELDS";
+    pub const DESTROY_FIELDS: &str = "DESTROY_FIELDS";
+}
+
+/// Default size of the `SOCKETS` map (per-socket owner and state-entry time); LRU-evicted.
+pub const SOCKETS_MAX_ENTRIES: u32 = 65_536;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all four are #[repr(C)], made only of integers and integer arrays, with every
+    // padding byte spelled out as a field, so any bit pattern is a valid value.
+    unsafe impl aya::Pod for super::RawEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TpFields {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_sizes_have_no_hidden_padding() {
+        assert_eq!(core::mem::size_of::<RawEvent>(), 96);
+        assert_eq!(core::mem::size_of::<SockInfo>(), 40);
+        assert_eq!(core::mem::size_of::<TpFields>(), 32);
+    }
+}

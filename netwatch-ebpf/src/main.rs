@@ -1,0 +1,384 @@
+//! netwatch's kernel side: one classic tracepoint program per TCP event, each of which copies
+//! its record once, decides, reserves a ring-buffer slot, writes and submits.
+//!
+//! Field offsets are not compiled in: user space reads them from the running kernel's tracefs
+//! `format` files and hands them in as the `*_FIELDS` globals (`.rodata`, frozen at load, so the
+//! verifier sees them as constants).
+//!
+//! Owner attribution: many transitions run in softirq context, where the current task is a
+//! bystander (ksoftirqd, swapper, or the peer on loopback). The record's `common_pid` is not
+//! usable (the kernel overwrites the first 8 bytes of the record with a pt_regs pointer before
+//! running BPF). So the current task is read only at transitions that only a syscall on this
+//! very socket can cause (connect, listen, close/shutdown), remembered in `SOCKETS`, and reported
+//! with every later event of that socket. Everything else reports what was remembered, or
+//! nothing (`tgid == 0`).
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf,
+    },
+    macros::{map, tracepoint},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use netwatch_common::{
+    ABSENT, AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP, RECORD_COPY_LEN, RawEvent,
+    SOCKETS_MAX_ENTRIES, SockInfo, TpFields, event_flags, event_kind, stat,
+    tcp_state::{CLOSE, CLOSE_WAIT, ESTABLISHED, FIN_WAIT1, LAST_ACK, LISTEN, SYN_RECV, SYN_SENT},
+};
+
+/// Default ring size; user space overrides it at load time (`--ring-size`).
+const DEFAULT_RING_BYTES: u32 = 4 << 20;
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+/// Per-socket owner, current state and the time it was entered, keyed by kernel address.
+#[map]
+static SOCKETS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(SOCKETS_MAX_ENTRIES, 0);
+
+/// Per-CPU counters, indexed by `netwatch_common::stat`.
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Wake the reader once this many bytes wait; below it the reader's own timer drains the ring.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = (DEFAULT_RING_BYTES / 4) as u64;
+
+#[unsafe(no_mangle)]
+static SET_STATE_FIELDS: TpFields = TpFields::NONE;
+#[unsafe(no_mangle)]
+static RETRANSMIT_FIELDS: TpFields = TpFields::NONE;
+#[unsafe(no_mangle)]
+static SYNACK_FIELDS: TpFields = TpFields::NONE;
+#[unsafe(no_mangle)]
+static RECV_RESET_FIELDS: TpFields = TpFields::NONE;
+#[unsafe(no_mangle)]
+static SEND_RESET_FIELDS: TpFields = TpFields::NONE;
+#[unsafe(no_mangle)]
+static DESTROY_FIELDS: TpFields = TpFields::NONE;
+
+/// Reads a load-time global. `read_volatile` keeps the compiler from folding the compiled-in
+/// default into the code: the value must come from `.rodata` as user space set it.
+#[inline(always)]
+fn global<T: Copy>(g: &'static T) -> T {
+    // SAFETY: `g` is a reference to an initialised static; a volatile read of it is always valid.
+    unsafe { core::ptr::read_volatile(g) }
+}
+
+/// One tracepoint record, copied once from the kernel's trace buffer.
+struct Record {
+    buf: [u8; RECORD_COPY_LEN],
+}
+
+impl Record {
+    #[inline(always)]
+    fn copy(ctx: &TracePointContext) -> Option<Self> {
+        let mut buf = [0u8; RECORD_COPY_LEN];
+        // SAFETY: ctx points at the tracepoint's record inside the per-CPU perf trace buffer
+        // (PERF_MAX_TRACE_SIZE = 8 KiB), so RECORD_COPY_LEN bytes from it are readable; the
+        // helper faults safely (returns an error) if not.
+        unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, &mut buf) }.ok()?;
+        Some(Self { buf })
+    }
+
+    /// The field at `off`, or `None` when the kernel lacks it ([`ABSENT`]).
+    #[inline(always)]
+    fn get<T: Copy>(&self, off: u16) -> Option<T> {
+        let off = off as usize;
+        if off == ABSENT as usize || off + core::mem::size_of::<T>() > RECORD_COPY_LEN {
+            return None;
+        }
+        // SAFETY: the bounds check above keeps the read inside `buf`; `T` is a plain integer
+        // or byte array, valid for any bytes; `read_unaligned` needs no alignment.
+        Some(unsafe { core::ptr::read_unaligned(self.buf.as_ptr().add(off) as *const T) })
+    }
+
+    /// Fills family, addresses and ports from the classic `family/sport/dport/saddr/daddr/
+    /// saddr_v6/daddr_v6` fields, or from the sockaddr fields `tcp_send_reset` has on 6.10+.
+    #[inline(always)]
+    fn tuple(&self, f: &TpFields, ev: &mut RawEvent) {
+        if f.src_sockaddr != ABSENT {
+            self.sockaddr(f.src_sockaddr, &mut ev.family, &mut ev.sport, &mut ev.saddr);
+            self.sockaddr(f.dst_sockaddr, &mut ev.family, &mut ev.dport, &mut ev.daddr);
+            return;
+        }
+        ev.family = self.get::<u16>(f.family).unwrap_or(0);
+        ev.sport = self.get::<u16>(f.sport).unwrap_or(0);
+        ev.dport = self.get::<u16>(f.dport).unwrap_or(0);
+        if ev.family == AF_INET6 {
+            if let Some(a) = self.get::<[u8; 16]>(f.saddr_v6) {
+                ev.saddr = a;
+            }
+            if let Some(a) = self.get::<[u8; 16]>(f.daddr_v6) {
+                ev.daddr = a;
+            }
+        } else {
+            if let Some(a) = self.get::<[u8; 4]>(f.saddr) {
+                ev.saddr[..4].copy_from_slice(&a);
+            }
+            if let Some(a) = self.get::<[u8; 4]>(f.daddr) {
+                ev.daddr[..4].copy_from_slice(&a);
+            }
+        }
+    }
+
+    /// A `struct sockaddr_in` / `sockaddr_in6` stored as bytes: family (host order), port
+    /// (network order), then the address at 4 (IPv4) or 8 (IPv6).
+    #[inline(always)]
+    fn sockaddr(&self, off: u16, family: &mut u16, port: &mut u16, addr: &mut [u8; 16]) {
+        let Some(fam) = self.get::<u16>(off) else {
+            return;
+        };
+        *family = fam;
+        *port = u16::from_be(self.get::<u16>(off.wrapping_add(2)).unwrap_or(0));
+        if fam == AF_INET6 {
+            if let Some(a) = self.get::<[u8; 16]>(off.wrapping_add(8)) {
+                *addr = a;
+            }
+        } else if fam == AF_INET
+            && let Some(a) = self.get::<[u8; 4]>(off.wrapping_add(4))
+        {
+            addr[..4].copy_from_slice(&a);
+        }
+    }
+}
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(p) = STATS.get_ptr_mut(index) {
+        // SAFETY: the pointer comes from the per-CPU array lookup and is valid for this CPU;
+        // tracing programs do not nest on one CPU, so a plain increment cannot race.
+        unsafe { *p += 1 };
+    }
+}
+
+fn empty_event(kind: u8, skaddr: u64) -> RawEvent {
+    RawEvent {
+        // SAFETY: a helper without arguments or side effects.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        skaddr,
+        dwell_ns: 0,
+        tgid: 0,
+        tid: 0,
+        comm: [0; COMM_LEN],
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+        family: 0,
+        kind,
+        old_state: 0,
+        new_state: 0,
+        flags: 0,
+        _pad: [0; 2],
+        aux: 0,
+    }
+}
+
+/// Copies the remembered owner of the socket into the event.
+#[inline(always)]
+fn owner_from(info: &SockInfo, ev: &mut RawEvent) {
+    ev.tgid = info.tgid;
+    ev.tid = info.tid;
+    ev.comm = info.comm;
+}
+
+/// Puts the event in the ring buffer, counting it as produced and, without room, as lost.
+/// Wakes the reader only once `WAKEUP_BYTES` wait: below that the reader's timer (a bounded
+/// delay) collects the batch, which saves a wakeup per event.
+#[inline(always)]
+fn emit(ev: &RawEvent) {
+    count(stat::PRODUCED);
+    match EVENTS.reserve::<RawEvent>(0) {
+        Some(mut slot) => {
+            slot.write(*ev);
+            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= global(&WAKEUP_BYTES) {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            slot.submit(flags as u64);
+        }
+        None => count(stat::LOST),
+    }
+}
+
+/// Transitions only a syscall on this socket can cause (connect, listen, close/shutdown): the
+/// current task is then the socket's user.
+#[inline(always)]
+fn current_task_owns(old: u8, new: u8) -> bool {
+    matches!(
+        (old, new),
+        (CLOSE, SYN_SENT)
+            | (CLOSE, LISTEN)
+            | (ESTABLISHED, FIN_WAIT1)
+            | (SYN_RECV, FIN_WAIT1)
+            | (CLOSE_WAIT, LAST_ACK)
+    )
+}
+
+/// Transitions that start a new socket life at an address a freed socket may have used.
+#[inline(always)]
+fn starts_fresh(old: u8, new: u8) -> bool {
+    matches!(
+        (old, new),
+        (CLOSE, SYN_SENT) | (CLOSE, LISTEN) | (LISTEN, SYN_RECV)
+    )
+}
+
+/// `sock:inet_sock_set_state`: every TCP state transition (`skaddr, oldstate, newstate,
+/// sport, dport, family, protocol, saddr, daddr, saddr_v6, daddr_v6` since 4.16).
+#[tracepoint]
+pub fn nw_set_state(ctx: TracePointContext) -> u32 {
+    try_set_state(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_set_state(ctx: &TracePointContext) -> Option<()> {
+    let f = global(&SET_STATE_FIELDS);
+    let rec = Record::copy(ctx)?;
+    if rec.get::<u16>(f.protocol)? != IPPROTO_TCP {
+        return None;
+    }
+    let skaddr = rec.get::<u64>(f.skaddr)?;
+    let old = rec.get::<i32>(f.oldstate)? as u8;
+    let new = rec.get::<i32>(f.newstate)? as u8;
+    let mut ev = empty_event(event_kind::STATE, skaddr);
+    ev.old_state = old;
+    ev.new_state = new;
+    rec.tuple(&f, &mut ev);
+
+    let fresh = starts_fresh(old, new);
+    let mut info = match SOCKETS.get_ptr(skaddr) {
+        // SAFETY: the pointer comes from the map lookup and is valid for this program run.
+        Some(p) if !fresh => unsafe { *p },
+        _ => SockInfo {
+            state_since_ns: 0,
+            tgid: 0,
+            tid: 0,
+            comm: [0; COMM_LEN],
+            state: 0,
+            _pad: [0; 7],
+        },
+    };
+    if info.state_since_ns != 0 && info.state_since_ns <= ev.ts_ns {
+        ev.dwell_ns = ev.ts_ns - info.state_since_ns;
+        ev.flags |= event_flags::DWELL_KNOWN;
+    }
+    if current_task_owns(old, new) {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let tgid = (pid_tgid >> 32) as u32;
+        if tgid != 0 {
+            info.tgid = tgid;
+            info.tid = pid_tgid as u32;
+            info.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+            ev.flags |= event_flags::OWNER_CAPTURED;
+        }
+    }
+    owner_from(&info, &mut ev);
+    // A repeated state (FIN_WAIT1 -> FIN_WAIT1 when close() follows shutdown()) is reported,
+    // but the socket has been in that state since it first entered it.
+    if old != new || info.state_since_ns == 0 {
+        info.state_since_ns = ev.ts_ns;
+    }
+    info.state = new;
+    let _ = SOCKETS.insert(skaddr, info, 0);
+    emit(&ev);
+    Some(())
+}
+
+/// Fills the owner and last known state of a socket from `SOCKETS`.
+#[inline(always)]
+fn known_socket(skaddr: u64, ev: &mut RawEvent) {
+    if skaddr == 0 {
+        return;
+    }
+    if let Some(p) = SOCKETS.get_ptr(skaddr) {
+        // SAFETY: the pointer comes from the map lookup and is valid for this program run.
+        let info = unsafe { &*p };
+        owner_from(info, ev);
+        if ev.new_state == 0 {
+            ev.new_state = info.state;
+        }
+    }
+}
+
+/// `tcp:tcp_retransmit_skb` (`skbaddr, skaddr, state, sport, dport, family, saddr, daddr,
+/// saddr_v6, daddr_v6` since 4.16; `err` since 6.12).
+#[tracepoint]
+pub fn nw_retransmit(ctx: TracePointContext) -> u32 {
+    try_simple(&ctx, global(&RETRANSMIT_FIELDS), event_kind::RETRANSMIT);
+    0
+}
+
+/// `tcp:tcp_retransmit_synack` (`skaddr` is the listener, `req` the request socket).
+#[tracepoint]
+pub fn nw_synack_rtx(ctx: TracePointContext) -> u32 {
+    try_simple(&ctx, global(&SYNACK_FIELDS), event_kind::SYNACK_RETRANSMIT);
+    0
+}
+
+/// `tcp:tcp_receive_reset` (`skaddr, sport, dport, family, saddr.., sock_cookie`; no state
+/// field, so the state is the last one `SOCKETS` saw).
+#[tracepoint]
+pub fn nw_recv_reset(ctx: TracePointContext) -> u32 {
+    try_simple(&ctx, global(&RECV_RESET_FIELDS), event_kind::RESET_RECEIVED);
+    0
+}
+
+/// `tcp:tcp_send_reset` (before 6.10 the classic address fields; since 6.10 `state`,
+/// `reason` and sockaddr-typed `saddr`/`daddr`). `skaddr` is NULL for a reset sent for a
+/// segment no socket wanted.
+#[tracepoint]
+pub fn nw_send_reset(ctx: TracePointContext) -> u32 {
+    try_simple(&ctx, global(&SEND_RESET_FIELDS), event_kind::RESET_SENT);
+    0
+}
+
+/// `tcp:tcp_destroy_sock`: the socket is freed; its `SOCKETS` entry goes with it.
+#[tracepoint]
+pub fn nw_destroy_sock(ctx: TracePointContext) -> u32 {
+    try_simple(&ctx, global(&DESTROY_FIELDS), event_kind::DESTROY);
+    0
+}
+
+#[inline(always)]
+fn try_simple(ctx: &TracePointContext, f: TpFields, kind: u8) -> Option<()> {
+    let rec = Record::copy(ctx)?;
+    let skaddr = rec.get::<u64>(f.skaddr)?;
+    let mut ev = empty_event(kind, skaddr);
+    if let Some(state) = rec.get::<i32>(f.state) {
+        ev.new_state = state as u8;
+    }
+    if let Some(reason) = rec.get::<u32>(f.reason) {
+        ev.aux = reason;
+        ev.flags |= event_flags::AUX_VALID;
+    } else if let Some(err) = rec.get::<i32>(f.err) {
+        ev.aux = err as u32;
+        ev.flags |= event_flags::AUX_VALID;
+    }
+    rec.tuple(&f, &mut ev);
+    known_socket(skaddr, &mut ev);
+    if kind == event_kind::DESTROY {
+        let seen = SOCKETS.remove(skaddr).is_ok();
+        // A socket that never left CLOSE (socket() then close()) is noise, not a connection.
+        if !seen && ev.sport == 0 && ev.dport == 0 {
+            return None;
+        }
+    }
+    emit(&ev);
+    Some(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects any program that could reach this; it is never executed.
+    unsafe { core::hint::unreachable_unchecked() }
+}

@@ -1,0 +1,150 @@
+//! The command line: what an SRE types, with examples in `--help`.
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::probe::{DEFAULT_RING_BYTES, check_ring_bytes};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "netwatch",
+    version,
+    about = "Trace every TCP state transition, with the process that really owns the socket",
+    after_help = "Examples:\n  \
+        netwatch                      # same as `netwatch trace`\n  \
+        netwatch trace -T             # wall-clock timestamps\n  \
+        netwatch trace --json | jq 'select(.new_state == \"CLOSE_WAIT\")'\n  \
+        netwatch trace --duration 30s -w > events.txt\n\n\
+        Needs root (CAP_BPF and CAP_PERFMON). Ctrl-C stops and prints how many events were\n\
+        seen and lost on stderr."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print one line per TCP event as it happens (like tcpstates, with the right owner)
+    #[command(
+        after_help = "Columns: TIME PID COMM LADDR:LPORT RADDR:RPORT EVENT MS_IN_OLD\n\
+        EVENT is `OLD -> NEW` for a state transition, or RETRANSMIT, SYNACK_RETRANSMIT,\n\
+        RESET_RECEIVED, RESET_SENT (with the kernel's reason) or DESTROY with the socket's\n\
+        state. PID/COMM is `-` when the owner is not known (e.g. an accepted socket before\n\
+        the server closes it): netwatch never names a softirq bystander.\n\n\
+        Examples:\n  \
+        netwatch trace\n  \
+        netwatch trace -T -w\n  \
+        netwatch trace --json --duration 10s > events.jsonl"
+    )]
+    Trace(TraceArgs),
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct TraceArgs {
+    /// Print JSON lines (one object per event; schema in the README)
+    #[arg(long)]
+    pub json: bool,
+    /// Wall-clock timestamps (HH:MM:SS.mmm, UTC) instead of seconds since start
+    #[arg(short = 'T', long = "timestamp")]
+    pub timestamp: bool,
+    /// Wide address columns, for IPv6
+    #[arg(short = 'w', long)]
+    pub wide: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Options every live command shares.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Stop after this long (e.g. 30s, 5m, 1h); default: until Ctrl-C or SIGTERM
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Ring-buffer size in bytes (power of two); larger survives longer stalls
+    #[arg(long, default_value_t = DEFAULT_RING_BYTES, value_parser = parse_ring_size)]
+    pub ring_size: u32,
+}
+
+impl Default for RunArgs {
+    fn default() -> Self {
+        Self {
+            duration: None,
+            ring_size: DEFAULT_RING_BYTES,
+        }
+    }
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a byte count (e.g. 4194304)"))?;
+    check_ring_bytes(n)
+}
+
+/// `500ms`, `30s`, `5m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 500ms, 30s, 5m, 1h)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{s}` (use ms, s, m or h)"
+            ));
+        }
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(
+            parse_duration("5x")
+                .unwrap_err()
+                .contains("unknown unit `x`")
+        );
+        assert!(
+            parse_duration("abc")
+                .unwrap_err()
+                .contains("`abc` is not a duration")
+        );
+    }
+
+    #[test]
+    fn cli_parses_trace_flags() {
+        let cli = Cli::try_parse_from(["netwatch", "trace", "-T", "-w", "--json"]).unwrap();
+        let Some(Command::Trace(t)) = cli.command else {
+            panic!("expected trace")
+        };
+        assert!(t.timestamp && t.wide && t.json);
+        assert_eq!(t.run.ring_size, DEFAULT_RING_BYTES);
+    }
+
+    #[test]
+    fn bad_ring_size_names_the_value() {
+        let err = Cli::try_parse_from(["netwatch", "trace", "--ring-size", "5000"]).unwrap_err();
+        assert!(err.to_string().contains("got 5000"), "{err}");
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,412 @@
+//! The one typed event every part of netwatch after the probe works on, decoded once from the
+//! kernel's [`RawEvent`]. Its serde form is the JSON-lines schema documented in the README, and
+//! the same form is what `--record` files hold, so field names here are a public contract.
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use netwatch_common::{AF_INET6, RawEvent, event_flags, event_kind, tcp_state};
+use serde::{Deserialize, Serialize};
+
+/// A TCP state, named as `ss` and the kernel's tracepoints name it (without the `TCP_` prefix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TcpState {
+    Established,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    NewSynRecv,
+}
+
+impl TcpState {
+    /// The state the kernel numbers `n`; `None` for 0 (unknown) or a number this build does
+    /// not know.
+    pub fn from_kernel(n: u8) -> Option<Self> {
+        use TcpState::*;
+        Some(match n {
+            tcp_state::ESTABLISHED => Established,
+            tcp_state::SYN_SENT => SynSent,
+            tcp_state::SYN_RECV => SynRecv,
+            tcp_state::FIN_WAIT1 => FinWait1,
+            tcp_state::FIN_WAIT2 => FinWait2,
+            tcp_state::TIME_WAIT => TimeWait,
+            tcp_state::CLOSE => Close,
+            tcp_state::CLOSE_WAIT => CloseWait,
+            tcp_state::LAST_ACK => LastAck,
+            tcp_state::LISTEN => Listen,
+            tcp_state::CLOSING => Closing,
+            tcp_state::NEW_SYN_RECV => NewSynRecv,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        use TcpState::*;
+        match self {
+            Established => "ESTABLISHED",
+            SynSent => "SYN_SENT",
+            SynRecv => "SYN_RECV",
+            FinWait1 => "FIN_WAIT1",
+            FinWait2 => "FIN_WAIT2",
+            TimeWait => "TIME_WAIT",
+            Close => "CLOSE",
+            CloseWait => "CLOSE_WAIT",
+            LastAck => "LAST_ACK",
+            Listen => "LISTEN",
+            Closing => "CLOSING",
+            NewSynRecv => "NEW_SYN_RECV",
+        }
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// What happened. The tag is the JSON `kind` field.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    /// A state transition (`sock:inet_sock_set_state`).
+    State {
+        old_state: Option<TcpState>,
+        new_state: Option<TcpState>,
+        /// Milliseconds spent in `old_state`; `None` when netwatch did not see it begin.
+        ms_in_old: Option<f64>,
+    },
+    /// A retransmitted segment (`tcp:tcp_retransmit_skb`).
+    Retransmit {
+        state: Option<TcpState>,
+        /// The transmit error the kernel reports (6.12+; 0 = sent).
+        err: Option<i32>,
+    },
+    /// A listener re-sent a SYN-ACK (`tcp:tcp_retransmit_synack`).
+    SynackRetransmit { state: Option<TcpState> },
+    /// The peer reset the connection (`tcp:tcp_receive_reset`); `state` is the last state seen.
+    ResetReceived { state: Option<TcpState> },
+    /// This host sent a reset (`tcp:tcp_send_reset`), with the kernel's reason (6.10+).
+    ResetSent {
+        state: Option<TcpState>,
+        reason: Option<String>,
+    },
+    /// The kernel freed the socket (`tcp:tcp_destroy_sock`).
+    Destroy { state: Option<TcpState> },
+}
+
+impl EventKind {
+    /// Short upper-case label for text output.
+    pub fn label(&self) -> &'static str {
+        match self {
+            EventKind::State { .. } => "STATE",
+            EventKind::Retransmit { .. } => "RETRANSMIT",
+            EventKind::SynackRetransmit { .. } => "SYNACK_RETRANSMIT",
+            EventKind::ResetReceived { .. } => "RESET_RECEIVED",
+            EventKind::ResetSent { .. } => "RESET_SENT",
+            EventKind::Destroy { .. } => "DESTROY",
+        }
+    }
+}
+
+/// One TCP event with its socket, its owner and its endpoints.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// CLOCK_MONOTONIC nanoseconds, as the kernel stamped it.
+    pub ts_ns: u64,
+    /// Kernel socket address, as hex (`0xffff...`): a JSON number would lose its low bits.
+    #[serde(with = "hex_u64")]
+    pub sock: u64,
+    /// Owner process (tgid); `None` when not known. Never a softirq bystander.
+    pub pid: Option<u32>,
+    pub tid: Option<u32>,
+    pub comm: Option<String>,
+    /// True when the owner was read at this event (connect, listen, close, shutdown), false
+    /// when it was remembered from an earlier one.
+    #[serde(default)]
+    pub owner_seen_here: bool,
+    pub family: Family,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+/// What decoding needs from the running kernel beyond the record itself.
+#[derive(Clone, Debug, Default)]
+pub struct DecodeContext {
+    /// `sk_rst_reason` names from `tcp_send_reset`'s format file (empty before 6.10).
+    pub reset_reasons: Vec<(i64, String)>,
+}
+
+impl DecodeContext {
+    fn reset_reason(&self, code: u32) -> String {
+        self.reset_reasons
+            .iter()
+            .find(|(v, _)| *v == i64::from(code))
+            .map_or_else(|| format!("REASON_{code}"), |(_, name)| name.clone())
+    }
+}
+
+/// Why a ring-buffer record could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes, expected {expected}", expected = RawEvent::SIZE)]
+    Size(usize),
+    #[error("unknown event kind {0}")]
+    Kind(u8),
+}
+
+/// Copies a ring-buffer record into a [`RawEvent`].
+pub fn raw_from_bytes(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
+    if bytes.len() < RawEvent::SIZE {
+        return Err(DecodeError::Size(bytes.len()));
+    }
+    // SAFETY: the slice holds at least size_of::<RawEvent>() bytes (checked above); RawEvent is
+    // #[repr(C)] plain integers (aya::Pod), valid for any bit pattern; read_unaligned makes no
+    // alignment assumption about the ring buffer's memory.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RawEvent>()) })
+}
+
+fn comm_string(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+fn addr(family: Family, bytes: &[u8; 16]) -> IpAddr {
+    match family {
+        Family::Ipv4 => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
+        Family::Ipv6 => IpAddr::V6(Ipv6Addr::from(*bytes)),
+    }
+}
+
+impl Event {
+    /// Decodes one kernel record.
+    pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Self, DecodeError> {
+        let family = if raw.family == AF_INET6 {
+            Family::Ipv6
+        } else {
+            Family::Ipv4
+        };
+        let state = TcpState::from_kernel(raw.new_state);
+        let aux_valid = raw.flags & event_flags::AUX_VALID != 0;
+        let kind = match raw.kind {
+            event_kind::STATE => EventKind::State {
+                old_state: TcpState::from_kernel(raw.old_state),
+                new_state: state,
+                ms_in_old: (raw.flags & event_flags::DWELL_KNOWN != 0)
+                    .then(|| raw.dwell_ns as f64 / 1e6),
+            },
+            event_kind::RETRANSMIT => EventKind::Retransmit {
+                state,
+                err: aux_valid.then_some(raw.aux as i32),
+            },
+            event_kind::SYNACK_RETRANSMIT => EventKind::SynackRetransmit { state },
+            event_kind::RESET_RECEIVED => EventKind::ResetReceived { state },
+            event_kind::RESET_SENT => EventKind::ResetSent {
+                state,
+                reason: aux_valid.then(|| cx.reset_reason(raw.aux)),
+            },
+            event_kind::DESTROY => EventKind::Destroy { state },
+            other => return Err(DecodeError::Kind(other)),
+        };
+        let known = raw.tgid != 0;
+        Ok(Event {
+            ts_ns: raw.ts_ns,
+            sock: raw.skaddr,
+            pid: known.then_some(raw.tgid),
+            tid: known.then_some(raw.tid),
+            comm: known.then(|| comm_string(&raw.comm)),
+            owner_seen_here: known && raw.flags & event_flags::OWNER_CAPTURED != 0,
+            family,
+            saddr: addr(family, &raw.saddr),
+            sport: raw.sport,
+            daddr: addr(family, &raw.daddr),
+            dport: raw.dport,
+            kind,
+        })
+    }
+}
+
+mod hex_u64 {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:#x}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let s = String::deserialize(d)?;
+        let digits = s.strip_prefix("0x").unwrap_or(&s);
+        u64::from_str_radix(digits, 16).map_err(D::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use netwatch_common::COMM_LEN;
+
+    use super::*;
+
+    fn raw(kind: u8) -> RawEvent {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..4].copy_from_slice(b"curl");
+        let mut saddr = [0u8; 16];
+        saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        let mut daddr = [0u8; 16];
+        daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        RawEvent {
+            ts_ns: 5_000_000_000,
+            skaddr: 0xffff_8881_0000_1234,
+            dwell_ns: 1_500_000,
+            tgid: 4242,
+            tid: 4243,
+            comm,
+            saddr,
+            daddr,
+            sport: 51234,
+            dport: 80,
+            family: netwatch_common::AF_INET,
+            kind,
+            old_state: tcp_state::SYN_SENT,
+            new_state: tcp_state::ESTABLISHED,
+            flags: event_flags::DWELL_KNOWN,
+            _pad: [0; 2],
+            aux: 0,
+        }
+    }
+
+    #[test]
+    fn state_names_match_the_kernel_numbering() {
+        let names: Vec<_> = (1..=12)
+            .map(|n| TcpState::from_kernel(n).map(TcpState::name))
+            .collect();
+        // The order of include/net/tcp_states.h.
+        let expected = [
+            "ESTABLISHED",
+            "SYN_SENT",
+            "SYN_RECV",
+            "FIN_WAIT1",
+            "FIN_WAIT2",
+            "TIME_WAIT",
+            "CLOSE",
+            "CLOSE_WAIT",
+            "LAST_ACK",
+            "LISTEN",
+            "CLOSING",
+            "NEW_SYN_RECV",
+        ];
+        assert_eq!(names, expected.map(Some));
+        assert_eq!(TcpState::from_kernel(0), None);
+        assert_eq!(TcpState::from_kernel(13), None);
+    }
+
+    #[test]
+    fn decodes_a_transition_with_owner_tuple_and_dwell() {
+        let ev = Event::decode(&raw(event_kind::STATE), &DecodeContext::default()).unwrap();
+        assert_eq!(ev.pid, Some(4242));
+        assert_eq!(ev.comm.as_deref(), Some("curl"));
+        assert!(!ev.owner_seen_here);
+        assert_eq!(ev.saddr, "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(ev.daddr, "10.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!((ev.sport, ev.dport), (51234, 80));
+        assert_eq!(
+            ev.kind,
+            EventKind::State {
+                old_state: Some(TcpState::SynSent),
+                new_state: Some(TcpState::Established),
+                ms_in_old: Some(1.5),
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_owner_and_dwell_decode_to_none() {
+        let mut r = raw(event_kind::STATE);
+        r.tgid = 0;
+        r.flags = 0;
+        let ev = Event::decode(&r, &DecodeContext::default()).unwrap();
+        assert_eq!((ev.pid, ev.tid, ev.comm), (None, None, None));
+        assert!(matches!(
+            ev.kind,
+            EventKind::State {
+                ms_in_old: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn ipv6_addresses_use_all_sixteen_bytes() {
+        let mut r = raw(event_kind::RETRANSMIT);
+        r.family = AF_INET6;
+        r.saddr = "fd31::1".parse::<Ipv6Addr>().unwrap().octets();
+        let ev = Event::decode(&r, &DecodeContext::default()).unwrap();
+        assert_eq!(ev.family, Family::Ipv6);
+        assert_eq!(ev.saddr, "fd31::1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn reset_reason_is_named_from_the_kernel_table() {
+        let mut r = raw(event_kind::RESET_SENT);
+        r.flags = event_flags::AUX_VALID;
+        r.aux = 1;
+        let cx = DecodeContext {
+            reset_reasons: vec![(0, "NOT_SPECIFIED".into()), (1, "NO_SOCKET".into())],
+        };
+        let ev = Event::decode(&r, &cx).unwrap();
+        assert_eq!(
+            ev.kind,
+            EventKind::ResetSent {
+                state: Some(TcpState::Established),
+                reason: Some("NO_SOCKET".into())
+            }
+        );
+        r.aux = 99;
+        let ev = Event::decode(&r, &cx).unwrap();
+        assert!(
+            matches!(ev.kind, EventKind::ResetSent { reason: Some(ref s), .. } if s == "REASON_99")
+        );
+    }
+
+    #[test]
+    fn bad_records_are_errors() {
+        assert_eq!(raw_from_bytes(&[0u8; 10]), Err(DecodeError::Size(10)));
+        assert_eq!(
+            Event::decode(&raw(77), &DecodeContext::default()),
+            Err(DecodeError::Kind(77))
+        );
+    }
+
+    #[test]
+    fn json_form_is_flat_and_round_trips() {
+        let ev = Event::decode(&raw(event_kind::STATE), &DecodeContext::default()).unwrap();
+        let json = serde_json::to_value(&ev).unwrap();
+        assert_eq!(json["kind"], "state");
+        assert_eq!(json["sock"], "0xffff888100001234");
+        assert_eq!(json["old_state"], "SYN_SENT");
+        assert_eq!(json["new_state"], "ESTABLISHED");
+        assert_eq!(json["pid"], 4242);
+        assert_eq!(json["family"], "ipv4");
+        let back: Event = serde_json::from_value(json).unwrap();
+        assert_eq!(back, ev);
+    }
+}

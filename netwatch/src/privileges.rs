@@ -1,0 +1,93 @@
+//! Checks, before anything is loaded, that the process may load and attach BPF programs, so
+//! that a missing privilege gives one clear sentence naming the capabilities instead of an
+//! EPERM from deep inside the loader.
+use std::fs;
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The effective capability set of this process, from `/proc/self/status`.
+fn effective_caps() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    parse_cap_eff(&status)
+}
+
+fn parse_cap_eff(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+fn has(caps: u64, cap: u32) -> bool {
+    caps & (1u64 << cap) != 0
+}
+
+/// What is missing to trace, or `None` when the process may go ahead.
+pub fn missing_tracing_caps() -> Option<String> {
+    let caps = effective_caps()?;
+    missing_from(caps)
+}
+
+fn missing_from(caps: u64) -> Option<String> {
+    // CAP_SYS_ADMIN covers both on kernels before 5.8 and still works after.
+    if has(caps, CAP_SYS_ADMIN) || (has(caps, CAP_BPF) && has(caps, CAP_PERFMON)) {
+        return None;
+    }
+    let mut lacking = Vec::new();
+    if !has(caps, CAP_BPF) {
+        lacking.push("CAP_BPF");
+    }
+    if !has(caps, CAP_PERFMON) {
+        lacking.push("CAP_PERFMON");
+    }
+    Some(format!(
+        "netwatch needs CAP_BPF and CAP_PERFMON to load and attach its eBPF programs \
+         (this process lacks {}). Run it as root (sudo netwatch ...), or grant them: \
+         setcap cap_bpf,cap_perfmon,cap_sys_admin+ep $(which netwatch) \
+         (CAP_SYS_ADMIN is needed to mount tracefs when it is not mounted)",
+        lacking.join(" and ")
+    ))
+}
+
+/// Tries to lift RLIMIT_MEMLOCK. Kernels since 5.11 charge BPF memory to the cgroup and ignore
+/// it, and a container without CAP_SYS_RESOURCE cannot raise it: log, never fail.
+pub fn raise_memlock_rlimit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we pass by reference and has no other effect on memory.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+    if ret != 0 {
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK ({}); not needed on kernels >= 5.11",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cap_eff_from_proc_status() {
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(parse_cap_eff(status), Some(0x1ff_ffff_ffff));
+    }
+
+    #[test]
+    fn root_and_bpf_plus_perfmon_may_trace() {
+        assert_eq!(missing_from(0x1ff_ffff_ffff), None);
+        assert_eq!(missing_from((1 << CAP_BPF) | (1 << CAP_PERFMON)), None);
+        assert_eq!(missing_from(1 << CAP_SYS_ADMIN), None);
+    }
+
+    #[test]
+    fn an_unprivileged_process_is_told_which_capabilities() {
+        let msg = missing_from(0).unwrap();
+        assert!(msg.contains("CAP_BPF and CAP_PERFMON"), "{msg}");
+        let msg = missing_from(1 << CAP_BPF).unwrap();
+        assert!(msg.contains("lacks CAP_PERFMON)"), "{msg}");
+    }
+}

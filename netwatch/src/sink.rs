@@ -1,0 +1,273 @@
+//! Where events go: text columns for people, JSON lines for jq and for machines.
+use std::{
+    fmt::Write as _,
+    io::{self, Write},
+    net::IpAddr,
+};
+
+use serde::Serialize;
+
+use crate::{
+    clock::WallClock,
+    event::{Event, EventKind},
+};
+
+/// Receives every decoded event, then a flush after each batch.
+pub trait Sink {
+    fn event(&mut self, ev: &Event) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+/// How the TIME column reads.
+#[derive(Clone, Copy, Debug)]
+pub enum TimeStyle {
+    /// Seconds since netwatch started (`TIME(s)`).
+    Relative { start_ns: u64 },
+    /// Wall-clock `HH:MM:SS.mmm` UTC (`-T`).
+    Wall,
+}
+
+/// tcpstates-like columns: `TIME PID COMM LADDR:LPORT RADDR:RPORT EVENT MS_IN_OLD`.
+pub struct TextSink<W: Write> {
+    out: W,
+    clock: WallClock,
+    time: TimeStyle,
+    addr_width: usize,
+    header_done: bool,
+}
+
+impl<W: Write> TextSink<W> {
+    /// `wide` makes the address columns fit any IPv6 address.
+    pub fn new(out: W, clock: WallClock, time: TimeStyle, wide: bool) -> Self {
+        Self {
+            out,
+            clock,
+            time,
+            addr_width: if wide { 47 } else { 21 },
+            header_done: false,
+        }
+    }
+
+    fn header(&mut self) -> io::Result<()> {
+        let time = match self.time {
+            TimeStyle::Relative { .. } => "TIME(s)",
+            TimeStyle::Wall => "TIME",
+        };
+        let w = self.addr_width;
+        writeln!(
+            self.out,
+            "{time:<12} {:>7} {:<15} {:<w$} {:<w$} {:<34} {:>10}",
+            "PID", "COMM", "LADDR:LPORT", "RADDR:RPORT", "EVENT", "MS_IN_OLD"
+        )
+    }
+}
+
+fn endpoint(addr: IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+fn state_name(s: Option<crate::event::TcpState>) -> &'static str {
+    s.map_or("-", |s| s.name())
+}
+
+/// The EVENT column: `OLD -> NEW` for transitions, the kind and state for the rest.
+pub fn describe(kind: &EventKind) -> String {
+    match kind {
+        EventKind::State {
+            old_state,
+            new_state,
+            ..
+        } => format!("{} -> {}", state_name(*old_state), state_name(*new_state)),
+        EventKind::Retransmit { state, .. }
+        | EventKind::SynackRetransmit { state }
+        | EventKind::ResetReceived { state }
+        | EventKind::Destroy { state } => {
+            format!("{} in {}", kind.label(), state_name(*state))
+        }
+        EventKind::ResetSent { state, reason } => {
+            let mut s = format!("{} in {}", kind.label(), state_name(*state));
+            if let Some(r) = reason {
+                let _ = write!(s, " ({r})");
+            }
+            s
+        }
+    }
+}
+
+impl<W: Write> Sink for TextSink<W> {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        if !self.header_done {
+            self.header()?;
+            self.header_done = true;
+        }
+        let time = match self.time {
+            TimeStyle::Relative { start_ns } => {
+                format!("{:.3}", ev.ts_ns.saturating_sub(start_ns) as f64 / 1e9)
+            }
+            TimeStyle::Wall => self.clock.hms(ev.ts_ns),
+        };
+        let pid = ev.pid.map_or_else(|| "-".to_string(), |p| p.to_string());
+        let comm = ev.comm.as_deref().unwrap_or("-");
+        let ms = match ev.kind {
+            EventKind::State {
+                ms_in_old: Some(ms),
+                ..
+            } => format!("{ms:.3}"),
+            _ => "-".to_string(),
+        };
+        let w = self.addr_width;
+        writeln!(
+            self.out,
+            "{time:<12} {pid:>7} {comm:<15} {:<w$} {:<w$} {:<34} {ms:>10}",
+            endpoint(ev.saddr, ev.sport),
+            endpoint(ev.daddr, ev.dport),
+            describe(&ev.kind),
+        )
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// One JSON object per line: the [`Event`] fields plus `time` (RFC 3339, UTC).
+pub struct JsonSink<W: Write> {
+    out: W,
+    clock: WallClock,
+}
+
+impl<W: Write> JsonSink<W> {
+    pub fn new(out: W, clock: WallClock) -> Self {
+        Self { out, clock }
+    }
+}
+
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    time: String,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+impl<W: Write> Sink for JsonSink<W> {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        let line = JsonLine {
+            time: self.clock.rfc3339(ev.ts_ns),
+            event: ev,
+        };
+        serde_json::to_writer(&mut self.out, &line)?;
+        self.out.write_all(b"\n")
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Family, TcpState};
+
+    fn event(kind: EventKind) -> Event {
+        Event {
+            ts_ns: 3_500_000_000,
+            sock: 0xffff_0000_0000_0001,
+            pid: Some(42),
+            tid: Some(42),
+            comm: Some("curl".into()),
+            owner_seen_here: true,
+            family: Family::Ipv4,
+            saddr: "127.0.0.1".parse().unwrap(),
+            sport: 40000,
+            daddr: "127.0.0.1".parse().unwrap(),
+            dport: 80,
+            kind,
+        }
+    }
+
+    #[test]
+    fn text_line_has_the_tcpstates_columns() {
+        let mut buf = Vec::new();
+        let mut sink = TextSink::new(
+            &mut buf,
+            WallClock::now(),
+            TimeStyle::Relative {
+                start_ns: 1_000_000_000,
+            },
+            false,
+        );
+        sink.event(&event(EventKind::State {
+            old_state: Some(TcpState::SynSent),
+            new_state: Some(TcpState::Established),
+            ms_in_old: Some(0.25),
+        }))
+        .unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        let header: Vec<_> = lines[0].split_whitespace().collect();
+        assert_eq!(
+            header,
+            [
+                "TIME(s)",
+                "PID",
+                "COMM",
+                "LADDR:LPORT",
+                "RADDR:RPORT",
+                "EVENT",
+                "MS_IN_OLD"
+            ]
+        );
+        let row: Vec<_> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            row,
+            [
+                "2.500",
+                "42",
+                "curl",
+                "127.0.0.1:40000",
+                "127.0.0.1:80",
+                "SYN_SENT",
+                "->",
+                "ESTABLISHED",
+                "0.250"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_owner_prints_dashes() {
+        let mut ev = event(EventKind::ResetReceived {
+            state: Some(TcpState::SynSent),
+        });
+        ev.pid = None;
+        ev.comm = None;
+        let mut buf = Vec::new();
+        let mut sink = TextSink::new(&mut buf, WallClock::now(), TimeStyle::Wall, true);
+        sink.event(&ev).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let row: Vec<_> = text.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(&row[1..3], ["-", "-"]);
+        assert_eq!(&row[5..8], ["RESET_RECEIVED", "in", "SYN_SENT"]);
+    }
+
+    #[test]
+    fn json_lines_carry_time_and_kind() {
+        let mut buf = Vec::new();
+        let mut sink = JsonSink::new(&mut buf, WallClock::now());
+        sink.event(&event(EventKind::ResetSent {
+            state: Some(TcpState::Established),
+            reason: Some("NO_SOCKET".into()),
+        }))
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["kind"], "reset_sent");
+        assert_eq!(v["reason"], "NO_SOCKET");
+        assert_eq!(v["state"], "ESTABLISHED");
+        assert!(v["time"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1);
+    }
+}

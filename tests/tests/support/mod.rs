@@ -1,0 +1,223 @@
+//! Running netwatch under test: start it, know when its programs are attached, stop it, and
+//! read back its JSON events and its stderr summary.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    net::IpAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::Duration,
+};
+
+use netwatch_tests::{netwatch_bin, wait_with_timeout};
+use serde_json::Value;
+
+/// What netwatch prints on stderr once every program is attached.
+pub const ATTACHED_MARKER: &str = "netwatch: tracing";
+
+/// A running `netwatch`, stdout to a file (so a stopped reader never blocks on a pipe), stderr
+/// collected by a thread.
+pub struct Tracer {
+    child: Child,
+    stdout: PathBuf,
+    stderr: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What a stopped tracer left behind.
+pub struct Finished {
+    pub events: Vec<Value>,
+    pub stderr: String,
+    pub produced: u64,
+    pub delivered: u64,
+    pub lost: u64,
+}
+
+impl Tracer {
+    /// Starts `netwatch <args>` and waits (at most 60 s) until it says its programs are
+    /// attached; panics with its stderr if it exits or never says so.
+    pub fn start(args: &[&str]) -> Tracer {
+        Self::start_with(args, |_| {})
+    }
+
+    /// Like [`Tracer::start`], with a chance to change the command (env, wrapper).
+    pub fn start_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Tracer {
+        let dir = std::env::temp_dir().join(format!(
+            "netwatch-test-{}-{}",
+            std::process::id(),
+            netwatch_tests::unique_port()
+        ));
+        fs::create_dir_all(&dir).expect("temp dir");
+        let stdout = dir.join("stdout");
+        let file = fs::File::create(&stdout).expect("stdout file");
+        let mut cmd = Command::new(netwatch_bin());
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(Stdio::piped());
+        adjust(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let stderr_pipe = child.stderr.take().expect("piped");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let reader = {
+            let stderr = Arc::clone(&stderr);
+            std::thread::spawn(move || {
+                let mut tx = Some(tx);
+                for line in BufReader::new(stderr_pipe).lines() {
+                    let Ok(line) = line else { break };
+                    if line.starts_with(ATTACHED_MARKER)
+                        && let Some(tx) = tx.take()
+                    {
+                        let _ = tx.send(());
+                    }
+                    stderr.lock().unwrap().push(line);
+                }
+            })
+        };
+        let mut tracer = Tracer {
+            child,
+            stdout,
+            stderr,
+            reader: Some(reader),
+        };
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(()) => tracer,
+            Err(_) => {
+                let _ = tracer.child.kill();
+                let status = tracer.child.wait();
+                panic!(
+                    "netwatch {args:?} did not report attaching ({status:?}); stderr:\n{}",
+                    tracer.stderr_text()
+                );
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child, which has not been reaped yet.
+        let ret = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(ret, 0, "kill({}, {sig})", self.pid());
+    }
+
+    fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM, wait (at most 30 s), parse everything it wrote.
+    pub fn stop(self) -> Finished {
+        self.signal(libc::SIGTERM);
+        self.wait_exit()
+    }
+
+    /// Waits for a tracer that stops by itself (`--duration`).
+    pub fn wait_exit(mut self) -> Finished {
+        let status = wait_with_timeout(&mut self.child, 30);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let stderr = self.stderr_text();
+        assert!(
+            status.success(),
+            "netwatch exited with {status}; stderr:\n{stderr}"
+        );
+        let text = fs::read_to_string(&self.stdout).expect("read stdout");
+        let _ = fs::remove_dir_all(self.stdout.parent().expect("dir"));
+        let events = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("line {} is not JSON ({e}): {l}", i + 1))
+            })
+            .collect();
+        let field = |name: &str| -> u64 {
+            let key = format!("{name}=");
+            stderr
+                .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+                .find_map(|w| w.strip_prefix(&key))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in netwatch's stderr:\n{stderr}"))
+        };
+        Finished {
+            produced: field("produced"),
+            delivered: field("delivered"),
+            lost: field("lost"),
+            events,
+            stderr,
+        }
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Event field helpers over the JSON form.
+pub fn ip(ev: &Value, field: &str) -> IpAddr {
+    ev[field]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{field} is not an address in {ev}"))
+}
+
+pub fn port(ev: &Value, field: &str) -> u16 {
+    ev[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} missing in {ev}")) as u16
+}
+
+/// `OLD->NEW` of a state event, `kind` otherwise.
+pub fn step(ev: &Value) -> String {
+    if ev["kind"] == "state" {
+        format!(
+            "{}->{}",
+            ev["old_state"].as_str().unwrap_or("?"),
+            ev["new_state"].as_str().unwrap_or("?")
+        )
+    } else {
+        ev["kind"].as_str().unwrap_or("?").to_string()
+    }
+}
+
+/// The BPF programs currently loaded whose name is one of netwatch's.
+pub fn netwatch_programs_loaded() -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .expect("bpftool");
+    assert!(out.status.success(), "bpftool prog show failed");
+    let progs: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    progs
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .filter(|n| NETWATCH_PROGRAMS.contains(n))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The names of netwatch's programs as the kernel shows them (at most 15 characters).
+pub const NETWATCH_PROGRAMS: &[&str] = &[
+    "nw_set_state",
+    "nw_retransmit",
+    "nw_synack_rtx",
+    "nw_recv_reset",
+    "nw_send_reset",
+    "nw_destroy_sock",
+];

@@ -1,0 +1,502 @@
+//! `netwatch trace` end to end, as root: the real BPF programs, real TCP between a client and a
+//! server process in two network namespaces this test creates and removes. The kernel's own
+//! per-namespace counters are the oracle wherever one exists.
+//!
+//! Test names start with `root_` so they can be selected (`cargo xtask test -- root_`).
+mod support;
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use netwatch_tests::{
+    NetPair, ReadyChild, Side, counter_delta, drop_data_ruleset, find_line, output_with_timeout,
+    require_root, unique_port,
+};
+use serde_json::Value;
+use support::{Finished, Tracer, ip, netwatch_programs_loaded, port, step};
+
+fn tcpdrive() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tcpdrive"))
+}
+
+/// `addr:port`, with brackets for IPv6.
+fn endpoint(addr: IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+/// Events whose local endpoint is `local` and remote is `remote` (port 0 = any port).
+fn between(events: &[Value], local: (IpAddr, u16), remote: (IpAddr, u16)) -> Vec<&Value> {
+    events
+        .iter()
+        .filter(|e| {
+            ip(e, "saddr") == local.0
+                && (local.1 == 0 || port(e, "sport") == local.1)
+                && ip(e, "daddr") == remote.0
+                && (remote.1 == 0 || port(e, "dport") == remote.1)
+        })
+        .collect()
+}
+
+fn steps(events: &[&Value]) -> Vec<String> {
+    events.iter().map(|e| step(e)).collect()
+}
+
+/// One connection, client closing first; returns (tracer output, client pid, server pid).
+fn one_connection(pair: &NetPair, server: IpAddr, port: u16) -> (Finished, u32, u32) {
+    let tracer = Tracer::start(&["trace", "--json"]);
+    let addr = endpoint(server, port);
+    let mut srv = ReadyChild::spawn(pair.exec(Side::Server, &tcpdrive(), &["serve", &addr]));
+    let mut cli =
+        ReadyChild::spawn_background(pair.exec(Side::Client, &tcpdrive(), &["connect", &addr]));
+    assert!(
+        cli.wait(20).success(),
+        "client failed: {:?}",
+        cli.stdout_lines()
+    );
+    assert!(
+        srv.wait(20).success(),
+        "server failed: {:?}",
+        srv.stdout_lines()
+    );
+    let client_pid = find_line(&cli.stdout_lines().join("\n"), "DONE").expect("DONE")[1]
+        .parse()
+        .expect("pid");
+    let finished = tracer.stop();
+    (finished, client_pid, srv.pid())
+}
+
+fn full_lifecycle(v6: bool) {
+    let pair = NetPair::new();
+    let (client, server): (IpAddr, IpAddr) = if v6 {
+        (pair.client_v6().into(), pair.server_v6().into())
+    } else {
+        (pair.client_v4().into(), pair.server_v4().into())
+    };
+    let port = unique_port();
+    let before_c = pair.nstat(Side::Client);
+    let before_s = pair.nstat(Side::Server);
+    let (out, client_pid, server_pid) = one_connection(&pair, server, port);
+    let ev = &out.events;
+
+    // The client's socket: everything towards server:port from the client address.
+    let client_sock = between(ev, (client, 0), (server, port));
+    let client_states: Vec<_> = client_sock
+        .iter()
+        .copied()
+        .filter(|e| e["kind"] == "state")
+        .collect();
+    assert_eq!(
+        steps(&client_states),
+        [
+            "CLOSE->SYN_SENT",
+            "SYN_SENT->ESTABLISHED",
+            "ESTABLISHED->FIN_WAIT1",
+            "FIN_WAIT1->FIN_WAIT2",
+            "FIN_WAIT2->CLOSE"
+        ],
+        "client transitions; all events:\n{client_sock:#?}"
+    );
+    let client_port = support::port(client_states[1], "sport");
+    assert_ne!(client_port, 0);
+    // sport is only known once the handshake picked it; from then on it must not change.
+    for e in &client_states[1..] {
+        assert_eq!(support::port(e, "sport"), client_port, "{e}");
+    }
+
+    // The accepted socket on the server: local server:port, remote the client's port.
+    let accepted = between(ev, (server, port), (client, client_port));
+    let accepted_states: Vec<_> = accepted
+        .iter()
+        .copied()
+        .filter(|e| e["kind"] == "state")
+        .collect();
+    assert_eq!(
+        steps(&accepted_states),
+        [
+            "LISTEN->SYN_RECV",
+            "SYN_RECV->ESTABLISHED",
+            "ESTABLISHED->CLOSE_WAIT",
+            "CLOSE_WAIT->LAST_ACK",
+            "LAST_ACK->CLOSE"
+        ],
+        "accepted-socket transitions; all events:\n{accepted:#?}"
+    );
+    // The listener: server:port with no peer.
+    let unspecified: IpAddr = if v6 {
+        "::".parse().unwrap()
+    } else {
+        "0.0.0.0".parse().unwrap()
+    };
+    let listener = between(ev, (server, port), (unspecified, 0));
+    assert_eq!(
+        steps(&listener)
+            .into_iter()
+            .filter(|s| s.contains("->"))
+            .collect::<Vec<_>>(),
+        ["CLOSE->LISTEN", "LISTEN->CLOSE"],
+        "listener: {listener:#?}"
+    );
+
+    // Owners (b): the client's socket names the client, always; the server's sockets name the
+    // server or nobody; nothing names the other side, pid 0, or a kernel thread.
+    for e in &client_sock {
+        assert_eq!(
+            e["pid"], client_pid,
+            "client event not owned by client: {e}"
+        );
+    }
+    for e in accepted.iter().chain(&listener) {
+        assert!(
+            e["pid"].is_null() || e["pid"] == server_pid,
+            "server event owned by someone else (client is {client_pid}): {e}"
+        );
+    }
+    for e in client_sock.iter().chain(&accepted).chain(&listener) {
+        let comm = e["comm"].as_str().unwrap_or("");
+        assert!(
+            !comm.starts_with("ksoftirqd") && !comm.starts_with("swapper") && e["pid"] != 0,
+            "bystander named as owner: {e}"
+        );
+    }
+    // close() in the server is where its owner is read: from then on it is known.
+    let last_ack = accepted_states[3];
+    assert_eq!(last_ack["pid"], server_pid, "{last_ack}");
+    assert_eq!(last_ack["owner_seen_here"], true, "{last_ack}");
+    assert_eq!(accepted_states[4]["pid"], server_pid);
+    // Listener owner: read at listen().
+    assert_eq!(listener[0]["pid"], server_pid);
+
+    // Dwell times: known once netwatch saw the state begin, and plausible.
+    for e in &client_states[1..] {
+        let ms = e["ms_in_old"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no dwell: {e}"));
+        assert!((0.0..10_000.0).contains(&ms), "{e}");
+    }
+
+    // The kernel's counters agree with what netwatch saw in these namespaces.
+    let dc = counter_delta(&before_c, &pair.nstat(Side::Client));
+    let ds = counter_delta(&before_s, &pair.nstat(Side::Server));
+    let count = |evs: &[&Value], s: &str| steps(evs).iter().filter(|x| *x == s).count() as u64;
+    assert_eq!(dc["TcpActiveOpens"], count(&client_sock, "CLOSE->SYN_SENT"));
+    assert_eq!(
+        ds["TcpPassiveOpens"],
+        count(&accepted, "SYN_RECV->ESTABLISHED")
+    );
+    assert_eq!(out.lost, 0, "{}", out.stderr);
+    assert_eq!(out.produced, out.delivered, "{}", out.stderr);
+}
+
+#[test]
+fn root_full_lifecycle_ipv4_transitions_and_owners() {
+    if !require_root("root_full_lifecycle_ipv4_transitions_and_owners") {
+        return;
+    }
+    full_lifecycle(false);
+}
+
+#[test]
+fn root_full_lifecycle_ipv6_transitions_and_owners() {
+    if !require_root("root_full_lifecycle_ipv6_transitions_and_owners") {
+        return;
+    }
+    full_lifecycle(true);
+}
+
+#[test]
+fn root_connect_to_closed_port_is_a_reset_in_syn_sent() {
+    if !require_root("root_connect_to_closed_port_is_a_reset_in_syn_sent") {
+        return;
+    }
+    let pair = NetPair::new();
+    let (client, server): (IpAddr, IpAddr) = (pair.client_v4().into(), pair.server_v4().into());
+    let port = unique_port();
+    let before_c = pair.nstat(Side::Client);
+    let before_s = pair.nstat(Side::Server);
+    let tracer = Tracer::start(&["trace", "--json"]);
+    let out = output_with_timeout(
+        pair.exec(
+            Side::Client,
+            &tcpdrive(),
+            &["connect-expect-fail", &endpoint(server, port)],
+        ),
+        20,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let failed = find_line(&stdout, "FAILED").expect("FAILED line");
+    assert_eq!(failed[2], "ECONNREFUSED");
+    let client_pid: u64 = failed[1].parse().unwrap();
+    let done = tracer.stop();
+
+    let client_sock = between(&done.events, (client, 0), (server, port));
+    let resets: Vec<_> = client_sock
+        .iter()
+        .filter(|e| e["kind"] == "reset_received")
+        .collect();
+    assert_eq!(resets.len(), 1, "{client_sock:#?}");
+    assert_eq!(resets[0]["state"], "SYN_SENT", "{}", resets[0]);
+    assert_eq!(resets[0]["pid"], client_pid, "{}", resets[0]);
+    let states: Vec<_> = client_sock
+        .iter()
+        .copied()
+        .filter(|e| e["kind"] == "state")
+        .collect();
+    assert_eq!(steps(&states), ["CLOSE->SYN_SENT", "SYN_SENT->CLOSE"]);
+
+    // The server's kernel answered with a reset because no socket wanted the SYN.
+    let sent: Vec<_> = between(&done.events, (server, port), (client, 0))
+        .into_iter()
+        .filter(|e| e["kind"] == "reset_sent")
+        .collect();
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    assert_eq!(sent[0]["reason"], "NO_SOCKET", "{}", sent[0]);
+    assert!(
+        sent[0]["pid"].is_null(),
+        "no process owns a reset for no socket: {}",
+        sent[0]
+    );
+
+    let dc = counter_delta(&before_c, &pair.nstat(Side::Client));
+    let ds = counter_delta(&before_s, &pair.nstat(Side::Server));
+    assert_eq!(dc["TcpAttemptFails"], resets.len() as u64);
+    assert_eq!(ds["TcpOutRsts"], sent.len() as u64);
+}
+
+#[test]
+fn root_dropped_packets_yield_retransmits_equal_to_the_kernel_count() {
+    if !require_root("root_dropped_packets_yield_retransmits_equal_to_the_kernel_count") {
+        return;
+    }
+    let pair = NetPair::new();
+    let (client, server): (IpAddr, IpAddr) = (pair.client_v4().into(), pair.server_v4().into());
+    let port = unique_port();
+    let addr = endpoint(server, port);
+    let tracer = Tracer::start(&["trace", "--json"]);
+    let mut srv = ReadyChild::spawn(pair.exec(Side::Server, &tcpdrive(), &["serve", &addr]));
+    pair.nft(Side::Server, &drop_data_ruleset("nwdrop", port));
+    let before = pair.nstat(Side::Client);
+    // 1000 bytes: one segment (below the MSS), so the kernel counts one segment per retransmit.
+    let mut cli = ReadyChild::spawn_background(pair.exec(
+        Side::Client,
+        &tcpdrive(),
+        &[
+            "send-slow",
+            &addr,
+            "--bytes",
+            "1000",
+            "--timeout-ms",
+            "30000",
+        ],
+    ));
+    // Wait (bounded) until the kernel has retransmitted at least twice, then let data through.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let d = counter_delta(&before, &pair.nstat(Side::Client));
+        if d["TcpRetransSegs"] >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no retransmissions within 15 s: {d:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pair.nft(Side::Server, "delete table inet nwdrop");
+    assert!(
+        cli.wait(40).success(),
+        "send-slow: {:?}",
+        cli.stdout_lines()
+    );
+    assert!(srv.wait(20).success());
+    let after = pair.nstat(Side::Client);
+    let done = tracer.stop();
+
+    let rtx: Vec<_> = between(&done.events, (client, 0), (server, port))
+        .into_iter()
+        .filter(|e| e["kind"] == "retransmit" && e["err"].as_i64().unwrap_or(0) == 0)
+        .collect();
+    let kernel = counter_delta(&before, &after)["TcpRetransSegs"];
+    assert!(kernel >= 2);
+    assert_eq!(
+        rtx.len() as u64,
+        kernel,
+        "netwatch vs TcpRetransSegs: {rtx:#?}"
+    );
+    for e in &rtx {
+        assert_eq!(e["state"], "ESTABLISHED", "{e}");
+        assert_eq!(
+            e["pid"].as_u64().map(|p| p as u32),
+            Some(cli.pid()),
+            "retransmit owner: {e}"
+        );
+    }
+}
+
+#[test]
+fn root_stalled_reader_losses_are_counted_exactly() {
+    if !require_root("root_stalled_reader_losses_are_counted_exactly") {
+        return;
+    }
+    let pair = NetPair::new();
+    let server: IpAddr = pair.server_v4().into();
+    let port = unique_port();
+    let addr = endpoint(server, port);
+    const CONNECTIONS: u64 = 100;
+    // One page of ring buffer holds ~39 events of 104 bytes; the workload makes > 1,000.
+    let tracer = Tracer::start(&["trace", "--json", "--ring-size", "4096"]);
+    let mut srv = ReadyChild::spawn(pair.exec(
+        Side::Server,
+        &tcpdrive(),
+        &["serve", &addr, "--count", &CONNECTIONS.to_string()],
+    ));
+    tracer.signal(libc::SIGSTOP);
+    let out = output_with_timeout(
+        pair.exec(
+            Side::Client,
+            &tcpdrive(),
+            &["connect", &addr, "--count", &CONNECTIONS.to_string()],
+        ),
+        60,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(srv.wait(30).success());
+    tracer.signal(libc::SIGCONT);
+    let done = tracer.stop();
+
+    assert!(
+        done.lost > 0,
+        "a 4 KiB ring with a stopped reader must lose: {}",
+        done.stderr
+    );
+    assert_eq!(done.delivered, done.events.len() as u64, "{}", done.stderr);
+    assert_eq!(
+        done.produced,
+        done.delivered + done.lost,
+        "every produced event is delivered or counted lost: {}",
+        done.stderr
+    );
+    // Independent of netwatch's own counting: each connection makes at least 10 transitions
+    // (5 on each side), and all of them were produced while the reader was stopped.
+    assert!(
+        done.produced >= CONNECTIONS * 10,
+        "produced {} < {} transitions the workload made",
+        done.produced,
+        CONNECTIONS * 10
+    );
+}
+
+#[test]
+fn root_sigterm_detaches_every_program() {
+    if !require_root("root_sigterm_detaches_every_program") {
+        return;
+    }
+    assert_eq!(
+        netwatch_programs_loaded(),
+        Vec::<String>::new(),
+        "programs left over before the test"
+    );
+    let tracer = Tracer::start(&["trace", "--json"]);
+    let mut loaded = netwatch_programs_loaded();
+    loaded.sort();
+    let mut expected: Vec<_> = support::NETWATCH_PROGRAMS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(loaded, expected, "all six programs attached while running");
+    let done = tracer.stop();
+    assert!(done.stderr.contains("events seen"), "{}", done.stderr);
+    assert_eq!(netwatch_programs_loaded(), Vec::<String>::new());
+}
+
+#[test]
+fn root_missing_tracepoint_degrades_with_a_warning() {
+    if !require_root("root_missing_tracepoint_degrades_with_a_warning") {
+        return;
+    }
+    // A tracefs view in which only inet_sock_set_state exists: the five other features must be
+    // switched off with one warning each, and transitions still traced.
+    let fake = std::env::temp_dir().join(format!("netwatch-fake-tracefs-{}", std::process::id()));
+    let dir = fake.join("events/sock/inet_sock_set_state");
+    std::fs::create_dir_all(&dir).unwrap();
+    let real = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .map(|r| format!("{r}/events/sock/inet_sock_set_state/format"))
+        .find_map(|p| std::fs::read(p).ok());
+    // Starting netwatch once mounts tracefs if needed; read again after that.
+    let real = real.unwrap_or_else(|| {
+        Tracer::start(&["trace", "--duration", "1s"]).wait_exit();
+        std::fs::read("/sys/kernel/tracing/events/sock/inet_sock_set_state/format").unwrap()
+    });
+    std::fs::write(dir.join("format"), real).unwrap();
+
+    let pair = NetPair::new();
+    let server: IpAddr = pair.server_v4().into();
+    let port = unique_port();
+    let tracer = Tracer::start_with(&["trace", "--json"], |c| {
+        c.env("NETWATCH_TRACEFS", &fake);
+    });
+    let mut srv = ReadyChild::spawn(pair.exec(
+        Side::Server,
+        &tcpdrive(),
+        &["serve", &endpoint(server, port)],
+    ));
+    let out = output_with_timeout(
+        pair.exec(
+            Side::Client,
+            &tcpdrive(),
+            &["connect", &endpoint(server, port)],
+        ),
+        20,
+    );
+    assert!(out.status.success());
+    assert!(srv.wait(20).success());
+    let done = tracer.stop();
+    let _ = std::fs::remove_dir_all(&fake);
+    let warnings: Vec<_> = done
+        .stderr
+        .lines()
+        .filter(|l| l.contains("does not exist on this kernel"))
+        .collect();
+    assert_eq!(warnings.len(), 5, "{}", done.stderr);
+    assert!(
+        done.stderr.contains("1 of 6 tracepoints attached"),
+        "{}",
+        done.stderr
+    );
+    let kinds: std::collections::BTreeSet<_> = done
+        .events
+        .iter()
+        .filter(|e| ip(e, "daddr") == server || ip(e, "saddr") == server)
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds.into_iter().collect::<Vec<_>>(), ["state"]);
+}
+
+#[test]
+fn root_without_capabilities_names_cap_bpf_and_cap_perfmon() {
+    if !require_root("root_without_capabilities_names_cap_bpf_and_cap_perfmon") {
+        return;
+    }
+    // Root with an empty bounding set: uid 0 but no capabilities at all.
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--bounding-set", "-all", "--inh-caps", "-all", "--"])
+        .arg(netwatch_tests::netwatch_bin())
+        .arg("trace");
+    let out = output_with_timeout(cmd, 30);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one clear error line: {stderr}");
+    assert!(out.stdout.is_empty());
+}

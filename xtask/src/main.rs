@@ -1,0 +1,143 @@
+//! `cargo xtask <command>`: the one entry point for setting up a machine, building, running and
+//! testing netwatch, so that a fresh Debian 12 machine and CI do exactly what a developer does.
+//!
+//! Why a Rust xtask and not a Makefile or shell script: the steps need real logic (idempotent
+//! install checks, parsing cargo's JSON to find the binary, timing each test step), and
+//! everybody who builds netwatch already has cargo.
+//!
+//! Progress goes to stderr, so stdout stays clean for what a command produces: the binary's
+//! path for `build`, and netwatch's own output for `run` (`cargo xtask run -- trace --json | jq`).
+//!
+//! Modules:
+//! - [`setup`]: installs the nightly `rust-src`, the Debian packages and bpf-linker;
+//! - [`build`]: builds netwatch and finds its binary through cargo's JSON messages;
+//! - [`run`]: builds, then replaces itself with netwatch (exit code and Ctrl-C just work);
+//! - [`test`]: fmt, clippy, build, tests, each timed, failing fast;
+//! - [`sys`]: process plumbing (PATH for children, showing and checking commands, root);
+//! - [`json`]: the little JSON reader `build` needs, so xtask depends on no serde.
+
+mod build;
+mod json;
+mod run;
+mod setup;
+mod sys;
+mod test;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "Set up, build, run and test netwatch",
+    after_help = "Examples:\n  \
+        cargo xtask setup                    # install what is missing (needs root for apt)\n  \
+        cargo xtask build --release          # prints the binary's path on stdout\n  \
+        cargo xtask run                      # netwatch trace (needs root)\n  \
+        cargo xtask run -- trace --json -T   # arguments after `--` go to netwatch\n  \
+        cargo xtask lint                     # rustfmt + clippy only\n  \
+        cargo xtask test                     # what CI runs (.ci/run)\n  \
+        cargo xtask test -- close_wait       # only tests whose name contains close_wait\n\n\
+        Every command except `setup` runs `setup` first; it takes a second when nothing is\n\
+        missing."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Install what building and testing netwatch needs; idempotent, quick when all is present
+    #[command(after_help = "Checks, and installs only what is missing:\n  \
+        1. the nightly toolchain's rust-src component (the eBPF programs use -Z build-std=core)\n  \
+        2. Debian packages: LLVM 22, bpftool, iproute2, nftables, libbpf-tools, bpftrace, ...\n     \
+        (apt-get; needs root)\n  \
+        3. bpf-linker 0.13.0 built against LLVM 22 (cargo install; ~1-2 min the first time)\n\n\
+        Example:\n  \
+        cargo xtask setup")]
+    Setup,
+    /// Set up, then build netwatch and its eBPF programs; prints the binary's path on stdout
+    #[command(after_help = "Examples:\n  \
+        cargo xtask build\n  \
+        BIN=$(cargo xtask build --release) && $BIN trace")]
+    Build {
+        /// Build with the release profile
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build, then run netwatch with ARGS (default: `trace`); netwatch needs root
+    #[command(
+        after_help = "xtask replaces itself with netwatch: Ctrl-C reaches netwatch, and\n\
+        netwatch's exit code is the command's exit code.\n\n\
+        Examples:\n  \
+        cargo xtask run                               # netwatch trace\n  \
+        cargo xtask run --release -- trace -T -w\n  \
+        cargo xtask run -- trace --json --duration 10s > events.jsonl\n  \
+        cargo xtask run -- --help                     # netwatch's own help"
+    )]
+    Run {
+        /// Build and run the release binary
+        #[arg(long)]
+        release: bool,
+        /// Arguments for netwatch, after `--`
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// Set up, then rustfmt check, clippy, build, and the whole test suite (what CI runs)
+    #[command(after_help = "Steps, in order, stopping at the first that fails:\n  \
+        setup        cargo xtask setup (installs what is missing)\n  \
+        fmt          cargo fmt --all --check\n  \
+        clippy       cargo clippy --workspace --exclude netwatch-ebpf --all-targets -- -D warnings\n  \
+        clippy-ebpf  clippy on the kernel side, for bpfel-unknown-none with nightly\n  \
+        build        cargo build -p netwatch (its path goes to the tests as NETWATCH_BIN)\n  \
+        test         cargo test --workspace --exclude netwatch-ebpf -- --test-threads=1 [ARGS]\n\n\
+        Tests run one at a time: the root integration tests count BPF programs and kernel\n\
+        counters, which parallel tests would disturb.\n\n\
+        Examples:\n  \
+        cargo xtask test\n  \
+        cargo xtask test -- time_wait --nocapture   # filter and options for the test binaries")]
+    Test {
+        /// Extra arguments for the test binaries (a name filter, --nocapture, ...), after `--`
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// Set up, then rustfmt check and clippy only (the first steps of `test`)
+    #[command(after_help = "Example:\n  \
+        cargo xtask lint\n\n\
+        To fix formatting: cargo fmt --all")]
+    Lint,
+}
+
+/// Prints errors as `error: ...` plus their causes, without the backtrace that anyhow's own
+/// `main` report adds when RUST_BACKTRACE is set (it says nothing about what to do).
+fn main() -> ExitCode {
+    match dispatch(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Setup => setup::setup(),
+        Command::Build { release } => {
+            setup::setup()?;
+            let bin = build::build_netwatch(release)?;
+            println!("{}", bin.display());
+            Ok(())
+        }
+        Command::Run { release, args } => run::run(release, &args),
+        Command::Test { args } => test::test(&args),
+        Command::Lint => test::lint(),
+    }
+}
