@@ -168,7 +168,9 @@ pub mod stat {
     pub const PRODUCED: u32 = 0;
     /// Of those, events that found no room (lost).
     pub const LOST: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// Sockets whose owner could not be remembered because `SOCKETS` was full.
+    pub const SOCKETS_FULL: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// Names both sides use for maps, globals and programs.
@@ -186,7 +188,8 @@ pub mod names {
     pub const DESTROY_FIELDS: &str = "DESTROY_FIELDS";
 }
 
-/// Default size of the `SOCKETS` map (per-socket owner and state-entry time); LRU-evicted.
+/// Size of the `SOCKETS` map (per-socket owner and state-entry time): live TCP sockets
+/// netwatch can attribute at once. Preallocated: about 6 MiB of kernel memory.
 pub const SOCKETS_MAX_ENTRIES: u32 = 65_536;
 
 #[cfg(feature = "user")]

@@ -15,14 +15,17 @@
 #![no_std]
 #![no_main]
 
+use core::{ffi::c_void, mem::MaybeUninit};
+
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::bpf_probe_read_kernel,
     },
     macros::{map, tracepoint},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use netwatch_common::{
@@ -38,8 +41,12 @@ const DEFAULT_RING_BYTES: u32 = 4 << 20;
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
 /// Per-socket owner, current state and the time it was entered, keyed by kernel address.
+/// A plain preallocated hash, not an LRU: entries leave at `tcp_destroy_sock`, so they live
+/// exactly as long as their sockets, and a full table is counted (`SOCKETS_FULL`) rather than
+/// silently evicting the owner of some old, possibly leaking, socket. (An LRU map also measured
+/// no cheaper here.)
 #[map]
-static SOCKETS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(SOCKETS_MAX_ENTRIES, 0);
+static SOCKETS: HashMap<u64, SockInfo> = HashMap::with_max_entries(SOCKETS_MAX_ENTRIES, 0);
 
 /// Per-CPU counters, indexed by `netwatch_common::stat`.
 #[map]
@@ -78,12 +85,27 @@ struct Record {
 impl Record {
     #[inline(always)]
     fn copy(ctx: &TracePointContext) -> Option<Self> {
-        let mut buf = [0u8; RECORD_COPY_LEN];
+        // Not zeroed first: the helper writes every byte (or zeroes them all on failure), and a
+        // zeroing loop costs as much as the copy.
+        let mut buf = MaybeUninit::<[u8; RECORD_COPY_LEN]>::uninit();
         // SAFETY: ctx points at the tracepoint's record inside the per-CPU perf trace buffer
         // (PERF_MAX_TRACE_SIZE = 8 KiB), so RECORD_COPY_LEN bytes from it are readable; the
-        // helper faults safely (returns an error) if not.
-        unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, &mut buf) }.ok()?;
-        Some(Self { buf })
+        // helper faults safely (returns an error) if not, and writes exactly
+        // RECORD_COPY_LEN bytes into `buf`, which has room for them.
+        let ret = unsafe {
+            bpf_probe_read_kernel(
+                buf.as_mut_ptr().cast::<c_void>(),
+                RECORD_COPY_LEN as u32,
+                ctx.as_ptr().cast_const(),
+            )
+        };
+        if ret != 0 {
+            return None;
+        }
+        // SAFETY: the helper succeeded, so every byte of `buf` is initialised.
+        Some(Self {
+            buf: unsafe { buf.assume_init() },
+        })
     }
 
     /// The field at `off`, or `None` when the kernel lacks it ([`ABSENT`]).
@@ -147,6 +169,15 @@ impl Record {
         }
     }
 }
+
+const EMPTY_SOCK: SockInfo = SockInfo {
+    state_since_ns: 0,
+    tgid: 0,
+    tid: 0,
+    comm: [0; COMM_LEN],
+    state: 0,
+    _pad: [0; 7],
+};
 
 #[inline(always)]
 fn count(index: u32) {
@@ -255,17 +286,11 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     rec.tuple(&f, &mut ev);
 
     let fresh = starts_fresh(old, new);
-    let mut info = match SOCKETS.get_ptr(skaddr) {
+    let existing = SOCKETS.get_ptr_mut(skaddr);
+    let mut info = match existing {
         // SAFETY: the pointer comes from the map lookup and is valid for this program run.
         Some(p) if !fresh => unsafe { *p },
-        _ => SockInfo {
-            state_since_ns: 0,
-            tgid: 0,
-            tid: 0,
-            comm: [0; COMM_LEN],
-            state: 0,
-            _pad: [0; 7],
-        },
+        _ => EMPTY_SOCK,
     };
     if info.state_since_ns != 0 && info.state_since_ns <= ev.ts_ns {
         ev.dwell_ns = ev.ts_ns - info.state_since_ns;
@@ -288,7 +313,16 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
         info.state_since_ns = ev.ts_ns;
     }
     info.state = new;
-    let _ = SOCKETS.insert(skaddr, info, 0);
+    match existing {
+        // Updating in place costs a store; an insert into the LRU map costs far more.
+        // SAFETY: as above; the value is plain data and this program is its only writer.
+        Some(p) => unsafe { *p = info },
+        None => {
+            if SOCKETS.insert(skaddr, info, 0).is_err() {
+                count(stat::SOCKETS_FULL);
+            }
+        }
+    }
     emit(&ev);
     Some(())
 }

@@ -125,6 +125,8 @@ pub struct KernelStats {
     pub produced: u64,
     /// Events that found the ring buffer full.
     pub lost: u64,
+    /// Sockets whose owner could not be remembered: the kernel's socket table was full.
+    pub sockets_full: u64,
 }
 
 /// The loaded and attached programs.
@@ -245,6 +247,7 @@ impl Probe {
         Ok(KernelStats {
             produced: sum(stat::PRODUCED)?,
             lost: sum(stat::LOST)?,
+            sockets_full: sum(stat::SOCKETS_FULL)?,
         })
     }
 

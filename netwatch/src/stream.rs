@@ -66,6 +66,13 @@ impl Summary {
         if self.kernel.lost > 0 {
             s.push_str("; the ring buffer was full: try a larger --ring-size");
         }
+        if self.kernel.sockets_full > 0 {
+            s.push_str(&format!(
+                "; {} sockets went unattributed: more than {} live sockets",
+                self.kernel.sockets_full,
+                netwatch_common::SOCKETS_MAX_ENTRIES
+            ));
+        }
         if self.undecodable > 0 {
             s.push_str(&format!("; {} undecodable records", self.undecodable));
         }
