@@ -14,7 +14,9 @@ use crate::probe::{DEFAULT_RING_BYTES, check_ring_bytes};
         netwatch                      # same as `netwatch trace`\n  \
         netwatch trace -T             # wall-clock timestamps\n  \
         netwatch trace --json | jq 'select(.new_state == \"CLOSE_WAIT\")'\n  \
-        netwatch trace --duration 30s -w > events.txt\n\n\
+        netwatch trace --duration 30s -w > events.txt\n  \
+        netwatch life                 # one line per finished connection\n  \
+        netwatch report --duration 30s\n\n\
         Needs root (CAP_BPF and CAP_PERFMON). Ctrl-C stops and prints how many events were\n\
         seen and lost on stderr."
 )]
@@ -38,11 +40,40 @@ pub enum Command {
         netwatch trace --json --duration 10s > events.jsonl"
     )]
     Trace(TraceArgs),
+    /// One line per connection when it ends: owner, endpoints, lifetime, role, how it ended
+    #[command(
+        after_help = "Columns: PID COMM LADDR LPORT RADDR RPORT TX_KB RX_KB MS ROLE END\n\
+        ROLE is active (we connected) or passive (we accepted). END is closed (the peer closed\n\
+        first), time-wait (we closed first: a TIME_WAIT was born), reset-by-peer,\n\
+        reset-by-us (reason), refused, timeout, or aborted. --json prints the full record:\n\
+        time in every state, connect latency, retransmissions and resets.\n\n\
+        Examples:\n  \
+        netwatch life\n  \
+        netwatch life --json | jq 'select(.end == \"refused\")'\n  \
+        netwatch life --record events.jsonl --duration 5m"
+    )]
+    Life(LifeArgs),
+    /// Watch for a while, then diagnose: TIME_WAIT churn and port exhaustion, CLOSE_WAIT leaks,
+    /// failed connects, resets, retransmissions, lifetimes
+    #[command(after_help = "Examples:\n  \
+        netwatch report --duration 30s\n  \
+        netwatch report                     # until Ctrl-C\n  \
+        netwatch report --json --duration 1m | jq .findings\n  \
+        netwatch report --close-wait-age 30s --close-wait-alarm 100")]
+    Report(ReportArgs),
+    /// Replay a recording (from --record) offline, without root: the same output the live run gave
+    #[command(after_help = "Examples:\n  \
+        netwatch trace --record events.jsonl --duration 1m   # on the host, as root\n  \
+        netwatch analyze events.jsonl                       # anywhere: the trace again\n  \
+        netwatch analyze events.jsonl --life\n  \
+        netwatch analyze events.jsonl --report --json")]
+    Analyze(AnalyzeArgs),
 }
 
+/// How events and connections print.
 #[derive(Args, Debug, Default, Clone)]
-pub struct TraceArgs {
-    /// Print JSON lines (one object per event; schema in the README)
+pub struct OutputArgs {
+    /// Print JSON (one object per line; a report is one document); schema in the README
     #[arg(long)]
     pub json: bool,
     /// Wall-clock timestamps (HH:MM:SS.mmm, UTC) instead of seconds since start
@@ -51,6 +82,92 @@ pub struct TraceArgs {
     /// Wide address columns, for IPv6
     #[arg(short = 'w', long)]
     pub wide: bool,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct LifeArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub tracker: TrackerArgs,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct ReportArgs {
+    /// Print the report as one JSON document
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub thresholds: ThresholdArgs,
+    #[command(flatten)]
+    pub tracker: TrackerArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AnalyzeArgs {
+    /// A recording written by `--record`
+    pub file: std::path::PathBuf,
+    /// Print connection lines, as `netwatch life` does
+    #[arg(long, conflicts_with = "report")]
+    pub life: bool,
+    /// Print the diagnosis, as `netwatch report` does
+    #[arg(long)]
+    pub report: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub thresholds: ThresholdArgs,
+    #[command(flatten)]
+    pub tracker: TrackerArgs,
+}
+
+/// Verdict thresholds: the field notes' rules of thumb as defaults.
+#[derive(Args, Debug, Clone)]
+pub struct ThresholdArgs {
+    /// A socket in CLOSE_WAIT longer than this counts as stuck
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub close_wait_age: Duration,
+    /// This many stuck CLOSE_WAIT sockets in one process is an alarm
+    #[arg(long, default_value_t = 50)]
+    pub close_wait_alarm: usize,
+    /// This many TIME_WAIT sockets is an alarm (port-exhaustion risk)
+    #[arg(long, default_value_t = 10_000)]
+    pub time_wait_alarm: u64,
+}
+
+impl Default for ThresholdArgs {
+    fn default() -> Self {
+        Self {
+            close_wait_age: Duration::from_secs(5),
+            close_wait_alarm: 50,
+            time_wait_alarm: 10_000,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrackerArgs {
+    /// Most sockets tracked at once; past it the least recently active is evicted (counted)
+    #[arg(long, default_value_t = crate::tracker::DEFAULT_MAX_SOCKETS)]
+    pub max_sockets: usize,
+}
+
+impl Default for TrackerArgs {
+    fn default() -> Self {
+        Self {
+            max_sockets: crate::tracker::DEFAULT_MAX_SOCKETS,
+        }
+    }
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -64,6 +181,9 @@ pub struct RunArgs {
     /// Ring-buffer size in bytes (power of two); larger survives longer stalls
     #[arg(long, default_value_t = DEFAULT_RING_BYTES, value_parser = parse_ring_size)]
     pub ring_size: u32,
+    /// Also write the raw event stream to FILE, for `netwatch analyze`
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<std::path::PathBuf>,
 }
 
 impl Default for RunArgs {
@@ -71,6 +191,7 @@ impl Default for RunArgs {
         Self {
             duration: None,
             ring_size: DEFAULT_RING_BYTES,
+            record: None,
         }
     }
 }
@@ -132,7 +253,7 @@ mod tests {
         let Some(Command::Trace(t)) = cli.command else {
             panic!("expected trace")
         };
-        assert!(t.timestamp && t.wide && t.json);
+        assert!(t.output.timestamp && t.output.wide && t.output.json);
         assert_eq!(t.run.ring_size, DEFAULT_RING_BYTES);
     }
 

@@ -32,6 +32,15 @@ impl WallClock {
         }
     }
 
+    /// A clock with a known offset (from a recording's header).
+    pub fn from_offset(offset_ns: i128) -> Self {
+        Self { offset_ns }
+    }
+
+    pub fn offset_ns(&self) -> i128 {
+        self.offset_ns
+    }
+
     /// Unix-epoch nanoseconds of a monotonic timestamp.
     pub fn unix_ns(&self, mono_ns: u64) -> i128 {
         i128::from(mono_ns) + self.offset_ns

@@ -246,6 +246,31 @@ impl Event {
     }
 }
 
+#[cfg(test)]
+impl Event {
+    /// A `CLOSE -> SYN_SENT` event at `ts_ns`, for tests that need any event.
+    pub fn test_state(ts_ns: u64) -> Self {
+        Event {
+            ts_ns,
+            sock: 1,
+            pid: None,
+            tid: None,
+            comm: None,
+            owner_seen_here: false,
+            family: Family::Ipv4,
+            saddr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            sport: 0,
+            daddr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            dport: 0,
+            kind: EventKind::State {
+                old_state: Some(TcpState::Close),
+                new_state: Some(TcpState::SynSent),
+                ms_in_old: None,
+            },
+        }
+    }
+}
+
 mod hex_u64 {
     use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
 

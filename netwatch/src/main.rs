@@ -1,27 +1,26 @@
 //! netwatch: an eBPF tracer of TCP connections. See the README for what it shows and how.
+mod analysis;
 mod cli;
 mod clock;
+mod commands;
 mod event;
 mod layout;
+mod life;
+mod netstat;
 mod privileges;
 mod probe;
+mod record;
+mod report;
 mod sink;
 mod stream;
 mod tracefs;
+mod tracker;
 
-use std::{
-    io::{self, BufWriter, Write as _},
-    process::ExitCode,
-};
+use std::{io::Write as _, process::ExitCode};
 
 use clap::Parser as _;
 
-use crate::{
-    cli::{Cli, Command, TraceArgs},
-    clock::{WallClock, monotonic_ns},
-    probe::{Probe, ProbeConfig},
-    sink::{JsonSink, Sink, TextSink, TimeStyle},
-};
+use crate::cli::{Cli, Command, TraceArgs};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
@@ -36,59 +35,29 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Trace(TraceArgs::default()));
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("netwatch: error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let result = match command {
+        // Offline: no runtime, no privileges.
+        Command::Analyze(args) => commands::analyze(args),
+        live => match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(async {
+                match live {
+                    Command::Trace(a) => commands::trace(a).await,
+                    Command::Life(a) => commands::life(a).await,
+                    Command::Report(a) => commands::report(a).await,
+                    Command::Analyze(_) => unreachable!("handled above"),
+                }
+            }),
+            Err(e) => Err(anyhow::anyhow!("cannot start the async runtime: {e}")),
+        },
     };
-    match runtime.block_on(run(command)) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("netwatch: error: {e:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-async fn run(command: Command) -> anyhow::Result<()> {
-    match command {
-        Command::Trace(args) => trace(args).await,
-    }
-}
-
-async fn trace(args: TraceArgs) -> anyhow::Result<()> {
-    let config = ProbeConfig {
-        ring_bytes: args.run.ring_size,
-    };
-    let mut probe = Probe::attach(&config)?;
-    for w in &probe.warnings {
-        log::warn!("{w}");
-    }
-    eprintln!(
-        "netwatch: tracing TCP events ({} of {} tracepoints attached); Ctrl-C to stop",
-        probe.attached(),
-        probe::program_names().count()
-    );
-    let clock = WallClock::now();
-    let out = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
-    let mut sink: Box<dyn Sink> = if args.json {
-        Box::new(JsonSink::new(out, clock))
-    } else {
-        let time = if args.timestamp {
-            TimeStyle::Wall
-        } else {
-            TimeStyle::Relative {
-                start_ns: monotonic_ns(),
-            }
-        };
-        Box::new(TextSink::new(out, clock, time, args.wide))
-    };
-    let (summary, _stop) = stream::run(&mut probe, sink.as_mut(), args.run.duration).await?;
-    eprintln!("{}", summary.line());
-    Ok(())
 }

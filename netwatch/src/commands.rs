@@ -1,0 +1,244 @@
+//! The subcommands: one output pipeline ([`Output`]) fed either live from the kernel or from a
+//! recording, so that `analyze` prints exactly what the live run printed.
+use std::io::{self, BufWriter, Stdout, Write};
+
+use anyhow::Context as _;
+
+use crate::{
+    analysis::{HostSettings, Thresholds},
+    cli::{AnalyzeArgs, LifeArgs, OutputArgs, ReportArgs, RunArgs, ThresholdArgs, TraceArgs},
+    clock::{WallClock, monotonic_ns},
+    event::Event,
+    life::LifeSink,
+    netstat,
+    probe::{self, Probe, ProbeConfig},
+    record::{self, Header, Item, Recorder, Replay, Summary},
+    report::{self, ReportSink},
+    sink::{JsonSink, Sink, TextSink, TimeStyle},
+    stream,
+};
+
+type Stdio = BufWriter<Stdout>;
+
+fn stdout() -> Stdio {
+    BufWriter::with_capacity(64 * 1024, io::stdout())
+}
+
+/// What a run prints.
+enum Output {
+    Trace(Box<dyn Sink>),
+    Life(LifeSink<Stdio>),
+    Report { sink: Box<ReportSink>, json: bool },
+}
+
+impl Output {
+    fn trace(o: &OutputArgs, header: &Header) -> Self {
+        let clock = WallClock::from_offset(header.wall_offset_ns);
+        Output::Trace(if o.json {
+            Box::new(JsonSink::new(stdout(), clock))
+        } else {
+            let time = if o.timestamp {
+                TimeStyle::Wall
+            } else {
+                TimeStyle::Relative {
+                    start_ns: header.started_ns,
+                }
+            };
+            Box::new(TextSink::new(stdout(), clock, time, o.wide))
+        })
+    }
+
+    fn report(t: &ThresholdArgs, max_sockets: usize, json: bool, header: &Header) -> Self {
+        let thresholds = Thresholds {
+            close_wait_age_ms: t.close_wait_age.as_secs_f64() * 1000.0,
+            close_wait_alarm: t.close_wait_alarm,
+            time_wait_alarm: t.time_wait_alarm,
+        };
+        Output::Report {
+            sink: Box::new(ReportSink::new(
+                header.settings.clone(),
+                thresholds,
+                max_sockets,
+            )),
+            json,
+        }
+    }
+
+    /// Prints what is printed at the end of a run.
+    fn finish(self, header: &Header, summary: &Summary) -> io::Result<()> {
+        match self {
+            Output::Trace(mut s) => s.flush(),
+            Output::Life(mut s) => s.finish(),
+            Output::Report { mut sink, json } => {
+                let listen = summary.listen_overflows.zip(summary.listen_drops);
+                let r = sink.report(summary.stopped_ns, header.started_ns, summary.lost, listen);
+                let mut out = stdout();
+                if json {
+                    serde_json::to_writer_pretty(&mut out, &r)?;
+                    out.write_all(b"\n")?;
+                } else {
+                    out.write_all(report::render(&r).as_bytes())?;
+                }
+                out.flush()
+            }
+        }
+    }
+}
+
+impl Sink for Output {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        match self {
+            Output::Trace(s) => s.event(ev),
+            Output::Life(s) => s.event(ev),
+            Output::Report { sink, .. } => sink.event(ev),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Output::Trace(s) => s.flush(),
+            Output::Life(s) => s.flush(),
+            Output::Report { sink, .. } => sink.flush(),
+        }
+    }
+}
+
+fn broken_pipe_ok(r: io::Result<()>) -> anyhow::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing output"),
+    }
+}
+
+/// Attaches, streams into `make(header)` until stopped, then prints the summary and the
+/// output's ending; with `--record`, writes the recording alongside.
+async fn live(run: &RunArgs, make: impl FnOnce(&Header) -> Output) -> anyhow::Result<()> {
+    let config = ProbeConfig {
+        ring_bytes: run.ring_size,
+    };
+    let mut probe = Probe::attach(&config)?;
+    for w in &probe.warnings {
+        log::warn!("{w}");
+    }
+    let header = Header {
+        netwatch_record: record::FORMAT_VERSION,
+        started_ns: monotonic_ns(),
+        wall_offset_ns: WallClock::now().offset_ns(),
+        settings: HostSettings::read(),
+    };
+    let listen_before = netstat::listen_counters();
+    let output = make(&header);
+    eprintln!(
+        "netwatch: tracing TCP events ({} of {} tracepoints attached); Ctrl-C to stop",
+        probe.attached(),
+        probe::program_names().count()
+    );
+    let (output, summary) = match &run.record {
+        Some(path) => {
+            let mut rec = Recorder::create(path, &header, output)
+                .with_context(|| format!("creating the recording {}", path.display()))?;
+            let (stats, _) = stream::run(&mut probe, &mut rec, run.duration).await?;
+            let summary = summarize(stats.kernel.lost, listen_before);
+            eprintln!("{}", stats.line());
+            let output = rec
+                .finish(summary.clone())
+                .with_context(|| format!("finishing the recording {}", path.display()))?;
+            (output, summary)
+        }
+        None => {
+            let mut output = output;
+            let (stats, _) = stream::run(&mut probe, &mut output, run.duration).await?;
+            eprintln!("{}", stats.line());
+            (output, summarize(stats.kernel.lost, listen_before))
+        }
+    };
+    drop(probe);
+    broken_pipe_ok(output.finish(&header, &summary))
+}
+
+fn summarize(lost: u64, listen_before: Option<(u64, u64)>) -> Summary {
+    let listen = listen_before
+        .zip(netstat::listen_counters())
+        .map(|(b, a)| (a.0.saturating_sub(b.0), a.1.saturating_sub(b.1)));
+    Summary {
+        stopped_ns: monotonic_ns(),
+        lost,
+        listen_overflows: listen.map(|l| l.0),
+        listen_drops: listen.map(|l| l.1),
+    }
+}
+
+pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
+    let o = args.output;
+    live(&args.run, |h| Output::trace(&o, h)).await
+}
+
+pub async fn life(args: LifeArgs) -> anyhow::Result<()> {
+    let o = args.output;
+    let max = args.tracker.max_sockets;
+    live(&args.run, |_| {
+        Output::Life(LifeSink::new(stdout(), o.json, o.wide, max))
+    })
+    .await
+}
+
+pub async fn report(args: ReportArgs) -> anyhow::Result<()> {
+    let t = args.thresholds;
+    let (max, json) = (args.tracker.max_sockets, args.json);
+    live(&args.run, |h| Output::report(&t, max, json, h)).await
+}
+
+/// Replays a recording into the output the live run had; a damaged file still prints what was
+/// read, then fails naming the line.
+pub fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
+    let mut replay = Replay::open(&args.file)?;
+    let header = replay.header.clone();
+    let max = args.tracker.max_sockets;
+    let mut output = if args.report {
+        Output::report(&args.thresholds, max, args.output.json, &header)
+    } else if args.life {
+        Output::Life(LifeSink::new(
+            stdout(),
+            args.output.json,
+            args.output.wide,
+            max,
+        ))
+    } else {
+        Output::trace(&args.output, &header)
+    };
+    let mut events = 0u64;
+    let mut last_ns = header.started_ns;
+    let outcome = loop {
+        match replay.next_item() {
+            Ok(Item::Event(ev)) => {
+                events += 1;
+                last_ns = last_ns.max(ev.ts_ns);
+                if let Err(e) = output.event(&ev) {
+                    return broken_pipe_ok(Err(e));
+                }
+            }
+            Ok(Item::End(summary)) => break Ok(summary),
+            Err(e) => break Err(e),
+        }
+    };
+    match outcome {
+        Ok(summary) => {
+            broken_pipe_ok(output.finish(&header, &summary))?;
+            eprintln!(
+                "netwatch: replayed {events} events from {} ({} were lost in the live run)",
+                args.file.display(),
+                summary.lost
+            );
+            Ok(())
+        }
+        Err(e) => {
+            // What was read is still worth printing; the stop time is the last event's.
+            let partial = Summary {
+                stopped_ns: last_ns,
+                ..Summary::default()
+            };
+            broken_pipe_ok(output.finish(&header, &partial))?;
+            Err(e).with_context(|| format!("replayed {events} events before the error"))
+        }
+    }
+}

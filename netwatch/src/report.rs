@@ -1,0 +1,241 @@
+//! `netwatch report`: collects a run (live or replayed) into the diagnosis, and renders it as
+//! plain sentences with the evidence beside each one, or as one JSON document.
+use std::{
+    fmt::Write as _,
+    io::{self},
+};
+
+use crate::{
+    analysis::{
+        Analysis, ConnectOutcomes, CountRow, HostSettings, LifetimeRow, Percentiles, Report,
+        Thresholds,
+    },
+    event::Event,
+    sink::Sink,
+    tracker::{Fact, Tracker},
+};
+
+/// Feeds tracker and analysis; prints nothing until the end.
+pub struct ReportSink {
+    pub tracker: Tracker,
+    pub analysis: Analysis,
+}
+
+impl ReportSink {
+    pub fn new(settings: HostSettings, thresholds: Thresholds, max_sockets: usize) -> Self {
+        Self {
+            tracker: Tracker::new(max_sockets),
+            analysis: Analysis::new(settings, thresholds),
+        }
+    }
+
+    /// The report at `now_ns` (the stop time of the run).
+    pub fn report(
+        &mut self,
+        now_ns: u64,
+        started_ns: u64,
+        lost: u64,
+        listen: Option<(u64, u64)>,
+    ) -> Report {
+        let Self { tracker, analysis } = self;
+        tracker.flush(&mut |Fact::Ended(c)| analysis.on_connection(&c));
+        analysis.set_start(started_ns);
+        analysis.report(tracker, now_ns, lost, listen)
+    }
+}
+
+impl Sink for ReportSink {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        let Self { tracker, analysis } = self;
+        analysis.on_event(ev);
+        tracker.on_event(ev, &mut |Fact::Ended(c)| analysis.on_connection(&c));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn pct(p: &Percentiles) -> String {
+    format!(
+        "n={} p50={:.3} p90={:.3} p99={:.3} max={:.3} ms",
+        p.count, p.p50, p.p90, p.p99, p.max
+    )
+}
+
+fn rows(out: &mut String, title: &str, rows: &[CountRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "  {title}:");
+    for r in rows {
+        let _ = writeln!(out, "    {:<40} {:>8}", r.key, r.count);
+    }
+}
+
+fn outcomes(out: &mut String, title: &str, rows: &[ConnectOutcomes]) {
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  {title:<40} {:>8} {:>8} {:>8} {:>8}   connect latency (established)",
+        "ESTAB", "REFUSED", "TIMEOUT", "ABORTED"
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "    {:<38} {:>8} {:>8} {:>8} {:>8}   {}",
+            r.key,
+            r.established,
+            r.refused,
+            r.timeout,
+            r.aborted,
+            r.connect_ms.as_ref().map_or_else(|| "-".to_string(), pct)
+        );
+    }
+}
+
+fn lifetimes(out: &mut String, title: &str, rows: &[LifetimeRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "  {title}:");
+    for r in rows {
+        let _ = writeln!(out, "    {:<40} {}", r.key, pct(&r.lifetime_ms));
+    }
+}
+
+/// The report as text: findings first (lost events before anything), then the evidence.
+pub fn render(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "netwatch report: {:.1} s, {} events, {} lost, {} connections ended",
+        r.duration_s, r.events, r.lost_events, r.connections_ended
+    );
+    let _ = writeln!(out, "\nFindings");
+    if r.findings.is_empty() {
+        let _ = writeln!(
+            out,
+            "  none: no lost events, leaks, exhaustion risk or failed connects seen"
+        );
+    }
+    for f in &r.findings {
+        let _ = writeln!(out, "  {:<7} {}", f.severity.to_uppercase(), f.text);
+    }
+
+    let _ = writeln!(out, "\nHow connections ended");
+    let ends: Vec<_> = r
+        .ends
+        .iter()
+        .map(|e| format!("{} {}", e.key, e.count))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  {}",
+        if ends.is_empty() {
+            "-".to_string()
+        } else {
+            ends.join(", ")
+        }
+    );
+
+    let tw = &r.time_wait;
+    let _ = writeln!(
+        out,
+        "\nTIME_WAIT: {} born ({:.1}/s), ~{} alive now (born in the last 60 s); ephemeral range {}-{} ({} ports), tcp_tw_reuse={}",
+        tw.births,
+        tw.per_second,
+        tw.population,
+        r.settings.port_range.0,
+        r.settings.port_range.1,
+        r.settings.ports(),
+        r.settings.tw_reuse
+    );
+    rows(&mut out, "closed first by process", &tw.by_process);
+    if !tw.by_destination.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {:<40} {:>8} {:>8} {:>8}   forecast",
+            "by destination", "BIRTHS", "PER_S", "ALIVE"
+        );
+        for d in &tw.by_destination {
+            let forecast = match (d.exhaustion_in_s, d.tw_reuse_applies) {
+                (Some(s), _) => format!("ports run out in ~{s:.0} s"),
+                (None, true) => "tcp_tw_reuse applies".to_string(),
+                (None, false) => "fits the range".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "    {:<38} {:>8} {:>8.1} {:>8}   {forecast}",
+                d.destination, d.births, d.per_second, d.population
+            );
+        }
+    }
+
+    let cw = &r.close_wait;
+    let _ = writeln!(
+        out,
+        "\nCLOSE_WAIT: {} sockets stuck longer than {:.1} s; dwell of those that closed: {}",
+        cw.stuck,
+        cw.threshold_ms / 1000.0,
+        pct(&cw.dwell_ms)
+    );
+    for h in &cw.holders {
+        let peers: Vec<_> = h
+            .peers
+            .iter()
+            .map(|p| format!("{} ({})", p.key, p.count))
+            .collect();
+        let _ = writeln!(
+            out,
+            "    {:<38} {:>6} sockets, oldest {:.1} s, peers {}",
+            h.process,
+            h.sockets,
+            h.oldest_ms / 1000.0,
+            peers.join(", ")
+        );
+    }
+
+    let _ = writeln!(out, "\nConnects (SYN_SENT outcomes)");
+    outcomes(&mut out, "by destination", &r.connects_by_destination);
+    outcomes(&mut out, "by process", &r.connects_by_process);
+
+    let rs = &r.resets;
+    let _ = writeln!(out, "\nResets: {} sent, {} received", rs.sent, rs.received);
+    for row in &rs.by_reason_and_state {
+        let _ = writeln!(
+            out,
+            "    {:<9} {:<28} in {:<12} {:>8}",
+            row.direction, row.reason, row.state, row.count
+        );
+    }
+    rows(&mut out, "by process", &rs.by_process);
+    rows(&mut out, "by peer", &rs.by_peer);
+
+    let _ = writeln!(out, "\nRetransmissions");
+    rows(&mut out, "segments by peer", &r.retransmits_by_peer);
+    rows(
+        &mut out,
+        "SYN-ACKs by listener",
+        &r.synack_retransmits_by_listener,
+    );
+    if let (Some(o), Some(d)) = (r.listen_overflows, r.listen_drops) {
+        let _ = writeln!(
+            out,
+            "  this namespace: ListenOverflows +{o}, ListenDrops +{d}"
+        );
+    }
+
+    let _ = writeln!(out, "\nLifetimes");
+    lifetimes(&mut out, "by process", &r.lifetimes_by_process);
+    lifetimes(&mut out, "by peer", &r.lifetimes_by_peer);
+    let _ = writeln!(
+        out,
+        "\nTracker: {} sockets tracked now, {} evicted, {} connections ended",
+        r.tracker.sockets, r.tracker.evicted, r.tracker.ended
+    );
+    out
+}
