@@ -41,6 +41,9 @@ pub mod event_kind {
     pub const RESET_SENT: u8 = 5;
     /// `tcp:tcp_destroy_sock`: the kernel freed the socket.
     pub const DESTROY: u8 = 6;
+    /// `syscalls:sys_exit_accept4` / `sys_exit_accept`: a process accepted this socket; the
+    /// owner is that process.
+    pub const ACCEPT: u8 = 7;
 }
 
 /// Bits of [`RawEvent::flags`].
@@ -52,6 +55,8 @@ pub mod event_flags {
     pub const AUX_VALID: u8 = 2;
     /// `dwell_ns` is known: netwatch saw this socket enter its previous state.
     pub const DWELL_KNOWN: u8 = 4;
+    /// `bytes_acked`, `bytes_received` and `srtt_us` were read from the socket (at -> CLOSE).
+    pub const TCP_INFO: u8 = 8;
 }
 
 pub const COMM_LEN: usize = 16;
@@ -85,6 +90,13 @@ pub struct RawEvent {
     pub _pad: [u8; 2],
     /// Reset reason (`RESET_SENT`) or error (`RETRANSMIT`), valid when `AUX_VALID` is set.
     pub aux: u32,
+    /// From `struct tcp_sock` at `-> CLOSE`, valid when `TCP_INFO` is set: bytes we sent that
+    /// the peer acknowledged, bytes we received, smoothed RTT (µs, as the kernel keeps it:
+    /// `srtt_us` holds 8 times the RTT).
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    pub srtt_us: u32,
+    pub _pad2: u32,
 }
 
 impl RawEvent {
@@ -133,6 +145,9 @@ pub struct TpFields {
     /// sockaddr_in or sockaddr_in6 (family, port, address).
     pub src_sockaddr: u16,
     pub dst_sockaddr: u16,
+    /// `syscalls:sys_exit_*`: `long ret`.
+    pub ret: u16,
+    pub _pad: u16,
 }
 
 impl TpFields {
@@ -154,6 +169,59 @@ impl TpFields {
         err: ABSENT,
         src_sockaddr: ABSENT,
         dst_sockaddr: ABSENT,
+        ret: ABSENT,
+        _pad: 0,
+    };
+}
+
+/// An offset into a kernel struct that the running kernel's BTF did not give.
+pub const ABSENT32: u32 = u32::MAX;
+
+/// Byte offsets inside kernel structs, read from the running kernel's BTF
+/// (`/sys/kernel/btf/vmlinux`) at start-up; [`ABSENT32`] switches off what needs them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `struct tcp_sock`: read at `-> CLOSE`.
+    pub tcp_bytes_acked: u32,
+    pub tcp_bytes_received: u32,
+    pub tcp_srtt_us: u32,
+    /// The fd -> socket walk at accept(): `task_struct.files`, `files_struct.fdt`,
+    /// `fdtable.fd`, `fdtable.max_fds`, `file.private_data`, `socket.sk`.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_fd: u32,
+    pub fdt_max_fds: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    /// `struct sock_common`, for the endpoints of an accepted socket.
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_family: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+}
+
+impl KernelOffsets {
+    pub const NONE: Self = Self {
+        tcp_bytes_acked: ABSENT32,
+        tcp_bytes_received: ABSENT32,
+        tcp_srtt_us: ABSENT32,
+        task_files: ABSENT32,
+        files_fdt: ABSENT32,
+        fdt_fd: ABSENT32,
+        fdt_max_fds: ABSENT32,
+        file_private_data: ABSENT32,
+        socket_sk: ABSENT32,
+        skc_daddr: ABSENT32,
+        skc_rcv_saddr: ABSENT32,
+        skc_dport: ABSENT32,
+        skc_num: ABSENT32,
+        skc_family: ABSENT32,
+        skc_v6_daddr: ABSENT32,
+        skc_v6_rcv_saddr: ABSENT32,
     };
 }
 
@@ -186,6 +254,8 @@ pub mod names {
     pub const RECV_RESET_FIELDS: &str = "RECV_RESET_FIELDS";
     pub const SEND_RESET_FIELDS: &str = "SEND_RESET_FIELDS";
     pub const DESTROY_FIELDS: &str = "DESTROY_FIELDS";
+    pub const ACCEPT_FIELDS: &str = "ACCEPT_FIELDS";
+    pub const KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
 }
 
 /// Size of the `SOCKETS` map (per-socket owner and state-entry time): live TCP sockets
@@ -194,13 +264,15 @@ pub const SOCKETS_MAX_ENTRIES: u32 = 65_536;
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all four are #[repr(C)], made only of integers and integer arrays, with every
+    // SAFETY: all of them are #[repr(C)], made only of integers and integer arrays, with every
     // padding byte spelled out as a field, so any bit pattern is a valid value.
     unsafe impl aya::Pod for super::RawEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TpFields {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::KernelOffsets {}
 }
 
 #[cfg(test)]
@@ -209,8 +281,9 @@ mod tests {
 
     #[test]
     fn record_sizes_have_no_hidden_padding() {
-        assert_eq!(core::mem::size_of::<RawEvent>(), 96);
+        assert_eq!(core::mem::size_of::<RawEvent>(), 120);
         assert_eq!(core::mem::size_of::<SockInfo>(), 40);
-        assert_eq!(core::mem::size_of::<TpFields>(), 32);
+        assert_eq!(core::mem::size_of::<TpFields>(), 36);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 64);
     }
 }

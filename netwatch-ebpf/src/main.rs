@@ -22,15 +22,16 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        generated::bpf_probe_read_kernel,
+        bpf_probe_read_kernel as probe_read,
+        generated::{bpf_get_current_task, bpf_probe_read_kernel},
     },
     macros::{map, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use netwatch_common::{
-    ABSENT, AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP, RECORD_COPY_LEN, RawEvent,
-    SOCKETS_MAX_ENTRIES, SockInfo, TpFields, event_flags, event_kind, stat,
+    ABSENT, ABSENT32, AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP, KernelOffsets, RECORD_COPY_LEN,
+    RawEvent, SOCKETS_MAX_ENTRIES, SockInfo, TpFields, event_flags, event_kind, stat,
     tcp_state::{CLOSE, CLOSE_WAIT, ESTABLISHED, FIN_WAIT1, LAST_ACK, LISTEN, SYN_RECV, SYN_SENT},
 };
 
@@ -68,6 +69,23 @@ static RECV_RESET_FIELDS: TpFields = TpFields::NONE;
 static SEND_RESET_FIELDS: TpFields = TpFields::NONE;
 #[unsafe(no_mangle)]
 static DESTROY_FIELDS: TpFields = TpFields::NONE;
+#[unsafe(no_mangle)]
+static ACCEPT_FIELDS: TpFields = TpFields::NONE;
+/// Struct offsets from the kernel's BTF; `ABSENT32` where BTF did not give them.
+#[unsafe(no_mangle)]
+static KERNEL_OFFSETS: KernelOffsets = KernelOffsets::NONE;
+
+/// Reads a `T` at `base + off` in kernel memory; `None` when the offset is unknown or the
+/// read faults.
+#[inline(always)]
+fn kread<T: Copy>(base: u64, off: u32) -> Option<T> {
+    if off == ABSENT32 || base == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel never faults the kernel: an invalid address makes it
+    // return an error, which becomes `None`. The offset comes from the running kernel's BTF.
+    unsafe { probe_read((base + u64::from(off)) as *const T) }.ok()
+}
 
 /// Reads a load-time global. `read_volatile` keeps the compiler from folding the compiled-in
 /// default into the code: the value must come from `.rodata` as user space set it.
@@ -208,6 +226,10 @@ fn empty_event(kind: u8, skaddr: u64) -> RawEvent {
         flags: 0,
         _pad: [0; 2],
         aux: 0,
+        bytes_acked: 0,
+        bytes_received: 0,
+        srtt_us: 0,
+        _pad2: 0,
     }
 }
 
@@ -307,6 +329,9 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
         }
     }
     owner_from(&info, &mut ev);
+    if new == CLOSE {
+        tcp_info(skaddr, &mut ev);
+    }
     // A repeated state (FIN_WAIT1 -> FIN_WAIT1 when close() follows shutdown()) is reported,
     // but the socket has been in that state since it first entered it.
     if old != new || info.state_since_ns == 0 {
@@ -321,6 +346,87 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
             if SOCKETS.insert(skaddr, info, 0).is_err() {
                 count(stat::SOCKETS_FULL);
             }
+        }
+    }
+    emit(&ev);
+    Some(())
+}
+
+/// Bytes and smoothed RTT from `struct tcp_sock`, for the connection record at close.
+#[inline(always)]
+fn tcp_info(skaddr: u64, ev: &mut RawEvent) {
+    let o = global(&KERNEL_OFFSETS);
+    if let (Some(acked), Some(received), Some(srtt)) = (
+        kread::<u64>(skaddr, o.tcp_bytes_acked),
+        kread::<u64>(skaddr, o.tcp_bytes_received),
+        kread::<u32>(skaddr, o.tcp_srtt_us),
+    ) {
+        ev.bytes_acked = acked;
+        ev.bytes_received = received;
+        ev.srtt_us = srtt;
+        ev.flags |= event_flags::TCP_INFO;
+    }
+}
+
+/// `syscalls:sys_exit_accept4` and `sys_exit_accept` (`__syscall_nr`, `long ret`): in process
+/// context, the accepting task is the new socket's owner. `ret` is the new fd; the socket is
+/// found through `current->files->fdt->fd[ret]->private_data->sk`, with offsets from BTF.
+#[tracepoint]
+pub fn nw_accept(ctx: TracePointContext) -> u32 {
+    try_accept(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_accept(ctx: &TracePointContext) -> Option<()> {
+    let f = global(&ACCEPT_FIELDS);
+    let rec = Record::copy(ctx)?;
+    let fd = rec.get::<i64>(f.ret)?;
+    if fd < 0 {
+        return None;
+    }
+    let o = global(&KERNEL_OFFSETS);
+    // SAFETY: a helper without arguments; the task pointer is only dereferenced through
+    // bpf_probe_read_kernel (kread).
+    let task = unsafe { bpf_get_current_task() };
+    let files = kread::<u64>(task, o.task_files)?;
+    let fdt = kread::<u64>(files, o.files_fdt)?;
+    let max_fds = kread::<u32>(fdt, o.fdt_max_fds)?;
+    if fd as u64 >= u64::from(max_fds) {
+        return None;
+    }
+    let fd_array = kread::<u64>(fdt, o.fdt_fd)?;
+    let file = kread::<u64>(fd_array, (fd as u32).checked_mul(8)?)?;
+    let sock = kread::<u64>(file, o.file_private_data)?;
+    let sk = kread::<u64>(sock, o.socket_sk)?;
+    // Only sockets netwatch follows (TCP, seen in a transition) get an owner.
+    let info = SOCKETS.get_ptr_mut(sk)?;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let mut ev = empty_event(event_kind::ACCEPT, sk);
+    ev.tgid = (pid_tgid >> 32) as u32;
+    ev.tid = pid_tgid as u32;
+    ev.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    ev.flags |= event_flags::OWNER_CAPTURED;
+    // SAFETY: the pointer comes from the map lookup and is valid for this program run.
+    unsafe {
+        (*info).tgid = ev.tgid;
+        (*info).tid = ev.tid;
+        (*info).comm = ev.comm;
+        ev.new_state = (*info).state;
+    }
+    let family = kread::<u16>(sk, o.skc_family)?;
+    ev.family = family;
+    ev.sport = kread::<u16>(sk, o.skc_num).unwrap_or(0);
+    ev.dport = u16::from_be(kread::<u16>(sk, o.skc_dport).unwrap_or(0));
+    if family == AF_INET6 {
+        ev.saddr = kread::<[u8; 16]>(sk, o.skc_v6_rcv_saddr).unwrap_or([0; 16]);
+        ev.daddr = kread::<[u8; 16]>(sk, o.skc_v6_daddr).unwrap_or([0; 16]);
+    } else {
+        if let Some(a) = kread::<[u8; 4]>(sk, o.skc_rcv_saddr) {
+            ev.saddr[..4].copy_from_slice(&a);
+        }
+        if let Some(a) = kread::<[u8; 4]>(sk, o.skc_daddr) {
+            ev.daddr[..4].copy_from_slice(&a);
         }
     }
     emit(&ev);

@@ -374,7 +374,7 @@ impl Analysis {
                     .entry(endpoint(ev.saddr, ev.sport))
                     .or_default() += 1;
             }
-            EventKind::State { .. } | EventKind::Destroy { .. } => {}
+            EventKind::State { .. } | EventKind::Destroy { .. } | EventKind::Accept { .. } => {}
         }
     }
 
@@ -743,6 +743,9 @@ mod tests {
             resets_received: 0,
             resets_sent: 0,
             reset_state: None,
+            bytes_sent: None,
+            bytes_received: None,
+            srtt_ms: None,
         }
     }
 

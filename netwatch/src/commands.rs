@@ -131,7 +131,7 @@ async fn live(run: &RunArgs, make: impl FnOnce(&Header) -> Output) -> anyhow::Re
     eprintln!(
         "netwatch: tracing TCP events ({} of {} tracepoints attached); Ctrl-C to stop",
         probe.attached(),
-        probe::program_names().count()
+        probe::tracepoint_count()
     );
     let (output, summary) = match &run.record {
         Some(path) => {

@@ -84,6 +84,14 @@ pub enum EventKind {
         new_state: Option<TcpState>,
         /// Milliseconds spent in `old_state`; `None` when netwatch did not see it begin.
         ms_in_old: Option<f64>,
+        /// At `-> CLOSE` (from `struct tcp_sock`, offsets from BTF): bytes sent and
+        /// acknowledged, bytes received, smoothed RTT.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bytes_sent: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bytes_received: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        srtt_ms: Option<f64>,
     },
     /// A retransmitted segment (`tcp:tcp_retransmit_skb`).
     Retransmit {
@@ -102,9 +110,24 @@ pub enum EventKind {
     },
     /// The kernel freed the socket (`tcp:tcp_destroy_sock`).
     Destroy { state: Option<TcpState> },
+    /// A process accepted the socket (`syscalls:sys_exit_accept4`); it is the owner.
+    Accept { state: Option<TcpState> },
 }
 
 impl EventKind {
+    /// A transition with nothing else known (for tests and synthetic streams).
+    #[cfg(test)]
+    pub fn state(old: TcpState, new: TcpState) -> Self {
+        EventKind::State {
+            old_state: Some(old),
+            new_state: Some(new),
+            ms_in_old: None,
+            bytes_sent: None,
+            bytes_received: None,
+            srtt_ms: None,
+        }
+    }
+
     /// Short upper-case label for text output.
     pub fn label(&self) -> &'static str {
         match self {
@@ -114,6 +137,7 @@ impl EventKind {
             EventKind::ResetReceived { .. } => "RESET_RECEIVED",
             EventKind::ResetSent { .. } => "RESET_SENT",
             EventKind::Destroy { .. } => "DESTROY",
+            EventKind::Accept { .. } => "ACCEPT",
         }
     }
 }
@@ -209,12 +233,19 @@ impl Event {
         let state = TcpState::from_kernel(raw.new_state);
         let aux_valid = raw.flags & event_flags::AUX_VALID != 0;
         let kind = match raw.kind {
-            event_kind::STATE => EventKind::State {
-                old_state: TcpState::from_kernel(raw.old_state),
-                new_state: state,
-                ms_in_old: (raw.flags & event_flags::DWELL_KNOWN != 0)
-                    .then(|| raw.dwell_ns as f64 / 1e6),
-            },
+            event_kind::STATE => {
+                let tcp = raw.flags & event_flags::TCP_INFO != 0;
+                EventKind::State {
+                    old_state: TcpState::from_kernel(raw.old_state),
+                    new_state: state,
+                    ms_in_old: (raw.flags & event_flags::DWELL_KNOWN != 0)
+                        .then(|| raw.dwell_ns as f64 / 1e6),
+                    bytes_sent: tcp.then_some(raw.bytes_acked),
+                    bytes_received: tcp.then_some(raw.bytes_received),
+                    // The kernel keeps srtt_us as 8 times the smoothed RTT in µs.
+                    srtt_ms: tcp.then(|| f64::from(raw.srtt_us >> 3) / 1000.0),
+                }
+            }
             event_kind::RETRANSMIT => EventKind::Retransmit {
                 state,
                 err: aux_valid.then_some(raw.aux as i32),
@@ -226,6 +257,7 @@ impl Event {
                 reason: aux_valid.then(|| cx.reset_reason(raw.aux)),
             },
             event_kind::DESTROY => EventKind::Destroy { state },
+            event_kind::ACCEPT => EventKind::Accept { state },
             other => return Err(DecodeError::Kind(other)),
         };
         let known = raw.tgid != 0;
@@ -262,11 +294,7 @@ impl Event {
             sport: 0,
             daddr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             dport: 0,
-            kind: EventKind::State {
-                old_state: Some(TcpState::Close),
-                new_state: Some(TcpState::SynSent),
-                ms_in_old: None,
-            },
+            kind: EventKind::state(TcpState::Close, TcpState::SynSent),
         }
     }
 }
@@ -316,6 +344,10 @@ mod tests {
             flags: event_flags::DWELL_KNOWN,
             _pad: [0; 2],
             aux: 0,
+            bytes_acked: 0,
+            bytes_received: 0,
+            srtt_us: 0,
+            _pad2: 0,
         }
     }
 
@@ -359,8 +391,49 @@ mod tests {
                 old_state: Some(TcpState::SynSent),
                 new_state: Some(TcpState::Established),
                 ms_in_old: Some(1.5),
+                bytes_sent: None,
+                bytes_received: None,
+                srtt_ms: None,
             }
         );
+    }
+
+    #[test]
+    fn tcp_info_at_close_decodes_bytes_and_srtt() {
+        let mut r = raw(event_kind::STATE);
+        r.new_state = tcp_state::CLOSE;
+        r.flags |= event_flags::TCP_INFO;
+        r.bytes_acked = 1234;
+        r.bytes_received = 99;
+        r.srtt_us = 8 * 2500;
+        let ev = Event::decode(&r, &DecodeContext::default()).unwrap();
+        let EventKind::State {
+            bytes_sent,
+            bytes_received,
+            srtt_ms,
+            ..
+        } = ev.kind
+        else {
+            panic!("not a state event")
+        };
+        assert_eq!(
+            (bytes_sent, bytes_received, srtt_ms),
+            (Some(1234), Some(99), Some(2.5))
+        );
+    }
+
+    #[test]
+    fn accept_events_decode() {
+        let mut r = raw(event_kind::ACCEPT);
+        r.flags = event_flags::OWNER_CAPTURED;
+        let ev = Event::decode(&r, &DecodeContext::default()).unwrap();
+        assert_eq!(
+            ev.kind,
+            EventKind::Accept {
+                state: Some(TcpState::Established)
+            }
+        );
+        assert!(ev.owner_seen_here);
     }
 
     #[test]

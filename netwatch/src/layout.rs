@@ -20,15 +20,9 @@ pub enum LayoutError {
     TooFar { field: &'static str, end: usize },
 }
 
-/// Fields every program needs.
-const REQUIRED: &[&str] = &["skaddr"];
-
 /// Offset of `name` if present with one of the `sizes`, [`ABSENT`] if missing.
 fn offset(fmt: &EventFormat, name: &'static str, sizes: &[u16]) -> Result<u16, LayoutError> {
     let Some(field) = fmt.field(name) else {
-        if REQUIRED.contains(&name) {
-            return Err(LayoutError::Missing(name));
-        }
         return Ok(ABSENT);
     };
     if !sizes.contains(&field.size) {
@@ -51,8 +45,28 @@ fn offset(fmt: &EventFormat, name: &'static str, sizes: &[u16]) -> Result<u16, L
     Ok(field.offset)
 }
 
+/// Fails when any of `names` is absent.
+fn require(f: TpFields, names: &[(&'static str, u16)]) -> Result<TpFields, LayoutError> {
+    match names.iter().find(|(_, off)| *off == ABSENT) {
+        Some((name, _)) => Err(LayoutError::Missing(name)),
+        None => Ok(f),
+    }
+}
+
+/// The offsets of a `tcp:*` tracepoint: every field it has, and at least `skaddr`.
+pub fn socket_fields(fmt: &EventFormat) -> Result<TpFields, LayoutError> {
+    let f = fields(fmt)?;
+    require(f, &[("skaddr", f.skaddr)])
+}
+
+/// The offsets of a `syscalls:sys_exit_*` tracepoint: `ret`.
+pub fn syscall_exit_fields(fmt: &EventFormat) -> Result<TpFields, LayoutError> {
+    let f = fields(fmt)?;
+    require(f, &[("ret", f.ret)])
+}
+
 /// The offsets of one tracepoint, for the fields its program reads.
-pub fn fields(fmt: &EventFormat) -> Result<TpFields, LayoutError> {
+fn fields(fmt: &EventFormat) -> Result<TpFields, LayoutError> {
     let mut f = TpFields {
         skaddr: offset(fmt, "skaddr", &[8])?,
         oldstate: offset(fmt, "oldstate", &[4])?,
@@ -70,6 +84,8 @@ pub fn fields(fmt: &EventFormat) -> Result<TpFields, LayoutError> {
         err: offset(fmt, "err", &[4])?,
         src_sockaddr: ABSENT,
         dst_sockaddr: ABSENT,
+        ret: offset(fmt, "ret", &[8])?,
+        _pad: 0,
     };
     // Since 6.10 tcp_send_reset stores whole sockaddrs (`__u8 saddr[28]`) holding family, port
     // and address, instead of the separate family/port/address fields.
@@ -85,16 +101,15 @@ pub fn fields(fmt: &EventFormat) -> Result<TpFields, LayoutError> {
 /// `fields`, plus the fields without which a state transition means nothing.
 pub fn set_state_fields(fmt: &EventFormat) -> Result<TpFields, LayoutError> {
     let f = fields(fmt)?;
-    for (name, off) in [
-        ("oldstate", f.oldstate),
-        ("newstate", f.newstate),
-        ("protocol", f.protocol),
-    ] {
-        if off == ABSENT {
-            return Err(LayoutError::Missing(name));
-        }
-    }
-    Ok(f)
+    require(
+        f,
+        &[
+            ("skaddr", f.skaddr),
+            ("oldstate", f.oldstate),
+            ("newstate", f.newstate),
+            ("protocol", f.protocol),
+        ],
+    )
 }
 
 #[cfg(test)]
@@ -156,6 +171,13 @@ mod tests {
     }
 
     #[test]
+    fn accept_exit_layout_has_ret() {
+        let f = syscall_exit_fields(&fixture("6.18", "syscalls__sys_exit_accept4")).unwrap();
+        assert_eq!(f.ret, 16);
+        assert_eq!(f.skaddr, ABSENT);
+    }
+
+    #[test]
     fn every_fixture_layout_is_usable() {
         for kernel in ["6.18", "5.15"] {
             for event in [
@@ -165,7 +187,7 @@ mod tests {
                 "tcp__tcp_send_reset",
                 "tcp__tcp_destroy_sock",
             ] {
-                let f = fields(&fixture(kernel, event))
+                let f = socket_fields(&fixture(kernel, event))
                     .unwrap_or_else(|e| panic!("{kernel} {event}: {e}"));
                 assert_ne!(f.skaddr, ABSENT, "{kernel} {event}");
             }
@@ -191,6 +213,7 @@ mod tests {
             set_state_fields(&fmt),
             Err(LayoutError::Missing("oldstate"))
         );
+        assert_eq!(syscall_exit_fields(&fmt), Err(LayoutError::Missing("ret")));
         let text = "name: x\nID: 1\nformat:\n\tfield:const void * skaddr;\toffset:200;\tsize:8;\tsigned:0;\n\nprint fmt: \"\"\n";
         let fmt = parse_format(text).unwrap();
         assert_eq!(

@@ -8,6 +8,10 @@ use crate::{
     tracker::{Connection, Fact, Tracker},
 };
 
+fn kb(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "-".to_string(), |b| (b / 1024).to_string())
+}
+
 /// Feeds the tracker and prints each connection it finishes.
 pub struct LifeSink<W: Write> {
     out: W,
@@ -56,8 +60,8 @@ impl<W: Write> LifeSink<W> {
             c.sport,
             c.daddr.to_string(),
             c.dport,
-            "-",
-            "-",
+            kb(c.bytes_sent),
+            kb(c.bytes_received),
             c.ms.map_or_else(|| "-".to_string(), |ms| format!("{ms:.3}")),
             role,
             c.end.label()

@@ -1,5 +1,6 @@
 //! netwatch: an eBPF tracer of TCP connections. See the README for what it shows and how.
 mod analysis;
+mod btf;
 mod cli;
 mod clock;
 mod commands;
@@ -7,6 +8,7 @@ mod event;
 mod layout;
 mod life;
 mod netstat;
+mod offsets;
 mod privileges;
 mod probe;
 mod record;

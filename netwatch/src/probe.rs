@@ -14,7 +14,7 @@ use netwatch_common::{TpFields, names, stat};
 use crate::{
     event::DecodeContext,
     layout::{self, LayoutError},
-    privileges,
+    offsets, privileges,
     tracefs::{self, EventFormat},
 };
 
@@ -46,7 +46,7 @@ const PROGRAM_SPECS: &[ProgramSpec] = &[
         system: "tcp",
         event: "tcp_retransmit_skb",
         global: names::RETRANSMIT_FIELDS,
-        layout: layout::fields,
+        layout: layout::socket_fields,
         feature: "retransmissions",
     },
     ProgramSpec {
@@ -54,7 +54,7 @@ const PROGRAM_SPECS: &[ProgramSpec] = &[
         system: "tcp",
         event: "tcp_retransmit_synack",
         global: names::SYNACK_FIELDS,
-        layout: layout::fields,
+        layout: layout::socket_fields,
         feature: "SYN-ACK retransmits",
     },
     ProgramSpec {
@@ -62,7 +62,7 @@ const PROGRAM_SPECS: &[ProgramSpec] = &[
         system: "tcp",
         event: "tcp_receive_reset",
         global: names::RECV_RESET_FIELDS,
-        layout: layout::fields,
+        layout: layout::socket_fields,
         feature: "resets received",
     },
     ProgramSpec {
@@ -70,7 +70,7 @@ const PROGRAM_SPECS: &[ProgramSpec] = &[
         system: "tcp",
         event: "tcp_send_reset",
         global: names::SEND_RESET_FIELDS,
-        layout: layout::fields,
+        layout: layout::socket_fields,
         feature: "resets sent",
     },
     ProgramSpec {
@@ -78,14 +78,30 @@ const PROGRAM_SPECS: &[ProgramSpec] = &[
         system: "tcp",
         event: "tcp_destroy_sock",
         global: names::DESTROY_FIELDS,
-        layout: layout::fields,
-        feature: "socket destruction",
+        layout: layout::socket_fields,
+        feature: "socket destructions",
+    },
+    ProgramSpec {
+        program: "nw_accept",
+        system: "syscalls",
+        event: "sys_exit_accept4",
+        global: names::ACCEPT_FIELDS,
+        layout: layout::syscall_exit_fields,
+        feature: "owners of sockets accepted with accept4()",
+    },
+    ProgramSpec {
+        program: "nw_accept",
+        system: "syscalls",
+        event: "sys_exit_accept",
+        global: names::ACCEPT_FIELDS,
+        layout: layout::syscall_exit_fields,
+        feature: "owners of sockets accepted with accept()",
     },
 ];
 
-/// Names of every program netwatch attaches (what `bpftool prog` shows).
-pub fn program_names() -> impl Iterator<Item = &'static str> {
-    PROGRAM_SPECS.iter().map(|s| s.program)
+/// How many tracepoints netwatch attaches to when the kernel has them all.
+pub fn tracepoint_count() -> usize {
+    PROGRAM_SPECS.len()
 }
 
 /// Load-time settings.
@@ -189,13 +205,38 @@ impl Probe {
             );
         }
 
+        // Both accept tracepoints share one program and one layout global: keep the second
+        // only if its layout is the same.
+        let mut seen_globals: Vec<(&str, TpFields)> = Vec::new();
+        layouts.retain(|(spec, fields)| {
+            match seen_globals.iter().find(|(g, _)| *g == spec.global) {
+                Some((_, first)) if first != fields => {
+                    warnings.push(format!(
+                        "tracepoint {}:{} has a different layout from its twin: {} are not traced",
+                        spec.system, spec.event, spec.feature
+                    ));
+                    false
+                }
+                Some(_) => true,
+                None => {
+                    seen_globals.push((spec.global, *fields));
+                    true
+                }
+            }
+        });
+        let offsets = offsets::kernel_offsets(&mut warnings);
+        if offsets.task_files == netwatch_common::ABSENT32 {
+            layouts.retain(|(spec, _)| spec.program != "nw_accept");
+        }
+
         let wakeup_bytes = u64::from(config.ring_bytes / 4);
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::EVENTS, config.ring_bytes)
-            .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true);
-        for (spec, fields) in &layouts {
-            loader.override_global(spec.global, fields, true);
+            .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
+            .override_global(names::KERNEL_OFFSETS, &offsets, true);
+        for (global, fields) in &seen_globals {
+            loader.override_global(global, fields, true);
         }
         let mut ebpf = loader
             .load(PROGRAMS)
@@ -208,9 +249,11 @@ impl Probe {
                 .ok_or_else(|| anyhow!("program {} missing from the object", spec.program))?
                 .try_into()
                 .with_context(|| format!("{} is not a tracepoint program", spec.program))?;
-            program
-                .load()
-                .with_context(|| format!("verifier rejected {}", spec.program))?;
+            if program.fd().is_err() {
+                program
+                    .load()
+                    .with_context(|| format!("verifier rejected {}", spec.program))?;
+            }
             match program.attach(spec.system, spec.event) {
                 Ok(link) => links.push((spec.program, link)),
                 Err(e) => warnings.push(format!(

@@ -84,7 +84,8 @@ pub fn describe(kind: &EventKind) -> String {
         EventKind::Retransmit { state, .. }
         | EventKind::SynackRetransmit { state }
         | EventKind::ResetReceived { state }
-        | EventKind::Destroy { state } => {
+        | EventKind::Destroy { state }
+        | EventKind::Accept { state } => {
             format!("{} in {}", kind.label(), state_name(*state))
         }
         EventKind::ResetSent { state, reason } => {
@@ -200,12 +201,11 @@ mod tests {
             },
             false,
         );
-        sink.event(&event(EventKind::State {
-            old_state: Some(TcpState::SynSent),
-            new_state: Some(TcpState::Established),
-            ms_in_old: Some(0.25),
-        }))
-        .unwrap();
+        let mut kind = EventKind::state(TcpState::SynSent, TcpState::Established);
+        if let EventKind::State { ms_in_old, .. } = &mut kind {
+            *ms_in_old = Some(0.25);
+        }
+        sink.event(&event(kind)).unwrap();
         let text = String::from_utf8(buf).unwrap();
         let lines: Vec<_> = text.lines().collect();
         let header: Vec<_> = lines[0].split_whitespace().collect();

@@ -152,6 +152,11 @@ pub struct Connection {
     pub resets_sent: u32,
     /// State in which a reset arrived or left, if any.
     pub reset_state: Option<TcpState>,
+    /// Bytes we sent that the peer acknowledged, bytes received, and the smoothed RTT, read
+    /// from the socket at close (`None` without kernel BTF).
+    pub bytes_sent: Option<u64>,
+    pub bytes_received: Option<u64>,
+    pub srtt_ms: Option<f64>,
 }
 
 /// Something the tracker concluded.
@@ -188,6 +193,8 @@ struct Sock {
     /// Last state before `-> CLOSE`, and when: set once the connection is closed.
     closed_from: Option<(TcpState, u64)>,
     listener: bool,
+    /// Bytes sent, bytes received and smoothed RTT read at close.
+    tcp: Option<(Option<u64>, Option<u64>, Option<f64>)>,
 }
 
 /// A socket sitting in CLOSE_WAIT now: the peer closed, our application has not.
@@ -268,8 +275,18 @@ impl Tracker {
             EventKind::State {
                 old_state,
                 new_state,
+                bytes_sent,
+                bytes_received,
+                srtt_ms,
                 ..
-            } => self.on_transition(ev, *old_state, *new_state, out),
+            } => {
+                self.on_transition(ev, *old_state, *new_state, out);
+                if let Some(s) = self.socks.get_mut(&ev.sock)
+                    && bytes_sent.is_some()
+                {
+                    s.tcp = Some((*bytes_sent, *bytes_received, *srtt_ms));
+                }
+            }
             EventKind::Retransmit { .. } => {
                 if let Some(s) = self.known(ev) {
                     s.retransmits += 1;
@@ -291,6 +308,15 @@ impl Tracker {
                 }
             }
             EventKind::SynackRetransmit { .. } => {}
+            EventKind::Accept { .. } => {
+                // The accepting process owns the socket from now on.
+                if let Some(s) = self.socks.get_mut(&ev.sock) {
+                    s.last_ns = ev.ts_ns;
+                    if let Some(owner) = Owner::of(ev) {
+                        s.owner = Some(owner);
+                    }
+                }
+            }
             EventKind::Destroy { .. } => {
                 if let Some(s) = self.socks.remove(&ev.sock) {
                     self.end(s, out);
@@ -355,6 +381,7 @@ impl Tracker {
                     reset_reason: None,
                     closed_from: None,
                     listener: new == Some(TcpState::Listen),
+                    tcp: None,
                 },
             );
         }
@@ -483,6 +510,9 @@ impl Tracker {
             resets_received: s.resets_received,
             resets_sent: s.resets_sent,
             reset_state: s.reset_state,
+            bytes_sent: s.tcp.and_then(|t| t.0),
+            bytes_received: s.tcp.and_then(|t| t.1),
+            srtt_ms: s.tcp.and_then(|t| t.2),
         })));
     }
 
@@ -595,18 +625,7 @@ mod tests {
             old: TcpState,
             new: TcpState,
         ) {
-            self.push(
-                ms,
-                sock,
-                pid,
-                local,
-                remote,
-                EventKind::State {
-                    old_state: Some(old),
-                    new_state: Some(new),
-                    ms_in_old: None,
-                },
-            );
+            self.push(ms, sock, pid, local, remote, EventKind::state(old, new));
         }
 
         fn run(&self, max: usize) -> (Vec<Connection>, Tracker) {

@@ -34,6 +34,11 @@ usage:
   tcpdrive connect <addr:port> [--count N] [--request BYTES] [--timeout-ms MS]
       N sequential connect/request/reply/close cycles (the client closes first, or second
       after reading EOF from serve-close-first). Prints DONE <pid> <ok> <failed>.
+  tcpdrive connect-reset <addr:port> [--count N] [--request BYTES] [--timeout-ms MS]
+      like connect, but each close is an abort (SO_LINGER 0): the client sends a reset.
+  tcpdrive serve-leak <addr:port> [--count N] [--backlog N]
+      print READY <pid>; accept N connections, answer each, never close them (CLOSE_WAIT
+      once the clients close); print LEAKING <pid> <N>, then wait to be killed.
   tcpdrive connect-expect-fail <addr:port> [--timeout-ms MS]
       one connect that must fail; prints FAILED <pid> <ERRNO> (exit 0), or CONNECTED <pid> (exit 1).
   tcpdrive send-slow <addr:port> --bytes N [--timeout-ms MS]
@@ -160,13 +165,14 @@ fn run(args: &[String]) -> Result<i32, String> {
                 std::thread::sleep(Duration::from_secs(3600));
             }
         }
-        "connect" => {
+        "connect" | "connect-reset" => {
             let o = Opts::parse(rest, &["count", "request", "timeout-ms"])?;
             let request = message(b"ping", o.size_or("request", 5)?);
             let timeout = o.millis_or("timeout-ms", 10_000)?;
+            let reset = mode == "connect-reset";
             let (mut ok, mut failed) = (0u64, 0u64);
             for _ in 0..o.num_or("count", 1)? {
-                match client_cycle(addr, &request, timeout) {
+                match client_cycle(addr, &request, timeout, reset) {
                     Ok(()) => ok += 1,
                     Err(e) => {
                         eprintln!("tcpdrive: connect {addr}: {e}");
@@ -176,6 +182,10 @@ fn run(args: &[String]) -> Result<i32, String> {
             }
             say(&format!("DONE {} {ok} {failed}", std::process::id()));
             Ok(if failed == 0 { 0 } else { 1 })
+        }
+        "serve-leak" => {
+            let o = Opts::parse(rest, &["count", "backlog"])?;
+            serve_leak(addr, o.num_or("count", 1)?, backlog(&o)?)
         }
         "connect-expect-fail" => {
             let o = Opts::parse(rest, &["timeout-ms"])?;
@@ -446,7 +456,62 @@ fn serve_forever(addr: SocketAddr, backlog: i32, cfg: ServerCfg) -> ! {
 
 /// One client cycle: connect, request, full reply, close (after EOF when the server closes
 /// first, as its reply starting with `b` says).
-fn client_cycle(addr: SocketAddr, request: &[u8], timeout: Duration) -> Result<(), String> {
+/// Accepts `count` connections, answers each request, and never closes them: once the clients
+/// close, every one sits in CLOSE_WAIT (the leak netwatch must find). Prints
+/// `LEAKING <pid> <count>` once all are accepted and answered, then waits to be killed.
+fn serve_leak(addr: SocketAddr, count: u64, backlog: i32) -> ! {
+    let listener = listen(addr, backlog).unwrap_or_else(|e| die(&format!("listen {addr}"), &e));
+    ready();
+    let mut held = Vec::new();
+    for _ in 0..count {
+        let (mut s, _) = listener
+            .accept()
+            .unwrap_or_else(|e| die(&format!("accept on {addr}"), &e));
+        let mut got = Vec::new();
+        if let Err(e) = read_until_newline(&mut s, &mut got) {
+            die("reading a request", &e);
+        }
+        if let Err(e) = s.write_all(b"pong\n") {
+            die("writing a reply", &e);
+        }
+        held.push(s);
+    }
+    say(&format!("LEAKING {} {}", std::process::id(), held.len()));
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// SO_LINGER on with a zero timeout: close() then aborts the connection with a reset.
+fn set_linger_zero(s: &TcpStream) -> io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads `size_of::<linger>()` bytes from the pointer, which points at
+    // a live `linger`; the fd belongs to `s`, open for the duration of the call.
+    let ret = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn client_cycle(
+    addr: SocketAddr,
+    request: &[u8],
+    timeout: Duration,
+    reset: bool,
+) -> Result<(), String> {
     let io = |what: &str, e: io::Error| format!("{what}: {}", describe(&e));
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| io("connect", e))?;
     s.set_read_timeout(Some(timeout))
@@ -464,6 +529,9 @@ fn client_cycle(addr: SocketAddr, request: &[u8], timeout: Duration) -> Result<(
     }
     if reply.first() == Some(&b'b') {
         read_to_eof(&mut s).map_err(|e| io("waiting for the server to close", e))?;
+    }
+    if reset {
+        set_linger_zero(&s).map_err(|e| io("SO_LINGER", e))?;
     }
     Ok(())
 }
@@ -529,7 +597,7 @@ fn churn(addr: SocketAddr, count: u64, parallel: u64, request: Vec<u8>, timeout:
                 (next.clone(), ok.clone(), failed.clone(), request.clone());
             std::thread::spawn(move || {
                 while next.fetch_add(1, Ordering::Relaxed) < count {
-                    match client_cycle(addr, &request, timeout) {
+                    match client_cycle(addr, &request, timeout, false) {
                         Ok(()) => {
                             ok.fetch_add(1, Ordering::Relaxed);
                         }

@@ -29,6 +29,9 @@ pub struct Tracer {
 
 /// What a stopped tracer left behind.
 pub struct Finished {
+    /// Everything netwatch printed on stdout.
+    pub stdout: String,
+    /// stdout parsed as JSON lines (empty when it is not JSON lines, e.g. a report).
     pub events: Vec<Value>,
     pub stderr: String,
     pub produced: u64,
@@ -132,14 +135,11 @@ impl Tracer {
         );
         let text = fs::read_to_string(&self.stdout).expect("read stdout");
         let _ = fs::remove_dir_all(self.stdout.parent().expect("dir"));
-        let events = text
-            .lines()
-            .enumerate()
-            .map(|(i, l)| {
-                serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("line {} is not JSON ({e}): {l}", i + 1))
-            })
-            .collect();
+        let events = if text.starts_with("{\n") {
+            Vec::new() // one pretty-printed document (a report), not JSON lines
+        } else {
+            json_lines(&text)
+        };
         let field = |name: &str| -> u64 {
             let key = format!("{name}=");
             stderr
@@ -149,6 +149,7 @@ impl Tracer {
                 .unwrap_or_else(|| panic!("no {key} in netwatch's stderr:\n{stderr}"))
         };
         Finished {
+            stdout: text,
             produced: field("produced"),
             delivered: field("delivered"),
             lost: field("lost"),
@@ -165,6 +166,17 @@ impl Drop for Tracer {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Parses JSON lines, panicking with the line number of one that is not JSON.
+pub fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("line {} is not JSON ({e}): {l}", i + 1))
+        })
+        .collect()
 }
 
 /// Event field helpers over the JSON form.
@@ -212,6 +224,54 @@ pub fn netwatch_programs_loaded() -> Vec<String> {
         .collect()
 }
 
+/// Every loaded BPF program as (id, name), from `bpftool prog show`.
+pub fn loaded_programs() -> Vec<(u32, String)> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .expect("bpftool");
+    assert!(out.status.success(), "bpftool prog show failed");
+    let progs: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    progs
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|p| Some((p["id"].as_u64()? as u32, p["name"].as_str()?.to_string())))
+        .collect()
+}
+
+/// The BPF program and map ids a process holds file descriptors for, from
+/// `/proc/<pid>/fdinfo` (`prog_id:` / `map_id:` lines): exact even when other netwatch
+/// instances run, which bpftool (without pid support here) cannot tell apart.
+pub fn bpf_objects_of(pid: i32) -> (Vec<u32>, Vec<u32>) {
+    let (mut progs, mut maps) = (Vec::new(), Vec::new());
+    let dir = format!("/proc/{pid}/fdinfo");
+    for entry in fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .flatten()
+    {
+        let Ok(text) = fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        for line in text.lines() {
+            let id = |prefix: &str| {
+                line.strip_prefix(prefix)
+                    .and_then(|v| v.trim().parse().ok())
+            };
+            if let Some(id) = id("prog_id:") {
+                progs.push(id);
+            } else if let Some(id) = id("map_id:") {
+                maps.push(id);
+            }
+        }
+    }
+    progs.sort_unstable();
+    progs.dedup();
+    maps.sort_unstable();
+    maps.dedup();
+    (progs, maps)
+}
+
 /// The names of netwatch's programs as the kernel shows them (at most 15 characters).
 pub const NETWATCH_PROGRAMS: &[&str] = &[
     "nw_set_state",
@@ -220,4 +280,5 @@ pub const NETWATCH_PROGRAMS: &[&str] = &[
     "nw_recv_reset",
     "nw_send_reset",
     "nw_destroy_sock",
+    "nw_accept",
 ];

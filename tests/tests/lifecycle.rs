@@ -1,0 +1,399 @@
+//! `netwatch report`, `life` and `analyze` against the kernel's own counters, as root, in two
+//! fresh network namespaces: every count the kernel keeps too must be equal, exactly.
+//!
+//! The workload: N short connections (client closes first), M refused connects, K connects
+//! timed out by the client while the peer drops SYNs, R connections aborted by the client
+//! with SO_LINGER 0, and a server that leaks L accepted sockets in CLOSE_WAIT.
+mod support;
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use netwatch_tests::{
+    NetPair, ReadyChild, Side, counter_delta, find_line, netwatch_bin, output_with_timeout,
+    require_root, unique_port,
+};
+use serde_json::Value;
+use support::{Tracer, ip, json_lines, port, step};
+
+const N: u64 = 20;
+const M: u64 = 3;
+const K: u64 = 2;
+const R: u64 = 4;
+const L: u64 = 5;
+
+fn tcpdrive() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tcpdrive"))
+}
+
+fn analyze(file: &std::path::Path, args: &[&str]) -> String {
+    let mut cmd = Command::new(netwatch_bin());
+    cmd.arg("analyze").arg(file).args(args);
+    let out = output_with_timeout(cmd, 60);
+    assert!(
+        out.status.success(),
+        "analyze {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+#[test]
+fn root_report_counts_equal_the_kernel_counters() {
+    if !require_root("root_report_counts_equal_the_kernel_counters") {
+        return;
+    }
+    let pair = NetPair::new();
+    let client: IpAddr = pair.client_v4().into();
+    let server: IpAddr = pair.server_v4().into();
+    let [p_ok, p_refused, p_drop, p_reset, p_leak] = [(); 5].map(|_| unique_port());
+    let at = |p: u16| format!("{server}:{p}");
+    let recording =
+        std::env::temp_dir().join(format!("netwatch-lifecycle-{}.jsonl", std::process::id()));
+    let rec = recording.to_str().expect("UTF-8 path").to_string();
+
+    let before_c = pair.nstat(Side::Client);
+    let before_s = pair.nstat(Side::Server);
+    let tracer = Tracer::start(&[
+        "report",
+        "--json",
+        "--record",
+        &rec,
+        "--close-wait-age",
+        "1s",
+    ]);
+
+    // N orderly connections, the client closing first: N TIME_WAITs in the client namespace.
+    let mut srv = ReadyChild::spawn(pair.exec(
+        Side::Server,
+        &tcpdrive(),
+        &["serve", &at(p_ok), "--count", &N.to_string()],
+    ));
+    let out = output_with_timeout(
+        pair.exec(
+            Side::Client,
+            &tcpdrive(),
+            &["connect", &at(p_ok), "--count", &N.to_string()],
+        ),
+        60,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(srv.wait(30).success());
+
+    // M refused connects.
+    for _ in 0..M {
+        let out = output_with_timeout(
+            pair.exec(
+                Side::Client,
+                &tcpdrive(),
+                &["connect-expect-fail", &at(p_refused)],
+            ),
+            20,
+        );
+        assert!(
+            find_line(&String::from_utf8_lossy(&out.stdout), "FAILED")
+                .is_some_and(|f| f[2] == "ECONNREFUSED")
+        );
+    }
+
+    // K connects the client gives up on after 1.5 s while every SYN is dropped (one SYN
+    // retransmission each, at 1 s).
+    pair.nft(
+        Side::Server,
+        &format!(
+            "table inet nwsyn {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    tcp dport {p_drop} drop\n  }}\n}}\n"
+        ),
+    );
+    for _ in 0..K {
+        let out = output_with_timeout(
+            pair.exec(
+                Side::Client,
+                &tcpdrive(),
+                &["connect-expect-fail", &at(p_drop), "--timeout-ms", "1500"],
+            ),
+            20,
+        );
+        assert!(
+            find_line(&String::from_utf8_lossy(&out.stdout), "FAILED")
+                .is_some_and(|f| f[2] == "ETIMEDOUT")
+        );
+    }
+    pair.nft(Side::Server, "delete table inet nwsyn");
+
+    // R connections the client aborts with SO_LINGER 0.
+    let mut srv = ReadyChild::spawn(pair.exec(
+        Side::Server,
+        &tcpdrive(),
+        &["serve", &at(p_reset), "--count", &R.to_string()],
+    ));
+    let out = output_with_timeout(
+        pair.exec(
+            Side::Client,
+            &tcpdrive(),
+            &["connect-reset", &at(p_reset), "--count", &R.to_string()],
+        ),
+        60,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The server sees its reads fail with ECONNRESET: its exit status says so, on purpose.
+    srv.wait(30);
+
+    // L accepted sockets leaked by the server: the client closes, the server never does.
+    let leak = ReadyChild::spawn(pair.exec(
+        Side::Server,
+        &tcpdrive(),
+        &["serve-leak", &at(p_leak), "--count", &L.to_string()],
+    ));
+    let out = output_with_timeout(
+        pair.exec(
+            Side::Client,
+            &tcpdrive(),
+            &["connect", &at(p_leak), "--count", &L.to_string()],
+        ),
+        60,
+    );
+    assert!(out.status.success());
+    let leaked_at = Instant::now();
+    let deadline = leaked_at + Duration::from_secs(10);
+    while !leak.stdout_lines().iter().any(|l| l.starts_with("LEAKING")) {
+        assert!(Instant::now() < deadline, "serve-leak never said LEAKING");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The leak must be older than --close-wait-age (1 s) when the report is made.
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(leaked_at.elapsed()));
+
+    // Timewait sockets: in TIME_WAIT, and orphans in FIN_WAIT2 (the leak's clients closed
+    // while the server never did); both hold their port, and the kernel never reports which
+    // of the two a closing socket became.
+    let ss_time_wait = pair.run(
+        Side::Client,
+        &["ss", "-Htan", "state", "time-wait", "state", "fin-wait-2"],
+    );
+    let after_c = pair.nstat(Side::Client);
+    let after_s = pair.nstat(Side::Server);
+    let done = tracer.stop();
+    let report: Value = serde_json::from_str(&done.stdout)
+        .unwrap_or_else(|e| panic!("report is not JSON ({e}):\n{}", done.stdout));
+    let dc = counter_delta(&before_c, &after_c);
+    let ds = counter_delta(&before_s, &after_s);
+    assert_eq!(done.lost, 0, "{}", done.stderr);
+
+    // The events of the two namespaces, from the recording.
+    let events = json_lines(&analyze(&recording, &["--json"]));
+    let from = |addr: IpAddr| -> Vec<&Value> {
+        events.iter().filter(|e| ip(e, "saddr") == addr).collect()
+    };
+    let to_server: Vec<&Value> = events.iter().filter(|e| ip(e, "daddr") == server).collect();
+    let client_ev = from(client);
+    let server_ev = from(server);
+    let count =
+        |evs: &[&Value], f: &dyn Fn(&Value) -> bool| evs.iter().filter(|e| f(e)).count() as u64;
+
+    // TcpActiveOpens: tcp_connect() counts every SYN_SENT entry = CLOSE -> SYN_SENT.
+    assert_eq!(
+        dc["TcpActiveOpens"],
+        count(&to_server, &|e| step(e) == "CLOSE->SYN_SENT"),
+        "TcpActiveOpens"
+    );
+    assert_eq!(dc["TcpActiveOpens"], N + M + K + R + L);
+    // TcpPassiveOpens: tcp_create_openreq_child() counts every child = LISTEN -> SYN_RECV.
+    assert_eq!(
+        ds["TcpPassiveOpens"],
+        count(&server_ev, &|e| step(e) == "LISTEN->SYN_RECV"),
+        "TcpPassiveOpens"
+    );
+    // TcpAttemptFails: tcp_done() in SYN_SENT/SYN_RECV; here, the resets received in SYN_SENT
+    // (an application closing a SYN_SENT socket itself is not counted).
+    assert_eq!(
+        dc["TcpAttemptFails"],
+        count(&client_ev, &|e| e["kind"] == "reset_received"
+            && e["state"] == "SYN_SENT"),
+        "TcpAttemptFails"
+    );
+    // TcpEstabResets: tcp_set_state() counts ESTABLISHED or CLOSE_WAIT -> CLOSE.
+    for (name, d, evs) in [("client", &dc, &client_ev), ("server", &ds, &server_ev)] {
+        assert_eq!(
+            d["TcpEstabResets"],
+            count(evs, &|e| matches!(
+                step(e).as_str(),
+                "ESTABLISHED->CLOSE" | "CLOSE_WAIT->CLOSE"
+            )),
+            "{name} TcpEstabResets"
+        );
+        // TcpOutRsts: every reset sent (tcp_v4_send_reset, tcp_send_active_reset).
+        assert_eq!(
+            d["TcpOutRsts"],
+            count(evs, &|e| e["kind"] == "reset_sent"),
+            "{name} TcpOutRsts"
+        );
+        // TcpRetransSegs: one per retransmitted segment (all single-segment here).
+        assert_eq!(
+            d["TcpRetransSegs"],
+            count(evs, &|e| e["kind"] == "retransmit"
+                && e["err"].as_i64().unwrap_or(0) == 0),
+            "{name} TcpRetransSegs"
+        );
+    }
+    assert_eq!(dc["TcpEstabResets"], R);
+
+    // How the connections ended, as `life` tells it.
+    let life = json_lines(&analyze(&recording, &["--life", "--json"]));
+    let ends = |side: IpAddr| -> HashMap<String, u64> {
+        let mut m = HashMap::new();
+        for c in life.iter().filter(|c| ip(c, "saddr") == side) {
+            *m.entry(c["end"].as_str().unwrap().to_string()).or_default() += 1;
+        }
+        m
+    };
+    let (ce, se) = (ends(client), ends(server));
+    // The leak's clients closed first too: their sockets became timewait sockets.
+    assert_eq!(ce.get("time-wait"), Some(&(N + L)), "client ends {ce:?}");
+    assert_eq!(ce.get("refused"), Some(&M), "client ends {ce:?}");
+    assert_eq!(ce.get("timeout"), Some(&K), "client ends {ce:?}");
+    assert_eq!(ce.get("reset-by-us"), Some(&R), "client ends {ce:?}");
+    assert_eq!(se.get("reset-by-peer"), Some(&R), "server ends {se:?}");
+    assert_eq!(se.get("closed"), Some(&N), "server ends {se:?}");
+
+    // The TIME_WAIT population netwatch estimates equals what sock_diag lists.
+    let ss_count = ss_time_wait
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count() as u64;
+    let estimated: u64 = report["time_wait"]["by_destination"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| {
+            d["destination"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{server}:"))
+        })
+        .map(|d| d["population"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        ss_count,
+        N + L,
+        "ss -tan state time-wait state fin-wait-2:\n{ss_time_wait}"
+    );
+    assert_eq!(estimated, ss_count, "{}", report["time_wait"]);
+
+    // The leaking server is named, with its L sockets.
+    let holders = report["close_wait"]["holders"].as_array().unwrap();
+    let leaker = format!("tcpdrive[{}]", leak.pid());
+    let h = holders
+        .iter()
+        .find(|h| h["process"] == leaker.as_str())
+        .unwrap_or_else(|| panic!("{leaker} not among CLOSE_WAIT holders: {holders:#?}"));
+    assert_eq!(h["sockets"], L);
+    assert!(report["findings"].as_array().unwrap().iter().any(|f| {
+        f["text"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{leaker} holds {L} sockets in CLOSE_WAIT"))
+    }));
+    // SYN_SENT outcomes towards the three failing ports.
+    let outcomes = report["connects_by_destination"].as_array().unwrap();
+    let row = |p: u16| {
+        outcomes
+            .iter()
+            .find(|r| r["key"] == at(p).as_str())
+            .unwrap_or_else(|| panic!("{p}: {outcomes:#?}"))
+    };
+    assert_eq!(row(p_refused)["refused"], M);
+    assert_eq!(row(p_drop)["timeout"], K);
+    assert_eq!(row(p_ok)["established"], N);
+
+    // A replay of the recording gives exactly the live report.
+    let replayed = analyze(
+        &recording,
+        &["--report", "--json", "--close-wait-age", "1s"],
+    );
+    assert_eq!(replayed, done.stdout, "replay differs from the live report");
+    let _ = std::fs::remove_file(&recording);
+    drop(leak);
+}
+
+#[test]
+fn root_analyze_of_a_cut_recording_names_the_line() {
+    if !require_root("root_analyze_of_a_cut_recording_names_the_line") {
+        return;
+    }
+    let pair = NetPair::new();
+    let server: IpAddr = pair.server_v4().into();
+    let p = unique_port();
+    let file = std::env::temp_dir().join(format!("netwatch-cut-{}.jsonl", std::process::id()));
+    let tracer = Tracer::start(&["life", "--json", "--record", file.to_str().unwrap()]);
+    let mut srv = ReadyChild::spawn(pair.exec(
+        Side::Server,
+        &tcpdrive(),
+        &["serve", &format!("{server}:{p}"), "--count", "3"],
+    ));
+    let out = output_with_timeout(
+        pair.exec(
+            Side::Client,
+            &tcpdrive(),
+            &["connect", &format!("{server}:{p}"), "--count", "3"],
+        ),
+        30,
+    );
+    assert!(out.status.success());
+    assert!(srv.wait(20).success());
+    let done = tracer.stop();
+    // The live life output and its replay are identical.
+    assert_eq!(analyze(&file, &["--life", "--json"]), done.stdout);
+    let live: Vec<_> = done
+        .events
+        .iter()
+        .filter(|c| ip(c, "daddr") == server || ip(c, "saddr") == server)
+        .collect();
+    assert_eq!(live.len(), 6, "3 connections, both sides");
+    assert!(
+        live.iter()
+            .all(|c| port(c, "dport") == p || port(c, "sport") == p)
+    );
+
+    // Cut the file in the middle of its third line.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() > 4);
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n{}\n{}",
+            lines[0],
+            lines[1],
+            &lines[2][..lines[2].len() / 2]
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(netwatch_bin());
+    cmd.arg("analyze").arg(&file).arg("--json");
+    let out = output_with_timeout(cmd, 30);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(":3: corrupt record") || stderr.contains("line 3: corrupt record"),
+        "{stderr}"
+    );
+    // What was read before the damage is still printed.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        1,
+        "{stderr}"
+    );
+    let _ = std::fs::remove_file(&file);
+}
