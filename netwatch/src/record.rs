@@ -13,7 +13,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{analysis::HostSettings, event::Event, sink::Sink};
+use crate::{
+    analysis::HostSettings,
+    event::{Event, JsonEventError},
+    sink::Sink,
+};
 
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -131,7 +135,8 @@ impl<S: Sink> Sink for Recorder<S> {
 /// Reads a recording: the header first, then events one by one.
 pub struct Replay {
     path: PathBuf,
-    lines: io::Lines<BufReader<File>>,
+    reader: BufReader<File>,
+    buf: Vec<u8>,
     line: usize,
     events: u64,
     pub header: Header,
@@ -149,16 +154,17 @@ impl Replay {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut lines = BufReader::with_capacity(1 << 20, file).lines();
+        let mut reader = BufReader::with_capacity(1 << 20, file);
         let no_header = |detail: String| RecordError::NoHeader {
             path: path.to_path_buf(),
             detail,
         };
-        let first = match lines.next() {
-            Some(Ok(l)) => l,
-            Some(Err(e)) => return Err(no_header(e.to_string())),
-            None => return Err(no_header("the file is empty".into())),
-        };
+        let mut first = String::new();
+        match reader.read_line(&mut first) {
+            Ok(0) => return Err(no_header("the file is empty".into())),
+            Ok(_) => {}
+            Err(e) => return Err(no_header(e.to_string())),
+        }
         let header: Header = serde_json::from_str(&first).map_err(|e| no_header(e.to_string()))?;
         if header.netwatch_record != FORMAT_VERSION {
             return Err(RecordError::Version {
@@ -169,7 +175,8 @@ impl Replay {
         }
         Ok(Self {
             path: path.to_path_buf(),
-            lines,
+            reader,
+            buf: Vec::with_capacity(512),
             line: 1,
             events: 0,
             header,
@@ -178,33 +185,40 @@ impl Replay {
 
     /// The next event, or the summary at the end; an error names the line.
     pub fn next_item(&mut self) -> Result<Item, RecordError> {
-        let Some(line) = self.lines.next() else {
+        self.buf.clear();
+        let n = self
+            .reader
+            .read_until(b'\n', &mut self.buf)
+            .map_err(|source| RecordError::Read {
+                path: self.path.clone(),
+                line: self.line + 1,
+                source,
+            })?;
+        if n == 0 {
             return Err(RecordError::Truncated {
                 path: self.path.clone(),
                 line: self.line + 1,
                 events: self.events,
             });
-        };
+        }
         self.line += 1;
-        let line = line.map_err(|source| RecordError::Read {
-            path: self.path.clone(),
-            line: self.line,
-            source,
-        })?;
-        if line.starts_with("{\"netwatch_summary\"") {
-            let s: SummaryLine = serde_json::from_str(&line).map_err(|e| self.corrupt(e))?;
+        let line = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
+        if line.starts_with(b"{\"netwatch_summary\"") {
+            let s: SummaryLine =
+                serde_json::from_slice(line).map_err(|e| self.corrupt(JsonEventError::Json(e)))?;
             return Ok(Item::End(s.netwatch_summary));
         }
-        let ev: Event = serde_json::from_str(&line).map_err(|e| self.corrupt(e))?;
+        let ev = Event::from_json_line(line).map_err(|e| self.corrupt(e))?;
         self.events += 1;
         Ok(Item::Event(Box::new(ev)))
     }
 
-    fn corrupt(&self, e: serde_json::Error) -> RecordError {
-        let detail = if e.is_eof() {
-            format!("the line ends early ({e}); the file was cut short")
-        } else {
-            e.to_string()
+    fn corrupt(&self, e: JsonEventError) -> RecordError {
+        let detail = match e {
+            JsonEventError::Json(e) if e.is_eof() => {
+                format!("the line ends early ({e}); the file was cut short")
+            }
+            e => e.to_string(),
         };
         RecordError::Corrupt {
             path: self.path.clone(),

@@ -79,22 +79,6 @@ impl End {
     }
 }
 
-/// Who held the socket.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Owner {
-    pub pid: u32,
-    pub comm: String,
-}
-
-impl Owner {
-    fn of(ev: &Event) -> Option<Owner> {
-        Some(Owner {
-            pid: ev.pid?,
-            comm: ev.comm.clone().unwrap_or_default(),
-        })
-    }
-}
-
 /// Milliseconds spent in each state, `None` where netwatch did not see the state begin.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Dwell {
@@ -108,19 +92,52 @@ pub struct Dwell {
     pub last_ack: Option<f64>,
 }
 
-impl Dwell {
-    fn slot(&mut self, s: TcpState) -> Option<&mut Option<f64>> {
+/// Per-state time accumulated while tracking, in ms; NaN = the state was not seen beginning.
+/// f32 keeps a tracked socket small (0.25 ms resolution after an hour is plenty).
+#[derive(Clone, Copy, Debug)]
+struct DwellMs([f32; 8]);
+
+impl DwellMs {
+    const UNSEEN: Self = Self([f32::NAN; 8]);
+
+    fn index(s: TcpState) -> Option<usize> {
         Some(match s {
-            TcpState::SynSent => &mut self.syn_sent,
-            TcpState::SynRecv => &mut self.syn_recv,
-            TcpState::Established => &mut self.established,
-            TcpState::FinWait1 => &mut self.fin_wait1,
-            TcpState::FinWait2 => &mut self.fin_wait2,
-            TcpState::Closing => &mut self.closing,
-            TcpState::CloseWait => &mut self.close_wait,
-            TcpState::LastAck => &mut self.last_ack,
+            TcpState::SynSent => 0,
+            TcpState::SynRecv => 1,
+            TcpState::Established => 2,
+            TcpState::FinWait1 => 3,
+            TcpState::FinWait2 => 4,
+            TcpState::Closing => 5,
+            TcpState::CloseWait => 6,
+            TcpState::LastAck => 7,
             _ => return None,
         })
+    }
+
+    fn add(&mut self, s: TcpState, ms: f64) {
+        if let Some(i) = Self::index(s) {
+            let prev = if self.0[i].is_nan() { 0.0 } else { self.0[i] };
+            self.0[i] = prev + ms as f32;
+        }
+    }
+
+    fn get(&self, s: TcpState) -> Option<f64> {
+        let v = self.0[Self::index(s)?];
+        (!v.is_nan()).then_some(f64::from(v))
+    }
+
+    fn public(&self) -> Dwell {
+        use TcpState::*;
+        Dwell {
+            syn_sent: self.get(SynSent),
+            syn_recv: self.get(SynRecv),
+            established: self.get(Established),
+            fin_wait1: self.get(FinWait1),
+            fin_wait2: self.get(FinWait2),
+            closing: self.get(Closing),
+            close_wait: self.get(CloseWait),
+            last_ack: self.get(LastAck),
+        }
     }
 }
 
@@ -166,35 +183,72 @@ pub enum Fact {
     Ended(Box<Connection>),
 }
 
+/// A monotonic timestamp or duration in ns; never 0, so `Option<Ns>` costs 8 bytes.
+type Ns = std::num::NonZeroU64;
+
+/// A process as the tracker keeps it: no heap allocation per socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct OwnerId {
+    pid: u32,
+    comm: [u8; 16],
+}
+
+impl OwnerId {
+    fn of(ev: &Event) -> Option<OwnerId> {
+        let mut comm = [0u8; 16];
+        let name = ev.comm.as_deref().unwrap_or_default().as_bytes();
+        let n = name.len().min(16);
+        comm[..n].copy_from_slice(&name[..n]);
+        Some(OwnerId { pid: ev.pid?, comm })
+    }
+
+    fn comm(&self) -> String {
+        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(16);
+        String::from_utf8_lossy(&self.comm[..end]).into_owned()
+    }
+}
+
+/// One tracked socket. Kept small: a busy host tracks hundreds of thousands.
 #[derive(Clone, Debug)]
 struct Sock {
-    generation: u64,
+    generation: u32,
     /// Set when this life began with a fresh-start transition netwatch saw.
-    born_ns: Option<u64>,
+    born_ns: Option<Ns>,
     first_ns: u64,
     last_ns: u64,
-    owner: Option<Owner>,
-    closer: Option<Owner>,
+    owner: Option<OwnerId>,
+    /// Who closed first, when we did (boxed: set only near the end of a life).
+    closer: Option<Box<OwnerId>>,
     role: Role,
     state: Option<TcpState>,
-    state_since: Option<u64>,
-    syn_sent_ns: Option<u64>,
-    connect_ns: Option<u64>,
+    state_since: Option<Ns>,
+    syn_sent_ns: Option<Ns>,
+    /// SYN_SENT -> ESTABLISHED duration (never 0: the handshake takes time).
+    connect_ns: Option<Ns>,
     saddr: IpAddr,
     sport: u16,
     daddr: IpAddr,
     dport: u16,
-    dwell: Dwell,
+    dwell: DwellMs,
     retransmits: u32,
-    resets_received: u32,
-    resets_sent: u32,
+    resets_received: u16,
+    resets_sent: u16,
     reset_state: Option<TcpState>,
-    reset_reason: Option<String>,
+
     /// Last state before `-> CLOSE`, and when: set once the connection is closed.
     closed_from: Option<(TcpState, u64)>,
     listener: bool,
-    /// Bytes sent, bytes received and smoothed RTT read at close.
-    tcp: Option<(Option<u64>, Option<u64>, Option<f64>)>,
+    /// What only an ending connection has (boxed: most tracked sockets never need it).
+    ending: Option<Box<Ending>>,
+}
+
+/// Facts that arrive at the end of a connection.
+#[derive(Clone, Debug, Default)]
+struct Ending {
+    reset_reason: Option<String>,
+    bytes_sent: Option<u64>,
+    bytes_received: Option<u64>,
+    srtt_ms: Option<f64>,
 }
 
 /// A socket sitting in CLOSE_WAIT now: the peer closed, our application has not.
@@ -223,8 +277,8 @@ pub struct TrackerStats {
 pub struct Tracker {
     socks: HashMap<u64, Sock>,
     /// Closed sockets waiting for trailing events, in close order.
-    closing: VecDeque<(u64, u64)>,
-    next_generation: u64,
+    closing: VecDeque<(u64, u32)>,
+    next_generation: u32,
     max_sockets: usize,
     stats: TrackerStats,
     latest_ns: u64,
@@ -284,7 +338,9 @@ impl Tracker {
                 if let Some(s) = self.socks.get_mut(&ev.sock)
                     && bytes_sent.is_some()
                 {
-                    s.tcp = Some((*bytes_sent, *bytes_received, *srtt_ms));
+                    let e = s.ending.get_or_insert_default();
+                    (e.bytes_sent, e.bytes_received, e.srtt_ms) =
+                        (*bytes_sent, *bytes_received, *srtt_ms);
                 }
             }
             EventKind::Retransmit { .. } => {
@@ -294,7 +350,7 @@ impl Tracker {
             }
             EventKind::ResetReceived { state } => {
                 if let Some(s) = self.known(ev) {
-                    s.resets_received += 1;
+                    s.resets_received = s.resets_received.saturating_add(1);
                     s.reset_state = s.reset_state.or(*state);
                 }
             }
@@ -302,9 +358,10 @@ impl Tracker {
                 if ev.sock != 0
                     && let Some(s) = self.known(ev)
                 {
-                    s.resets_sent += 1;
+                    s.resets_sent = s.resets_sent.saturating_add(1);
                     s.reset_state = s.reset_state.or(*state);
-                    s.reset_reason = s.reset_reason.take().or_else(|| reason.clone());
+                    let e = s.ending.get_or_insert_default();
+                    e.reset_reason = e.reset_reason.take().or_else(|| reason.clone());
                 }
             }
             EventKind::SynackRetransmit { .. } => {}
@@ -312,7 +369,7 @@ impl Tracker {
                 // The accepting process owns the socket from now on.
                 if let Some(s) = self.socks.get_mut(&ev.sock) {
                     s.last_ns = ev.ts_ns;
-                    if let Some(owner) = Owner::of(ev) {
+                    if let Some(owner) = OwnerId::of(ev) {
                         s.owner = Some(owner);
                     }
                 }
@@ -330,7 +387,7 @@ impl Tracker {
         let s = self.socks.get_mut(&ev.sock)?;
         s.last_ns = ev.ts_ns;
         if s.owner.is_none() {
-            s.owner = Owner::of(ev);
+            s.owner = OwnerId::of(ev);
         }
         Some(s)
     }
@@ -349,7 +406,7 @@ impl Tracker {
         if !self.socks.contains_key(&ev.sock) {
             self.make_room(out);
             let generation = self.next_generation;
-            self.next_generation += 1;
+            self.next_generation = self.next_generation.wrapping_add(1);
             let role = match new {
                 Some(TcpState::SynSent) if fresh => Role::Active,
                 Some(TcpState::SynRecv) if fresh => Role::Passive,
@@ -359,7 +416,7 @@ impl Tracker {
                 ev.sock,
                 Sock {
                     generation,
-                    born_ns: fresh.then_some(ev.ts_ns),
+                    born_ns: if fresh { Ns::new(ev.ts_ns) } else { None },
                     first_ns: ev.ts_ns,
                     last_ns: ev.ts_ns,
                     owner: None,
@@ -373,15 +430,14 @@ impl Tracker {
                     sport: ev.sport,
                     daddr: ev.daddr,
                     dport: ev.dport,
-                    dwell: Dwell::default(),
+                    dwell: DwellMs::UNSEEN,
                     retransmits: 0,
                     resets_received: 0,
                     resets_sent: 0,
                     reset_state: None,
-                    reset_reason: None,
                     closed_from: None,
                     listener: new == Some(TcpState::Listen),
-                    tcp: None,
+                    ending: None,
                 },
             );
         }
@@ -389,7 +445,7 @@ impl Tracker {
             return;
         };
         s.last_ns = ev.ts_ns;
-        if let Some(owner) = Owner::of(ev) {
+        if let Some(owner) = OwnerId::of(ev) {
             s.owner = Some(owner);
         }
         // Ports and addresses fill in as the kernel assigns them (sport is 0 in SYN_SENT).
@@ -398,23 +454,24 @@ impl Tracker {
         }
         // Time in the state being left, only if netwatch saw it begin.
         if old != new
-            && let (Some(prev), Some(since)) = (old, s.state_since)
-            && let Some(slot) = s.dwell.slot(prev)
+            && let (Some(prev), Some(since)) = (old, s.state_since.map(Ns::get))
         {
-            *slot = Some(slot.unwrap_or(0.0) + ms(ev.ts_ns.saturating_sub(since)));
+            s.dwell.add(prev, ms(ev.ts_ns.saturating_sub(since)));
         }
         if old != new || s.state_since.is_none() {
-            s.state_since = Some(ev.ts_ns);
+            s.state_since = Ns::new(ev.ts_ns);
         }
         s.state = new;
         use TcpState::*;
         match (old, new) {
-            (_, Some(SynSent)) => s.syn_sent_ns = Some(ev.ts_ns),
+            (_, Some(SynSent)) => s.syn_sent_ns = Ns::new(ev.ts_ns),
             (Some(SynSent), Some(Established)) => {
-                s.connect_ns = s.syn_sent_ns.map(|t| ev.ts_ns.saturating_sub(t));
+                s.connect_ns = s
+                    .syn_sent_ns
+                    .and_then(|t| Ns::new(ev.ts_ns.saturating_sub(t.get())));
             }
             (Some(Established | SynRecv), Some(FinWait1)) => {
-                s.closer = Owner::of(ev).or_else(|| s.owner.clone());
+                s.closer = OwnerId::of(ev).or(s.owner).map(Box::new);
             }
             (_, Some(Close)) => {
                 if let Some(prev) = old {
@@ -486,15 +543,15 @@ impl Tracker {
         let end = classify(&s, from);
         let (closer_pid, closer_comm) = match (&end, &s.closer) {
             (End::TimeWait, Some(c)) | (End::Closed | End::ResetByUs { .. }, Some(c)) => {
-                (Some(c.pid), Some(c.comm.clone()))
+                (Some(c.pid), Some(c.comm()))
             }
             _ => (None, None),
         };
         out(Fact::Ended(Box::new(Connection {
-            start_ns: s.born_ns.unwrap_or(s.first_ns),
+            start_ns: s.born_ns.map_or(s.first_ns, Ns::get),
             end_ns: close_ns,
-            pid: s.owner.as_ref().map(|o| o.pid),
-            comm: s.owner.map(|o| o.comm),
+            pid: s.owner.map(|o| o.pid),
+            comm: s.owner.map(|o| o.comm()),
             closer_pid,
             closer_comm,
             saddr: s.saddr,
@@ -503,16 +560,16 @@ impl Tracker {
             dport: s.dport,
             role: s.role,
             end,
-            ms: s.born_ns.map(|b| ms(close_ns.saturating_sub(b))),
-            connect_ms: s.connect_ns.map(ms),
-            dwell_ms: s.dwell,
+            ms: s.born_ns.map(|b| ms(close_ns.saturating_sub(b.get()))),
+            connect_ms: s.connect_ns.map(|c| ms(c.get())),
+            dwell_ms: s.dwell.public(),
             retransmits: s.retransmits,
-            resets_received: s.resets_received,
-            resets_sent: s.resets_sent,
+            resets_received: u32::from(s.resets_received),
+            resets_sent: u32::from(s.resets_sent),
             reset_state: s.reset_state,
-            bytes_sent: s.tcp.and_then(|t| t.0),
-            bytes_received: s.tcp.and_then(|t| t.1),
-            srtt_ms: s.tcp.and_then(|t| t.2),
+            bytes_sent: s.ending.as_ref().and_then(|e| e.bytes_sent),
+            bytes_received: s.ending.as_ref().and_then(|e| e.bytes_received),
+            srtt_ms: s.ending.as_ref().and_then(|e| e.srtt_ms),
         })));
     }
 
@@ -527,10 +584,10 @@ impl Tracker {
             .values()
             .filter(|s| s.state == Some(TcpState::CloseWait))
             .map(|s| {
-                let since = s.state_since.unwrap_or(s.first_ns);
+                let since = s.state_since.map_or(s.first_ns, Ns::get);
                 CloseWaitSocket {
-                    pid: s.owner.as_ref().map(|o| o.pid),
-                    comm: s.owner.as_ref().map(|o| o.comm.clone()),
+                    pid: s.owner.map(|o| o.pid),
+                    comm: s.owner.map(|o| o.comm()),
                     saddr: s.saddr,
                     sport: s.sport,
                     daddr: s.daddr,
@@ -548,7 +605,7 @@ impl Tracker {
 fn classify(s: &Sock, from: TcpState) -> End {
     use TcpState::*;
     let reset_by_us = || End::ResetByUs {
-        reason: s.reset_reason.clone(),
+        reason: s.ending.as_ref().and_then(|e| e.reset_reason.clone()),
     };
     match from {
         SynSent if s.resets_received > 0 => End::Refused,
@@ -902,5 +959,18 @@ mod tests {
         assert_eq!(cw[1].age_ms, 5000.0);
         assert_eq!(cw[0].age_ms, 5002.0);
         assert!(!cw[0].at_least);
+    }
+}
+
+#[cfg(test)]
+mod size {
+    /// The tracked-socket record stays small (see the README's memory figure).
+    #[test]
+    fn a_tracked_socket_fits_in_200_bytes() {
+        assert!(
+            size_of::<super::Sock>() <= 200,
+            "{}",
+            size_of::<super::Sock>()
+        );
     }
 }
