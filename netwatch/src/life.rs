@@ -94,3 +94,77 @@ impl<W: Write> Sink for LifeSink<W> {
         self.out.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        record::{Item, Replay},
+        tracker::{Connection, Role},
+    };
+
+    /// A real recording (see tests/fixtures/README.md): in two namespaces, 3 connections to
+    /// 10.77.0.2:8080 closed by the client first, 1 connect to the closed port 9090, and 1
+    /// connection to 8081 that the client aborted with SO_LINGER 0.
+    const RECORDING: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/recordings/two-namespaces.jsonl"
+    );
+
+    fn replay() -> Vec<Connection> {
+        let mut r = Replay::open(std::path::Path::new(RECORDING)).unwrap();
+        let mut sink = LifeSink::new(Vec::new(), true, false, 1000);
+        while let Item::Event(ev) = r.next_item().unwrap() {
+            sink.event(&ev).unwrap();
+        }
+        sink.finish().unwrap();
+        String::from_utf8(sink.out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_recorded_stream_gives_the_workloads_connections() {
+        let conns = replay();
+        let mut by_end: BTreeMap<(u16, Role, String), usize> = BTreeMap::new();
+        for c in &conns {
+            let port = if c.role == Role::Active {
+                c.dport
+            } else {
+                c.sport
+            };
+            *by_end.entry((port, c.role, c.end.label())).or_default() += 1;
+        }
+        let expected: BTreeMap<_, _> = [
+            ((8080, Role::Active, "time-wait".to_string()), 3),
+            ((8080, Role::Passive, "closed".to_string()), 3),
+            ((9090, Role::Active, "refused".to_string()), 1),
+            (
+                (8081, Role::Active, "reset-by-us (TCP_STATE)".to_string()),
+                1,
+            ),
+            ((8081, Role::Passive, "reset-by-peer".to_string()), 1),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(by_end, expected);
+        // One server process per port and one client per run, never mixed up.
+        let pids = |port: u16, role: Role| -> Vec<Option<u32>> {
+            let mut p: Vec<_> = conns
+                .iter()
+                .filter(|c| c.role == role && (c.dport == port || c.sport == port))
+                .map(|c| c.pid)
+                .collect();
+            p.dedup();
+            p
+        };
+        assert_eq!(pids(8080, Role::Passive).len(), 1);
+        assert_eq!(pids(8080, Role::Active).len(), 1);
+        assert_ne!(pids(8080, Role::Passive), pids(8080, Role::Active));
+        assert!(conns.iter().all(|c| c.pid.is_some() && c.ms.is_some()));
+    }
+}

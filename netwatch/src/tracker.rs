@@ -31,7 +31,7 @@ pub const FINISH_DELAY_NS: u64 = 200_000_000;
 pub const DEFAULT_MAX_SOCKETS: usize = 262_144;
 
 /// Who opened the connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// We connected (SYN_SENT seen).
