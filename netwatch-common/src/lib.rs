@@ -97,6 +97,8 @@ pub struct RawEvent {
     pub bytes_received: u64,
     pub srtt_us: u32,
     pub _pad2: u32,
+    /// cgroup v2 id of the owner, read with the owner; 0 = unknown.
+    pub cgroup_id: u64,
 }
 
 impl RawEvent {
@@ -109,6 +111,8 @@ impl RawEvent {
 pub struct SockInfo {
     /// When the socket entered `state` (CLOCK_MONOTONIC ns); 0 = not seen.
     pub state_since_ns: u64,
+    /// cgroup v2 id of the owner; 0 = unknown.
+    pub cgroup_id: u64,
     pub tgid: u32,
     pub tid: u32,
     pub comm: [u8; COMM_LEN],
@@ -230,6 +234,43 @@ impl KernelOffsets {
 /// `tcp_send_reset` on 6.18, is 88 bytes); user space refuses a layout that reaches past it.
 pub const RECORD_COPY_LEN: usize = 128;
 
+/// Slots in [`KernelFilter`]'s lists.
+pub const FILTER_SLOTS: usize = 8;
+
+/// What the kernel programs may drop before it reaches the ring buffer (`-p`, `-L`, `-D`,
+/// `-4`/`-6`, `--cgroup`, and the port bounds of a filter expression). An empty list means
+/// "any". Dropped events are counted (`stat::FILTERED`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelFilter {
+    pub pids: [u32; FILTER_SLOTS],
+    pub n_pids: u32,
+    /// Inclusive (low, high) local-port ranges. A local port of 0 (not chosen yet, at
+    /// `CLOSE -> SYN_SENT`) passes.
+    pub local_ports: [[u16; 2]; FILTER_SLOTS],
+    pub n_local_ports: u32,
+    pub remote_ports: [[u16; 2]; FILTER_SLOTS],
+    pub n_remote_ports: u32,
+    /// `AF_INET` or `AF_INET6`; 0 = both.
+    pub family: u16,
+    pub _pad: u16,
+    pub cgroup_id: u64,
+}
+
+impl KernelFilter {
+    pub const ANY: Self = Self {
+        pids: [0; FILTER_SLOTS],
+        n_pids: 0,
+        local_ports: [[0; 2]; FILTER_SLOTS],
+        n_local_ports: 0,
+        remote_ports: [[0; 2]; FILTER_SLOTS],
+        n_remote_ports: 0,
+        family: 0,
+        _pad: 0,
+        cgroup_id: 0,
+    };
+}
+
 /// Indices into the per-CPU `STATS` array.
 pub mod stat {
     /// Events a program tried to put in the ring buffer.
@@ -238,7 +279,9 @@ pub mod stat {
     pub const LOST: u32 = 1;
     /// Sockets whose owner could not be remembered because `SOCKETS` was full.
     pub const SOCKETS_FULL: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// Events the kernel filter dropped (not counted in `PRODUCED`).
+    pub const FILTERED: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Names both sides use for maps, globals and programs.
@@ -256,6 +299,7 @@ pub mod names {
     pub const DESTROY_FIELDS: &str = "DESTROY_FIELDS";
     pub const ACCEPT_FIELDS: &str = "ACCEPT_FIELDS";
     pub const KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
+    pub const FILTER: &str = "FILTER";
 }
 
 /// Size of the `SOCKETS` map (per-socket owner and state-entry time): live TCP sockets
@@ -273,6 +317,8 @@ mod pod {
     unsafe impl aya::Pod for super::TpFields {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::KernelFilter {}
 }
 
 #[cfg(test)]
@@ -281,8 +327,9 @@ mod tests {
 
     #[test]
     fn record_sizes_have_no_hidden_padding() {
-        assert_eq!(core::mem::size_of::<RawEvent>(), 120);
-        assert_eq!(core::mem::size_of::<SockInfo>(), 40);
+        assert_eq!(core::mem::size_of::<RawEvent>(), 128);
+        assert_eq!(core::mem::size_of::<SockInfo>(), 48);
+        assert_eq!(core::mem::size_of::<KernelFilter>(), 120);
         assert_eq!(core::mem::size_of::<TpFields>(), 36);
         assert_eq!(core::mem::size_of::<KernelOffsets>(), 64);
     }

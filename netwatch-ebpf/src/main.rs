@@ -21,8 +21,8 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_kernel as probe_read,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns, bpf_probe_read_kernel as probe_read,
         generated::{bpf_get_current_task, bpf_probe_read_kernel},
     },
     macros::{map, tracepoint},
@@ -30,8 +30,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use netwatch_common::{
-    ABSENT, ABSENT32, AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP, KernelOffsets, RECORD_COPY_LEN,
-    RawEvent, SOCKETS_MAX_ENTRIES, SockInfo, TpFields, event_flags, event_kind, stat,
+    ABSENT, ABSENT32, AF_INET, AF_INET6, COMM_LEN, FILTER_SLOTS, IPPROTO_TCP, KernelFilter,
+    KernelOffsets, RECORD_COPY_LEN, RawEvent, SOCKETS_MAX_ENTRIES, SockInfo, TpFields, event_flags,
+    event_kind, stat,
     tcp_state::{CLOSE, CLOSE_WAIT, ESTABLISHED, FIN_WAIT1, LAST_ACK, LISTEN, SYN_RECV, SYN_SENT},
 };
 
@@ -71,6 +72,9 @@ static SEND_RESET_FIELDS: TpFields = TpFields::NONE;
 static DESTROY_FIELDS: TpFields = TpFields::NONE;
 #[unsafe(no_mangle)]
 static ACCEPT_FIELDS: TpFields = TpFields::NONE;
+/// What to drop before the ring buffer (`--pid`, ports, family, cgroup).
+#[unsafe(no_mangle)]
+static FILTER: KernelFilter = KernelFilter::ANY;
 /// Struct offsets from the kernel's BTF; `ABSENT32` where BTF did not give them.
 #[unsafe(no_mangle)]
 static KERNEL_OFFSETS: KernelOffsets = KernelOffsets::NONE;
@@ -88,7 +92,9 @@ fn kread<T: Copy>(base: u64, off: u32) -> Option<T> {
 }
 
 /// Reads a load-time global. `read_volatile` keeps the compiler from folding the compiled-in
-/// default into the code: the value must come from `.rodata` as user space set it.
+/// default into the code: the value must come from `.rodata` as user space set it. Read large
+/// globals field by field (`global(&FILTER.n_pids)`): copying one whole costs stack, and the
+/// BPF stack is 512 bytes.
 #[inline(always)]
 fn global<T: Copy>(g: &'static T) -> T {
     // SAFETY: `g` is a reference to an initialised static; a volatile read of it is always valid.
@@ -190,6 +196,7 @@ impl Record {
 
 const EMPTY_SOCK: SockInfo = SockInfo {
     state_since_ns: 0,
+    cgroup_id: 0,
     tgid: 0,
     tid: 0,
     comm: [0; COMM_LEN],
@@ -230,6 +237,7 @@ fn empty_event(kind: u8, skaddr: u64) -> RawEvent {
         bytes_received: 0,
         srtt_us: 0,
         _pad2: 0,
+        cgroup_id: 0,
     }
 }
 
@@ -239,6 +247,61 @@ fn owner_from(info: &SockInfo, ev: &mut RawEvent) {
     ev.tgid = info.tgid;
     ev.tid = info.tid;
     ev.comm = info.comm;
+    ev.cgroup_id = info.cgroup_id;
+}
+
+#[inline(always)]
+fn in_ranges(port: u16, ranges: &'static [[u16; 2]; FILTER_SLOTS], n: u32) -> bool {
+    let mut i = 0;
+    while i < FILTER_SLOTS {
+        if i as u32 >= n {
+            break;
+        }
+        if global(&ranges[i][0]) <= port && port <= global(&ranges[i][1]) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Whether the user's kernel-side filter lets the event through.
+#[inline(always)]
+fn admitted(ev: &RawEvent) -> bool {
+    let family = global(&FILTER.family);
+    if family != 0 && ev.family != family {
+        return false;
+    }
+    let cgroup = global(&FILTER.cgroup_id);
+    if cgroup != 0 && ev.cgroup_id != cgroup {
+        return false;
+    }
+    let n_pids = global(&FILTER.n_pids);
+    if n_pids > 0 {
+        let mut found = false;
+        let mut i = 0;
+        while i < FILTER_SLOTS {
+            if i as u32 >= n_pids {
+                break;
+            }
+            if global(&FILTER.pids[i]) == ev.tgid {
+                found = true;
+            }
+            i += 1;
+        }
+        if !found {
+            return false;
+        }
+    }
+    let n_local = global(&FILTER.n_local_ports);
+    if n_local > 0 && ev.sport != 0 && !in_ranges(ev.sport, &FILTER.local_ports, n_local) {
+        return false;
+    }
+    let n_remote = global(&FILTER.n_remote_ports);
+    if n_remote > 0 && !in_ranges(ev.dport, &FILTER.remote_ports, n_remote) {
+        return false;
+    }
+    true
 }
 
 /// Puts the event in the ring buffer, counting it as produced and, without room, as lost.
@@ -246,6 +309,10 @@ fn owner_from(info: &SockInfo, ev: &mut RawEvent) {
 /// delay) collects the batch, which saves a wakeup per event.
 #[inline(always)]
 fn emit(ev: &RawEvent) {
+    if !admitted(ev) {
+        count(stat::FILTERED);
+        return;
+    }
     count(stat::PRODUCED);
     match EVENTS.reserve::<RawEvent>(0) {
         Some(mut slot) => {
@@ -325,6 +392,8 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
             info.tgid = tgid;
             info.tid = pid_tgid as u32;
             info.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+            // SAFETY: a helper without arguments.
+            info.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
             ev.flags |= event_flags::OWNER_CAPTURED;
         }
     }
@@ -355,11 +424,11 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
 /// Bytes and smoothed RTT from `struct tcp_sock`, for the connection record at close.
 #[inline(always)]
 fn tcp_info(skaddr: u64, ev: &mut RawEvent) {
-    let o = global(&KERNEL_OFFSETS);
+    let o = &KERNEL_OFFSETS;
     if let (Some(acked), Some(received), Some(srtt)) = (
-        kread::<u64>(skaddr, o.tcp_bytes_acked),
-        kread::<u64>(skaddr, o.tcp_bytes_received),
-        kread::<u32>(skaddr, o.tcp_srtt_us),
+        kread::<u64>(skaddr, global(&o.tcp_bytes_acked)),
+        kread::<u64>(skaddr, global(&o.tcp_bytes_received)),
+        kread::<u32>(skaddr, global(&o.tcp_srtt_us)),
     ) {
         ev.bytes_acked = acked;
         ev.bytes_received = received;
@@ -379,26 +448,24 @@ pub fn nw_accept(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_accept(ctx: &TracePointContext) -> Option<()> {
-    let f = global(&ACCEPT_FIELDS);
-    let rec = Record::copy(ctx)?;
-    let fd = rec.get::<i64>(f.ret)?;
+    let fd = Record::copy(ctx)?.get::<i64>(global(&ACCEPT_FIELDS.ret))?;
     if fd < 0 {
         return None;
     }
-    let o = global(&KERNEL_OFFSETS);
+    let o = &KERNEL_OFFSETS;
     // SAFETY: a helper without arguments; the task pointer is only dereferenced through
     // bpf_probe_read_kernel (kread).
     let task = unsafe { bpf_get_current_task() };
-    let files = kread::<u64>(task, o.task_files)?;
-    let fdt = kread::<u64>(files, o.files_fdt)?;
-    let max_fds = kread::<u32>(fdt, o.fdt_max_fds)?;
+    let files = kread::<u64>(task, global(&o.task_files))?;
+    let fdt = kread::<u64>(files, global(&o.files_fdt))?;
+    let max_fds = kread::<u32>(fdt, global(&o.fdt_max_fds))?;
     if fd as u64 >= u64::from(max_fds) {
         return None;
     }
-    let fd_array = kread::<u64>(fdt, o.fdt_fd)?;
+    let fd_array = kread::<u64>(fdt, global(&o.fdt_fd))?;
     let file = kread::<u64>(fd_array, (fd as u32).checked_mul(8)?)?;
-    let sock = kread::<u64>(file, o.file_private_data)?;
-    let sk = kread::<u64>(sock, o.socket_sk)?;
+    let sock = kread::<u64>(file, global(&o.file_private_data))?;
+    let sk = kread::<u64>(sock, global(&o.socket_sk))?;
     // Only sockets netwatch follows (TCP, seen in a transition) get an owner.
     let info = SOCKETS.get_ptr_mut(sk)?;
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -406,26 +473,29 @@ fn try_accept(ctx: &TracePointContext) -> Option<()> {
     ev.tgid = (pid_tgid >> 32) as u32;
     ev.tid = pid_tgid as u32;
     ev.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    // SAFETY: a helper without arguments.
+    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     ev.flags |= event_flags::OWNER_CAPTURED;
     // SAFETY: the pointer comes from the map lookup and is valid for this program run.
     unsafe {
         (*info).tgid = ev.tgid;
         (*info).tid = ev.tid;
         (*info).comm = ev.comm;
+        (*info).cgroup_id = ev.cgroup_id;
         ev.new_state = (*info).state;
     }
-    let family = kread::<u16>(sk, o.skc_family)?;
+    let family = kread::<u16>(sk, global(&o.skc_family))?;
     ev.family = family;
-    ev.sport = kread::<u16>(sk, o.skc_num).unwrap_or(0);
-    ev.dport = u16::from_be(kread::<u16>(sk, o.skc_dport).unwrap_or(0));
+    ev.sport = kread::<u16>(sk, global(&o.skc_num)).unwrap_or(0);
+    ev.dport = u16::from_be(kread::<u16>(sk, global(&o.skc_dport)).unwrap_or(0));
     if family == AF_INET6 {
-        ev.saddr = kread::<[u8; 16]>(sk, o.skc_v6_rcv_saddr).unwrap_or([0; 16]);
-        ev.daddr = kread::<[u8; 16]>(sk, o.skc_v6_daddr).unwrap_or([0; 16]);
+        ev.saddr = kread::<[u8; 16]>(sk, global(&o.skc_v6_rcv_saddr)).unwrap_or([0; 16]);
+        ev.daddr = kread::<[u8; 16]>(sk, global(&o.skc_v6_daddr)).unwrap_or([0; 16]);
     } else {
-        if let Some(a) = kread::<[u8; 4]>(sk, o.skc_rcv_saddr) {
+        if let Some(a) = kread::<[u8; 4]>(sk, global(&o.skc_rcv_saddr)) {
             ev.saddr[..4].copy_from_slice(&a);
         }
-        if let Some(a) = kread::<[u8; 4]>(sk, o.skc_daddr) {
+        if let Some(a) = kread::<[u8; 4]>(sk, global(&o.skc_daddr)) {
             ev.daddr[..4].copy_from_slice(&a);
         }
     }

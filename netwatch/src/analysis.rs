@@ -472,6 +472,7 @@ impl Analysis {
         now_ns: u64,
         lost_events: u64,
         listen: Option<(u64, u64)>,
+        keep: &dyn Fn(&CloseWaitSocket) -> bool,
     ) -> Report {
         let duration_s = self
             .first_ns
@@ -557,7 +558,7 @@ impl Analysis {
         let stuck: Vec<CloseWaitSocket> = tracker
             .close_waits(now_ns)
             .into_iter()
-            .filter(|c| c.age_ms >= self.thresholds.close_wait_age_ms)
+            .filter(|c| c.age_ms >= self.thresholds.close_wait_age_ms && keep(c))
             .collect();
         let mut holders: HashMap<String, (usize, f64, HashMap<String, u64>)> = HashMap::new();
         for c in &stuck {
@@ -728,6 +729,7 @@ mod tests {
             end_ns,
             pid: Some(10),
             comm: Some("client".into()),
+            cgroup_id: None,
             closer_pid: Some(10),
             closer_comm: Some("client".into()),
             saddr: "10.0.0.1".parse().unwrap(),
@@ -770,7 +772,7 @@ mod tests {
         }
         let now = start + 10_000_000_000;
         let tracker = Tracker::new(10);
-        let r = a.report(&tracker, now, 0, None);
+        let r = a.report(&tracker, now, 0, None, &|_| true);
         let d = &r.time_wait.by_destination[0];
         assert_eq!(d.destination, "10.0.0.7:5432");
         assert_eq!(d.population, 6120);
@@ -799,7 +801,9 @@ mod tests {
         for i in 0..10_000u64 {
             a.on_connection(&tw_conn(start + i * 1_000_000, "127.0.0.1", 80));
         }
-        let r = a.report(&Tracker::new(10), start + 10_000_000_000, 0, None);
+        let r = a.report(&Tracker::new(10), start + 10_000_000_000, 0, None, &|_| {
+            true
+        });
         assert!(
             r.time_wait
                 .by_destination
@@ -831,7 +835,7 @@ mod tests {
     #[test]
     fn lost_events_come_first() {
         let mut a = Analysis::new(HostSettings::default(), Thresholds::default());
-        let r = a.report(&Tracker::new(10), 5, 17, None);
+        let r = a.report(&Tracker::new(10), 5, 17, None, &|_| true);
         assert!(
             r.findings[0].text.starts_with("17 events were lost"),
             "{:?}",

@@ -9,6 +9,7 @@ use crate::probe::{DEFAULT_RING_BYTES, check_ring_bytes};
 #[command(
     name = "netwatch",
     version,
+    disable_help_subcommand = true,
     about = "Trace every TCP state transition, with the process that really owns the socket",
     after_help = "Examples:\n  \
         netwatch                      # same as `netwatch trace`\n  \
@@ -16,7 +17,10 @@ use crate::probe::{DEFAULT_RING_BYTES, check_ring_bytes};
         netwatch trace --json | jq 'select(.new_state == \"CLOSE_WAIT\")'\n  \
         netwatch trace --duration 30s -w > events.txt\n  \
         netwatch life                 # one line per finished connection\n  \
-        netwatch report --duration 30s\n\n\
+        netwatch report --duration 30s\n  \
+        netwatch life state time-wait '( dport = :5432 )'\n  \
+        netwatch trace -p 4242 dst 10.0.0.0/8 and not dport = :22\n  \
+        netwatch help filters         # the filter grammar\n\n\
         Needs root (CAP_BPF and CAP_PERFMON). Ctrl-C stops and prints how many events were\n\
         seen and lost on stderr."
 )]
@@ -31,12 +35,14 @@ pub enum Command {
     #[command(
         after_help = "Columns: TIME PID COMM LADDR:LPORT RADDR:RPORT EVENT MS_IN_OLD\n\
         EVENT is `OLD -> NEW` for a state transition, or RETRANSMIT, SYNACK_RETRANSMIT,\n\
-        RESET_RECEIVED, RESET_SENT (with the kernel's reason) or DESTROY with the socket's\n\
-        state. PID/COMM is `-` when the owner is not known (e.g. an accepted socket before\n\
-        the server closes it): netwatch never names a softirq bystander.\n\n\
+        RESET_RECEIVED, RESET_SENT (with the kernel's reason), ACCEPT or DESTROY with the\n\
+        socket's state. PID/COMM is `-` when the owner is not known (an accepted socket's\n\
+        handshake, before accept() returns it): netwatch never names a softirq bystander.\n\n\
         Examples:\n  \
         netwatch trace\n  \
         netwatch trace -T -w\n  \
+        netwatch trace -p 4242 -D 5432\n  \
+        netwatch trace dst 10.0.0.0/8 and not dport = :22\n  \
         netwatch trace --json --duration 10s > events.jsonl"
     )]
     Trace(TraceArgs),
@@ -50,6 +56,7 @@ pub enum Command {
         Examples:\n  \
         netwatch life\n  \
         netwatch life --json | jq 'select(.end == \"refused\")'\n  \
+        netwatch life state time-wait '( dport = :5432 )'\n  \
         netwatch life --record events.jsonl --duration 5m"
     )]
     Life(LifeArgs),
@@ -59,7 +66,8 @@ pub enum Command {
         netwatch report --duration 30s\n  \
         netwatch report                     # until Ctrl-C\n  \
         netwatch report --json --duration 1m | jq .findings\n  \
-        netwatch report --close-wait-age 30s --close-wait-alarm 100")]
+        netwatch report --close-wait-age 30s --close-wait-alarm 100\n  \
+        netwatch report --comm nginx --duration 1m")]
     Report(ReportArgs),
     /// Replay a recording (from --record) offline, without root: the same output the live run gave
     #[command(after_help = "Examples:\n  \
@@ -68,6 +76,19 @@ pub enum Command {
         netwatch analyze events.jsonl --life\n  \
         netwatch analyze events.jsonl --report --json")]
     Analyze(AnalyzeArgs),
+    /// Help on a command, or on a topic: `netwatch help filters`
+    Help {
+        /// A subcommand (trace, life, report, analyze, completions) or `filters`
+        topic: Option<String>,
+    },
+    /// Print a shell completion script: netwatch completions bash > /etc/bash_completion.d/netwatch
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff); `cargo xtask man` writes it to target/man/netwatch.1
+    #[command(hide = true)]
+    Manpage,
 }
 
 /// How events and connections print.
@@ -89,6 +110,8 @@ pub struct LifeArgs {
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
     pub run: RunArgs,
     #[command(flatten)]
     pub tracker: TrackerArgs,
@@ -99,6 +122,8 @@ pub struct ReportArgs {
     /// Print the report as one JSON document
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     #[command(flatten)]
     pub run: RunArgs,
     #[command(flatten)]
@@ -123,10 +148,13 @@ pub struct AnalyzeArgs {
     pub thresholds: ThresholdArgs,
     #[command(flatten)]
     pub tracker: TrackerArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 /// Verdict thresholds: the field notes' rules of thumb as defaults.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Verdicts")]
 pub struct ThresholdArgs {
     /// A socket in CLOSE_WAIT longer than this counts as stuck
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -150,6 +178,7 @@ impl Default for ThresholdArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Tracker")]
 pub struct TrackerArgs {
     /// Most sockets tracked at once; past it the least recently active is evicted (counted)
     #[arg(long, default_value_t = crate::tracker::DEFAULT_MAX_SOCKETS)]
@@ -164,16 +193,53 @@ impl Default for TrackerArgs {
     }
 }
 
+/// What to watch: BCC-style flags and an `ss`-style filter expression.
+#[derive(Args, Debug, Default, Clone)]
+#[command(next_help_heading = "Filters (see `netwatch help filters`)")]
+pub struct FilterArgs {
+    /// Only sockets owned by PID (repeat, or comma-separate: -p 10,11); decided in the kernel
+    #[arg(short = 'p', long = "pid", value_name = "PID", value_delimiter = ',')]
+    pub pids: Vec<u32>,
+    /// Only these local ports: 80, 8000-8080, 22,443; decided in the kernel
+    #[arg(short = 'L', long = "localport", value_name = "PORTS", value_parser = crate::selection::parse_ports)]
+    pub local_ports: Vec<Vec<std::ops::RangeInclusive<u16>>>,
+    /// Only these remote ports: 5432, 1-1023; decided in the kernel
+    #[arg(short = 'D', long = "remoteport", value_name = "PORTS", value_parser = crate::selection::parse_ports)]
+    pub remote_ports: Vec<Vec<std::ops::RangeInclusive<u16>>>,
+    /// IPv4 only
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// IPv6 only
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+    /// Only sockets whose owner's command name is NAME
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+    /// Only sockets whose owner is in this cgroup (v2 path, e.g. /system.slice/nginx.service)
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<std::path::PathBuf>,
+    /// An ss-style filter: state close-wait '( dport = :80 or dport = :443 )' dst 10.0.0.0/8
+    #[arg(
+        value_name = "FILTER",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub filter: Vec<String>,
+}
+
 #[derive(Args, Debug, Default, Clone)]
 pub struct TraceArgs {
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     #[command(flatten)]
     pub run: RunArgs,
 }
 
 /// Options every live command shares.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Run")]
 pub struct RunArgs {
     /// Stop after this long (e.g. 30s, 5m, 1h); default: until Ctrl-C or SIGTERM
     #[arg(long, value_parser = parse_duration)]

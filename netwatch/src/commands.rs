@@ -14,6 +14,7 @@ use crate::{
     probe::{self, Probe, ProbeConfig},
     record::{self, Header, Item, Recorder, Replay, Summary},
     report::{self, ReportSink},
+    selection::Selection,
     sink::{JsonSink, Sink, TextSink, TimeStyle},
     stream,
 };
@@ -24,17 +25,37 @@ fn stdout() -> Stdio {
     BufWriter::with_capacity(64 * 1024, io::stdout())
 }
 
+/// Passes on only the events the selection keeps.
+struct Filtered<S> {
+    selection: Selection,
+    inner: S,
+}
+
+impl<S: Sink> Sink for Filtered<S> {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        if self.selection.event(ev) {
+            self.inner.event(ev)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// What a run prints.
 enum Output {
     Trace(Box<dyn Sink>),
-    Life(LifeSink<Stdio>),
+    Life(Box<LifeSink<Stdio>>),
     Report { sink: Box<ReportSink>, json: bool },
 }
 
 impl Output {
-    fn trace(o: &OutputArgs, header: &Header) -> Self {
+    fn trace(o: &OutputArgs, selection: Selection, header: &Header) -> Self {
         let clock = WallClock::from_offset(header.wall_offset_ns);
-        Output::Trace(if o.json {
+        let sink: Box<dyn Sink> = if o.json {
             Box::new(JsonSink::new(stdout(), clock))
         } else {
             let time = if o.timestamp {
@@ -45,10 +66,34 @@ impl Output {
                 }
             };
             Box::new(TextSink::new(stdout(), clock, time, o.wide))
+        };
+        Output::Trace(if selection.is_empty() {
+            sink
+        } else {
+            Box::new(Filtered {
+                selection,
+                inner: sink,
+            })
         })
     }
 
-    fn report(t: &ThresholdArgs, max_sockets: usize, json: bool, header: &Header) -> Self {
+    fn life(o: &OutputArgs, selection: Selection, max_sockets: usize) -> Self {
+        Output::Life(Box::new(LifeSink::new(
+            stdout(),
+            o.json,
+            o.wide,
+            max_sockets,
+            selection,
+        )))
+    }
+
+    fn report(
+        t: &ThresholdArgs,
+        selection: Selection,
+        max_sockets: usize,
+        json: bool,
+        header: &Header,
+    ) -> Self {
         let thresholds = Thresholds {
             close_wait_age_ms: t.close_wait_age.as_secs_f64() * 1000.0,
             close_wait_alarm: t.close_wait_alarm,
@@ -59,6 +104,7 @@ impl Output {
                 header.settings.clone(),
                 thresholds,
                 max_sockets,
+                selection,
             )),
             json,
         }
@@ -112,9 +158,14 @@ fn broken_pipe_ok(r: io::Result<()>) -> anyhow::Result<()> {
 
 /// Attaches, streams into `make(header)` until stopped, then prints the summary and the
 /// output's ending; with `--record`, writes the recording alongside.
-async fn live(run: &RunArgs, make: impl FnOnce(&Header) -> Output) -> anyhow::Result<()> {
+async fn live(
+    run: &RunArgs,
+    selection: &Selection,
+    make: impl FnOnce(&Header) -> Output,
+) -> anyhow::Result<()> {
     let config = ProbeConfig {
         ring_bytes: run.ring_size,
+        filter: selection.kernel(),
     };
     let mut probe = Probe::attach(&config)?;
     for w in &probe.warnings {
@@ -169,42 +220,47 @@ fn summarize(lost: u64, listen_before: Option<(u64, u64)>) -> Summary {
 }
 
 pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
+    let selection = Selection::from_args(&args.filter)?;
     let o = args.output;
-    live(&args.run, |h| Output::trace(&o, h)).await
+    live(&args.run, &selection.clone(), |h| {
+        Output::trace(&o, selection, h)
+    })
+    .await
 }
 
 pub async fn life(args: LifeArgs) -> anyhow::Result<()> {
+    let selection = Selection::from_args(&args.filter)?;
     let o = args.output;
     let max = args.tracker.max_sockets;
-    live(&args.run, |_| {
-        Output::Life(LifeSink::new(stdout(), o.json, o.wide, max))
+    live(&args.run, &selection.clone(), |_| {
+        Output::life(&o, selection, max)
     })
     .await
 }
 
 pub async fn report(args: ReportArgs) -> anyhow::Result<()> {
+    let selection = Selection::from_args(&args.filter)?;
     let t = args.thresholds;
     let (max, json) = (args.tracker.max_sockets, args.json);
-    live(&args.run, |h| Output::report(&t, max, json, h)).await
+    live(&args.run, &selection.clone(), |h| {
+        Output::report(&t, selection, max, json, h)
+    })
+    .await
 }
 
 /// Replays a recording into the output the live run had; a damaged file still prints what was
 /// read, then fails naming the line.
 pub fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
+    let selection = Selection::from_args(&args.filter)?;
     let mut replay = Replay::open(&args.file)?;
     let header = replay.header.clone();
     let max = args.tracker.max_sockets;
     let mut output = if args.report {
-        Output::report(&args.thresholds, max, args.output.json, &header)
+        Output::report(&args.thresholds, selection, max, args.output.json, &header)
     } else if args.life {
-        Output::Life(LifeSink::new(
-            stdout(),
-            args.output.json,
-            args.output.wide,
-            max,
-        ))
+        Output::life(&args.output, selection, max)
     } else {
-        Output::trace(&args.output, &header)
+        Output::trace(&args.output, selection, &header)
     };
     let mut events = 0u64;
     let mut last_ns = header.started_ns;
@@ -241,4 +297,53 @@ pub fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
             Err(e).with_context(|| format!("replayed {events} events before the error"))
         }
     }
+}
+
+/// `netwatch help [TOPIC]`: a subcommand's help, or the filter grammar.
+pub fn help(topic: Option<&str>) -> anyhow::Result<()> {
+    use clap::CommandFactory as _;
+    let mut cmd = crate::cli::Cli::command();
+    // Gives every subcommand its full name (`netwatch life`) in its usage line.
+    cmd.build();
+    match topic {
+        None => cmd.print_long_help()?,
+        Some("filters" | "filter") => print!("{}", crate::filter::HELP),
+        Some(name) => match cmd.find_subcommand_mut(name) {
+            Some(sub) => sub.print_long_help()?,
+            None => anyhow::bail!(
+                "no help on `{name}`: try `netwatch help filters` or a subcommand (trace, life, report, analyze, completions)"
+            ),
+        },
+    }
+    Ok(())
+}
+
+/// The man page, generated from the same definitions as `--help`.
+pub fn manpage() -> anyhow::Result<()> {
+    use clap::CommandFactory as _;
+    let cmd = crate::cli::Cli::command();
+    let mut out = io::stdout().lock();
+    clap_mangen::Man::new(cmd.clone()).render(&mut out)?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        writeln!(out, ".SH \"NETWATCH {}\"", sub.get_name().to_uppercase())?;
+        clap_mangen::Man::new(sub.clone()).render_options_section(&mut out)?;
+    }
+    writeln!(out, ".SH FILTERS\n.nf")?;
+    out.write_all(crate::filter::HELP.as_bytes())?;
+    writeln!(out, ".fi")?;
+    Ok(())
+}
+
+/// A shell completion script, generated from the same definitions as `--help`.
+pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use clap::CommandFactory as _;
+    let mut script = Vec::new();
+    clap_complete::generate(
+        shell,
+        &mut crate::cli::Cli::command(),
+        "netwatch",
+        &mut script,
+    );
+    io::stdout().write_all(&script)?;
+    Ok(())
 }

@@ -49,6 +49,25 @@ impl TcpState {
         })
     }
 
+    /// The kernel's number for the state (`include/net/tcp_states.h`).
+    pub fn kernel_number(self) -> u8 {
+        use TcpState::*;
+        match self {
+            Established => tcp_state::ESTABLISHED,
+            SynSent => tcp_state::SYN_SENT,
+            SynRecv => tcp_state::SYN_RECV,
+            FinWait1 => tcp_state::FIN_WAIT1,
+            FinWait2 => tcp_state::FIN_WAIT2,
+            TimeWait => tcp_state::TIME_WAIT,
+            Close => tcp_state::CLOSE,
+            CloseWait => tcp_state::CLOSE_WAIT,
+            LastAck => tcp_state::LAST_ACK,
+            Listen => tcp_state::LISTEN,
+            Closing => tcp_state::CLOSING,
+            NewSynRecv => tcp_state::NEW_SYN_RECV,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         use TcpState::*;
         match self {
@@ -158,6 +177,9 @@ pub struct Event {
     /// when it was remembered from an earlier one.
     #[serde(default)]
     pub owner_seen_here: bool,
+    /// cgroup v2 id of the owner (the inode of its cgroup directory); `None` when unknown.
+    #[serde(default)]
+    pub cgroup_id: Option<u64>,
     pub family: Family,
     pub saddr: IpAddr,
     pub sport: u16,
@@ -268,6 +290,7 @@ impl Event {
             tid: known.then_some(raw.tid),
             comm: known.then(|| comm_string(&raw.comm)),
             owner_seen_here: known && raw.flags & event_flags::OWNER_CAPTURED != 0,
+            cgroup_id: (raw.cgroup_id != 0).then_some(raw.cgroup_id),
             family,
             saddr: addr(family, &raw.saddr),
             sport: raw.sport,
@@ -289,6 +312,7 @@ impl Event {
             tid: None,
             comm: None,
             owner_seen_here: false,
+            cgroup_id: None,
             family: Family::Ipv4,
             saddr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             sport: 0,
@@ -313,6 +337,8 @@ struct FlatEvent<'a> {
     comm: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     owner_seen_here: bool,
+    #[serde(default)]
+    cgroup_id: Option<u64>,
     family: Family,
     #[serde(borrow)]
     saddr: &'a str,
@@ -391,6 +417,7 @@ impl Event {
             tid: f.tid,
             comm: f.comm.map(|c| c.into_owned()),
             owner_seen_here: f.owner_seen_here,
+            cgroup_id: f.cgroup_id,
             family: f.family,
             saddr,
             sport: f.sport,
@@ -450,6 +477,7 @@ mod tests {
             bytes_received: 0,
             srtt_us: 0,
             _pad2: 0,
+            cgroup_id: 77,
         }
     }
 
@@ -474,6 +502,12 @@ mod tests {
             "NEW_SYN_RECV",
         ];
         assert_eq!(names, expected.map(Some));
+        for n in 1..=12 {
+            assert_eq!(
+                TcpState::from_kernel(n).map(TcpState::kernel_number),
+                Some(n)
+            );
+        }
         assert_eq!(TcpState::from_kernel(0), None);
         assert_eq!(TcpState::from_kernel(13), None);
     }

@@ -4,6 +4,7 @@ use std::io::{self, Write};
 
 use crate::{
     event::Event,
+    selection::Selection,
     sink::Sink,
     tracker::{Connection, Fact, Tracker},
 };
@@ -15,6 +16,7 @@ fn kb(bytes: Option<u64>) -> String {
 /// Feeds the tracker and prints each connection it finishes.
 pub struct LifeSink<W: Write> {
     out: W,
+    selection: Selection,
     json: bool,
     wide: bool,
     header_done: bool,
@@ -22,9 +24,10 @@ pub struct LifeSink<W: Write> {
 }
 
 impl<W: Write> LifeSink<W> {
-    pub fn new(out: W, json: bool, wide: bool, max_sockets: usize) -> Self {
+    pub fn new(out: W, json: bool, wide: bool, max_sockets: usize, selection: Selection) -> Self {
         Self {
             out,
+            selection,
             json,
             wide,
             header_done: false,
@@ -33,6 +36,9 @@ impl<W: Write> LifeSink<W> {
     }
 
     fn print(&mut self, c: &Connection) -> io::Result<()> {
+        if !self.selection.connection(c) {
+            return Ok(());
+        }
         if self.json {
             serde_json::to_writer(&mut self.out, c)?;
             return self.out.write_all(b"\n");
@@ -115,7 +121,7 @@ mod tests {
 
     fn replay() -> Vec<Connection> {
         let mut r = Replay::open(std::path::Path::new(RECORDING)).unwrap();
-        let mut sink = LifeSink::new(Vec::new(), true, false, 1000);
+        let mut sink = LifeSink::new(Vec::new(), true, false, 1000, Selection::default());
         while let Item::Event(ev) = r.next_item().unwrap() {
             sink.event(&ev).unwrap();
         }

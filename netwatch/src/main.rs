@@ -5,6 +5,7 @@ mod cli;
 mod clock;
 mod commands;
 mod event;
+mod filter;
 mod layout;
 mod life;
 mod netstat;
@@ -13,6 +14,7 @@ mod privileges;
 mod probe;
 mod record;
 mod report;
+mod selection;
 mod sink;
 mod stream;
 mod tracefs;
@@ -40,6 +42,9 @@ fn main() -> ExitCode {
     let result = match command {
         // Offline: no runtime, no privileges.
         Command::Analyze(args) => commands::analyze(args),
+        Command::Help { topic } => commands::help(topic.as_deref()),
+        Command::Completions { shell } => commands::completions(shell),
+        Command::Manpage => commands::manpage(),
         live => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -49,7 +54,10 @@ fn main() -> ExitCode {
                     Command::Trace(a) => commands::trace(a).await,
                     Command::Life(a) => commands::life(a).await,
                     Command::Report(a) => commands::report(a).await,
-                    Command::Analyze(_) => unreachable!("handled above"),
+                    Command::Analyze(_)
+                    | Command::Help { .. }
+                    | Command::Completions { .. }
+                    | Command::Manpage => unreachable!("handled above"),
                 }
             }),
             Err(e) => Err(anyhow::anyhow!("cannot start the async runtime: {e}")),
@@ -57,6 +65,13 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `netwatch ... | head`: the reader left; nothing is wrong.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("netwatch: error: {e:#}");
             ExitCode::FAILURE

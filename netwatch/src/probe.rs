@@ -9,7 +9,7 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{TracePoint, trace_point::TracePointLinkId},
 };
-use netwatch_common::{TpFields, names, stat};
+use netwatch_common::{KernelFilter, TpFields, names, stat};
 
 use crate::{
     event::DecodeContext,
@@ -109,12 +109,15 @@ pub fn tracepoint_count() -> usize {
 pub struct ProbeConfig {
     /// Ring-buffer size in bytes: a power of two, at least one page.
     pub ring_bytes: u32,
+    /// What the kernel may drop before the ring buffer.
+    pub filter: KernelFilter,
 }
 
 impl Default for ProbeConfig {
     fn default() -> Self {
         Self {
             ring_bytes: DEFAULT_RING_BYTES,
+            filter: KernelFilter::ANY,
         }
     }
 }
@@ -143,6 +146,8 @@ pub struct KernelStats {
     pub lost: u64,
     /// Sockets whose owner could not be remembered: the kernel's socket table was full.
     pub sockets_full: u64,
+    /// Events the kernel-side filter dropped.
+    pub filtered: u64,
 }
 
 /// The loaded and attached programs.
@@ -234,7 +239,8 @@ impl Probe {
         loader
             .map_max_entries(names::EVENTS, config.ring_bytes)
             .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
-            .override_global(names::KERNEL_OFFSETS, &offsets, true);
+            .override_global(names::KERNEL_OFFSETS, &offsets, true)
+            .override_global(names::FILTER, &config.filter, true);
         for (global, fields) in &seen_globals {
             loader.override_global(global, fields, true);
         }
@@ -291,6 +297,7 @@ impl Probe {
             produced: sum(stat::PRODUCED)?,
             lost: sum(stat::LOST)?,
             sockets_full: sum(stat::SOCKETS_FULL)?,
+            filtered: sum(stat::FILTERED)?,
         })
     }
 

@@ -11,6 +11,7 @@ use crate::{
         Thresholds,
     },
     event::Event,
+    selection::Selection,
     sink::Sink,
     tracker::{Fact, Tracker},
 };
@@ -19,13 +20,20 @@ use crate::{
 pub struct ReportSink {
     pub tracker: Tracker,
     pub analysis: Analysis,
+    selection: Selection,
 }
 
 impl ReportSink {
-    pub fn new(settings: HostSettings, thresholds: Thresholds, max_sockets: usize) -> Self {
+    pub fn new(
+        settings: HostSettings,
+        thresholds: Thresholds,
+        max_sockets: usize,
+        selection: Selection,
+    ) -> Self {
         Self {
             tracker: Tracker::new(max_sockets),
             analysis: Analysis::new(settings, thresholds),
+            selection,
         }
     }
 
@@ -37,18 +45,38 @@ impl ReportSink {
         lost: u64,
         listen: Option<(u64, u64)>,
     ) -> Report {
-        let Self { tracker, analysis } = self;
-        tracker.flush(&mut |Fact::Ended(c)| analysis.on_connection(&c));
+        let Self {
+            tracker,
+            analysis,
+            selection,
+        } = self;
+        tracker.flush(&mut |Fact::Ended(c)| {
+            if selection.connection(&c) {
+                analysis.on_connection(&c);
+            }
+        });
         analysis.set_start(started_ns);
-        analysis.report(tracker, now_ns, lost, listen)
+        analysis.report(tracker, now_ns, lost, listen, &|c| selection.close_wait(c))
     }
 }
 
 impl Sink for ReportSink {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
-        let Self { tracker, analysis } = self;
-        analysis.on_event(ev);
-        tracker.on_event(ev, &mut |Fact::Ended(c)| analysis.on_connection(&c));
+        let Self {
+            tracker,
+            analysis,
+            selection,
+        } = self;
+        if selection.event(ev) {
+            analysis.on_event(ev);
+        }
+        // The tracker sees every event, so each socket's life is whole; what it concludes is
+        // filtered.
+        tracker.on_event(ev, &mut |Fact::Ended(c)| {
+            if selection.connection(&c) {
+                analysis.on_connection(&c);
+            }
+        });
         Ok(())
     }
 

@@ -18,6 +18,16 @@ pub trait Sink {
     fn flush(&mut self) -> io::Result<()>;
 }
 
+impl Sink for Box<dyn Sink> {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        (**self).event(ev)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (**self).flush()
+    }
+}
+
 /// How the TIME column reads.
 #[derive(Clone, Copy, Debug)]
 pub enum TimeStyle {
@@ -181,6 +191,7 @@ mod tests {
             tid: Some(42),
             comm: Some("curl".into()),
             owner_seen_here: true,
+            cgroup_id: None,
             family: Family::Ipv4,
             saddr: "127.0.0.1".parse().unwrap(),
             sport: 40000,

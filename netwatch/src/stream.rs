@@ -66,6 +66,12 @@ impl Summary {
         if self.kernel.lost > 0 {
             s.push_str("; the ring buffer was full: try a larger --ring-size");
         }
+        if self.kernel.filtered > 0 {
+            s.push_str(&format!(
+                "; {} filtered out in the kernel (filtered={})",
+                self.kernel.filtered, self.kernel.filtered
+            ));
+        }
         if self.kernel.sockets_full > 0 {
             s.push_str(&format!(
                 "; {} sockets went unattributed: more than {} live sockets",

@@ -149,6 +149,9 @@ pub struct Connection {
     pub end_ns: u64,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// cgroup v2 id of the owner.
+    #[serde(default)]
+    pub cgroup_id: Option<u64>,
     /// The process that closed first (the TIME_WAIT's owner when `end` is time-wait).
     pub closer_pid: Option<u32>,
     pub closer_comm: Option<String>,
@@ -189,8 +192,11 @@ type Ns = std::num::NonZeroU64;
 /// A process as the tracker keeps it: no heap allocation per socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct OwnerId {
-    pid: u32,
+    /// Never 0 (no process), which lets `Option<OwnerId>` cost nothing extra.
+    pid: std::num::NonZeroU32,
     comm: [u8; 16],
+    /// cgroup v2 id; 0 = unknown.
+    cgroup: u64,
 }
 
 impl OwnerId {
@@ -199,7 +205,11 @@ impl OwnerId {
         let name = ev.comm.as_deref().unwrap_or_default().as_bytes();
         let n = name.len().min(16);
         comm[..n].copy_from_slice(&name[..n]);
-        Some(OwnerId { pid: ev.pid?, comm })
+        Some(OwnerId {
+            pid: std::num::NonZeroU32::new(ev.pid?)?,
+            comm,
+            cgroup: ev.cgroup_id.unwrap_or(0),
+        })
     }
 
     fn comm(&self) -> String {
@@ -543,15 +553,16 @@ impl Tracker {
         let end = classify(&s, from);
         let (closer_pid, closer_comm) = match (&end, &s.closer) {
             (End::TimeWait, Some(c)) | (End::Closed | End::ResetByUs { .. }, Some(c)) => {
-                (Some(c.pid), Some(c.comm()))
+                (Some(c.pid.get()), Some(c.comm()))
             }
             _ => (None, None),
         };
         out(Fact::Ended(Box::new(Connection {
             start_ns: s.born_ns.map_or(s.first_ns, Ns::get),
             end_ns: close_ns,
-            pid: s.owner.map(|o| o.pid),
+            pid: s.owner.map(|o| o.pid.get()),
             comm: s.owner.map(|o| o.comm()),
+            cgroup_id: s.owner.map(|o| o.cgroup).filter(|&c| c != 0),
             closer_pid,
             closer_comm,
             saddr: s.saddr,
@@ -586,7 +597,7 @@ impl Tracker {
             .map(|s| {
                 let since = s.state_since.map_or(s.first_ns, Ns::get);
                 CloseWaitSocket {
-                    pid: s.owner.map(|o| o.pid),
+                    pid: s.owner.map(|o| o.pid.get()),
                     comm: s.owner.map(|o| o.comm()),
                     saddr: s.saddr,
                     sport: s.sport,
@@ -659,6 +670,7 @@ mod tests {
                 tid: pid,
                 comm: pid.map(|p| format!("proc{p}")),
                 owner_seen_here: false,
+                cgroup_id: None,
                 family: Family::Ipv4,
                 saddr: local.0.parse().unwrap(),
                 sport: local.1,
