@@ -13,9 +13,11 @@
 //! - [`build`]: builds netwatch and finds its binary through cargo's JSON messages;
 //! - [`run`]: builds, then replaces itself with netwatch (exit code and Ctrl-C just work);
 //! - [`test`]: fmt, clippy, build, tests, each timed, failing fast;
+//! - [`bench`]: netwatch's cost side by side with tcpstates, tcplife and bpftrace;
 //! - [`sys`]: process plumbing (PATH for children, showing and checking commands, root);
 //! - [`json`]: the little JSON reader `build` needs, so xtask depends on no serde.
 
+mod bench;
 mod build;
 mod json;
 mod run;
@@ -40,7 +42,8 @@ use clap::{Parser, Subcommand};
         cargo xtask run -- trace --json -T   # arguments after `--` go to netwatch\n  \
         cargo xtask lint                     # rustfmt + clippy only\n  \
         cargo xtask test                     # what CI runs (.ci/run)\n  \
-        cargo xtask test -- close_wait       # only tests whose name contains close_wait\n\n\
+        cargo xtask test -- close_wait       # only tests whose name contains close_wait\n  \
+        cargo xtask bench --quick            # cost vs tcpstates/tcplife/bpftrace (root)\n\n\
         Every command except `setup` runs `setup` first; it takes a second when nothing is\n\
         missing."
 )]
@@ -110,6 +113,31 @@ enum Command {
         cargo xtask lint\n\n\
         To fix formatting: cargo fmt --all")]
     Lint,
+    /// Measure netwatch's cost next to tcpstates, tcplife and bpftrace; writes BENCHMARKS.md
+    #[command(
+        after_help = "Needs root. Builds netwatch and tcpdrive (release), then, in network\n\
+        namespaces of its own, runs a connection-churn workload (loopback client/server closing\n\
+        first, veth client closing first) with no tracer and with each tracer, interleaved;\n\
+        measures connections/s, in-kernel ns per program run (kernel.bpf_stats_enabled),\n\
+        user CPU per event, peak RSS and lost events, then the highest event rate netwatch\n\
+        keeps without loss. Prints a markdown report and writes it to BENCHMARKS.md.\n\
+        Takes a few minutes (--quick: about a minute). Ctrl-C stops cleanly.\n\n\
+        Examples:\n  \
+        cargo xtask bench --quick              # one short run per cell, for development\n  \
+        cargo xtask bench                      # 3 runs per cell, ~2 s each\n  \
+        cargo xtask bench --runs 5 --seconds 4"
+    )]
+    Bench {
+        /// One short run per cell and fewer load steps (under 90 s)
+        #[arg(long)]
+        quick: bool,
+        /// Runs per workload and tracer (median reported); default 3, --quick 1
+        #[arg(long, value_name = "N")]
+        runs: Option<u32>,
+        /// Seconds of churn per run without a tracer; default 2, --quick 1
+        #[arg(long, value_name = "S")]
+        seconds: Option<f64>,
+    },
 }
 
 /// Prints errors as `error: ...` plus their causes, without the backtrace that anyhow's own
@@ -139,5 +167,14 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Run { release, args } => run::run(release, &args),
         Command::Test { args } => test::test(&args),
         Command::Lint => test::lint(),
+        Command::Bench {
+            quick,
+            runs,
+            seconds,
+        } => bench::bench(bench::Options {
+            quick,
+            runs,
+            seconds,
+        }),
     }
 }

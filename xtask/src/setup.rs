@@ -42,6 +42,10 @@ const DEB_PACKAGES: &[(&str, &str)] = &[
     ("procps", "ps and sysctl in the tests"),
     // setpriv: run test peers as an unprivileged user; also nsenter and unshare.
     ("util-linux", "setpriv, nsenter and unshare in the tests"),
+    (
+        "time",
+        "/usr/bin/time: CPU and peak memory of `netwatch analyze` in `cargo xtask bench`",
+    ),
 ];
 
 /// bpf-linker version that links the eBPF programs (0.13 supports LLVM 22).
