@@ -330,6 +330,30 @@ mod tests {
     }
 
     #[test]
+    fn completions_know_every_subcommand_and_filter_flag() {
+        use clap::CommandFactory;
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "netwatch", &mut out);
+            let script = String::from_utf8(out).unwrap();
+            for word in [
+                "trace",
+                "life",
+                "report",
+                "analyze",
+                "remoteport",
+                "localport",
+            ] {
+                assert!(script.contains(word), "{shell:?} completion lacks {word}");
+            }
+        }
+    }
+
+    #[test]
     fn clap_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();

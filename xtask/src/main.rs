@@ -138,6 +138,10 @@ enum Command {
         #[arg(long, value_name = "S")]
         seconds: Option<f64>,
     },
+    /// Build netwatch and write its man page (from the clap definitions) to target/man/netwatch.1
+    #[command(after_help = "Example:\n  \
+        cargo xtask man && man -l target/man/netwatch.1")]
+    Man,
 }
 
 /// Prints errors as `error: ...` plus their causes, without the backtrace that anyhow's own
@@ -176,5 +180,30 @@ fn dispatch(command: Command) -> Result<()> {
             runs,
             seconds,
         }),
+        Command::Man => man(),
     }
+}
+
+/// `netwatch manpage` into target/man/netwatch.1: the page comes from the same clap
+/// definitions as `--help`, so it cannot drift from the binary.
+fn man() -> Result<()> {
+    setup::setup()?;
+    let bin = build::build_netwatch(false)?;
+    let out = std::process::Command::new(&bin)
+        .arg("manpage")
+        .output()
+        .map_err(|e| anyhow::anyhow!("running {} manpage: {e}", bin.display()))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{} manpage failed: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = sys::workspace_root().join("target/man");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("netwatch.1");
+    std::fs::write(&path, &out.stdout)?;
+    println!("{}", path.display());
+    Ok(())
 }
