@@ -119,9 +119,10 @@ pub struct LifeArgs {
 
 #[derive(Args, Debug, Default, Clone)]
 pub struct ReportArgs {
-    /// Print the report as one JSON document
-    #[arg(long)]
-    pub json: bool,
+    /// --json: one JSON document; -T: the run's wall-clock span in the header; -w: key
+    /// columns wide enough for IPv6 endpoints
+    #[command(flatten)]
+    pub output: OutputArgs,
     #[command(flatten)]
     pub filter: FilterArgs,
     #[command(flatten)]

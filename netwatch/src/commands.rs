@@ -49,7 +49,10 @@ impl<S: Sink> Sink for Filtered<S> {
 enum Output {
     Trace(Box<dyn Sink>),
     Life(Box<LifeSink<Stdio>>),
-    Report { sink: Box<ReportSink>, json: bool },
+    Report {
+        sink: Box<ReportSink>,
+        output: OutputArgs,
+    },
 }
 
 impl Output {
@@ -91,7 +94,7 @@ impl Output {
         t: &ThresholdArgs,
         selection: Selection,
         max_sockets: usize,
-        json: bool,
+        output: &OutputArgs,
         header: &Header,
     ) -> Self {
         let thresholds = Thresholds {
@@ -106,7 +109,7 @@ impl Output {
                 max_sockets,
                 selection,
             )),
-            json,
+            output: output.clone(),
         }
     }
 
@@ -115,15 +118,25 @@ impl Output {
         match self {
             Output::Trace(mut s) => s.flush(),
             Output::Life(mut s) => s.finish(),
-            Output::Report { mut sink, json } => {
+            Output::Report { mut sink, output } => {
                 let listen = summary.listen_overflows.zip(summary.listen_drops);
                 let r = sink.report(summary.stopped_ns, header.started_ns, summary.lost, listen);
                 let mut out = stdout();
-                if json {
+                if output.json {
                     serde_json::to_writer_pretty(&mut out, &r)?;
                     out.write_all(b"\n")?;
                 } else {
-                    out.write_all(report::render(&r).as_bytes())?;
+                    let clock = WallClock::from_offset(header.wall_offset_ns);
+                    let style = report::Style {
+                        wide: output.wide,
+                        span: output.timestamp.then(|| {
+                            (
+                                clock.rfc3339(header.started_ns),
+                                clock.rfc3339(summary.stopped_ns),
+                            )
+                        }),
+                    };
+                    out.write_all(report::render(&r, &style).as_bytes())?;
                 }
                 out.flush()
             }
@@ -241,9 +254,10 @@ pub async fn life(args: LifeArgs) -> anyhow::Result<()> {
 pub async fn report(args: ReportArgs) -> anyhow::Result<()> {
     let selection = Selection::from_args(&args.filter)?;
     let t = args.thresholds;
-    let (max, json) = (args.tracker.max_sockets, args.json);
+    let max = args.tracker.max_sockets;
+    let o = args.output;
     live(&args.run, &selection.clone(), |h| {
-        Output::report(&t, selection, max, json, h)
+        Output::report(&t, selection, max, &o, h)
     })
     .await
 }
@@ -256,7 +270,7 @@ pub fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
     let header = replay.header.clone();
     let max = args.tracker.max_sockets;
     let mut output = if args.report {
-        Output::report(&args.thresholds, selection, max, args.output.json, &header)
+        Output::report(&args.thresholds, selection, max, &args.output, &header)
     } else if args.life {
         Output::life(&args.output, selection, max)
     } else {

@@ -92,29 +92,31 @@ fn pct(p: &Percentiles) -> String {
     )
 }
 
-fn rows(out: &mut String, title: &str, rows: &[CountRow]) {
+fn rows(out: &mut String, title: &str, rows: &[CountRow], kw: usize) {
+    let tw = kw + 2;
     if rows.is_empty() {
         return;
     }
     let _ = writeln!(out, "  {title}:");
     for r in rows {
-        let _ = writeln!(out, "    {:<40} {:>8}", r.key, r.count);
+        let _ = writeln!(out, "    {:<tw$} {:>8}", r.key, r.count);
     }
 }
 
-fn outcomes(out: &mut String, title: &str, rows: &[ConnectOutcomes]) {
+fn outcomes(out: &mut String, title: &str, rows: &[ConnectOutcomes], kw: usize) {
+    let tw = kw + 2;
     if rows.is_empty() {
         return;
     }
     let _ = writeln!(
         out,
-        "  {title:<40} {:>8} {:>8} {:>8} {:>8}   connect latency (established)",
+        "  {title:<tw$} {:>8} {:>8} {:>8} {:>8}   connect latency (established)",
         "ESTAB", "REFUSED", "TIMEOUT", "ABORTED"
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "    {:<38} {:>8} {:>8} {:>8} {:>8}   {}",
+            "    {:<kw$} {:>8} {:>8} {:>8} {:>8}   {}",
             r.key,
             r.established,
             r.refused,
@@ -125,24 +127,44 @@ fn outcomes(out: &mut String, title: &str, rows: &[ConnectOutcomes]) {
     }
 }
 
-fn lifetimes(out: &mut String, title: &str, rows: &[LifetimeRow]) {
+fn lifetimes(out: &mut String, title: &str, rows: &[LifetimeRow], kw: usize) {
+    let tw = kw + 2;
     if rows.is_empty() {
         return;
     }
     let _ = writeln!(out, "  {title}:");
     for r in rows {
-        let _ = writeln!(out, "    {:<40} {}", r.key, pct(&r.lifetime_ms));
+        let _ = writeln!(out, "    {:<tw$} {}", r.key, pct(&r.lifetime_ms));
     }
 }
 
+/// How the text report is laid out (`-w`, `-T`).
+#[derive(Clone, Debug, Default)]
+pub struct Style {
+    /// Key columns wide enough for any `[IPv6]:port`.
+    pub wide: bool,
+    /// Wall-clock start and stop of the run, shown in the header.
+    pub span: Option<(String, String)>,
+}
+
 /// The report as text: findings first (lost events before anything), then the evidence.
-pub fn render(r: &Report) -> String {
+pub fn render(r: &Report, style: &Style) -> String {
+    let kw = if style.wide { 49 } else { 38 };
+    let tw = kw + 2;
     let mut out = String::new();
-    let _ = writeln!(
+    let _ = write!(
         out,
         "netwatch report: {:.1} s, {} events, {} lost, {} connections ended",
         r.duration_s, r.events, r.lost_events, r.connections_ended
     );
+    match &style.span {
+        Some((from, to)) => {
+            let _ = writeln!(out, ", from {from} to {to}");
+        }
+        None => {
+            let _ = writeln!(out);
+        }
+    }
     let _ = writeln!(out, "\nFindings");
     if r.findings.is_empty() {
         let _ = writeln!(
@@ -170,26 +192,26 @@ pub fn render(r: &Report) -> String {
         }
     );
 
-    let tw = &r.time_wait;
+    let tws = &r.time_wait;
     let _ = writeln!(
         out,
         "\nTIME_WAIT: {} born ({:.1}/s), ~{} alive now (born in the last 60 s); ephemeral range {}-{} ({} ports), tcp_tw_reuse={}",
-        tw.births,
-        tw.per_second,
-        tw.population,
+        tws.births,
+        tws.per_second,
+        tws.population,
         r.settings.port_range.0,
         r.settings.port_range.1,
         r.settings.ports(),
         r.settings.tw_reuse
     );
-    rows(&mut out, "closed first by process", &tw.by_process);
-    if !tw.by_destination.is_empty() {
+    rows(&mut out, "closed first by process", &tws.by_process, kw);
+    if !tws.by_destination.is_empty() {
         let _ = writeln!(
             out,
-            "  {:<40} {:>8} {:>8} {:>8}   forecast",
+            "  {:<tw$} {:>8} {:>8} {:>8}   forecast",
             "by destination", "BIRTHS", "PER_S", "ALIVE"
         );
-        for d in &tw.by_destination {
+        for d in &tws.by_destination {
             let forecast = match (d.exhaustion_in_s, d.tw_reuse_applies) {
                 (Some(s), _) => format!("ports run out in ~{s:.0} s"),
                 (None, true) => "tcp_tw_reuse applies".to_string(),
@@ -197,7 +219,7 @@ pub fn render(r: &Report) -> String {
             };
             let _ = writeln!(
                 out,
-                "    {:<38} {:>8} {:>8.1} {:>8}   {forecast}",
+                "    {:<kw$} {:>8} {:>8.1} {:>8}   {forecast}",
                 d.destination, d.births, d.per_second, d.population
             );
         }
@@ -219,7 +241,7 @@ pub fn render(r: &Report) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "    {:<38} {:>6} sockets, oldest {:.1} s, peers {}",
+            "    {:<kw$} {:>6} sockets, oldest {:.1} s, peers {}",
             h.process,
             h.sockets,
             h.oldest_ms / 1000.0,
@@ -228,8 +250,8 @@ pub fn render(r: &Report) -> String {
     }
 
     let _ = writeln!(out, "\nConnects (SYN_SENT outcomes)");
-    outcomes(&mut out, "by destination", &r.connects_by_destination);
-    outcomes(&mut out, "by process", &r.connects_by_process);
+    outcomes(&mut out, "by destination", &r.connects_by_destination, kw);
+    outcomes(&mut out, "by process", &r.connects_by_process, kw);
 
     let rs = &r.resets;
     let _ = writeln!(out, "\nResets: {} sent, {} received", rs.sent, rs.received);
@@ -240,15 +262,16 @@ pub fn render(r: &Report) -> String {
             row.direction, row.reason, row.state, row.count
         );
     }
-    rows(&mut out, "by process", &rs.by_process);
-    rows(&mut out, "by peer", &rs.by_peer);
+    rows(&mut out, "by process", &rs.by_process, kw);
+    rows(&mut out, "by peer", &rs.by_peer, kw);
 
     let _ = writeln!(out, "\nRetransmissions");
-    rows(&mut out, "segments by peer", &r.retransmits_by_peer);
+    rows(&mut out, "segments by peer", &r.retransmits_by_peer, kw);
     rows(
         &mut out,
         "SYN-ACKs by listener",
         &r.synack_retransmits_by_listener,
+        kw,
     );
     if let (Some(o), Some(d)) = (r.listen_overflows, r.listen_drops) {
         let _ = writeln!(
@@ -258,8 +281,8 @@ pub fn render(r: &Report) -> String {
     }
 
     let _ = writeln!(out, "\nLifetimes");
-    lifetimes(&mut out, "by process", &r.lifetimes_by_process);
-    lifetimes(&mut out, "by peer", &r.lifetimes_by_peer);
+    lifetimes(&mut out, "by process", &r.lifetimes_by_process, kw);
+    lifetimes(&mut out, "by peer", &r.lifetimes_by_peer, kw);
     let _ = writeln!(
         out,
         "\nTracker: {} sockets tracked now, {} evicted, {} connections ended",

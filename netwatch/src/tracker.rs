@@ -965,7 +965,7 @@ mod tests {
         let (_, t) = s.run(100);
         let now = t.now_ns() + 5_000_000_000;
         let mut cw = t.close_waits(now);
-        cw.sort_by_key(|c| c.sport);
+        cw.sort_by_key(|c| c.dport);
         assert_eq!(cw.len(), 2);
         assert_eq!(cw[0].pid, Some(77));
         assert_eq!(cw[1].age_ms, 5000.0);
