@@ -106,15 +106,17 @@ pub struct Percentiles {
     pub max: f64,
 }
 
-/// Microsecond-resolution histogram, 3 significant digits, up to an hour.
-struct Hist(Histogram<u64>);
+/// Microsecond-resolution histogram up to an hour, 2 significant digits (1% error), u32
+/// counts: about 14 KiB each. Three digits cost 184 KiB per histogram, and one exists per
+/// process and per peer, which made a long report grow by hundreds of KiB per new process.
+struct Hist(Histogram<u32>);
 
 impl Hist {
     fn new() -> Self {
-        // 1 µs .. 1 h with 3 significant figures: the bounds are constants that are valid.
+        // The bounds and precision are constants that hdrhistogram accepts.
         Self(
-            Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| {
-                Histogram::new(3).unwrap_or_else(|_| unreachable!("sigfig 3 is valid"))
+            Histogram::new_with_bounds(1, 3_600_000_000, 2).unwrap_or_else(|_| {
+                Histogram::new(2).unwrap_or_else(|_| unreachable!("sigfig 2 is valid"))
             }),
         )
     }
@@ -298,6 +300,28 @@ fn top<K: Clone>(map: &HashMap<String, K>, n: usize, count: impl Fn(&K) -> u64) 
 /// Rows kept in each table.
 const TOP: usize = 10;
 
+/// Keys a per-process or per-peer table holds; past it, new keys count under [`OTHER`], so a
+/// report that runs for days stays bounded however many processes and peers come and go.
+const MAX_KEYS: usize = 1024;
+/// Fewer for tables that hold a histogram per key.
+const MAX_HIST_KEYS: usize = 256;
+const OTHER: &str = "(other)";
+
+/// The value for `key`, or for [`OTHER`] once `map` holds `cap` keys.
+fn capped<V>(
+    map: &mut HashMap<String, V>,
+    key: String,
+    cap: usize,
+    make: impl FnOnce() -> V,
+) -> &mut V {
+    let key = if map.len() >= cap && !map.contains_key(&key) {
+        OTHER.to_string()
+    } else {
+        key
+    };
+    map.entry(key).or_insert_with(make)
+}
+
 fn state_name(s: Option<TcpState>) -> String {
     s.map_or("-".to_string(), |s| s.name().to_string())
 }
@@ -350,8 +374,13 @@ impl Analysis {
                     .resets
                     .entry(("sent", reason, state_name(*state)))
                     .or_default() += 1;
-                *self.resets_by_process.entry(who).or_default() += 1;
-                *self.resets_by_peer.entry(ev.daddr.to_string()).or_default() += 1;
+                *capped(&mut self.resets_by_process, who, MAX_KEYS, || 0) += 1;
+                *capped(
+                    &mut self.resets_by_peer,
+                    ev.daddr.to_string(),
+                    MAX_KEYS,
+                    || 0,
+                ) += 1;
             }
             EventKind::ResetReceived { state } => {
                 self.resets_received += 1;
@@ -359,20 +388,29 @@ impl Analysis {
                     .resets
                     .entry(("received", "-".into(), state_name(*state)))
                     .or_default() += 1;
-                *self.resets_by_process.entry(who).or_default() += 1;
-                *self.resets_by_peer.entry(ev.daddr.to_string()).or_default() += 1;
+                *capped(&mut self.resets_by_process, who, MAX_KEYS, || 0) += 1;
+                *capped(
+                    &mut self.resets_by_peer,
+                    ev.daddr.to_string(),
+                    MAX_KEYS,
+                    || 0,
+                ) += 1;
             }
             EventKind::Retransmit { .. } => {
-                *self
-                    .retransmits_by_peer
-                    .entry(ev.daddr.to_string())
-                    .or_default() += 1;
+                *capped(
+                    &mut self.retransmits_by_peer,
+                    ev.daddr.to_string(),
+                    MAX_KEYS,
+                    || 0,
+                ) += 1;
             }
             EventKind::SynackRetransmit { .. } => {
-                *self
-                    .synack_by_listener
-                    .entry(endpoint(ev.saddr, ev.sport))
-                    .or_default() += 1;
+                *capped(
+                    &mut self.synack_by_listener,
+                    endpoint(ev.saddr, ev.sport),
+                    MAX_KEYS,
+                    || 0,
+                ) += 1;
             }
             EventKind::State { .. } | EventKind::Destroy { .. } | EventKind::Accept { .. } => {}
         }
@@ -394,7 +432,7 @@ impl Analysis {
                 c.closer_pid.or(c.pid),
                 c.closer_comm.as_deref().or(c.comm.as_deref()),
             );
-            *self.tw_by_process.entry(closer).or_default() += 1;
+            *capped(&mut self.tw_by_process, closer, MAX_KEYS, || 0) += 1;
             // Only connections we opened use ephemeral ports towards a destination; a server's
             // TIME_WAITs are keyed by its own listening endpoint.
             let active = c.role != Role::Passive;
@@ -403,8 +441,13 @@ impl Analysis {
             } else {
                 format!("{} (server side)", endpoint(c.saddr, c.sport))
             };
-            let e = self.tw_by_dest.entry(key.clone()).or_insert((0, active));
+            let e = capped(&mut self.tw_by_dest, key.clone(), MAX_KEYS, || (0, active));
             e.0 += 1;
+            let key = if self.tw_by_dest.contains_key(&key) {
+                key
+            } else {
+                OTHER.to_string()
+            };
             self.tw_recent.push_back((c.end_ns, key, active));
         }
         if c.role == Role::Active {
@@ -412,9 +455,9 @@ impl Analysis {
                 (dest.clone(), &mut self.connects_by_dest),
                 (who.clone(), &mut self.connects_by_process),
             ] {
-                let (o, h) = table
-                    .entry(key)
-                    .or_insert_with(|| (Outcomes::default(), Hist::new()));
+                let (o, h) = capped(table, key, MAX_HIST_KEYS, || {
+                    (Outcomes::default(), Hist::new())
+                });
                 match c.end {
                     End::Refused => o.refused += 1,
                     End::Timeout if c.connect_ms.is_none() => o.timeout += 1,
@@ -432,14 +475,14 @@ impl Analysis {
             self.close_wait_dwell.record_ms(ms);
         }
         if let Some(ms) = c.ms {
-            self.life_by_process
-                .entry(who)
-                .or_insert_with(Hist::new)
-                .record_ms(ms);
-            self.life_by_peer
-                .entry(c.daddr.to_string())
-                .or_insert_with(Hist::new)
-                .record_ms(ms);
+            capped(&mut self.life_by_process, who, MAX_HIST_KEYS, Hist::new).record_ms(ms);
+            capped(
+                &mut self.life_by_peer,
+                c.daddr.to_string(),
+                MAX_HIST_KEYS,
+                Hist::new,
+            )
+            .record_ms(ms);
         }
     }
 
@@ -830,6 +873,26 @@ mod tests {
         assert_eq!(a.time_wait_population(61_000_000_000), 1);
         assert_eq!(a.time_wait_population(89_999_999_999), 1);
         assert_eq!(a.time_wait_population(90_000_000_000), 0);
+    }
+
+    #[test]
+    fn per_process_tables_stay_bounded() {
+        let mut a = Analysis::new(HostSettings::default(), Thresholds::default());
+        for pid in 0..5_000u32 {
+            let mut c = tw_conn(1_000_000_000 + u64::from(pid), "10.0.0.9", 80);
+            c.pid = Some(pid + 1);
+            c.closer_pid = Some(pid + 1);
+            a.on_connection(&c);
+        }
+        assert_eq!(a.life_by_process.len(), MAX_HIST_KEYS + 1);
+        assert_eq!(a.connects_by_process.len(), MAX_HIST_KEYS + 1);
+        assert_eq!(a.tw_by_process.len(), MAX_KEYS + 1);
+        let other = a.tw_by_process[OTHER];
+        assert_eq!(
+            other,
+            5_000 - MAX_KEYS as u64,
+            "every connection is still counted"
+        );
     }
 
     #[test]
