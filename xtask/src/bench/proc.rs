@@ -212,7 +212,12 @@ impl Proc {
             }
             check_interrupted()?;
             if self.is_zombie() {
+                // It may have printed what we wait for just before exiting: read the rest of
+                // its output and look once more.
                 self.pump(POLL);
+                if ready(self)? {
+                    return Ok(());
+                }
                 bail!("`{}` ended before {what}{}", self.command_line, self.tail());
             }
             if Instant::now() >= deadline {
