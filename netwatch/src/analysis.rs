@@ -58,6 +58,26 @@ impl HostSettings {
     pub fn ports(&self) -> u32 {
         u32::from(self.port_range.1.saturating_sub(self.port_range.0)) + 1
     }
+
+    /// The port-exhaustion forecast towards `destination` (`addr:port`) for `population`
+    /// TIME_WAITs born at `per_second`: seconds until the ephemeral range runs out (`None` when
+    /// the steady state fits, or tcp_tw_reuse applies), and whether tcp_tw_reuse applies.
+    /// Only connections we opened (`active`) use ephemeral ports.
+    pub fn forecast(
+        &self,
+        destination: &str,
+        active: bool,
+        population: u64,
+        per_second: f64,
+    ) -> (Option<f64>, bool) {
+        let ports = f64::from(self.ports());
+        let loopback = destination.starts_with("127.") || destination.starts_with("[::1]");
+        let tw_reuse_applies = active && (self.tw_reuse == 1 || (self.tw_reuse == 2 && loopback));
+        let exhaustion_in_s =
+            (active && !tw_reuse_applies && per_second * (TIME_WAIT_NS as f64 / 1e9) >= ports)
+                .then(|| ((ports - population as f64).max(0.0)) / per_second);
+        (exhaustion_in_s, tw_reuse_applies)
+    }
 }
 
 /// Verdict thresholds (the field notes' rules of thumb), settable from the command line.
@@ -523,7 +543,6 @@ impl Analysis {
             .max(1e-9);
         let window_s = duration_s.min(TIME_WAIT_NS as f64 / 1e9);
         let pop = self.tw_population(now_ns);
-        let ports = f64::from(self.settings.ports());
         let mut findings = Vec::new();
 
         if lost_events > 0 {
@@ -549,13 +568,8 @@ impl Analysis {
             .map(|(key, (births, active))| {
                 let population = pop.get(key).copied().unwrap_or(0);
                 let per_second = population as f64 / window_s;
-                let loopback = key.starts_with("127.") || key.starts_with("[::1]");
-                let tw_reuse_applies = *active
-                    && (self.settings.tw_reuse == 1 || (self.settings.tw_reuse == 2 && loopback));
-                let exhaustion_in_s = (*active
-                    && !tw_reuse_applies
-                    && per_second * (TIME_WAIT_NS as f64 / 1e9) >= ports)
-                    .then(|| ((ports - population as f64).max(0.0)) / per_second);
+                let (exhaustion_in_s, tw_reuse_applies) =
+                    self.settings.forecast(key, *active, population, per_second);
                 TimeWaitDestination {
                     destination: key.clone(),
                     births: *births,

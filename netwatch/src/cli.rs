@@ -12,7 +12,7 @@ use crate::probe::{DEFAULT_RING_BYTES, check_ring_bytes};
     disable_help_subcommand = true,
     about = "Trace every TCP state transition, with the process that really owns the socket",
     after_help = "Examples:\n  \
-        netwatch                      # same as `netwatch trace`\n  \
+        netwatch                      # the live view, same as `netwatch top`\n  \
         netwatch trace -T             # wall-clock timestamps\n  \
         netwatch trace --json | jq 'select(.new_state == \"CLOSE_WAIT\")'\n  \
         netwatch trace --duration 30s -w > events.txt\n  \
@@ -69,6 +69,27 @@ pub enum Command {
         netwatch report --close-wait-age 30s --close-wait-alarm 100\n  \
         netwatch report --comm nginx --duration 1m")]
     Report(ReportArgs),
+    /// The live view (also plain `netwatch`): states, rates, TIME_WAIT and CLOSE_WAIT holders,
+    /// failures, resets, retransmits; a plain-text summary per interval without a terminal
+    #[command(
+        after_help = "Keys: q or Esc quit; s cycles the sort (count, rate, name); p shows one\n\
+        process (a pid, or part of a command name); c shows all again; Ctrl-C quits and prints\n\
+        the report.\n\n\
+        Examples:\n  \
+        netwatch top\n  \
+        netwatch top --interval 2s -D 5432\n  \
+        netwatch top --duration 10s > summaries.txt   # not a terminal: plain text"
+    )]
+    Top(crate::top::TopArgs),
+    /// Export Prometheus metrics (OpenMetrics text on /metrics, and /healthz) while tracing
+    #[command(after_help = "Examples:\n  \
+        netwatch serve                               # http://127.0.0.1:9750/metrics\n  \
+        netwatch serve --listen 0.0.0.0:9750         # for a Prometheus elsewhere\n  \
+        netwatch serve --peer-labels --max-peers 50  # connects and retransmits by peer\n  \
+        netwatch serve -D 5432,6379\n\n\
+        Labels are bounded: comm and cgroup per process (at most --max-processes pairs, then\n\
+        comm=\"other\"), peers only with --peer-labels (at most --max-peers, then peer=\"other\").")]
+    Serve(ServeArgs),
     /// Replay a recording (from --record) offline, without root: the same output the live run gave
     #[command(after_help = "Examples:\n  \
         netwatch trace --record events.jsonl --duration 1m   # on the host, as root\n  \
@@ -129,6 +150,28 @@ pub struct ReportArgs {
     pub run: RunArgs,
     #[command(flatten)]
     pub thresholds: ThresholdArgs,
+    #[command(flatten)]
+    pub tracker: TrackerArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to serve /metrics and /healthz on
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9750")]
+    pub listen: std::net::SocketAddr,
+    /// Label connects and retransmits with the peer (remote address)
+    #[arg(long)]
+    pub peer_labels: bool,
+    /// Most peers labelled; later ones count under peer="other"
+    #[arg(long, value_name = "N", default_value_t = crate::metrics::DEFAULT_MAX_PEERS)]
+    pub max_peers: usize,
+    /// Most (comm, cgroup) label pairs; later ones count under comm="other"
+    #[arg(long, value_name = "N", default_value_t = crate::metrics::DEFAULT_MAX_PROCESSES)]
+    pub max_processes: usize,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
     #[command(flatten)]
     pub tracker: TrackerArgs,
 }

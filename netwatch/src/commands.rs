@@ -6,10 +6,13 @@ use anyhow::Context as _;
 
 use crate::{
     analysis::{HostSettings, Thresholds},
+    cli::ServeArgs,
     cli::{AnalyzeArgs, LifeArgs, OutputArgs, ReportArgs, RunArgs, ThresholdArgs, TraceArgs},
     clock::{WallClock, monotonic_ns},
     event::Event,
+    http,
     life::LifeSink,
+    metrics::{self, Exporter, MetricsSink},
     netstat,
     probe::{self, Probe, ProbeConfig},
     record::{self, Header, Item, Recorder, Replay, Summary},
@@ -17,6 +20,7 @@ use crate::{
     selection::Selection,
     sink::{JsonSink, Sink, TextSink, TimeStyle},
     stream,
+    top::{TopArgs, TopSink},
 };
 
 type Stdio = BufWriter<Stdout>;
@@ -53,6 +57,10 @@ enum Output {
         sink: Box<ReportSink>,
         output: OutputArgs,
     },
+    /// `serve`: metrics, read by the HTTP tasks; prints nothing.
+    Serve(Box<MetricsSink>),
+    /// `top`: the live view.
+    Top(Box<TopSink>),
 }
 
 impl Output {
@@ -113,11 +121,20 @@ impl Output {
         }
     }
 
+    /// The stream stopped: a live view gives the terminal back before the summary line.
+    fn stopped(&mut self, stop: stream::StopReason) {
+        if let Output::Top(s) = self {
+            s.stopped(stop);
+        }
+    }
+
     /// Prints what is printed at the end of a run.
     fn finish(self, header: &Header, summary: &Summary) -> io::Result<()> {
         match self {
             Output::Trace(mut s) => s.flush(),
             Output::Life(mut s) => s.finish(),
+            Output::Serve(_) => Ok(()),
+            Output::Top(s) => s.finish(header, summary),
             Output::Report { mut sink, output } => {
                 let listen = summary.listen_overflows.zip(summary.listen_drops);
                 let r = sink.report(summary.stopped_ns, header.started_ns, summary.lost, listen);
@@ -150,6 +167,8 @@ impl Sink for Output {
             Output::Trace(s) => s.event(ev),
             Output::Life(s) => s.event(ev),
             Output::Report { sink, .. } => sink.event(ev),
+            Output::Serve(sink) => sink.event(ev),
+            Output::Top(sink) => sink.event(ev),
         }
     }
 
@@ -158,6 +177,8 @@ impl Sink for Output {
             Output::Trace(s) => s.flush(),
             Output::Life(s) => s.flush(),
             Output::Report { sink, .. } => sink.flush(),
+            Output::Serve(sink) => sink.flush(),
+            Output::Top(sink) => sink.flush(),
         }
     }
 }
@@ -191,7 +212,13 @@ async fn live(
         settings: HostSettings::read(),
     };
     let listen_before = netstat::listen_counters();
-    let output = make(&header);
+    let mut output = make(&header);
+    if let Output::Serve(sink) = &mut output {
+        sink.set_kernel_stats(probe.stats_reader()?);
+    }
+    if let Output::Top(sink) = &mut output {
+        sink.set_kernel_stats(probe.stats_reader()?);
+    }
     eprintln!(
         "netwatch: tracing TCP events ({} of {} tracepoints attached); Ctrl-C to stop",
         probe.attached(),
@@ -201,7 +228,8 @@ async fn live(
         Some(path) => {
             let mut rec = Recorder::create(path, &header, output)
                 .with_context(|| format!("creating the recording {}", path.display()))?;
-            let (stats, _) = stream::run(&mut probe, &mut rec, run.duration).await?;
+            let (stats, stop) = stream::run(&mut probe, &mut rec, run.duration).await?;
+            rec.inner_mut().stopped(stop);
             let summary = summarize(stats.kernel.lost, listen_before);
             eprintln!("{}", stats.line());
             let output = rec
@@ -211,7 +239,8 @@ async fn live(
         }
         None => {
             let mut output = output;
-            let (stats, _) = stream::run(&mut probe, &mut output, run.duration).await?;
+            let (stats, stop) = stream::run(&mut probe, &mut output, run.duration).await?;
+            output.stopped(stop);
             eprintln!("{}", stats.line());
             (output, summarize(stats.kernel.lost, listen_before))
         }
@@ -247,6 +276,44 @@ pub async fn life(args: LifeArgs) -> anyhow::Result<()> {
     let max = args.tracker.max_sockets;
     live(&args.run, &selection.clone(), |_| {
         Output::life(&o, selection, max)
+    })
+    .await
+}
+
+/// `netwatch serve`: the metrics server runs beside the stream, on the same runtime, until the
+/// stream stops.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let selection = Selection::from_args(&args.filter)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr().unwrap_or(args.listen);
+    let exporter = Exporter::new();
+    let server = tokio::spawn(http::serve(
+        listener,
+        exporter.routes(),
+        http::Limits::default(),
+    ));
+    eprintln!("netwatch: serving http://{addr}/metrics and /healthz");
+    let caps = metrics::LabelCaps {
+        peer_labels: args.peer_labels,
+        max_peers: args.max_peers,
+        max_processes: args.max_processes,
+    };
+    let max = args.tracker.max_sockets;
+    let result = live(&args.run, &selection.clone(), |_| {
+        Output::Serve(Box::new(MetricsSink::new(exporter, caps, max, selection)))
+    })
+    .await;
+    server.abort();
+    result
+}
+
+/// `netwatch top` (and plain `netwatch`): the live view.
+pub async fn top(args: TopArgs) -> anyhow::Result<()> {
+    let selection = Selection::from_args(&args.filter)?;
+    live(&args.run, &selection.clone(), |h| {
+        Output::Top(Box::new(TopSink::new(&args, selection, h)))
     })
     .await
 }

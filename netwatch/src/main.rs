@@ -6,8 +6,10 @@ mod clock;
 mod commands;
 mod event;
 mod filter;
+mod http;
 mod layout;
 mod life;
+mod metrics;
 mod netstat;
 mod offsets;
 mod privileges;
@@ -17,6 +19,7 @@ mod report;
 mod selection;
 mod sink;
 mod stream;
+mod top;
 mod tracefs;
 mod tracker;
 
@@ -24,7 +27,7 @@ use std::{io::Write as _, process::ExitCode};
 
 use clap::Parser as _;
 
-use crate::cli::{Cli, Command, TraceArgs};
+use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
@@ -38,7 +41,10 @@ fn main() -> ExitCode {
         })
         .init();
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Trace(TraceArgs::default()));
+    // No subcommand: the live view (a plain-text summary per interval without a terminal).
+    let command = cli
+        .command
+        .unwrap_or_else(|| Command::Top(Default::default()));
     let result = match command {
         // Offline: no runtime, no privileges.
         Command::Analyze(args) => commands::analyze(args),
@@ -54,6 +60,8 @@ fn main() -> ExitCode {
                     Command::Trace(a) => commands::trace(a).await,
                     Command::Life(a) => commands::life(a).await,
                     Command::Report(a) => commands::report(a).await,
+                    Command::Top(a) => commands::top(a).await,
+                    Command::Serve(a) => commands::serve(a).await,
                     Command::Analyze(_)
                     | Command::Help { .. }
                     | Command::Completions { .. }

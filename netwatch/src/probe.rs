@@ -321,6 +321,45 @@ impl Probe {
     }
 }
 
+/// A second handle on the kernel counters of [`Probe::stats`] (a duplicate of the map's fd),
+/// readable while the stream holds the probe: `netwatch serve` exports them live.
+pub struct StatsReader(PerCpuArray<MapData, u64>);
+
+impl StatsReader {
+    /// The kernel's produced/lost counters now, summed over CPUs.
+    pub fn read(&self) -> anyhow::Result<KernelStats> {
+        let sum = |i: u32| -> anyhow::Result<u64> { Ok(self.0.get(&i, 0)?.iter().copied().sum()) };
+        Ok(KernelStats {
+            produced: sum(stat::PRODUCED)?,
+            lost: sum(stat::LOST)?,
+            sockets_full: sum(stat::SOCKETS_FULL)?,
+            filtered: sum(stat::FILTERED)?,
+        })
+    }
+}
+
+impl Probe {
+    /// A [`StatsReader`] on this probe's counters.
+    pub fn stats_reader(&self) -> anyhow::Result<StatsReader> {
+        use std::os::fd::AsFd as _;
+
+        use aya::maps::{IterableMap as _, Map};
+        let map = self
+            .ebpf
+            .map(names::STATS)
+            .ok_or_else(|| anyhow!("map {} missing", names::STATS))?;
+        let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+        let fd = stats
+            .map()
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the STATS map fd")?;
+        let data = MapData::from_fd(fd)?;
+        Ok(StatsReader(PerCpuArray::try_from(Map::PerCpuArray(data))?))
+    }
+}
+
 impl Drop for Probe {
     fn drop(&mut self) {
         self.detach();

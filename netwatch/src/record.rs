@@ -113,7 +113,6 @@ impl<S: Sink> Recorder<S> {
         Ok(self.inner)
     }
 
-    #[cfg(test)]
     pub fn inner_mut(&mut self) -> &mut S {
         &mut self.inner
     }

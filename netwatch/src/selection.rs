@@ -10,7 +10,7 @@ use crate::{
     cli::FilterArgs,
     event::{Event, EventKind, Family, TcpState},
     filter::{self, Expr, Side, Subject, TcpStateName},
-    tracker::{CloseWaitSocket, Connection, End},
+    tracker::{CloseWaitSocket, Connection, End, LiveSocket},
 };
 
 /// Everything the user filters on.
@@ -126,6 +126,21 @@ impl Subject for CloseWaitSubject<'_> {
     }
 }
 
+/// An open socket as a filter subject, in its current state (`netwatch top`).
+struct LiveSubject<'a, 'b>(&'a LiveSocket<'b>);
+
+impl Subject for LiveSubject<'_, '_> {
+    fn state(&self) -> Option<TcpStateName> {
+        state_name(self.0.state)
+    }
+    fn local(&self) -> (IpAddr, u16) {
+        (self.0.saddr, self.0.sport)
+    }
+    fn remote(&self) -> (IpAddr, u16) {
+        (self.0.daddr, self.0.dport)
+    }
+}
+
 fn family_of(ip: IpAddr) -> Family {
     match ip {
         IpAddr::V4(_) => Family::Ipv4,
@@ -204,12 +219,22 @@ impl Selection {
     }
 
     pub fn close_wait(&self, c: &CloseWaitSocket) -> bool {
-        self.owner_matches(c.pid, c.comm.as_deref(), None)
+        self.owner_matches(c.pid, c.comm.as_deref(), c.cgroup_id)
             && self.endpoints_match((c.saddr, c.sport), (c.daddr, c.dport))
             && self
                 .expr
                 .as_ref()
                 .is_none_or(|e| e.matches(&CloseWaitSubject(c)))
+    }
+
+    /// An open socket, in the state it is in now.
+    pub fn socket(&self, s: &LiveSocket) -> bool {
+        self.owner_matches(s.pid, s.comm, s.cgroup_id)
+            && self.endpoints_match((s.saddr, s.sport), (s.daddr, s.dport))
+            && self
+                .expr
+                .as_ref()
+                .is_none_or(|e| e.matches(&LiveSubject(s)))
     }
 
     /// The part the kernel can decide: never stricter than [`Selection::event`], so what the

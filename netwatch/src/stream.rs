@@ -116,8 +116,13 @@ impl Reader<'_> {
     }
 }
 
+/// The reader left (`BrokenPipe`), or the user quit a live view (`Interrupted`, from the
+/// sink's `flush`): stop as on a signal.
 fn output_closed(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::BrokenPipe
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::Interrupted
+    )
 }
 
 /// Streams events into `sink` until a signal, `deadline`, or a closed output.

@@ -216,6 +216,12 @@ impl OwnerId {
         let end = self.comm.iter().position(|&b| b == 0).unwrap_or(16);
         String::from_utf8_lossy(&self.comm[..end]).into_owned()
     }
+
+    /// The command name without allocating (`?` if it is not UTF-8).
+    fn comm_str(&self) -> &str {
+        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(16);
+        std::str::from_utf8(&self.comm[..end]).unwrap_or("?")
+    }
 }
 
 /// One tracked socket. Kept small: a busy host tracks hundreds of thousands.
@@ -266,6 +272,9 @@ struct Ending {
 pub struct CloseWaitSocket {
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// cgroup v2 id of the owner.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
     pub saddr: IpAddr,
     pub sport: u16,
     pub daddr: IpAddr,
@@ -273,6 +282,21 @@ pub struct CloseWaitSocket {
     /// How long it has been in CLOSE_WAIT; `at_least` when netwatch did not see it enter.
     pub age_ms: f64,
     pub at_least: bool,
+}
+
+/// A tracked socket that is open now, as a live view (`netwatch top`) sees it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LiveSocket<'a> {
+    pub state: TcpState,
+    pub pid: Option<u32>,
+    pub comm: Option<&'a str>,
+    pub cgroup_id: Option<u64>,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    /// When it entered `state` (its first event, if netwatch did not see that).
+    pub since_ns: u64,
 }
 
 /// Tracker counters, reported with every output.
@@ -589,6 +613,30 @@ impl Tracker {
         self.finish_due(u64::MAX, out);
     }
 
+    /// Finishes the closed connections whose trailing-event window ended by `now_ns`: a live
+    /// view's clock, so that a quiet stream still ends its last connections.
+    pub fn finish_until(&mut self, now_ns: u64, out: &mut impl FnMut(Fact)) {
+        self.finish_due(now_ns, out);
+    }
+
+    /// Every tracked socket not closed yet, in its current state.
+    pub fn live_sockets(&self) -> impl Iterator<Item = LiveSocket<'_>> {
+        self.socks.values().filter_map(|s| {
+            let state = s.state.filter(|st| *st != TcpState::Close)?;
+            Some(LiveSocket {
+                state,
+                pid: s.owner.map(|o| o.pid.get()),
+                comm: s.owner.as_ref().map(OwnerId::comm_str),
+                cgroup_id: s.owner.map(|o| o.cgroup).filter(|&c| c != 0),
+                saddr: s.saddr,
+                sport: s.sport,
+                daddr: s.daddr,
+                dport: s.dport,
+                since_ns: s.state_since.map_or(s.first_ns, Ns::get),
+            })
+        })
+    }
+
     /// Sockets in CLOSE_WAIT now, with their ages at `now_ns`.
     pub fn close_waits(&self, now_ns: u64) -> Vec<CloseWaitSocket> {
         self.socks
@@ -599,6 +647,7 @@ impl Tracker {
                 CloseWaitSocket {
                     pid: s.owner.map(|o| o.pid.get()),
                     comm: s.owner.map(|o| o.comm()),
+                    cgroup_id: s.owner.map(|o| o.cgroup).filter(|&c| c != 0),
                     saddr: s.saddr,
                     sport: s.sport,
                     daddr: s.daddr,

@@ -72,12 +72,12 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
-    /// Set up, build, then run netwatch with ARGS (default: `trace`); netwatch needs root
+    /// Set up, build, then run netwatch with ARGS (default: `top`); netwatch needs root
     #[command(
         after_help = "xtask replaces itself with netwatch: Ctrl-C reaches netwatch, and\n\
         netwatch's exit code is the command's exit code.\n\n\
         Examples:\n  \
-        cargo xtask run                               # netwatch trace\n  \
+        cargo xtask run                               # netwatch top (the live view)\n  \
         cargo xtask run --release -- trace -T -w\n  \
         cargo xtask run -- trace --json --duration 10s > events.jsonl\n  \
         cargo xtask run -- --help                     # netwatch's own help"

@@ -46,6 +46,14 @@ const DEB_PACKAGES: &[(&str, &str)] = &[
         "time",
         "/usr/bin/time: CPU and peak memory of `netwatch analyze` in `cargo xtask bench`",
     ),
+    // /usr/bin/prometheus: tests/tests/serve.rs scrapes `netwatch serve` with a real server
+    // (started by the test on loopback; the package's own service is not used).
+    (
+        "prometheus",
+        "a real Prometheus server scraping `netwatch serve` in the tests",
+    ),
+    // The live view's tests drive `netwatch top` in a detached tmux (send-keys, capture-pane).
+    ("tmux", "driving `netwatch top` in a terminal in the tests"),
 ];
 
 /// bpf-linker version that links the eBPF programs (0.13 supports LLVM 22).

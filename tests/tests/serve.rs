@@ -1,0 +1,724 @@
+//! `netwatch serve`, as root: the metrics a real Prometheus server scrapes from it equal what a
+//! known workload did (checked against the kernel's own per-namespace counters), and bad or
+//! many HTTP requests get proper answers without costing the event stream anything.
+//!
+//! Prometheus is Debian's `prometheus` package (installed by `cargo xtask setup`), started on
+//! loopback by the test with a 1 s scrape interval, a private config and a private TSDB
+//! directory, both removed afterwards. HTTP is spoken with raw `std::net::TcpStream`s.
+mod support;
+
+use std::{
+    collections::HashMap,
+    fs,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Barrier,
+        atomic::{AtomicU16, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use netwatch_tests::{
+    NetPair, ReadyChild, Side, counter_delta, find_line, output_with_timeout, require_root,
+    unique_port, wait_with_timeout,
+};
+use serde_json::Value;
+use support::{Tracer, step};
+
+/// Where Debian's package puts the server.
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+
+fn tcpdrive() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tcpdrive"))
+}
+
+/// What came back for one request.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+/// Sends `request` as is, reads to EOF (each read bounded by `timeout`), parses the status
+/// line. `Err` when nothing that looks like HTTP came back.
+fn http(addr: SocketAddr, request: &[u8], timeout: Duration) -> Result<Reply, String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(timeout)).unwrap();
+    s.set_write_timeout(Some(timeout)).unwrap();
+    // The server may answer (431, 503) before it has read everything: a failed write is
+    // not the end, the answer is.
+    let wrote = s.write_all(request);
+    let mut raw = Vec::new();
+    let read = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Err(format!(
+            "no HTTP response (write: {wrote:?}, read: {read:?}): {text:?}"
+        ));
+    };
+    let status = head
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line: {head:?}"))?;
+    Ok(Reply {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    })
+}
+
+fn get(addr: SocketAddr, path: &str) -> Reply {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    http(addr, request.as_bytes(), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"))
+}
+
+/// Percent-encodes a query parameter.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, at most `bound`.
+fn poll<T>(bound: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A Prometheus server on loopback with a private config and TSDB; killed and its directory
+/// removed on drop.
+struct Prometheus {
+    child: Child,
+    dir: PathBuf,
+    addr: SocketAddr,
+}
+
+impl Prometheus {
+    /// Starts it scraping `target` every second and waits (bounded) until it is ready.
+    fn start(target: SocketAddr) -> Prometheus {
+        assert!(
+            Path::new(PROMETHEUS).is_file(),
+            "{PROMETHEUS} is missing: `cargo xtask setup` installs Debian's prometheus package"
+        );
+        let dir = std::env::temp_dir().join(format!(
+            "netwatch-prometheus-{}-{}",
+            std::process::id(),
+            unique_port()
+        ));
+        fs::create_dir_all(&dir).expect("prometheus dir");
+        let config = dir.join("prometheus.yml");
+        fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: netwatch\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .expect("prometheus.yml");
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, unique_port()));
+        let log = fs::File::create(dir.join("log")).expect("prometheus log");
+        let child = Command::new(PROMETHEUS)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {PROMETHEUS}: {e}"));
+        let mut p = Prometheus { child, dir, addr };
+        let ready = poll(Duration::from_secs(60), || {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("prometheus exited ({status}):\n{}", p.log());
+            }
+            let request =
+                format!("GET /-/ready HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            http(addr, request.as_bytes(), Duration::from_secs(2))
+                .ok()
+                .filter(|r| r.status == 200)
+        });
+        assert!(
+            ready.is_some(),
+            "prometheus not ready in 60 s:\n{}",
+            p.log()
+        );
+        p
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    /// `GET /api/v1/...`, as JSON; panics unless Prometheus says `success`.
+    fn api(&self, path_and_query: &str) -> Value {
+        let r = get(self.addr, &format!("/api/v1/{path_and_query}"));
+        let v: Value = serde_json::from_str(&r.body)
+            .unwrap_or_else(|e| panic!("{path_and_query}: not JSON ({e}): {}", r.body));
+        assert_eq!(v["status"], "success", "{path_and_query}: {v}");
+        v
+    }
+
+    /// An instant PromQL query: each series' labels and value.
+    fn query(&self, expr: &str) -> Vec<(HashMap<String, String>, f64)> {
+        let v = self.api(&format!("query?query={}", urlencode(expr)));
+        v["data"]["result"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{expr}: {v}"))
+            .iter()
+            .map(|s| {
+                let labels = s["metric"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                    .collect();
+                let value = s["value"][1].as_str().unwrap().parse().unwrap();
+                (labels, value)
+            })
+            .collect()
+    }
+
+    /// A query that yields at most one series: its value, 0 when there is none.
+    fn value(&self, expr: &str) -> f64 {
+        let r = self.query(expr);
+        assert!(r.len() <= 1, "{expr} gave several series: {r:?}");
+        r.first().map_or(0.0, |(_, v)| *v)
+    }
+
+    /// Whether the target is up, with the error Prometheus reports when it is not.
+    fn target_health(&self) -> (String, String) {
+        let v = self.api("targets?state=active");
+        let t = &v["data"]["activeTargets"][0];
+        (
+            t["health"].as_str().unwrap_or("none").to_string(),
+            t["lastError"].as_str().unwrap_or_default().to_string(),
+        )
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = wait_with_timeout(&mut self.child, 10);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Server ports for this test's workloads: above both the ephemeral range (32768-60999) and
+/// the ports other test binaries take ([`unique_port`], below 60000), distinct per process.
+fn server_ports<const K: usize>() -> [u16; K] {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 61_000 + (std::process::id() % 400) as u16 * 10;
+    [(); K].map(|_| base + NEXT.fetch_add(1, Ordering::Relaxed) % 10)
+}
+
+/// The filter that keeps exactly the sockets of this workload: an address of `pair`'s
+/// namespaces (other test processes may use the same /24 in their own namespaces) and one of
+/// `ports` on the server side, local or remote. Neither Prometheus's scrapes nor anything else
+/// on the machine counts; the port bounds are decided in the kernel.
+fn workload_filter(pair: &NetPair, ports: &[u16]) -> Vec<String> {
+    let [a, b, c, _] = pair.client_v4().octets();
+    let (lo, hi) = (ports.iter().min().unwrap(), ports.iter().max().unwrap());
+    format!(
+        "src {a}.{b}.{c}.0/24 and ( sport >= :{lo} and sport <= :{hi} or dport >= :{lo} and dport <= :{hi} )"
+    )
+    .split(' ')
+    .map(str::to_string)
+    .collect()
+}
+
+/// `netwatch <args> <filter>`.
+fn with_filter<'a>(args: &[&'a str], filter: &'a [String]) -> Vec<&'a str> {
+    args.iter()
+        .copied()
+        .chain(filter.iter().map(String::as_str))
+        .collect()
+}
+
+const N: u64 = 12;
+const M: u64 = 3;
+const K: u64 = 2;
+const L: u64 = 4;
+
+#[test]
+fn root_serve_metrics_match_a_known_workload_through_prometheus() {
+    if !require_root("root_serve_metrics_match_a_known_workload_through_prometheus") {
+        return;
+    }
+    let pair = NetPair::new();
+    let server = pair.server_v4();
+    let at = |p: u16| format!("{server}:{p}");
+    let nw = SocketAddr::from((Ipv4Addr::LOCALHOST, unique_port()));
+    let ports = server_ports::<4>();
+    let [p_ok, p_refused, p_drop, p_leak] = ports;
+    let filter = workload_filter(&pair, &ports);
+    let listen = nw.to_string();
+    let tracer = Tracer::start(&with_filter(
+        &["serve", "--listen", &listen, "--peer-labels"],
+        &filter,
+    ));
+    let health = get(nw, "/healthz");
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+
+    let t0 = Instant::now();
+    let prom = Prometheus::start(nw);
+    eprintln!("prometheus ready after {:?}", t0.elapsed());
+    let up = poll(Duration::from_secs(30), || {
+        let (health, _) = prom.target_health();
+        (health == "up").then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "the netwatch target is not up in Prometheus after 30 s: {:?}\n{}",
+        prom.target_health(),
+        prom.log()
+    );
+    eprintln!("target up after {:?}", t0.elapsed());
+    // Counters before the workload (nothing has happened in the pair yet: all absent or 0).
+    let before = |expr: &str| prom.value(expr);
+    let q_established = r#"sum(netwatch_connects_total{outcome="established"})"#;
+    let q_births = "sum(netwatch_time_wait_births_total)";
+    let b_established = before(q_established);
+    let b_births = before(q_births);
+    let before_c = pair.nstat(Side::Client);
+    let before_s = pair.nstat(Side::Server);
+
+    // N orderly connections, the client closing first.
+    let mut srv = ReadyChild::spawn(pair.exec(
+        Side::Server,
+        &tcpdrive(),
+        &["serve", &at(p_ok), "--count", &N.to_string()],
+    ));
+    let out = output_with_timeout(
+        pair.exec(
+            Side::Client,
+            &tcpdrive(),
+            &["connect", &at(p_ok), "--count", &N.to_string()],
+        ),
+        60,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(srv.wait(30).success());
+    // M refused connects.
+    for _ in 0..M {
+        let out = output_with_timeout(
+            pair.exec(
+                Side::Client,
+                &tcpdrive(),
+                &["connect-expect-fail", &at(p_refused)],
+            ),
+            20,
+        );
+        assert!(
+            find_line(&String::from_utf8_lossy(&out.stdout), "FAILED")
+                .is_some_and(|f| f[2] == "ECONNREFUSED")
+        );
+    }
+    // K connects given up after 1.5 s while the server drops every SYN (one retransmission).
+    pair.nft(
+        Side::Server,
+        &format!(
+            "table inet nwsyn {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    tcp dport {p_drop} drop\n  }}\n}}\n"
+        ),
+    );
+    for _ in 0..K {
+        let out = output_with_timeout(
+            pair.exec(
+                Side::Client,
+                &tcpdrive(),
+                &["connect-expect-fail", &at(p_drop), "--timeout-ms", "1500"],
+            ),
+            20,
+        );
+        assert!(
+            find_line(&String::from_utf8_lossy(&out.stdout), "FAILED")
+                .is_some_and(|f| f[2] == "ETIMEDOUT")
+        );
+    }
+    pair.nft(Side::Server, "delete table inet nwsyn");
+    // L accepted sockets the server leaks in CLOSE_WAIT.
+    let leak = ReadyChild::spawn(pair.exec(
+        Side::Server,
+        &tcpdrive(),
+        &["serve-leak", &at(p_leak), "--count", &L.to_string()],
+    ));
+    let out = output_with_timeout(
+        pair.exec(
+            Side::Client,
+            &tcpdrive(),
+            &["connect", &at(p_leak), "--count", &L.to_string()],
+        ),
+        60,
+    );
+    assert!(out.status.success());
+    let leaking = poll(Duration::from_secs(10), || {
+        leak.stdout_lines()
+            .iter()
+            .any(|l| l.starts_with("LEAKING"))
+            .then_some(())
+    });
+    assert!(leaking.is_some(), "serve-leak never said LEAKING");
+    let dc = counter_delta(&before_c, &pair.nstat(Side::Client));
+    let ds = counter_delta(&before_s, &pair.nstat(Side::Server));
+    let done_at = unix_now();
+    eprintln!("workload done after {:?}", t0.elapsed());
+
+    // Every event is read within 50 ms and the gauges are refreshed every second: a scrape
+    // that started 2 s after the workload ended sees all of it.
+    let scraped = poll(Duration::from_secs(30), || {
+        let t = prom.value(r#"max(timestamp(up{job="netwatch"}))"#);
+        (t >= done_at + 2.0).then_some(t)
+    });
+    assert!(
+        scraped.is_some(),
+        "no scrape 2 s after the workload within 30 s: {:?}\n{}",
+        prom.target_health(),
+        prom.log()
+    );
+    eprintln!("scraped after {:?}", t0.elapsed());
+    // Timewait sockets: in TIME_WAIT, and orphans in FIN_WAIT2 (the leak's clients closed
+    // while the server never did; its delayed ACK of their FIN may take 200 ms); both hold
+    // their port for 60 s.
+    let ss_time_wait = pair.run(
+        Side::Client,
+        &["ss", "-Htan", "state", "time-wait", "state", "fin-wait-2"],
+    );
+    let v = |expr: &str| prom.value(expr);
+    let server_ip = server.to_string();
+
+    // Connects by outcome. The leak's L connects were established too.
+    assert_eq!(v(q_established) - b_established, (N + L) as f64);
+    assert_eq!(
+        v(&format!(
+            r#"sum(netwatch_connects_total{{outcome="established",comm="tcpdrive",peer="{server_ip}"}})"#
+        )),
+        (N + L) as f64,
+        "by comm and peer: {:?}",
+        prom.query("netwatch_connects_total")
+    );
+    assert_eq!(
+        v(r#"sum(netwatch_connects_total{outcome="refused"})"#),
+        M as f64
+    );
+    assert_eq!(
+        v(r#"sum(netwatch_connects_total{outcome="timeout"})"#),
+        K as f64
+    );
+    assert_eq!(v(r#"sum(netwatch_connects_total{outcome="aborted"})"#), 0.0);
+    // Every connect the kernel counted went through CLOSE -> SYN_SENT.
+    assert_eq!(dc["TcpActiveOpens"], N + M + K + L);
+    assert_eq!(
+        v(r#"sum(netwatch_transitions_total{from="CLOSE",to="SYN_SENT"})"#),
+        dc["TcpActiveOpens"] as f64
+    );
+    assert_eq!(
+        v(r#"sum(netwatch_transitions_total{from="LISTEN",to="SYN_RECV"})"#),
+        ds["TcpPassiveOpens"] as f64
+    );
+
+    // TIME_WAIT births: the client closed first N times, and the leak's L clients closed
+    // first too (their sockets became timewait sockets in FIN_WAIT2): what `ss` listed.
+    let ss_count = ss_time_wait
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count() as u64;
+    assert_eq!(
+        ss_count,
+        N + L,
+        "{ss_time_wait}\n{}",
+        pair.run(Side::Client, &["ss", "-tane"])
+    );
+    assert_eq!(v(q_births) - b_births, (N + L) as f64);
+    assert_eq!(
+        v(r#"sum(netwatch_time_wait_births_total{comm="tcpdrive"})"#),
+        (N + L) as f64
+    );
+    assert_eq!(
+        v(r#"sum(netwatch_time_wait_sockets{comm="tcpdrive"})"#),
+        ss_count as f64
+    );
+
+    // Resets: received in SYN_SENT by the client (TcpAttemptFails), sent by the server
+    // (TcpOutRsts), one per refused connect.
+    assert_eq!(dc["TcpAttemptFails"], M);
+    assert_eq!(
+        v(r#"sum(netwatch_resets_total{direction="received",state="SYN_SENT"})"#),
+        dc["TcpAttemptFails"] as f64
+    );
+    assert_eq!(
+        v(r#"sum(netwatch_resets_total{direction="sent"})"#),
+        (dc["TcpOutRsts"] + ds["TcpOutRsts"]) as f64
+    );
+    assert_eq!(ds["TcpOutRsts"], M);
+    // Retransmissions: one SYN per timed-out connect.
+    assert_eq!(
+        v("sum(netwatch_retransmits_total)"),
+        (dc["TcpRetransSegs"] + ds["TcpRetransSegs"]) as f64
+    );
+    assert_eq!(dc["TcpRetransSegs"], K);
+
+    // The leaking server's sockets, now.
+    assert_eq!(
+        v(r#"sum(netwatch_close_wait_sockets{comm="tcpdrive"})"#),
+        L as f64,
+        "{:?}",
+        prom.query("netwatch_close_wait_sockets")
+    );
+    assert_eq!(
+        pair.run(Side::Server, &["ss", "-Htan", "state", "close-wait"])
+            .lines()
+            .count() as u64,
+        L
+    );
+
+    // Histograms: every established connect has a latency; every finished connection seen
+    // from its start a lifetime (both sides of the N, the client side of the rest); the
+    // server side of the N went through CLOSE_WAIT.
+    assert_eq!(
+        v("sum(netwatch_connect_latency_seconds_count)"),
+        (N + L) as f64
+    );
+    assert_eq!(
+        v("sum(netwatch_connection_lifetime_seconds_count)"),
+        (2 * N + M + K + L) as f64
+    );
+    assert_eq!(v("sum(netwatch_close_wait_dwell_seconds_count)"), N as f64);
+    let p50 = v("histogram_quantile(0.5, sum by (le) (netwatch_connect_latency_seconds_bucket))");
+    assert!(p50 > 0.0 && p50 < 1.0, "median connect latency {p50} s");
+    assert_eq!(v("sum(netwatch_events_lost_total)"), 0.0);
+
+    drop(prom);
+    let done = tracer.stop();
+    assert_eq!(done.lost, 0, "{}", done.stderr);
+    drop(leak);
+}
+
+/// One scrape's outcome: status (or the error) and how long it took.
+type Scrape = (Result<u16, String>, Duration);
+
+/// `n` scrapes of `/metrics` at once, each from its own thread.
+fn parallel_scrapes(nw: SocketAddr, n: usize) -> Vec<Scrape> {
+    let barrier = Arc::new(Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                barrier.wait();
+                let t = Instant::now();
+                let r = http(
+                    nw,
+                    format!("GET /metrics HTTP/1.1\r\nHost: {nw}\r\n\r\n").as_bytes(),
+                    Duration::from_secs(10),
+                )
+                .map(|r| r.status);
+                (r, t.elapsed())
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+/// The sum of every sample of `name` in an OpenMetrics text.
+fn sum_of(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn root_serve_rejects_bad_requests_without_slowing_tracing() {
+    if !require_root("root_serve_rejects_bad_requests_without_slowing_tracing") {
+        return;
+    }
+    const CHURN: u64 = 2000;
+    let pair = NetPair::new();
+    let server = pair.server_v4();
+    let [p] = server_ports::<1>();
+    let nw = SocketAddr::from((Ipv4Addr::LOCALHOST, unique_port()));
+    let filter = workload_filter(&pair, &[p]);
+    let listen = nw.to_string();
+    let serve = Tracer::start_with(
+        &with_filter(&["serve", "--listen", &listen], &filter),
+        |c| {
+            c.env("RUST_LOG", "netwatch=debug");
+        },
+    );
+    // The same events, printed: the reference count.
+    let trace = Tracer::start(&with_filter(&["trace", "--json"], &filter));
+
+    // Bad requests get proper errors.
+    let r = get(nw, "/nope");
+    assert_eq!(r.status, 404, "{r:?}");
+    let r = http(
+        nw,
+        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(r.status, 405, "{r:?}");
+    assert!(r.head.contains("\r\nAllow: GET"), "{r:?}");
+    let big = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        (0..10)
+            .map(|i| format!("X-Filler-{i}: {}\r\n", "f".repeat(1000)))
+            .collect::<String>()
+    );
+    assert!(big.len() > 9 * 1024);
+    let r = http(nw, big.as_bytes(), Duration::from_secs(10)).unwrap();
+    assert_eq!(r.status, 431, "{r:?}");
+    let r = http(
+        nw,
+        b"GET /metrics HTTP/1.1\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.head
+            .contains("Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "{r:?}"
+    );
+    assert!(r.body.ends_with("# EOF\n"));
+    // A client that never finishes its request is answered after the 5 s read timeout.
+    let t = Instant::now();
+    let r = http(nw, b"GET /metrics HTTP/1.1\r\n", Duration::from_secs(10)).unwrap();
+    assert_eq!(r.status, 408, "{r:?}");
+    assert!(
+        (Duration::from_millis(4500)..Duration::from_secs(8)).contains(&t.elapsed()),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // Churn in the pair while rounds of 50 parallel scrapes hit the endpoint.
+    let before_c = pair.nstat(Side::Client);
+    let before_s = pair.nstat(Side::Server);
+    let mut srv = ReadyChild::spawn(pair.exec(
+        Side::Server,
+        &tcpdrive(),
+        &["serve-forever", &format!("{server}:{p}")],
+    ));
+    let mut churn = ReadyChild::spawn_background(pair.exec(
+        Side::Client,
+        &tcpdrive(),
+        &[
+            "churn",
+            &format!("{server}:{p}"),
+            "--count",
+            &CHURN.to_string(),
+            "--parallel",
+            "4",
+        ],
+    ));
+    let mut scrapes: Vec<Scrape> = Vec::new();
+    let mut rounds = 0;
+    while rounds == 0 || matches!(churn.child_mut().try_wait(), Ok(None)) {
+        scrapes.extend(parallel_scrapes(nw, 50));
+        rounds += 1;
+        assert!(rounds < 200, "churn did not finish");
+    }
+    assert!(churn.wait(60).success(), "{:?}", churn.stdout_lines());
+    let lines = churn.stdout_lines();
+    let done = lines
+        .iter()
+        .find(|l| l.starts_with("DONE "))
+        .expect("DONE line");
+    let fields: Vec<&str> = done.split(' ').collect();
+    assert_eq!(fields[2..4], [CHURN.to_string(), "0".to_string()], "{done}");
+    let bad: Vec<_> = scrapes
+        .iter()
+        .filter(|(r, took)| !matches!(r, Ok(200 | 503)) || *took >= Duration::from_secs(5))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} bad scrapes: {bad:?}\n{}",
+        bad.len(),
+        serve.stop().stderr
+    );
+    let ok = scrapes.iter().filter(|(r, _)| *r == Ok(200)).count();
+    assert!(ok >= 16, "{ok} of {} scrapes succeeded", scrapes.len());
+    eprintln!(
+        "{rounds} rounds of 50 scrapes: {ok} answered 200, {} turned away with 503",
+        scrapes.len() - ok
+    );
+
+    // The listener closes too; then everything is counted: wait until the counts stop moving.
+    srv.kill();
+    let mut last = -1.0;
+    let settled = poll(Duration::from_secs(10), || {
+        let now = sum_of(&get(nw, "/metrics").body, "netwatch_transitions_total");
+        let stable = now == last;
+        last = now;
+        stable.then_some(now)
+    })
+    .expect("transition count never settled");
+    let dc = counter_delta(&before_c, &pair.nstat(Side::Client));
+    let ds = counter_delta(&before_s, &pair.nstat(Side::Server));
+    let metrics = get(nw, "/metrics").body;
+    let traced = trace.stop();
+    let served = serve.stop();
+    assert_eq!(served.lost, 0, "{}", served.stderr);
+    assert_eq!(traced.lost, 0, "{}", traced.stderr);
+    let traced_transitions = traced
+        .events
+        .iter()
+        .filter(|e| e["kind"] == "state")
+        .count();
+    assert_eq!(
+        settled, traced_transitions as f64,
+        "transitions counted by serve vs. printed by trace"
+    );
+    let transition = |from: &str, to: &str| {
+        sum_of(
+            &metrics,
+            &format!(r#"netwatch_transitions_total{{from="{from}",to="{to}"}}"#),
+        )
+    };
+    let traced_step = |s: &str| traced.events.iter().filter(|e| step(e) == s).count() as f64;
+    assert_eq!(dc["TcpActiveOpens"], CHURN);
+    assert_eq!(transition("CLOSE", "SYN_SENT"), CHURN as f64);
+    assert_eq!(
+        transition("LISTEN", "SYN_RECV"),
+        ds["TcpPassiveOpens"] as f64
+    );
+    assert_eq!(
+        transition("SYN_SENT", "ESTABLISHED"),
+        traced_step("SYN_SENT->ESTABLISHED")
+    );
+    assert_eq!(sum_of(&metrics, "netwatch_events_lost_total"), 0.0);
+}
