@@ -57,6 +57,13 @@ pub mod event_flags {
     pub const DWELL_KNOWN: u8 = 4;
     /// `bytes_acked`, `bytes_received` and `srtt_us` were read from the socket (at -> CLOSE).
     pub const TCP_INFO: u8 = 8;
+    /// `stack_id` names a user stack in the `STACKS` map, captured at connect() or accept().
+    pub const STACK_VALID: u8 = 16;
+    /// `ACCEPT` and `CLOSE -> SYN_SENT` only: `bytes_acked` holds the word at the user stack
+    /// pointer in accept() / connect(): the return address into the caller when the libc
+    /// wrapper made no frame of its own, which the frame-pointer walk misses (user space
+    /// checks it).
+    pub const USER_SP_WORD: u8 = 32;
 }
 
 pub const COMM_LEN: usize = 16;
@@ -92,11 +99,14 @@ pub struct RawEvent {
     pub aux: u32,
     /// From `struct tcp_sock` at `-> CLOSE`, valid when `TCP_INFO` is set: bytes we sent that
     /// the peer acknowledged, bytes we received, smoothed RTT (µs, as the kernel keeps it:
-    /// `srtt_us` holds 8 times the RTT).
+    /// `srtt_us` holds 8 times the RTT). With `USER_SP_WORD` set (`ACCEPT`, `CLOSE -> SYN_SENT`),
+    /// `bytes_acked` holds the word at the user stack pointer instead.
     pub bytes_acked: u64,
     pub bytes_received: u64,
     pub srtt_us: u32,
-    pub _pad2: u32,
+    /// Id in the `STACKS` map of the user stack of the socket's opener (connect() or
+    /// accept()), valid when `STACK_VALID` is set.
+    pub stack_id: i32,
     /// cgroup v2 id of the owner, read with the owner; 0 = unknown.
     pub cgroup_id: u64,
 }
@@ -116,8 +126,10 @@ pub struct SockInfo {
     pub tgid: u32,
     pub tid: u32,
     pub comm: [u8; COMM_LEN],
+    /// Id in `STACKS` of the user stack at connect() / accept(); negative = none.
+    pub stack_id: i32,
     pub state: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
 }
 
 /// Offset of a tracepoint field that the running kernel does not have.
@@ -206,6 +218,8 @@ pub struct KernelOffsets {
     pub skc_family: u32,
     pub skc_v6_daddr: u32,
     pub skc_v6_rcv_saddr: u32,
+    /// `struct pt_regs.sp`: the user stack pointer at a syscall's exit.
+    pub pt_regs_sp: u32,
 }
 
 impl KernelOffsets {
@@ -226,6 +240,7 @@ impl KernelOffsets {
         skc_family: ABSENT32,
         skc_v6_daddr: ABSENT32,
         skc_v6_rcv_saddr: ABSENT32,
+        pt_regs_sp: ABSENT32,
     };
 }
 
@@ -300,7 +315,14 @@ pub mod names {
     pub const ACCEPT_FIELDS: &str = "ACCEPT_FIELDS";
     pub const KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
     pub const FILTER: &str = "FILTER";
+    /// Stack-trace map: user stacks at connect() and accept(), deduplicated by id.
+    pub const STACKS: &str = "STACKS";
+    /// Global `u32`: non-zero to capture user stacks at connect() and accept().
+    pub const CAPTURE_STACKS: &str = "CAPTURE_STACKS";
 }
+
+/// Entries of the `STACKS` map: distinct code paths that opened sockets.
+pub const STACKS_MAX_ENTRIES: u32 = 16_384;
 
 /// Size of the `SOCKETS` map (per-socket owner and state-entry time): live TCP sockets
 /// netwatch can attribute at once. Preallocated: about 6 MiB of kernel memory.
@@ -331,6 +353,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<SockInfo>(), 48);
         assert_eq!(core::mem::size_of::<KernelFilter>(), 120);
         assert_eq!(core::mem::size_of::<TpFields>(), 36);
-        assert_eq!(core::mem::size_of::<KernelOffsets>(), 64);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 68);
     }
 }

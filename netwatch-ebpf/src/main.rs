@@ -19,20 +19,22 @@ use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_ns, bpf_probe_read_kernel as probe_read,
-        generated::{bpf_get_current_task, bpf_probe_read_kernel},
+        bpf_ktime_get_ns, bpf_probe_read_kernel as probe_read, bpf_probe_read_user,
+        generated::{
+            bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs,
+        },
     },
     macros::{map, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    programs::{TracePointContext, tracing::StackIdContext as _},
 };
 use netwatch_common::{
     ABSENT, ABSENT32, AF_INET, AF_INET6, COMM_LEN, FILTER_SLOTS, IPPROTO_TCP, KernelFilter,
-    KernelOffsets, RECORD_COPY_LEN, RawEvent, SOCKETS_MAX_ENTRIES, SockInfo, TpFields, event_flags,
-    event_kind, stat,
+    KernelOffsets, RECORD_COPY_LEN, RawEvent, SOCKETS_MAX_ENTRIES, STACKS_MAX_ENTRIES, SockInfo,
+    TpFields, event_flags, event_kind, stat,
     tcp_state::{CLOSE, CLOSE_WAIT, ESTABLISHED, FIN_WAIT1, LAST_ACK, LISTEN, SYN_RECV, SYN_SENT},
 };
 
@@ -53,6 +55,15 @@ static SOCKETS: HashMap<u64, SockInfo> = HashMap::with_max_entries(SOCKETS_MAX_E
 /// Per-CPU counters, indexed by `netwatch_common::stat`.
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// User stacks of the tasks that opened sockets (connect() and accept()); the map itself
+/// deduplicates them by id, which `SockInfo` and `RawEvent` carry.
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(STACKS_MAX_ENTRIES, 0);
+
+/// Non-zero: capture user stacks at connect() and accept() (user space may switch it off).
+#[unsafe(no_mangle)]
+static CAPTURE_STACKS: u32 = 1;
 
 /// Wake the reader once this many bytes wait; below it the reader's own timer drains the ring.
 #[unsafe(no_mangle)]
@@ -200,9 +211,39 @@ const EMPTY_SOCK: SockInfo = SockInfo {
     tgid: 0,
     tid: 0,
     comm: [0; COMM_LEN],
+    stack_id: -1,
     state: 0,
-    _pad: [0; 7],
+    _pad: [0; 3],
 };
+
+/// The frame-pointer walk starts at the caller's caller when the libc wrapper of the syscall
+/// (a leaf) made no frame: hand user space the word at the user stack pointer, which is then
+/// the return address into the caller (user space checks that it follows a call).
+#[inline(always)]
+fn user_sp_word(ev: &mut RawEvent) {
+    // SAFETY: helpers whose results the verifier types (a BTF task, its user pt_regs); the
+    // pointer is only read through bpf_probe_read_kernel (kread).
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    if let Some(sp) = kread::<u64>(regs, global(&KERNEL_OFFSETS.pt_regs_sp))
+        // SAFETY: bpf_probe_read_user faults safely on a bad user address.
+        && let Ok(word) = unsafe { bpf_probe_read_user(sp as *const u64) }
+    {
+        ev.bytes_acked = word;
+        ev.flags |= event_flags::USER_SP_WORD;
+    }
+}
+
+/// The current task's user stack id in `STACKS`, or -1 (switched off, or the capture failed).
+#[inline(always)]
+fn user_stack_id(ctx: &TracePointContext) -> i32 {
+    if global(&CAPTURE_STACKS) == 0 {
+        return -1;
+    }
+    match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
+        Ok(id) => id as i32,
+        Err(_) => -1,
+    }
+}
 
 #[inline(always)]
 fn count(index: u32) {
@@ -236,7 +277,7 @@ fn empty_event(kind: u8, skaddr: u64) -> RawEvent {
         bytes_acked: 0,
         bytes_received: 0,
         srtt_us: 0,
-        _pad2: 0,
+        stack_id: -1,
         cgroup_id: 0,
     }
 }
@@ -248,6 +289,10 @@ fn owner_from(info: &SockInfo, ev: &mut RawEvent) {
     ev.tid = info.tid;
     ev.comm = info.comm;
     ev.cgroup_id = info.cgroup_id;
+    if info.stack_id >= 0 {
+        ev.stack_id = info.stack_id;
+        ev.flags |= event_flags::STACK_VALID;
+    }
 }
 
 #[inline(always)]
@@ -395,6 +440,13 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
             // SAFETY: a helper without arguments.
             info.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
             ev.flags |= event_flags::OWNER_CAPTURED;
+            // connect(): the code path that opened the socket.
+            if (old, new) == (CLOSE, SYN_SENT) {
+                info.stack_id = user_stack_id(ctx);
+                if info.stack_id >= 0 {
+                    user_sp_word(&mut ev);
+                }
+            }
         }
     }
     owner_from(&info, &mut ev);
@@ -476,8 +528,14 @@ fn try_accept(ctx: &TracePointContext) -> Option<()> {
     // SAFETY: a helper without arguments.
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     ev.flags |= event_flags::OWNER_CAPTURED;
+    ev.stack_id = user_stack_id(ctx);
+    if ev.stack_id >= 0 {
+        ev.flags |= event_flags::STACK_VALID;
+        user_sp_word(&mut ev);
+    }
     // SAFETY: the pointer comes from the map lookup and is valid for this program run.
     unsafe {
+        (*info).stack_id = ev.stack_id;
         (*info).tgid = ev.tgid;
         (*info).tid = ev.tid;
         (*info).comm = ev.comm;

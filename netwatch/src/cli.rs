@@ -275,6 +275,10 @@ pub struct FilterArgs {
 pub struct TraceArgs {
     #[command(flatten)]
     pub output: OutputArgs,
+    /// With --json: add the symbolized user stack (`stack`) that opened the socket to
+    /// `accept` and `CLOSE -> SYN_SENT` events
+    #[arg(long)]
+    pub stacks: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
     #[command(flatten)]

@@ -9,7 +9,7 @@ use crate::{
     cli::ServeArgs,
     cli::{AnalyzeArgs, LifeArgs, OutputArgs, ReportArgs, RunArgs, ThresholdArgs, TraceArgs},
     clock::{WallClock, monotonic_ns},
-    event::Event,
+    event::{Event, EventKind, TcpState},
     http,
     life::LifeSink,
     metrics::{self, Exporter, MetricsSink},
@@ -19,6 +19,7 @@ use crate::{
     report::{self, ReportSink},
     selection::Selection,
     sink::{JsonSink, Sink, TextSink, TimeStyle},
+    stacks::Stacks,
     stream,
     top::{TopArgs, TopSink},
 };
@@ -51,7 +52,13 @@ impl<S: Sink> Sink for Filtered<S> {
 
 /// What a run prints.
 enum Output {
-    Trace(Box<dyn Sink>),
+    /// `trace`; with `--stacks`, `stacks` symbolizes the code path of accept and connect events
+    /// (set once the probe is loaded).
+    Trace {
+        sink: Box<dyn Sink>,
+        want_stacks: bool,
+        stacks: Option<Box<Stacks>>,
+    },
     Life(Box<LifeSink<Stdio>>),
     Report {
         sink: Box<ReportSink>,
@@ -64,7 +71,7 @@ enum Output {
 }
 
 impl Output {
-    fn trace(o: &OutputArgs, selection: Selection, header: &Header) -> Self {
+    fn trace(o: &OutputArgs, stacks: bool, selection: Selection, header: &Header) -> Self {
         let clock = WallClock::from_offset(header.wall_offset_ns);
         let sink: Box<dyn Sink> = if o.json {
             Box::new(JsonSink::new(stdout(), clock))
@@ -78,14 +85,18 @@ impl Output {
             };
             Box::new(TextSink::new(stdout(), clock, time, o.wide))
         };
-        Output::Trace(if selection.is_empty() {
-            sink
-        } else {
-            Box::new(Filtered {
-                selection,
-                inner: sink,
-            })
-        })
+        Output::Trace {
+            sink: if selection.is_empty() {
+                sink
+            } else {
+                Box::new(Filtered {
+                    selection,
+                    inner: sink,
+                })
+            },
+            want_stacks: o.json && stacks,
+            stacks: None,
+        }
     }
 
     fn life(o: &OutputArgs, selection: Selection, max_sockets: usize) -> Self {
@@ -131,7 +142,7 @@ impl Output {
     /// Prints what is printed at the end of a run.
     fn finish(self, header: &Header, summary: &Summary) -> io::Result<()> {
         match self {
-            Output::Trace(mut s) => s.flush(),
+            Output::Trace { mut sink, .. } => sink.flush(),
             Output::Life(mut s) => s.finish(),
             Output::Serve(_) => Ok(()),
             Output::Top(s) => s.finish(header, summary),
@@ -164,7 +175,19 @@ impl Output {
 impl Sink for Output {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         match self {
-            Output::Trace(s) => s.event(ev),
+            Output::Trace {
+                sink,
+                stacks: Some(stacks),
+                ..
+            } => match (ev.pid, ev.stack_id) {
+                (Some(pid), Some(id)) if opens_socket(ev) => {
+                    let mut ev = ev.clone();
+                    ev.stack = stacks.frames(pid, id, ev.sp_word).to_vec();
+                    sink.event(&ev)
+                }
+                _ => sink.event(ev),
+            },
+            Output::Trace { sink, .. } => sink.event(ev),
             Output::Life(s) => s.event(ev),
             Output::Report { sink, .. } => sink.event(ev),
             Output::Serve(sink) => sink.event(ev),
@@ -174,12 +197,25 @@ impl Sink for Output {
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
-            Output::Trace(s) => s.flush(),
+            Output::Trace { sink, .. } => sink.flush(),
             Output::Life(s) => s.flush(),
             Output::Report { sink, .. } => sink.flush(),
             Output::Serve(sink) => sink.flush(),
             Output::Top(sink) => sink.flush(),
         }
+    }
+}
+
+/// The events at which the kernel captured the opener's stack: accept() and connect().
+fn opens_socket(ev: &Event) -> bool {
+    match &ev.kind {
+        EventKind::Accept { .. } => true,
+        EventKind::State {
+            old_state,
+            new_state,
+            ..
+        } => *old_state == Some(TcpState::Close) && *new_state == Some(TcpState::SynSent),
+        _ => false,
     }
 }
 
@@ -200,6 +236,7 @@ async fn live(
     let config = ProbeConfig {
         ring_bytes: run.ring_size,
         filter: selection.kernel(),
+        capture_stacks: std::env::var_os("NETWATCH_STACKS").is_none_or(|v| v != "0"),
     };
     let mut probe = Probe::attach(&config)?;
     for w in &probe.warnings {
@@ -218,6 +255,14 @@ async fn live(
     }
     if let Output::Top(sink) = &mut output {
         sink.set_kernel_stats(probe.stats_reader()?);
+    }
+    if let Output::Trace {
+        want_stacks: true,
+        stacks,
+        ..
+    } = &mut output
+    {
+        *stacks = Some(Box::new(Stacks::new(probe.stack_map()?)));
     }
     eprintln!(
         "netwatch: tracing TCP events ({} of {} tracepoints attached); Ctrl-C to stop",
@@ -264,8 +309,9 @@ fn summarize(lost: u64, listen_before: Option<(u64, u64)>) -> Summary {
 pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     let selection = Selection::from_args(&args.filter)?;
     let o = args.output;
+    let stacks = args.stacks;
     live(&args.run, &selection.clone(), |h| {
-        Output::trace(&o, selection, h)
+        Output::trace(&o, stacks, selection, h)
     })
     .await
 }
@@ -341,7 +387,7 @@ pub fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
     } else if args.life {
         Output::life(&args.output, selection, max)
     } else {
-        Output::trace(&args.output, selection, &header)
+        Output::trace(&args.output, false, selection, &header)
     };
     let mut events = 0u64;
     let mut last_ns = header.started_ns;

@@ -185,6 +185,19 @@ pub struct Event {
     pub sport: u16,
     pub daddr: IpAddr,
     pub dport: u16,
+    /// Id in the kernel's `STACKS` map of the user stack that opened the socket (at connect()
+    /// or accept()); `None` when none was captured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_id: Option<u32>,
+    /// That stack symbolized, innermost frame first (`trace --stacks`, at `accept` and
+    /// `CLOSE -> SYN_SENT` events only); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stack: Vec<String>,
+    /// At `accept` and `CLOSE -> SYN_SENT`: the word at the user stack pointer, maybe the
+    /// return address into the function that called accept() / connect() (see `stacks`); not
+    /// part of the JSON schema.
+    #[serde(skip)]
+    pub sp_word: Option<u64>,
     #[serde(flatten)]
     pub kind: EventKind,
 }
@@ -296,6 +309,12 @@ impl Event {
             sport: raw.sport,
             daddr: addr(family, &raw.daddr),
             dport: raw.dport,
+            stack_id: (raw.flags & event_flags::STACK_VALID != 0 && raw.stack_id >= 0)
+                .then_some(raw.stack_id as u32),
+            stack: Vec::new(),
+            sp_word: (raw.flags & event_flags::USER_SP_WORD != 0
+                && raw.flags & event_flags::TCP_INFO == 0)
+                .then_some(raw.bytes_acked),
             kind,
         })
     }
@@ -318,6 +337,9 @@ impl Event {
             sport: 0,
             daddr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             dport: 0,
+            stack_id: None,
+            stack: Vec::new(),
+            sp_word: None,
             kind: EventKind::state(TcpState::Close, TcpState::SynSent),
         }
     }
@@ -366,6 +388,10 @@ struct FlatEvent<'a> {
     err: Option<i32>,
     #[serde(default, borrow)]
     reason: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    stack_id: Option<u32>,
+    #[serde(default)]
+    stack: Vec<String>,
 }
 
 /// Why a JSON line is not an event.
@@ -423,6 +449,9 @@ impl Event {
             sport: f.sport,
             daddr,
             dport: f.dport,
+            stack_id: f.stack_id,
+            stack: f.stack,
+            sp_word: None,
             kind,
         })
     }
@@ -476,7 +505,7 @@ mod tests {
             bytes_acked: 0,
             bytes_received: 0,
             srtt_us: 0,
-            _pad2: 0,
+            stack_id: -1,
             cgroup_id: 77,
         }
     }

@@ -1,6 +1,7 @@
 //! netwatch: an eBPF tracer of TCP connections. See the README for what it shows and how.
 mod analysis;
 mod btf;
+mod cgroup;
 mod cli;
 mod clock;
 mod commands;
@@ -14,10 +15,13 @@ mod netstat;
 mod offsets;
 mod privileges;
 mod probe;
+mod procfd;
 mod record;
 mod report;
 mod selection;
 mod sink;
+mod sockdiag;
+mod stacks;
 mod stream;
 mod top;
 mod tracefs;

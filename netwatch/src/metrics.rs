@@ -662,6 +662,9 @@ mod tests {
                 sport: local.1,
                 daddr: remote.0.parse().unwrap(),
                 dport: remote.1,
+                stack_id: None,
+                stack: Vec::new(),
+                sp_word: None,
                 kind,
             };
             self.sink.event(&ev).unwrap();

@@ -83,6 +83,12 @@ fn from_btf(btf: &Btf, warnings: &mut Vec<String>) -> KernelOffsets {
             "{e}: owners of accepted sockets are not known until close()"
         )),
     }
+    match member(btf, "pt_regs", "sp", 8) {
+        Ok(sp) => o.pt_regs_sp = sp,
+        Err(e) => warnings.push(format!(
+            "{e}: code paths at accept() may miss the function that called accept()"
+        )),
+    }
     o
 }
 

@@ -6,7 +6,7 @@
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{TracePoint, trace_point::TracePointLinkId},
 };
 use netwatch_common::{KernelFilter, TpFields, names, stat};
@@ -111,6 +111,9 @@ pub struct ProbeConfig {
     pub ring_bytes: u32,
     /// What the kernel may drop before the ring buffer.
     pub filter: KernelFilter,
+    /// Capture the user stack at connect() and accept() (`NETWATCH_STACKS=0` switches it
+    /// off, to measure its cost).
+    pub capture_stacks: bool,
 }
 
 impl Default for ProbeConfig {
@@ -118,6 +121,7 @@ impl Default for ProbeConfig {
         Self {
             ring_bytes: DEFAULT_RING_BYTES,
             filter: KernelFilter::ANY,
+            capture_stacks: true,
         }
     }
 }
@@ -235,12 +239,14 @@ impl Probe {
         }
 
         let wakeup_bytes = u64::from(config.ring_bytes / 4);
+        let capture_stacks = u32::from(config.capture_stacks);
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::EVENTS, config.ring_bytes)
             .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
             .override_global(names::KERNEL_OFFSETS, &offsets, true)
-            .override_global(names::FILTER, &config.filter, true);
+            .override_global(names::FILTER, &config.filter, true)
+            .override_global(names::CAPTURE_STACKS, &capture_stacks, true);
         for (global, fields) in &seen_globals {
             loader.override_global(global, fields, true);
         }
@@ -299,6 +305,26 @@ impl Probe {
             sockets_full: sum(stat::SOCKETS_FULL)?,
             filtered: sum(stat::FILTERED)?,
         })
+    }
+
+    /// A second handle on the `STACKS` map (user stacks at connect() and accept()).
+    pub fn stack_map(&self) -> anyhow::Result<StackTraceMap<MapData>> {
+        use std::os::fd::AsFd as _;
+
+        use aya::maps::{IterableMap as _, Map};
+        let map = self
+            .ebpf
+            .map(names::STACKS)
+            .ok_or_else(|| anyhow!("map {} missing", names::STACKS))?;
+        let stacks: StackTraceMap<&MapData> = StackTraceMap::try_from(map)?;
+        let fd = stacks
+            .map()
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the STACKS map fd")?;
+        let data = MapData::from_fd(fd)?;
+        Ok(StackTraceMap::try_from(Map::StackTraceMap(data))?)
     }
 
     /// How many programs are attached.

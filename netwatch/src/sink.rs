@@ -197,6 +197,9 @@ mod tests {
             sport: 40000,
             daddr: "127.0.0.1".parse().unwrap(),
             dport: 80,
+            stack_id: None,
+            stack: Vec::new(),
+            sp_word: None,
             kind,
         }
     }

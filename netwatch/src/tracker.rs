@@ -18,6 +18,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::IpAddr,
+    num::NonZeroU32,
 };
 
 use serde::{Deserialize, Serialize};
@@ -233,6 +234,9 @@ struct Sock {
     first_ns: u64,
     last_ns: u64,
     owner: Option<OwnerId>,
+    /// The kernel's id (in `STACKS`) of the user stack that opened the socket, plus one:
+    /// captured at connect() or accept().
+    stack: Option<NonZeroU32>,
     /// Who closed first, when we did (boxed: set only near the end of a life).
     closer: Option<Box<OwnerId>>,
     role: Role,
@@ -251,11 +255,26 @@ struct Sock {
     resets_sent: u16,
     reset_state: Option<TcpState>,
 
-    /// Last state before `-> CLOSE`, and when: set once the connection is closed.
-    closed_from: Option<(TcpState, u64)>,
+    /// Last state before `-> CLOSE`, set once the connection is closed, and when (two fields,
+    /// not an `Option` of a pair: that pair's padding would not fit the 200 bytes).
+    closed_state: Option<TcpState>,
+    closed_ns: u64,
     listener: bool,
     /// What only an ending connection has (boxed: most tracked sockets never need it).
     ending: Option<Box<Ending>>,
+}
+
+impl Sock {
+    /// Last state before `-> CLOSE`, and when, once the connection is closed.
+    fn closed_from(&self) -> Option<(TcpState, u64)> {
+        self.closed_state.map(|st| (st, self.closed_ns))
+    }
+}
+
+/// An event's stack id as [`Sock::stack`] keeps it (id + 1).
+fn stack_key(ev: &Event) -> Option<NonZeroU32> {
+    ev.stack_id
+        .and_then(|id| NonZeroU32::new(id.wrapping_add(1)))
 }
 
 /// Facts that arrive at the end of a connection.
@@ -406,6 +425,7 @@ impl Tracker {
                     if let Some(owner) = OwnerId::of(ev) {
                         s.owner = Some(owner);
                     }
+                    s.stack = stack_key(ev).or(s.stack);
                 }
             }
             EventKind::Destroy { .. } => {
@@ -454,6 +474,7 @@ impl Tracker {
                     first_ns: ev.ts_ns,
                     last_ns: ev.ts_ns,
                     owner: None,
+                    stack: None,
                     closer: None,
                     role,
                     state: old,
@@ -469,7 +490,8 @@ impl Tracker {
                     resets_received: 0,
                     resets_sent: 0,
                     reset_state: None,
-                    closed_from: None,
+                    closed_state: None,
+                    closed_ns: 0,
                     listener: new == Some(TcpState::Listen),
                     ending: None,
                 },
@@ -482,6 +504,7 @@ impl Tracker {
         if let Some(owner) = OwnerId::of(ev) {
             s.owner = Some(owner);
         }
+        s.stack = stack_key(ev).or(s.stack);
         // Ports and addresses fill in as the kernel assigns them (sport is 0 in SYN_SENT).
         if ev.sport != 0 || ev.dport != 0 {
             (s.saddr, s.sport, s.daddr, s.dport) = (ev.saddr, ev.sport, ev.daddr, ev.dport);
@@ -509,7 +532,7 @@ impl Tracker {
             }
             (_, Some(Close)) => {
                 if let Some(prev) = old {
-                    s.closed_from = Some((prev, ev.ts_ns));
+                    (s.closed_state, s.closed_ns) = (Some(prev), ev.ts_ns);
                     self.closing.push_back((ev.sock, s.generation));
                 }
             }
@@ -521,7 +544,7 @@ impl Tracker {
     fn finish_due(&mut self, now: u64, out: &mut impl FnMut(Fact)) {
         while let Some(&(sock, generation)) = self.closing.front() {
             let due = match self.socks.get(&sock) {
-                Some(s) if s.generation == generation => match s.closed_from {
+                Some(s) if s.generation == generation => match s.closed_from() {
                     Some((_, at)) => now.saturating_sub(at) >= FINISH_DELAY_NS,
                     None => true,
                 },
@@ -567,7 +590,7 @@ impl Tracker {
     /// Turns a finished socket into a connection record (listeners and sockets that never
     /// closed produce none).
     fn end(&mut self, s: Sock, out: &mut impl FnMut(Fact)) {
-        let Some((from, close_ns)) = s.closed_from else {
+        let Some((from, close_ns)) = s.closed_from() else {
             return;
         };
         if s.listener || from == TcpState::Listen {
@@ -725,6 +748,9 @@ mod tests {
                 sport: local.1,
                 daddr: remote.0.parse().unwrap(),
                 dport: remote.1,
+                stack_id: None,
+                stack: Vec::new(),
+                sp_word: None,
                 kind,
             });
         }
@@ -758,6 +784,34 @@ mod tests {
     }
 
     use TcpState::*;
+
+    /// The code path captured at accept() stays with the socket through later events that
+    /// carry none.
+    #[test]
+    fn the_stack_id_from_accept_stays_with_the_socket() {
+        let mut s = Stream::new();
+        let (l, r) = ((SERVER, 80), (CLIENT, 40000));
+        s.state(0, 0x10, None, l, r, Listen, SynRecv);
+        s.state(1, 0x10, None, l, r, SynRecv, Established);
+        s.push(
+            1,
+            0x10,
+            Some(7),
+            l,
+            r,
+            EventKind::Accept {
+                state: Some(Established),
+            },
+        );
+        s.events.last_mut().expect("pushed").stack_id = Some(0);
+        s.state(5, 0x10, None, l, r, Established, CloseWait);
+        let mut t = Tracker::new(16);
+        for ev in &s.events {
+            t.on_event(ev, &mut |_| {});
+        }
+        let sock = &t.socks[&0x10];
+        assert_eq!(sock.stack.map(|k| k.get() - 1), Some(0));
+    }
 
     /// Client side of an orderly connection in which the client closes first.
     fn client_closes_first(s: &mut Stream, sock: u64, pid: u32, sport: u16) {

@@ -1,0 +1,128 @@
+//! Code paths of sockets (`netwatch trace --json --stacks`), as root, against a real C server
+//! built for the test with frame pointers and debug info: the stack captured in the kernel at
+//! accept() must name the server's accept-calling function with its source line, and its
+//! callers.
+mod support;
+
+use std::{path::PathBuf, process::Command};
+
+use netwatch_tests::{
+    NetPair, ReadyChild, Side, output_with_timeout, require_root, unique_port, workspace_root,
+};
+use serde_json::Value;
+use support::Tracer;
+
+const CONNECTIONS: usize = 3;
+
+fn tcpdrive() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tcpdrive"))
+}
+
+/// Compiles `tests/fixtures/leaky_server.c` with frame pointers and debug info into a fresh
+/// temporary directory; returns the binary and the source line of its accept() call.
+fn build_leaky_server() -> (PathBuf, usize) {
+    let src = workspace_root().join("tests/fixtures/leaky_server.c");
+    let text = std::fs::read_to_string(&src).expect("read leaky_server.c");
+    let line = text
+        .lines()
+        .position(|l| l.contains("ACCEPT_LINE"))
+        .expect("the accept() line is marked ACCEPT_LINE")
+        + 1;
+    let dir = std::env::temp_dir().join(format!(
+        "netwatch-stacks-{}-{}",
+        std::process::id(),
+        unique_port()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let bin = dir.join("leaky_server");
+    let mut cmd = Command::new("gcc");
+    cmd.args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&bin)
+        .arg(&src);
+    let out = output_with_timeout(cmd, 60);
+    assert!(
+        out.status.success(),
+        "gcc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (bin, line)
+}
+
+fn frames(ev: &Value) -> Vec<&str> {
+    ev["stack"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn root_accept_stack_names_the_function_and_line_that_accepted() {
+    if !require_root("root_accept_stack_names_the_function_and_line_that_accepted") {
+        return;
+    }
+    let (bin, accept_line) = build_leaky_server();
+    let pair = NetPair::new();
+    let server = pair.server_v4().to_string();
+    let port = unique_port();
+    let tracer = Tracer::start(&["trace", "--json", "--stacks"]);
+    let srv = ReadyChild::spawn(pair.exec(Side::Server, &bin, &[&server, &port.to_string()]));
+    for _ in 0..CONNECTIONS {
+        // The server never answers: a connect that "unexpectedly" succeeds is what we want.
+        let out = output_with_timeout(
+            pair.exec(
+                Side::Client,
+                &tcpdrive(),
+                &["connect-expect-fail", &format!("{server}:{port}")],
+            ),
+            20,
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("CONNECTED"), "{stdout}");
+    }
+    // Let the last accept() be traced and read before stopping.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let done = tracer.stop();
+    let pid = u64::from(srv.pid());
+    drop(srv);
+
+    let accepts: Vec<&Value> = done
+        .events
+        .iter()
+        .filter(|e| e["kind"] == "accept" && e["pid"].as_u64() == Some(pid))
+        .collect();
+    assert_eq!(
+        accepts.len(),
+        CONNECTIONS,
+        "accepts by pid {pid}; stdout:\n{}",
+        done.stdout
+    );
+    let expected = format!("handle_conn_forgets_close (leaky_server.c:{accept_line})");
+    for ev in &accepts {
+        let f = frames(ev);
+        assert!(ev["stack_id"].is_u64(), "no stack id: {ev}");
+        assert!(f.contains(&expected.as_str()), "{expected} not in {f:?}");
+        let at = |name: &str| {
+            f.iter()
+                .position(|fr| fr.starts_with(&format!("{name} (leaky_server.c:")))
+                .unwrap_or_else(|| panic!("{name} not in {f:?}"))
+        };
+        let (h, s, m) = (
+            at("handle_conn_forgets_close"),
+            at("serve_forever"),
+            at("main"),
+        );
+        assert!(h < s && s < m, "innermost first: {f:?}");
+    }
+    // One code path: the kernel deduplicated the three stacks into one id.
+    let ids: std::collections::BTreeSet<_> =
+        accepts.iter().map(|e| e["stack_id"].as_u64()).collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    // Events that do not open a socket carry no stack.
+    assert!(
+        done.events
+            .iter()
+            .filter(|e| e["kind"] == "destroy" || e["kind"] == "retransmit")
+            .all(|e| e.get("stack").is_none()),
+        "stack on an event other than accept/connect"
+    );
+}
