@@ -2,16 +2,13 @@
 //! tables, histograms, the TIME_WAIT population and port-exhaustion forecast, and verdicts in
 //! plain sentences with their evidence. Pure Rust over the tracker's output: the live run and a
 //! replay of its recording produce the same [`Report`].
-use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
-    net::IpAddr,
-};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::{
-    event::{Event, EventKind, TcpState},
+    event::{Event, EventKind, endpoint, state_label},
     tracker::{CloseWaitSocket, Connection, End, Role, Tracker, TrackerStats},
 };
 
@@ -106,13 +103,6 @@ fn process(pid: Option<u32>, comm: Option<&str>) -> String {
     match pid {
         Some(p) => format!("{}[{p}]", comm.unwrap_or("?")),
         None => "-".to_string(),
-    }
-}
-
-fn endpoint(addr: IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
     }
 }
 
@@ -342,10 +332,6 @@ fn capped<V>(
     map.entry(key).or_insert_with(make)
 }
 
-fn state_name(s: Option<TcpState>) -> String {
-    s.map_or("-".to_string(), |s| s.name().to_string())
-}
-
 impl Analysis {
     pub fn new(settings: HostSettings, thresholds: Thresholds) -> Self {
         Self {
@@ -392,7 +378,7 @@ impl Analysis {
                 let reason = reason.clone().unwrap_or_else(|| "-".into());
                 *self
                     .resets
-                    .entry(("sent", reason, state_name(*state)))
+                    .entry(("sent", reason, state_label(*state).to_string()))
                     .or_default() += 1;
                 *capped(&mut self.resets_by_process, who, MAX_KEYS, || 0) += 1;
                 *capped(
@@ -406,7 +392,7 @@ impl Analysis {
                 self.resets_received += 1;
                 *self
                     .resets
-                    .entry(("received", "-".into(), state_name(*state)))
+                    .entry(("received", "-".into(), state_label(*state).to_string()))
                     .or_default() += 1;
                 *capped(&mut self.resets_by_process, who, MAX_KEYS, || 0) += 1;
                 *capped(

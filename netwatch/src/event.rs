@@ -93,6 +93,20 @@ impl fmt::Display for TcpState {
     }
 }
 
+/// A state's name, or `-` when it is not known: how every text output prints states.
+pub fn state_label(s: Option<TcpState>) -> &'static str {
+    s.map_or("-", TcpState::name)
+}
+
+/// `addr:port`, with brackets for IPv6: how every output writes an endpoint (and how the
+/// report keys destinations).
+pub fn endpoint(addr: IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
 /// What happened. The tag is the JSON `kind` field.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -2,14 +2,13 @@
 use std::{
     fmt::Write as _,
     io::{self, Write},
-    net::IpAddr,
 };
 
 use serde::Serialize;
 
 use crate::{
     clock::WallClock,
-    event::{Event, EventKind},
+    event::{Event, EventKind, endpoint, state_label},
 };
 
 /// Receives every decoded event, then a flush after each batch.
@@ -72,17 +71,6 @@ impl<W: Write> TextSink<W> {
     }
 }
 
-fn endpoint(addr: IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
-}
-
-fn state_name(s: Option<crate::event::TcpState>) -> &'static str {
-    s.map_or("-", |s| s.name())
-}
-
 /// The EVENT column: `OLD -> NEW` for transitions, the kind and state for the rest.
 pub fn describe(kind: &EventKind) -> String {
     match kind {
@@ -90,16 +78,16 @@ pub fn describe(kind: &EventKind) -> String {
             old_state,
             new_state,
             ..
-        } => format!("{} -> {}", state_name(*old_state), state_name(*new_state)),
+        } => format!("{} -> {}", state_label(*old_state), state_label(*new_state)),
         EventKind::Retransmit { state, .. }
         | EventKind::SynackRetransmit { state }
         | EventKind::ResetReceived { state }
         | EventKind::Destroy { state }
         | EventKind::Accept { state } => {
-            format!("{} in {}", kind.label(), state_name(*state))
+            format!("{} in {}", kind.label(), state_label(*state))
         }
         EventKind::ResetSent { state, reason } => {
-            let mut s = format!("{} in {}", kind.label(), state_name(*state));
+            let mut s = format!("{} in {}", kind.label(), state_label(*state));
             if let Some(r) = reason {
                 let _ = write!(s, " ({r})");
             }

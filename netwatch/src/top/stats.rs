@@ -7,12 +7,11 @@
 use std::{
     collections::{HashMap, VecDeque},
     hash::Hash,
-    net::IpAddr,
 };
 
 use crate::{
     analysis::TIME_WAIT_NS,
-    event::{Event, EventKind, TcpState},
+    event::{Event, EventKind, TcpState, endpoint, state_label},
     tracker::{Connection, End, Role},
 };
 
@@ -162,17 +161,6 @@ fn slot<K: Eq + Hash, V: Default>(
     map.entry(key).or_default()
 }
 
-fn endpoint(addr: IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
-}
-
-fn state_name(s: Option<TcpState>) -> &'static str {
-    s.map_or("-", TcpState::name)
-}
-
 /// A TIME_WAIT destination: `addr:port` we connected to, or `addr:port (server side)` for a
 /// server that closed first.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -250,7 +238,7 @@ impl Stats {
                 let key = ResetKey {
                     direction: "sent",
                     reason: reason.clone().unwrap_or_else(|| "-".into()),
-                    state: state_name(*state),
+                    state: state_label(*state),
                 };
                 *slot(&mut self.counters.resets, (p, key), other_reset) += 1;
             }
@@ -259,7 +247,7 @@ impl Stats {
                 let key = ResetKey {
                     direction: "received",
                     reason: "-".into(),
-                    state: state_name(*state),
+                    state: state_label(*state),
                 };
                 *slot(&mut self.counters.resets, (p, key), other_reset) += 1;
             }
@@ -429,7 +417,7 @@ mod tests {
             err: None,
         };
         for i in 0..(MAX_KEYS as u32 + 100) {
-            ev.daddr = IpAddr::from(i.to_be_bytes());
+            ev.daddr = std::net::IpAddr::from(i.to_be_bytes());
             s.on_event(&ev);
         }
         assert_eq!(s.counters.retransmits.len(), MAX_KEYS + 1);
