@@ -2,17 +2,13 @@
 //! counted there), and what they keep equals the unfiltered stream filtered afterwards.
 mod support;
 
-use std::{net::IpAddr, path::PathBuf, process::Command};
+use std::{net::IpAddr, process::Command};
 
 use netwatch_tests::{
     NetPair, ReadyChild, Side, netwatch_bin, output_with_timeout, require_root, unique_port,
 };
 use serde_json::Value;
-use support::{Tracer, ip, port};
-
-fn tcpdrive() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tcpdrive"))
-}
+use support::{Tracer, ip, port, tcpdrive};
 
 /// What identifies one kernel event in both streams (each instance's programs stamp their
 /// own time, so not the timestamp).

@@ -9,7 +9,6 @@ mod support;
 use std::{
     collections::HashMap,
     net::IpAddr,
-    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
@@ -19,17 +18,13 @@ use netwatch_tests::{
     require_root, unique_port,
 };
 use serde_json::Value;
-use support::{Tracer, ip, json_lines, port, step};
+use support::{Tracer, ip, json_lines, port, step, tcpdrive};
 
 const N: u64 = 20;
 const M: u64 = 3;
 const K: u64 = 2;
 const R: u64 = 4;
 const L: u64 = 5;
-
-fn tcpdrive() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tcpdrive"))
-}
 
 fn analyze(file: &std::path::Path, args: &[&str]) -> String {
     let mut cmd = Command::new(netwatch_bin());

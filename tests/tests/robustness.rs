@@ -11,7 +11,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     net::IpAddr,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     sync::{
         Arc, Mutex,
@@ -26,44 +26,7 @@ use netwatch_tests::{
     require_root, unique_port,
 };
 use serde_json::Value;
-use support::{Tracer, ip, port, step};
-
-fn tcpdrive() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tcpdrive"))
-}
-
-/// `addr:port`, with brackets for IPv6 (also how netwatch keys destinations).
-fn endpoint(addr: IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
-}
-
-/// A private scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "netwatch-robustness-{tag}-{}-{}",
-            std::process::id(),
-            unique_port()
-        ));
-        fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
+use support::{Scratch, Tracer, endpoint, ip, port, step, tcpdrive};
 
 /// Starts netwatch with its stdout going to `stdout` instead of the [`Tracer`]'s own file:
 /// `report --json` prints one multi-line document, which the tracer's JSON-lines parsing of its

@@ -26,14 +26,10 @@ use netwatch_tests::{
     unique_port, wait_with_timeout,
 };
 use serde_json::Value;
-use support::{Tracer, step};
+use support::{Tracer, step, tcpdrive};
 
 /// Where Debian's package puts the server.
 const PROMETHEUS: &str = "/usr/bin/prometheus";
-
-fn tcpdrive() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tcpdrive"))
-}
 
 /// What came back for one request.
 #[derive(Debug)]

@@ -10,13 +10,9 @@ use netwatch_tests::{
     NetPair, ReadyChild, Side, output_with_timeout, require_root, unique_port, workspace_root,
 };
 use serde_json::Value;
-use support::Tracer;
+use support::{Tracer, tcpdrive};
 
 const CONNECTIONS: usize = 3;
-
-fn tcpdrive() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tcpdrive"))
-}
 
 /// Compiles `tests/fixtures/leaky_server.c` with frame pointers and debug info into a fresh
 /// temporary directory; returns the binary and the source line of its accept() call.

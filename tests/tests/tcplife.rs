@@ -39,17 +39,13 @@ use netwatch_tests::{
     NetPair, ReadyChild, Side, find_line, require_root, unique_port, wait_with_timeout,
 };
 use serde_json::Value;
-use support::{Tracer, ip, port};
+use support::{Tracer, ip, port, tcpdrive};
 
 /// Connections per close order.
 const N: usize = 20;
 
 /// Lifetimes of the same connection must agree this closely (ms).
 const LIFETIME_TOLERANCE_MS: f64 = 1.0;
-
-fn tcpdrive() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tcpdrive"))
-}
 
 /// `TCPLIFE_BIN`, or Debian's `/usr/sbin/tcplife` (package libbpf-tools, installed by
 /// `cargo xtask setup`).

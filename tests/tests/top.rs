@@ -23,7 +23,7 @@ use netwatch_tests::{
     NetPair, ReadyChild, Side, find_line, netwatch_bin, output_with_timeout, require_root,
     unique_port,
 };
-use support::Tracer;
+use support::{Scratch, Tracer, tcpdrive};
 
 const N: u64 = 20;
 const L: u64 = 5;
@@ -32,35 +32,6 @@ const M: u64 = 3;
 /// the range other tests give their clients (61000-65535): no other traffic on this host has
 /// both its ports in this test's sets.
 const CLIENT_PORTS: (u16, u16) = (10000, 10999);
-
-fn tcpdrive() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tcpdrive"))
-}
-
-/// A private scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "netwatch-top-{tag}-{}-{}",
-            std::process::id(),
-            unique_port()
-        ));
-        fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The test's traffic and nothing else: see the module comment.
 fn own_traffic_only(pair: &NetPair, server_ports: &[u16]) -> Vec<String> {

@@ -5,26 +5,14 @@
 //! Test names start with `root_` so they can be selected (`cargo xtask test -- root_`).
 mod support;
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use netwatch_tests::{
     NetPair, ReadyChild, Side, counter_delta, drop_data_ruleset, find_line, output_with_timeout,
     require_root, unique_port,
 };
 use serde_json::Value;
-use support::{Finished, Tracer, ip, port, step};
-
-fn tcpdrive() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tcpdrive"))
-}
-
-/// `addr:port`, with brackets for IPv6.
-fn endpoint(addr: IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
-}
+use support::{Finished, Tracer, endpoint, ip, port, step, tcpdrive};
 
 /// Events whose local endpoint is `local` and remote is `remote` (port 0 = any port).
 fn between(events: &[Value], local: (IpAddr, u16), remote: (IpAddr, u16)) -> Vec<&Value> {

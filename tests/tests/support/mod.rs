@@ -179,6 +179,44 @@ pub fn json_lines(text: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The traffic driver, built by cargo for this package's integration tests.
+pub fn tcpdrive() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tcpdrive"))
+}
+
+/// `addr:port`, with brackets for IPv6 (also how netwatch keys destinations).
+pub fn endpoint(addr: IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+/// A private scratch directory, removed on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!(
+            "netwatch-{tag}-{}-{}",
+            std::process::id(),
+            netwatch_tests::unique_port()
+        ));
+        fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Event field helpers over the JSON form.
 pub fn ip(ev: &Value, field: &str) -> IpAddr {
     ev[field]
