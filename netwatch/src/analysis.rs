@@ -2,6 +2,10 @@
 //! tables, histograms, the TIME_WAIT population and port-exhaustion forecast, and verdicts in
 //! plain sentences with their evidence. Pure Rust over the tracker's output: the live run and a
 //! replay of its recording produce the same [`Report`].
+//!
+//! Per-process rows carry the owner's `cgroup` path, resolved when the report is built
+//! ([`crate::cgroup::owner_cgroup`]: by cgroup id, else by pid; a replay takes the paths its
+//! recording holds).
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use hdrhistogram::Histogram;
@@ -160,6 +164,9 @@ struct Outcomes {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ConnectOutcomes {
     pub key: String,
+    /// The process's cgroup path (rows keyed by process, when known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
     pub established: u64,
     pub refused: u64,
     pub timeout: u64,
@@ -185,6 +192,9 @@ pub struct TimeWaitDestination {
 pub struct CountRow {
     pub key: String,
     pub count: u64,
+    /// The process's cgroup path (rows keyed by process, when known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -198,6 +208,9 @@ pub struct ResetRow {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CloseWaitHolder {
     pub process: String,
+    /// Its cgroup path, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
     pub sockets: usize,
     pub oldest_ms: f64,
     pub peers: Vec<CountRow>,
@@ -206,6 +219,9 @@ pub struct CloseWaitHolder {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LifetimeRow {
     pub key: String,
+    /// The process's cgroup path (rows keyed by process, when known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
     pub lifetime_ms: Percentiles,
 }
 
@@ -292,6 +308,9 @@ pub struct Analysis {
     close_wait_dwell: Hist,
     life_by_process: HashMap<String, Hist>,
     life_by_peer: HashMap<String, Hist>,
+    /// Process key (`comm[pid]`) -> (pid, cgroup id) of the first owner seen under it, to name
+    /// its cgroup when the report is built.
+    owners: HashMap<String, (Option<u32>, Option<u64>)>,
 }
 
 fn top<K: Clone>(map: &HashMap<String, K>, n: usize, count: impl Fn(&K) -> u64) -> Vec<CountRow> {
@@ -300,6 +319,7 @@ fn top<K: Clone>(map: &HashMap<String, K>, n: usize, count: impl Fn(&K) -> u64) 
         .map(|(k, v)| CountRow {
             key: k.clone(),
             count: count(v),
+            cgroup: None,
         })
         .collect();
     rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
@@ -316,6 +336,8 @@ const MAX_KEYS: usize = 1024;
 /// Fewer for tables that hold a histogram per key.
 const MAX_HIST_KEYS: usize = 256;
 const OTHER: &str = "(other)";
+/// Process keys whose owner is remembered: more than every per-process table together holds.
+const MAX_OWNERS: usize = 2 * MAX_KEYS + 2 * MAX_HIST_KEYS;
 
 /// The value for `key`, or for [`OTHER`] once `map` holds `cap` keys.
 fn capped<V>(
@@ -358,7 +380,31 @@ impl Analysis {
             close_wait_dwell: Hist::new(),
             life_by_process: HashMap::new(),
             life_by_peer: HashMap::new(),
+            owners: HashMap::new(),
         }
+    }
+
+    /// Remembers who process key `who` is, so the report can name its cgroup.
+    fn note_owner(&mut self, who: &str, pid: Option<u32>, cgroup_id: Option<u64>) {
+        if pid.is_some() && self.owners.len() < MAX_OWNERS && !self.owners.contains_key(who) {
+            self.owners.insert(who.to_string(), (pid, cgroup_id));
+        }
+    }
+
+    /// The cgroup path of the process keyed `who`, when known; `None` for keys that are not
+    /// a process (`-`, [`OTHER`], peers). Resolved now, when the report is built.
+    fn cgroup_of(&self, who: &str) -> Option<String> {
+        let &(pid, cgroup_id) = self.owners.get(who)?;
+        crate::cgroup::owner_cgroup(cgroup_id, pid)
+    }
+
+    /// Per-process count rows with their cgroups.
+    fn process_rows(&self, map: &HashMap<String, u64>) -> Vec<CountRow> {
+        let mut rows = top(map, TOP, |v| *v);
+        for r in &mut rows {
+            r.cgroup = self.cgroup_of(&r.key);
+        }
+        rows
     }
 
     /// Measures the duration from `started_ns` (when tracing began) rather than the first event.
@@ -372,6 +418,12 @@ impl Analysis {
         self.first_ns.get_or_insert(ev.ts_ns);
         self.last_ns = self.last_ns.max(ev.ts_ns);
         let who = process(ev.pid, ev.comm.as_deref());
+        if matches!(
+            ev.kind,
+            EventKind::ResetSent { .. } | EventKind::ResetReceived { .. }
+        ) {
+            self.note_owner(&who, ev.pid, ev.cgroup_id);
+        }
         match &ev.kind {
             EventKind::ResetSent { state, reason } => {
                 self.resets_sent += 1;
@@ -431,13 +483,15 @@ impl Analysis {
         };
         *self.ends.entry(end_key).or_default() += 1;
         let who = process(c.pid, c.comm.as_deref());
+        self.note_owner(&who, c.pid, c.cgroup_id);
         let dest = endpoint(c.daddr, c.dport);
         if c.end == End::TimeWait {
             self.tw_births += 1;
-            let closer = process(
-                c.closer_pid.or(c.pid),
-                c.closer_comm.as_deref().or(c.comm.as_deref()),
-            );
+            let closer_pid = c.closer_pid.or(c.pid);
+            let closer = process(closer_pid, c.closer_comm.as_deref().or(c.comm.as_deref()));
+            // The cgroup id is the owner's: only the owner's when it closed.
+            let closer_cgroup = c.cgroup_id.filter(|_| closer_pid == c.pid);
+            self.note_owner(&closer, closer_pid, closer_cgroup);
             *capped(&mut self.tw_by_process, closer, MAX_KEYS, || 0) += 1;
             // Only connections we opened use ephemeral ports towards a destination; a server's
             // TIME_WAITs are keyed by its own listening endpoint.
@@ -603,25 +657,32 @@ impl Analysis {
             .into_iter()
             .filter(|c| c.age_ms >= self.thresholds.close_wait_age_ms && keep(c))
             .collect();
-        let mut holders: HashMap<String, (usize, f64, HashMap<String, u64>)> = HashMap::new();
+        type Holder = (usize, f64, HashMap<String, u64>, Option<String>);
+        let mut holders: HashMap<String, Holder> = HashMap::new();
         for c in &stuck {
-            let h = holders.entry(process(c.pid, c.comm.as_deref())).or_insert((
-                0,
-                0.0,
-                HashMap::new(),
-            ));
+            let h = holders
+                .entry(process(c.pid, c.comm.as_deref()))
+                .or_insert_with(|| {
+                    let cgroup = c
+                        .pid
+                        .and_then(|_| crate::cgroup::owner_cgroup(c.cgroup_id, c.pid));
+                    (0, 0.0, HashMap::new(), cgroup)
+                });
             h.0 += 1;
             h.1 = h.1.max(c.age_ms);
             *h.2.entry(endpoint(c.daddr, c.dport)).or_default() += 1;
         }
         let mut holders: Vec<CloseWaitHolder> = holders
             .into_iter()
-            .map(|(process, (sockets, oldest_ms, peers))| CloseWaitHolder {
-                process,
-                sockets,
-                oldest_ms,
-                peers: top(&peers, 5, |v| *v),
-            })
+            .map(
+                |(process, (sockets, oldest_ms, peers, cgroup))| CloseWaitHolder {
+                    process,
+                    cgroup,
+                    sockets,
+                    oldest_ms,
+                    peers: top(&peers, 5, |v| *v),
+                },
+            )
             .collect();
         holders.sort_by(|a, b| {
             b.sockets
@@ -634,10 +695,14 @@ impl Analysis {
             } else {
                 "notice"
             };
+            let cgroup = h
+                .cgroup
+                .as_ref()
+                .map_or_else(String::new, |c| format!(", cgroup {c}"));
             findings.push(Finding {
                 severity,
                 text: format!(
-                    "{} holds {} sockets in CLOSE_WAIT (oldest {:.1} s): the peer closed and the application never called close() — a socket leak",
+                    "{} holds {} sockets in CLOSE_WAIT (oldest {:.1} s{cgroup}): the peer closed and the application never called close() — a socket leak",
                     h.process,
                     h.sockets,
                     h.oldest_ms / 1000.0
@@ -645,11 +710,12 @@ impl Analysis {
             });
         }
 
-        let outcomes = |table: &HashMap<String, (Outcomes, Hist)>| {
+        let outcomes = |table: &HashMap<String, (Outcomes, Hist)>, by_process: bool| {
             let mut rows: Vec<ConnectOutcomes> = table
                 .iter()
                 .map(|(k, (o, h))| ConnectOutcomes {
                     key: k.clone(),
+                    cgroup: by_process.then(|| self.cgroup_of(k)).flatten(),
                     established: o.established,
                     refused: o.refused,
                     timeout: o.timeout,
@@ -664,8 +730,8 @@ impl Analysis {
             rows.truncate(TOP);
             rows
         };
-        let connects_by_destination = outcomes(&self.connects_by_dest);
-        let connects_by_process = outcomes(&self.connects_by_process);
+        let connects_by_destination = outcomes(&self.connects_by_dest, false);
+        let connects_by_process = outcomes(&self.connects_by_process, true);
         for r in &connects_by_destination {
             let failed = r.refused + r.timeout + r.aborted;
             if failed > 0 {
@@ -695,11 +761,12 @@ impl Analysis {
             })
         });
 
-        let lifetimes = |m: &HashMap<String, Hist>| {
+        let lifetimes = |m: &HashMap<String, Hist>, by_process: bool| {
             let mut rows: Vec<LifetimeRow> = m
                 .iter()
                 .map(|(k, h)| LifetimeRow {
                     key: k.clone(),
+                    cgroup: by_process.then(|| self.cgroup_of(k)).flatten(),
                     lifetime_ms: h.percentiles(),
                 })
                 .collect();
@@ -726,13 +793,14 @@ impl Analysis {
                 .map(|(k, v)| CountRow {
                     key: k.clone(),
                     count: *v,
+                    cgroup: None,
                 })
                 .collect(),
             time_wait: TimeWaitSection {
                 births: self.tw_births,
                 per_second: self.tw_births as f64 / duration_s,
                 population,
-                by_process: top(&self.tw_by_process, TOP, |v| *v),
+                by_process: self.process_rows(&self.tw_by_process),
                 by_destination,
             },
             close_wait: CloseWaitSection {
@@ -747,15 +815,15 @@ impl Analysis {
                 sent: self.resets_sent,
                 received: self.resets_received,
                 by_reason_and_state,
-                by_process: top(&self.resets_by_process, TOP, |v| *v),
+                by_process: self.process_rows(&self.resets_by_process),
                 by_peer: top(&self.resets_by_peer, TOP, |v| *v),
             },
             retransmits_by_peer: top(&self.retransmits_by_peer, TOP, |v| *v),
             synack_retransmits_by_listener: top(&self.synack_by_listener, TOP, |v| *v),
             listen_overflows: listen.map(|l| l.0),
             listen_drops: listen.map(|l| l.1),
-            lifetimes_by_process: lifetimes(&self.life_by_process),
-            lifetimes_by_peer: lifetimes(&self.life_by_peer),
+            lifetimes_by_process: lifetimes(&self.life_by_process, true),
+            lifetimes_by_peer: lifetimes(&self.life_by_peer, false),
             settings: self.settings.clone(),
         }
     }
@@ -893,6 +961,52 @@ mod tests {
             5_000 - MAX_KEYS as u64,
             "every connection is still counted"
         );
+    }
+
+    #[test]
+    fn process_rows_name_their_cgroup() {
+        use std::os::unix::fs::MetadataExt as _;
+        let me = std::process::id();
+        let root = crate::cgroup::cgroup2_mount()
+            .and_then(|m| std::fs::metadata(m).ok())
+            .map(|m| m.ino());
+        let expected = crate::cgroup::owner_cgroup(root, Some(me));
+        let mut a = Analysis::new(HostSettings::default(), Thresholds::default());
+        let mut c = tw_conn(1_000_000_000, "10.0.0.9", 80);
+        (c.pid, c.closer_pid, c.cgroup_id) = (Some(me), Some(me), root);
+        a.on_connection(&c);
+        // Closed first by another process: the owner's cgroup id is not that process's.
+        let mut other = tw_conn(1_000_000_001, "10.0.0.9", 80);
+        (other.pid, other.closer_pid) = (None, Some(u32::MAX - 1));
+        a.on_connection(&other);
+        let r = a.report(&Tracker::new(10), 2_000_000_000, 0, None, &|_| true);
+        let client = format!("client[{me}]");
+        let tw = r.time_wait.by_process.iter().find(|r| r.key == client);
+        assert_eq!(tw.unwrap().cgroup, expected);
+        let row = r.connects_by_process.iter().find(|r| r.key == client);
+        assert_eq!(row.unwrap().cgroup, expected);
+        let row = r.lifetimes_by_process.iter().find(|r| r.key == client);
+        assert_eq!(row.unwrap().cgroup, expected);
+        let unknown = r.connects_by_process.iter().find(|r| r.key == "-");
+        assert_eq!(unknown.unwrap().cgroup, None);
+        let stranger = format!("client[{}]", u32::MAX - 1);
+        let tw = r.time_wait.by_process.iter().find(|r| r.key == stranger);
+        assert_eq!(tw.unwrap().cgroup, None);
+        // Rows keyed by destination or peer have none.
+        assert_eq!(r.connects_by_destination[0].cgroup, None);
+        assert_eq!(r.lifetimes_by_peer[0].cgroup, None);
+        let Some(cgroup) = expected else {
+            eprintln!("SKIPPED: no cgroup known for this process");
+            return;
+        };
+        let json = serde_json::to_value(&r).unwrap();
+        let rows = json["connects_by_process"].as_array().unwrap();
+        let row = rows.iter().find(|r| r["key"] == client.as_str()).unwrap();
+        assert_eq!(row["cgroup"], cgroup.as_str());
+        assert!(json["connects_by_destination"][0].get("cgroup").is_none());
+        let text = crate::report::render(&r, &crate::report::Style::default());
+        let line = text.lines().find(|l| l.contains(&client)).unwrap();
+        assert!(line.ends_with(&format!("   cgroup {cgroup}")), "{line}");
     }
 
     #[test]

@@ -5,16 +5,16 @@
 //! `/system.slice/shop.service` or a container's cgroup. The id is the inode number of the
 //! cgroup's directory in the cgroup v2 hierarchy, so one walk of that hierarchy maps ids to
 //! paths; new cgroups are picked up by walking again when an id is not known.
-#![cfg_attr(
-    not(test),
-    expect(dead_code, reason = "wired into `netwatch leaks` next (issue 7)")
-)]
+//!
+//! On a hybrid host (cgroup v2 mounted beside the v1 hierarchies, e.g. at
+//! `/sys/fs/cgroup/unified`) every process may sit at the v2 root, and only the v1
+//! hierarchies name its container or service: [`owner_cgroup`] falls back to those, by pid.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 /// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup` on a pure v2 system,
 /// `/sys/fs/cgroup/unified` on a hybrid one (found in `/proc/self/mountinfo`).
@@ -153,56 +153,256 @@ pub fn cgroup_path(id: u64) -> Option<String> {
         .resolve(id)
 }
 
-/// The cgroup of process `pid` from `/proc/<pid>/cgroup`: its cgroup v2 path (`0::/path`),
-/// or on a cgroup v1 only system the `name=systemd` hierarchy's path, else the first
-/// controller's. `None` if the process is gone.
-pub fn cgroup_of_pid(pid: u32) -> Option<String> {
-    parse_proc_cgroup(&fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
-}
-
-/// Picks the path out of a `/proc/<pid>/cgroup` text (`hierarchy-id:controllers:path` lines).
-fn parse_proc_cgroup(text: &str) -> Option<String> {
-    let lines: Vec<(&str, &str, &str)> = text
-        .lines()
+/// The `(hierarchy-id, controllers, path)` lines of a `/proc/<pid>/cgroup` text; malformed
+/// lines are skipped.
+fn proc_cgroup_lines(text: &str) -> Vec<(&str, &str, &str)> {
+    text.lines()
         .filter_map(|l| {
             let (id, rest) = l.split_once(':')?;
             let (controllers, path) = rest.split_once(':')?;
             Some((id, controllers, path))
         })
-        .collect();
-    let pick = |f: &dyn Fn(&(&str, &str, &str)) -> bool| {
-        lines.iter().find(|l| f(l)).map(|(_, _, p)| p.to_string())
+        .collect()
+}
+
+/// The owner's cgroup to show, from what is known of it: `v2_by_id`, the v2 path of the
+/// event's cgroup id (if it resolved), and `proc_cgroup`, the owner's `/proc/<pid>/cgroup`
+/// text (if it could be read). The most specific wins, because `/` names nothing: the v2
+/// path by id; the v2 line of `/proc`; the v1 `name=systemd` hierarchy; the first v1
+/// controller hierarchy (in file order) — v1 paths as `controllers:path`
+/// (`memory:/process_api/abc`) so that they read as v1, not v2, paths. Only when every one
+/// is `/` is the answer `/` (the v2 root, by id or by `/proc`).
+fn choose_owner_cgroup(v2_by_id: Option<&str>, proc_cgroup: Option<&str>) -> Option<String> {
+    let specific = |p: &&str| *p != "/";
+    let lines = proc_cgroup.map(proc_cgroup_lines).unwrap_or_default();
+    let v2_line = lines
+        .iter()
+        .find(|&&(id, c, _)| id == "0" && c.is_empty())
+        .map(|&(_, _, p)| p);
+    let v1 = |f: &dyn Fn(&str) -> bool| {
+        lines
+            .iter()
+            .find(|&&(_, c, p)| !c.is_empty() && f(c) && specific(&p))
+            .map(|&(_, c, p)| format!("{c}:{p}"))
     };
-    pick(&|&(id, c, _)| id == "0" && c.is_empty())
-        .or_else(|| pick(&|&(_, c, _)| c.split(',').any(|c| c == "name=systemd")))
-        .or_else(|| pick(&|&(_, c, _)| !c.is_empty()))
+    v2_by_id
+        .filter(specific)
+        .or(v2_line.filter(specific))
+        .map(String::from)
+        .or_else(|| v1(&|c| c.split(',').any(|c| c == "name=systemd")))
+        .or_else(|| v1(&|_| true))
+        .or_else(|| v2_by_id.or(v2_line).map(String::from))
+}
+
+/// Owner cache entries kept; past it the cache starts again (every entry is cheap to
+/// recompute, and a long run meets any number of pids).
+const MAX_OWNERS: usize = 4096;
+
+/// What an owner is known by: (pid, cgroup v2 id).
+type OwnerKey = (Option<u32>, Option<u64>);
+
+/// The answers of [`owner_cgroup`], per owner.
+#[derive(Debug, Default)]
+struct Owners {
+    cache: HashMap<OwnerKey, Option<Arc<str>>>,
+    /// Set once answers were read from a recording: its pids named processes of another
+    /// moment (maybe of another boot), so `/proc` is not asked about pids any more.
+    recorded: bool,
+}
+
+impl Owners {
+    /// The cached answer for `key`, or a new one from `v2` (cgroup id -> v2 path) and
+    /// `proc_text` (pid -> `/proc/<pid>/cgroup` text), cached.
+    fn lookup(
+        &mut self,
+        key: OwnerKey,
+        v2: impl FnOnce(u64) -> Option<String>,
+        proc_text: impl FnOnce(u32) -> Option<String>,
+    ) -> Option<Arc<str>> {
+        if let Some(hit) = self.cache.get(&key) {
+            return hit.clone();
+        }
+        let (pid, id) = key;
+        let by_id = id.and_then(v2);
+        let text = pid.filter(|_| !self.recorded).and_then(proc_text);
+        let found: Option<Arc<str>> =
+            choose_owner_cgroup(by_id.as_deref(), text.as_deref()).map(Arc::from);
+        self.insert(key, found.clone());
+        found
+    }
+
+    /// Takes the answer a recording holds for `key` (what the live run saw), over any other.
+    fn learn(&mut self, key: OwnerKey, path: Option<&str>) {
+        self.recorded = true;
+        if self.cache.get(&key).map(Option::as_deref) != Some(path) {
+            self.insert(key, path.map(Arc::from));
+        }
+    }
+
+    fn insert(&mut self, key: OwnerKey, value: Option<Arc<str>>) {
+        if self.cache.len() >= MAX_OWNERS && !self.cache.contains_key(&key) {
+            self.cache.clear();
+        }
+        self.cache.insert(key, value);
+    }
+}
+
+static OWNERS: LazyLock<Mutex<Owners>> = LazyLock::new(|| Mutex::new(Owners::default()));
+
+fn owners() -> std::sync::MutexGuard<'static, Owners> {
+    OWNERS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The cgroup path to show for a socket's owner: the cgroup v2 path of `cgroup_id` when it is
+/// more than `/`; else, from `/proc/<pid>/cgroup`, the v2 path or the most specific v1 path
+/// (`name=systemd:/system.slice/x.service`, `memory:/process_api/abc`; see
+/// [`choose_owner_cgroup`]); else `/` if the id resolved; else `None`.
+///
+/// Cached process-wide per (pid, cgroup id), at most [`MAX_OWNERS`] entries, so that every
+/// output of a run names an owner the same way, and a replay names it as the recording did
+/// (see [`learn_owner_cgroup`]).
+///
+/// The pid part is racy: `/proc/<pid>` is read when an owner is first asked about, which may
+/// be after the process exited (then only the id answers) or after its pid was reused (then
+/// the answer is the new process's cgroup). Pids are the kernel's (initial namespace), so
+/// netwatch must see the host's `/proc` for them to mean anything.
+pub fn owner_cgroup(cgroup_id: Option<u64>, pid: Option<u32>) -> Option<String> {
+    if cgroup_id.is_none() && pid.is_none() {
+        return None;
+    }
+    let found = owners().lookup((pid, cgroup_id), cgroup_path, |pid| {
+        fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()
+    });
+    found.map(|p| p.to_string())
+}
+
+/// Looks the owner up now, at an event where it acted (connect, accept, listen, close), so
+/// that outputs printed later (a connection's end, the report) name the cgroup it had while
+/// alive: short-lived clients are often gone by then. The answer is kept in the cache.
+pub fn note_owner(cgroup_id: Option<u64>, pid: Option<u32>) {
+    owner_cgroup(cgroup_id, pid);
+}
+
+/// Remembers the owner's cgroup as a recording holds it (`None`: the live run knew none), so
+/// that `analyze` prints what the live run printed rather than asking this host about pids
+/// of the past; from then on this process asks `/proc` about no pid.
+pub fn learn_owner_cgroup(cgroup_id: Option<u64>, pid: Option<u32>, path: Option<&str>) {
+    if cgroup_id.is_some() || pid.is_some() {
+        owners().learn((pid, cgroup_id), path);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// This host's kind of `/proc/<pid>/cgroup`: v2 at the root, v1 hierarchies below.
+    const HYBRID: &str = "9:name=systemd:/\n8:pids:/\n4:memory:/process_api/abc\n\
+                          3:cpuset:/\n2:cpuacct:/\n1:cpu:/\n0::/\n";
+
     #[test]
-    fn proc_cgroup_v2_wins() {
-        let hybrid =
-            "9:name=systemd:/system.slice/a.service\n4:memory:/m\n0::/system.slice/shop.service\n";
+    fn owner_cgroup_prefers_a_specific_v2_path() {
+        let choose = choose_owner_cgroup;
         assert_eq!(
-            parse_proc_cgroup(hybrid).as_deref(),
+            choose(Some("/system.slice/shop.service"), Some(HYBRID)).as_deref(),
             Some("/system.slice/shop.service")
         );
-        assert_eq!(parse_proc_cgroup("0::/\n").as_deref(), Some("/"));
+        // The id did not resolve (or is unknown), the v2 line of /proc is specific.
+        let v2 = "1:name=systemd:/user.slice/s\n0::/system.slice/shop.service\n";
+        assert_eq!(
+            choose(None, Some(v2)).as_deref(),
+            Some("/system.slice/shop.service")
+        );
     }
 
     #[test]
-    fn proc_cgroup_v1_prefers_name_systemd_then_the_first_controller() {
-        let v1 = "4:memory:/m\n3:cpu,cpuacct:/c\n1:name=systemd:/user.slice/s\n";
-        assert_eq!(parse_proc_cgroup(v1).as_deref(), Some("/user.slice/s"));
+    fn owner_cgroup_falls_back_to_the_most_specific_v1_hierarchy() {
+        let choose = choose_owner_cgroup;
+        // A hybrid host: v2 at the root, the container only in a v1 controller's hierarchy.
         assert_eq!(
-            parse_proc_cgroup("4:memory:/m\n3:cpu,cpuacct:/c\n").as_deref(),
-            Some("/m")
+            choose(Some("/"), Some(HYBRID)).as_deref(),
+            Some("memory:/process_api/abc")
         );
-        assert_eq!(parse_proc_cgroup(""), None);
-        assert_eq!(parse_proc_cgroup("garbage\n"), None);
+        // name=systemd first, when it names something.
+        let systemd = "9:name=systemd:/system.slice/x.service\n4:memory:/m\n0::/\n";
+        assert_eq!(
+            choose(Some("/"), Some(systemd)).as_deref(),
+            Some("name=systemd:/system.slice/x.service")
+        );
+        // Otherwise the first controller hierarchy in file order whose path is not `/`.
+        let two = "9:name=systemd:/\n5:cpu,cpuacct:/docker/c1\n4:memory:/m\n";
+        assert_eq!(
+            choose(None, Some(two)).as_deref(),
+            Some("cpu,cpuacct:/docker/c1")
+        );
+    }
+
+    #[test]
+    fn owner_cgroup_is_the_root_only_when_nothing_is_more_specific() {
+        let choose = choose_owner_cgroup;
+        let roots = "9:name=systemd:/\n4:memory:/\n0::/\n";
+        assert_eq!(choose(Some("/"), Some(roots)).as_deref(), Some("/"));
+        assert_eq!(choose(Some("/"), None).as_deref(), Some("/"));
+        assert_eq!(choose(None, Some(roots)).as_deref(), Some("/"));
+        // Pure v1: roots everywhere and no v2 line says nothing.
+        assert_eq!(choose(None, Some("9:name=systemd:/\n4:memory:/\n")), None);
+        assert_eq!(choose(None, None), None);
+        assert_eq!(choose(None, Some("garbage\n")), None);
+    }
+
+    #[test]
+    fn owners_are_cached_bounded_and_learned_from_recordings() {
+        let mut owners = Owners::default();
+        let v2 = |id: u64| (id == 1).then(|| "/".to_string());
+        let text = |_| Some(HYBRID.to_string());
+        assert_eq!(
+            owners.lookup((Some(7), Some(1)), v2, text).as_deref(),
+            Some("memory:/process_api/abc")
+        );
+        // Cached: a later answer (the process exited) does not change it.
+        assert_eq!(
+            owners.lookup((Some(7), Some(1)), v2, |_| None).as_deref(),
+            Some("memory:/process_api/abc")
+        );
+        for pid in 0..MAX_OWNERS as u32 {
+            owners.lookup((Some(1000 + pid), None), v2, |_| None);
+        }
+        assert!(owners.cache.len() <= MAX_OWNERS);
+        assert!(!owners.cache.contains_key(&(Some(7), Some(1))));
+        // A recording's answer wins, and pids are not looked up any more.
+        owners.learn((Some(8), Some(1)), Some("name=systemd:/old.service"));
+        assert_eq!(
+            owners.lookup((Some(8), Some(1)), v2, text).as_deref(),
+            Some("name=systemd:/old.service")
+        );
+        owners.learn((Some(9), None), None);
+        assert_eq!(owners.lookup((Some(9), None), v2, text), None);
+        assert_eq!(
+            owners.lookup((Some(10), Some(1)), v2, text).as_deref(),
+            Some("/")
+        );
+    }
+
+    #[test]
+    fn this_process_owner_cgroup_is_its_most_specific_path() {
+        let me = std::process::id();
+        let text = fs::read_to_string("/proc/self/cgroup").unwrap();
+        let expected = choose_owner_cgroup(None, Some(&text));
+        let found = Owners::default().lookup(
+            (Some(me), None),
+            |_| None,
+            |pid| fs::read_to_string(format!("/proc/{pid}/cgroup")).ok(),
+        );
+        assert_eq!(found.as_deref(), expected.as_deref());
+        let found = found.expect("our own /proc/self/cgroup names a cgroup");
+        // Never `/` while some hierarchy says more.
+        let lines = proc_cgroup_lines(&text);
+        if lines.iter().any(|&(_, _, p)| p != "/") {
+            assert_ne!(&*found, "/", "{text}");
+        }
+        assert_eq!(owner_cgroup(None, None), None);
     }
 
     #[test]
@@ -244,20 +444,18 @@ mod tests {
 
     #[test]
     fn this_process_round_trips() {
-        let path = cgroup_of_pid(std::process::id()).expect("our own /proc/self/cgroup");
         let Some(mount) = cgroup2_mount() else {
             eprintln!("SKIPPED: no cgroup v2 hierarchy mounted");
             return;
         };
-        // Only meaningful when the path came from the v2 line.
         let text = fs::read_to_string("/proc/self/cgroup").unwrap();
-        if !text.lines().any(|l| l.starts_with("0::")) {
+        let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
             eprintln!("SKIPPED: this process has no cgroup v2 line");
             return;
-        }
+        };
         let id = fs::metadata(mount.join(path.trim_start_matches('/')))
             .unwrap()
             .ino();
-        assert_eq!(cgroup_path(id).as_deref(), Some(path.as_str()));
+        assert_eq!(cgroup_path(id).as_deref(), Some(path));
     }
 }

@@ -18,6 +18,7 @@ use crate::probe::{DEFAULT_RING_BYTES, check_ring_bytes};
         netwatch trace --duration 30s -w > events.txt\n  \
         netwatch life                 # one line per finished connection\n  \
         netwatch report --duration 30s\n  \
+        netwatch leaks --once             # sockets stuck in CLOSE_WAIT: who, where, since when\n  \
         netwatch life state time-wait '( dport = :5432 )'\n  \
         netwatch trace -p 4242 dst 10.0.0.0/8 and not dport = :22\n  \
         netwatch help filters         # the filter grammar\n\n\
@@ -90,6 +91,21 @@ pub enum Command {
         Labels are bounded: comm and cgroup per process (at most --max-processes pairs, then\n\
         comm=\"other\"), peers only with --peer-labels (at most --max-peers, then peer=\"other\").")]
     Serve(ServeArgs),
+    /// Sockets stuck in CLOSE_WAIT or FIN_WAIT2, grouped by process and the code path that
+    /// opened them
+    #[command(
+        after_help = "Each group names the process holding the sockets (pid, command, cgroup),\n\
+        how many are stuck and for how long, their peers and fds, and the user stack at the\n\
+        connect() or accept() that opened them, when netwatch was running then (stacks need\n\
+        frame pointers: see the README). Sockets stuck before netwatch started are found through\n\
+        sock_diag (what `ss` uses) in every network namespace; their age is \"at least\".\n\n\
+        Examples:\n  \
+        netwatch leaks                        # live: a snapshot whenever the groups change\n  \
+        netwatch leaks --once                 # what is stuck now, then exit (no tracing)\n  \
+        netwatch leaks --min-age 2m --interval 30s\n  \
+        netwatch leaks --json | jq '.groups[] | select(.sockets > 10) | {pid, comm, stack}'"
+    )]
+    Leaks(LeaksArgs),
     /// Replay a recording (from --record) offline, without root: the same output the live run gave
     #[command(after_help = "Examples:\n  \
         netwatch trace --record events.jsonl --duration 1m   # on the host, as root\n  \
@@ -269,6 +285,26 @@ pub struct FilterArgs {
         allow_hyphen_values = true
     )]
     pub filter: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LeaksArgs {
+    /// Print what is stuck now and exit: no tracing (no code paths), no BPF privileges needed
+    #[arg(long)]
+    pub once: bool,
+    /// One JSON object per snapshot, one per line (every --interval); schema in the README
+    #[arg(long)]
+    pub json: bool,
+    /// Show sockets stuck at least this long
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub min_age: Duration,
+    /// Take a snapshot this often; text prints only when the groups change
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub interval: Duration,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub tracker: TrackerArgs,
 }
 
 #[derive(Args, Debug, Default, Clone)]

@@ -7,10 +7,13 @@ use anyhow::Context as _;
 use crate::{
     analysis::{HostSettings, Thresholds},
     cli::ServeArgs,
-    cli::{AnalyzeArgs, LifeArgs, OutputArgs, ReportArgs, RunArgs, ThresholdArgs, TraceArgs},
+    cli::{
+        AnalyzeArgs, LeaksArgs, LifeArgs, OutputArgs, ReportArgs, RunArgs, ThresholdArgs, TraceArgs,
+    },
     clock::{WallClock, monotonic_ns},
-    event::{Event, EventKind, TcpState},
+    event::Event,
     http,
+    leaks::{self, LeaksSink},
     life::LifeSink,
     metrics::{self, Exporter, MetricsSink},
     netstat,
@@ -68,6 +71,8 @@ enum Output {
     Serve(Box<MetricsSink>),
     /// `top`: the live view.
     Top(Box<TopSink>),
+    /// `leaks`: stuck sockets, their owners and code paths.
+    Leaks(Box<LeaksSink<Stdio>>),
 }
 
 impl Output {
@@ -146,6 +151,7 @@ impl Output {
             Output::Life(mut s) => s.finish(),
             Output::Serve(_) => Ok(()),
             Output::Top(s) => s.finish(header, summary),
+            Output::Leaks(s) => s.finish(),
             Output::Report { mut sink, output } => {
                 let listen = summary.listen_overflows.zip(summary.listen_drops);
                 let r = sink.report(summary.stopped_ns, header.started_ns, summary.lost, listen);
@@ -180,7 +186,7 @@ impl Sink for Output {
                 stacks: Some(stacks),
                 ..
             } => match (ev.pid, ev.stack_id) {
-                (Some(pid), Some(id)) if opens_socket(ev) => {
+                (Some(pid), Some(id)) if ev.opens_socket() => {
                     let mut ev = ev.clone();
                     ev.stack = stacks.frames(pid, id, ev.sp_word).to_vec();
                     sink.event(&ev)
@@ -192,6 +198,7 @@ impl Sink for Output {
             Output::Report { sink, .. } => sink.event(ev),
             Output::Serve(sink) => sink.event(ev),
             Output::Top(sink) => sink.event(ev),
+            Output::Leaks(sink) => sink.event(ev),
         }
     }
 
@@ -202,20 +209,8 @@ impl Sink for Output {
             Output::Report { sink, .. } => sink.flush(),
             Output::Serve(sink) => sink.flush(),
             Output::Top(sink) => sink.flush(),
+            Output::Leaks(sink) => sink.flush(),
         }
-    }
-}
-
-/// The events at which the kernel captured the opener's stack: accept() and connect().
-fn opens_socket(ev: &Event) -> bool {
-    match &ev.kind {
-        EventKind::Accept { .. } => true,
-        EventKind::State {
-            old_state,
-            new_state,
-            ..
-        } => *old_state == Some(TcpState::Close) && *new_state == Some(TcpState::SynSent),
-        _ => false,
     }
 }
 
@@ -263,6 +258,11 @@ async fn live(
     } = &mut output
     {
         *stacks = Some(Box::new(Stacks::new(probe.stack_map()?)));
+    }
+    if let Output::Leaks(sink) = &mut output
+        && config.capture_stacks
+    {
+        sink.set_stacks(Stacks::new(probe.stack_map()?));
     }
     eprintln!(
         "netwatch: tracing TCP events ({} of {} tracepoints attached); Ctrl-C to stop",
@@ -364,6 +364,33 @@ pub async fn top(args: TopArgs) -> anyhow::Result<()> {
     .await
 }
 
+fn leaks_style(args: &LeaksArgs) -> leaks::Style {
+    leaks::Style {
+        json: args.json,
+        min_age: args.min_age,
+    }
+}
+
+/// `netwatch leaks`: stuck sockets every interval, with the owners and code paths the stream
+/// reveals.
+pub async fn leaks(args: LeaksArgs) -> anyhow::Result<()> {
+    let style = leaks_style(&args);
+    live(&args.run, &Selection::default(), |_| {
+        Output::Leaks(Box::new(LeaksSink::new(
+            stdout(),
+            style,
+            args.interval,
+            args.tracker.max_sockets,
+        )))
+    })
+    .await
+}
+
+/// `netwatch leaks --once`: what is stuck now, from the kernel's socket list alone.
+pub fn leaks_once(args: &LeaksArgs) -> anyhow::Result<()> {
+    broken_pipe_ok(leaks::once(&mut stdout(), leaks_style(args)))
+}
+
 pub async fn report(args: ReportArgs) -> anyhow::Result<()> {
     let selection = Selection::from_args(&args.filter)?;
     let t = args.thresholds;
@@ -438,7 +465,7 @@ pub fn help(topic: Option<&str>) -> anyhow::Result<()> {
         Some(name) => match cmd.find_subcommand_mut(name) {
             Some(sub) => sub.print_long_help()?,
             None => anyhow::bail!(
-                "no help on `{name}`: try `netwatch help filters` or a subcommand (trace, life, report, analyze, completions)"
+                "no help on `{name}`: try `netwatch help filters` or a subcommand (trace, life, report, top, serve, leaks, analyze, completions)"
             ),
         },
     }

@@ -176,7 +176,11 @@ impl EventKind {
 }
 
 /// One TCP event with its socket, its owner and its endpoints.
+///
+/// Its serde form is derived (as `Event::serialize` / `Event::deserialize`, `remote = "Self"`)
+/// and wrapped by the trait impls below, which add the owner's cgroup path.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct Event {
     /// CLOCK_MONOTONIC nanoseconds, as the kernel stamped it.
     pub ts_ns: u64,
@@ -214,6 +218,40 @@ pub struct Event {
     pub sp_word: Option<u64>,
     #[serde(flatten)]
     pub kind: EventKind,
+}
+
+/// The fields, plus `cgroup`: the owner's cgroup path ([`crate::cgroup::owner_cgroup`]),
+/// omitted when unknown. It is not a field of [`Event`] because it is not the kernel's: it is
+/// looked up when the event is written, so a `--record` file keeps the path the live run saw
+/// (and [`Event::from_json_line`] hands it back to the cache for `analyze`).
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct WithCgroup<'a> {
+            #[serde(flatten, serialize_with = "fields")]
+            event: &'a Event,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            cgroup: Option<String>,
+        }
+        /// The derived form (the inherent `Event::serialize` of `remote = "Self"`).
+        fn fields<S: serde::Serializer>(ev: &&Event, s: S) -> Result<S::Ok, S::Error> {
+            Event::serialize(ev, s)
+        }
+        WithCgroup {
+            event: self,
+            cgroup: crate::cgroup::owner_cgroup(self.cgroup_id, self.pid),
+        }
+        .serialize(s)
+    }
+}
+
+/// The derived form; a `cgroup` key is ignored (only the fast reader,
+/// [`Event::from_json_line`], which replays recordings, takes it).
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // The inherent `Event::deserialize` of `remote = "Self"`, not this function.
+        Event::deserialize(d)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -272,6 +310,20 @@ fn addr(family: Family, bytes: &[u8; 16]) -> IpAddr {
 }
 
 impl Event {
+    /// Whether the kernel captured the opener's user stack at this event: accept(), and
+    /// connect() (`CLOSE -> SYN_SENT`).
+    pub fn opens_socket(&self) -> bool {
+        match &self.kind {
+            EventKind::Accept { .. } => true,
+            EventKind::State {
+                old_state,
+                new_state,
+                ..
+            } => *old_state == Some(TcpState::Close) && *new_state == Some(TcpState::SynSent),
+            _ => false,
+        }
+    }
+
     /// Decodes one kernel record.
     pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Self, DecodeError> {
         let family = if raw.family == AF_INET6 {
@@ -406,6 +458,9 @@ struct FlatEvent<'a> {
     stack_id: Option<u32>,
     #[serde(default)]
     stack: Vec<String>,
+    /// The owner's cgroup path as the live run saw it (see [`crate::cgroup::owner_cgroup`]).
+    #[serde(default, borrow)]
+    cgroup: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// Why a JSON line is not an event.
@@ -450,6 +505,8 @@ impl Event {
             "accept" => EventKind::Accept { state },
             other => return Err(bad("kind", other)),
         };
+        // What the recording says, not what this host says now about its pids.
+        crate::cgroup::learn_owner_cgroup(f.cgroup_id, f.pid, f.cgroup.as_deref());
         Ok(Event {
             ts_ns: f.ts_ns,
             sock,
@@ -695,6 +752,27 @@ mod tests {
             Event::decode(&raw(77), &DecodeContext::default()),
             Err(DecodeError::Kind(77))
         );
+    }
+
+    #[test]
+    fn a_recorded_cgroup_is_what_a_replay_names() {
+        // What a live run wrote (its owner's cgroup then): this pid and id exist nowhere here.
+        let mut ev = Event::decode(&raw(event_kind::STATE), &DecodeContext::default()).unwrap();
+        (ev.pid, ev.cgroup_id) = (Some(3_999_999_999), Some(0xdead_beef));
+        let mut json = serde_json::to_value(&ev).unwrap();
+        assert!(json.get("cgroup").is_none(), "{json}");
+        json["cgroup"] = "name=systemd:/system.slice/shop.service".into();
+        let back = Event::from_json_line(json.to_string().as_bytes()).unwrap();
+        assert_eq!(back, ev);
+        assert_eq!(
+            crate::cgroup::owner_cgroup(ev.cgroup_id, ev.pid).as_deref(),
+            Some("name=systemd:/system.slice/shop.service")
+        );
+        // Written again (a replay printing `trace --json`), it says the same.
+        let again = serde_json::to_value(&back).unwrap();
+        assert_eq!(again["cgroup"], json["cgroup"]);
+        let derived: Event = serde_json::from_value(again).unwrap();
+        assert_eq!(derived, ev);
     }
 
     #[test]

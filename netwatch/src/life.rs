@@ -1,6 +1,8 @@
-//! `netwatch life`: one line per connection when it ends (tcplife's columns, plus ROLE and END),
-//! or its full record as JSON.
+//! `netwatch life`: one line per connection when it ends (tcplife's columns, plus ROLE and END;
+//! with `-w` also CGROUP), or its full record as JSON (plus `cgroup`).
 use std::io::{self, Write};
+
+use serde::Serialize;
 
 use crate::{
     event::Event,
@@ -8,6 +10,17 @@ use crate::{
     sink::Sink,
     tracker::{Connection, Fact, Tracker},
 };
+
+/// A `life --json` line: the connection's record and its owner's cgroup path (omitted when
+/// unknown), looked up when the line is printed (see [`crate::cgroup::owner_cgroup`]).
+/// The record has no tid: the tracker keeps only the owning process.
+#[derive(Serialize)]
+struct Row<'a> {
+    #[serde(flatten)]
+    connection: &'a Connection,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup: Option<String>,
+}
 
 fn kb(bytes: Option<u64>) -> String {
     bytes.map_or_else(|| "-".to_string(), |b| (b / 1024).to_string())
@@ -39,8 +52,15 @@ impl<W: Write> LifeSink<W> {
         if !self.selection.connection(c) {
             return Ok(());
         }
+        let cgroup = (self.json || self.wide)
+            .then(|| crate::cgroup::owner_cgroup(c.cgroup_id, c.pid))
+            .flatten();
         if self.json {
-            serde_json::to_writer(&mut self.out, c)?;
+            let row = Row {
+                connection: c,
+                cgroup,
+            };
+            serde_json::to_writer(&mut self.out, &row)?;
             return self.out.write_all(b"\n");
         }
         let aw = if self.wide { 39 } else { 15 };
@@ -48,8 +68,18 @@ impl<W: Write> LifeSink<W> {
             self.header_done = true;
             writeln!(
                 self.out,
-                "{:>7} {:<15} {:<aw$} {:>5} {:<aw$} {:>5} {:>6} {:>6} {:>10} {:<7} END",
-                "PID", "COMM", "LADDR", "LPORT", "RADDR", "RPORT", "TX_KB", "RX_KB", "MS", "ROLE"
+                "{:>7} {:<15} {:<aw$} {:>5} {:<aw$} {:>5} {:>6} {:>6} {:>10} {:<7} {}END",
+                "PID",
+                "COMM",
+                "LADDR",
+                "LPORT",
+                "RADDR",
+                "RPORT",
+                "TX_KB",
+                "RX_KB",
+                "MS",
+                "ROLE",
+                self.cgroup_column(Some("CGROUP"))
             )?;
         }
         let role = match c.role {
@@ -59,7 +89,7 @@ impl<W: Write> LifeSink<W> {
         };
         writeln!(
             self.out,
-            "{:>7} {:<15} {:<aw$} {:>5} {:<aw$} {:>5} {:>6} {:>6} {:>10} {:<7} {}",
+            "{:>7} {:<15} {:<aw$} {:>5} {:<aw$} {:>5} {:>6} {:>6} {:>10} {:<7} {}{}",
             c.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
             c.comm.as_deref().unwrap_or("-"),
             c.saddr.to_string(),
@@ -70,8 +100,19 @@ impl<W: Write> LifeSink<W> {
             kb(c.bytes_received),
             c.ms.map_or_else(|| "-".to_string(), |ms| format!("{ms:.3}")),
             role,
+            self.cgroup_column(cgroup.as_deref()),
             c.end.label()
         )
+    }
+
+    /// The CGROUP column with its separator under `-w` (`-` when unknown), else nothing. It
+    /// comes before END, which stays last because it may hold spaces (`reset-by-us (REASON)`).
+    fn cgroup_column(&self, cgroup: Option<&str>) -> String {
+        if self.wide {
+            format!("{:<32} ", cgroup.unwrap_or("-"))
+        } else {
+            String::new()
+        }
     }
 
     /// Ends what is still waiting (end of stream) and prints it.
@@ -87,6 +128,9 @@ impl<W: Write> LifeSink<W> {
 
 impl<W: Write> Sink for LifeSink<W> {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
+        if ev.owner_seen_here && (self.json || self.wide) {
+            crate::cgroup::note_owner(ev.cgroup_id, ev.pid);
+        }
         let mut done = Vec::new();
         self.tracker
             .on_event(ev, &mut |Fact::Ended(c)| done.push(c));
@@ -119,18 +163,62 @@ mod tests {
         "/tests/fixtures/recordings/two-namespaces.jsonl"
     );
 
-    fn replay() -> Vec<Connection> {
+    /// The `life --json` lines of the recording.
+    fn replay_lines() -> Vec<String> {
         let mut r = Replay::open(std::path::Path::new(RECORDING)).unwrap();
         let mut sink = LifeSink::new(Vec::new(), true, false, 1000, Selection::default());
         while let Item::Event(ev) = r.next_item().unwrap() {
             sink.event(&ev).unwrap();
         }
         sink.finish().unwrap();
-        String::from_utf8(sink.out)
-            .unwrap()
-            .lines()
+        let text = String::from_utf8(sink.out).unwrap();
+        text.lines().map(String::from).collect()
+    }
+
+    fn replay() -> Vec<Connection> {
+        replay_lines()
+            .iter()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn a_replay_names_cgroups_as_the_recording_does() {
+        // The recording predates cgroup paths: its owners get none, whatever processes hold
+        // those pids on this host now.
+        for line in replay_lines() {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert!(v.get("cgroup").is_none(), "{line}");
+            assert!(v["pid"].is_u64() && v.get("end").is_some(), "{line}");
+        }
+    }
+
+    #[test]
+    fn rows_show_the_owner_cgroup() {
+        use std::os::unix::fs::MetadataExt as _;
+        let Some(mount) = crate::cgroup::cgroup2_mount() else {
+            eprintln!("SKIPPED: no cgroup v2 hierarchy mounted");
+            return;
+        };
+        let mut c = replay().remove(0);
+        (c.pid, c.cgroup_id) = (None, Some(std::fs::metadata(mount).unwrap().ino()));
+        let print = |json: bool, wide: bool| {
+            let mut sink = LifeSink::new(Vec::new(), json, wide, 10, Selection::default());
+            sink.print(&c).unwrap();
+            String::from_utf8(sink.out).unwrap()
+        };
+        let v: serde_json::Value = serde_json::from_str(&print(true, false)).unwrap();
+        assert_eq!(v["cgroup"], "/", "{v}");
+        assert_eq!(v["cgroup_id"], c.cgroup_id.unwrap());
+        let text = print(false, true);
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(lines[0][10..], ["CGROUP", "END"]);
+        assert_eq!(lines[1][10], "/");
+        let narrow = print(false, false);
+        assert!(!narrow.contains("CGROUP"), "{narrow}");
     }
 
     #[test]

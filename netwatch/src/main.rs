@@ -9,8 +9,10 @@ mod event;
 mod filter;
 mod http;
 mod layout;
+mod leaks;
 mod life;
 mod metrics;
+mod netns;
 mod netstat;
 mod offsets;
 mod privileges;
@@ -55,6 +57,8 @@ fn main() -> ExitCode {
         Command::Help { topic } => commands::help(topic.as_deref()),
         Command::Completions { shell } => commands::completions(shell),
         Command::Manpage => commands::manpage(),
+        // A dump of what exists: no runtime, no BPF.
+        Command::Leaks(a) if a.once => commands::leaks_once(&a),
         live => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
                     Command::Report(a) => commands::report(a).await,
                     Command::Top(a) => commands::top(a).await,
                     Command::Serve(a) => commands::serve(a).await,
+                    Command::Leaks(a) => commands::leaks(a).await,
                     Command::Analyze(_)
                     | Command::Help { .. }
                     | Command::Completions { .. }

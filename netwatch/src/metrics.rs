@@ -4,12 +4,14 @@
 //! tracker's live sockets for the CLOSE_WAIT and TIME_WAIT gauges.
 //!
 //! Labels are bounded, whatever the host does: per-process labels are `comm` and `cgroup`
-//! (never a pid), at most `max_processes` distinct pairs, later ones count as
+//! (never a pid; `cgroup` is the owner's cgroup path, see [`cgroup_label`]), at most
+//! `max_processes` distinct pairs, later ones count as
 //! `comm="other",cgroup="other"`; peers (`peer`, the remote address) are opt-in and at most
 //! `max_peers` distinct, later ones count as `peer="other"`; states and reset reasons are the
 //! kernel's finite sets.
 //!
-//! The event path touches only the metrics' own atomics. Gauges are refreshed from the tracker
+//! The event path touches only the metrics' own atomics (and, where an owner acts, the
+//! process-wide owner cgroup cache, which the HTTP tasks never take). Gauges are refreshed from the tracker
 //! at most once a second (in [`Sink::flush`], which runs after every drained batch), under the
 //! same lock the HTTP tasks take to encode, so a scrape never sees half a refresh.
 use std::{
@@ -276,12 +278,27 @@ impl Metrics {
     }
 }
 
+/// Looks up an owner's cgroup path from its cgroup id and pid.
+type CgroupLookup = fn(Option<u64>, Option<u32>) -> Option<String>;
+
+/// The `cgroup` label of an owner: its cgroup path ([`crate::cgroup::owner_cgroup`]); the
+/// cgroup id as a number when no path is known (the cgroup is gone, or not in a hierarchy
+/// mounted here), so that owners in different cgroups still count apart; `-` when not even
+/// the id is known.
+fn cgroup_label(lookup: CgroupLookup, cgroup_id: Option<u64>, pid: Option<u32>) -> String {
+    lookup(cgroup_id, pid)
+        .or_else(|| cgroup_id.map(|c| c.to_string()))
+        .unwrap_or_else(|| "-".to_string())
+}
+
 /// Interned (comm, cgroup) label pairs, at most `cap` of them plus [`OTHER`].
 struct Processes {
     ids: HashMap<(String, String), u32>,
     names: Vec<(String, String)>,
     cap: usize,
     other: Option<u32>,
+    /// [`crate::cgroup::owner_cgroup`]; tests put a fake host here.
+    lookup: CgroupLookup,
 }
 
 impl Processes {
@@ -291,13 +308,15 @@ impl Processes {
             names: Vec::new(),
             cap,
             other: None,
+            lookup: crate::cgroup::owner_cgroup,
         }
     }
 
-    fn id(&mut self, comm: Option<&str>, cgroup: Option<u64>) -> u32 {
+    /// The label pair of the owner `pid` (named `comm`, in cgroup `cgroup`).
+    fn id(&mut self, comm: Option<&str>, pid: Option<u32>, cgroup: Option<u64>) -> u32 {
         let key = (
             comm.unwrap_or("-").to_string(),
-            cgroup.map_or_else(|| "-".to_string(), |c| c.to_string()),
+            cgroup_label(self.lookup, cgroup, pid),
         );
         if let Some(&id) = self.ids.get(&key) {
             return id;
@@ -483,7 +502,7 @@ impl MetricsSink {
                     "established"
                 }
             };
-            let id = self.processes.id(c.comm.as_deref(), c.cgroup_id);
+            let id = self.processes.id(c.comm.as_deref(), c.pid, c.cgroup_id);
             let mut labels = vec![("outcome", outcome.to_string())];
             labels.extend(self.processes.labels(id));
             let labels = self.peer_labels(labels, c.daddr);
@@ -491,7 +510,10 @@ impl MetricsSink {
         }
         if c.end == End::TimeWait {
             let comm = c.closer_comm.as_deref().or(c.comm.as_deref());
-            let id = self.processes.id(comm, c.cgroup_id);
+            let pid = c.closer_pid.or(c.pid);
+            // The cgroup id is the owner's: only the owner's when it closed.
+            let cgroup_id = c.cgroup_id.filter(|_| pid == c.pid);
+            let id = self.processes.id(comm, pid, cgroup_id);
             self.m
                 .time_wait_births
                 .get_or_create(&self.processes.labels(id))
@@ -551,7 +573,7 @@ impl MetricsSink {
         for cw in self.tracker.close_waits(now_ns) {
             if self.selection.close_wait(&cw) {
                 *close_wait
-                    .entry(self.processes.id(cw.comm.as_deref(), cw.cgroup_id))
+                    .entry(self.processes.id(cw.comm.as_deref(), cw.pid, cw.cgroup_id))
                     .or_default() += 1;
             }
         }
@@ -589,6 +611,11 @@ impl Drop for MetricsSink {
 impl Sink for MetricsSink {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         self.m.events.inc();
+        if ev.owner_seen_here {
+            // Names the owner's cgroup while it is alive (kept in the owner cache), for the
+            // labels of its connections when they end.
+            let _ = (self.processes.lookup)(ev.cgroup_id, ev.pid);
+        }
         if self.selection.event(ev) {
             self.on_event(ev);
         }
@@ -627,10 +654,15 @@ mod tests {
     }
 
     impl Stream {
+        /// A stream on a fake host where cgroup 4242 is `/system.slice/leaky.service` and
+        /// no other cgroup id or pid resolves.
         fn new(caps: LabelCaps) -> Self {
+            let mut sink = MetricsSink::new(Exporter::new(), caps, 1000, Selection::default());
+            sink.processes.lookup =
+                |id, _pid| (id == Some(4242)).then(|| "/system.slice/leaky.service".to_string());
             Self {
                 ts: 1_000_000_000,
-                sink: MetricsSink::new(Exporter::new(), caps, 1000, Selection::default()),
+                sink,
             }
         }
 
@@ -863,7 +895,7 @@ mod tests {
             3.0
         );
         assert_eq!(
-            v(r#"netwatch_close_wait_sockets{comm="leaky",cgroup="4242"}"#),
+            v(r#"netwatch_close_wait_sockets{comm="leaky",cgroup="/system.slice/leaky.service"}"#),
             2.0
         );
         assert_eq!(
@@ -899,6 +931,25 @@ mod tests {
             ),
             Some(3.0)
         );
+    }
+
+    #[test]
+    fn the_cgroup_label_is_the_path_else_the_id() {
+        use std::os::unix::fs::MetadataExt as _;
+        let real = crate::cgroup::owner_cgroup;
+        assert_eq!(
+            cgroup_label(real, Some(u64::MAX - 1), None),
+            "18446744073709551614"
+        );
+        assert_eq!(cgroup_label(real, None, None), "-");
+        let fake: CgroupLookup = |_, pid| pid.map(|p| format!("memory:/box/{p}"));
+        assert_eq!(cgroup_label(fake, Some(77), Some(5)), "memory:/box/5");
+        let Some(mount) = crate::cgroup::cgroup2_mount() else {
+            eprintln!("SKIPPED: no cgroup v2 hierarchy mounted");
+            return;
+        };
+        let root = std::fs::metadata(mount).unwrap().ino();
+        assert_eq!(cgroup_label(real, Some(root), None), "/");
     }
 
     #[test]

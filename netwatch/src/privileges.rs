@@ -3,6 +3,7 @@
 //! EPERM from deep inside the loader.
 use std::fs;
 
+const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -49,6 +50,23 @@ fn missing_from(caps: u64) -> Option<String> {
     ))
 }
 
+/// What `netwatch leaks` cannot see without more privilege, as a warning; `None` when it can
+/// see every socket's holders in every network namespace.
+pub fn missing_inspection_caps() -> Option<String> {
+    inspection_gaps(effective_caps()?)
+}
+
+fn inspection_gaps(caps: u64) -> Option<String> {
+    let mut gaps = Vec::new();
+    if !has(caps, CAP_SYS_PTRACE) {
+        gaps.push("without CAP_SYS_PTRACE only this user's processes' fds can be read");
+    }
+    if !has(caps, CAP_SYS_ADMIN) {
+        gaps.push("without CAP_SYS_ADMIN other network namespaces (containers) cannot be entered");
+    }
+    (!gaps.is_empty()).then(|| format!("{}; run as root to see every socket", gaps.join("; ")))
+}
+
 /// Tries to lift RLIMIT_MEMLOCK. Kernels since 5.11 charge BPF memory to the cgroup and ignore
 /// it, and a container without CAP_SYS_RESOURCE cannot raise it: log, never fail.
 pub fn raise_memlock_rlimit() {
@@ -69,6 +87,21 @@ pub fn raise_memlock_rlimit() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inspection_gaps_name_the_capability() {
+        assert_eq!(inspection_gaps(!0), None);
+        let w = inspection_gaps(1 << CAP_SYS_ADMIN).unwrap();
+        assert!(
+            w.contains("CAP_SYS_PTRACE") && !w.contains("CAP_SYS_ADMIN"),
+            "{w}"
+        );
+        let w = inspection_gaps(0).unwrap();
+        assert!(
+            w.contains("CAP_SYS_PTRACE") && w.contains("CAP_SYS_ADMIN"),
+            "{w}"
+        );
+    }
 
     #[test]
     fn reads_cap_eff_from_proc_status() {

@@ -3,10 +3,6 @@
 //! Why: sock_diag ([`crate::sockdiag`]) gives each existing socket's inode but not its owner;
 //! the only record of who holds a socket is the fd table of every process (what `ss -p` and
 //! `lsof` read). A socket can be held by several processes (after fork) or several fds.
-#![cfg_attr(
-    not(test),
-    expect(dead_code, reason = "wired into `netwatch leaks` next (issue 7)")
-)]
 
 use std::collections::HashMap;
 use std::fs;

@@ -67,6 +67,10 @@ impl Sink for ReportSink {
             analysis,
             selection,
         } = self;
+        if ev.owner_seen_here {
+            // While the owner is alive: the report names cgroups at the end.
+            crate::cgroup::note_owner(ev.cgroup_id, ev.pid);
+        }
         if selection.event(ev) {
             analysis.on_event(ev);
         }
@@ -92,6 +96,12 @@ fn pct(p: &Percentiles) -> String {
     )
 }
 
+/// A process row's cgroup, after its numbers: last, because a path can be of any length.
+/// (Resolved when the report was built, see [`crate::analysis`].)
+fn cgroup_suffix(cgroup: Option<&str>) -> String {
+    cgroup.map_or_else(String::new, |c| format!("   cgroup {c}"))
+}
+
 fn rows(out: &mut String, title: &str, rows: &[CountRow], kw: usize) {
     let tw = kw + 2;
     if rows.is_empty() {
@@ -99,7 +109,8 @@ fn rows(out: &mut String, title: &str, rows: &[CountRow], kw: usize) {
     }
     let _ = writeln!(out, "  {title}:");
     for r in rows {
-        let _ = writeln!(out, "    {:<tw$} {:>8}", r.key, r.count);
+        let cgroup = cgroup_suffix(r.cgroup.as_deref());
+        let _ = writeln!(out, "    {:<tw$} {:>8}{cgroup}", r.key, r.count);
     }
 }
 
@@ -116,13 +127,14 @@ fn outcomes(out: &mut String, title: &str, rows: &[ConnectOutcomes], kw: usize) 
     for r in rows {
         let _ = writeln!(
             out,
-            "    {:<kw$} {:>8} {:>8} {:>8} {:>8}   {}",
+            "    {:<kw$} {:>8} {:>8} {:>8} {:>8}   {}{}",
             r.key,
             r.established,
             r.refused,
             r.timeout,
             r.aborted,
-            r.connect_ms.as_ref().map_or_else(|| "-".to_string(), pct)
+            r.connect_ms.as_ref().map_or_else(|| "-".to_string(), pct),
+            cgroup_suffix(r.cgroup.as_deref())
         );
     }
 }
@@ -134,7 +146,8 @@ fn lifetimes(out: &mut String, title: &str, rows: &[LifetimeRow], kw: usize) {
     }
     let _ = writeln!(out, "  {title}:");
     for r in rows {
-        let _ = writeln!(out, "    {:<tw$} {}", r.key, pct(&r.lifetime_ms));
+        let cgroup = cgroup_suffix(r.cgroup.as_deref());
+        let _ = writeln!(out, "    {:<tw$} {}{cgroup}", r.key, pct(&r.lifetime_ms));
     }
 }
 
@@ -239,9 +252,13 @@ pub fn render(r: &Report, style: &Style) -> String {
             .iter()
             .map(|p| format!("{} ({})", p.key, p.count))
             .collect();
+        let cgroup = h
+            .cgroup
+            .as_ref()
+            .map_or_else(String::new, |c| format!(", cgroup {c}"));
         let _ = writeln!(
             out,
-            "    {:<kw$} {:>6} sockets, oldest {:.1} s, peers {}",
+            "    {:<kw$} {:>6} sockets, oldest {:.1} s{cgroup}, peers {}",
             h.process,
             h.sockets,
             h.oldest_ms / 1000.0,

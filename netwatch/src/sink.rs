@@ -36,23 +36,28 @@ pub enum TimeStyle {
     Wall,
 }
 
-/// tcpstates-like columns: `TIME PID COMM LADDR:LPORT RADDR:RPORT EVENT MS_IN_OLD`.
+/// tcpstates-like columns: `TIME PID COMM LADDR:LPORT RADDR:RPORT EVENT MS_IN_OLD`, and with
+/// `-w` a last `CGROUP` column (the owner's, see [`crate::cgroup::owner_cgroup`]): last
+/// because its width is anything from `/` to a long container path.
 pub struct TextSink<W: Write> {
     out: W,
     clock: WallClock,
     time: TimeStyle,
     addr_width: usize,
+    /// `-w`: the CGROUP column too.
+    cgroup: bool,
     header_done: bool,
 }
 
 impl<W: Write> TextSink<W> {
-    /// `wide` makes the address columns fit any IPv6 address.
+    /// `wide` makes the address columns fit any IPv6 address, and adds the CGROUP column.
     pub fn new(out: W, clock: WallClock, time: TimeStyle, wide: bool) -> Self {
         Self {
             out,
             clock,
             time,
             addr_width: if wide { 47 } else { 21 },
+            cgroup: wide,
             header_done: false,
         }
     }
@@ -63,11 +68,21 @@ impl<W: Write> TextSink<W> {
             TimeStyle::Wall => "TIME",
         };
         let w = self.addr_width;
-        writeln!(
+        write!(
             self.out,
             "{time:<12} {:>7} {:<15} {:<w$} {:<w$} {:<34} {:>10}",
             "PID", "COMM", "LADDR:LPORT", "RADDR:RPORT", "EVENT", "MS_IN_OLD"
-        )
+        )?;
+        self.end_line("CGROUP")
+    }
+
+    /// Ends a line, with `cgroup` as the last column under `-w`.
+    fn end_line(&mut self, cgroup: &str) -> io::Result<()> {
+        if self.cgroup {
+            writeln!(self.out, " {cgroup}")
+        } else {
+            writeln!(self.out)
+        }
     }
 }
 
@@ -118,13 +133,19 @@ impl<W: Write> Sink for TextSink<W> {
             _ => "-".to_string(),
         };
         let w = self.addr_width;
-        writeln!(
+        write!(
             self.out,
             "{time:<12} {pid:>7} {comm:<15} {:<w$} {:<w$} {:<34} {ms:>10}",
             endpoint(ev.saddr, ev.sport),
             endpoint(ev.daddr, ev.dport),
             describe(&ev.kind),
-        )
+        )?;
+        let cgroup = if self.cgroup {
+            crate::cgroup::owner_cgroup(ev.cgroup_id, ev.pid)
+        } else {
+            None
+        };
+        self.end_line(cgroup.as_deref().unwrap_or("-"))
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -132,7 +153,8 @@ impl<W: Write> Sink for TextSink<W> {
     }
 }
 
-/// One JSON object per line: the [`Event`] fields plus `time` (RFC 3339, UTC).
+/// One JSON object per line: the [`Event`] fields (with `cgroup`, the owner's cgroup path, when
+/// known) plus `time` (RFC 3339, UTC).
 pub struct JsonSink<W: Write> {
     out: W,
     clock: WallClock,
@@ -254,6 +276,45 @@ mod tests {
         let row: Vec<_> = text.lines().nth(1).unwrap().split_whitespace().collect();
         assert_eq!(&row[1..3], ["-", "-"]);
         assert_eq!(&row[5..8], ["RESET_RECEIVED", "in", "SYN_SENT"]);
+        // -w: the owner's cgroup last, `-` when unknown.
+        let header: Vec<_> = text.lines().next().unwrap().split_whitespace().collect();
+        assert_eq!(header.last(), Some(&"CGROUP"));
+        assert_eq!(row.last(), Some(&"-"));
+    }
+
+    /// The cgroup id of this host's cgroup v2 root (resolves to `/`), if one is mounted.
+    fn root_cgroup_id() -> Option<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        let mount = crate::cgroup::cgroup2_mount()?;
+        Some(std::fs::metadata(mount).ok()?.ino())
+    }
+
+    #[test]
+    fn json_lines_carry_the_owner_cgroup_when_known() {
+        let line = |cgroup_id: Option<u64>| {
+            let mut ev = event(EventKind::Destroy { state: None });
+            (ev.pid, ev.cgroup_id) = (None, cgroup_id);
+            let mut buf = Vec::new();
+            JsonSink::new(&mut buf, WallClock::now())
+                .event(&ev)
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&buf).unwrap()
+        };
+        // Unknown: no key (the id is kept as it is).
+        let v = line(Some(u64::MAX - 1));
+        assert!(v.get("cgroup").is_none(), "{v}");
+        assert_eq!(v["cgroup_id"], u64::MAX - 1);
+        assert!(line(None).get("cgroup").is_none());
+        let Some(root) = root_cgroup_id() else {
+            eprintln!("SKIPPED: no cgroup v2 hierarchy mounted");
+            return;
+        };
+        let v = line(Some(root));
+        assert_eq!(v["cgroup"], "/", "{v}");
+        assert_eq!(v["cgroup_id"], root);
+        // The rest of the line is still flat: the derived fields and the kind's.
+        assert_eq!(v["kind"], "destroy");
+        assert_eq!(v["sock"], "0xffff000000000001");
     }
 
     #[test]

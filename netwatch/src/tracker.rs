@@ -316,6 +316,12 @@ pub struct LiveSocket<'a> {
     pub dport: u16,
     /// When it entered `state` (its first event, if netwatch did not see that).
     pub since_ns: u64,
+    /// Whether netwatch saw it enter `state`, which makes `since_ns` exact.
+    pub since_exact: bool,
+    /// Whether it was connected (active) or accepted (passive), if netwatch saw which.
+    pub role: Role,
+    /// Id in the kernel's `STACKS` map of the user stack that opened it (connect/accept).
+    pub stack_id: Option<u32>,
 }
 
 /// Tracker counters, reported with every output.
@@ -656,6 +662,9 @@ impl Tracker {
                 daddr: s.daddr,
                 dport: s.dport,
                 since_ns: s.state_since.map_or(s.first_ns, Ns::get),
+                since_exact: s.state_since.is_some(),
+                role: s.role,
+                stack_id: s.stack.map(|k| k.get() - 1),
             })
         })
     }

@@ -128,11 +128,26 @@ pub fn find_line<'a>(text: &'a str, keyword: &str) -> Option<Vec<&'a str>> {
         .find(|f| f.first() == Some(&keyword))
 }
 
+/// Polls `f` every 20 ms until it returns true or `bound` passes; returns whether it did.
+/// The tests' only way to wait for something: bounded, and checked.
+pub fn eventually(bound: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + bound;
+    loop {
+        if f() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::process::Command;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     fn netns_list() -> String {
         let out = output_with_timeout(
@@ -148,20 +163,6 @@ mod tests {
 
     fn stdout(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Polls `f` every 10 ms until it returns true or `bound` passes.
-    fn eventually(bound: Duration, mut f: impl FnMut() -> bool) -> bool {
-        let deadline = Instant::now() + bound;
-        loop {
-            if f() {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
     }
 
     /// One serve/connect exchange; returns the pair's namespace names (after dropping it).

@@ -26,7 +26,7 @@ use netwatch_tests::{
     require_root, unique_port,
 };
 use serde_json::Value;
-use support::{Scratch, Tracer, endpoint, ip, port, step, tcpdrive};
+use support::{Scratch, Tracer, endpoint, eventually, ip, port, step, tcpdrive};
 
 /// Starts netwatch with its stdout going to `stdout` instead of the [`Tracer`]'s own file:
 /// `report --json` prints one multi-line document, which the tracer's JSON-lines parsing of its
@@ -69,20 +69,6 @@ fn life_records(recording: &Path) -> Vec<Value> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect()
-}
-
-/// Polls `f` every 20 ms until it returns true or `bound` passes; returns whether it did.
-fn eventually(bound: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + bound;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// TCP sockets of `side` that are neither listening nor in TIME_WAIT: connections still in

@@ -4,45 +4,11 @@
 //! callers.
 mod support;
 
-use std::{path::PathBuf, process::Command};
-
-use netwatch_tests::{
-    NetPair, ReadyChild, Side, output_with_timeout, require_root, unique_port, workspace_root,
-};
+use netwatch_tests::{NetPair, ReadyChild, Side, output_with_timeout, require_root, unique_port};
 use serde_json::Value;
-use support::{Tracer, tcpdrive};
+use support::{Tracer, build_fixture, marked_line, tcpdrive};
 
 const CONNECTIONS: usize = 3;
-
-/// Compiles `tests/fixtures/leaky_server.c` with frame pointers and debug info into a fresh
-/// temporary directory; returns the binary and the source line of its accept() call.
-fn build_leaky_server() -> (PathBuf, usize) {
-    let src = workspace_root().join("tests/fixtures/leaky_server.c");
-    let text = std::fs::read_to_string(&src).expect("read leaky_server.c");
-    let line = text
-        .lines()
-        .position(|l| l.contains("ACCEPT_LINE"))
-        .expect("the accept() line is marked ACCEPT_LINE")
-        + 1;
-    let dir = std::env::temp_dir().join(format!(
-        "netwatch-stacks-{}-{}",
-        std::process::id(),
-        unique_port()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let bin = dir.join("leaky_server");
-    let mut cmd = Command::new("gcc");
-    cmd.args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
-        .arg(&bin)
-        .arg(&src);
-    let out = output_with_timeout(cmd, 60);
-    assert!(
-        out.status.success(),
-        "gcc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (bin, line)
-}
 
 fn frames(ev: &Value) -> Vec<&str> {
     ev["stack"]
@@ -56,7 +22,8 @@ fn root_accept_stack_names_the_function_and_line_that_accepted() {
     if !require_root("root_accept_stack_names_the_function_and_line_that_accepted") {
         return;
     }
-    let (bin, accept_line) = build_leaky_server();
+    let bin = build_fixture("leaky_server");
+    let accept_line = marked_line("leaky_server.c", "ACCEPT_LINE");
     let pair = NetPair::new();
     let server = pair.server_v4().to_string();
     let port = unique_port();

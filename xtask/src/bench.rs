@@ -171,6 +171,8 @@ impl Workload {
 pub enum Tracer {
     None,
     Trace,
+    /// `trace` with user-stack capture switched off in the kernel: what capture costs.
+    TraceNoStacks,
     Report,
     Serve,
     Tcpstates,
@@ -179,9 +181,10 @@ pub enum Tracer {
 }
 
 impl Tracer {
-    pub const ALL: [Tracer; 7] = [
+    pub const ALL: [Tracer; 8] = [
         Tracer::None,
         Tracer::Trace,
+        Tracer::TraceNoStacks,
         Tracer::Report,
         Tracer::Serve,
         Tracer::Tcpstates,
@@ -193,6 +196,9 @@ impl Tracer {
         match self {
             Tracer::None => "none".into(),
             Tracer::Trace => "`netwatch trace --json > /dev/null`".into(),
+            Tracer::TraceNoStacks => {
+                "`NETWATCH_STACKS=0 netwatch trace --json > /dev/null` (no stack capture)".into()
+            }
             Tracer::Report => "`netwatch report > /dev/null`".into(),
             Tracer::Serve => format!("`netwatch serve --listen {SERVE_LISTEN}`"),
             Tracer::Tcpstates => "`tcpstates > /dev/null` (libbpf-tools)".into(),
@@ -205,6 +211,7 @@ impl Tracer {
         match self {
             Tracer::None => "no tracer",
             Tracer::Trace => "netwatch trace --json",
+            Tracer::TraceNoStacks => "trace, stacks off",
             Tracer::Report => "netwatch report",
             Tracer::Serve => "netwatch serve",
             Tracer::Tcpstates => "tcpstates",
@@ -214,13 +221,16 @@ impl Tracer {
     }
 
     pub fn is_netwatch(self) -> bool {
-        matches!(self, Tracer::Trace | Tracer::Report | Tracer::Serve)
+        matches!(
+            self,
+            Tracer::Trace | Tracer::TraceNoStacks | Tracer::Report | Tracer::Serve
+        )
     }
 
     /// The netwatch subcommand this row runs.
     fn subcommand(self) -> Option<&'static str> {
         match self {
-            Tracer::Trace => Some("trace"),
+            Tracer::Trace | Tracer::TraceNoStacks => Some("trace"),
             Tracer::Report => Some("report"),
             Tracer::Serve => Some("serve"),
             _ => None,
@@ -233,6 +243,11 @@ impl Tracer {
             Tracer::Trace => {
                 let mut cmd = sys::command(netwatch);
                 cmd.args(["trace", "--json"]);
+                cmd
+            }
+            Tracer::TraceNoStacks => {
+                let mut cmd = sys::command(netwatch);
+                cmd.args(["trace", "--json"]).env("NETWATCH_STACKS", "0");
                 cmd
             }
             Tracer::Report => {
@@ -266,7 +281,7 @@ impl Tracer {
     fn availability(self, netwatch: &Path) -> Availability {
         match self {
             Tracer::None => Availability::Ready,
-            Tracer::Trace | Tracer::Report | Tracer::Serve => {
+            Tracer::Trace | Tracer::TraceNoStacks | Tracer::Report | Tracer::Serve => {
                 let sub = self.subcommand().expect("a netwatch row");
                 if subcommand_built(netwatch, sub) {
                     Availability::Ready

@@ -39,6 +39,10 @@ usage:
   tcpdrive serve-leak <addr:port> [--count N] [--backlog N]
       print READY <pid>; accept N connections, answer each, never close them (CLOSE_WAIT
       once the clients close); print LEAKING <pid> <N>, then wait to be killed.
+  tcpdrive connect-close <addr:port> [--count N] [--timeout-ms MS]
+      N sequential connects, each closed at once without sending anything (a FIN, for a
+      server that never reads or answers); prints OPENED <pid> <local port> per connection,
+      then DONE <pid> <ok> <failed>.
   tcpdrive connect-expect-fail <addr:port> [--timeout-ms MS]
       one connect that must fail; prints FAILED <pid> <ERRNO> (exit 0), or CONNECTED <pid> (exit 1).
   tcpdrive send-slow <addr:port> --bytes N [--timeout-ms MS]
@@ -181,6 +185,26 @@ fn run(args: &[String]) -> Result<i32, String> {
                 }
             }
             say(&format!("DONE {} {ok} {failed}", std::process::id()));
+            Ok(if failed == 0 { 0 } else { 1 })
+        }
+        "connect-close" => {
+            let o = Opts::parse(rest, &["count", "timeout-ms"])?;
+            let timeout = o.millis_or("timeout-ms", 10_000)?;
+            let pid = std::process::id();
+            let (mut ok, mut failed) = (0u64, 0u64);
+            for _ in 0..o.num_or("count", 1)? {
+                match TcpStream::connect_timeout(&addr, timeout).and_then(|s| s.local_addr()) {
+                    Ok(local) => {
+                        say(&format!("OPENED {pid} {}", local.port()));
+                        ok += 1;
+                    }
+                    Err(e) => {
+                        eprintln!("tcpdrive: connect {addr}: {}", describe(&e));
+                        failed += 1;
+                    }
+                }
+            }
+            say(&format!("DONE {pid} {ok} {failed}"));
             Ok(if failed == 0 { 0 } else { 1 })
         }
         "serve-leak" => {

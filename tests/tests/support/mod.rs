@@ -3,16 +3,18 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::{
+    collections::{BTreeMap, HashMap},
     fs,
     io::{BufRead as _, BufReader},
     net::IpAddr,
     path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, mpsc},
-    time::Duration,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, OnceLock, mpsc},
+    time::{Duration, Instant},
 };
 
-use netwatch_tests::{netwatch_bin, wait_with_timeout};
+pub use netwatch_tests::eventually;
+use netwatch_tests::{netwatch_bin, output_with_timeout, wait_with_timeout, workspace_root};
 use serde_json::Value;
 
 /// What netwatch prints on stderr once every program is attached.
@@ -159,11 +161,83 @@ impl Tracer {
     }
 }
 
+impl Tracer {
+    /// The complete lines netwatch has written to stdout so far (a line still being written,
+    /// without its newline, is left out).
+    pub fn stdout_lines_so_far(&self) -> Vec<String> {
+        let text = fs::read_to_string(&self.stdout).unwrap_or_default();
+        let complete = match text.rfind('\n') {
+            Some(end) => &text[..end],
+            None => "",
+        };
+        complete
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Polls stdout every 100 ms, at most `bound`, until a complete line parses as JSON and
+    /// satisfies `pred`; returns that line (the first such). Panics with `what`, everything
+    /// netwatch printed so far and its stderr when the bound passes or netwatch exits first.
+    pub fn wait_for_json_line(
+        &mut self,
+        what: &str,
+        bound: Duration,
+        mut pred: impl FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + bound;
+        let mut seen = 0;
+        loop {
+            let lines = self.stdout_lines_so_far();
+            for line in &lines[seen.min(lines.len())..] {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("netwatch printed a non-JSON line ({e}): {line}"));
+                if pred(&v) {
+                    return v;
+                }
+            }
+            seen = lines.len();
+            let exited = matches!(self.child.try_wait(), Ok(Some(_)));
+            if exited || Instant::now() >= deadline {
+                let status = if exited {
+                    format!("{:?}", self.child.try_wait())
+                } else {
+                    "still running".to_string()
+                };
+                panic!(
+                    "no line with {what} within {bound:?} (netwatch {status}); stdout:\n{}\nstderr:\n{}",
+                    lines.join("\n"),
+                    self.stderr_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM, wait (at most 30 s), and return the exit status, stdout and stderr as they
+    /// are: for subcommands that print no event summary (`netwatch leaks`).
+    pub fn stop_output(mut self) -> (ExitStatus, String, String) {
+        self.signal(libc::SIGTERM);
+        let status = wait_with_timeout(&mut self.child, 30);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let text = fs::read_to_string(&self.stdout).expect("read stdout");
+        let _ = fs::remove_dir_all(self.stdout.parent().expect("dir"));
+        (status, text, self.stderr_text())
+    }
+}
+
 impl Drop for Tracer {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        // Also after a panic: a failing test printed what it needed from stdout already.
+        if let Some(dir) = self.stdout.parent() {
+            let _ = fs::remove_dir_all(dir);
         }
     }
 }
@@ -320,3 +394,150 @@ pub const NETWATCH_PROGRAMS: &[&str] = &[
     "nw_destroy_sock",
     "nw_accept",
 ];
+
+/// Compiles `tests/fixtures/<name>.c` with `gcc -O0 -g -fno-omit-frame-pointer` (frame pointers
+/// and debug info: the kernel's user-stack walk and netwatch's symbolizer need both) into
+/// cargo's per-target scratch directory; returns the binary, whose file name (and so the
+/// process's comm) is `name`.
+///
+/// Why there: the binary must outlive the test's own scratch directories (netwatch reads it
+/// to symbolize when it stops), and `CARGO_TARGET_TMPDIR` is cleaned with `cargo clean`.
+/// The directory is named after a hash of the source, so a build is reused until the source
+/// changes; a fresh build is renamed into place, so concurrent test binaries never see a
+/// half-written one.
+pub fn build_fixture(name: &str) -> PathBuf {
+    use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = built.get(name) {
+        return p.clone();
+    }
+    let src = workspace_root().join(format!("tests/fixtures/{name}.c"));
+    let text = fs::read(&src).unwrap_or_else(|e| panic!("fixture {}: {e}", src.display()));
+    let mut hasher = DefaultHasher::new();
+    text.hash(&mut hasher);
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    let dir = root.join(format!("{name}-{:016x}", hasher.finish()));
+    let bin = dir.join(name);
+    if !bin.is_file() {
+        let tmp = root.join(format!("{name}.tmp-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).expect("fixture dir");
+        let mut cmd = Command::new("gcc");
+        cmd.args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+            .arg(tmp.join(name))
+            .arg(&src);
+        let out = output_with_timeout(cmd, 60);
+        assert!(
+            out.status.success(),
+            "gcc {} failed: {}",
+            src.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Another process may have renamed its build into place first: then use that one.
+        if fs::rename(&tmp, &dir).is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        assert!(bin.is_file(), "no {} after building it", bin.display());
+    }
+    built.insert(name.to_string(), bin.clone());
+    bin
+}
+
+/// The 1-based number of the one line of `tests/fixtures/<file>` that contains `marker`
+/// (a comment such as `/* ACCEPT_LINE */`); panics when none or several do.
+pub fn marked_line(file: &str, marker: &str) -> usize {
+    let path = workspace_root().join("tests/fixtures").join(file);
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let hits: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(marker))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(hits.len(), 1, "{marker} marks lines {hits:?} of {file}");
+    hits[0]
+}
+
+/// The socket descriptors of process `pid`: fd -> socket inode, from the `socket:[<inode>]`
+/// links in `/proc/<pid>/fd` (empty when the process is gone).
+pub fn socket_fds(pid: u32) -> BTreeMap<u32, u64> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return BTreeMap::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let fd = e.file_name().to_str()?.parse().ok()?;
+            let link = fs::read_link(e.path()).ok()?;
+            let inode = link
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()?;
+            Some((fd, inode))
+        })
+        .collect()
+}
+
+/// Kernel TCP state numbers, as in `/proc/net/tcp` (`include/net/tcp_states.h`).
+pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_FIN_WAIT2: u8 = 5;
+pub const TCP_CLOSE_WAIT: u8 = 8;
+pub const TCP_LISTEN: u8 = 10;
+
+/// The TCP sockets of the network namespace process `pid` lives in, as inode -> state, from
+/// `/proc/<pid>/net/tcp` and `tcp6` (`/proc/<pid>/net` is that process's namespace). Sockets
+/// without an inode (not yet accepted, orphaned, TIME_WAIT) are left out.
+pub fn tcp_states_of_netns(pid: u32) -> HashMap<u64, u8> {
+    let mut out = HashMap::new();
+    for file in ["tcp", "tcp6"] {
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
+            let (Some(st), Some(inode)) = (f.get(3), f.get(9)) else {
+                continue;
+            };
+            if let (Ok(st), Ok(inode)) = (u8::from_str_radix(st, 16), inode.parse::<u64>())
+                && inode != 0
+            {
+                out.insert(inode, st);
+            }
+        }
+    }
+    out
+}
+
+/// The descriptors of process `pid` (sorted) whose TCP socket is in `state` (a `TCP_*`
+/// constant), e.g. the sockets a leaking server holds in CLOSE_WAIT.
+pub fn fds_in_state(pid: u32, state: u8) -> Vec<u32> {
+    let states = tcp_states_of_netns(pid);
+    socket_fds(pid)
+        .into_iter()
+        .filter(|(_, inode)| states.get(inode) == Some(&state))
+        .map(|(fd, _)| fd)
+        .collect()
+}
+
+/// Waits (bounded) until process `pid` holds exactly `n` descriptors of sockets in `state`;
+/// returns them sorted. Panics with what it holds when the bound passes.
+pub fn wait_fds_in_state(pid: u32, state: u8, n: usize, bound: Duration) -> Vec<u32> {
+    let mut fds = Vec::new();
+    let ok = eventually(bound, || {
+        fds = fds_in_state(pid, state);
+        fds.len() == n
+    });
+    assert!(
+        ok,
+        "pid {pid} holds {} sockets in state {state} after {bound:?}, not {n}: {fds:?}; \
+         sockets: {:?}, states: {:?}",
+        fds.len(),
+        socket_fds(pid),
+        tcp_states_of_netns(pid)
+    );
+    fds
+}

@@ -1,0 +1,234 @@
+//! Taking snapshots: once from the kernel's dump alone (`--once`), or every interval while the
+//! stream feeds the tracker and the code paths (live).
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::group::{Snapshot, groups};
+use super::merge::{Dump, FirstSeen, Lookup, Tracked, merge};
+use super::render::render;
+use crate::clock::{WallClock, monotonic_ns};
+use crate::event::{Event, TcpState};
+use crate::sink::Sink;
+use crate::sockdiag::{self, SockDiagError, StateMask};
+use crate::stacks::Stacks;
+use crate::tracker::Tracker;
+use crate::{cgroup, netns, privileges, procfd};
+
+/// The states a leak sits in.
+const STUCK: StateMask = StateMask::CLOSE_WAIT.union(StateMask::FIN_WAIT2);
+
+/// Most symbolized code paths kept; past it the table starts over (bounded memory).
+const MAX_CODE_PATHS: usize = 65_536;
+
+/// Lists the stuck sockets of every network namespace, and their holders.
+pub fn take_dump() -> Dump {
+    let mut dump = Dump {
+        complete: true,
+        ..Dump::default()
+    };
+    let own = netns::own();
+    for ns in netns::all() {
+        let path = (Some(ns.inode) != own).then_some(ns.path.as_path());
+        match sockdiag::tcp_sockets(STUCK, path) {
+            Ok(socks) => dump
+                .sockets
+                .extend(socks.into_iter().map(|s| (ns.inode, s))),
+            // Its last process exited between the listing and now: nothing left to see.
+            Err(SockDiagError::Netns { source, .. })
+                if source.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => {
+                dump.complete = false;
+                dump.warnings
+                    .push(format!("network namespace {}: {e}", ns.inode));
+            }
+        }
+    }
+    if dump.sockets.iter().any(|(_, s)| s.inode != 0) {
+        dump.holders = procfd::socket_owners();
+    }
+    dump
+}
+
+/// Names from this host: cgroup paths, and the code paths symbolized while the stream ran.
+struct HostNames<'a> {
+    frames: &'a HashMap<(u32, u32), Arc<Vec<String>>>,
+}
+
+impl Lookup for HostNames<'_> {
+    fn cgroup(&mut self, cgroup_id: Option<u64>, pid: u32) -> Option<String> {
+        cgroup::owner_cgroup(cgroup_id, Some(pid))
+    }
+
+    fn frames(&mut self, pid: u32, stack_id: u32) -> Option<Arc<Vec<String>>> {
+        self.frames.get(&(pid, stack_id)).cloned()
+    }
+}
+
+/// How a snapshot prints.
+#[derive(Clone, Copy, Debug)]
+pub struct Style {
+    pub json: bool,
+    pub min_age: Duration,
+}
+
+fn snapshot(
+    dump: Dump,
+    tracked: &[Tracked],
+    first_seen: &mut FirstSeen,
+    frames: &HashMap<(u32, u32), Arc<Vec<String>>>,
+    watched_ns: u64,
+    style: Style,
+) -> Snapshot {
+    let now = monotonic_ns();
+    let stuck = merge(&dump, tracked, now, first_seen, &mut HostNames { frames });
+    let mut warnings = dump.warnings;
+    warnings.extend(privileges::missing_inspection_caps());
+    Snapshot {
+        at: WallClock::now().rfc3339(now),
+        watched_ms: watched_ns as f64 / 1e6,
+        min_age_ms: style.min_age.as_secs_f64() * 1000.0,
+        groups: groups(stuck, style.min_age.as_secs_f64() * 1000.0),
+        warnings,
+    }
+}
+
+fn print(out: &mut impl Write, s: &Snapshot, json: bool) -> io::Result<()> {
+    if json {
+        serde_json::to_writer(&mut *out, s)?;
+        out.write_all(b"\n")?;
+    } else {
+        out.write_all(render(s).as_bytes())?;
+    }
+    out.flush()
+}
+
+/// `netwatch leaks --once`: the sockets stuck now, from the kernel's dump alone (no tracing,
+/// so no code paths; ages are lower bounds).
+pub fn once(out: &mut impl Write, style: Style) -> io::Result<()> {
+    let s = snapshot(
+        take_dump(),
+        &[],
+        &mut FirstSeen::default(),
+        &HashMap::new(),
+        0,
+        style,
+    );
+    print(out, &s, style.json)
+}
+
+/// Live `netwatch leaks`: feeds the tracker and symbolizes each new code path while its
+/// process is alive; every interval merges that with a fresh dump and prints.
+pub struct LeaksSink<W: Write> {
+    out: W,
+    style: Style,
+    interval_ns: u64,
+    tracker: Tracker,
+    stacks: Option<Stacks>,
+    /// (pid, stack id) -> frames, symbolized at connect()/accept() time: a process that exits
+    /// keeps its code paths.
+    frames: HashMap<(u32, u32), Arc<Vec<String>>>,
+    first_seen: FirstSeen,
+    started_ns: u64,
+    next_ns: u64,
+    /// Text output prints only when the groups change; this is what was printed last.
+    last_shape: Option<Vec<(String, usize)>>,
+}
+
+impl<W: Write> LeaksSink<W> {
+    pub fn new(out: W, style: Style, interval: Duration, max_sockets: usize) -> Self {
+        let now = monotonic_ns();
+        Self {
+            out,
+            style,
+            interval_ns: interval.as_nanos().max(1) as u64,
+            tracker: Tracker::new(max_sockets),
+            stacks: None,
+            frames: HashMap::new(),
+            first_seen: FirstSeen::default(),
+            started_ns: now,
+            next_ns: now,
+            last_shape: None,
+        }
+    }
+
+    /// Where code paths come from (the probe's stack map); without it none are shown.
+    pub fn set_stacks(&mut self, stacks: Stacks) {
+        self.stacks = Some(stacks);
+    }
+
+    fn remember_code_path(&mut self, ev: &Event) {
+        let (Some(stacks), Some(pid), Some(id)) = (self.stacks.as_mut(), ev.pid, ev.stack_id)
+        else {
+            return;
+        };
+        if !ev.opens_socket() || self.frames.contains_key(&(pid, id)) {
+            return;
+        }
+        if self.frames.len() >= MAX_CODE_PATHS {
+            self.frames.clear();
+        }
+        let frames = stacks.frames(pid, id, ev.sp_word).to_vec();
+        self.frames.insert((pid, id), Arc::new(frames));
+    }
+
+    /// Takes and prints a snapshot (text: only when the groups changed, unless `always`).
+    fn report(&mut self, always: bool) -> io::Result<()> {
+        let now = monotonic_ns();
+        self.tracker.finish_until(now, &mut |_| {});
+        let tracked: Vec<Tracked> = self
+            .tracker
+            .live_sockets()
+            .filter(|s| matches!(s.state, TcpState::CloseWait | TcpState::FinWait2))
+            .map(|s| Tracked::of(&s))
+            .collect();
+        let s = snapshot(
+            take_dump(),
+            &tracked,
+            &mut self.first_seen,
+            &self.frames,
+            now.saturating_sub(self.started_ns),
+            self.style,
+        );
+        if self.style.json {
+            return print(&mut self.out, &s, true);
+        }
+        let shape: Vec<(String, usize)> = s
+            .groups
+            .iter()
+            .map(|g| {
+                (
+                    format!("{:?}{:?}{:?}{:?}", g.kind, g.pid, g.stack, g.cgroup),
+                    g.sockets,
+                )
+            })
+            .collect();
+        if always || self.last_shape.as_ref() != Some(&shape) {
+            self.last_shape = Some(shape);
+            print(&mut self.out, &s, false)?;
+        }
+        Ok(())
+    }
+
+    /// The last snapshot, printed whatever changed.
+    pub fn finish(mut self) -> io::Result<()> {
+        self.report(true)
+    }
+}
+
+impl<W: Write> Sink for LeaksSink<W> {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        self.remember_code_path(ev);
+        self.tracker.on_event(ev, &mut |_| {});
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if monotonic_ns() >= self.next_ns {
+            self.report(false)?;
+            self.next_ns = monotonic_ns() + self.interval_ns;
+        }
+        Ok(())
+    }
+}
