@@ -109,6 +109,10 @@ pub struct RawEvent {
     pub stack_id: i32,
     /// cgroup v2 id of the owner, read with the owner; 0 = unknown.
     pub cgroup_id: u64,
+    /// Inode of the socket's network namespace (`sk->__sk_common.skc_net->ns.inum`, what
+    /// `/proc/<pid>/ns/net` and `lsns` show), read once per socket; 0 = unknown.
+    pub netns: u32,
+    pub _pad2: u32,
 }
 
 impl RawEvent {
@@ -128,8 +132,10 @@ pub struct SockInfo {
     pub comm: [u8; COMM_LEN],
     /// Id in `STACKS` of the user stack at connect() / accept(); negative = none.
     pub stack_id: i32,
+    /// Inode of the socket's network namespace; 0 = not read (yet).
+    pub netns: u32,
     pub state: u8,
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 7],
 }
 
 /// Offset of a tracepoint field that the running kernel does not have.
@@ -220,6 +226,10 @@ pub struct KernelOffsets {
     pub skc_v6_rcv_saddr: u32,
     /// `struct pt_regs.sp`: the user stack pointer at a syscall's exit.
     pub pt_regs_sp: u32,
+    /// `sock_common.skc_net.net` (the socket's `struct net *`) and `net.ns.inum`: the
+    /// socket's network namespace.
+    pub skc_net: u32,
+    pub net_ns_inum: u32,
 }
 
 impl KernelOffsets {
@@ -241,6 +251,8 @@ impl KernelOffsets {
         skc_v6_daddr: ABSENT32,
         skc_v6_rcv_saddr: ABSENT32,
         pt_regs_sp: ABSENT32,
+        skc_net: ABSENT32,
+        net_ns_inum: ABSENT32,
     };
 }
 
@@ -349,10 +361,10 @@ mod tests {
 
     #[test]
     fn record_sizes_have_no_hidden_padding() {
-        assert_eq!(core::mem::size_of::<RawEvent>(), 128);
-        assert_eq!(core::mem::size_of::<SockInfo>(), 48);
+        assert_eq!(core::mem::size_of::<RawEvent>(), 136);
+        assert_eq!(core::mem::size_of::<SockInfo>(), 56);
         assert_eq!(core::mem::size_of::<KernelFilter>(), 120);
         assert_eq!(core::mem::size_of::<TpFields>(), 36);
-        assert_eq!(core::mem::size_of::<KernelOffsets>(), 68);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 76);
     }
 }

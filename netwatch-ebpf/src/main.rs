@@ -212,8 +212,9 @@ const EMPTY_SOCK: SockInfo = SockInfo {
     tid: 0,
     comm: [0; COMM_LEN],
     stack_id: -1,
+    netns: 0,
     state: 0,
-    _pad: [0; 3],
+    _pad: [0; 7],
 };
 
 /// The frame-pointer walk starts at the caller's caller when the libc wrapper of the syscall
@@ -279,6 +280,8 @@ fn empty_event(kind: u8, skaddr: u64) -> RawEvent {
         srtt_us: 0,
         stack_id: -1,
         cgroup_id: 0,
+        netns: 0,
+        _pad2: 0,
     }
 }
 
@@ -289,6 +292,7 @@ fn owner_from(info: &SockInfo, ev: &mut RawEvent) {
     ev.tid = info.tid;
     ev.comm = info.comm;
     ev.cgroup_id = info.cgroup_id;
+    ev.netns = info.netns;
     if info.stack_id >= 0 {
         ev.stack_id = info.stack_id;
         ev.flags |= event_flags::STACK_VALID;
@@ -426,6 +430,9 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
         Some(p) if !fresh => unsafe { *p },
         _ => EMPTY_SOCK,
     };
+    if info.netns == 0 {
+        info.netns = sock_netns(skaddr);
+    }
     if info.state_since_ns != 0 && info.state_since_ns <= ev.ts_ns {
         ev.dwell_ns = ev.ts_ns - info.state_since_ns;
         ev.flags |= event_flags::DWELL_KNOWN;
@@ -471,6 +478,16 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     }
     emit(&ev);
     Some(())
+}
+
+/// The inode of the socket's network namespace (`sk->__sk_common.skc_net.net->ns.inum`), or
+/// 0 when the offsets are missing or a read fails. Read once per socket (kept in `SOCKETS`).
+#[inline(always)]
+fn sock_netns(skaddr: u64) -> u32 {
+    let o = &KERNEL_OFFSETS;
+    kread::<u64>(skaddr, global(&o.skc_net))
+        .and_then(|net| kread::<u32>(net, global(&o.net_ns_inum)))
+        .unwrap_or(0)
 }
 
 /// Bytes and smoothed RTT from `struct tcp_sock`, for the connection record at close.
@@ -541,6 +558,7 @@ fn try_accept(ctx: &TracePointContext) -> Option<()> {
         (*info).comm = ev.comm;
         (*info).cgroup_id = ev.cgroup_id;
         ev.new_state = (*info).state;
+        ev.netns = (*info).netns;
     }
     let family = kread::<u16>(sk, global(&o.skc_family))?;
     ev.family = family;

@@ -841,6 +841,7 @@ mod tests {
             pid: Some(10),
             comm: Some("client".into()),
             cgroup_id: None,
+            netns: None,
             closer_pid: Some(10),
             closer_comm: Some("client".into()),
             saddr: "10.0.0.1".parse().unwrap(),

@@ -103,6 +103,7 @@ pub enum Command {
         netwatch leaks                        # live: a snapshot whenever the groups change\n  \
         netwatch leaks --once                 # what is stuck now, then exit (no tracing)\n  \
         netwatch leaks --min-age 2m --interval 30s\n  \
+        netwatch leaks --once -p 4242 --min-age 0s\n  \
         netwatch leaks --json | jq '.groups[] | select(.sockets > 10) | {pid, comm, stack}'"
     )]
     Leaks(LeaksArgs),
@@ -301,6 +302,12 @@ pub struct LeaksArgs {
     /// Take a snapshot this often; text prints only when the groups change
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub interval: Duration,
+    /// Only sockets held by PID (repeat, or comma-separate: -p 10,11)
+    #[arg(short = 'p', long = "pid", value_name = "PID", value_delimiter = ',')]
+    pub pids: Vec<u32>,
+    /// Only sockets held by a process with this command name
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
     #[command(flatten)]
     pub run: RunArgs,
     #[command(flatten)]

@@ -368,6 +368,8 @@ fn leaks_style(args: &LeaksArgs) -> leaks::Style {
     leaks::Style {
         json: args.json,
         min_age: args.min_age,
+        pids: args.pids.clone(),
+        comm: args.comm.clone(),
     }
 }
 
@@ -388,7 +390,7 @@ pub async fn leaks(args: LeaksArgs) -> anyhow::Result<()> {
 
 /// `netwatch leaks --once`: what is stuck now, from the kernel's socket list alone.
 pub fn leaks_once(args: &LeaksArgs) -> anyhow::Result<()> {
-    broken_pipe_ok(leaks::once(&mut stdout(), leaks_style(args)))
+    broken_pipe_ok(leaks::once(&mut stdout(), &leaks_style(args)))
 }
 
 pub async fn report(args: ReportArgs) -> anyhow::Result<()> {

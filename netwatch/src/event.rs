@@ -198,6 +198,10 @@ pub struct Event {
     /// cgroup v2 id of the owner (the inode of its cgroup directory); `None` when unknown.
     #[serde(default)]
     pub cgroup_id: Option<u64>,
+    /// Inode of the socket's network namespace (as `/proc/<pid>/ns/net` and `lsns` show it),
+    /// read by the kernel once per socket; `None` when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
     pub family: Family,
     pub saddr: IpAddr,
     pub sport: u16,
@@ -370,6 +374,7 @@ impl Event {
             comm: known.then(|| comm_string(&raw.comm)),
             owner_seen_here: known && raw.flags & event_flags::OWNER_CAPTURED != 0,
             cgroup_id: (raw.cgroup_id != 0).then_some(raw.cgroup_id),
+            netns: (raw.netns != 0).then_some(raw.netns),
             family,
             saddr: addr(family, &raw.saddr),
             sport: raw.sport,
@@ -398,6 +403,7 @@ impl Event {
             comm: None,
             owner_seen_here: false,
             cgroup_id: None,
+            netns: None,
             family: Family::Ipv4,
             saddr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             sport: 0,
@@ -427,6 +433,8 @@ struct FlatEvent<'a> {
     owner_seen_here: bool,
     #[serde(default)]
     cgroup_id: Option<u64>,
+    #[serde(default)]
+    netns: Option<u32>,
     family: Family,
     #[serde(borrow)]
     saddr: &'a str,
@@ -515,6 +523,7 @@ impl Event {
             comm: f.comm.map(|c| c.into_owned()),
             owner_seen_here: f.owner_seen_here,
             cgroup_id: f.cgroup_id,
+            netns: f.netns,
             family: f.family,
             saddr,
             sport: f.sport,
@@ -578,6 +587,8 @@ mod tests {
             srtt_us: 0,
             stack_id: -1,
             cgroup_id: 77,
+            netns: 4026531840,
+            _pad2: 0,
         }
     }
 
@@ -621,6 +632,7 @@ mod tests {
         assert_eq!(ev.saddr, "10.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(ev.daddr, "10.0.0.2".parse::<IpAddr>().unwrap());
         assert_eq!((ev.sport, ev.dport), (51234, 80));
+        assert_eq!((ev.cgroup_id, ev.netns), (Some(77), Some(4026531840)));
         assert_eq!(
             ev.kind,
             EventKind::State {

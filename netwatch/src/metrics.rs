@@ -689,6 +689,7 @@ mod tests {
                 comm: pid.map(|_| comm.to_string()),
                 owner_seen_here: false,
                 cgroup_id: cgroup,
+                netns: None,
                 family: IpFamily::Ipv4,
                 saddr: local.0.parse().unwrap(),
                 sport: local.1,

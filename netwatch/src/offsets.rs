@@ -83,6 +83,16 @@ fn from_btf(btf: &Btf, warnings: &mut Vec<String>) -> KernelOffsets {
             "{e}: owners of accepted sockets are not known until close()"
         )),
     }
+    let netns = (|| -> Result<[u32; 2], String> {
+        Ok([
+            member(btf, "sock_common", "skc_net.net", 8)?,
+            member(btf, "net", "ns.inum", 4)?,
+        ])
+    })();
+    match netns {
+        Ok([net, inum]) => (o.skc_net, o.net_ns_inum) = (net, inum),
+        Err(e) => warnings.push(format!("{e}: sockets' network namespaces are not reported")),
+    }
     match member(btf, "pt_regs", "sp", 8) {
         Ok(sp) => o.pt_regs_sp = sp,
         Err(e) => warnings.push(format!(
@@ -115,5 +125,6 @@ mod tests {
             (0, 4, 12, 14)
         );
         assert!(o.tcp_bytes_acked != ABSENT32 && o.tcp_bytes_received != ABSENT32);
+        assert!(o.skc_net != ABSENT32 && o.net_ns_inum != ABSENT32);
     }
 }

@@ -202,6 +202,7 @@ mod tests {
             comm: Some("curl".into()),
             owner_seen_here: true,
             cgroup_id: None,
+            netns: None,
             family: Family::Ipv4,
             saddr: "127.0.0.1".parse().unwrap(),
             sport: 40000,

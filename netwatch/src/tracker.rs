@@ -153,6 +153,9 @@ pub struct Connection {
     /// cgroup v2 id of the owner.
     #[serde(default)]
     pub cgroup_id: Option<u64>,
+    /// Inode of the socket's network namespace, when the kernel read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
     /// The process that closed first (the TIME_WAIT's owner when `end` is time-wait).
     pub closer_pid: Option<u32>,
     pub closer_comm: Option<String>,
@@ -237,6 +240,8 @@ struct Sock {
     /// The kernel's id (in `STACKS`) of the user stack that opened the socket, plus one:
     /// captured at connect() or accept().
     stack: Option<NonZeroU32>,
+    /// Inode of its network namespace; 0 = not known.
+    netns: u32,
     /// Who closed first, when we did (boxed: set only near the end of a life).
     closer: Option<Box<OwnerId>>,
     role: Role,
@@ -316,6 +321,8 @@ pub struct LiveSocket<'a> {
     pub dport: u16,
     /// When it entered `state` (its first event, if netwatch did not see that).
     pub since_ns: u64,
+    /// Inode of its network namespace, when the kernel read it.
+    pub netns: Option<u32>,
     /// Whether netwatch saw it enter `state`, which makes `since_ns` exact.
     pub since_exact: bool,
     /// Whether it was connected (active) or accepted (passive), if netwatch saw which.
@@ -481,6 +488,7 @@ impl Tracker {
                     last_ns: ev.ts_ns,
                     owner: None,
                     stack: None,
+                    netns: 0,
                     closer: None,
                     role,
                     state: old,
@@ -511,6 +519,7 @@ impl Tracker {
             s.owner = Some(owner);
         }
         s.stack = stack_key(ev).or(s.stack);
+        s.netns = ev.netns.unwrap_or(s.netns);
         // Ports and addresses fill in as the kernel assigns them (sport is 0 in SYN_SENT).
         if ev.sport != 0 || ev.dport != 0 {
             (s.saddr, s.sport, s.daddr, s.dport) = (ev.saddr, ev.sport, ev.daddr, ev.dport);
@@ -616,6 +625,7 @@ impl Tracker {
             pid: s.owner.map(|o| o.pid.get()),
             comm: s.owner.map(|o| o.comm()),
             cgroup_id: s.owner.map(|o| o.cgroup).filter(|&c| c != 0),
+            netns: (s.netns != 0).then_some(s.netns),
             closer_pid,
             closer_comm,
             saddr: s.saddr,
@@ -662,6 +672,7 @@ impl Tracker {
                 daddr: s.daddr,
                 dport: s.dport,
                 since_ns: s.state_since.map_or(s.first_ns, Ns::get),
+                netns: (s.netns != 0).then_some(s.netns),
                 since_exact: s.state_since.is_some(),
                 role: s.role,
                 stack_id: s.stack.map(|k| k.get() - 1),
@@ -752,6 +763,7 @@ mod tests {
                 comm: pid.map(|p| format!("proc{p}")),
                 owner_seen_here: false,
                 cgroup_id: None,
+                netns: None,
                 family: Family::Ipv4,
                 saddr: local.0.parse().unwrap(),
                 sport: local.1,

@@ -637,6 +637,18 @@ fn root_leaks_once_finds_a_leak_older_than_netwatch() {
         "the listener is no leak: {g:#}"
     );
 
+    // `-p` keeps that process's groups only.
+    let only = leaks_once(&["--json", "--min-age", "0s", "-p", &pid.to_string()]);
+    let snap: Value = serde_json::from_str(only.trim()).expect("JSON snapshot");
+    let groups = snap["groups"].as_array().expect("groups");
+    assert!(
+        !groups.is_empty()
+            && groups
+                .iter()
+                .all(|g| g["pid"].as_u64() == Some(u64::from(pid))),
+        "-p {pid}: {snap:#}"
+    );
+
     // The text form: one block per group, starting `PID <pid> <comm> (cgroup: <path>)`.
     let text = leaks_once(&["--min-age", "0s"]);
     let header = format!("PID {pid} leaky_server");
@@ -779,7 +791,7 @@ fn root_leaks_names_the_cgroup_of_each_server() {
         check_own_group(g, pid, PER_SERVER, fds, pair.client_v4());
     }
 
-    // `trace --json`: every accept of each server carries its cgroup.
+    // `trace --json`: every accept of each server carries its cgroup and network namespace.
     let accepts_of = |lines: &[String], pid: u32| -> Vec<Value> {
         lines
             .iter()
@@ -805,8 +817,11 @@ fn root_leaks_names_the_cgroup_of_each_server() {
             .filter(|e| e["kind"] == "accept" && e["pid"].as_u64() == Some(u64::from(pid)))
             .collect();
         assert_eq!(accepts.len(), PER_SERVER, "{}", done.stdout);
+        // And the socket's network namespace, which the kernel read: the server's.
+        let ns = netns_inode(pid);
         for ev in accepts {
             assert_eq!(ev["cgroup"], cg.rel.as_str(), "accept of {pid}: {ev}");
+            assert_eq!(ev["netns"].as_u64(), Some(ns), "accept of {pid}: {ev}");
         }
     }
     let (status, _stdout, stderr) = leaks.stop_output();

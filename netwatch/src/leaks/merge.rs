@@ -2,8 +2,8 @@
 //!
 //! The dump says what exists now, in which namespace, and who holds it (fds); the tracker says
 //! since when it is stuck, who opened it and from which code path. They are joined on the
-//! socket's 4-tuple, which is unique within a namespace; when namespaces reuse a tuple, the
-//! tracked socket whose owner holds the dumped one wins.
+//! socket's 4-tuple and network namespace (the kernel programs read the namespace of every
+//! socket; where they could not, the tracked socket whose owner holds the dumped one wins).
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,6 +74,7 @@ pub struct Tracked {
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub cgroup_id: Option<u64>,
+    pub netns: Option<u32>,
     pub since_ns: u64,
     pub since_exact: bool,
     pub role: Role,
@@ -89,6 +90,7 @@ impl Tracked {
             pid: s.pid,
             comm: s.comm.map(str::to_string),
             cgroup_id: s.cgroup_id,
+            netns: s.netns,
             since_ns: s.since_ns,
             since_exact: s.since_exact,
             role: s.role,
@@ -148,7 +150,7 @@ pub fn merge(
         };
         let holders = dump.holders.get(&d.inode).map_or(&[][..], Vec::as_slice);
         let candidates = by_tuple.get(&(d.src, d.dst)).map_or(&[][..], Vec::as_slice);
-        let chosen = pick(candidates, tracked, holders);
+        let chosen = pick(candidates, tracked, *netns, holders);
         if let Some(i) = chosen {
             used[i] = true;
         }
@@ -229,18 +231,31 @@ pub fn merge(
     out
 }
 
-/// Of the tracked sockets with the dumped socket's tuple, the one whose owner holds it, else
-/// the only one.
-fn pick(candidates: &[usize], tracked: &[Tracked], holders: &[FdOwner]) -> Option<usize> {
-    candidates
+/// Of the tracked sockets with the dumped socket's tuple and not of another namespace, the
+/// one in its namespace, else the one whose owner holds it, else the only one.
+fn pick(
+    candidates: &[usize],
+    tracked: &[Tracked],
+    netns: u64,
+    holders: &[FdOwner],
+) -> Option<usize> {
+    let same_ns = |i: &usize| tracked[*i].netns.map(u64::from) == Some(netns);
+    let possible: Vec<usize> = candidates
         .iter()
         .copied()
-        .find(|&i| {
-            tracked[i]
-                .pid
-                .is_some_and(|p| holders.iter().any(|h| h.pid == p))
-        })
-        .or_else(|| (candidates.len() == 1).then(|| candidates[0]))
+        .filter(|i| tracked[*i].netns.is_none() || same_ns(i))
+        .collect();
+    let held = |i: &usize| {
+        tracked[*i]
+            .pid
+            .is_some_and(|p| holders.iter().any(|h| h.pid == p))
+    };
+    possible
+        .iter()
+        .copied()
+        .find(same_ns)
+        .or_else(|| possible.iter().copied().find(held))
+        .or_else(|| (possible.len() == 1).then(|| possible[0]))
 }
 
 /// Who the snapshot names: the process that connected or accepted, while it still holds the
@@ -303,6 +318,7 @@ mod tests {
             pid: Some(pid),
             comm: Some("tracked".into()),
             cgroup_id: Some(7),
+            netns: None,
             since_ns: 1_000_000_000,
             since_exact: true,
             role: Role::Passive,
@@ -420,6 +436,51 @@ mod tests {
             .map(|s| (s.netns, s.owner.as_ref().unwrap().pid))
             .collect();
         assert_eq!(pids, vec![(Some(11), 42), (Some(12), 43)]);
+    }
+
+    #[test]
+    fn the_kernels_namespace_decides_before_the_holders() {
+        let dump = dump(
+            vec![
+                (11, diag(CLOSE_WAIT, L, R, 500, 1)),
+                (12, diag(CLOSE_WAIT, L, R, 600, 2)),
+            ],
+            // Both held by one process (it entered both namespaces).
+            HashMap::from([(500, vec![holder(42, 7)]), (600, vec![holder(42, 9)])]),
+        );
+        let mut a = tracked(TcpState::CloseWait, L, R, 42);
+        let mut b = a.clone();
+        (a.netns, a.stack_id) = (Some(12), Some(1));
+        (b.netns, b.stack_id) = (Some(11), Some(2));
+        let s = merge(
+            &dump,
+            &[a, b],
+            4_000_000_000,
+            &mut FirstSeen::default(),
+            &mut Names,
+        );
+        let stacks: Vec<_> = s
+            .iter()
+            .map(|s| (s.netns, s.stack.as_deref().cloned()))
+            .collect();
+        assert_eq!(
+            stacks,
+            vec![
+                (Some(11), Some(vec!["f2 of 42".to_string()])),
+                (Some(12), Some(vec!["f1 of 42".to_string()])),
+            ]
+        );
+        // A tracked socket of a third namespace matches neither.
+        let mut c = tracked(TcpState::CloseWait, L, R, 42);
+        c.netns = Some(13);
+        let s = merge(
+            &dump,
+            &[c],
+            4_000_000_000,
+            &mut FirstSeen::default(),
+            &mut Names,
+        );
+        assert!(s.iter().all(|s| s.at_least && s.stack.is_none()), "{s:?}");
     }
 
     #[test]

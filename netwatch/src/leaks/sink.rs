@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::group::{Snapshot, groups};
-use super::merge::{Dump, FirstSeen, Lookup, Tracked, merge};
+use super::merge::{Dump, FirstSeen, Lookup, Stuck, Tracked, merge};
 use super::render::render;
 use crate::clock::{WallClock, monotonic_ns};
 use crate::event::{Event, TcpState};
@@ -66,11 +66,28 @@ impl Lookup for HostNames<'_> {
     }
 }
 
-/// How a snapshot prints.
-#[derive(Clone, Copy, Debug)]
+/// What a snapshot shows, and how it prints.
+#[derive(Clone, Debug)]
 pub struct Style {
     pub json: bool,
     pub min_age: Duration,
+    /// Only sockets held by these processes (empty: any).
+    pub pids: Vec<u32>,
+    /// Only sockets held by a process of this command name.
+    pub comm: Option<String>,
+}
+
+impl Style {
+    /// Whether `s` passes `--pid` and `--comm` (an orphan, with no process, passes neither).
+    fn keeps(&self, s: &Stuck) -> bool {
+        let owner = s.owner.as_ref();
+        let pid_ok = self.pids.is_empty() || owner.is_some_and(|o| self.pids.contains(&o.pid));
+        let comm_ok = self
+            .comm
+            .as_ref()
+            .is_none_or(|c| owner.is_some_and(|o| &o.comm == c));
+        pid_ok && comm_ok
+    }
 }
 
 fn snapshot(
@@ -79,10 +96,11 @@ fn snapshot(
     first_seen: &mut FirstSeen,
     frames: &HashMap<(u32, u32), Arc<Vec<String>>>,
     watched_ns: u64,
-    style: Style,
+    style: &Style,
 ) -> Snapshot {
     let now = monotonic_ns();
-    let stuck = merge(&dump, tracked, now, first_seen, &mut HostNames { frames });
+    let mut stuck = merge(&dump, tracked, now, first_seen, &mut HostNames { frames });
+    stuck.retain(|s| style.keeps(s));
     let mut warnings = dump.warnings;
     warnings.extend(privileges::missing_inspection_caps());
     Snapshot {
@@ -106,7 +124,7 @@ fn print(out: &mut impl Write, s: &Snapshot, json: bool) -> io::Result<()> {
 
 /// `netwatch leaks --once`: the sockets stuck now, from the kernel's dump alone (no tracing,
 /// so no code paths; ages are lower bounds).
-pub fn once(out: &mut impl Write, style: Style) -> io::Result<()> {
+pub fn once(out: &mut impl Write, style: &Style) -> io::Result<()> {
     let s = snapshot(
         take_dump(),
         &[],
@@ -189,7 +207,7 @@ impl<W: Write> LeaksSink<W> {
             &mut self.first_seen,
             &self.frames,
             now.saturating_sub(self.started_ns),
-            self.style,
+            &self.style,
         );
         if self.style.json {
             return print(&mut self.out, &s, true);
@@ -230,5 +248,53 @@ impl<W: Write> Sink for LeaksSink<W> {
             self.next_ns = monotonic_ns() + self.interval_ns;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::leaks::StuckKind;
+    use crate::leaks::merge::Owner;
+
+    fn stuck(owner: Option<(u32, &str)>) -> Stuck {
+        Stuck {
+            kind: StuckKind::CloseWait,
+            local: "10.0.0.1:80".parse().unwrap(),
+            remote: "10.0.0.2:4000".parse().unwrap(),
+            netns: None,
+            age_ms: 1.0,
+            at_least: false,
+            owner: owner.map(|(pid, comm)| Owner {
+                pid,
+                comm: comm.into(),
+                cgroup: None,
+            }),
+            fds: vec![],
+            opened_by: None,
+            stack: None,
+        }
+    }
+
+    #[test]
+    fn pid_and_comm_select_holders_and_drop_orphans() {
+        let style = |pids: Vec<u32>, comm: Option<&str>| Style {
+            json: false,
+            min_age: Duration::ZERO,
+            pids,
+            comm: comm.map(String::from),
+        };
+        let (a, b, orphan) = (
+            stuck(Some((10, "nginx"))),
+            stuck(Some((11, "java"))),
+            stuck(None),
+        );
+        let any = style(vec![], None);
+        assert!(any.keeps(&a) && any.keeps(&b) && any.keeps(&orphan));
+        let p = style(vec![11, 12], None);
+        assert!(!p.keeps(&a) && p.keeps(&b) && !p.keeps(&orphan));
+        let c = style(vec![], Some("nginx"));
+        assert!(c.keeps(&a) && !c.keeps(&b) && !c.keeps(&orphan));
+        assert!(!style(vec![10], Some("java")).keeps(&a));
     }
 }

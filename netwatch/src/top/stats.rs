@@ -339,6 +339,7 @@ mod tests {
             pid: Some(pid),
             comm: Some("client".into()),
             cgroup_id: None,
+            netns: None,
             closer_pid: Some(pid),
             closer_comm: Some("client".into()),
             saddr: "10.0.0.1".parse().unwrap(),
