@@ -840,6 +840,7 @@ mod tests {
             end_ns,
             pid: Some(10),
             comm: Some("client".into()),
+            tid: None,
             cgroup_id: None,
             netns: None,
             closer_pid: Some(10),

@@ -149,6 +149,9 @@ pub struct Connection {
     pub start_ns: u64,
     pub end_ns: u64,
     pub pid: Option<u32>,
+    /// The owner's thread that made the call netwatch last saw (connect, accept, close).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tid: Option<u32>,
     pub comm: Option<String>,
     /// cgroup v2 id of the owner.
     #[serde(default)]
@@ -198,6 +201,8 @@ type Ns = std::num::NonZeroU64;
 struct OwnerId {
     /// Never 0 (no process), which lets `Option<OwnerId>` cost nothing extra.
     pid: std::num::NonZeroU32,
+    /// The thread that made the call (connect, accept, close); 0 = unknown.
+    tid: u32,
     comm: [u8; 16],
     /// cgroup v2 id; 0 = unknown.
     cgroup: u64,
@@ -211,6 +216,7 @@ impl OwnerId {
         comm[..n].copy_from_slice(&name[..n]);
         Some(OwnerId {
             pid: std::num::NonZeroU32::new(ev.pid?)?,
+            tid: ev.tid.unwrap_or(0),
             comm,
             cgroup: ev.cgroup_id.unwrap_or(0),
         })
@@ -623,6 +629,7 @@ impl Tracker {
             start_ns: s.born_ns.map_or(s.first_ns, Ns::get),
             end_ns: close_ns,
             pid: s.owner.map(|o| o.pid.get()),
+            tid: s.owner.map(|o| o.tid).filter(|&t| t != 0),
             comm: s.owner.map(|o| o.comm()),
             cgroup_id: s.owner.map(|o| o.cgroup).filter(|&c| c != 0),
             netns: (s.netns != 0).then_some(s.netns),
@@ -863,6 +870,7 @@ mod tests {
         assert_eq!(c.end, End::TimeWait);
         assert_eq!(c.role, Role::Active);
         assert_eq!((c.pid, c.closer_pid), (Some(42), Some(42)));
+        assert_eq!(c.tid, Some(42), "the thread that made the last call");
         assert_eq!(c.connect_ms, Some(2.0));
         assert_eq!(c.ms, Some(14.0));
         assert_eq!(c.dwell_ms.established, Some(10.0));

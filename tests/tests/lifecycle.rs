@@ -346,6 +346,12 @@ fn root_analyze_of_a_cut_recording_names_the_line() {
         30,
     );
     assert!(out.status.success());
+    let client_pid: u64 = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("DONE <pid> from the client");
+    let server_pid = u64::from(srv.pid());
     assert!(srv.wait(20).success());
     let done = tracer.stop();
     // The live life output and its replay are identical.
@@ -356,6 +362,28 @@ fn root_analyze_of_a_cut_recording_names_the_line() {
         .filter(|c| ip(c, "daddr") == server || ip(c, "saddr") == server)
         .collect();
     assert_eq!(live.len(), 6, "3 connections, both sides");
+    // Every connection carries its owner: pid, tid, comm, cgroup, and the socket's namespace.
+    let netns = |ns: &str| {
+        std::os::unix::fs::MetadataExt::ino(
+            &std::fs::metadata(format!("/run/netns/{ns}")).expect("netns file"),
+        )
+    };
+    for c in &live {
+        let (pid, ns) = if ip(c, "saddr") == server {
+            (server_pid, netns(pair.server_ns()))
+        } else {
+            (client_pid, netns(pair.client_ns()))
+        };
+        assert_eq!(c["pid"].as_u64(), Some(pid), "{c}");
+        assert_eq!(
+            c["tid"].as_u64(),
+            Some(pid),
+            "single-threaded: tid == pid: {c}"
+        );
+        assert_eq!(c["comm"], "tcpdrive", "{c}");
+        assert!(c["cgroup"].as_str().is_some_and(|p| p.contains('/')), "{c}");
+        assert_eq!(c["netns"].as_u64(), Some(ns), "{c}");
+    }
     assert!(
         live.iter()
             .all(|c| port(c, "dport") == p || port(c, "sport") == p)

@@ -338,6 +338,7 @@ mod tests {
             end_ns: 1_000_000_000,
             pid: Some(pid),
             comm: Some("client".into()),
+            tid: None,
             cgroup_id: None,
             netns: None,
             closer_pid: Some(pid),
