@@ -1,8 +1,9 @@
 //! Taking snapshots: once from the kernel's dump alone (`--once`), or every interval while the
 //! stream feeds the tracker and the code paths (live).
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use super::group::{Snapshot, groups};
@@ -150,8 +151,28 @@ pub struct LeaksSink<W: Write> {
     first_seen: FirstSeen,
     started_ns: u64,
     next_ns: u64,
+    /// A dump being taken on a thread of its own: reading `/proc/*/fd` on a busy host takes
+    /// long enough to fill the ring buffer if the stream waited for it.
+    pending: Option<mpsc::Receiver<Dump>>,
     /// Text output prints only when the groups change; this is what was printed last.
     last_shape: Option<Vec<(String, usize)>>,
+}
+
+/// Takes a dump on a new thread; the receiver gets it when done. If no thread can be
+/// started, the dump is taken here and now.
+fn dump_in_background() -> mpsc::Receiver<Dump> {
+    let (tx, rx) = mpsc::channel();
+    let worker = tx.clone();
+    let spawned = std::thread::Builder::new()
+        .name("netwatch-dump".into())
+        .spawn(move || {
+            let _ = worker.send(take_dump());
+        });
+    if let Err(e) = spawned {
+        log::debug!("no thread for the socket dump ({e}); taking it inline");
+        let _ = tx.send(take_dump());
+    }
+    rx
 }
 
 impl<W: Write> LeaksSink<W> {
@@ -167,6 +188,7 @@ impl<W: Write> LeaksSink<W> {
             first_seen: FirstSeen::default(),
             started_ns: now,
             next_ns: now,
+            pending: None,
             last_shape: None,
         }
     }
@@ -191,18 +213,31 @@ impl<W: Write> LeaksSink<W> {
         self.frames.insert((pid, id), Arc::new(frames));
     }
 
-    /// Takes and prints a snapshot (text: only when the groups changed, unless `always`).
-    fn report(&mut self, always: bool) -> io::Result<()> {
+    /// Merges `dump` with what the tracker knows now and prints the snapshot (text: only when
+    /// the groups changed, unless `always`).
+    fn report(&mut self, dump: Dump, always: bool) -> io::Result<()> {
         let now = monotonic_ns();
         self.tracker.finish_until(now, &mut |_| {});
+        // The tracked sockets the dump lists, whatever state the tracker believes (it may have
+        // lost the transition); when the dump is partial, also those the tracker finds stuck.
+        let listed: HashSet<(SocketAddr, SocketAddr)> =
+            dump.sockets.iter().map(|(_, d)| (d.src, d.dst)).collect();
         let tracked: Vec<Tracked> = self
             .tracker
             .live_sockets()
-            .filter(|s| matches!(s.state, TcpState::CloseWait | TcpState::FinWait2))
+            .filter(|s| {
+                let tuple = (
+                    SocketAddr::new(s.saddr, s.sport),
+                    SocketAddr::new(s.daddr, s.dport),
+                );
+                listed.contains(&tuple)
+                    || (!dump.complete
+                        && matches!(s.state, TcpState::CloseWait | TcpState::FinWait2))
+            })
             .map(|s| Tracked::of(&s))
             .collect();
         let s = snapshot(
-            take_dump(),
+            dump,
             &tracked,
             &mut self.first_seen,
             &self.frames,
@@ -229,9 +264,14 @@ impl<W: Write> LeaksSink<W> {
         Ok(())
     }
 
-    /// The last snapshot, printed whatever changed.
+    /// The last snapshot, printed whatever changed (from the dump in flight, if any).
     pub fn finish(mut self) -> io::Result<()> {
-        self.report(true)
+        let dump = self
+            .pending
+            .take()
+            .and_then(|rx| rx.recv().ok())
+            .unwrap_or_else(take_dump);
+        self.report(dump, true)
     }
 }
 
@@ -243,9 +283,20 @@ impl<W: Write> Sink for LeaksSink<W> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if monotonic_ns() >= self.next_ns {
-            self.report(false)?;
-            self.next_ns = monotonic_ns() + self.interval_ns;
+        if let Some(rx) = &self.pending {
+            match rx.try_recv() {
+                Ok(dump) => {
+                    self.pending = None;
+                    self.report(dump, false)?;
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+                Err(mpsc::TryRecvError::Disconnected) => self.pending = None,
+            }
+        }
+        let now = monotonic_ns();
+        if self.pending.is_none() && now >= self.next_ns {
+            self.pending = Some(dump_in_background());
+            self.next_ns = now + self.interval_ns;
         }
         Ok(())
     }
