@@ -22,8 +22,8 @@ use netwatch_tests::{
 };
 use serde_json::Value;
 use support::{
-    TCP_CLOSE_WAIT, TCP_LISTEN, Tracer, build_fixture, endpoint, eventually, fds_in_state,
-    marked_line, socket_fds, tcpdrive, wait_fds_in_state,
+    TCP_CLOSE_WAIT, TCP_FIN_WAIT2, TCP_LISTEN, Tracer, build_fixture, endpoint, eventually,
+    fds_in_state, marked_line, socket_fds, tcpdrive, wait_fds_in_state,
 };
 
 /// Sockets each test leaks.
@@ -597,6 +597,47 @@ fn root_leaks_live_names_the_client_and_the_connecting_code() {
         "netwatch leaks exited {status}:\n{stderr}"
     );
     drop(cli);
+}
+
+/// The other half of the grouping: sockets whose peer never closed. A client shuts
+/// down its side (FIN) and keeps the socket; the server never closes: the client's sockets
+/// sit in FIN_WAIT2, held by it, and must be grouped as `fin_wait2` under its pid, with the
+/// connect() that opened them and its fds.
+#[test]
+fn root_leaks_live_groups_fin_wait2_sockets_whose_peer_never_closed() {
+    if !require_root("root_leaks_live_groups_fin_wait2_sockets_whose_peer_never_closed") {
+        return;
+    }
+    let pair = NetPair::new();
+    let mut tracer = Tracer::start(&["leaks", "--json", "--min-age", "1s", "--interval", "1s"]);
+    let (srv, addr) = start_leaky_server(&pair);
+    let cli = ReadyChild::spawn(pair.exec(
+        Side::Client,
+        &tcpdrive(),
+        &["connect-shutdown", &addr, "--count", &N.to_string()],
+    ));
+    let pid = cli.pid();
+    let fds = wait_fds_in_state(pid, TCP_FIN_WAIT2, N, STATE_BOUND);
+    let snap = tracer.wait_for_json_line(
+        &format!("a fin_wait2 group of pid {pid} with {N} sockets"),
+        SNAPSHOT_BOUND,
+        |s| has_group(s, "fin_wait2", pid, N),
+    );
+    check_snapshot(&snap, 1000.0);
+    let g = the_group(&snap, "fin_wait2", pid);
+    assert_eq!(g["comm"], "tcpdrive", "{g:#}");
+    assert_eq!(g["opened_by"], "connect", "{g:#}");
+    assert_eq!(g["code_path_seen"], true, "{g:#}");
+    assert_eq!(g["oldest_at_least"], false, "{g:#}");
+    assert_eq!(u32s(&g["fds"]), fds, "{g:#}");
+    // The server holds the other ends in CLOSE_WAIT, each in its own group.
+    assert!(has_group(&snap, "close_wait", srv.pid(), N), "{snap:#}");
+    let (status, _stdout, stderr) = tracer.stop_output();
+    assert!(
+        status.success(),
+        "netwatch leaks exited {status}:\n{stderr}"
+    );
+    drop((cli, srv));
 }
 
 #[test]

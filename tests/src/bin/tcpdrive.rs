@@ -43,6 +43,10 @@ usage:
       N sequential connects, each closed at once without sending anything (a FIN, for a
       server that never reads or answers); prints OPENED <pid> <local port> per connection,
       then DONE <pid> <ok> <failed>.
+  tcpdrive connect-shutdown <addr:port> [--count N] [--timeout-ms MS]
+      N connects, each shut down for writing (a FIN) and kept open: against a server that
+      never closes, FIN_WAIT2 sockets whose peer never closed. Prints OPENED <pid> <local port>
+      per connection, then READY <pid>, then waits to be killed.
   tcpdrive connect-expect-fail <addr:port> [--timeout-ms MS]
       one connect that must fail; prints FAILED <pid> <ERRNO> (exit 0), or CONNECTED <pid> (exit 1).
   tcpdrive send-slow <addr:port> --bytes N [--timeout-ms MS]
@@ -206,6 +210,24 @@ fn run(args: &[String]) -> Result<i32, String> {
             }
             say(&format!("DONE {pid} {ok} {failed}"));
             Ok(if failed == 0 { 0 } else { 1 })
+        }
+        "connect-shutdown" => {
+            let o = Opts::parse(rest, &["count", "timeout-ms"])?;
+            let timeout = o.millis_or("timeout-ms", 10_000)?;
+            let mut held = Vec::new();
+            for _ in 0..o.num_or("count", 1)? {
+                let s = TcpStream::connect_timeout(&addr, timeout)
+                    .unwrap_or_else(|e| die(&format!("connect {addr}"), &e));
+                s.shutdown(std::net::Shutdown::Write)
+                    .unwrap_or_else(|e| die("shutdown(SHUT_WR)", &e));
+                let local = s.local_addr().unwrap_or_else(|e| die("getsockname", &e));
+                say(&format!("OPENED {} {}", std::process::id(), local.port()));
+                held.push(s);
+            }
+            ready();
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
         }
         "serve-leak" => {
             let o = Opts::parse(rest, &["count", "backlog"])?;
