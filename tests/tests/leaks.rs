@@ -70,6 +70,19 @@ fn the_group<'a>(snap: &'a Value, kind: &str, pid: u32) -> &'a Value {
     found[0]
 }
 
+/// Waits for a live snapshot with a `kind` group of `pid` holding exactly `N` sockets, checks
+/// the snapshot's shape for `min_age_ms`, and returns it with that group.
+fn live_group(tracer: &mut Tracer, kind: &str, pid: u32, min_age_ms: f64) -> (Value, Value) {
+    let snap = tracer.wait_for_json_line(
+        &format!("a {kind} group of pid {pid} with {N} sockets"),
+        SNAPSHOT_BOUND,
+        |s| has_group(s, kind, pid, N),
+    );
+    check_snapshot(&snap, min_age_ms);
+    let g = the_group(&snap, kind, pid).clone();
+    (snap, g)
+}
+
 /// Whether `snap` has a `kind` group of `pid` holding exactly `n` sockets.
 fn has_group(snap: &Value, kind: &str, pid: u32, n: usize) -> bool {
     groups_of(snap, kind, pid)
@@ -461,13 +474,8 @@ fn root_leaks_live_names_the_server_its_fds_and_the_accepting_code() {
     let client_ports = connect_close(&pair, &addr, N);
     let fds = wait_fds_in_state(pid, TCP_CLOSE_WAIT, N, STATE_BOUND);
 
-    let snap = tracer.wait_for_json_line(
-        &format!("a close_wait group of pid {pid} with {N} sockets"),
-        SNAPSHOT_BOUND,
-        |s| has_group(s, "close_wait", pid, N),
-    );
-    check_snapshot(&snap, 2000.0);
-    let g = the_group(&snap, "close_wait", pid);
+    let (snap, g) = live_group(&mut tracer, "close_wait", pid, 2000.0);
+    let g = &g;
     assert_eq!(g["comm"], "leaky_server", "{g:#}");
     assert_eq!(g["opened_by"], "accept", "{g:#}");
     assert_eq!(g["code_path_seen"], true, "{g:#}");
@@ -565,13 +573,8 @@ fn root_leaks_live_names_the_client_and_the_connecting_code() {
         .collect();
     assert_eq!(local_ports.len(), N, "{:?}", cli.stdout_lines());
 
-    let snap = tracer.wait_for_json_line(
-        &format!("a close_wait group of pid {pid} with {N} sockets"),
-        SNAPSHOT_BOUND,
-        |s| has_group(s, "close_wait", pid, N),
-    );
-    check_snapshot(&snap, 2000.0);
-    let g = the_group(&snap, "close_wait", pid);
+    let (_, g) = live_group(&mut tracer, "close_wait", pid, 2000.0);
+    let g = &g;
     assert_eq!(g["comm"], "leaky_client", "{g:#}");
     assert_eq!(g["opened_by"], "connect", "{g:#}");
     assert_eq!(g["code_path_seen"], true, "{g:#}");
@@ -618,13 +621,8 @@ fn root_leaks_live_groups_fin_wait2_sockets_whose_peer_never_closed() {
     ));
     let pid = cli.pid();
     let fds = wait_fds_in_state(pid, TCP_FIN_WAIT2, N, STATE_BOUND);
-    let snap = tracer.wait_for_json_line(
-        &format!("a fin_wait2 group of pid {pid} with {N} sockets"),
-        SNAPSHOT_BOUND,
-        |s| has_group(s, "fin_wait2", pid, N),
-    );
-    check_snapshot(&snap, 1000.0);
-    let g = the_group(&snap, "fin_wait2", pid);
+    let (snap, g) = live_group(&mut tracer, "fin_wait2", pid, 1000.0);
+    let g = &g;
     assert_eq!(g["comm"], "tcpdrive", "{g:#}");
     assert_eq!(g["opened_by"], "connect", "{g:#}");
     assert_eq!(g["code_path_seen"], true, "{g:#}");
