@@ -14,11 +14,14 @@ use std::{
 };
 
 use netwatch_tests::{
-    NetPair, ReadyChild, Side, counter_delta, find_line, netwatch_bin, output_with_timeout,
-    require_root, unique_port,
+    NetPair, ReadyChild, Side, counter_delta, netwatch_bin, output_with_timeout, require_root,
+    unique_port,
 };
 use serde_json::Value;
-use support::{Tracer, ip, json_lines, port, step, tcpdrive};
+use support::{
+    Tracer, ip, json_lines, orderly_connections, port, refused_connects, step, tcpdrive,
+    timed_out_connects,
+};
 
 const N: u64 = 20;
 const M: u64 = 3;
@@ -64,65 +67,12 @@ fn root_report_counts_equal_the_kernel_counters() {
     ]);
 
     // N orderly connections, the client closing first: N TIME_WAITs in the client namespace.
-    let mut srv = ReadyChild::spawn(pair.exec(
-        Side::Server,
-        &tcpdrive(),
-        &["serve", &at(p_ok), "--count", &N.to_string()],
-    ));
-    let out = output_with_timeout(
-        pair.exec(
-            Side::Client,
-            &tcpdrive(),
-            &["connect", &at(p_ok), "--count", &N.to_string()],
-        ),
-        60,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(srv.wait(30).success());
-
+    orderly_connections(&pair, &at(p_ok), N);
     // M refused connects.
-    for _ in 0..M {
-        let out = output_with_timeout(
-            pair.exec(
-                Side::Client,
-                &tcpdrive(),
-                &["connect-expect-fail", &at(p_refused)],
-            ),
-            20,
-        );
-        assert!(
-            find_line(&String::from_utf8_lossy(&out.stdout), "FAILED")
-                .is_some_and(|f| f[2] == "ECONNREFUSED")
-        );
-    }
-
+    refused_connects(&pair, &at(p_refused), M);
     // K connects the client gives up on after 1.5 s while every SYN is dropped (one SYN
     // retransmission each, at 1 s).
-    pair.nft(
-        Side::Server,
-        &format!(
-            "table inet nwsyn {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    tcp dport {p_drop} drop\n  }}\n}}\n"
-        ),
-    );
-    for _ in 0..K {
-        let out = output_with_timeout(
-            pair.exec(
-                Side::Client,
-                &tcpdrive(),
-                &["connect-expect-fail", &at(p_drop), "--timeout-ms", "1500"],
-            ),
-            20,
-        );
-        assert!(
-            find_line(&String::from_utf8_lossy(&out.stdout), "FAILED")
-                .is_some_and(|f| f[2] == "ETIMEDOUT")
-        );
-    }
-    pair.nft(Side::Server, "delete table inet nwsyn");
+    timed_out_connects(&pair, &at(p_drop), p_drop, K);
 
     // R connections the client aborts with SO_LINGER 0.
     let mut srv = ReadyChild::spawn(pair.exec(

@@ -22,11 +22,11 @@ use std::{
 };
 
 use netwatch_tests::{
-    NetPair, ReadyChild, Side, counter_delta, find_line, output_with_timeout, require_root,
-    unique_port, wait_with_timeout,
+    NetPair, ReadyChild, Side, counter_delta, output_with_timeout, require_root, unique_port,
+    wait_with_timeout,
 };
 use serde_json::Value;
-use support::{Tracer, step, tcpdrive};
+use support::{Tracer, orderly_connections, refused_connects, step, tcpdrive, timed_out_connects};
 
 /// Where Debian's package puts the server.
 const PROMETHEUS: &str = "/usr/bin/prometheus";
@@ -311,62 +311,11 @@ fn root_serve_metrics_match_a_known_workload_through_prometheus() {
     let before_s = pair.nstat(Side::Server);
 
     // N orderly connections, the client closing first.
-    let mut srv = ReadyChild::spawn(pair.exec(
-        Side::Server,
-        &tcpdrive(),
-        &["serve", &at(p_ok), "--count", &N.to_string()],
-    ));
-    let out = output_with_timeout(
-        pair.exec(
-            Side::Client,
-            &tcpdrive(),
-            &["connect", &at(p_ok), "--count", &N.to_string()],
-        ),
-        60,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(srv.wait(30).success());
+    orderly_connections(&pair, &at(p_ok), N);
     // M refused connects.
-    for _ in 0..M {
-        let out = output_with_timeout(
-            pair.exec(
-                Side::Client,
-                &tcpdrive(),
-                &["connect-expect-fail", &at(p_refused)],
-            ),
-            20,
-        );
-        assert!(
-            find_line(&String::from_utf8_lossy(&out.stdout), "FAILED")
-                .is_some_and(|f| f[2] == "ECONNREFUSED")
-        );
-    }
+    refused_connects(&pair, &at(p_refused), M);
     // K connects given up after 1.5 s while the server drops every SYN (one retransmission).
-    pair.nft(
-        Side::Server,
-        &format!(
-            "table inet nwsyn {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    tcp dport {p_drop} drop\n  }}\n}}\n"
-        ),
-    );
-    for _ in 0..K {
-        let out = output_with_timeout(
-            pair.exec(
-                Side::Client,
-                &tcpdrive(),
-                &["connect-expect-fail", &at(p_drop), "--timeout-ms", "1500"],
-            ),
-            20,
-        );
-        assert!(
-            find_line(&String::from_utf8_lossy(&out.stdout), "FAILED")
-                .is_some_and(|f| f[2] == "ETIMEDOUT")
-        );
-    }
-    pair.nft(Side::Server, "delete table inet nwsyn");
+    timed_out_connects(&pair, &at(p_drop), p_drop, K);
     // L accepted sockets the server leaks in CLOSE_WAIT.
     let leak = ReadyChild::spawn(pair.exec(
         Side::Server,

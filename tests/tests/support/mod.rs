@@ -541,3 +541,68 @@ pub fn wait_fds_in_state(pid: u32, state: u8, n: usize, bound: Duration) -> Vec<
     );
     fds
 }
+
+/// `n` orderly connections to `tcpdrive serve` at `addr`, the client closing first: `n`
+/// TIME_WAITs in the client namespace. Waits (bounded) for both sides to finish.
+pub fn orderly_connections(pair: &netwatch_tests::NetPair, addr: &str, n: u64) {
+    use netwatch_tests::{ReadyChild, Side};
+    let mut srv = ReadyChild::spawn(pair.exec(
+        Side::Server,
+        &tcpdrive(),
+        &["serve", addr, "--count", &n.to_string()],
+    ));
+    let out = output_with_timeout(
+        pair.exec(
+            Side::Client,
+            &tcpdrive(),
+            &["connect", addr, "--count", &n.to_string()],
+        ),
+        60,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(srv.wait(30).success());
+}
+
+/// `m` connects to `addr`, where nothing listens: each must fail with ECONNREFUSED.
+pub fn refused_connects(pair: &netwatch_tests::NetPair, addr: &str, m: u64) {
+    for _ in 0..m {
+        assert_eq!(
+            failed_connect(pair, &["connect-expect-fail", addr]),
+            "ECONNREFUSED"
+        );
+    }
+}
+
+/// `k` connects to `addr` (port `port`) given up after 1.5 s while the server namespace drops
+/// every SYN to that port (one SYN retransmission each, at 1 s): each must fail with
+/// ETIMEDOUT. The drop rule is removed afterwards.
+pub fn timed_out_connects(pair: &netwatch_tests::NetPair, addr: &str, port: u16, k: u64) {
+    use netwatch_tests::Side;
+    pair.nft(
+        Side::Server,
+        &format!(
+            "table inet nwsyn {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    tcp dport {port} drop\n  }}\n}}\n"
+        ),
+    );
+    for _ in 0..k {
+        let args = ["connect-expect-fail", addr, "--timeout-ms", "1500"];
+        assert_eq!(failed_connect(pair, &args), "ETIMEDOUT");
+    }
+    pair.nft(Side::Server, "delete table inet nwsyn");
+}
+
+/// Runs a `tcpdrive connect-expect-fail` in the client namespace; its errno name.
+fn failed_connect(pair: &netwatch_tests::NetPair, args: &[&str]) -> String {
+    let out = output_with_timeout(
+        pair.exec(netwatch_tests::Side::Client, &tcpdrive(), args),
+        20,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    netwatch_tests::find_line(&stdout, "FAILED")
+        .and_then(|f| f.get(2).map(|e| e.to_string()))
+        .unwrap_or_else(|| panic!("no FAILED line from {args:?}: {stdout}"))
+}
