@@ -257,6 +257,12 @@ fn session_script(scratch: &Scratch, netwatch_args: &[String]) -> PathBuf {
     script
 }
 
+/// The session script printed how netwatch exited and, after it, the terminal's mode: the
+/// `TTY` line comes a moment after `EXITED`, and a screen read between the two lacks it.
+fn exited(screen: &str) -> bool {
+    screen.contains("EXITED") && screen.lines().any(|l| l.starts_with("TTY"))
+}
+
 /// The view has taken the terminal and drawn a frame.
 fn view_is_up(screen: &str) -> bool {
     screen.contains("netwatch top |") && screen.contains("q quit")
@@ -395,7 +401,7 @@ fn root_top_shows_the_workload_live_and_restores_the_terminal() {
 
     // q: quits at once, exit status 0, and the terminal is as it was.
     t.keys(&["q"]);
-    let screen = t.wait_for("netwatch's exit", 20, |s| s.contains("EXITED"));
+    let screen = t.wait_for("netwatch's exit and the tty line after it", 20, exited);
     assert!(screen.contains("EXITED 0"), "{screen}");
     assert!(
         !screen.contains("netwatch report:"),
@@ -429,7 +435,7 @@ fn root_top_ctrl_c_prints_the_report() {
 
     // In raw mode Ctrl-C is a key, not SIGINT: the view quits, then prints the report.
     t.keys(&["C-c"]);
-    let screen = t.wait_for("netwatch's exit", 20, |s| s.contains("EXITED"));
+    let screen = t.wait_for("netwatch's exit and the tty line after it", 20, exited);
     assert!(screen.contains("EXITED 0"), "{screen}");
     // The report's text lands on the normal screen; what scrolled off is in the history.
     let out = t.tmux(&["capture-pane", "-p", "-S", "-", "-t", "top"]);
