@@ -832,36 +832,9 @@ impl Analysis {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracker::Dwell;
 
     fn tw_conn(end_ns: u64, dest: &str, port: u16) -> Connection {
-        Connection {
-            start_ns: end_ns.saturating_sub(1_000_000),
-            end_ns,
-            pid: Some(10),
-            comm: Some("client".into()),
-            tid: None,
-            cgroup_id: None,
-            netns: None,
-            closer_pid: Some(10),
-            closer_comm: Some("client".into()),
-            saddr: "10.0.0.1".parse().unwrap(),
-            sport: 40000,
-            daddr: dest.parse().unwrap(),
-            dport: port,
-            role: Role::Active,
-            end: End::TimeWait,
-            ms: Some(1.0),
-            connect_ms: Some(0.1),
-            dwell_ms: Dwell::default(),
-            retransmits: 0,
-            resets_received: 0,
-            resets_sent: 0,
-            reset_state: None,
-            bytes_sent: None,
-            bytes_received: None,
-            srtt_ms: None,
-        }
+        Connection::test(end_ns, dest, port, End::TimeWait, Role::Active)
     }
 
     #[test]

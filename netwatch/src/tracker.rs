@@ -167,6 +167,9 @@ pub struct Connection {
     pub daddr: IpAddr,
     pub dport: u16,
     pub role: Role,
+    /// Id in the kernel's `STACKS` map of the user stack that opened it (connect/accept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_id: Option<u32>,
     #[serde(flatten)]
     pub end: End,
     /// Whole lifetime in ms; `None` when netwatch did not see it begin.
@@ -286,6 +289,42 @@ impl Sock {
 fn stack_key(ev: &Event) -> Option<NonZeroU32> {
     ev.stack_id
         .and_then(|id| NonZeroU32::new(id.wrapping_add(1)))
+}
+
+#[cfg(test)]
+impl Connection {
+    /// A connection of pid 10 (`client`), 10.0.0.1:40000 -> `dest`:`port`, that ended `end`
+    /// at `end_ns` after 1 ms, for tests of what consumes connections.
+    pub fn test(end_ns: u64, dest: &str, port: u16, end: End, role: Role) -> Connection {
+        Connection {
+            start_ns: end_ns.saturating_sub(1_000_000),
+            end_ns,
+            pid: Some(10),
+            tid: None,
+            comm: Some("client".into()),
+            cgroup_id: None,
+            netns: None,
+            closer_pid: Some(10),
+            closer_comm: Some("client".into()),
+            saddr: "10.0.0.1".parse().unwrap(),
+            sport: 40000,
+            daddr: dest.parse().unwrap(),
+            dport: port,
+            role,
+            stack_id: None,
+            end,
+            ms: Some(1.0),
+            connect_ms: Some(0.1),
+            dwell_ms: Dwell::default(),
+            retransmits: 0,
+            resets_received: 0,
+            resets_sent: 0,
+            reset_state: None,
+            bytes_sent: None,
+            bytes_received: None,
+            srtt_ms: None,
+        }
+    }
 }
 
 /// Facts that arrive at the end of a connection.
@@ -640,6 +679,7 @@ impl Tracker {
             daddr: s.daddr,
             dport: s.dport,
             role: s.role,
+            stack_id: s.stack.map(|k| k.get() - 1),
             end,
             ms: s.born_ns.map(|b| ms(close_ns.saturating_sub(b.get()))),
             connect_ms: s.connect_ns.map(|c| ms(c.get())),

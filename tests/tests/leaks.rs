@@ -290,6 +290,11 @@ fn leaks_once(args: &[&str]) -> String {
 /// `tcpdrive connect-close` from the client side: `n` connections to `addr`, each closed at
 /// once (the server side goes CLOSE_WAIT when it never closes); returns the local ports.
 fn connect_close(pair: &NetPair, addr: &str, n: usize) -> Vec<u16> {
+    connect_close_by(pair, addr, n).1
+}
+
+/// [`connect_close`], with the pid of the client that did it.
+fn connect_close_by(pair: &NetPair, addr: &str, n: usize) -> (u32, Vec<u16>) {
     let out = output_with_timeout(
         pair.exec(
             Side::Client,
@@ -319,7 +324,10 @@ fn connect_close(pair: &NetPair, addr: &str, n: usize) -> Vec<u16> {
         })
         .collect();
     assert_eq!(ports.len(), n, "{text}");
-    ports
+    let pid = find_line(&text, "DONE").expect("DONE line")[1]
+        .parse()
+        .expect("DONE <pid>");
+    (pid, ports)
 }
 
 /// The inode of process `pid`'s network namespace (`/proc/<pid>/ns/net -> net:[<inode>]`).
@@ -636,6 +644,55 @@ fn root_leaks_live_groups_fin_wait2_sockets_whose_peer_never_closed() {
         "netwatch leaks exited {status}:\n{stderr}"
     );
     drop((cli, srv));
+}
+
+/// Orphans, live: a client that closes first and exits (`tcpdrive connect-close`) against a
+/// server that never closes leaves orphaned FIN_WAIT2 sockets that no process holds. netwatch
+/// saw the client connect and close, so it names that client and its connect(), with exact
+/// ages, though the client is gone.
+#[test]
+fn root_leaks_live_names_the_process_that_orphaned_fin_wait2_sockets() {
+    if !require_root("root_leaks_live_names_the_process_that_orphaned_fin_wait2_sockets") {
+        return;
+    }
+    let pair = NetPair::new();
+    let mut tracer = Tracer::start(&["leaks", "--json", "--min-age", "1s", "--interval", "1s"]);
+    let (srv, addr) = start_leaky_server(&pair);
+    let (pid, ports) = connect_close_by(&pair, &addr, N);
+    let (_, g) = live_group(&mut tracer, "orphan_fin_wait2", pid, 1000.0);
+    assert_eq!(g["comm"], "tcpdrive", "{g:#}");
+    assert_eq!(g["opened_by"], "connect", "{g:#}");
+    assert_eq!(g["code_path_seen"], true, "{g:#}");
+    assert_eq!(g["oldest_at_least"], false, "{g:#}");
+    assert_eq!(
+        u32s(&g["fds"]),
+        Vec::<u32>::new(),
+        "no process holds them: {g:#}"
+    );
+    let locals: BTreeSet<u16> = g["detail"]
+        .as_array()
+        .expect("detail")
+        .iter()
+        .map(|d| {
+            assert_eq!(d["remote"], addr.as_str(), "{d}");
+            let local = d["local"].as_str().expect("local");
+            local
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .expect("port")
+        })
+        .collect();
+    assert_eq!(
+        locals,
+        ports.into_iter().collect(),
+        "the client's own connections"
+    );
+    let (status, _stdout, stderr) = tracer.stop_output();
+    assert!(
+        status.success(),
+        "netwatch leaks exited {status}:\n{stderr}"
+    );
+    drop(srv);
 }
 
 #[test]

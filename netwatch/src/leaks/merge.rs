@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::event::TcpState;
 use crate::procfd::FdOwner;
 use crate::sockdiag::DiagSocket;
-use crate::tracker::{LiveSocket, Role};
+use crate::tracker::{Connection, End, LiveSocket, Role};
 
 use super::{Opener, StuckKind};
 
@@ -79,9 +79,37 @@ pub struct Tracked {
     pub since_exact: bool,
     pub role: Role,
     pub stack_id: Option<u32>,
+    /// Built from a connection this host closed first ([`Tracked::closed_first`]): no process
+    /// holds it any more.
+    pub closed: bool,
 }
 
 impl Tracked {
+    /// A connection this host closed first (it ended as a TIME_WAIT birth). While the peer
+    /// does not close, the kernel keeps such a socket as an orphaned FIN_WAIT2 (up to
+    /// `tcp_fin_timeout`); this names the process and code path that left it there. It has
+    /// been in FIN_WAIT2 since it entered it, before the close the tracker saw.
+    pub fn closed_first(c: &Connection) -> Option<Tracked> {
+        if !matches!(c.end, End::TimeWait) {
+            return None;
+        }
+        let in_fin_wait2_ns = c.dwell_ms.fin_wait2.map_or(0, |ms| (ms * 1e6) as u64);
+        Some(Tracked {
+            state: TcpState::FinWait2,
+            local: SocketAddr::new(c.saddr, c.sport),
+            remote: SocketAddr::new(c.daddr, c.dport),
+            pid: c.pid,
+            comm: c.comm.clone(),
+            cgroup_id: c.cgroup_id,
+            netns: c.netns,
+            since_ns: c.end_ns.saturating_sub(in_fin_wait2_ns),
+            since_exact: c.dwell_ms.fin_wait2.is_some(),
+            role: c.role,
+            stack_id: c.stack_id,
+            closed: true,
+        })
+    }
+
     pub fn of(s: &LiveSocket) -> Tracked {
         Tracked {
             state: s.state,
@@ -95,14 +123,16 @@ impl Tracked {
             since_exact: s.since_exact,
             role: s.role,
             stack_id: s.stack_id,
+            closed: false,
         }
     }
 
     fn stuck_kind(&self) -> Option<StuckKind> {
         match self.state {
             TcpState::CloseWait => Some(StuckKind::CloseWait),
-            // Tracked sockets are alive, so held unless closed: the tracker cannot tell an
-            // orphan; the dump can (inode 0).
+            TcpState::FinWait2 if self.closed => Some(StuckKind::OrphanFinWait2),
+            // A live tracked socket is held, as far as the tracker can tell; the dump can tell
+            // an orphan (inode 0).
             TcpState::FinWait2 => Some(StuckKind::FinWait2),
             _ => None,
         }
@@ -323,6 +353,7 @@ mod tests {
             since_exact: true,
             role: Role::Passive,
             stack_id: Some(3),
+            closed: false,
         }
     }
 
@@ -520,6 +551,39 @@ mod tests {
                 (StuckKind::FinWait2, true)
             ]
         );
+    }
+
+    #[test]
+    fn an_orphan_is_named_by_the_connection_that_closed_first_here() {
+        use crate::tracker::{Connection, End};
+        let mut c = Connection::test(
+            3_000_000_000,
+            "10.0.0.2",
+            40000,
+            End::TimeWait,
+            Role::Active,
+        );
+        (c.stack_id, c.dwell_ms.fin_wait2) = (Some(5), Some(500.0));
+        let t = Tracked::closed_first(&c).expect("a TIME_WAIT birth");
+        let (l, r) = ("10.0.0.1:40000", "10.0.0.2:40000");
+        let dump = dump(vec![(11, diag(FIN_WAIT2, l, r, 0, 1))], HashMap::new());
+        let s = merge(
+            &dump,
+            &[t],
+            4_000_000_000,
+            &mut FirstSeen::default(),
+            &mut Names,
+        );
+        let s = &s[0];
+        assert_eq!(s.kind, StuckKind::OrphanFinWait2);
+        assert_eq!(s.owner.as_ref().map(|o| o.pid), Some(10));
+        assert_eq!((s.opened_by, s.fds.len()), (Some(Opener::Connect), 0));
+        assert_eq!(s.stack.as_deref(), Some(&vec!["f5 of 10".to_string()]));
+        // In FIN_WAIT2 since 0.5 s before the close at 3 s: 1.5 s at 4 s, exactly.
+        assert_eq!((s.age_ms, s.at_least), (1500.0, false));
+        // Only connections this host closed first can leave an orphan.
+        let closed_by_peer = Connection::test(1, "10.0.0.2", 1, End::Closed, Role::Active);
+        assert!(Tracked::closed_first(&closed_by_peer).is_none());
     }
 
     #[test]

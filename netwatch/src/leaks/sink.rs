@@ -1,6 +1,6 @@
 //! Taking snapshots: once from the kernel's dump alone (`--once`), or every interval while the
 //! stream feeds the tracker and the code paths (live).
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::{Arc, mpsc};
@@ -14,7 +14,7 @@ use crate::event::{Event, TcpState};
 use crate::sink::Sink;
 use crate::sockdiag::{self, SockDiagError, StateMask};
 use crate::stacks::Stacks;
-use crate::tracker::Tracker;
+use crate::tracker::{Fact, Tracker};
 use crate::{cgroup, netns, privileges, procfd};
 
 /// The states a leak sits in.
@@ -22,6 +22,58 @@ const STUCK: StateMask = StateMask::CLOSE_WAIT.union(StateMask::FIN_WAIT2);
 
 /// Most symbolized code paths kept; past it the table starts over (bounded memory).
 const MAX_CODE_PATHS: usize = 65_536;
+
+/// Connections closed first here are remembered this long, and at most this many: longer than
+/// any sane `tcp_fin_timeout`, the most an orphaned FIN_WAIT2 lives.
+const CLOSED_MEMORY_NS: u64 = 600 * 1_000_000_000;
+const CLOSED_MAX: usize = 65_536;
+
+/// Connections this host closed first, by endpoints and namespace: what names the process and
+/// code path of an orphaned FIN_WAIT2 in the dump, which no process holds any more.
+#[derive(Default)]
+struct ClosedFirst {
+    /// The socket as the merge takes it, and when it closed.
+    by_key: HashMap<ClosedKey, (Tracked, u64)>,
+    /// Keys in closing order, for expiry.
+    order: VecDeque<(ClosedKey, u64)>,
+}
+
+type ClosedKey = (SocketAddr, SocketAddr, Option<u32>);
+
+impl ClosedFirst {
+    fn remember(&mut self, fact: Fact) {
+        let Fact::Ended(c) = fact;
+        let Some(t) = Tracked::closed_first(&c) else {
+            return;
+        };
+        let key = (t.local, t.remote, t.netns);
+        self.order.push_back((key, c.end_ns));
+        self.by_key.insert(key, (t, c.end_ns));
+        while self.order.len() > CLOSED_MAX {
+            self.forget_oldest();
+        }
+    }
+
+    /// Forgets what closed more than [`CLOSED_MEMORY_NS`] before `now_ns`.
+    fn expire(&mut self, now_ns: u64) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(_, at)| now_ns.saturating_sub(*at) > CLOSED_MEMORY_NS)
+        {
+            self.forget_oldest();
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some((key, at)) = self.order.pop_front() {
+            // A later close of the same endpoints replaced the entry: keep that one.
+            if self.by_key.get(&key).is_some_and(|(_, end)| *end == at) {
+                self.by_key.remove(&key);
+            }
+        }
+    }
+}
 
 /// Lists the stuck sockets of every network namespace, and their holders.
 pub fn take_dump() -> Dump {
@@ -149,6 +201,7 @@ pub struct LeaksSink<W: Write> {
     /// keeps its code paths.
     frames: HashMap<(u32, u32), Arc<Vec<String>>>,
     first_seen: FirstSeen,
+    closed_first: ClosedFirst,
     started_ns: u64,
     next_ns: u64,
     /// A dump being taken on a thread of its own: reading `/proc/*/fd` on a busy host takes
@@ -186,6 +239,7 @@ impl<W: Write> LeaksSink<W> {
             stacks: None,
             frames: HashMap::new(),
             first_seen: FirstSeen::default(),
+            closed_first: ClosedFirst::default(),
             started_ns: now,
             next_ns: now,
             pending: None,
@@ -217,7 +271,10 @@ impl<W: Write> LeaksSink<W> {
     /// the groups changed, unless `always`).
     fn report(&mut self, dump: Dump, always: bool) -> io::Result<()> {
         let now = monotonic_ns();
-        self.tracker.finish_until(now, &mut |_| {});
+        let closed_first = &mut self.closed_first;
+        self.tracker
+            .finish_until(now, &mut |fact| closed_first.remember(fact));
+        closed_first.expire(now);
         // The tracked sockets the dump lists, whatever state the tracker believes (it may have
         // lost the transition); when the dump is partial, also those the tracker finds stuck.
         let listed: HashSet<(SocketAddr, SocketAddr)> =
@@ -235,6 +292,13 @@ impl<W: Write> LeaksSink<W> {
                         && matches!(s.state, TcpState::CloseWait | TcpState::FinWait2))
             })
             .map(|s| Tracked::of(&s))
+            .chain(
+                self.closed_first
+                    .by_key
+                    .values()
+                    .filter(|(t, _)| listed.contains(&(t.local, t.remote)))
+                    .map(|(t, _)| t.clone()),
+            )
             .collect();
         let s = snapshot(
             dump,
@@ -278,7 +342,9 @@ impl<W: Write> LeaksSink<W> {
 impl<W: Write> Sink for LeaksSink<W> {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         self.remember_code_path(ev);
-        self.tracker.on_event(ev, &mut |_| {});
+        let closed_first = &mut self.closed_first;
+        self.tracker
+            .on_event(ev, &mut |fact| closed_first.remember(fact));
         Ok(())
     }
 
@@ -325,6 +391,38 @@ mod tests {
             opened_by: None,
             stack: None,
         }
+    }
+
+    #[test]
+    fn closes_are_remembered_bounded_in_time_and_replaced_by_later_ones() {
+        use crate::tracker::{Connection, End, Role};
+        let tw = |end_ns, port| {
+            Fact::Ended(Box::new(Connection::test(
+                end_ns,
+                "10.0.0.2",
+                port,
+                End::TimeWait,
+                Role::Active,
+            )))
+        };
+        let mut c = ClosedFirst::default();
+        c.remember(tw(1_000, 1));
+        c.remember(tw(2_000, 2));
+        c.remember(Fact::Ended(Box::new(Connection::test(
+            3_000,
+            "10.0.0.2",
+            3,
+            End::Closed,
+            Role::Active,
+        ))));
+        assert_eq!(c.by_key.len(), 2, "only closes that were ours");
+        // The same endpoints closing again: the later one stays when the first expires.
+        c.remember(tw(CLOSED_MEMORY_NS, 1));
+        c.expire(CLOSED_MEMORY_NS + 2_001);
+        let left: Vec<u64> = c.by_key.values().map(|(_, end)| *end).collect();
+        assert_eq!(left, vec![CLOSED_MEMORY_NS]);
+        c.expire(u64::MAX);
+        assert!(c.by_key.is_empty() && c.order.is_empty());
     }
 
     #[test]

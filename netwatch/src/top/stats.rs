@@ -330,36 +330,12 @@ fn other_reset() -> (ProcId, ResetKey) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracker::Dwell;
 
     fn conn(pid: u32, end: End, role: Role) -> Connection {
-        Connection {
-            start_ns: 1,
-            end_ns: 1_000_000_000,
-            pid: Some(pid),
-            comm: Some("client".into()),
-            tid: None,
-            cgroup_id: None,
-            netns: None,
-            closer_pid: Some(pid),
-            closer_comm: Some("client".into()),
-            saddr: "10.0.0.1".parse().unwrap(),
-            sport: 40000,
-            daddr: "10.0.0.2".parse().unwrap(),
-            dport: 80,
-            role,
-            end,
-            ms: Some(1.0),
-            connect_ms: None,
-            dwell_ms: Dwell::default(),
-            retransmits: 0,
-            resets_received: 0,
-            resets_sent: 0,
-            reset_state: None,
-            bytes_sent: None,
-            bytes_received: None,
-            srtt_ms: None,
-        }
+        let mut c = Connection::test(1_000_000_000, "10.0.0.2", 80, end, role);
+        (c.start_ns, c.connect_ms) = (1, None);
+        (c.pid, c.closer_pid) = (Some(pid), Some(pid));
+        c
     }
 
     #[test]
