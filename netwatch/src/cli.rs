@@ -300,7 +300,7 @@ pub struct LeaksArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub min_age: Duration,
     /// Take a snapshot this often; text prints only when the groups change
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_interval)]
     pub interval: Duration,
     /// Only sockets held by PID (repeat, or comma-separate: -p 10,11)
     #[arg(short = 'p', long = "pid", value_name = "PID", value_delimiter = ',')]
@@ -382,9 +382,31 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A refresh or snapshot interval: at least the stream's drain interval (a view cannot be
+/// fresher than the events it is made of).
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < crate::stream::DRAIN_INTERVAL {
+        return Err(format!(
+            "the interval must be at least {} ms, got `{s}`",
+            crate::stream::DRAIN_INTERVAL.as_millis()
+        ));
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn intervals_are_at_least_the_drain_interval() {
+        assert_eq!(parse_interval("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_interval("50ms"), Ok(Duration::from_millis(50)));
+        let e = parse_interval("0s").unwrap_err();
+        assert!(e.contains("`0s`") && e.contains("50 ms"), "{e}");
+        assert!(parse_interval("x").unwrap_err().contains("`x`"));
+    }
 
     #[test]
     fn durations() {

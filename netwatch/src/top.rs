@@ -20,7 +20,7 @@ use clap::Args;
 
 use crate::{
     analysis::{Analysis, HostSettings, Thresholds},
-    cli::{FilterArgs, RunArgs, ThresholdArgs, TrackerArgs, parse_duration},
+    cli::{FilterArgs, RunArgs, ThresholdArgs, TrackerArgs, parse_interval},
     clock::monotonic_ns,
     event::Event,
     probe::StatsReader,
@@ -64,18 +64,6 @@ impl Default for TopArgs {
             tracker: TrackerArgs::default(),
         }
     }
-}
-
-/// At least the stream's drain interval: a frame cannot be fresher than the events.
-fn parse_interval(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if d < crate::stream::DRAIN_INTERVAL {
-        return Err(format!(
-            "the interval must be at least {} ms, got `{s}`",
-            crate::stream::DRAIN_INTERVAL.as_millis()
-        ));
-    }
-    Ok(d)
 }
 
 /// Where frames go.
