@@ -44,7 +44,8 @@ pub struct Group {
     pub oldest_ms: f64,
     /// The oldest age is a lower bound (stuck before netwatch saw it).
     pub oldest_at_least: bool,
-    /// Remote endpoints, most sockets first; many addresses of one /24 and port collapse.
+    /// Remote endpoints, most sockets first; many ports of one address fold to `addr:*`, many
+    /// addresses of one /24 to `a.b.c.0/24:port`.
     pub peers: Vec<Peer>,
     /// The owner's fds holding these sockets, ascending.
     pub fds: Vec<u32>,
@@ -67,7 +68,8 @@ pub struct Detail {
     pub fds: Vec<u32>,
 }
 
-/// This many distinct addresses of one IPv4 /24 with one port print as the /24.
+/// This many ports of one address print as `addr:*`; this many addresses of one IPv4 /24
+/// with one port print as the /24.
 const COLLAPSE_AT: usize = 3;
 
 type Key = (
@@ -140,40 +142,68 @@ fn group(key: Key, mut members: Vec<Stuck>) -> Group {
     }
 }
 
-/// Remote endpoints with their socket counts, most first; when `COLLAPSE_AT` or more IPv4
-/// addresses of one /24 share a port, they print as `a.b.c.0/24:port`.
+/// Remote endpoints with their socket counts, most first, folded so that a few lines say
+/// where the sockets go: an address seen on [`COLLAPSE_AT`] or more ports (a client's
+/// ephemeral ports, on a server's sockets) prints as `addr:*`; [`COLLAPSE_AT`] or more IPv4
+/// addresses of one /24 with the same port (or all `*`) print as `a.b.c.0/24:port`.
 fn peers(remotes: impl Iterator<Item = SocketAddr>) -> Vec<Peer> {
     let mut counts: BTreeMap<SocketAddr, usize> = BTreeMap::new();
     for r in remotes {
         *counts.entry(r).or_default() += 1;
     }
-    let mut nets: HashMap<([u8; 3], u16), Vec<SocketAddr>> = HashMap::new();
-    for addr in counts.keys() {
-        if let IpAddr::V4(v4) = addr.ip() {
+    // Stage 1: many ports of one address -> `addr:*`.
+    let mut by_ip: BTreeMap<IpAddr, Vec<(u16, usize)>> = BTreeMap::new();
+    for (a, n) in counts {
+        by_ip.entry(a.ip()).or_default().push((a.port(), n));
+    }
+    let mut entries: Vec<(IpAddr, Option<u16>, usize)> = Vec::new();
+    for (ip, ports) in by_ip {
+        if ports.len() >= COLLAPSE_AT {
+            entries.push((ip, None, ports.iter().map(|(_, n)| n).sum()));
+        } else {
+            entries.extend(ports.into_iter().map(|(p, n)| (ip, Some(p), n)));
+        }
+    }
+    // Stage 2: many IPv4 addresses of one /24 with one port (or `*`) -> `a.b.c.0/24:port`.
+    let mut nets: BTreeMap<([u8; 3], Option<u16>), Vec<usize>> = BTreeMap::new();
+    for (i, (ip, port, _)) in entries.iter().enumerate() {
+        if let IpAddr::V4(v4) = ip {
             let o = v4.octets();
-            nets.entry(([o[0], o[1], o[2]], addr.port()))
-                .or_default()
-                .push(*addr);
+            nets.entry(([o[0], o[1], o[2]], *port)).or_default().push(i);
         }
     }
     let mut out: Vec<Peer> = Vec::new();
-    for ((net, port), addrs) in &nets {
-        if addrs.len() >= COLLAPSE_AT {
+    let mut folded = vec![false; entries.len()];
+    for ((net, port), members) in nets {
+        if members.len() >= COLLAPSE_AT {
             out.push(Peer {
-                peer: format!("{}.{}.{}.0/24:{port}", net[0], net[1], net[2]),
-                sockets: addrs.iter().map(|a| counts[a]).sum(),
+                peer: format!("{}.{}.{}.0/24:{}", net[0], net[1], net[2], port_text(port)),
+                sockets: members.iter().map(|&i| entries[i].2).sum(),
             });
-            for a in addrs {
-                counts.remove(a);
+            for i in members {
+                folded[i] = true;
             }
         }
     }
-    out.extend(counts.into_iter().map(|(a, n)| Peer {
-        peer: endpoint(a.ip(), a.port()),
-        sockets: n,
-    }));
+    out.extend(
+        entries
+            .iter()
+            .zip(folded)
+            .filter(|(_, folded)| !folded)
+            .map(|((ip, port, n), _)| Peer {
+                peer: match ip {
+                    IpAddr::V4(a) => format!("{a}:{}", port_text(*port)),
+                    IpAddr::V6(a) => format!("[{a}]:{}", port_text(*port)),
+                },
+                sockets: *n,
+            }),
+    );
     out.sort_by(|a, b| b.sockets.cmp(&a.sockets).then(a.peer.cmp(&b.peer)));
     out
+}
+
+fn port_text(port: Option<u16>) -> String {
+    port.map_or_else(|| "*".to_string(), |p| p.to_string())
 }
 
 #[cfg(test)]
@@ -253,5 +283,32 @@ mod tests {
         );
         let v6 = peers(["[fd00::1]:443".parse().unwrap()].into_iter());
         assert_eq!(v6[0].peer, "[fd00::1]:443");
+    }
+
+    #[test]
+    fn peers_fold_a_clients_ephemeral_ports_then_its_neighbours() {
+        let remotes = [
+            "10.0.3.1:40001",
+            "10.0.3.1:40002",
+            "10.0.3.1:40003",
+            "10.0.3.2:50001",
+            "10.0.3.2:50002",
+            "10.0.3.2:50003",
+            "10.0.3.2:50004",
+            "10.0.3.3:1",
+            "10.0.3.3:2",
+            "10.0.3.3:3",
+            "[fd00::1]:1",
+            "[fd00::1]:2",
+            "[fd00::1]:3",
+            "10.0.9.9:4",
+        ]
+        .map(|r| r.parse().unwrap());
+        let p = peers(remotes.into_iter());
+        let got: Vec<_> = p.iter().map(|p| (p.peer.as_str(), p.sockets)).collect();
+        assert_eq!(
+            got,
+            vec![("10.0.3.0/24:*", 10), ("[fd00::1]:*", 3), ("10.0.9.9:4", 1)]
+        );
     }
 }
