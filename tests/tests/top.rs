@@ -529,6 +529,16 @@ fn root_top_without_a_terminal_prints_plain_summaries() {
         )),
         "{last}"
     );
+    // With the holder's cgroup (its container or service), as every output names it.
+    let holder = f
+        .split("CLOSE_WAIT holders: ")
+        .nth(1)
+        .and_then(|h| h.lines().next())
+        .unwrap_or_default();
+    assert!(
+        holder.contains(", cgroup "),
+        "no cgroup for the holder: {holder}"
+    );
     assert!(
         f.contains(&format!(
             "connect failures: {M} refused, 0 timed out, 0 aborted"

@@ -456,6 +456,7 @@ mod tests {
             }],
             close_wait: vec![CwRow {
                 process: "leaky[77]".into(),
+                cgroup: Some("/system.slice/leaky.service".into()),
                 sockets: 5,
                 oldest_s: 7.5,
                 stuck: 5,

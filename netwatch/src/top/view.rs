@@ -113,6 +113,8 @@ pub struct TwRow {
 #[derive(Clone, Debug, PartialEq)]
 pub struct CwRow {
     pub process: String,
+    /// The holder's cgroup path (its container or service), when known.
+    pub cgroup: Option<String>,
     pub sockets: u64,
     pub oldest_s: f64,
     /// Older than `--close-wait-age`.
@@ -271,8 +273,9 @@ pub fn build(i: &Inputs, ui: &UiState) -> View {
                 None => "-".into(),
             };
             let age_ms = i.now_ns.saturating_sub(s.since_ns) as f64 / 1e6;
-            let row = cw.entry(process.clone()).or_insert(CwRow {
+            let row = cw.entry(process.clone()).or_insert_with(|| CwRow {
                 process,
+                cgroup: crate::cgroup::owner_cgroup(s.cgroup_id, s.pid),
                 sockets: 0,
                 oldest_s: 0.0,
                 stuck: 0,
@@ -549,8 +552,15 @@ impl View {
                     .iter()
                     .take(ROWS)
                     .map(|r| format!(
-                        "{} {} sockets (oldest {:.1} s, {} older than {:.1} s)",
-                        r.process, r.sockets, r.oldest_s, r.stuck, self.close_wait_age_s
+                        "{} {} sockets (oldest {:.1} s, {} older than {:.1} s{})",
+                        r.process,
+                        r.sockets,
+                        r.oldest_s,
+                        r.stuck,
+                        self.close_wait_age_s,
+                        r.cgroup
+                            .as_deref()
+                            .map_or_else(String::new, |c| format!(", cgroup {c}"))
                     ))
                     .collect()
             )
