@@ -137,7 +137,12 @@ impl Modules {
         Self(text.lines().filter_map(parse_maps_line).collect())
     }
 
+    /// The module mapped at `addr`; `?` when none is, `process exited` when the process had
+    /// no mappings left to read (it exited before its stack could be symbolized).
     fn module(&self, addr: u64) -> String {
+        if self.0.is_empty() {
+            return "process exited".to_string();
+        }
         self.0
             .iter()
             .find(|(lo, hi, _)| (*lo..*hi).contains(&addr))
@@ -182,6 +187,14 @@ mod tests {
             parse_maps_line("7f0000000000-7f0000001000 rw-p 00000000 00:00 0"),
             None
         );
+    }
+
+    #[test]
+    fn frames_of_a_process_that_is_gone_say_so() {
+        // Pids are at most 2^22 on Linux: this one cannot exist.
+        let frames = symbolize(&Symbolizer::new(), 99_999_999, &[0x7f00_0000_1234]);
+        assert_eq!(frames, vec!["0x7f0000001234 (process exited)".to_string()]);
+        assert_eq!(Modules(vec![(1, 2, "m".into())]).module(5), "?");
     }
 
     /// This very test process, symbolized as a stranger would: its own function shows up.
