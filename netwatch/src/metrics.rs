@@ -642,7 +642,6 @@ impl Sink for MetricsSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Family as IpFamily;
 
     const CLIENT: &str = "10.0.0.1";
     const SERVER: &str = "10.0.0.2";
@@ -681,25 +680,12 @@ mod tests {
             kind: EventKind,
         ) {
             self.ts += 1_000_000;
-            let ev = Event {
-                ts_ns: self.ts,
-                sock,
-                pid,
-                tid: pid,
-                comm: pid.map(|_| comm.to_string()),
-                owner_seen_here: false,
-                cgroup_id: cgroup,
-                netns: None,
-                family: IpFamily::Ipv4,
-                saddr: local.0.parse().unwrap(),
-                sport: local.1,
-                daddr: remote.0.parse().unwrap(),
-                dport: remote.1,
-                stack_id: None,
-                stack: Vec::new(),
-                sp_word: None,
-                kind,
-            };
+            let mut ev = Event::test_state(self.ts);
+            (ev.sock, ev.pid, ev.tid) = (sock, pid, pid);
+            (ev.comm, ev.cgroup_id) = (pid.map(|_| comm.to_string()), cgroup);
+            (ev.saddr, ev.sport) = (local.0.parse().unwrap(), local.1);
+            (ev.daddr, ev.dport) = (remote.0.parse().unwrap(), remote.1);
+            ev.kind = kind;
             self.sink.event(&ev).unwrap();
         }
 

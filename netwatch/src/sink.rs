@@ -191,28 +191,16 @@ impl<W: Write> Sink for JsonSink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Family, TcpState};
+    use crate::event::TcpState;
 
     fn event(kind: EventKind) -> Event {
-        Event {
-            ts_ns: 3_500_000_000,
-            sock: 0xffff_0000_0000_0001,
-            pid: Some(42),
-            tid: Some(42),
-            comm: Some("curl".into()),
-            owner_seen_here: true,
-            cgroup_id: None,
-            netns: None,
-            family: Family::Ipv4,
-            saddr: "127.0.0.1".parse().unwrap(),
-            sport: 40000,
-            daddr: "127.0.0.1".parse().unwrap(),
-            dport: 80,
-            stack_id: None,
-            stack: Vec::new(),
-            sp_word: None,
-            kind,
-        }
+        let mut ev = Event::test_state(3_500_000_000);
+        (ev.sock, ev.pid, ev.tid) = (0xffff_0000_0000_0001, Some(42), Some(42));
+        (ev.comm, ev.owner_seen_here) = (Some("curl".into()), true);
+        (ev.saddr, ev.sport) = ("127.0.0.1".parse().unwrap(), 40000);
+        (ev.daddr, ev.dport) = ("127.0.0.1".parse().unwrap(), 80);
+        ev.kind = kind;
+        ev
     }
 
     #[test]

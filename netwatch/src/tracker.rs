@@ -773,7 +773,6 @@ fn classify(s: &Sock, from: TcpState) -> End {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Family;
 
     const CLIENT: &str = "10.0.0.1";
     const SERVER: &str = "10.0.0.2";
@@ -802,25 +801,13 @@ mod tests {
             kind: EventKind,
         ) {
             self.ts += ms * 1_000_000;
-            self.events.push(Event {
-                ts_ns: self.ts,
-                sock,
-                pid,
-                tid: pid,
-                comm: pid.map(|p| format!("proc{p}")),
-                owner_seen_here: false,
-                cgroup_id: None,
-                netns: None,
-                family: Family::Ipv4,
-                saddr: local.0.parse().unwrap(),
-                sport: local.1,
-                daddr: remote.0.parse().unwrap(),
-                dport: remote.1,
-                stack_id: None,
-                stack: Vec::new(),
-                sp_word: None,
-                kind,
-            });
+            let mut ev = Event::test_state(self.ts);
+            (ev.sock, ev.pid, ev.tid) = (sock, pid, pid);
+            ev.comm = pid.map(|p| format!("proc{p}"));
+            (ev.saddr, ev.sport) = (local.0.parse().unwrap(), local.1);
+            (ev.daddr, ev.dport) = (remote.0.parse().unwrap(), remote.1);
+            ev.kind = kind;
+            self.events.push(ev);
         }
 
         #[expect(
