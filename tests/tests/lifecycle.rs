@@ -6,12 +6,7 @@
 //! with SO_LINGER 0, and a server that leaks L accepted sockets in CLOSE_WAIT.
 mod support;
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, net::IpAddr, process::Command, time::Duration};
 
 use netwatch_tests::{
     NetPair, ReadyChild, Side, counter_delta, netwatch_bin, output_with_timeout, require_root,
@@ -19,8 +14,8 @@ use netwatch_tests::{
 };
 use serde_json::Value;
 use support::{
-    Tracer, ip, json_lines, orderly_connections, port, refused_connects, step, tcpdrive,
-    timed_out_connects,
+    Tracer, ip, json_lines, leaked_connections, orderly_connections, port, refused_connects, step,
+    tcpdrive, timed_out_connects,
 };
 
 const N: u64 = 20;
@@ -97,26 +92,7 @@ fn root_report_counts_equal_the_kernel_counters() {
     srv.wait(30);
 
     // L accepted sockets leaked by the server: the client closes, the server never does.
-    let leak = ReadyChild::spawn(pair.exec(
-        Side::Server,
-        &tcpdrive(),
-        &["serve-leak", &at(p_leak), "--count", &L.to_string()],
-    ));
-    let out = output_with_timeout(
-        pair.exec(
-            Side::Client,
-            &tcpdrive(),
-            &["connect", &at(p_leak), "--count", &L.to_string()],
-        ),
-        60,
-    );
-    assert!(out.status.success());
-    let leaked_at = Instant::now();
-    let deadline = leaked_at + Duration::from_secs(10);
-    while !leak.stdout_lines().iter().any(|l| l.starts_with("LEAKING")) {
-        assert!(Instant::now() < deadline, "serve-leak never said LEAKING");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (leak, leaked_at) = leaked_connections(&pair, &at(p_leak), L);
     // The leak must be older than --close-wait-age (1 s) when the report is made.
     std::thread::sleep(Duration::from_millis(1500).saturating_sub(leaked_at.elapsed()));
 

@@ -22,11 +22,13 @@ use std::{
 };
 
 use netwatch_tests::{
-    NetPair, ReadyChild, Side, counter_delta, output_with_timeout, require_root, unique_port,
-    wait_with_timeout,
+    NetPair, ReadyChild, Side, counter_delta, require_root, unique_port, wait_with_timeout,
 };
 use serde_json::Value;
-use support::{Tracer, orderly_connections, refused_connects, step, tcpdrive, timed_out_connects};
+use support::{
+    Tracer, leaked_connections, orderly_connections, refused_connects, step, tcpdrive,
+    timed_out_connects,
+};
 
 /// Where Debian's package puts the server.
 const PROMETHEUS: &str = "/usr/bin/prometheus";
@@ -317,27 +319,7 @@ fn root_serve_metrics_match_a_known_workload_through_prometheus() {
     // K connects given up after 1.5 s while the server drops every SYN (one retransmission).
     timed_out_connects(&pair, &at(p_drop), p_drop, K);
     // L accepted sockets the server leaks in CLOSE_WAIT.
-    let leak = ReadyChild::spawn(pair.exec(
-        Side::Server,
-        &tcpdrive(),
-        &["serve-leak", &at(p_leak), "--count", &L.to_string()],
-    ));
-    let out = output_with_timeout(
-        pair.exec(
-            Side::Client,
-            &tcpdrive(),
-            &["connect", &at(p_leak), "--count", &L.to_string()],
-        ),
-        60,
-    );
-    assert!(out.status.success());
-    let leaking = poll(Duration::from_secs(10), || {
-        leak.stdout_lines()
-            .iter()
-            .any(|l| l.starts_with("LEAKING"))
-            .then_some(())
-    });
-    assert!(leaking.is_some(), "serve-leak never said LEAKING");
+    let (leak, _) = leaked_connections(&pair, &at(p_leak), L);
     let dc = counter_delta(&before_c, &pair.nstat(Side::Client));
     let ds = counter_delta(&before_s, &pair.nstat(Side::Server));
     let done_at = unix_now();

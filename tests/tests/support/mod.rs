@@ -606,3 +606,34 @@ fn failed_connect(pair: &netwatch_tests::NetPair, args: &[&str]) -> String {
         .and_then(|f| f.get(2).map(|e| e.to_string()))
         .unwrap_or_else(|| panic!("no FAILED line from {args:?}: {stdout}"))
 }
+
+/// `l` connections to `tcpdrive serve-leak` at `addr` that the client closes and the server
+/// never does: `l` CLOSE_WAIT sockets held by the server. Returns the server (killed on drop)
+/// once it said `LEAKING` (bounded: 10 s), and when the clients had finished.
+pub fn leaked_connections(
+    pair: &netwatch_tests::NetPair,
+    addr: &str,
+    l: u64,
+) -> (netwatch_tests::ReadyChild, std::time::Instant) {
+    use netwatch_tests::{ReadyChild, Side};
+    let leak = ReadyChild::spawn(pair.exec(
+        Side::Server,
+        &tcpdrive(),
+        &["serve-leak", addr, "--count", &l.to_string()],
+    ));
+    let out = output_with_timeout(
+        pair.exec(
+            Side::Client,
+            &tcpdrive(),
+            &["connect", addr, "--count", &l.to_string()],
+        ),
+        60,
+    );
+    assert!(out.status.success());
+    let leaked_at = std::time::Instant::now();
+    let leaking = eventually(Duration::from_secs(10), || {
+        leak.stdout_lines().iter().any(|l| l.starts_with("LEAKING"))
+    });
+    assert!(leaking, "serve-leak never said LEAKING");
+    (leak, leaked_at)
+}
