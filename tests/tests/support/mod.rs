@@ -545,11 +545,23 @@ pub fn wait_fds_in_state(pid: u32, state: u8, n: usize, bound: Duration) -> Vec<
 /// `n` orderly connections to `tcpdrive serve` at `addr`, the client closing first: `n`
 /// TIME_WAITs in the client namespace. Waits (bounded) for both sides to finish.
 pub fn orderly_connections(pair: &netwatch_tests::NetPair, addr: &str, n: u64) {
+    let mut srv = server_and_clients(pair, "serve", addr, n);
+    assert!(srv.wait(30).success());
+}
+
+/// `tcpdrive <server_mode> addr --count n` in the server namespace, then `n` client
+/// connections to it (`tcpdrive connect`), which must all succeed (bounded: 60 s).
+fn server_and_clients(
+    pair: &netwatch_tests::NetPair,
+    server_mode: &str,
+    addr: &str,
+    n: u64,
+) -> netwatch_tests::ReadyChild {
     use netwatch_tests::{ReadyChild, Side};
-    let mut srv = ReadyChild::spawn(pair.exec(
+    let srv = ReadyChild::spawn(pair.exec(
         Side::Server,
         &tcpdrive(),
-        &["serve", addr, "--count", &n.to_string()],
+        &[server_mode, addr, "--count", &n.to_string()],
     ));
     let out = output_with_timeout(
         pair.exec(
@@ -564,7 +576,7 @@ pub fn orderly_connections(pair: &netwatch_tests::NetPair, addr: &str, n: u64) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(srv.wait(30).success());
+    srv
 }
 
 /// `m` connects to `addr`, where nothing listens: each must fail with ECONNREFUSED.
@@ -615,21 +627,7 @@ pub fn leaked_connections(
     addr: &str,
     l: u64,
 ) -> (netwatch_tests::ReadyChild, std::time::Instant) {
-    use netwatch_tests::{ReadyChild, Side};
-    let leak = ReadyChild::spawn(pair.exec(
-        Side::Server,
-        &tcpdrive(),
-        &["serve-leak", addr, "--count", &l.to_string()],
-    ));
-    let out = output_with_timeout(
-        pair.exec(
-            Side::Client,
-            &tcpdrive(),
-            &["connect", addr, "--count", &l.to_string()],
-        ),
-        60,
-    );
-    assert!(out.status.success());
+    let leak = server_and_clients(pair, "serve-leak", addr, l);
     let leaked_at = std::time::Instant::now();
     let leaking = eventually(Duration::from_secs(10), || {
         leak.stdout_lines().iter().any(|l| l.starts_with("LEAKING"))
