@@ -244,21 +244,12 @@ const CLIENT_PORTS: (u16, u16) = (61000, 65535);
 /// (60 s), so the client namespace also gets `net.ipv4.tcp_tw_reuse=1`: a new connection may
 /// take the port of a TIME_WAIT more than a second old (the connections are the same).
 fn own_traffic_only(pair: &NetPair, server_ports: &[u16]) -> Vec<String> {
-    let (lo, hi) = CLIENT_PORTS;
-    pair.run(
-        Side::Client,
-        &[
-            "sysctl",
-            "-w",
-            &format!("net.ipv4.ip_local_port_range={lo} {hi}"),
-            "net.ipv4.tcp_tw_reuse=1",
-        ],
-    );
-    let ports = std::iter::once(format!("{lo}-{hi}"))
-        .chain(server_ports.iter().map(u16::to_string))
-        .collect::<Vec<_>>()
-        .join(",");
-    vec!["-L".into(), ports.clone(), "-D".into(), ports]
+    support::own_traffic_only(
+        pair,
+        CLIENT_PORTS,
+        server_ports,
+        &["net.ipv4.tcp_tw_reuse=1"],
+    )
 }
 
 #[test]

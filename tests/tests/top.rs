@@ -35,20 +35,7 @@ const CLIENT_PORTS: (u16, u16) = (10000, 10999);
 
 /// The test's traffic and nothing else: see the module comment.
 fn own_traffic_only(pair: &NetPair, server_ports: &[u16]) -> Vec<String> {
-    let (lo, hi) = CLIENT_PORTS;
-    pair.run(
-        Side::Client,
-        &[
-            "sysctl",
-            "-w",
-            &format!("net.ipv4.ip_local_port_range={lo} {hi}"),
-        ],
-    );
-    let ports = std::iter::once(format!("{lo}-{hi}"))
-        .chain(server_ports.iter().map(u16::to_string))
-        .collect::<Vec<_>>()
-        .join(",");
-    vec!["-L".into(), ports.clone(), "-D".into(), ports]
+    support::own_traffic_only(pair, CLIENT_PORTS, server_ports, &[])
 }
 
 /// The known workload's ports, and its leaking server (alive: its sockets stay in CLOSE_WAIT).

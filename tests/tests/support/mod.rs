@@ -635,3 +635,26 @@ pub fn leaked_connections(
     assert!(leaking, "serve-leak never said LEAKING");
     (leak, leaked_at)
 }
+
+/// Keeps a tracer to one test's traffic, decided in the kernel before the ring buffer: the
+/// client namespace's ephemeral ports become `client_ports` (and `sysctls` are set there too),
+/// and the returned netwatch flags admit only sockets whose local AND remote ports are in
+/// those or in `server_ports`. Another test's traffic would need both its ends in these sets.
+/// (Listening sockets, whose remote port is 0, are left out.)
+pub fn own_traffic_only(
+    pair: &netwatch_tests::NetPair,
+    client_ports: (u16, u16),
+    server_ports: &[u16],
+    sysctls: &[&str],
+) -> Vec<String> {
+    let (lo, hi) = client_ports;
+    let range = format!("net.ipv4.ip_local_port_range={lo} {hi}");
+    let mut args = vec!["sysctl", "-w", range.as_str()];
+    args.extend_from_slice(sysctls);
+    pair.run(netwatch_tests::Side::Client, &args);
+    let ports = std::iter::once(format!("{lo}-{hi}"))
+        .chain(server_ports.iter().map(u16::to_string))
+        .collect::<Vec<_>>()
+        .join(",");
+    vec!["-L".into(), ports.clone(), "-D".into(), ports]
+}
