@@ -10,10 +10,12 @@
 //! `/sys/fs/cgroup/unified`) every process may sit at the v2 root, and only the v1
 //! hierarchies name its container or service: [`owner_cgroup`] falls back to those, by pid.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
 /// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup` on a pure v2 system,
@@ -236,6 +238,8 @@ impl Owners {
         self.recorded = true;
         if self.cache.get(&key).map(Option::as_deref) != Some(path) {
             self.insert(key, path.map(Arc::from));
+            // Answers this thread or another remembered may now be wrong.
+            GENERATION.fetch_add(1, Ordering::Release);
         }
     }
 
@@ -255,6 +259,51 @@ fn owners() -> std::sync::MutexGuard<'static, Owners> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Answers each thread keeps in front of the shared cache. Every event written as JSON asks
+/// for its owner's cgroup, and events come in runs of a few owners (a client and a server):
+/// the shared cache costs a lock, a hash and a copy per event, enough to slow an unoptimised
+/// reader until the ring buffer overflows.
+const RECENT_OWNERS: usize = 4;
+
+/// Bumped whenever a recording changes a cached answer, so that no thread's recent answers
+/// outlive it.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static RECENT: RefCell<Recent> = RefCell::default();
+}
+
+/// The last [`RECENT_OWNERS`] answers of this thread, valid for one [`GENERATION`].
+#[derive(Default)]
+struct Recent {
+    generation: u64,
+    answers: [Option<(OwnerKey, Option<Arc<str>>)>; RECENT_OWNERS],
+    next: usize,
+}
+
+impl Recent {
+    /// The remembered answer for `key`, if any is still valid in `generation`.
+    fn get(&mut self, key: OwnerKey, generation: u64) -> Option<Option<Arc<str>>> {
+        if self.generation != generation {
+            *self = Recent {
+                generation,
+                ..Recent::default()
+            };
+            return None;
+        }
+        self.answers
+            .iter()
+            .flatten()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn put(&mut self, key: OwnerKey, answer: Option<Arc<str>>) {
+        self.answers[self.next] = Some((key, answer));
+        self.next = (self.next + 1) % RECENT_OWNERS;
+    }
+}
+
 /// The cgroup path to show for a socket's owner: the cgroup v2 path of `cgroup_id` when it is
 /// more than `/`; else, from `/proc/<pid>/cgroup`, the v2 path or the most specific v1 path
 /// (`name=systemd:/system.slice/x.service`, `memory:/process_api/abc`; see
@@ -269,13 +318,24 @@ fn owners() -> std::sync::MutexGuard<'static, Owners> {
 /// the answer is the new process's cgroup). Pids are the kernel's (initial namespace), so
 /// netwatch must see the host's `/proc` for them to mean anything.
 pub fn owner_cgroup(cgroup_id: Option<u64>, pid: Option<u32>) -> Option<String> {
+    owner_cgroup_shared(cgroup_id, pid).map(|p| p.to_string())
+}
+
+/// [`owner_cgroup`] without a copy of the path: for every event written as JSON.
+pub fn owner_cgroup_shared(cgroup_id: Option<u64>, pid: Option<u32>) -> Option<Arc<str>> {
     if cgroup_id.is_none() && pid.is_none() {
         return None;
     }
-    let found = owners().lookup((pid, cgroup_id), cgroup_path, |pid| {
+    let key = (pid, cgroup_id);
+    let generation = GENERATION.load(Ordering::Acquire);
+    if let Some(answer) = RECENT.with_borrow_mut(|r| r.get(key, generation)) {
+        return answer;
+    }
+    let found = owners().lookup(key, cgroup_path, |pid| {
         fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()
     });
-    found.map(|p| p.to_string())
+    RECENT.with_borrow_mut(|r| r.put(key, found.clone()));
+    found
 }
 
 /// Looks the owner up now, at an event where it acted (connect, accept, listen, close), so
@@ -297,6 +357,27 @@ pub fn learn_owner_cgroup(cgroup_id: Option<u64>, pid: Option<u32>, path: Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_answers_are_few_and_die_with_their_generation() {
+        let mut r = Recent::default();
+        let key = |pid| (Some(pid), None);
+        assert_eq!(r.get(key(1), 0), None);
+        r.put(key(1), Some(Arc::from("/a")));
+        assert_eq!(r.get(key(1), 0), Some(Some(Arc::from("/a"))));
+        for pid in 2..=RECENT_OWNERS as u32 {
+            r.put(key(pid), None);
+        }
+        assert_eq!(r.get(key(2), 0), Some(None), "a remembered 'none'");
+        r.put(key(99), None); // the oldest, pid 1, makes room
+        assert_eq!(r.get(key(1), 0), None);
+        assert_eq!(
+            r.get(key(2), 1),
+            None,
+            "a new generation forgets everything"
+        );
+        assert_eq!(r.get(key(99), 1), None);
+    }
 
     /// This host's kind of `/proc/<pid>/cgroup`: v2 at the root, v1 hierarchies below.
     const HYBRID: &str = "9:name=systemd:/\n8:pids:/\n4:memory:/process_api/abc\n\

@@ -235,15 +235,16 @@ impl Serialize for Event {
             #[serde(flatten, serialize_with = "fields")]
             event: &'a Event,
             #[serde(skip_serializing_if = "Option::is_none")]
-            cgroup: Option<String>,
+            cgroup: Option<&'a str>,
         }
         /// The derived form (the inherent `Event::serialize` of `remote = "Self"`).
         fn fields<S: serde::Serializer>(ev: &&Event, s: S) -> Result<S::Ok, S::Error> {
             Event::serialize(ev, s)
         }
+        let cgroup = crate::cgroup::owner_cgroup_shared(self.cgroup_id, self.pid);
         WithCgroup {
             event: self,
-            cgroup: crate::cgroup::owner_cgroup(self.cgroup_id, self.pid),
+            cgroup: cgroup.as_deref(),
         }
         .serialize(s)
     }
