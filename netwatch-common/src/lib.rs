@@ -308,7 +308,10 @@ pub mod stat {
     pub const SOCKETS_FULL: u32 = 2;
     /// Events the kernel filter dropped (not counted in `PRODUCED`).
     pub const FILTERED: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Records or kernel fields a program could not read (`bpf_probe_read_kernel` failed):
+    /// the event is dropped, and counted here rather than vanishing.
+    pub const READ_FAILED: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Names both sides use for maps, globals and programs.

@@ -15,7 +15,7 @@
 #![no_std]
 #![no_main]
 
-use core::{ffi::c_void, mem::MaybeUninit};
+use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -112,37 +112,57 @@ fn global<T: Copy>(g: &'static T) -> T {
     unsafe { core::ptr::read_volatile(g) }
 }
 
-/// One tracepoint record, copied once from the kernel's trace buffer.
+/// One tracepoint record, copied once from the kernel's trace buffer into [`Scratch`].
+#[repr(C)]
 struct Record {
     buf: [u8; RECORD_COPY_LEN],
 }
 
-impl Record {
-    #[inline(always)]
-    fn copy(ctx: &TracePointContext) -> Option<Self> {
-        // Not zeroed first: the helper writes every byte (or zeroes them all on failure), and a
-        // zeroing loop costs as much as the copy.
-        let mut buf = MaybeUninit::<[u8; RECORD_COPY_LEN]>::uninit();
-        // SAFETY: ctx points at the tracepoint's record inside the per-CPU perf trace buffer
-        // (PERF_MAX_TRACE_SIZE = 8 KiB), so RECORD_COPY_LEN bytes from it are readable; the
-        // helper faults safely (returns an error) if not, and writes exactly
-        // RECORD_COPY_LEN bytes into `buf`, which has room for them.
-        let ret = unsafe {
-            bpf_probe_read_kernel(
-                buf.as_mut_ptr().cast::<c_void>(),
-                RECORD_COPY_LEN as u32,
-                ctx.as_ptr().cast_const(),
-            )
-        };
-        if ret != 0 {
-            return None;
-        }
-        // SAFETY: the helper succeeded, so every byte of `buf` is initialised.
-        Some(Self {
-            buf: unsafe { buf.assume_init() },
-        })
-    }
+/// The per-CPU working memory of one program run: the copied record and the event being
+/// built. Kept out of the BPF stack because older verifiers (6.1) count the stack of every
+/// call frame together against 512 bytes, and these two alone take 264.
+#[repr(C)]
+struct Scratch {
+    rec: Record,
+    ev: RawEvent,
+}
 
+/// One [`Scratch`] per CPU. Classic tracepoint programs never nest on one CPU (the kernel's
+/// per-CPU `bpf_prog_active` guard skips a program that would), so one slot is enough.
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's [`Scratch`], with the record of `ctx` copied into it; `None` (counted) when the
+/// copy fails.
+#[inline(always)]
+fn scratch_with_record(ctx: &TracePointContext) -> Option<&'static mut Scratch> {
+    let Some(p) = SCRATCH.get_ptr_mut(0) else {
+        count(stat::READ_FAILED);
+        return None;
+    };
+    // SAFETY: the pointer comes from the per-CPU array lookup of index 0, which always exists,
+    // and is valid for this program run; no other program uses this CPU's slot meanwhile
+    // (classic tracepoint programs do not nest on one CPU).
+    let s = unsafe { &mut *p };
+    // SAFETY: ctx points at the tracepoint's record inside the per-CPU perf trace buffer
+    // (PERF_MAX_TRACE_SIZE = 8 KiB), so RECORD_COPY_LEN bytes from it are readable; the
+    // helper faults safely (returns an error) if not, and writes at most RECORD_COPY_LEN
+    // bytes into `buf`, which has room for them.
+    let ret = unsafe {
+        bpf_probe_read_kernel(
+            s.rec.buf.as_mut_ptr().cast::<c_void>(),
+            RECORD_COPY_LEN as u32,
+            ctx.as_ptr().cast_const(),
+        )
+    };
+    if ret != 0 {
+        count(stat::READ_FAILED);
+        return None;
+    }
+    Some(s)
+}
+
+impl Record {
     /// The field at `off`, or `None` when the kernel lacks it ([`ABSENT`]).
     #[inline(always)]
     fn get<T: Copy>(&self, off: u16) -> Option<T> {
@@ -255,8 +275,10 @@ fn count(index: u32) {
     }
 }
 
-fn empty_event(kind: u8, skaddr: u64) -> RawEvent {
-    RawEvent {
+/// Starts a new event in place (in [`Scratch`], never on the stack).
+#[inline(always)]
+fn reset_event(ev: &mut RawEvent, kind: u8, skaddr: u64) {
+    *ev = RawEvent {
         // SAFETY: a helper without arguments or side effects.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         skaddr,
@@ -282,7 +304,7 @@ fn empty_event(kind: u8, skaddr: u64) -> RawEvent {
         cgroup_id: 0,
         netns: 0,
         _pad2: 0,
-    }
+    };
 }
 
 /// Copies the remembered owner of the socket into the event.
@@ -411,17 +433,17 @@ pub fn nw_set_state(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     let f = global(&SET_STATE_FIELDS);
-    let rec = Record::copy(ctx)?;
+    let Scratch { rec, ev } = scratch_with_record(ctx)?;
     if rec.get::<u16>(f.protocol)? != IPPROTO_TCP {
         return None;
     }
     let skaddr = rec.get::<u64>(f.skaddr)?;
     let old = rec.get::<i32>(f.oldstate)? as u8;
     let new = rec.get::<i32>(f.newstate)? as u8;
-    let mut ev = empty_event(event_kind::STATE, skaddr);
+    reset_event(ev, event_kind::STATE, skaddr);
     ev.old_state = old;
     ev.new_state = new;
-    rec.tuple(&f, &mut ev);
+    rec.tuple(&f, ev);
 
     let fresh = starts_fresh(old, new);
     let existing = SOCKETS.get_ptr_mut(skaddr);
@@ -451,14 +473,14 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
             if (old, new) == (CLOSE, SYN_SENT) {
                 info.stack_id = user_stack_id(ctx);
                 if info.stack_id >= 0 {
-                    user_sp_word(&mut ev);
+                    user_sp_word(ev);
                 }
             }
         }
     }
-    owner_from(&info, &mut ev);
+    owner_from(&info, ev);
     if new == CLOSE {
-        tcp_info(skaddr, &mut ev);
+        tcp_info(skaddr, ev);
     }
     // A repeated state (FIN_WAIT1 -> FIN_WAIT1 when close() follows shutdown()) is reported,
     // but the socket has been in that state since it first entered it.
@@ -476,7 +498,7 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
             }
         }
     }
-    emit(&ev);
+    emit(ev);
     Some(())
 }
 
@@ -517,7 +539,8 @@ pub fn nw_accept(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_accept(ctx: &TracePointContext) -> Option<()> {
-    let fd = Record::copy(ctx)?.get::<i64>(global(&ACCEPT_FIELDS.ret))?;
+    let Scratch { rec, ev } = scratch_with_record(ctx)?;
+    let fd = rec.get::<i64>(global(&ACCEPT_FIELDS.ret))?;
     if fd < 0 {
         return None;
     }
@@ -525,20 +548,14 @@ fn try_accept(ctx: &TracePointContext) -> Option<()> {
     // SAFETY: a helper without arguments; the task pointer is only dereferenced through
     // bpf_probe_read_kernel (kread).
     let task = unsafe { bpf_get_current_task() };
-    let files = kread::<u64>(task, global(&o.task_files))?;
-    let fdt = kread::<u64>(files, global(&o.files_fdt))?;
-    let max_fds = kread::<u32>(fdt, global(&o.fdt_max_fds))?;
-    if fd as u64 >= u64::from(max_fds) {
+    let Some(sk) = accepted_sock(task, fd as u32) else {
+        count(stat::READ_FAILED);
         return None;
-    }
-    let fd_array = kread::<u64>(fdt, global(&o.fdt_fd))?;
-    let file = kread::<u64>(fd_array, (fd as u32).checked_mul(8)?)?;
-    let sock = kread::<u64>(file, global(&o.file_private_data))?;
-    let sk = kread::<u64>(sock, global(&o.socket_sk))?;
+    };
     // Only sockets netwatch follows (TCP, seen in a transition) get an owner.
     let info = SOCKETS.get_ptr_mut(sk)?;
     let pid_tgid = bpf_get_current_pid_tgid();
-    let mut ev = empty_event(event_kind::ACCEPT, sk);
+    reset_event(ev, event_kind::ACCEPT, sk);
     ev.tgid = (pid_tgid >> 32) as u32;
     ev.tid = pid_tgid as u32;
     ev.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
@@ -548,7 +565,7 @@ fn try_accept(ctx: &TracePointContext) -> Option<()> {
     ev.stack_id = user_stack_id(ctx);
     if ev.stack_id >= 0 {
         ev.flags |= event_flags::STACK_VALID;
-        user_sp_word(&mut ev);
+        user_sp_word(ev);
     }
     // SAFETY: the pointer comes from the map lookup and is valid for this program run.
     unsafe {
@@ -575,8 +592,25 @@ fn try_accept(ctx: &TracePointContext) -> Option<()> {
             ev.daddr[..4].copy_from_slice(&a);
         }
     }
-    emit(&ev);
+    emit(ev);
     Some(())
+}
+
+/// `current->files->fdt->fd[fd]->private_data->sk`: the socket behind a new fd, or `None`
+/// when a read fails or the fd is out of the table's range.
+#[inline(always)]
+fn accepted_sock(task: u64, fd: u32) -> Option<u64> {
+    let o = &KERNEL_OFFSETS;
+    let files = kread::<u64>(task, global(&o.task_files))?;
+    let fdt = kread::<u64>(files, global(&o.files_fdt))?;
+    let max_fds = kread::<u32>(fdt, global(&o.fdt_max_fds))?;
+    if fd >= max_fds {
+        return None;
+    }
+    let fd_array = kread::<u64>(fdt, global(&o.fdt_fd))?;
+    let file = kread::<u64>(fd_array, fd.checked_mul(8)?)?;
+    let sock = kread::<u64>(file, global(&o.file_private_data))?;
+    kread::<u64>(sock, global(&o.socket_sk))
 }
 
 /// Fills the owner and last known state of a socket from `SOCKETS`.
@@ -636,9 +670,9 @@ pub fn nw_destroy_sock(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_simple(ctx: &TracePointContext, f: TpFields, kind: u8) -> Option<()> {
-    let rec = Record::copy(ctx)?;
+    let Scratch { rec, ev } = scratch_with_record(ctx)?;
     let skaddr = rec.get::<u64>(f.skaddr)?;
-    let mut ev = empty_event(kind, skaddr);
+    reset_event(ev, kind, skaddr);
     if let Some(state) = rec.get::<i32>(f.state) {
         ev.new_state = state as u8;
     }
@@ -649,8 +683,8 @@ fn try_simple(ctx: &TracePointContext, f: TpFields, kind: u8) -> Option<()> {
         ev.aux = err as u32;
         ev.flags |= event_flags::AUX_VALID;
     }
-    rec.tuple(&f, &mut ev);
-    known_socket(skaddr, &mut ev);
+    rec.tuple(&f, ev);
+    known_socket(skaddr, ev);
     if kind == event_kind::DESTROY {
         let seen = SOCKETS.remove(skaddr).is_ok();
         // A socket that never left CLOSE (socket() then close()) is noise, not a connection.
@@ -658,7 +692,7 @@ fn try_simple(ctx: &TracePointContext, f: TpFields, kind: u8) -> Option<()> {
             return None;
         }
     }
-    emit(&ev);
+    emit(ev);
     Some(())
 }
 

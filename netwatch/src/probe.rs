@@ -152,6 +152,8 @@ pub struct KernelStats {
     pub sockets_full: u64,
     /// Events the kernel-side filter dropped.
     pub filtered: u64,
+    /// Events dropped because a record or kernel field could not be read.
+    pub read_failed: u64,
 }
 
 /// The loaded and attached programs.
@@ -304,6 +306,7 @@ impl Probe {
             lost: sum(stat::LOST)?,
             sockets_full: sum(stat::SOCKETS_FULL)?,
             filtered: sum(stat::FILTERED)?,
+            read_failed: sum(stat::READ_FAILED)?,
         })
     }
 
@@ -360,6 +363,7 @@ impl StatsReader {
             lost: sum(stat::LOST)?,
             sockets_full: sum(stat::SOCKETS_FULL)?,
             filtered: sum(stat::FILTERED)?,
+            read_failed: sum(stat::READ_FAILED)?,
         })
     }
 }

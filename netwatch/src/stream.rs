@@ -79,6 +79,13 @@ impl Summary {
                 netwatch_common::SOCKETS_MAX_ENTRIES
             ));
         }
+        if self.kernel.read_failed > 0 {
+            s.push_str(&format!(
+                "; {} events dropped in the kernel: a record or field could not be read \
+                 (read_failed={})",
+                self.kernel.read_failed, self.kernel.read_failed
+            ));
+        }
         if self.undecodable > 0 {
             s.push_str(&format!("; {} undecodable records", self.undecodable));
         }
