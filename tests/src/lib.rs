@@ -28,6 +28,7 @@
 mod bins;
 mod child;
 mod netns;
+pub mod tracer;
 
 pub use bins::{cargo_build_bin, netwatch_bin, tcpdrive, workspace_root};
 pub use child::{READY_TIMEOUT, ReadyChild, output_with_timeout, spawn_ready, wait_with_timeout};

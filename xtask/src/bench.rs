@@ -35,7 +35,6 @@ mod table;
 use std::{
     collections::BTreeSet,
     fs,
-    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -49,8 +48,8 @@ use self::{
     proc::{Proc, Stream},
 };
 use crate::{
-    build, json, setup,
-    sys::{self, cargo, fmt_duration, show, workspace_root},
+    build, setup,
+    sys::{self, fmt_duration, workspace_root},
 };
 
 /// What the user asked for on the command line.
@@ -522,7 +521,7 @@ pub fn bench(opts: Options) -> Result<()> {
 
     setup::setup()?;
     let netwatch = build::build_netwatch(true)?;
-    let tcpdrive = build_tcpdrive()?;
+    let tcpdrive = build::build_bin("netwatch-tests", "tcpdrive", true)?;
     proc::check_interrupted()?;
     netns::remove_stale();
 
@@ -640,53 +639,6 @@ pub fn bench(opts: Options) -> Result<()> {
         path.display()
     );
     Ok(())
-}
-
-/// `cargo build --release -p netwatch-tests --bin tcpdrive`; returns the executable's path
-/// from cargo's JSON messages (like [`build::build_netwatch`], for the same reasons).
-fn build_tcpdrive() -> Result<PathBuf> {
-    let mut cmd = cargo();
-    cmd.args([
-        "build",
-        "--release",
-        "-p",
-        "netwatch-tests",
-        "--bin",
-        "tcpdrive",
-        "--message-format=json-render-diagnostics",
-    ]);
-    eprintln!("bench: {}", show(&cmd));
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|err| sys::not_started(&cmd, err))?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut executable = None;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.context("reading cargo's JSON messages")?;
-        if let Some(path) = bin_executable(&line, "tcpdrive") {
-            executable = Some(path);
-        }
-    }
-    let status = child.wait().context("waiting for cargo build")?;
-    sys::check(&cmd, status).context("building tcpdrive failed; see the compiler's messages")?;
-    executable.ok_or_else(|| anyhow!("`{}` reported no tcpdrive executable", show(&cmd)))
-}
-
-/// The executable of a `compiler-artifact` message for a binary target named `name`.
-fn bin_executable(line: &str, name: &str) -> Option<PathBuf> {
-    let msg = json::parse(line).ok()?;
-    if msg.get("reason")?.as_str()? != "compiler-artifact" {
-        return None;
-    }
-    let target = msg.get("target")?;
-    let is_bin = target
-        .get("kind")?
-        .as_array()?
-        .iter()
-        .any(|kind| kind.as_str() == Some("bin"));
-    (is_bin && target.get("name")?.as_str()? == name).then_some(())?;
-    msg.get("executable")?.as_str().map(PathBuf::from)
 }
 
 /// One uncounted run without a tracer: warms up, and measures the rate from which the
@@ -1136,16 +1088,6 @@ mod tests {
         assert_eq!(median(vec![]), None);
         assert_eq!(fmt_int(1234567), "1,234,567");
         assert_eq!(fmt_int(999), "999");
-    }
-
-    #[test]
-    fn finds_a_binary_artifact() {
-        let line = r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"tcpdrive"},"executable":"/w/target/release/tcpdrive"}"#;
-        assert_eq!(
-            bin_executable(line, "tcpdrive"),
-            Some(PathBuf::from("/w/target/release/tcpdrive"))
-        );
-        assert_eq!(bin_executable(line, "netwatch"), None);
     }
 
     #[test]

@@ -16,26 +16,24 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 
-use crate::{
-    json,
-    sys::{self, cargo, show, workspace_root},
-};
+use crate::sys::{self, cargo, show, workspace_root};
 
 /// The package, and its binary target, that is the tool.
 const PACKAGE: &str = "netwatch";
 
 /// `cargo build -p netwatch [--release]`; returns the path of the netwatch executable.
+pub fn build_netwatch(release: bool) -> Result<PathBuf> {
+    build_bin(PACKAGE, PACKAGE, release)
+}
+
+/// `cargo build -p <package> --bin <bin> [--release]`; returns the path of the executable.
 ///
 /// Compiler diagnostics are still printed for humans on stderr
 /// (`json-render-diagnostics`); only the JSON messages on stdout are read here.
-pub fn build_netwatch(release: bool) -> Result<PathBuf> {
+pub fn build_bin(package: &str, bin: &str, release: bool) -> Result<PathBuf> {
     let mut cmd = cargo();
-    cmd.args([
-        "build",
-        "-p",
-        PACKAGE,
-        "--message-format=json-render-diagnostics",
-    ]);
+    cmd.args(["build", "-p", package, "--bin", bin])
+        .arg("--message-format=json-render-diagnostics");
     if release {
         cmd.arg("--release");
     }
@@ -46,35 +44,45 @@ pub fn build_netwatch(release: bool) -> Result<PathBuf> {
         .map_err(|err| sys::not_started(&cmd, err))?;
     let stdout = child.stdout.take().expect("stdout is piped");
 
-    let manifest = workspace_root().join(PACKAGE).join("Cargo.toml");
+    let manifest = workspace_root()
+        .join(package_dir(package))
+        .join("Cargo.toml");
     let mut executable = None;
     // Read while cargo runs, so a full pipe never stalls the build.
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading cargo's JSON messages")?;
-        if let Some(path) = netwatch_executable(&line, &manifest) {
+        if let Some(path) = bin_executable(&line, &manifest, bin) {
             executable = Some(path);
         }
     }
     let status = child.wait().context("waiting for cargo build")?;
     sys::check(&cmd, status)
-        .context("building netwatch failed; the compiler's messages are above")?;
+        .with_context(|| format!("building {bin} failed; the compiler's messages are above"))?;
 
     executable.ok_or_else(|| {
         anyhow!(
-            "`{}` succeeded but reported no `{PACKAGE}` executable; does {} still have a \
-             `[[bin]]` named `{PACKAGE}`?",
+            "`{}` succeeded but reported no `{bin}` executable; does {} still have a \
+             `[[bin]]` named `{bin}`?",
             show(&cmd),
             manifest.display()
         )
     })
 }
 
-/// The `executable` of a `compiler-artifact` message for netwatch's `netwatch` binary, if
-/// `line` is one. Matching on the manifest path as well as the name matters: netwatch-ebpf's
-/// binary is also called `netwatch`.
-fn netwatch_executable(line: &str, manifest: &Path) -> Option<PathBuf> {
+/// The workspace folder of a package: `netwatch-tests` lives in `tests/`.
+fn package_dir(package: &str) -> &str {
+    match package {
+        "netwatch-tests" => "tests",
+        other => other,
+    }
+}
+
+/// The `executable` of a `compiler-artifact` message for the binary `name` of the package at
+/// `manifest`, if `line` is one. Matching on the manifest path as well as the name matters:
+/// netwatch-ebpf's binary is also called `netwatch`.
+fn bin_executable(line: &str, manifest: &Path, name: &str) -> Option<PathBuf> {
     // Cargo only writes JSON objects here; a build script's stray output would not parse.
-    let msg = json::parse(line).ok()?;
+    let msg: serde_json::Value = serde_json::from_str(line).ok()?;
     if msg.get("reason")?.as_str()? != "compiler-artifact" {
         return None;
     }
@@ -87,7 +95,7 @@ fn netwatch_executable(line: &str, manifest: &Path) -> Option<PathBuf> {
         .as_array()?
         .iter()
         .any(|kind| kind.as_str() == Some("bin"));
-    if !is_bin || target.get("name")?.as_str()? != PACKAGE {
+    if !is_bin || target.get("name")?.as_str()? != name {
         return None;
     }
     msg.get("executable")?.as_str().map(PathBuf::from)
@@ -110,21 +118,38 @@ mod tests {
         let m = Path::new(MANIFEST);
         let exe = r#""/w/target/debug/netwatch""#;
         assert_eq!(
-            netwatch_executable(&artifact(MANIFEST, "bin", "netwatch", exe), m),
+            bin_executable(&artifact(MANIFEST, "bin", "netwatch", exe), m, PACKAGE),
             Some(PathBuf::from("/w/target/debug/netwatch"))
         );
         // The eBPF crate's binary has the same name but another manifest.
         let ebpf = artifact("/w/netwatch-ebpf/Cargo.toml", "bin", "netwatch", exe);
-        assert_eq!(netwatch_executable(&ebpf, m), None);
+        assert_eq!(bin_executable(&ebpf, m, PACKAGE), None);
         // Libraries and build scripts have no executable.
         assert_eq!(
-            netwatch_executable(&artifact(MANIFEST, "lib", "netwatch", "null"), m),
+            bin_executable(&artifact(MANIFEST, "lib", "netwatch", "null"), m, PACKAGE),
             None
         );
         assert_eq!(
-            netwatch_executable(r#"{"reason":"build-finished","success":true}"#, m),
+            bin_executable(r#"{"reason":"build-finished","success":true}"#, m, PACKAGE),
             None
         );
-        assert_eq!(netwatch_executable("not json", m), None);
+        assert_eq!(bin_executable("not json", m, PACKAGE), None);
+    }
+
+    #[test]
+    fn finds_a_binary_of_another_package_by_name() {
+        let m = Path::new("/w/tests/Cargo.toml");
+        let line = artifact(
+            "/w/tests/Cargo.toml",
+            "bin",
+            "tcpdrive",
+            r#""/w/t/tcpdrive""#,
+        );
+        assert_eq!(
+            bin_executable(&line, m, "tcpdrive"),
+            Some(PathBuf::from("/w/t/tcpdrive"))
+        );
+        assert_eq!(bin_executable(&line, m, "vmcheck"), None);
+        assert_eq!(package_dir("netwatch-tests"), "tests");
     }
 }

@@ -14,16 +14,16 @@
 //! - [`run`]: builds, then replaces itself with netwatch (exit code and Ctrl-C just work);
 //! - [`test`]: fmt, clippy, build, tests, each timed, failing fast;
 //! - [`bench`]: netwatch's cost side by side with tcpstates, tcplife and bpftrace;
+//! - [`vm`]: the checks that matter most on every kernel we can boot (qemu) and the host's;
 //! - [`sys`]: process plumbing (PATH for children, showing and checking commands, root);
-//! - [`json`]: the little JSON reader `build` needs, so xtask depends on no serde.
 
 mod bench;
 mod build;
-mod json;
 mod run;
 mod setup;
 mod sys;
 mod test;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -43,7 +43,8 @@ use clap::{Parser, Subcommand};
         cargo xtask lint                     # rustfmt + clippy only\n  \
         cargo xtask test                     # what CI runs (.ci/run)\n  \
         cargo xtask test -- close_wait       # only tests whose name contains close_wait\n  \
-        cargo xtask bench --quick            # cost vs tcpstates/tcplife/bpftrace (root)\n\n\
+        cargo xtask bench --quick            # cost vs tcpstates/tcplife/bpftrace (root)\n  \
+        cargo xtask vm-test                  # the checks on Debian's 6.1 and 6.12 in qemu (root)\n\n\
         Every command except `setup` runs `setup` first; it takes a second when nothing is\n\
         missing."
 )]
@@ -97,7 +98,9 @@ enum Command {
         clippy       cargo clippy --workspace --exclude netwatch-ebpf --all-targets -- -D warnings\n  \
         clippy-ebpf  clippy on the kernel side, for bpfel-unknown-none with nightly\n  \
         build        cargo build -p netwatch (its path goes to the tests as NETWATCH_BIN)\n  \
-        test         cargo test --workspace --exclude netwatch-ebpf -- --test-threads=1 [ARGS]\n\n\
+        test         cargo test --workspace --exclude netwatch-ebpf -- --test-threads=1 [ARGS]\n  \
+        vm-test      cargo xtask vm-test: the host's kernel and Debian's kernels in qemu\n               \
+        (root; not run when ARGS are given)\n\n\
         Tests run one at a time: the root integration tests count BPF programs and kernel\n\
         counters, which parallel tests would disturb.\n\n\
         Examples:\n  \
@@ -137,6 +140,27 @@ enum Command {
         /// Seconds of churn per run without a tracer; default 2, --quick 1
         #[arg(long, value_name = "S")]
         seconds: Option<f64>,
+    },
+    /// Run the checks that matter most on the host's kernel and on Debian's kernels, in qemu
+    #[command(
+        after_help = "Needs root. Builds the release binaries, then runs tests/src/bin/vmcheck.rs\n\
+        (trace, life, report, leaks and a kernel-side filter against one known workload, counts\n\
+        compared with /proc/net/snmp, owners with the workload's pids):\n  \
+        1. on this machine's kernel, in a network namespace of its own;\n  \
+        2. in a qemu VM (TCG; NETWATCH_VM_ACCEL=kvm where KVM works) for every kernel of the\n     \
+        matrix: each Debian 12 6.1 flavour apt offers (cloud, standard, rt) and bookworm's\n     \
+        6.12. Kernel packages are fetched with `apt-get download` and cached in\n     \
+        /var/cache/netwatch-vm (NETWATCH_VM_CACHE overrides).\n\
+        Every output line names its kernel. `cargo xtask test` runs this as its last step.\n\n\
+        Examples:\n  \
+        cargo xtask vm-test\n  \
+        cargo xtask vm-test --only 6.1.0        # only kernels whose package contains 6.1.0\n  \
+        cargo xtask vm-test --only host         # only the host's kernel"
+    )]
+    VmTest {
+        /// Only kernels whose package name contains this (`host` for the host's kernel)
+        #[arg(long, value_name = "PATTERN")]
+        only: Option<String>,
     },
     /// Build netwatch and write its man page (from the clap definitions) to target/man/netwatch.1
     #[command(after_help = "Example:\n  \
@@ -180,6 +204,10 @@ fn dispatch(command: Command) -> Result<()> {
             runs,
             seconds,
         }),
+        Command::VmTest { only } => {
+            setup::setup()?;
+            vm::vm_test(&vm::Options { only })
+        }
         Command::Man => man(),
     }
 }

@@ -54,6 +54,20 @@ const DEB_PACKAGES: &[(&str, &str)] = &[
     ),
     // The live view's tests drive `netwatch top` in a detached tmux (send-keys, capture-pane).
     ("tmux", "driving `netwatch top` in a terminal in the tests"),
+    // `cargo xtask vm-test` boots Debian's kernels: qemu, an initramfs packed with cpio,
+    // busybox as its userland, dpkg-deb to unpack the kernel packages.
+    (
+        "qemu-system-x86",
+        "booting other kernels in `cargo xtask vm-test`",
+    ),
+    (
+        "cpio",
+        "packing the VM's initramfs in `cargo xtask vm-test`",
+    ),
+    (
+        "busybox-static",
+        "the VM's userland in `cargo xtask vm-test`",
+    ),
 ];
 
 /// bpf-linker version that links the eBPF programs (0.13 supports LLVM 22).

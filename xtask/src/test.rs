@@ -11,6 +11,7 @@ use anyhow::Result;
 use crate::{
     build, setup,
     sys::{self, cargo, command, fmt_duration, show},
+    vm,
 };
 
 /// The packages that `--workspace` should cover on the host. `--workspace` ignores
@@ -20,7 +21,15 @@ use crate::{
 const EXCLUDE_EBPF: [&str; 2] = ["--exclude", "netwatch-ebpf"];
 
 const LINT_STEPS: &[&str] = &["setup", "fmt", "clippy", "clippy-ebpf"];
-const TEST_STEPS: &[&str] = &["setup", "fmt", "clippy", "clippy-ebpf", "build", "test"];
+const TEST_STEPS: &[&str] = &[
+    "setup",
+    "fmt",
+    "clippy",
+    "clippy-ebpf",
+    "build",
+    "test",
+    "vm-test",
+];
 
 pub fn lint() -> Result<()> {
     let mut steps = Steps::new("lint", LINT_STEPS);
@@ -54,6 +63,23 @@ pub fn test(extra: &[String]) -> Result<()> {
         &mut tests,
         "a test failed (see above); rerun one with `cargo xtask test -- NAME --nocapture`",
     )?;
+    // The kernel matrix needs root (BPF, qemu's initramfs of root-owned files); as a normal
+    // user the root tests above were skipped too, loudly.
+    if !extra.is_empty() {
+        eprintln!("test: arguments for the test binaries given: vm-test not run");
+    } else if sys::is_root() {
+        steps.step(
+            "vm-test",
+            "cargo xtask vm-test (host kernel + Debian kernels in qemu)",
+            "a kernel of the matrix failed (its FAIL lines name it); rerun with \
+             `cargo xtask vm-test --only PACKAGE`",
+            || vm::vm_test(&vm::Options { only: None }),
+        )?;
+    } else if std::env::var("CI").is_ok_and(|v| v == "true") {
+        anyhow::bail!("vm-test needs root, and CI=true: CI must run as root");
+    } else {
+        eprintln!("test: not root: SKIPPED vm-test (the kernel matrix needs root)");
+    }
     steps.summary();
     Ok(())
 }

@@ -1,257 +1,22 @@
-//! Running netwatch under test: start it, know when its programs are attached, stop it, and
-//! read back its JSON events and its stderr summary.
+//! What the integration tests share beyond the library: the tracer harness (re-exported from
+//! `netwatch_tests::tracer`), known workloads, BPF object and /proc look-ups, C fixtures.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::{
     collections::{BTreeMap, HashMap},
     fs,
-    io::{BufRead as _, BufReader},
     net::IpAddr,
     path::PathBuf,
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex, OnceLock, mpsc},
-    time::{Duration, Instant},
+    process::Command,
+    sync::{Mutex, OnceLock},
+    time::Duration,
 };
 
 pub use netwatch_tests::eventually;
-use netwatch_tests::{netwatch_bin, output_with_timeout, wait_with_timeout, workspace_root};
+#[allow(unused_imports, reason = "each test binary uses a different subset")]
+pub use netwatch_tests::tracer::{ATTACHED_MARKER, Finished, Scratch, Tracer, json_lines};
+use netwatch_tests::{output_with_timeout, workspace_root};
 use serde_json::Value;
-
-/// What netwatch prints on stderr once every program is attached.
-pub const ATTACHED_MARKER: &str = "netwatch: tracing";
-
-/// A running `netwatch`, stdout to a file (so a stopped reader never blocks on a pipe), stderr
-/// collected by a thread.
-pub struct Tracer {
-    child: Child,
-    stdout: PathBuf,
-    stderr: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-/// What a stopped tracer left behind.
-pub struct Finished {
-    /// Everything netwatch printed on stdout.
-    pub stdout: String,
-    /// stdout parsed as JSON lines (empty when it is not JSON lines, e.g. a report).
-    pub events: Vec<Value>,
-    pub stderr: String,
-    pub produced: u64,
-    pub delivered: u64,
-    pub lost: u64,
-}
-
-impl Tracer {
-    /// Starts `netwatch <args>` and waits (at most 60 s) until it says its programs are
-    /// attached; panics with its stderr if it exits or never says so.
-    pub fn start(args: &[&str]) -> Tracer {
-        Self::start_with(args, |_| {})
-    }
-
-    /// Like [`Tracer::start`], with a chance to change the command (env, wrapper).
-    pub fn start_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Tracer {
-        let dir = std::env::temp_dir().join(format!(
-            "netwatch-test-{}-{}",
-            std::process::id(),
-            netwatch_tests::unique_port()
-        ));
-        fs::create_dir_all(&dir).expect("temp dir");
-        let stdout = dir.join("stdout");
-        let file = fs::File::create(&stdout).expect("stdout file");
-        let mut cmd = Command::new(netwatch_bin());
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(Stdio::piped());
-        adjust(&mut cmd);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-        let stderr_pipe = child.stderr.take().expect("piped");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let reader = {
-            let stderr = Arc::clone(&stderr);
-            std::thread::spawn(move || {
-                let mut tx = Some(tx);
-                for line in BufReader::new(stderr_pipe).lines() {
-                    let Ok(line) = line else { break };
-                    if line.starts_with(ATTACHED_MARKER)
-                        && let Some(tx) = tx.take()
-                    {
-                        let _ = tx.send(());
-                    }
-                    stderr.lock().unwrap().push(line);
-                }
-            })
-        };
-        let mut tracer = Tracer {
-            child,
-            stdout,
-            stderr,
-            reader: Some(reader),
-        };
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(()) => tracer,
-            Err(_) => {
-                let _ = tracer.child.kill();
-                let status = tracer.child.wait();
-                panic!(
-                    "netwatch {args:?} did not report attaching ({status:?}); stderr:\n{}",
-                    tracer.stderr_text()
-                );
-            }
-        }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child, which has not been reaped yet.
-        let ret = unsafe { libc::kill(self.pid(), sig) };
-        assert_eq!(ret, 0, "kill({}, {sig})", self.pid());
-    }
-
-    fn stderr_text(&self) -> String {
-        self.stderr.lock().unwrap().join("\n")
-    }
-
-    /// SIGTERM, wait (at most 30 s), parse everything it wrote.
-    pub fn stop(self) -> Finished {
-        self.signal(libc::SIGTERM);
-        self.wait_exit()
-    }
-
-    /// Waits for a tracer that stops by itself (`--duration`).
-    pub fn wait_exit(mut self) -> Finished {
-        let status = wait_with_timeout(&mut self.child, 30);
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        let stderr = self.stderr_text();
-        assert!(
-            status.success(),
-            "netwatch exited with {status}; stderr:\n{stderr}"
-        );
-        let text = fs::read_to_string(&self.stdout).expect("read stdout");
-        let _ = fs::remove_dir_all(self.stdout.parent().expect("dir"));
-        let events = if text.starts_with("{\n") {
-            Vec::new() // one pretty-printed document (a report), not JSON lines
-        } else {
-            json_lines(&text)
-        };
-        let field = |name: &str| -> u64 {
-            let key = format!("{name}=");
-            stderr
-                .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
-                .find_map(|w| w.strip_prefix(&key))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("no {key} in netwatch's stderr:\n{stderr}"))
-        };
-        Finished {
-            stdout: text,
-            produced: field("produced"),
-            delivered: field("delivered"),
-            lost: field("lost"),
-            events,
-            stderr,
-        }
-    }
-}
-
-impl Tracer {
-    /// The complete lines netwatch has written to stdout so far (a line still being written,
-    /// without its newline, is left out).
-    pub fn stdout_lines_so_far(&self) -> Vec<String> {
-        let text = fs::read_to_string(&self.stdout).unwrap_or_default();
-        let complete = match text.rfind('\n') {
-            Some(end) => &text[..end],
-            None => "",
-        };
-        complete
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// Polls stdout every 100 ms, at most `bound`, until a complete line parses as JSON and
-    /// satisfies `pred`; returns that line (the first such). Panics with `what`, everything
-    /// netwatch printed so far and its stderr when the bound passes or netwatch exits first.
-    pub fn wait_for_json_line(
-        &mut self,
-        what: &str,
-        bound: Duration,
-        mut pred: impl FnMut(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
-        let deadline = Instant::now() + bound;
-        let mut seen = 0;
-        loop {
-            let lines = self.stdout_lines_so_far();
-            for line in &lines[seen.min(lines.len())..] {
-                let v: serde_json::Value = serde_json::from_str(line)
-                    .unwrap_or_else(|e| panic!("netwatch printed a non-JSON line ({e}): {line}"));
-                if pred(&v) {
-                    return v;
-                }
-            }
-            seen = lines.len();
-            let exited = matches!(self.child.try_wait(), Ok(Some(_)));
-            if exited || Instant::now() >= deadline {
-                let status = if exited {
-                    format!("{:?}", self.child.try_wait())
-                } else {
-                    "still running".to_string()
-                };
-                panic!(
-                    "no line with {what} within {bound:?} (netwatch {status}); stdout:\n{}\nstderr:\n{}",
-                    lines.join("\n"),
-                    self.stderr_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// SIGTERM, wait (at most 30 s), and return the exit status, stdout and stderr as they
-    /// are: for subcommands that print no event summary (`netwatch leaks`).
-    pub fn stop_output(mut self) -> (ExitStatus, String, String) {
-        self.signal(libc::SIGTERM);
-        let status = wait_with_timeout(&mut self.child, 30);
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        let text = fs::read_to_string(&self.stdout).expect("read stdout");
-        let _ = fs::remove_dir_all(self.stdout.parent().expect("dir"));
-        (status, text, self.stderr_text())
-    }
-}
-
-impl Drop for Tracer {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        // Also after a panic: a failing test printed what it needed from stdout already.
-        if let Some(dir) = self.stdout.parent() {
-            let _ = fs::remove_dir_all(dir);
-        }
-    }
-}
-
-/// Parses JSON lines, panicking with the line number of one that is not JSON.
-pub fn json_lines(text: &str) -> Vec<Value> {
-    text.lines()
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("line {} is not JSON ({e}): {l}", i + 1))
-        })
-        .collect()
-}
 
 /// The traffic driver, built by cargo for this package's integration tests.
 pub fn tcpdrive() -> PathBuf {
@@ -263,31 +28,6 @@ pub fn endpoint(addr: IpAddr, port: u16) -> String {
     match addr {
         IpAddr::V4(a) => format!("{a}:{port}"),
         IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
-}
-
-/// A private scratch directory, removed on drop.
-pub struct Scratch(PathBuf);
-
-impl Scratch {
-    pub fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "netwatch-{tag}-{}-{}",
-            std::process::id(),
-            netwatch_tests::unique_port()
-        ));
-        fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 

@@ -12,11 +12,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use serde_json::Value;
 
-use crate::{
-    json::{self, Value},
-    sys::{self, command, show},
-};
+use crate::sys::{self, command, show};
 
 const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
@@ -74,14 +72,11 @@ pub fn programs() -> Result<BTreeMap<u32, Prog>> {
 }
 
 fn number(v: Option<&Value>) -> Option<u64> {
-    match v? {
-        Value::Number(text) => text.parse().ok(),
-        _ => None,
-    }
+    v?.as_u64()
 }
 
 fn parse_programs(text: &str) -> Result<BTreeMap<u32, Prog>> {
-    let doc = json::parse(text).map_err(|err| anyhow!("{err}"))?;
+    let doc: Value = serde_json::from_str(text).map_err(|err| anyhow!("{err}"))?;
     let items = doc.as_array().ok_or_else(|| anyhow!("not a JSON array"))?;
     let mut progs = BTreeMap::new();
     for item in items {
@@ -128,7 +123,8 @@ pub fn attached_programs(pid: u32) -> Result<BTreeSet<u32>> {
     if text.trim().is_empty() {
         return Ok(ids);
     }
-    let doc = json::parse(&text).map_err(|err| anyhow!("`{}`: {err}", show(&cmd)))?;
+    let doc: Value =
+        serde_json::from_str(&text).map_err(|err| anyhow!("`{}`: {err}", show(&cmd)))?;
     let Some(items) = doc.as_array() else {
         bail!("`{}` did not print a JSON array", show(&cmd));
     };

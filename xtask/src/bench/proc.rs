@@ -212,9 +212,11 @@ impl Proc {
             }
             check_interrupted()?;
             if self.is_zombie() {
-                // It may have printed what we wait for just before exiting: read the rest of
-                // its output and look once more.
-                self.pump(POLL);
+                // It may have printed what we wait for just before exiting: read ALL the rest
+                // of its output (both pipes, to their end), then look once more. One `pump`
+                // is not enough: it can return with stderr's last line while stdout's is
+                // still on its way.
+                self.drain_to_eof();
                 if ready(self)? {
                     return Ok(());
                 }
@@ -289,7 +291,13 @@ impl Proc {
         let cpu_ticks = cpu_ticks(self.pid());
         let status = self.child.wait()?;
         self.reaped = true;
-        // The reader threads see EOF now (unless a grandchild kept the pipe: bounded).
+        self.drain_to_eof();
+        Ok(Exit { status, cpu_ticks })
+    }
+
+    /// Once the child has ended: reads every line still on its way, until both reader
+    /// threads saw the end of their pipe. Bounded (2 s), for a grandchild that kept a pipe open.
+    fn drain_to_eof(&mut self) {
         let drain_until = Instant::now() + Duration::from_secs(2);
         loop {
             match self.lines.recv_timeout(POLL) {
@@ -299,7 +307,6 @@ impl Proc {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
         }
-        Ok(Exit { status, cpu_ticks })
     }
 
     /// Signals the child, then [`finish`](Self::finish)es it.
