@@ -240,12 +240,20 @@ const EMPTY_SOCK: SockInfo = SockInfo {
 /// The frame-pointer walk starts at the caller's caller when the libc wrapper of the syscall
 /// (a leaf) made no frame: hand user space the word at the user stack pointer, which is then
 /// the return address into the caller (user space checks that it follows a call).
+///
+/// User space leaves `pt_regs_sp` absent on kernels without `bpf_task_pt_regs` (before 5.15):
+/// the check comes first, so on those kernels the verifier prunes the helper calls as dead
+/// code (the offset is a frozen `.rodata` constant) instead of rejecting the program.
 #[inline(always)]
 fn user_sp_word(ev: &mut RawEvent) {
+    let sp_off = global(&KERNEL_OFFSETS.pt_regs_sp);
+    if sp_off == ABSENT32 {
+        return;
+    }
     // SAFETY: helpers whose results the verifier types (a BTF task, its user pt_regs); the
     // pointer is only read through bpf_probe_read_kernel (kread).
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-    if let Some(sp) = kread::<u64>(regs, global(&KERNEL_OFFSETS.pt_regs_sp))
+    if let Some(sp) = kread::<u64>(regs, sp_off)
         // SAFETY: bpf_probe_read_user faults safely on a bad user address.
         && let Ok(word) = unsafe { bpf_probe_read_user(sp as *const u64) }
     {

@@ -21,6 +21,7 @@ use crate::probe::{DEFAULT_RING_BYTES, check_ring_bytes};
         netwatch leaks --once             # sockets stuck in CLOSE_WAIT: who, where, since when\n  \
         netwatch life state time-wait '( dport = :5432 )'\n  \
         netwatch trace -p 4242 dst 10.0.0.0/8 and not dport = :22\n  \
+        netwatch doctor               # what this kernel lets netwatch do\n  \
         netwatch help filters         # the filter grammar\n\n\
         Needs root (CAP_BPF and CAP_PERFMON). Ctrl-C stops and prints how many events were\n\
         seen and lost on stderr."
@@ -114,6 +115,21 @@ pub enum Command {
         netwatch analyze events.jsonl --life\n  \
         netwatch analyze events.jsonl --report --json")]
     Analyze(AnalyzeArgs),
+    /// What this kernel lets netwatch do: kernel, BTF, tracefs, tracepoints, map types, and the
+    /// verifier's answer on each program
+    #[command(
+        after_help = "Each line has a status and says what is lost without the item: ok, missing,\n\
+        degraded (netwatch runs without it, with less), or rejected (the verifier refused it).\n\
+        Exits 0 when netwatch can run here, degraded lines included; 1 when a program is rejected\n\
+        or something it needs is missing (Linux 5.8, the ring buffer, sock:inet_sock_set_state).\n\
+        The map and program checks need root; without it, doctor prints the rest and names the\n\
+        missing capability. Programs are loaded as `netwatch trace` loads them, never attached.\n\n\
+        Examples:\n  \
+        netwatch doctor\n  \
+        netwatch doctor --json | jq '.checks[] | select(.status != \"ok\")'\n  \
+        netwatch doctor --json | jq -r '.checks[] | select(.verifier_log) | .verifier_log'"
+    )]
+    Doctor(DoctorArgs),
     /// Help on a command, or on a topic: `netwatch help filters`
     Help {
         /// A subcommand (trace, life, report, analyze, completions) or `filters`
@@ -127,6 +143,14 @@ pub enum Command {
     /// Print the man page (roff); `cargo xtask man` writes it to target/man/netwatch.1
     #[command(hide = true)]
     Manpage,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct DoctorArgs {
+    /// Print one JSON document: {kernel, floor, checks: [{name, kind, status, detail,
+    /// verifier_log}], ok}
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// How events and connections print.
@@ -458,12 +482,22 @@ mod tests {
                 "life",
                 "report",
                 "analyze",
+                "doctor",
                 "remoteport",
                 "localport",
             ] {
                 assert!(script.contains(word), "{shell:?} completion lacks {word}");
             }
         }
+    }
+
+    #[test]
+    fn cli_parses_doctor() {
+        let cli = Cli::try_parse_from(["netwatch", "doctor", "--json"]).unwrap();
+        let Some(Command::Doctor(d)) = cli.command else {
+            panic!("expected doctor")
+        };
+        assert!(d.json);
     }
 
     #[test]

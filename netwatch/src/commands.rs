@@ -231,7 +231,7 @@ async fn live(
     let config = ProbeConfig {
         ring_bytes: run.ring_size,
         filter: selection.kernel(),
-        capture_stacks: std::env::var_os("NETWATCH_STACKS").is_none_or(|v| v != "0"),
+        capture_stacks: ProbeConfig::stacks_from_env(),
     };
     let mut probe = Probe::attach(&config)?;
     for w in &probe.warnings {
@@ -467,7 +467,7 @@ pub fn help(topic: Option<&str>) -> anyhow::Result<()> {
         Some(name) => match cmd.find_subcommand_mut(name) {
             Some(sub) => sub.print_long_help()?,
             None => anyhow::bail!(
-                "no help on `{name}`: try `netwatch help filters` or a subcommand (trace, life, report, top, serve, leaks, analyze, completions)"
+                "no help on `{name}`: try `netwatch help filters` or a subcommand (trace, life, report, top, serve, leaks, analyze, doctor, completions)"
             ),
         },
     }

@@ -5,6 +5,7 @@ mod cgroup;
 mod cli;
 mod clock;
 mod commands;
+mod doctor;
 mod event;
 mod filter;
 mod http;
@@ -19,6 +20,7 @@ mod privileges;
 mod probe;
 mod procfd;
 mod record;
+mod release;
 mod report;
 mod selection;
 mod sink;
@@ -59,6 +61,11 @@ fn main() -> ExitCode {
         Command::Manpage => commands::manpage(),
         // A dump of what exists: no runtime, no BPF.
         Command::Leaks(a) if a.once => commands::leaks_once(&a),
+        // Loads programs but attaches nothing: no runtime. Exit 1 when netwatch cannot run here.
+        Command::Doctor(a) => match doctor::run(&a) {
+            Ok(false) => return ExitCode::FAILURE,
+            done => done.map(drop),
+        },
         live => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -72,6 +79,7 @@ fn main() -> ExitCode {
                     Command::Serve(a) => commands::serve(a).await,
                     Command::Leaks(a) => commands::leaks(a).await,
                     Command::Analyze(_)
+                    | Command::Doctor(_)
                     | Command::Help { .. }
                     | Command::Completions { .. }
                     | Command::Manpage => unreachable!("handled above"),

@@ -93,7 +93,18 @@ fn from_btf(btf: &Btf, warnings: &mut Vec<String>) -> KernelOffsets {
         Ok([net, inum]) => (o.skc_net, o.net_ns_inum) = (net, inum),
         Err(e) => warnings.push(format!("{e}: sockets' network namespaces are not reported")),
     }
+    // The kernel programs read the user stack pointer through bpf_task_pt_regs (5.15) and
+    // only when this offset is known: leaving it absent is also their feature check, since
+    // the verifier then never sees the helper call.
+    let version = crate::release::running()
+        .ok()
+        .and_then(|r| crate::release::version(&r));
     match member(btf, "pt_regs", "sp", 8) {
+        Ok(_) if version.is_some_and(|v| v < TASK_PT_REGS_SINCE) => warnings.push(
+            "bpf_task_pt_regs needs Linux 5.15: code paths at accept() and connect() may miss \
+             the function that called them"
+                .to_owned(),
+        ),
         Ok(sp) => o.pt_regs_sp = sp,
         Err(e) => warnings.push(format!(
             "{e}: code paths at accept() may miss the function that called accept()"
@@ -101,6 +112,10 @@ fn from_btf(btf: &Btf, warnings: &mut Vec<String>) -> KernelOffsets {
     }
     o
 }
+
+/// The kernel that brought `bpf_task_pt_regs` (and, before it, `bpf_get_current_task_btf`
+/// in 5.11).
+const TASK_PT_REGS_SINCE: (u32, u32) = (5, 15);
 
 #[cfg(test)]
 mod tests {

@@ -50,6 +50,40 @@ fn missing_from(caps: u64) -> Option<String> {
     ))
 }
 
+/// What this process lacks for `netwatch doctor`'s BPF checks, named for a sentence ("CAP_BPF
+/// and CAP_PERFMON (or CAP_SYS_ADMIN)"); `None` where it has what the check needs (or the
+/// capabilities cannot be read: the kernel then has the last word).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BpfCapGaps {
+    /// To create maps: CAP_BPF.
+    pub maps: Option<String>,
+    /// To load tracepoint programs: CAP_BPF and CAP_PERFMON.
+    pub programs: Option<String>,
+}
+
+/// [`BpfCapGaps`] of this process.
+pub fn bpf_cap_gaps() -> BpfCapGaps {
+    effective_caps().map(gaps_from).unwrap_or_default()
+}
+
+fn gaps_from(caps: u64) -> BpfCapGaps {
+    let lacking = |needed: &[(u32, &str)]| -> Option<String> {
+        if has(caps, CAP_SYS_ADMIN) {
+            return None;
+        }
+        let names: Vec<&str> = needed
+            .iter()
+            .filter(|(cap, _)| !has(caps, *cap))
+            .map(|(_, name)| *name)
+            .collect();
+        (!names.is_empty()).then(|| format!("{} (or CAP_SYS_ADMIN)", names.join(" and ")))
+    };
+    BpfCapGaps {
+        maps: lacking(&[(CAP_BPF, "CAP_BPF")]),
+        programs: lacking(&[(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]),
+    }
+}
+
 /// What `netwatch leaks` cannot see without more privilege, as a warning; `None` when it can
 /// see every socket's holders in every network namespace.
 pub fn missing_inspection_caps() -> Option<String> {
@@ -87,6 +121,24 @@ pub fn raise_memlock_rlimit() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn doctor_names_what_each_bpf_check_lacks() {
+        assert_eq!(gaps_from(!0), BpfCapGaps::default());
+        assert_eq!(gaps_from(1 << CAP_SYS_ADMIN), BpfCapGaps::default());
+        let g = gaps_from(1 << CAP_BPF);
+        assert_eq!(g.maps, None);
+        assert_eq!(
+            g.programs.as_deref(),
+            Some("CAP_PERFMON (or CAP_SYS_ADMIN)")
+        );
+        let g = gaps_from(0);
+        assert_eq!(g.maps.as_deref(), Some("CAP_BPF (or CAP_SYS_ADMIN)"));
+        assert_eq!(
+            g.programs.as_deref(),
+            Some("CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)")
+        );
+    }
 
     #[test]
     fn inspection_gaps_name_the_capability() {

@@ -3,13 +3,15 @@
 //!
 //! A tracepoint missing on this kernel (or with a layout the program cannot read) switches off
 //! only what needs it, with a one-line warning; netwatch runs on with the rest.
+use std::path::{Path, PathBuf};
+
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{TracePoint, trace_point::TracePointLinkId},
 };
-use netwatch_common::{KernelFilter, TpFields, names, stat};
+use netwatch_common::{KernelFilter, KernelOffsets, TpFields, names, stat};
 
 use crate::{
     event::DecodeContext,
@@ -23,16 +25,23 @@ static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 
 /// One tracepoint program: where it attaches, which global holds its layout, what a user loses
 /// when it cannot attach.
-struct ProgramSpec {
-    program: &'static str,
-    system: &'static str,
-    event: &'static str,
+#[derive(Debug)]
+pub struct ProgramSpec {
+    /// The program's name in the object.
+    pub program: &'static str,
+    pub system: &'static str,
+    pub event: &'static str,
+    /// The global that holds the tracepoint's field offsets.
     global: &'static str,
+    /// Reads the field offsets from the tracepoint's format.
     layout: fn(&EventFormat) -> Result<TpFields, LayoutError>,
-    feature: &'static str,
+    /// What is not traced without it, in plural ("retransmissions").
+    pub feature: &'static str,
+    /// netwatch refuses to run without it.
+    pub required: bool,
 }
 
-const PROGRAM_SPECS: &[ProgramSpec] = &[
+pub const PROGRAM_SPECS: &[ProgramSpec] = &[
     ProgramSpec {
         program: "nw_set_state",
         system: "sock",
@@ -40,6 +49,7 @@ const PROGRAM_SPECS: &[ProgramSpec] = &[
         global: names::SET_STATE_FIELDS,
         layout: layout::set_state_fields,
         feature: "state transitions",
+        required: true,
     },
     ProgramSpec {
         program: "nw_retransmit",
@@ -48,6 +58,7 @@ const PROGRAM_SPECS: &[ProgramSpec] = &[
         global: names::RETRANSMIT_FIELDS,
         layout: layout::socket_fields,
         feature: "retransmissions",
+        required: false,
     },
     ProgramSpec {
         program: "nw_synack_rtx",
@@ -56,6 +67,7 @@ const PROGRAM_SPECS: &[ProgramSpec] = &[
         global: names::SYNACK_FIELDS,
         layout: layout::socket_fields,
         feature: "SYN-ACK retransmits",
+        required: false,
     },
     ProgramSpec {
         program: "nw_recv_reset",
@@ -64,6 +76,7 @@ const PROGRAM_SPECS: &[ProgramSpec] = &[
         global: names::RECV_RESET_FIELDS,
         layout: layout::socket_fields,
         feature: "resets received",
+        required: false,
     },
     ProgramSpec {
         program: "nw_send_reset",
@@ -72,6 +85,7 @@ const PROGRAM_SPECS: &[ProgramSpec] = &[
         global: names::SEND_RESET_FIELDS,
         layout: layout::socket_fields,
         feature: "resets sent",
+        required: false,
     },
     ProgramSpec {
         program: "nw_destroy_sock",
@@ -80,6 +94,7 @@ const PROGRAM_SPECS: &[ProgramSpec] = &[
         global: names::DESTROY_FIELDS,
         layout: layout::socket_fields,
         feature: "socket destructions",
+        required: false,
     },
     ProgramSpec {
         program: "nw_accept",
@@ -88,6 +103,7 @@ const PROGRAM_SPECS: &[ProgramSpec] = &[
         global: names::ACCEPT_FIELDS,
         layout: layout::syscall_exit_fields,
         feature: "owners of sockets accepted with accept4()",
+        required: false,
     },
     ProgramSpec {
         program: "nw_accept",
@@ -96,6 +112,7 @@ const PROGRAM_SPECS: &[ProgramSpec] = &[
         global: names::ACCEPT_FIELDS,
         layout: layout::syscall_exit_fields,
         feature: "owners of sockets accepted with accept()",
+        required: false,
     },
 ];
 
@@ -123,6 +140,13 @@ impl Default for ProbeConfig {
             filter: KernelFilter::ANY,
             capture_stacks: true,
         }
+    }
+}
+
+impl ProbeConfig {
+    /// Whether to capture user stacks: yes unless `NETWATCH_STACKS=0`.
+    pub fn stacks_from_env() -> bool {
+        std::env::var_os("NETWATCH_STACKS").is_none_or(|v| v != "0")
     }
 }
 
@@ -166,6 +190,168 @@ pub struct Probe {
     pub warnings: Vec<String>,
 }
 
+/// Why a tracepoint's program is not attached on this kernel.
+#[derive(Debug)]
+pub enum Unusable {
+    /// The tracepoint does not exist.
+    Missing,
+    /// Its format file exists but could not be read or parsed.
+    Unreadable(tracefs::TracefsError),
+    /// Its layout is one the program cannot read.
+    Layout(LayoutError),
+    /// It shares a program and a layout global with a twin whose layout differs.
+    TwinDiffers,
+    /// Its program walks kernel structs whose offsets this kernel's BTF did not give.
+    NoOffsets,
+}
+
+impl std::fmt::Display for Unusable {
+    /// Completes "the tracepoint ...".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Missing => f.write_str("does not exist on this kernel"),
+            Self::Unreadable(e) => write!(f, "has a format netwatch cannot read: {e}"),
+            Self::Layout(e) => write!(f, "has a layout netwatch cannot read ({e})"),
+            Self::TwinDiffers => f.write_str("has a different layout from its twin"),
+            Self::NoOffsets => f.write_str(
+                "feeds a program that needs struct offsets from kernel BTF, which this kernel \
+                 does not give",
+            ),
+        }
+    }
+}
+
+/// One tracepoint netwatch uses, as this kernel has it.
+#[derive(Debug)]
+pub struct Tracepoint {
+    pub spec: &'static ProgramSpec,
+    /// The offsets its program reads, or why it is not attached.
+    pub fields: Result<TpFields, Unusable>,
+}
+
+/// Everything the programs are loaded with on this kernel, read once from tracefs and BTF.
+#[derive(Debug)]
+pub struct KernelLayouts {
+    /// One entry per [`PROGRAM_SPECS`] entry, in that order.
+    pub tracepoints: Vec<Tracepoint>,
+    /// The layout globals to override: the first usable layout of each.
+    globals: Vec<(&'static str, TpFields)>,
+    /// Struct offsets from BTF (`ABSENT32` where unknown).
+    pub offsets: KernelOffsets,
+    /// Decoding needs from the kernel (reset reason names).
+    pub decode: DecodeContext,
+    /// One line per feature switched off on this kernel.
+    pub warnings: Vec<String>,
+}
+
+/// The tracefs to read formats from: `NETWATCH_TRACEFS` if set (for unusual mounts, and for
+/// tests that hide a tracepoint with a copy of the `events/` tree), else the mounted tracefs,
+/// mounting it if needed.
+pub fn tracefs_root() -> anyhow::Result<PathBuf> {
+    match std::env::var_os("NETWATCH_TRACEFS") {
+        Some(dir) => Ok(PathBuf::from(dir)),
+        None => tracefs::tracefs_root().context("cannot reach tracefs"),
+    }
+}
+
+impl KernelLayouts {
+    /// Reads every tracepoint's format under `root` and the kernel offsets from BTF, and
+    /// decides which programs can run.
+    pub fn read(root: &Path) -> Self {
+        let mut tracepoints = Vec::new();
+        let mut warnings = Vec::new();
+        let mut decode = DecodeContext::default();
+        for spec in PROGRAM_SPECS {
+            let fields = match tracefs::read_format(root, spec.system, spec.event) {
+                Err(e) => Err(Unusable::Unreadable(e)),
+                Ok(None) => {
+                    warnings.push(format!(
+                        "tracepoint {}:{} does not exist on this kernel: {} are not traced",
+                        spec.system, spec.event, spec.feature
+                    ));
+                    Err(Unusable::Missing)
+                }
+                Ok(Some(format)) => {
+                    if spec.event == "tcp_send_reset" {
+                        decode.reset_reasons = format.symbols("reason");
+                    }
+                    (spec.layout)(&format).map_err(|e| {
+                        warnings.push(format!(
+                            "tracepoint {}:{} has a layout netwatch cannot read ({e}): {} are \
+                             not traced",
+                            spec.system, spec.event, spec.feature
+                        ));
+                        Unusable::Layout(e)
+                    })
+                }
+            };
+            tracepoints.push(Tracepoint { spec, fields });
+        }
+
+        // Both accept tracepoints share one program and one layout global: keep the second
+        // only if its layout is the same.
+        let mut globals: Vec<(&'static str, TpFields)> = Vec::new();
+        for tp in &mut tracepoints {
+            let Ok(fields) = tp.fields else { continue };
+            match globals.iter().find(|(g, _)| *g == tp.spec.global) {
+                Some((_, first)) if *first != fields => {
+                    warnings.push(format!(
+                        "tracepoint {}:{} has a different layout from its twin: {} are not traced",
+                        tp.spec.system, tp.spec.event, tp.spec.feature
+                    ));
+                    tp.fields = Err(Unusable::TwinDiffers);
+                }
+                Some(_) => {}
+                None => globals.push((tp.spec.global, fields)),
+            }
+        }
+        let offsets = offsets::kernel_offsets(&mut warnings);
+        if offsets.task_files == netwatch_common::ABSENT32 {
+            for tp in &mut tracepoints {
+                if tp.spec.program == "nw_accept" && tp.fields.is_ok() {
+                    tp.fields = Err(Unusable::NoOffsets);
+                }
+            }
+        }
+        Self {
+            tracepoints,
+            globals,
+            offsets,
+            decode,
+            warnings,
+        }
+    }
+
+    /// The tracepoints whose programs can be loaded and attached.
+    pub fn usable(&self) -> impl Iterator<Item = &'static ProgramSpec> + '_ {
+        self.tracepoints
+            .iter()
+            .filter(|tp| tp.fields.is_ok())
+            .map(|tp| tp.spec)
+    }
+}
+
+/// Builds the loader with this kernel's layouts and offsets and the run's settings, and loads
+/// the object: maps created, globals set, no program loaded yet. [`Probe::attach`] and
+/// `netwatch doctor` both load through here, so that doctor checks what attach runs.
+pub fn load_object(config: &ProbeConfig, layouts: &KernelLayouts) -> anyhow::Result<Ebpf> {
+    let wakeup_bytes = u64::from(config.ring_bytes / 4);
+    let capture_stacks = u32::from(config.capture_stacks);
+    let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries(names::EVENTS, config.ring_bytes)
+        .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
+        .override_global(names::KERNEL_OFFSETS, &layouts.offsets, true)
+        .override_global(names::FILTER, &config.filter, true)
+        .override_global(names::CAPTURE_STACKS, &capture_stacks, true);
+    for (global, fields) in &layouts.globals {
+        loader.override_global(global, fields, true);
+    }
+    loader
+        .load(PROGRAMS)
+        .context("loading the eBPF programs into the kernel")
+}
+
 impl Probe {
     /// Checks privileges, reads layouts from tracefs (mounting it if needed), loads and
     /// attaches every program whose tracepoint exists.
@@ -174,90 +360,37 @@ impl Probe {
             bail!(missing);
         }
         privileges::raise_memlock_rlimit();
-        // NETWATCH_TRACEFS points at another tracefs (or a copy of its `events/` tree) to read
-        // formats from: for unusual mounts, and for tests that hide a tracepoint.
-        let root = match std::env::var_os("NETWATCH_TRACEFS") {
-            Some(dir) => std::path::PathBuf::from(dir),
-            None => tracefs::tracefs_root().context("cannot reach tracefs")?,
-        };
-
-        let mut layouts: Vec<(&ProgramSpec, TpFields)> = Vec::new();
-        let mut warnings = Vec::new();
-        let mut decode = DecodeContext::default();
-        for spec in PROGRAM_SPECS {
-            let format = tracefs::read_format(&root, spec.system, spec.event)
-                .with_context(|| format!("reading {}:{}", spec.system, spec.event))?;
-            let Some(format) = format else {
-                warnings.push(format!(
-                    "tracepoint {}:{} does not exist on this kernel: {} are not traced",
-                    spec.system, spec.event, spec.feature
-                ));
-                continue;
-            };
-            match (spec.layout)(&format) {
-                Ok(fields) => layouts.push((spec, fields)),
-                Err(e) => warnings.push(format!(
-                    "tracepoint {}:{} has a layout netwatch cannot read ({e}): {} are not traced",
-                    spec.system, spec.event, spec.feature
-                )),
-            }
-            if spec.event == "tcp_send_reset" {
-                decode.reset_reasons = format.symbols("reason");
+        let root = tracefs_root()?;
+        let layouts = KernelLayouts::read(&root);
+        for tp in &layouts.tracepoints {
+            if let Err(Unusable::Unreadable(e)) = &tp.fields {
+                bail!("reading {}:{}: {e}", tp.spec.system, tp.spec.event);
             }
         }
-        if !layouts
+        if let Some(tp) = layouts
+            .tracepoints
             .iter()
-            .any(|(s, _)| s.event == "inet_sock_set_state")
+            .find(|tp| tp.spec.required && tp.fields.is_err())
         {
             bail!(
-                "sock:inet_sock_set_state is unusable on this kernel ({}); netwatch needs it \
-                 (Linux 4.16 or later)",
-                warnings.join("; ")
+                "{}:{} {}; netwatch needs it (Linux 4.16 or later)",
+                tp.spec.system,
+                tp.spec.event,
+                tp.fields
+                    .as_ref()
+                    .err()
+                    .map_or(String::new(), ToString::to_string)
             );
         }
-
-        // Both accept tracepoints share one program and one layout global: keep the second
-        // only if its layout is the same.
-        let mut seen_globals: Vec<(&str, TpFields)> = Vec::new();
-        layouts.retain(|(spec, fields)| {
-            match seen_globals.iter().find(|(g, _)| *g == spec.global) {
-                Some((_, first)) if first != fields => {
-                    warnings.push(format!(
-                        "tracepoint {}:{} has a different layout from its twin: {} are not traced",
-                        spec.system, spec.event, spec.feature
-                    ));
-                    false
-                }
-                Some(_) => true,
-                None => {
-                    seen_globals.push((spec.global, *fields));
-                    true
-                }
-            }
-        });
-        let offsets = offsets::kernel_offsets(&mut warnings);
-        if offsets.task_files == netwatch_common::ABSENT32 {
-            layouts.retain(|(spec, _)| spec.program != "nw_accept");
-        }
-
-        let wakeup_bytes = u64::from(config.ring_bytes / 4);
-        let capture_stacks = u32::from(config.capture_stacks);
-        let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(names::EVENTS, config.ring_bytes)
-            .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
-            .override_global(names::KERNEL_OFFSETS, &offsets, true)
-            .override_global(names::FILTER, &config.filter, true)
-            .override_global(names::CAPTURE_STACKS, &capture_stacks, true);
-        for (global, fields) in &seen_globals {
-            loader.override_global(global, fields, true);
-        }
-        let mut ebpf = loader
-            .load(PROGRAMS)
-            .context("loading the eBPF programs into the kernel")?;
-
+        let mut ebpf = load_object(config, &layouts)?;
+        let usable: Vec<&ProgramSpec> = layouts.usable().collect();
+        let KernelLayouts {
+            decode,
+            mut warnings,
+            ..
+        } = layouts;
         let mut links = Vec::new();
-        for (spec, _) in &layouts {
+        for spec in usable {
             let program: &mut TracePoint = ebpf
                 .program_mut(spec.program)
                 .ok_or_else(|| anyhow!("program {} missing from the object", spec.program))?
