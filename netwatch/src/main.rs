@@ -1,35 +1,10 @@
 //! netwatch: an eBPF tracer of TCP connections. See the README for what it shows and how.
-mod analysis;
-mod btf;
-mod cgroup;
 mod cli;
-mod clock;
 mod commands;
-mod doctor;
-mod event;
-mod filter;
-mod http;
-mod layout;
-mod leaks;
-mod life;
-mod metrics;
-mod netns;
-mod netstat;
-mod offsets;
-mod privileges;
-mod probe;
-mod procfd;
-mod record;
-mod release;
-mod report;
-mod selection;
-mod sink;
-mod sockdiag;
-mod stacks;
-mod stream;
-mod top;
-mod tracefs;
-mod tracker;
+mod host;
+mod kernel;
+mod model;
+mod pipeline;
 
 use std::{io::Write as _, process::ExitCode};
 
@@ -62,7 +37,7 @@ fn main() -> ExitCode {
         // A dump of what exists: no runtime, no BPF.
         Command::Leaks(a) if a.once => commands::leaks_once(&a),
         // Loads programs but attaches nothing: no runtime. Exit 1 when netwatch cannot run here.
-        Command::Doctor(a) => match doctor::run(&a) {
+        Command::Doctor(a) => match commands::doctor::run(&a) {
             Ok(false) => return ExitCode::FAILURE,
             done => done.map(drop),
         },

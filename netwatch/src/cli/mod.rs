@@ -1,0 +1,508 @@
+//! The command line: what an SRE types, with examples in `--help`.
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::kernel::probe::{DEFAULT_RING_BYTES, check_ring_bytes};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "netwatch",
+    version,
+    disable_help_subcommand = true,
+    about = "Trace every TCP state transition, with the process that really owns the socket",
+    after_help = "Examples:\n  \
+        netwatch                      # the live view, same as `netwatch top`\n  \
+        netwatch trace -T             # wall-clock timestamps\n  \
+        netwatch trace --json | jq 'select(.new_state == \"CLOSE_WAIT\")'\n  \
+        netwatch trace --duration 30s -w > events.txt\n  \
+        netwatch life                 # one line per finished connection\n  \
+        netwatch report --duration 30s\n  \
+        netwatch leaks --once             # sockets stuck in CLOSE_WAIT: who, where, since when\n  \
+        netwatch life state time-wait '( dport = :5432 )'\n  \
+        netwatch trace -p 4242 dst 10.0.0.0/8 and not dport = :22\n  \
+        netwatch doctor               # what this kernel lets netwatch do\n  \
+        netwatch help filters         # the filter grammar\n\n\
+        Needs root (CAP_BPF and CAP_PERFMON). Ctrl-C stops and prints how many events were\n\
+        seen and lost on stderr."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print one line per TCP event as it happens (like tcpstates, with the right owner)
+    #[command(
+        after_help = "Columns: TIME PID COMM LADDR:LPORT RADDR:RPORT EVENT MS_IN_OLD\n\
+        EVENT is `OLD -> NEW` for a state transition, or RETRANSMIT, SYNACK_RETRANSMIT,\n\
+        RESET_RECEIVED, RESET_SENT (with the kernel's reason), ACCEPT or DESTROY with the\n\
+        socket's state. PID/COMM is `-` when the owner is not known (an accepted socket's\n\
+        handshake, before accept() returns it): netwatch never names a softirq bystander.\n\n\
+        Examples:\n  \
+        netwatch trace\n  \
+        netwatch trace -T -w\n  \
+        netwatch trace -p 4242 -D 5432\n  \
+        netwatch trace dst 10.0.0.0/8 and not dport = :22\n  \
+        netwatch trace --json --duration 10s > events.jsonl"
+    )]
+    Trace(TraceArgs),
+    /// One line per connection when it ends: owner, endpoints, lifetime, role, how it ended
+    #[command(
+        after_help = "Columns: PID COMM LADDR LPORT RADDR RPORT TX_KB RX_KB MS ROLE END\n\
+        ROLE is active (we connected) or passive (we accepted). END is closed (the peer closed\n\
+        first), time-wait (we closed first: a TIME_WAIT was born), reset-by-peer,\n\
+        reset-by-us (reason), refused, timeout, or aborted. --json prints the full record:\n\
+        time in every state, connect latency, retransmissions and resets.\n\n\
+        Examples:\n  \
+        netwatch life\n  \
+        netwatch life --json | jq 'select(.end == \"refused\")'\n  \
+        netwatch life state time-wait '( dport = :5432 )'\n  \
+        netwatch life --record events.jsonl --duration 5m"
+    )]
+    Life(LifeArgs),
+    /// Watch for a while, then diagnose: TIME_WAIT churn and port exhaustion, CLOSE_WAIT leaks,
+    /// failed connects, resets, retransmissions, lifetimes
+    #[command(after_help = "Examples:\n  \
+        netwatch report --duration 30s\n  \
+        netwatch report                     # until Ctrl-C\n  \
+        netwatch report --json --duration 1m | jq .findings\n  \
+        netwatch report --close-wait-age 30s --close-wait-alarm 100\n  \
+        netwatch report --comm nginx --duration 1m")]
+    Report(ReportArgs),
+    /// The live view (also plain `netwatch`): states, rates, TIME_WAIT and CLOSE_WAIT holders,
+    /// failures, resets, retransmits; a plain-text summary per interval without a terminal
+    #[command(
+        after_help = "Keys: q or Esc quit; s cycles the sort (count, rate, name); p shows one\n\
+        process (a pid, or part of a command name); c shows all again; Ctrl-C quits and prints\n\
+        the report.\n\n\
+        Examples:\n  \
+        netwatch top\n  \
+        netwatch top --interval 2s -D 5432\n  \
+        netwatch top --duration 10s > summaries.txt   # not a terminal: plain text"
+    )]
+    Top(crate::commands::top::TopArgs),
+    /// Export Prometheus metrics (OpenMetrics text on /metrics, and /healthz) while tracing
+    #[command(after_help = "Examples:\n  \
+        netwatch serve                               # http://127.0.0.1:9750/metrics\n  \
+        netwatch serve --listen 0.0.0.0:9750         # for a Prometheus elsewhere\n  \
+        netwatch serve --peer-labels --max-peers 50  # connects and retransmits by peer\n  \
+        netwatch serve -D 5432,6379\n\n\
+        Labels are bounded: comm and cgroup per process (at most --max-processes pairs, then\n\
+        comm=\"other\"), peers only with --peer-labels (at most --max-peers, then peer=\"other\").")]
+    Serve(ServeArgs),
+    /// Sockets stuck in CLOSE_WAIT or FIN_WAIT2, grouped by process and the code path that
+    /// opened them
+    #[command(
+        after_help = "Each group names the process holding the sockets (pid, command, cgroup),\n\
+        how many are stuck and for how long, their peers and fds, and the user stack at the\n\
+        connect() or accept() that opened them, when netwatch was running then (stacks need\n\
+        frame pointers: see the README). Sockets stuck before netwatch started are found through\n\
+        sock_diag (what `ss` uses) in every network namespace; their age is \"at least\".\n\n\
+        Examples:\n  \
+        netwatch leaks                        # live: a snapshot whenever the groups change\n  \
+        netwatch leaks --once                 # what is stuck now, then exit (no tracing)\n  \
+        netwatch leaks --min-age 2m --interval 30s\n  \
+        netwatch leaks --once -p 4242 --min-age 0s\n  \
+        netwatch leaks --json | jq '.groups[] | select(.sockets > 10) | {pid, comm, stack}'"
+    )]
+    Leaks(LeaksArgs),
+    /// Replay a recording (from --record) offline, without root: the same output the live run gave
+    #[command(after_help = "Examples:\n  \
+        netwatch trace --record events.jsonl --duration 1m   # on the host, as root\n  \
+        netwatch analyze events.jsonl                       # anywhere: the trace again\n  \
+        netwatch analyze events.jsonl --life\n  \
+        netwatch analyze events.jsonl --report --json")]
+    Analyze(AnalyzeArgs),
+    /// What this kernel lets netwatch do: kernel, BTF, tracefs, tracepoints, map types, and the
+    /// verifier's answer on each program
+    #[command(
+        after_help = "Each line has a status and says what is lost without the item: ok, missing,\n\
+        degraded (netwatch runs without it, with less), or rejected (the verifier refused it).\n\
+        Exits 0 when netwatch can run here, degraded lines included; 1 when a program is rejected\n\
+        or something it needs is missing (Linux 5.8, the ring buffer, sock:inet_sock_set_state).\n\
+        The map and program checks need root; without it, doctor prints the rest and names the\n\
+        missing capability. Programs are loaded as `netwatch trace` loads them, never attached.\n\n\
+        Examples:\n  \
+        netwatch doctor\n  \
+        netwatch doctor --json | jq '.checks[] | select(.status != \"ok\")'\n  \
+        netwatch doctor --json | jq -r '.checks[] | select(.verifier_log) | .verifier_log'"
+    )]
+    Doctor(DoctorArgs),
+    /// Help on a command, or on a topic: `netwatch help filters`
+    Help {
+        /// A subcommand (trace, life, report, analyze, completions) or `filters`
+        topic: Option<String>,
+    },
+    /// Print a shell completion script: netwatch completions bash > /etc/bash_completion.d/netwatch
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff); `cargo xtask man` writes it to target/man/netwatch.1
+    #[command(hide = true)]
+    Manpage,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct DoctorArgs {
+    /// Print one JSON document: {kernel, floor, checks: [{name, kind, status, detail,
+    /// verifier_log}], ok}
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How events and connections print.
+#[derive(Args, Debug, Default, Clone)]
+pub struct OutputArgs {
+    /// Print JSON (one object per line; a report is one document); schema in the README
+    #[arg(long)]
+    pub json: bool,
+    /// Wall-clock timestamps (HH:MM:SS.mmm, UTC) instead of seconds since start
+    #[arg(short = 'T', long = "timestamp")]
+    pub timestamp: bool,
+    /// Wide address columns, for IPv6
+    #[arg(short = 'w', long)]
+    pub wide: bool,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct LifeArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub tracker: TrackerArgs,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct ReportArgs {
+    /// --json: one JSON document; -T: the run's wall-clock span in the header; -w: key
+    /// columns wide enough for IPv6 endpoints
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub thresholds: ThresholdArgs,
+    #[command(flatten)]
+    pub tracker: TrackerArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to serve /metrics and /healthz on
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9750")]
+    pub listen: std::net::SocketAddr,
+    /// Label connects and retransmits with the peer (remote address)
+    #[arg(long)]
+    pub peer_labels: bool,
+    /// Most peers labelled; later ones count under peer="other"
+    #[arg(long, value_name = "N", default_value_t = crate::commands::metrics::DEFAULT_MAX_PEERS)]
+    pub max_peers: usize,
+    /// Most (comm, cgroup) label pairs; later ones count under comm="other"
+    #[arg(long, value_name = "N", default_value_t = crate::commands::metrics::DEFAULT_MAX_PROCESSES)]
+    pub max_processes: usize,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub tracker: TrackerArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AnalyzeArgs {
+    /// A recording written by `--record`
+    pub file: std::path::PathBuf,
+    /// Print connection lines, as `netwatch life` does
+    #[arg(long, conflicts_with = "report")]
+    pub life: bool,
+    /// Print the diagnosis, as `netwatch report` does
+    #[arg(long)]
+    pub report: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub thresholds: ThresholdArgs,
+    #[command(flatten)]
+    pub tracker: TrackerArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+/// Verdict thresholds: the field notes' rules of thumb as defaults.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Verdicts")]
+pub struct ThresholdArgs {
+    /// A socket in CLOSE_WAIT longer than this counts as stuck
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub close_wait_age: Duration,
+    /// This many stuck CLOSE_WAIT sockets in one process is an alarm
+    #[arg(long, default_value_t = 50)]
+    pub close_wait_alarm: usize,
+    /// This many TIME_WAIT sockets is an alarm (port-exhaustion risk)
+    #[arg(long, default_value_t = 10_000)]
+    pub time_wait_alarm: u64,
+}
+
+impl Default for ThresholdArgs {
+    fn default() -> Self {
+        Self {
+            close_wait_age: Duration::from_secs(5),
+            close_wait_alarm: 50,
+            time_wait_alarm: 10_000,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Tracker")]
+pub struct TrackerArgs {
+    /// Most sockets tracked at once; past it the least recently active is evicted (counted)
+    #[arg(long, default_value_t = crate::model::tracker::DEFAULT_MAX_SOCKETS)]
+    pub max_sockets: usize,
+}
+
+impl Default for TrackerArgs {
+    fn default() -> Self {
+        Self {
+            max_sockets: crate::model::tracker::DEFAULT_MAX_SOCKETS,
+        }
+    }
+}
+
+/// What to watch: BCC-style flags and an `ss`-style filter expression.
+#[derive(Args, Debug, Default, Clone)]
+#[command(next_help_heading = "Filters (see `netwatch help filters`)")]
+pub struct FilterArgs {
+    /// Only sockets owned by PID (repeat, or comma-separate: -p 10,11); decided in the kernel
+    #[arg(short = 'p', long = "pid", value_name = "PID", value_delimiter = ',')]
+    pub pids: Vec<u32>,
+    /// Only these local ports: 80, 8000-8080, 22,443; decided in the kernel
+    #[arg(short = 'L', long = "localport", value_name = "PORTS", value_parser = crate::model::selection::parse_ports)]
+    pub local_ports: Vec<Vec<std::ops::RangeInclusive<u16>>>,
+    /// Only these remote ports: 5432, 1-1023; decided in the kernel
+    #[arg(short = 'D', long = "remoteport", value_name = "PORTS", value_parser = crate::model::selection::parse_ports)]
+    pub remote_ports: Vec<Vec<std::ops::RangeInclusive<u16>>>,
+    /// IPv4 only
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// IPv6 only
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+    /// Only sockets whose owner's command name is NAME
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+    /// Only sockets whose owner is in this cgroup (v2 path, e.g. /system.slice/nginx.service)
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<std::path::PathBuf>,
+    /// An ss-style filter: state close-wait '( dport = :80 or dport = :443 )' dst 10.0.0.0/8
+    #[arg(
+        value_name = "FILTER",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub filter: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LeaksArgs {
+    /// Print what is stuck now and exit: no tracing (no code paths), no BPF privileges needed
+    #[arg(long)]
+    pub once: bool,
+    /// One JSON object per snapshot, one per line (every --interval); schema in the README
+    #[arg(long)]
+    pub json: bool,
+    /// Show sockets stuck at least this long
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub min_age: Duration,
+    /// Take a snapshot this often; text prints only when the groups change
+    #[arg(long, default_value = "5s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Only sockets held by PID (repeat, or comma-separate: -p 10,11)
+    #[arg(short = 'p', long = "pid", value_name = "PID", value_delimiter = ',')]
+    pub pids: Vec<u32>,
+    /// Only sockets held by a process with this command name
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub tracker: TrackerArgs,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// With --json: add the symbolized user stack (`stack`) that opened the socket to
+    /// `accept` and `CLOSE -> SYN_SENT` events
+    #[arg(long)]
+    pub stacks: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Options every live command shares.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Run")]
+pub struct RunArgs {
+    /// Stop after this long (e.g. 30s, 5m, 1h); default: until Ctrl-C or SIGTERM
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Ring-buffer size in bytes (power of two); larger survives longer stalls
+    #[arg(long, default_value_t = DEFAULT_RING_BYTES, value_parser = parse_ring_size)]
+    pub ring_size: u32,
+    /// Also write the raw event stream to FILE, for `netwatch analyze`
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<std::path::PathBuf>,
+}
+
+impl Default for RunArgs {
+    fn default() -> Self {
+        Self {
+            duration: None,
+            ring_size: DEFAULT_RING_BYTES,
+            record: None,
+        }
+    }
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a byte count (e.g. 4194304)"))?;
+    check_ring_bytes(n)
+}
+
+/// `500ms`, `30s`, `5m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 500ms, 30s, 5m, 1h)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{s}` (use ms, s, m or h)"
+            ));
+        }
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A refresh or snapshot interval: at least the stream's drain interval (a view cannot be
+/// fresher than the events it is made of).
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < crate::pipeline::stream::DRAIN_INTERVAL {
+        return Err(format!(
+            "the interval must be at least {} ms, got `{s}`",
+            crate::pipeline::stream::DRAIN_INTERVAL.as_millis()
+        ));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_are_at_least_the_drain_interval() {
+        assert_eq!(parse_interval("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_interval("50ms"), Ok(Duration::from_millis(50)));
+        let e = parse_interval("0s").unwrap_err();
+        assert!(e.contains("`0s`") && e.contains("50 ms"), "{e}");
+        assert!(parse_interval("x").unwrap_err().contains("`x`"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(
+            parse_duration("5x")
+                .unwrap_err()
+                .contains("unknown unit `x`")
+        );
+        assert!(
+            parse_duration("abc")
+                .unwrap_err()
+                .contains("`abc` is not a duration")
+        );
+    }
+
+    #[test]
+    fn cli_parses_trace_flags() {
+        let cli = Cli::try_parse_from(["netwatch", "trace", "-T", "-w", "--json"]).unwrap();
+        let Some(Command::Trace(t)) = cli.command else {
+            panic!("expected trace")
+        };
+        assert!(t.output.timestamp && t.output.wide && t.output.json);
+        assert_eq!(t.run.ring_size, DEFAULT_RING_BYTES);
+    }
+
+    #[test]
+    fn bad_ring_size_names_the_value() {
+        let err = Cli::try_parse_from(["netwatch", "trace", "--ring-size", "5000"]).unwrap_err();
+        assert!(err.to_string().contains("got 5000"), "{err}");
+    }
+
+    #[test]
+    fn completions_know_every_subcommand_and_filter_flag() {
+        use clap::CommandFactory;
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "netwatch", &mut out);
+            let script = String::from_utf8(out).unwrap();
+            for word in [
+                "trace",
+                "life",
+                "report",
+                "analyze",
+                "doctor",
+                "remoteport",
+                "localport",
+            ] {
+                assert!(script.contains(word), "{shell:?} completion lacks {word}");
+            }
+        }
+    }
+
+    #[test]
+    fn cli_parses_doctor() {
+        let cli = Cli::try_parse_from(["netwatch", "doctor", "--json"]).unwrap();
+        let Some(Command::Doctor(d)) = cli.command else {
+            panic!("expected doctor")
+        };
+        assert!(d.json);
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

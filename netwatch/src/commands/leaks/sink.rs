@@ -1,0 +1,449 @@
+//! Taking snapshots: once from the kernel's dump alone (`--once`), or every interval while the
+//! stream feeds the tracker and the code paths (live).
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use super::group::{Snapshot, groups};
+use super::merge::{Dump, FirstSeen, Lookup, Stuck, Tracked, merge};
+use super::render::render;
+use crate::host::clock::{WallClock, monotonic_ns};
+use crate::host::sockdiag::{self, SockDiagError, StateMask};
+use crate::host::stacks::Stacks;
+use crate::model::event::{Event, TcpState};
+use crate::model::tracker::{Fact, Tracker};
+use crate::pipeline::sink::Sink;
+use crate::{host::cgroup, host::netns, host::procfd, kernel::privileges};
+
+/// The states a leak sits in.
+const STUCK: StateMask = StateMask::CLOSE_WAIT.union(StateMask::FIN_WAIT2);
+
+/// Most symbolized code paths kept; past it the table starts over (bounded memory).
+const MAX_CODE_PATHS: usize = 65_536;
+
+/// Connections closed first here are remembered this long, and at most this many: longer than
+/// any sane `tcp_fin_timeout`, the most an orphaned FIN_WAIT2 lives.
+const CLOSED_MEMORY_NS: u64 = 600 * 1_000_000_000;
+const CLOSED_MAX: usize = 65_536;
+
+/// Connections this host closed first, by endpoints and namespace: what names the process and
+/// code path of an orphaned FIN_WAIT2 in the dump, which no process holds any more.
+#[derive(Default)]
+struct ClosedFirst {
+    /// The socket as the merge takes it, and when it closed.
+    by_key: HashMap<ClosedKey, (Tracked, u64)>,
+    /// Keys in closing order, for expiry.
+    order: VecDeque<(ClosedKey, u64)>,
+}
+
+type ClosedKey = (SocketAddr, SocketAddr, Option<u32>);
+
+impl ClosedFirst {
+    fn remember(&mut self, fact: Fact) {
+        let Fact::Ended(c) = fact;
+        let Some(t) = Tracked::closed_first(&c) else {
+            return;
+        };
+        let key = (t.local, t.remote, t.netns);
+        self.order.push_back((key, c.end_ns));
+        self.by_key.insert(key, (t, c.end_ns));
+        while self.order.len() > CLOSED_MAX {
+            self.forget_oldest();
+        }
+    }
+
+    /// Forgets what closed more than [`CLOSED_MEMORY_NS`] before `now_ns`.
+    fn expire(&mut self, now_ns: u64) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(_, at)| now_ns.saturating_sub(*at) > CLOSED_MEMORY_NS)
+        {
+            self.forget_oldest();
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some((key, at)) = self.order.pop_front() {
+            // A later close of the same endpoints replaced the entry: keep that one.
+            if self.by_key.get(&key).is_some_and(|(_, end)| *end == at) {
+                self.by_key.remove(&key);
+            }
+        }
+    }
+}
+
+/// Lists the stuck sockets of every network namespace, and their holders.
+pub fn take_dump() -> Dump {
+    let mut dump = Dump {
+        complete: true,
+        ..Dump::default()
+    };
+    let own = netns::own();
+    for ns in netns::all() {
+        let path = (Some(ns.inode) != own).then_some(ns.path.as_path());
+        match sockdiag::tcp_sockets(STUCK, path) {
+            Ok(socks) => dump
+                .sockets
+                .extend(socks.into_iter().map(|s| (ns.inode, s))),
+            // Its last process exited between the listing and now: nothing left to see.
+            Err(SockDiagError::Netns { source, .. })
+                if source.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => {
+                dump.complete = false;
+                dump.warnings
+                    .push(format!("network namespace {}: {e}", ns.inode));
+            }
+        }
+    }
+    if dump.sockets.iter().any(|(_, s)| s.inode != 0) {
+        dump.holders = procfd::socket_owners();
+    }
+    dump
+}
+
+/// Names from this host: cgroup paths, and the code paths symbolized while the stream ran.
+struct HostNames<'a> {
+    frames: &'a HashMap<(u32, u32), Arc<Vec<String>>>,
+}
+
+impl Lookup for HostNames<'_> {
+    fn cgroup(&mut self, cgroup_id: Option<u64>, pid: u32) -> Option<String> {
+        cgroup::owner_cgroup(cgroup_id, Some(pid))
+    }
+
+    fn frames(&mut self, pid: u32, stack_id: u32) -> Option<Arc<Vec<String>>> {
+        self.frames.get(&(pid, stack_id)).cloned()
+    }
+}
+
+/// What a snapshot shows, and how it prints.
+#[derive(Clone, Debug)]
+pub struct Style {
+    pub json: bool,
+    pub min_age: Duration,
+    /// Only sockets held by these processes (empty: any).
+    pub pids: Vec<u32>,
+    /// Only sockets held by a process of this command name.
+    pub comm: Option<String>,
+}
+
+impl Style {
+    /// Whether `s` passes `--pid` and `--comm` (an orphan, with no process, passes neither).
+    fn keeps(&self, s: &Stuck) -> bool {
+        let owner = s.owner.as_ref();
+        let pid_ok = self.pids.is_empty() || owner.is_some_and(|o| self.pids.contains(&o.pid));
+        let comm_ok = self
+            .comm
+            .as_ref()
+            .is_none_or(|c| owner.is_some_and(|o| &o.comm == c));
+        pid_ok && comm_ok
+    }
+}
+
+fn snapshot(
+    dump: Dump,
+    tracked: &[Tracked],
+    first_seen: &mut FirstSeen,
+    frames: &HashMap<(u32, u32), Arc<Vec<String>>>,
+    watched_ns: u64,
+    style: &Style,
+) -> Snapshot {
+    let now = monotonic_ns();
+    let mut stuck = merge(&dump, tracked, now, first_seen, &mut HostNames { frames });
+    stuck.retain(|s| style.keeps(s));
+    let mut warnings = dump.warnings;
+    warnings.extend(privileges::missing_inspection_caps());
+    Snapshot {
+        at: WallClock::now().rfc3339(now),
+        watched_ms: watched_ns as f64 / 1e6,
+        min_age_ms: style.min_age.as_secs_f64() * 1000.0,
+        groups: groups(stuck, style.min_age.as_secs_f64() * 1000.0),
+        warnings,
+    }
+}
+
+fn print(out: &mut impl Write, s: &Snapshot, json: bool) -> io::Result<()> {
+    if json {
+        serde_json::to_writer(&mut *out, s)?;
+        out.write_all(b"\n")?;
+    } else {
+        out.write_all(render(s).as_bytes())?;
+    }
+    out.flush()
+}
+
+/// `netwatch leaks --once`: the sockets stuck now, from the kernel's dump alone (no tracing,
+/// so no code paths; ages are lower bounds).
+pub fn once(out: &mut impl Write, style: &Style) -> io::Result<()> {
+    let s = snapshot(
+        take_dump(),
+        &[],
+        &mut FirstSeen::default(),
+        &HashMap::new(),
+        0,
+        style,
+    );
+    print(out, &s, style.json)
+}
+
+/// Live `netwatch leaks`: feeds the tracker and symbolizes each new code path while its
+/// process is alive; every interval merges that with a fresh dump and prints.
+pub struct LeaksSink<W: Write> {
+    out: W,
+    style: Style,
+    interval_ns: u64,
+    tracker: Tracker,
+    stacks: Option<Stacks>,
+    /// (pid, stack id) -> frames, symbolized at connect()/accept() time: a process that exits
+    /// keeps its code paths.
+    frames: HashMap<(u32, u32), Arc<Vec<String>>>,
+    first_seen: FirstSeen,
+    closed_first: ClosedFirst,
+    started_ns: u64,
+    next_ns: u64,
+    /// A dump being taken on a thread of its own: reading `/proc/*/fd` on a busy host takes
+    /// long enough to fill the ring buffer if the stream waited for it.
+    pending: Option<mpsc::Receiver<Dump>>,
+    /// Text output prints only when the groups change; this is what was printed last.
+    last_shape: Option<Vec<(String, usize)>>,
+}
+
+/// Takes a dump on a new thread; the receiver gets it when done. If no thread can be
+/// started, the dump is taken here and now.
+fn dump_in_background() -> mpsc::Receiver<Dump> {
+    let (tx, rx) = mpsc::channel();
+    let worker = tx.clone();
+    let spawned = std::thread::Builder::new()
+        .name("netwatch-dump".into())
+        .spawn(move || {
+            let _ = worker.send(take_dump());
+        });
+    if let Err(e) = spawned {
+        log::debug!("no thread for the socket dump ({e}); taking it inline");
+        let _ = tx.send(take_dump());
+    }
+    rx
+}
+
+impl<W: Write> LeaksSink<W> {
+    pub fn new(out: W, style: Style, interval: Duration, max_sockets: usize) -> Self {
+        let now = monotonic_ns();
+        Self {
+            out,
+            style,
+            interval_ns: interval.as_nanos().max(1) as u64,
+            tracker: Tracker::new(max_sockets),
+            stacks: None,
+            frames: HashMap::new(),
+            first_seen: FirstSeen::default(),
+            closed_first: ClosedFirst::default(),
+            started_ns: now,
+            next_ns: now,
+            pending: None,
+            last_shape: None,
+        }
+    }
+
+    /// Where code paths come from (the probe's stack map); without it none are shown.
+    pub fn set_stacks(&mut self, stacks: Stacks) {
+        self.stacks = Some(stacks);
+    }
+
+    fn remember_code_path(&mut self, ev: &Event) {
+        let (Some(stacks), Some(pid), Some(id)) = (self.stacks.as_mut(), ev.pid, ev.stack_id)
+        else {
+            return;
+        };
+        if !ev.opens_socket() || self.frames.contains_key(&(pid, id)) {
+            return;
+        }
+        if self.frames.len() >= MAX_CODE_PATHS {
+            self.frames.clear();
+        }
+        let frames = stacks.frames(pid, id, ev.sp_word).to_vec();
+        self.frames.insert((pid, id), Arc::new(frames));
+    }
+
+    /// Merges `dump` with what the tracker knows now and prints the snapshot (text: only when
+    /// the groups changed, unless `always`).
+    fn report(&mut self, dump: Dump, always: bool) -> io::Result<()> {
+        let now = monotonic_ns();
+        let closed_first = &mut self.closed_first;
+        self.tracker
+            .finish_until(now, &mut |fact| closed_first.remember(fact));
+        closed_first.expire(now);
+        // The tracked sockets the dump lists, whatever state the tracker believes (it may have
+        // lost the transition); when the dump is partial, also those the tracker finds stuck.
+        let listed: HashSet<(SocketAddr, SocketAddr)> =
+            dump.sockets.iter().map(|(_, d)| (d.src, d.dst)).collect();
+        let tracked: Vec<Tracked> = self
+            .tracker
+            .live_sockets()
+            .filter(|s| {
+                let tuple = (
+                    SocketAddr::new(s.saddr, s.sport),
+                    SocketAddr::new(s.daddr, s.dport),
+                );
+                listed.contains(&tuple)
+                    || (!dump.complete
+                        && matches!(s.state, TcpState::CloseWait | TcpState::FinWait2))
+            })
+            .map(|s| Tracked::of(&s))
+            .chain(
+                self.closed_first
+                    .by_key
+                    .values()
+                    .filter(|(t, _)| listed.contains(&(t.local, t.remote)))
+                    .map(|(t, _)| t.clone()),
+            )
+            .collect();
+        let s = snapshot(
+            dump,
+            &tracked,
+            &mut self.first_seen,
+            &self.frames,
+            now.saturating_sub(self.started_ns),
+            &self.style,
+        );
+        if self.style.json {
+            return print(&mut self.out, &s, true);
+        }
+        let shape: Vec<(String, usize)> = s
+            .groups
+            .iter()
+            .map(|g| {
+                (
+                    format!("{:?}{:?}{:?}{:?}", g.kind, g.pid, g.stack, g.cgroup),
+                    g.sockets,
+                )
+            })
+            .collect();
+        if always || self.last_shape.as_ref() != Some(&shape) {
+            self.last_shape = Some(shape);
+            print(&mut self.out, &s, false)?;
+        }
+        Ok(())
+    }
+
+    /// The last snapshot, printed whatever changed (from the dump in flight, if any).
+    pub fn finish(mut self) -> io::Result<()> {
+        let dump = self
+            .pending
+            .take()
+            .and_then(|rx| rx.recv().ok())
+            .unwrap_or_else(take_dump);
+        self.report(dump, true)
+    }
+}
+
+impl<W: Write> Sink for LeaksSink<W> {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        self.remember_code_path(ev);
+        let closed_first = &mut self.closed_first;
+        self.tracker
+            .on_event(ev, &mut |fact| closed_first.remember(fact));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if let Some(rx) = &self.pending {
+            match rx.try_recv() {
+                Ok(dump) => {
+                    self.pending = None;
+                    self.report(dump, false)?;
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+                Err(mpsc::TryRecvError::Disconnected) => self.pending = None,
+            }
+        }
+        let now = monotonic_ns();
+        if self.pending.is_none() && now >= self.next_ns {
+            self.pending = Some(dump_in_background());
+            self.next_ns = now + self.interval_ns;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::leaks::StuckKind;
+    use crate::commands::leaks::merge::Owner;
+
+    fn stuck(owner: Option<(u32, &str)>) -> Stuck {
+        Stuck {
+            kind: StuckKind::CloseWait,
+            local: "10.0.0.1:80".parse().unwrap(),
+            remote: "10.0.0.2:4000".parse().unwrap(),
+            netns: None,
+            age_ms: 1.0,
+            at_least: false,
+            owner: owner.map(|(pid, comm)| Owner {
+                pid,
+                comm: comm.into(),
+                cgroup: None,
+            }),
+            fds: vec![],
+            opened_by: None,
+            stack: None,
+        }
+    }
+
+    #[test]
+    fn closes_are_remembered_bounded_in_time_and_replaced_by_later_ones() {
+        use crate::model::tracker::{Connection, End, Role};
+        let tw = |end_ns, port| {
+            Fact::Ended(Box::new(Connection::test(
+                end_ns,
+                "10.0.0.2",
+                port,
+                End::TimeWait,
+                Role::Active,
+            )))
+        };
+        let mut c = ClosedFirst::default();
+        c.remember(tw(1_000, 1));
+        c.remember(tw(2_000, 2));
+        c.remember(Fact::Ended(Box::new(Connection::test(
+            3_000,
+            "10.0.0.2",
+            3,
+            End::Closed,
+            Role::Active,
+        ))));
+        assert_eq!(c.by_key.len(), 2, "only closes that were ours");
+        // The same endpoints closing again: the later one stays when the first expires.
+        c.remember(tw(CLOSED_MEMORY_NS, 1));
+        c.expire(CLOSED_MEMORY_NS + 2_001);
+        let left: Vec<u64> = c.by_key.values().map(|(_, end)| *end).collect();
+        assert_eq!(left, vec![CLOSED_MEMORY_NS]);
+        c.expire(u64::MAX);
+        assert!(c.by_key.is_empty() && c.order.is_empty());
+    }
+
+    #[test]
+    fn pid_and_comm_select_holders_and_drop_orphans() {
+        let style = |pids: Vec<u32>, comm: Option<&str>| Style {
+            json: false,
+            min_age: Duration::ZERO,
+            pids,
+            comm: comm.map(String::from),
+        };
+        let (a, b, orphan) = (
+            stuck(Some((10, "nginx"))),
+            stuck(Some((11, "java"))),
+            stuck(None),
+        );
+        let any = style(vec![], None);
+        assert!(any.keeps(&a) && any.keeps(&b) && any.keeps(&orphan));
+        let p = style(vec![11, 12], None);
+        assert!(!p.keeps(&a) && p.keeps(&b) && !p.keeps(&orphan));
+        let c = style(vec![], Some("nginx"));
+        assert!(c.keeps(&a) && !c.keeps(&b) && !c.keeps(&orphan));
+        assert!(!style(vec![10], Some("java")).keeps(&a));
+    }
+}

@@ -1,0 +1,264 @@
+//! `netwatch life`: one line per connection when it ends (tcplife's columns, plus ROLE and END;
+//! with `-w` also CGROUP), or its full record as JSON (plus `cgroup`).
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::{
+    model::event::Event,
+    model::selection::Selection,
+    model::tracker::{Connection, Fact, Tracker},
+    pipeline::sink::Sink,
+};
+
+/// A `life --json` line: the connection's record and its owner's cgroup path (omitted when
+/// unknown), looked up when the line is printed (see [`crate::host::cgroup::owner_cgroup`]).
+/// The record has no tid: the tracker keeps only the owning process.
+#[derive(Serialize)]
+struct Row<'a> {
+    #[serde(flatten)]
+    connection: &'a Connection,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup: Option<String>,
+}
+
+fn kb(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "-".to_string(), |b| (b / 1024).to_string())
+}
+
+/// Feeds the tracker and prints each connection it finishes.
+pub struct LifeSink<W: Write> {
+    out: W,
+    selection: Selection,
+    json: bool,
+    wide: bool,
+    header_done: bool,
+    pub tracker: Tracker,
+}
+
+impl<W: Write> LifeSink<W> {
+    pub fn new(out: W, json: bool, wide: bool, max_sockets: usize, selection: Selection) -> Self {
+        Self {
+            out,
+            selection,
+            json,
+            wide,
+            header_done: false,
+            tracker: Tracker::new(max_sockets),
+        }
+    }
+
+    fn print(&mut self, c: &Connection) -> io::Result<()> {
+        if !self.selection.connection(c) {
+            return Ok(());
+        }
+        let cgroup = (self.json || self.wide)
+            .then(|| crate::host::cgroup::owner_cgroup(c.cgroup_id, c.pid))
+            .flatten();
+        if self.json {
+            let row = Row {
+                connection: c,
+                cgroup,
+            };
+            serde_json::to_writer(&mut self.out, &row)?;
+            return self.out.write_all(b"\n");
+        }
+        let aw = if self.wide { 39 } else { 15 };
+        if !self.header_done {
+            self.header_done = true;
+            writeln!(
+                self.out,
+                "{:>7} {:<15} {:<aw$} {:>5} {:<aw$} {:>5} {:>6} {:>6} {:>10} {:<7} {}END",
+                "PID",
+                "COMM",
+                "LADDR",
+                "LPORT",
+                "RADDR",
+                "RPORT",
+                "TX_KB",
+                "RX_KB",
+                "MS",
+                "ROLE",
+                self.cgroup_column(Some("CGROUP"))
+            )?;
+        }
+        let role = match c.role {
+            crate::model::tracker::Role::Active => "active",
+            crate::model::tracker::Role::Passive => "passive",
+            crate::model::tracker::Role::Unknown => "-",
+        };
+        writeln!(
+            self.out,
+            "{:>7} {:<15} {:<aw$} {:>5} {:<aw$} {:>5} {:>6} {:>6} {:>10} {:<7} {}{}",
+            c.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
+            c.comm.as_deref().unwrap_or("-"),
+            c.saddr.to_string(),
+            c.sport,
+            c.daddr.to_string(),
+            c.dport,
+            kb(c.bytes_sent),
+            kb(c.bytes_received),
+            c.ms.map_or_else(|| "-".to_string(), |ms| format!("{ms:.3}")),
+            role,
+            self.cgroup_column(cgroup.as_deref()),
+            c.end.label()
+        )
+    }
+
+    /// The CGROUP column with its separator under `-w` (`-` when unknown), else nothing. It
+    /// comes before END, which stays last because it may hold spaces (`reset-by-us (REASON)`).
+    fn cgroup_column(&self, cgroup: Option<&str>) -> String {
+        if self.wide {
+            format!("{:<32} ", cgroup.unwrap_or("-"))
+        } else {
+            String::new()
+        }
+    }
+
+    /// Ends what is still waiting (end of stream) and prints it.
+    pub fn finish(&mut self) -> io::Result<()> {
+        let mut done = Vec::new();
+        self.tracker.flush(&mut |Fact::Ended(c)| done.push(c));
+        for c in done {
+            self.print(&c)?;
+        }
+        self.out.flush()
+    }
+}
+
+impl<W: Write> Sink for LifeSink<W> {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        if ev.owner_seen_here && (self.json || self.wide) {
+            crate::host::cgroup::note_owner(ev.cgroup_id, ev.pid);
+        }
+        let mut done = Vec::new();
+        self.tracker
+            .on_event(ev, &mut |Fact::Ended(c)| done.push(c));
+        for c in done {
+            self.print(&c)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        model::tracker::{Connection, Role},
+        pipeline::record::{Item, Replay},
+    };
+
+    /// A real recording (see tests/fixtures/README.md): in two namespaces, 3 connections to
+    /// 10.77.0.2:8080 closed by the client first, 1 connect to the closed port 9090, and 1
+    /// connection to 8081 that the client aborted with SO_LINGER 0.
+    const RECORDING: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/recordings/two-namespaces.jsonl"
+    );
+
+    /// The `life --json` lines of the recording.
+    fn replay_lines() -> Vec<String> {
+        let mut r = Replay::open(std::path::Path::new(RECORDING)).unwrap();
+        let mut sink = LifeSink::new(Vec::new(), true, false, 1000, Selection::default());
+        while let Item::Event(ev) = r.next_item().unwrap() {
+            sink.event(&ev).unwrap();
+        }
+        sink.finish().unwrap();
+        let text = String::from_utf8(sink.out).unwrap();
+        text.lines().map(String::from).collect()
+    }
+
+    fn replay() -> Vec<Connection> {
+        replay_lines()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_replay_names_cgroups_as_the_recording_does() {
+        // The recording predates cgroup paths: its owners get none, whatever processes hold
+        // those pids on this host now.
+        for line in replay_lines() {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert!(v.get("cgroup").is_none(), "{line}");
+            assert!(v["pid"].is_u64() && v.get("end").is_some(), "{line}");
+        }
+    }
+
+    #[test]
+    fn rows_show_the_owner_cgroup() {
+        use std::os::unix::fs::MetadataExt as _;
+        let Some(mount) = crate::host::cgroup::cgroup2_mount() else {
+            eprintln!("SKIPPED: no cgroup v2 hierarchy mounted");
+            return;
+        };
+        let mut c = replay().remove(0);
+        (c.pid, c.cgroup_id) = (None, Some(std::fs::metadata(mount).unwrap().ino()));
+        let print = |json: bool, wide: bool| {
+            let mut sink = LifeSink::new(Vec::new(), json, wide, 10, Selection::default());
+            sink.print(&c).unwrap();
+            String::from_utf8(sink.out).unwrap()
+        };
+        let v: serde_json::Value = serde_json::from_str(&print(true, false)).unwrap();
+        assert_eq!(v["cgroup"], "/", "{v}");
+        assert_eq!(v["cgroup_id"], c.cgroup_id.unwrap());
+        let text = print(false, true);
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(lines[0][10..], ["CGROUP", "END"]);
+        assert_eq!(lines[1][10], "/");
+        let narrow = print(false, false);
+        assert!(!narrow.contains("CGROUP"), "{narrow}");
+    }
+
+    #[test]
+    fn a_recorded_stream_gives_the_workloads_connections() {
+        let conns = replay();
+        let mut by_end: BTreeMap<(u16, Role, String), usize> = BTreeMap::new();
+        for c in &conns {
+            let port = if c.role == Role::Active {
+                c.dport
+            } else {
+                c.sport
+            };
+            *by_end.entry((port, c.role, c.end.label())).or_default() += 1;
+        }
+        let expected: BTreeMap<_, _> = [
+            ((8080, Role::Active, "time-wait".to_string()), 3),
+            ((8080, Role::Passive, "closed".to_string()), 3),
+            ((9090, Role::Active, "refused".to_string()), 1),
+            (
+                (8081, Role::Active, "reset-by-us (TCP_STATE)".to_string()),
+                1,
+            ),
+            ((8081, Role::Passive, "reset-by-peer".to_string()), 1),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(by_end, expected);
+        // One server process per port and one client per run, never mixed up.
+        let pids = |port: u16, role: Role| -> Vec<Option<u32>> {
+            let mut p: Vec<_> = conns
+                .iter()
+                .filter(|c| c.role == role && (c.dport == port || c.sport == port))
+                .map(|c| c.pid)
+                .collect();
+            p.dedup();
+            p
+        };
+        assert_eq!(pids(8080, Role::Passive).len(), 1);
+        assert_eq!(pids(8080, Role::Active).len(), 1);
+        assert_ne!(pids(8080, Role::Passive), pids(8080, Role::Active));
+        assert!(conns.iter().all(|c| c.pid.is_some() && c.ms.is_some()));
+    }
+}

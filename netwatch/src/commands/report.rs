@@ -1,0 +1,309 @@
+//! `netwatch report`: collects a run (live or replayed) into the diagnosis, and renders it as
+//! plain sentences with the evidence beside each one, or as one JSON document.
+use std::{
+    fmt::Write as _,
+    io::{self},
+};
+
+use crate::{
+    model::analysis::{
+        Analysis, ConnectOutcomes, CountRow, HostSettings, LifetimeRow, Percentiles, Report,
+        Thresholds,
+    },
+    model::event::Event,
+    model::selection::Selection,
+    model::tracker::{Fact, Tracker},
+    pipeline::sink::Sink,
+};
+
+/// Feeds tracker and analysis; prints nothing until the end.
+pub struct ReportSink {
+    pub tracker: Tracker,
+    pub analysis: Analysis,
+    selection: Selection,
+}
+
+impl ReportSink {
+    pub fn new(
+        settings: HostSettings,
+        thresholds: Thresholds,
+        max_sockets: usize,
+        selection: Selection,
+    ) -> Self {
+        Self {
+            tracker: Tracker::new(max_sockets),
+            analysis: Analysis::new(settings, thresholds),
+            selection,
+        }
+    }
+
+    /// The report at `now_ns` (the stop time of the run).
+    pub fn report(
+        &mut self,
+        now_ns: u64,
+        started_ns: u64,
+        lost: u64,
+        listen: Option<(u64, u64)>,
+    ) -> Report {
+        let Self {
+            tracker,
+            analysis,
+            selection,
+        } = self;
+        tracker.flush(&mut |Fact::Ended(c)| {
+            if selection.connection(&c) {
+                analysis.on_connection(&c);
+            }
+        });
+        analysis.set_start(started_ns);
+        analysis.report(tracker, now_ns, lost, listen, &|c| selection.close_wait(c))
+    }
+}
+
+impl Sink for ReportSink {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        let Self {
+            tracker,
+            analysis,
+            selection,
+        } = self;
+        if ev.owner_seen_here {
+            // While the owner is alive: the report names cgroups at the end.
+            crate::host::cgroup::note_owner(ev.cgroup_id, ev.pid);
+        }
+        if selection.event(ev) {
+            analysis.on_event(ev);
+        }
+        // The tracker sees every event, so each socket's life is whole; what it concludes is
+        // filtered.
+        tracker.on_event(ev, &mut |Fact::Ended(c)| {
+            if selection.connection(&c) {
+                analysis.on_connection(&c);
+            }
+        });
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn pct(p: &Percentiles) -> String {
+    format!(
+        "n={} p50={:.3} p90={:.3} p99={:.3} max={:.3} ms",
+        p.count, p.p50, p.p90, p.p99, p.max
+    )
+}
+
+/// A process row's cgroup, after its numbers: last, because a path can be of any length.
+/// (Resolved when the report was built, see [`crate::model::analysis`].)
+fn cgroup_suffix(cgroup: Option<&str>) -> String {
+    cgroup.map_or_else(String::new, |c| format!("   cgroup {c}"))
+}
+
+fn rows(out: &mut String, title: &str, rows: &[CountRow], kw: usize) {
+    let tw = kw + 2;
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "  {title}:");
+    for r in rows {
+        let cgroup = cgroup_suffix(r.cgroup.as_deref());
+        let _ = writeln!(out, "    {:<tw$} {:>8}{cgroup}", r.key, r.count);
+    }
+}
+
+fn outcomes(out: &mut String, title: &str, rows: &[ConnectOutcomes], kw: usize) {
+    let tw = kw + 2;
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  {title:<tw$} {:>8} {:>8} {:>8} {:>8}   connect latency (established)",
+        "ESTAB", "REFUSED", "TIMEOUT", "ABORTED"
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "    {:<kw$} {:>8} {:>8} {:>8} {:>8}   {}{}",
+            r.key,
+            r.established,
+            r.refused,
+            r.timeout,
+            r.aborted,
+            r.connect_ms.as_ref().map_or_else(|| "-".to_string(), pct),
+            cgroup_suffix(r.cgroup.as_deref())
+        );
+    }
+}
+
+fn lifetimes(out: &mut String, title: &str, rows: &[LifetimeRow], kw: usize) {
+    let tw = kw + 2;
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "  {title}:");
+    for r in rows {
+        let cgroup = cgroup_suffix(r.cgroup.as_deref());
+        let _ = writeln!(out, "    {:<tw$} {}{cgroup}", r.key, pct(&r.lifetime_ms));
+    }
+}
+
+/// How the text report is laid out (`-w`, `-T`).
+#[derive(Clone, Debug, Default)]
+pub struct Style {
+    /// Key columns wide enough for any `[IPv6]:port`.
+    pub wide: bool,
+    /// Wall-clock start and stop of the run, shown in the header.
+    pub span: Option<(String, String)>,
+}
+
+/// The report as text: findings first (lost events before anything), then the evidence.
+pub fn render(r: &Report, style: &Style) -> String {
+    let kw = if style.wide { 49 } else { 38 };
+    let tw = kw + 2;
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "netwatch report: {:.1} s, {} events, {} lost, {} connections ended",
+        r.duration_s, r.events, r.lost_events, r.connections_ended
+    );
+    match &style.span {
+        Some((from, to)) => {
+            let _ = writeln!(out, ", from {from} to {to}");
+        }
+        None => {
+            let _ = writeln!(out);
+        }
+    }
+    let _ = writeln!(out, "\nFindings");
+    if r.findings.is_empty() {
+        let _ = writeln!(
+            out,
+            "  none: no lost events, leaks, exhaustion risk or failed connects seen"
+        );
+    }
+    for f in &r.findings {
+        let _ = writeln!(out, "  {:<7} {}", f.severity.to_uppercase(), f.text);
+    }
+
+    let _ = writeln!(out, "\nHow connections ended");
+    let ends: Vec<_> = r
+        .ends
+        .iter()
+        .map(|e| format!("{} {}", e.key, e.count))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  {}",
+        if ends.is_empty() {
+            "-".to_string()
+        } else {
+            ends.join(", ")
+        }
+    );
+
+    let tws = &r.time_wait;
+    let _ = writeln!(
+        out,
+        "\nTIME_WAIT: {} born ({:.1}/s), ~{} alive now (born in the last 60 s); ephemeral range {}-{} ({} ports), tcp_tw_reuse={}",
+        tws.births,
+        tws.per_second,
+        tws.population,
+        r.settings.port_range.0,
+        r.settings.port_range.1,
+        r.settings.ports(),
+        r.settings.tw_reuse
+    );
+    rows(&mut out, "closed first by process", &tws.by_process, kw);
+    if !tws.by_destination.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {:<tw$} {:>8} {:>8} {:>8}   forecast",
+            "by destination", "BIRTHS", "PER_S", "ALIVE"
+        );
+        for d in &tws.by_destination {
+            let forecast = match (d.exhaustion_in_s, d.tw_reuse_applies) {
+                (Some(s), _) => format!("ports run out in ~{s:.0} s"),
+                (None, true) => "tcp_tw_reuse applies".to_string(),
+                (None, false) => "fits the range".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "    {:<kw$} {:>8} {:>8.1} {:>8}   {forecast}",
+                d.destination, d.births, d.per_second, d.population
+            );
+        }
+    }
+
+    let cw = &r.close_wait;
+    let _ = writeln!(
+        out,
+        "\nCLOSE_WAIT: {} sockets stuck longer than {:.1} s; dwell of those that closed: {}",
+        cw.stuck,
+        cw.threshold_ms / 1000.0,
+        pct(&cw.dwell_ms)
+    );
+    for h in &cw.holders {
+        let peers: Vec<_> = h
+            .peers
+            .iter()
+            .map(|p| format!("{} ({})", p.key, p.count))
+            .collect();
+        let cgroup = h
+            .cgroup
+            .as_ref()
+            .map_or_else(String::new, |c| format!(", cgroup {c}"));
+        let _ = writeln!(
+            out,
+            "    {:<kw$} {:>6} sockets, oldest {:.1} s{cgroup}, peers {}",
+            h.process,
+            h.sockets,
+            h.oldest_ms / 1000.0,
+            peers.join(", ")
+        );
+    }
+
+    let _ = writeln!(out, "\nConnects (SYN_SENT outcomes)");
+    outcomes(&mut out, "by destination", &r.connects_by_destination, kw);
+    outcomes(&mut out, "by process", &r.connects_by_process, kw);
+
+    let rs = &r.resets;
+    let _ = writeln!(out, "\nResets: {} sent, {} received", rs.sent, rs.received);
+    for row in &rs.by_reason_and_state {
+        let _ = writeln!(
+            out,
+            "    {:<9} {:<28} in {:<12} {:>8}",
+            row.direction, row.reason, row.state, row.count
+        );
+    }
+    rows(&mut out, "by process", &rs.by_process, kw);
+    rows(&mut out, "by peer", &rs.by_peer, kw);
+
+    let _ = writeln!(out, "\nRetransmissions");
+    rows(&mut out, "segments by peer", &r.retransmits_by_peer, kw);
+    rows(
+        &mut out,
+        "SYN-ACKs by listener",
+        &r.synack_retransmits_by_listener,
+        kw,
+    );
+    if let (Some(o), Some(d)) = (r.listen_overflows, r.listen_drops) {
+        let _ = writeln!(
+            out,
+            "  this namespace: ListenOverflows +{o}, ListenDrops +{d}"
+        );
+    }
+
+    let _ = writeln!(out, "\nLifetimes");
+    lifetimes(&mut out, "by process", &r.lifetimes_by_process, kw);
+    lifetimes(&mut out, "by peer", &r.lifetimes_by_peer, kw);
+    let _ = writeln!(
+        out,
+        "\nTracker: {} sockets tracked now, {} evicted, {} connections ended",
+        r.tracker.sockets, r.tracker.evicted, r.tracker.ended
+    );
+    out
+}

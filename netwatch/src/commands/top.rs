@@ -1,0 +1,368 @@
+//! `netwatch top` (and `netwatch` alone): the live view. Fed by the same pipeline as every
+//! live command: [`TopSink`] holds a tracker and the report's analysis (Ctrl-C prints the
+//! report) and, per process, what the view shows (`stats`). The stream calls
+//! [`Sink::flush`] after every drained batch, at most 50 ms apart: that is where keys are read,
+//! without blocking, and where a frame is drawn once per `--interval`. Quitting from a key is an
+//! [`io::ErrorKind::Interrupted`] from `flush`, which the stream takes as "stop".
+//!
+//! When stdout is not a terminal, a plain-text summary is printed every interval instead.
+mod stats;
+mod tui;
+mod view;
+
+use std::{
+    collections::VecDeque,
+    io::{self, BufWriter, IsTerminal as _, Stdout, Write as _},
+    time::{Duration, Instant},
+};
+
+use clap::Args;
+
+use crate::{
+    cli::{FilterArgs, RunArgs, ThresholdArgs, TrackerArgs, parse_interval},
+    commands::report,
+    host::clock::monotonic_ns,
+    kernel::probe::StatsReader,
+    model::analysis::{Analysis, HostSettings, Thresholds},
+    model::event::Event,
+    model::selection::Selection,
+    model::tracker::{Fact, Tracker},
+    pipeline::record::{Header, Summary},
+    pipeline::sink::Sink,
+    pipeline::stream::StopReason,
+};
+
+use self::{
+    stats::{Counters, Stats},
+    tui::{Action, Tui},
+    view::{Inputs, UiState, View},
+};
+
+#[derive(Args, Debug, Clone)]
+pub struct TopArgs {
+    /// How often the view refreshes; without a terminal, how often a summary prints
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+    // --close-wait-age also sets the CLOSE_WAIT holders. "stuck" column
+    #[command(flatten)]
+    pub thresholds: ThresholdArgs,
+    #[command(flatten)]
+    pub tracker: TrackerArgs,
+}
+
+impl Default for TopArgs {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            filter: FilterArgs::default(),
+            run: RunArgs::default(),
+            thresholds: ThresholdArgs::default(),
+            tracker: TrackerArgs::default(),
+        }
+    }
+}
+
+/// Where frames go.
+enum Screen {
+    /// A terminal: taken at the first flush (so that start-up messages stay readable on the
+    /// normal screen), given back on quit, stop or drop.
+    Terminal(Option<Tui>),
+    /// Not a terminal: a plain-text summary every interval.
+    Plain(BufWriter<Stdout>),
+}
+
+/// How the run ended, for what is printed after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Quit {
+    /// `q` or Esc.
+    Key,
+    /// Ctrl-C: print the report too.
+    Report,
+}
+
+/// Counters at one moment: where a rate window starts.
+struct Snapshot {
+    at: Instant,
+    counters: Counters,
+    events: u64,
+}
+
+/// The live view's sink.
+pub struct TopSink {
+    tracker: Tracker,
+    analysis: Analysis,
+    selection: Selection,
+    stats: Stats,
+    settings: HostSettings,
+    close_wait_age_ms: f64,
+    interval: Duration,
+    started_ns: u64,
+    events: u64,
+    kernel: Option<StatsReader>,
+    lost: u64,
+    ui: UiState,
+    screen: Screen,
+    /// Counters at the last frames, newest last: rates are taken against one an interval old.
+    snapshots: VecDeque<Snapshot>,
+    next_frame: Instant,
+    quit: Option<Quit>,
+    stop: Option<StopReason>,
+    /// When the last plain-text summary was printed.
+    printed_at: Option<Instant>,
+}
+
+impl TopSink {
+    pub fn new(args: &TopArgs, selection: Selection, header: &Header) -> Self {
+        let t = &args.thresholds;
+        let thresholds = Thresholds {
+            close_wait_age_ms: t.close_wait_age.as_secs_f64() * 1000.0,
+            close_wait_alarm: t.close_wait_alarm,
+            time_wait_alarm: t.time_wait_alarm,
+        };
+        let screen = if io::stdout().is_terminal() {
+            Screen::Terminal(None)
+        } else {
+            Screen::Plain(BufWriter::with_capacity(64 * 1024, io::stdout()))
+        };
+        let now = Instant::now();
+        Self {
+            tracker: Tracker::new(args.tracker.max_sockets),
+            analysis: Analysis::new(header.settings.clone(), thresholds.clone()),
+            selection,
+            stats: Stats::new(),
+            settings: header.settings.clone(),
+            close_wait_age_ms: thresholds.close_wait_age_ms,
+            interval: args.interval,
+            started_ns: header.started_ns,
+            events: 0,
+            kernel: None,
+            lost: 0,
+            ui: UiState::default(),
+            screen,
+            snapshots: VecDeque::from([Snapshot {
+                at: now,
+                counters: Counters::default(),
+                events: 0,
+            }]),
+            next_frame: now + args.interval,
+            quit: None,
+            stop: None,
+            printed_at: None,
+        }
+    }
+
+    /// Where the kernel's counters (lost events) are read from, once per frame.
+    pub fn set_kernel_stats(&mut self, reader: StatsReader) {
+        self.kernel = Some(reader);
+    }
+
+    /// The stream stopped by itself (signal, deadline): give the terminal back before
+    /// anything else is printed.
+    pub fn stopped(&mut self, stop: StopReason) {
+        self.stop = Some(stop);
+        if let Screen::Terminal(tui) = &mut self.screen {
+            *tui = None;
+        }
+    }
+
+    fn on_fact(&mut self, fact: Fact) {
+        let Fact::Ended(c) = fact;
+        if self.selection.connection(&c) {
+            self.analysis.on_connection(&c);
+            self.stats.on_connection(&c);
+        }
+    }
+
+    /// Brings everything up to `now_ns` and computes a frame; rates over the newest snapshot
+    /// at least half an interval old.
+    fn frame(&mut self, now: Instant) -> View {
+        let now_ns = monotonic_ns();
+        let mut facts = Vec::new();
+        self.tracker.finish_until(now_ns, &mut |f| facts.push(f));
+        for f in facts {
+            self.on_fact(f);
+        }
+        self.stats.prune(now_ns);
+        if let Some(k) = self.kernel.as_ref().and_then(|r| r.read().ok()) {
+            self.lost = k.lost;
+        }
+        let half = self.interval / 2;
+        let base = self
+            .snapshots
+            .iter()
+            .rev()
+            .find(|s| now.duration_since(s.at) >= half)
+            .or(self.snapshots.front())
+            .expect("at least one snapshot");
+        view::build(
+            &Inputs {
+                stats: &self.stats,
+                before: &base.counters,
+                window_s: now.duration_since(base.at).as_secs_f64(),
+                events: self.events,
+                events_before: base.events,
+                lost: self.lost,
+                tracker: &self.tracker,
+                selection: &self.selection,
+                settings: &self.settings,
+                now_ns,
+                elapsed_s: now_ns.saturating_sub(self.started_ns) as f64 / 1e9,
+                interval_s: self.interval.as_secs_f64(),
+                close_wait_age_ms: self.close_wait_age_ms,
+            },
+            &self.ui,
+        )
+    }
+
+    /// Keeps the counters of this frame as the start of the next rate window.
+    fn snapshot(&mut self, now: Instant) {
+        self.snapshots.push_back(Snapshot {
+            at: now,
+            counters: self.stats.counters.clone(),
+            events: self.events,
+        });
+        while self.snapshots.len() > 3 {
+            self.snapshots.pop_front();
+        }
+        self.next_frame = (self.next_frame + self.interval).max(now + self.interval / 2);
+    }
+
+    /// Reads keys, draws when a frame is due or a key changed the view.
+    fn terminal_flush(&mut self) -> io::Result<()> {
+        let Screen::Terminal(tui) = &mut self.screen else {
+            return Ok(());
+        };
+        let mut redraw = false;
+        if tui.is_none() {
+            *tui = Some(Tui::enter()?);
+            redraw = true;
+        }
+        for input in tui::pending_input()? {
+            match tui::on_input(&mut self.ui, &input) {
+                Action::Nothing => {}
+                Action::Redraw => redraw = true,
+                action @ (Action::Quit | Action::QuitWithReport) => {
+                    self.quit = Some(if action == Action::QuitWithReport {
+                        Quit::Report
+                    } else {
+                        Quit::Key
+                    });
+                    *tui = None;
+                    return Err(io::Error::new(
+                        io::ErrorKind::Interrupted,
+                        "quit from the live view",
+                    ));
+                }
+            }
+        }
+        let now = Instant::now();
+        let due = now >= self.next_frame;
+        if due || redraw {
+            let view = self.frame(now);
+            if let Screen::Terminal(Some(t)) = &mut self.screen {
+                t.draw(&view, &self.ui)?;
+            }
+            if due {
+                self.snapshot(now);
+            }
+        }
+        Ok(())
+    }
+
+    fn plain_flush(&mut self) -> io::Result<()> {
+        let now = Instant::now();
+        if now < self.next_frame {
+            return Ok(());
+        }
+        let view = self.frame(now);
+        self.print_plain(&view)?;
+        self.snapshot(now);
+        Ok(())
+    }
+
+    fn print_plain(&mut self, view: &View) -> io::Result<()> {
+        if let Screen::Plain(out) = &mut self.screen {
+            self.printed_at = Some(Instant::now());
+            out.write_all(view.plain().as_bytes())?;
+            out.write_all(b"\n")?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+
+    /// After the stream: the terminal back; without one, a last summary. Ctrl-C (the key, or
+    /// SIGINT/SIGTERM) then prints the report.
+    pub fn finish(mut self, header: &Header, summary: &Summary) -> io::Result<()> {
+        if let Screen::Terminal(tui) = &mut self.screen {
+            *tui = None;
+        }
+        // A last summary, unless the stream's final drain has just printed one.
+        let just_printed = self
+            .printed_at
+            .is_some_and(|t| t.elapsed() < self.interval / 2);
+        if matches!(self.screen, Screen::Plain(_)) && !just_printed {
+            let view = self.frame(Instant::now());
+            self.print_plain(&view)?;
+        }
+        if self.quit == Some(Quit::Report) || self.stop == Some(StopReason::Signal) {
+            let Self {
+                tracker,
+                analysis,
+                selection,
+                ..
+            } = &mut self;
+            tracker.flush(&mut |Fact::Ended(c)| {
+                if selection.connection(&c) {
+                    analysis.on_connection(&c);
+                }
+            });
+            analysis.set_start(header.started_ns);
+            let listen = summary.listen_overflows.zip(summary.listen_drops);
+            let r = analysis.report(tracker, summary.stopped_ns, summary.lost, listen, &|c| {
+                selection.close_wait(c)
+            });
+            let mut out = io::stdout().lock();
+            out.write_all(report::render(&r, &report::Style::default()).as_bytes())?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+}
+
+impl Sink for TopSink {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        self.events += 1;
+        if self.selection.event(ev) {
+            self.analysis.on_event(ev);
+            self.stats.on_event(ev);
+        }
+        // The tracker sees every event, so each socket's life is whole; what it concludes is
+        // filtered (as in `report`).
+        let mut facts = Vec::new();
+        self.tracker.on_event(ev, &mut |f| facts.push(f));
+        for f in facts {
+            self.on_fact(f);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.quit.is_some() || self.stop.is_some() {
+            return Ok(());
+        }
+        match self.screen {
+            Screen::Terminal(_) => self.terminal_flush(),
+            Screen::Plain(_) => self.plain_flush(),
+        }
+    }
+}
+
+impl Drop for TopSink {
+    fn drop(&mut self) {
+        tui::restore();
+    }
+}

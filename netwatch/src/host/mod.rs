@@ -1,0 +1,10 @@
+//! Questions about the machine: cgroups, network namespaces, sock_diag, /proc, listen
+//! counters, user stacks, clocks.
+
+pub mod cgroup;
+pub mod clock;
+pub mod netns;
+pub mod netstat;
+pub mod procfd;
+pub mod sockdiag;
+pub mod stacks;

@@ -1,0 +1,997 @@
+//! From events and finished connections to the diagnosis: rates, per-process and per-peer
+//! tables, histograms, the TIME_WAIT population and port-exhaustion forecast, and verdicts in
+//! plain sentences with their evidence. Pure Rust over the tracker's output: the live run and a
+//! replay of its recording produce the same [`Report`].
+//!
+//! Per-process rows carry the owner's `cgroup` path, resolved when the report is built
+//! ([`crate::host::cgroup::owner_cgroup`]: by cgroup id, else by pid; a replay takes the paths its
+//! recording holds).
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::{
+    model::event::{Event, EventKind, endpoint, state_label},
+    model::tracker::{CloseWaitSocket, Connection, End, Role, Tracker, TrackerStats},
+};
+
+/// Linux's TIME_WAIT length (`TCP_TIMEWAIT_LEN`, fixed at 60 s in mainline kernels).
+pub const TIME_WAIT_NS: u64 = 60_000_000_000;
+
+/// The host settings the forecast depends on, read at start-up (and recorded with the events
+/// so that a replay forecasts the same).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct HostSettings {
+    /// `net.ipv4.ip_local_port_range`.
+    pub port_range: (u16, u16),
+    /// `net.ipv4.tcp_tw_reuse`: 0 off, 1 on, 2 loopback only (the default).
+    pub tw_reuse: u8,
+}
+
+impl Default for HostSettings {
+    fn default() -> Self {
+        Self {
+            port_range: (32768, 60999),
+            tw_reuse: 2,
+        }
+    }
+}
+
+impl HostSettings {
+    /// Reads the running host's settings; the defaults where a file cannot be read.
+    pub fn read() -> Self {
+        let mut s = Self::default();
+        if let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") {
+            let mut it = text.split_whitespace().filter_map(|w| w.parse().ok());
+            if let (Some(lo), Some(hi)) = (it.next(), it.next()) {
+                s.port_range = (lo, hi);
+            }
+        }
+        if let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_tw_reuse")
+            && let Ok(v) = text.trim().parse()
+        {
+            s.tw_reuse = v;
+        }
+        s
+    }
+
+    pub fn ports(&self) -> u32 {
+        u32::from(self.port_range.1.saturating_sub(self.port_range.0)) + 1
+    }
+
+    /// The port-exhaustion forecast towards `destination` (`addr:port`) for `population`
+    /// TIME_WAITs born at `per_second`: seconds until the ephemeral range runs out (`None` when
+    /// the steady state fits, or tcp_tw_reuse applies), and whether tcp_tw_reuse applies.
+    /// Only connections we opened (`active`) use ephemeral ports.
+    pub fn forecast(
+        &self,
+        destination: &str,
+        active: bool,
+        population: u64,
+        per_second: f64,
+    ) -> (Option<f64>, bool) {
+        let ports = f64::from(self.ports());
+        let loopback = destination.starts_with("127.") || destination.starts_with("[::1]");
+        let tw_reuse_applies = active && (self.tw_reuse == 1 || (self.tw_reuse == 2 && loopback));
+        let exhaustion_in_s =
+            (active && !tw_reuse_applies && per_second * (TIME_WAIT_NS as f64 / 1e9) >= ports)
+                .then(|| ((ports - population as f64).max(0.0)) / per_second);
+        (exhaustion_in_s, tw_reuse_applies)
+    }
+}
+
+/// Verdict thresholds (the field notes' rules of thumb), settable from the command line.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Thresholds {
+    /// A socket in CLOSE_WAIT longer than this is stuck.
+    pub close_wait_age_ms: f64,
+    /// This many stuck CLOSE_WAIT sockets in one process is an alarm.
+    pub close_wait_alarm: usize,
+    /// This many TIME_WAIT sockets (estimated) is an alarm.
+    pub time_wait_alarm: u64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            close_wait_age_ms: 5_000.0,
+            close_wait_alarm: 50,
+            time_wait_alarm: 10_000,
+        }
+    }
+}
+
+/// `comm[pid]`, or `-` when unknown: how processes are keyed in every table.
+fn process(pid: Option<u32>, comm: Option<&str>) -> String {
+    match pid {
+        Some(p) => format!("{}[{p}]", comm.unwrap_or("?")),
+        None => "-".to_string(),
+    }
+}
+
+/// Percentiles of a latency or lifetime distribution, in ms.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// Microsecond-resolution histogram up to an hour, 2 significant digits (1% error), u32
+/// counts: about 14 KiB each. Three digits cost 184 KiB per histogram, and one exists per
+/// process and per peer, which made a long report grow by hundreds of KiB per new process.
+struct Hist(Histogram<u32>);
+
+impl Hist {
+    fn new() -> Self {
+        // The bounds and precision are constants that hdrhistogram accepts.
+        Self(
+            Histogram::new_with_bounds(1, 3_600_000_000, 2).unwrap_or_else(|_| {
+                Histogram::new(2).unwrap_or_else(|_| unreachable!("sigfig 2 is valid"))
+            }),
+        )
+    }
+
+    fn record_ms(&mut self, ms: f64) {
+        let us = (ms * 1000.0).round().clamp(1.0, 3_600_000_000.0) as u64;
+        self.0.saturating_record(us);
+    }
+
+    fn percentiles(&self) -> Percentiles {
+        let q = |p: f64| self.0.value_at_quantile(p) as f64 / 1000.0;
+        Percentiles {
+            count: self.0.len(),
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            max: self.0.max() as f64 / 1000.0,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Outcomes {
+    established: u64,
+    refused: u64,
+    timeout: u64,
+    aborted: u64,
+}
+
+/// SYN_SENT outcomes for one destination or process.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ConnectOutcomes {
+    pub key: String,
+    /// The process's cgroup path (rows keyed by process, when known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    pub established: u64,
+    pub refused: u64,
+    pub timeout: u64,
+    pub aborted: u64,
+    pub connect_ms: Option<Percentiles>,
+}
+
+/// TIME_WAIT churn towards one destination.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TimeWaitDestination {
+    pub destination: String,
+    pub births: u64,
+    pub per_second: f64,
+    /// TIME_WAIT sockets estimated to exist now (born in the last 60 s).
+    pub population: u64,
+    /// Seconds until the ephemeral range is used up at this rate; `None` when the steady
+    /// state fits (or tcp_tw_reuse applies).
+    pub exhaustion_in_s: Option<f64>,
+    pub tw_reuse_applies: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CountRow {
+    pub key: String,
+    pub count: u64,
+    /// The process's cgroup path (rows keyed by process, when known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ResetRow {
+    pub direction: &'static str,
+    pub reason: String,
+    pub state: String,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CloseWaitHolder {
+    pub process: String,
+    /// Its cgroup path, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    pub sockets: usize,
+    pub oldest_ms: f64,
+    pub peers: Vec<CountRow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LifetimeRow {
+    pub key: String,
+    /// The process's cgroup path (rows keyed by process, when known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    pub lifetime_ms: Percentiles,
+}
+
+/// A verdict in one sentence, with what it rests on.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Finding {
+    pub severity: &'static str,
+    pub text: String,
+}
+
+/// The whole diagnosis; `--json` prints it as one document.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Report {
+    pub duration_s: f64,
+    pub events: u64,
+    pub lost_events: u64,
+    pub tracker: TrackerStats,
+    pub findings: Vec<Finding>,
+    pub connections_ended: u64,
+    pub ends: Vec<CountRow>,
+    pub time_wait: TimeWaitSection,
+    pub close_wait: CloseWaitSection,
+    pub connects_by_destination: Vec<ConnectOutcomes>,
+    pub connects_by_process: Vec<ConnectOutcomes>,
+    pub resets: ResetSection,
+    pub retransmits_by_peer: Vec<CountRow>,
+    pub synack_retransmits_by_listener: Vec<CountRow>,
+    pub listen_overflows: Option<u64>,
+    pub listen_drops: Option<u64>,
+    pub lifetimes_by_process: Vec<LifetimeRow>,
+    pub lifetimes_by_peer: Vec<LifetimeRow>,
+    pub settings: HostSettings,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TimeWaitSection {
+    pub births: u64,
+    pub per_second: f64,
+    pub population: u64,
+    pub by_process: Vec<CountRow>,
+    pub by_destination: Vec<TimeWaitDestination>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CloseWaitSection {
+    pub stuck: usize,
+    pub threshold_ms: f64,
+    pub holders: Vec<CloseWaitHolder>,
+    pub dwell_ms: Percentiles,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ResetSection {
+    pub sent: u64,
+    pub received: u64,
+    pub by_reason_and_state: Vec<ResetRow>,
+    pub by_process: Vec<CountRow>,
+    pub by_peer: Vec<CountRow>,
+}
+
+/// Accumulates what the report needs, event by event and connection by connection.
+pub struct Analysis {
+    settings: HostSettings,
+    thresholds: Thresholds,
+    first_ns: Option<u64>,
+    last_ns: u64,
+    events: u64,
+    /// (born, destination key, active?) of TIME_WAITs, for the 60 s population window.
+    tw_recent: VecDeque<(u64, String, bool)>,
+    tw_births: u64,
+    tw_by_process: HashMap<String, u64>,
+    tw_by_dest: HashMap<String, (u64, bool)>,
+    ends: HashMap<String, u64>,
+    ended: u64,
+    connects_by_dest: HashMap<String, (Outcomes, Hist)>,
+    connects_by_process: HashMap<String, (Outcomes, Hist)>,
+    resets: HashMap<(&'static str, String, String), u64>,
+    resets_by_process: HashMap<String, u64>,
+    resets_by_peer: HashMap<String, u64>,
+    resets_sent: u64,
+    resets_received: u64,
+    retransmits_by_peer: HashMap<String, u64>,
+    synack_by_listener: HashMap<String, u64>,
+    close_wait_dwell: Hist,
+    life_by_process: HashMap<String, Hist>,
+    life_by_peer: HashMap<String, Hist>,
+    /// Process key (`comm[pid]`) -> (pid, cgroup id) of the first owner seen under it, to name
+    /// its cgroup when the report is built.
+    owners: HashMap<String, (Option<u32>, Option<u64>)>,
+}
+
+fn top<K: Clone>(map: &HashMap<String, K>, n: usize, count: impl Fn(&K) -> u64) -> Vec<CountRow> {
+    let mut rows: Vec<_> = map
+        .iter()
+        .map(|(k, v)| CountRow {
+            key: k.clone(),
+            count: count(v),
+            cgroup: None,
+        })
+        .collect();
+    rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
+    rows.truncate(n);
+    rows
+}
+
+/// Rows kept in each table.
+const TOP: usize = 10;
+
+/// Keys a per-process or per-peer table holds; past it, new keys count under [`OTHER`], so a
+/// report that runs for days stays bounded however many processes and peers come and go.
+const MAX_KEYS: usize = 1024;
+/// Fewer for tables that hold a histogram per key.
+const MAX_HIST_KEYS: usize = 256;
+const OTHER: &str = "(other)";
+/// Process keys whose owner is remembered: more than every per-process table together holds.
+const MAX_OWNERS: usize = 2 * MAX_KEYS + 2 * MAX_HIST_KEYS;
+
+/// The value for `key`, or for [`OTHER`] once `map` holds `cap` keys.
+fn capped<V>(
+    map: &mut HashMap<String, V>,
+    key: String,
+    cap: usize,
+    make: impl FnOnce() -> V,
+) -> &mut V {
+    let key = if map.len() >= cap && !map.contains_key(&key) {
+        OTHER.to_string()
+    } else {
+        key
+    };
+    map.entry(key).or_insert_with(make)
+}
+
+impl Analysis {
+    pub fn new(settings: HostSettings, thresholds: Thresholds) -> Self {
+        Self {
+            settings,
+            thresholds,
+            first_ns: None,
+            last_ns: 0,
+            events: 0,
+            tw_recent: VecDeque::new(),
+            tw_births: 0,
+            tw_by_process: HashMap::new(),
+            tw_by_dest: HashMap::new(),
+            ends: HashMap::new(),
+            ended: 0,
+            connects_by_dest: HashMap::new(),
+            connects_by_process: HashMap::new(),
+            resets: HashMap::new(),
+            resets_by_process: HashMap::new(),
+            resets_by_peer: HashMap::new(),
+            resets_sent: 0,
+            resets_received: 0,
+            retransmits_by_peer: HashMap::new(),
+            synack_by_listener: HashMap::new(),
+            close_wait_dwell: Hist::new(),
+            life_by_process: HashMap::new(),
+            life_by_peer: HashMap::new(),
+            owners: HashMap::new(),
+        }
+    }
+
+    /// Remembers who process key `who` is, so the report can name its cgroup.
+    fn note_owner(&mut self, who: &str, pid: Option<u32>, cgroup_id: Option<u64>) {
+        if pid.is_some() && self.owners.len() < MAX_OWNERS && !self.owners.contains_key(who) {
+            self.owners.insert(who.to_string(), (pid, cgroup_id));
+        }
+    }
+
+    /// The cgroup path of the process keyed `who`, when known; `None` for keys that are not
+    /// a process (`-`, [`OTHER`], peers). Resolved now, when the report is built.
+    fn cgroup_of(&self, who: &str) -> Option<String> {
+        let &(pid, cgroup_id) = self.owners.get(who)?;
+        crate::host::cgroup::owner_cgroup(cgroup_id, pid)
+    }
+
+    /// Per-process count rows with their cgroups.
+    fn process_rows(&self, map: &HashMap<String, u64>) -> Vec<CountRow> {
+        let mut rows = top(map, TOP, |v| *v);
+        for r in &mut rows {
+            r.cgroup = self.cgroup_of(&r.key);
+        }
+        rows
+    }
+
+    /// Measures the duration from `started_ns` (when tracing began) rather than the first event.
+    pub fn set_start(&mut self, started_ns: u64) {
+        self.first_ns = Some(self.first_ns.map_or(started_ns, |f| f.min(started_ns)));
+    }
+
+    /// Counts what single events tell (resets, retransmits), whatever socket they belong to.
+    pub fn on_event(&mut self, ev: &Event) {
+        self.events += 1;
+        self.first_ns.get_or_insert(ev.ts_ns);
+        self.last_ns = self.last_ns.max(ev.ts_ns);
+        let who = process(ev.pid, ev.comm.as_deref());
+        if matches!(
+            ev.kind,
+            EventKind::ResetSent { .. } | EventKind::ResetReceived { .. }
+        ) {
+            self.note_owner(&who, ev.pid, ev.cgroup_id);
+        }
+        match &ev.kind {
+            EventKind::ResetSent { state, reason } => {
+                self.resets_sent += 1;
+                let reason = reason.clone().unwrap_or_else(|| "-".into());
+                *self
+                    .resets
+                    .entry(("sent", reason, state_label(*state).to_string()))
+                    .or_default() += 1;
+                *capped(&mut self.resets_by_process, who, MAX_KEYS, || 0) += 1;
+                *capped(
+                    &mut self.resets_by_peer,
+                    ev.daddr.to_string(),
+                    MAX_KEYS,
+                    || 0,
+                ) += 1;
+            }
+            EventKind::ResetReceived { state } => {
+                self.resets_received += 1;
+                *self
+                    .resets
+                    .entry(("received", "-".into(), state_label(*state).to_string()))
+                    .or_default() += 1;
+                *capped(&mut self.resets_by_process, who, MAX_KEYS, || 0) += 1;
+                *capped(
+                    &mut self.resets_by_peer,
+                    ev.daddr.to_string(),
+                    MAX_KEYS,
+                    || 0,
+                ) += 1;
+            }
+            EventKind::Retransmit { .. } => {
+                *capped(
+                    &mut self.retransmits_by_peer,
+                    ev.daddr.to_string(),
+                    MAX_KEYS,
+                    || 0,
+                ) += 1;
+            }
+            EventKind::SynackRetransmit { .. } => {
+                *capped(
+                    &mut self.synack_by_listener,
+                    endpoint(ev.saddr, ev.sport),
+                    MAX_KEYS,
+                    || 0,
+                ) += 1;
+            }
+            EventKind::State { .. } | EventKind::Destroy { .. } | EventKind::Accept { .. } => {}
+        }
+    }
+
+    /// Counts a finished connection.
+    pub fn on_connection(&mut self, c: &Connection) {
+        self.ended += 1;
+        let end_key = match &c.end {
+            End::ResetByUs { .. } => "reset-by-us".to_string(),
+            e => e.label(),
+        };
+        *self.ends.entry(end_key).or_default() += 1;
+        let who = process(c.pid, c.comm.as_deref());
+        self.note_owner(&who, c.pid, c.cgroup_id);
+        let dest = endpoint(c.daddr, c.dport);
+        if c.end == End::TimeWait {
+            self.tw_births += 1;
+            let closer_pid = c.closer_pid.or(c.pid);
+            let closer = process(closer_pid, c.closer_comm.as_deref().or(c.comm.as_deref()));
+            // The cgroup id is the owner's: only the owner's when it closed.
+            let closer_cgroup = c.cgroup_id.filter(|_| closer_pid == c.pid);
+            self.note_owner(&closer, closer_pid, closer_cgroup);
+            *capped(&mut self.tw_by_process, closer, MAX_KEYS, || 0) += 1;
+            // Only connections we opened use ephemeral ports towards a destination; a server's
+            // TIME_WAITs are keyed by its own listening endpoint.
+            let active = c.role != Role::Passive;
+            let key = if active {
+                dest.clone()
+            } else {
+                format!("{} (server side)", endpoint(c.saddr, c.sport))
+            };
+            let e = capped(&mut self.tw_by_dest, key.clone(), MAX_KEYS, || (0, active));
+            e.0 += 1;
+            let key = if self.tw_by_dest.contains_key(&key) {
+                key
+            } else {
+                OTHER.to_string()
+            };
+            self.tw_recent.push_back((c.end_ns, key, active));
+        }
+        if c.role == Role::Active {
+            for (key, table) in [
+                (dest.clone(), &mut self.connects_by_dest),
+                (who.clone(), &mut self.connects_by_process),
+            ] {
+                let (o, h) = capped(table, key, MAX_HIST_KEYS, || {
+                    (Outcomes::default(), Hist::new())
+                });
+                match c.end {
+                    End::Refused => o.refused += 1,
+                    End::Timeout if c.connect_ms.is_none() => o.timeout += 1,
+                    End::Aborted if c.connect_ms.is_none() => o.aborted += 1,
+                    _ => {
+                        o.established += 1;
+                        if let Some(ms) = c.connect_ms {
+                            h.record_ms(ms);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(ms) = c.dwell_ms.close_wait {
+            self.close_wait_dwell.record_ms(ms);
+        }
+        if let Some(ms) = c.ms {
+            capped(&mut self.life_by_process, who, MAX_HIST_KEYS, Hist::new).record_ms(ms);
+            capped(
+                &mut self.life_by_peer,
+                c.daddr.to_string(),
+                MAX_HIST_KEYS,
+                Hist::new,
+            )
+            .record_ms(ms);
+        }
+    }
+
+    /// TIME_WAITs born within the last 60 s before `now_ns`, per key.
+    fn tw_population(&mut self, now_ns: u64) -> HashMap<String, u64> {
+        while let Some((born, _, _)) = self.tw_recent.front() {
+            if now_ns.saturating_sub(*born) >= TIME_WAIT_NS {
+                self.tw_recent.pop_front();
+            } else {
+                break;
+            }
+        }
+        let mut pop = HashMap::new();
+        for (_, key, _) in &self.tw_recent {
+            *pop.entry(key.clone()).or_default() += 1;
+        }
+        pop
+    }
+
+    /// Estimated TIME_WAIT sockets alive at `now_ns` (born in the last 60 s).
+    #[cfg(test)]
+    pub fn time_wait_population(&mut self, now_ns: u64) -> u64 {
+        self.tw_population(now_ns).values().sum()
+    }
+
+    /// Builds the report at `now_ns` from what was accumulated and the tracker's live sockets.
+    pub fn report(
+        &mut self,
+        tracker: &Tracker,
+        now_ns: u64,
+        lost_events: u64,
+        listen: Option<(u64, u64)>,
+        keep: &dyn Fn(&CloseWaitSocket) -> bool,
+    ) -> Report {
+        let duration_s = self
+            .first_ns
+            .map_or(0.0, |f| now_ns.saturating_sub(f) as f64 / 1e9)
+            .max(1e-9);
+        let window_s = duration_s.min(TIME_WAIT_NS as f64 / 1e9);
+        let pop = self.tw_population(now_ns);
+        let mut findings = Vec::new();
+
+        if lost_events > 0 {
+            findings.push(Finding {
+                severity: "warning",
+                text: format!(
+                    "{lost_events} events were lost (ring buffer full): every count below is a lower bound"
+                ),
+            });
+        }
+        let evicted = tracker.stats().evicted;
+        if evicted > 0 {
+            findings.push(Finding {
+                severity: "warning",
+                text: format!("{evicted} sockets were evicted from the tracker (its cap): their connections are not counted"),
+            });
+        }
+
+        // TIME_WAIT churn and the exhaustion forecast.
+        let mut by_destination: Vec<TimeWaitDestination> = self
+            .tw_by_dest
+            .iter()
+            .map(|(key, (births, active))| {
+                let population = pop.get(key).copied().unwrap_or(0);
+                let per_second = population as f64 / window_s;
+                let (exhaustion_in_s, tw_reuse_applies) =
+                    self.settings.forecast(key, *active, population, per_second);
+                TimeWaitDestination {
+                    destination: key.clone(),
+                    births: *births,
+                    per_second,
+                    population,
+                    exhaustion_in_s,
+                    tw_reuse_applies,
+                }
+            })
+            .collect();
+        by_destination.sort_by(|a, b| {
+            b.per_second
+                .total_cmp(&a.per_second)
+                .then_with(|| a.destination.cmp(&b.destination))
+        });
+        for d in &by_destination {
+            if let Some(secs) = d.exhaustion_in_s {
+                findings.push(Finding {
+                    severity: "alarm",
+                    text: format!(
+                        "at {:.0}/s to {} the {} ephemeral ports run out in ~{:.0} s; enable pooling / keep-alive",
+                        d.per_second,
+                        d.destination,
+                        self.settings.ports(),
+                        secs
+                    ),
+                });
+            }
+        }
+        let population: u64 = pop.values().sum();
+        if population >= self.thresholds.time_wait_alarm {
+            findings.push(Finding {
+                severity: "alarm",
+                text: format!(
+                    "about {population} sockets in TIME_WAIT (alarm at {}): connections are opened and closed instead of reused",
+                    self.thresholds.time_wait_alarm
+                ),
+            });
+        }
+        by_destination.truncate(TOP);
+
+        // CLOSE_WAIT: stuck sockets per process.
+        let stuck: Vec<CloseWaitSocket> = tracker
+            .close_waits(now_ns)
+            .into_iter()
+            .filter(|c| c.age_ms >= self.thresholds.close_wait_age_ms && keep(c))
+            .collect();
+        type Holder = (usize, f64, HashMap<String, u64>, Option<String>);
+        let mut holders: HashMap<String, Holder> = HashMap::new();
+        for c in &stuck {
+            let h = holders
+                .entry(process(c.pid, c.comm.as_deref()))
+                .or_insert_with(|| {
+                    let cgroup = c
+                        .pid
+                        .and_then(|_| crate::host::cgroup::owner_cgroup(c.cgroup_id, c.pid));
+                    (0, 0.0, HashMap::new(), cgroup)
+                });
+            h.0 += 1;
+            h.1 = h.1.max(c.age_ms);
+            *h.2.entry(endpoint(c.daddr, c.dport)).or_default() += 1;
+        }
+        let mut holders: Vec<CloseWaitHolder> = holders
+            .into_iter()
+            .map(
+                |(process, (sockets, oldest_ms, peers, cgroup))| CloseWaitHolder {
+                    process,
+                    cgroup,
+                    sockets,
+                    oldest_ms,
+                    peers: top(&peers, 5, |v| *v),
+                },
+            )
+            .collect();
+        holders.sort_by(|a, b| {
+            b.sockets
+                .cmp(&a.sockets)
+                .then_with(|| a.process.cmp(&b.process))
+        });
+        for h in &holders {
+            let severity = if h.sockets >= self.thresholds.close_wait_alarm {
+                "alarm"
+            } else {
+                "notice"
+            };
+            let cgroup = h
+                .cgroup
+                .as_ref()
+                .map_or_else(String::new, |c| format!(", cgroup {c}"));
+            findings.push(Finding {
+                severity,
+                text: format!(
+                    "{} holds {} sockets in CLOSE_WAIT (oldest {:.1} s{cgroup}): the peer closed and the application never called close() — a socket leak",
+                    h.process,
+                    h.sockets,
+                    h.oldest_ms / 1000.0
+                ),
+            });
+        }
+
+        let outcomes = |table: &HashMap<String, (Outcomes, Hist)>, by_process: bool| {
+            let mut rows: Vec<ConnectOutcomes> = table
+                .iter()
+                .map(|(k, (o, h))| ConnectOutcomes {
+                    key: k.clone(),
+                    cgroup: by_process.then(|| self.cgroup_of(k)).flatten(),
+                    established: o.established,
+                    refused: o.refused,
+                    timeout: o.timeout,
+                    aborted: o.aborted,
+                    connect_ms: (!h.0.is_empty()).then(|| h.percentiles()),
+                })
+                .collect();
+            rows.sort_by(|a, b| {
+                let total = |r: &ConnectOutcomes| r.established + r.refused + r.timeout + r.aborted;
+                total(b).cmp(&total(a)).then_with(|| a.key.cmp(&b.key))
+            });
+            rows.truncate(TOP);
+            rows
+        };
+        let connects_by_destination = outcomes(&self.connects_by_dest, false);
+        let connects_by_process = outcomes(&self.connects_by_process, true);
+        for r in &connects_by_destination {
+            let failed = r.refused + r.timeout + r.aborted;
+            if failed > 0 {
+                findings.push(Finding {
+                    severity: "notice",
+                    text: format!(
+                        "connects to {} failed {} time(s) ({} refused, {} timed out, {} aborted) and succeeded {} times",
+                        r.key, failed, r.refused, r.timeout, r.aborted, r.established
+                    ),
+                });
+            }
+        }
+
+        let mut by_reason_and_state: Vec<ResetRow> = self
+            .resets
+            .iter()
+            .map(|((direction, reason, state), count)| ResetRow {
+                direction,
+                reason: reason.clone(),
+                state: state.clone(),
+                count: *count,
+            })
+            .collect();
+        by_reason_and_state.sort_by(|a, b| {
+            b.count.cmp(&a.count).then_with(|| {
+                (a.direction, &a.reason, &a.state).cmp(&(b.direction, &b.reason, &b.state))
+            })
+        });
+
+        let lifetimes = |m: &HashMap<String, Hist>, by_process: bool| {
+            let mut rows: Vec<LifetimeRow> = m
+                .iter()
+                .map(|(k, h)| LifetimeRow {
+                    key: k.clone(),
+                    cgroup: by_process.then(|| self.cgroup_of(k)).flatten(),
+                    lifetime_ms: h.percentiles(),
+                })
+                .collect();
+            rows.sort_by(|a, b| {
+                b.lifetime_ms
+                    .count
+                    .cmp(&a.lifetime_ms.count)
+                    .then_with(|| a.key.cmp(&b.key))
+            });
+            rows.truncate(TOP);
+            rows
+        };
+
+        let ends: BTreeMap<_, _> = self.ends.iter().collect();
+        Report {
+            duration_s,
+            events: self.events,
+            lost_events,
+            tracker: tracker.stats(),
+            findings,
+            connections_ended: self.ended,
+            ends: ends
+                .into_iter()
+                .map(|(k, v)| CountRow {
+                    key: k.clone(),
+                    count: *v,
+                    cgroup: None,
+                })
+                .collect(),
+            time_wait: TimeWaitSection {
+                births: self.tw_births,
+                per_second: self.tw_births as f64 / duration_s,
+                population,
+                by_process: self.process_rows(&self.tw_by_process),
+                by_destination,
+            },
+            close_wait: CloseWaitSection {
+                stuck: stuck.len(),
+                threshold_ms: self.thresholds.close_wait_age_ms,
+                holders,
+                dwell_ms: self.close_wait_dwell.percentiles(),
+            },
+            connects_by_destination,
+            connects_by_process,
+            resets: ResetSection {
+                sent: self.resets_sent,
+                received: self.resets_received,
+                by_reason_and_state,
+                by_process: self.process_rows(&self.resets_by_process),
+                by_peer: top(&self.resets_by_peer, TOP, |v| *v),
+            },
+            retransmits_by_peer: top(&self.retransmits_by_peer, TOP, |v| *v),
+            synack_retransmits_by_listener: top(&self.synack_by_listener, TOP, |v| *v),
+            listen_overflows: listen.map(|l| l.0),
+            listen_drops: listen.map(|l| l.1),
+            lifetimes_by_process: lifetimes(&self.life_by_process, true),
+            lifetimes_by_peer: lifetimes(&self.life_by_peer, false),
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tw_conn(end_ns: u64, dest: &str, port: u16) -> Connection {
+        Connection::test(end_ns, dest, port, End::TimeWait, Role::Active)
+    }
+
+    #[test]
+    fn exhaustion_forecast_matches_the_field_notes_arithmetic() {
+        // 612 TIME_WAITs per second for 10 s towards one destination, default range and
+        // tcp_tw_reuse=2 (not loopback): population 6,120 of 28,232 ports; at 612/s the
+        // remaining 22,112 last 22,112 / 612 = 36.1 s.
+        let settings = HostSettings {
+            port_range: (32768, 60999),
+            tw_reuse: 2,
+        };
+        let mut a = Analysis::new(settings, Thresholds::default());
+        let start = 1_000_000_000u64;
+        a.on_event(&Event::test_state(start));
+        for i in 0..6120u64 {
+            a.on_connection(&tw_conn(
+                start + i * 10_000_000_000 / 6120,
+                "10.0.0.7",
+                5432,
+            ));
+        }
+        let now = start + 10_000_000_000;
+        let tracker = Tracker::new(10);
+        let r = a.report(&tracker, now, 0, None, &|_| true);
+        let d = &r.time_wait.by_destination[0];
+        assert_eq!(d.destination, "10.0.0.7:5432");
+        assert_eq!(d.population, 6120);
+        assert!((d.per_second - 612.0).abs() < 1e-9, "{}", d.per_second);
+        let secs = d.exhaustion_in_s.expect("forecast");
+        assert!((secs - 22_112.0 / 612.0).abs() < 1e-6, "{secs}");
+        assert!(
+            r.findings.iter().any(|f| f.text.starts_with(
+                "at 612/s to 10.0.0.7:5432 the 28232 ephemeral ports run out in ~36 s"
+            )),
+            "{:?}",
+            r.findings
+        );
+    }
+
+    #[test]
+    fn no_forecast_below_the_limit_or_with_tw_reuse() {
+        let mut a = Analysis::new(HostSettings::default(), Thresholds::default());
+        let start = 1_000_000_000u64;
+        a.on_event(&Event::test_state(start));
+        // 100/s for 10 s: steady state 6,000 < 28,232.
+        for i in 0..1000u64 {
+            a.on_connection(&tw_conn(start + i * 10_000_000, "10.0.0.8", 80));
+        }
+        // 1000/s to loopback with tcp_tw_reuse=2: reuse applies.
+        for i in 0..10_000u64 {
+            a.on_connection(&tw_conn(start + i * 1_000_000, "127.0.0.1", 80));
+        }
+        let r = a.report(&Tracker::new(10), start + 10_000_000_000, 0, None, &|_| {
+            true
+        });
+        assert!(
+            r.time_wait
+                .by_destination
+                .iter()
+                .all(|d| d.exhaustion_in_s.is_none())
+        );
+        let lo = r
+            .time_wait
+            .by_destination
+            .iter()
+            .find(|d| d.destination == "127.0.0.1:80")
+            .unwrap();
+        assert!(lo.tw_reuse_applies);
+        assert_eq!(r.time_wait.births, 11_000);
+        assert!(r.findings.iter().all(|f| !f.text.contains("run out")));
+    }
+
+    #[test]
+    fn population_ages_out_after_sixty_seconds() {
+        let mut a = Analysis::new(HostSettings::default(), Thresholds::default());
+        a.on_connection(&tw_conn(1_000_000_000, "10.0.0.9", 80));
+        a.on_connection(&tw_conn(30_000_000_000, "10.0.0.9", 80));
+        assert_eq!(a.time_wait_population(60_999_999_999), 2);
+        assert_eq!(a.time_wait_population(61_000_000_000), 1);
+        assert_eq!(a.time_wait_population(89_999_999_999), 1);
+        assert_eq!(a.time_wait_population(90_000_000_000), 0);
+    }
+
+    #[test]
+    fn per_process_tables_stay_bounded() {
+        let mut a = Analysis::new(HostSettings::default(), Thresholds::default());
+        for pid in 0..5_000u32 {
+            let mut c = tw_conn(1_000_000_000 + u64::from(pid), "10.0.0.9", 80);
+            c.pid = Some(pid + 1);
+            c.closer_pid = Some(pid + 1);
+            a.on_connection(&c);
+        }
+        assert_eq!(a.life_by_process.len(), MAX_HIST_KEYS + 1);
+        assert_eq!(a.connects_by_process.len(), MAX_HIST_KEYS + 1);
+        assert_eq!(a.tw_by_process.len(), MAX_KEYS + 1);
+        let other = a.tw_by_process[OTHER];
+        assert_eq!(
+            other,
+            5_000 - MAX_KEYS as u64,
+            "every connection is still counted"
+        );
+    }
+
+    #[test]
+    fn process_rows_name_their_cgroup() {
+        use std::os::unix::fs::MetadataExt as _;
+        let me = std::process::id();
+        let root = crate::host::cgroup::cgroup2_mount()
+            .and_then(|m| std::fs::metadata(m).ok())
+            .map(|m| m.ino());
+        let expected = crate::host::cgroup::owner_cgroup(root, Some(me));
+        let mut a = Analysis::new(HostSettings::default(), Thresholds::default());
+        let mut c = tw_conn(1_000_000_000, "10.0.0.9", 80);
+        (c.pid, c.closer_pid, c.cgroup_id) = (Some(me), Some(me), root);
+        a.on_connection(&c);
+        // Closed first by another process: the owner's cgroup id is not that process's.
+        let mut other = tw_conn(1_000_000_001, "10.0.0.9", 80);
+        (other.pid, other.closer_pid) = (None, Some(u32::MAX - 1));
+        a.on_connection(&other);
+        let r = a.report(&Tracker::new(10), 2_000_000_000, 0, None, &|_| true);
+        let client = format!("client[{me}]");
+        let tw = r.time_wait.by_process.iter().find(|r| r.key == client);
+        assert_eq!(tw.unwrap().cgroup, expected);
+        let row = r.connects_by_process.iter().find(|r| r.key == client);
+        assert_eq!(row.unwrap().cgroup, expected);
+        let row = r.lifetimes_by_process.iter().find(|r| r.key == client);
+        assert_eq!(row.unwrap().cgroup, expected);
+        let unknown = r.connects_by_process.iter().find(|r| r.key == "-");
+        assert_eq!(unknown.unwrap().cgroup, None);
+        let stranger = format!("client[{}]", u32::MAX - 1);
+        let tw = r.time_wait.by_process.iter().find(|r| r.key == stranger);
+        assert_eq!(tw.unwrap().cgroup, None);
+        // Rows keyed by destination or peer have none.
+        assert_eq!(r.connects_by_destination[0].cgroup, None);
+        assert_eq!(r.lifetimes_by_peer[0].cgroup, None);
+        let Some(cgroup) = expected else {
+            eprintln!("SKIPPED: no cgroup known for this process");
+            return;
+        };
+        let json = serde_json::to_value(&r).unwrap();
+        let rows = json["connects_by_process"].as_array().unwrap();
+        let row = rows.iter().find(|r| r["key"] == client.as_str()).unwrap();
+        assert_eq!(row["cgroup"], cgroup.as_str());
+        assert!(json["connects_by_destination"][0].get("cgroup").is_none());
+        let text = crate::commands::report::render(&r, &crate::commands::report::Style::default());
+        let line = text.lines().find(|l| l.contains(&client)).unwrap();
+        assert!(line.ends_with(&format!("   cgroup {cgroup}")), "{line}");
+    }
+
+    #[test]
+    fn lost_events_come_first() {
+        let mut a = Analysis::new(HostSettings::default(), Thresholds::default());
+        let r = a.report(&Tracker::new(10), 5, 17, None, &|_| true);
+        assert!(
+            r.findings[0].text.starts_with("17 events were lost"),
+            "{:?}",
+            r.findings
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! The model: plain Rust over decoded [`event::Event`]s. No I/O, no statics, no clap: it is
+//! tested from synthetic and recorded streams without root.
+
+pub mod analysis;
+pub mod event;
+pub mod filter;
+pub mod selection;
+pub mod tracker;

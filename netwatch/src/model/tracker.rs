@@ -1,0 +1,1147 @@
+//! The per-socket state machine: turns the stream of transitions into lifecycle facts
+//! (a connection ended, and how; a TIME_WAIT was born; a socket sits in CLOSE_WAIT).
+//!
+//! Keyed by the kernel socket address plus a generation: the kernel reuses addresses within
+//! milliseconds, so a life starts fresh at `CLOSE -> SYN_SENT`, `CLOSE -> LISTEN` and
+//! `LISTEN -> SYN_RECV`. A socket first seen mid-life (it existed before netwatch started, or
+//! its first events were lost) is tracked from there on, with `None` for every duration that
+//! began before it was seen: nothing is invented.
+//!
+//! A connection is finished when the kernel destroys the socket, when its address starts a new
+//! life, or when a later event shows it has been closed for longer than [`FINISH_DELAY_NS`]:
+//! our own reset is reported just after the `-> CLOSE` transition it ends, so the record must
+//! wait for it. Only event timestamps drive this, so a replay finishes the same connections in
+//! the same order as the live run did.
+//!
+//! Memory is bounded by `max_sockets`; past it the socket least recently heard from is evicted,
+//! and evictions are counted and reported, never silent.
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+    num::NonZeroU32,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::event::{Event, EventKind, TcpState};
+
+/// How long after `-> CLOSE` a connection waits for trailing events (our own reset).
+pub const FINISH_DELAY_NS: u64 = 200_000_000;
+
+/// Default cap on tracked sockets.
+pub const DEFAULT_MAX_SOCKETS: usize = 262_144;
+
+/// Who opened the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// We connected (SYN_SENT seen).
+    Active,
+    /// We accepted (SYN_RECV seen).
+    Passive,
+    /// Seen mid-life: not known.
+    Unknown,
+}
+
+/// How a connection ended: the END column.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "end", rename_all = "kebab-case")]
+pub enum End {
+    /// Orderly close in which the peer closed first (we went through CLOSE_WAIT, LAST_ACK).
+    Closed,
+    /// Orderly close in which we closed first: a TIME_WAIT socket now holds the port.
+    TimeWait,
+    /// The peer sent a reset.
+    ResetByPeer,
+    /// We sent a reset; `reason` is the kernel's (6.10+).
+    ResetByUs { reason: Option<String> },
+    /// connect() got a reset in SYN_SENT: nothing listens there.
+    Refused,
+    /// The peer never answered: SYN (or data) retransmitted, then closed.
+    Timeout,
+    /// The application closed before any answer, or the kernel dropped the socket with no
+    /// evidence of why.
+    Aborted,
+}
+
+impl End {
+    /// The text-column form: `time-wait`, `reset-by-us (NO_SOCKET)`, ...
+    pub fn label(&self) -> String {
+        match self {
+            End::Closed => "closed".into(),
+            End::TimeWait => "time-wait".into(),
+            End::ResetByPeer => "reset-by-peer".into(),
+            End::ResetByUs { reason: Some(r) } => format!("reset-by-us ({r})"),
+            End::ResetByUs { reason: None } => "reset-by-us".into(),
+            End::Refused => "refused".into(),
+            End::Timeout => "timeout".into(),
+            End::Aborted => "aborted".into(),
+        }
+    }
+}
+
+/// Milliseconds spent in each state, `None` where netwatch did not see the state begin.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Dwell {
+    pub syn_sent: Option<f64>,
+    pub syn_recv: Option<f64>,
+    pub established: Option<f64>,
+    pub fin_wait1: Option<f64>,
+    pub fin_wait2: Option<f64>,
+    pub closing: Option<f64>,
+    pub close_wait: Option<f64>,
+    pub last_ack: Option<f64>,
+}
+
+/// Per-state time accumulated while tracking, in ms; NaN = the state was not seen beginning.
+/// f32 keeps a tracked socket small (0.25 ms resolution after an hour is plenty).
+#[derive(Clone, Copy, Debug)]
+struct DwellMs([f32; 8]);
+
+impl DwellMs {
+    const UNSEEN: Self = Self([f32::NAN; 8]);
+
+    fn index(s: TcpState) -> Option<usize> {
+        Some(match s {
+            TcpState::SynSent => 0,
+            TcpState::SynRecv => 1,
+            TcpState::Established => 2,
+            TcpState::FinWait1 => 3,
+            TcpState::FinWait2 => 4,
+            TcpState::Closing => 5,
+            TcpState::CloseWait => 6,
+            TcpState::LastAck => 7,
+            _ => return None,
+        })
+    }
+
+    fn add(&mut self, s: TcpState, ms: f64) {
+        if let Some(i) = Self::index(s) {
+            let prev = if self.0[i].is_nan() { 0.0 } else { self.0[i] };
+            self.0[i] = prev + ms as f32;
+        }
+    }
+
+    fn get(&self, s: TcpState) -> Option<f64> {
+        let v = self.0[Self::index(s)?];
+        (!v.is_nan()).then_some(f64::from(v))
+    }
+
+    fn public(&self) -> Dwell {
+        use TcpState::*;
+        Dwell {
+            syn_sent: self.get(SynSent),
+            syn_recv: self.get(SynRecv),
+            established: self.get(Established),
+            fin_wait1: self.get(FinWait1),
+            fin_wait2: self.get(FinWait2),
+            closing: self.get(Closing),
+            close_wait: self.get(CloseWait),
+            last_ack: self.get(LastAck),
+        }
+    }
+}
+
+/// One finished connection: a `life` line, and the facts the report is built from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Connection {
+    /// CLOCK_MONOTONIC ns of the first event seen, and of the `-> CLOSE` (or last event).
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub pid: Option<u32>,
+    /// The owner's thread that made the call netwatch last saw (connect, accept, close).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tid: Option<u32>,
+    pub comm: Option<String>,
+    /// cgroup v2 id of the owner.
+    #[serde(default)]
+    pub cgroup_id: Option<u64>,
+    /// Inode of the socket's network namespace, when the kernel read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
+    /// The process that closed first (the TIME_WAIT's owner when `end` is time-wait).
+    pub closer_pid: Option<u32>,
+    pub closer_comm: Option<String>,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub role: Role,
+    /// Id in the kernel's `STACKS` map of the user stack that opened it (connect/accept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_id: Option<u32>,
+    #[serde(flatten)]
+    pub end: End,
+    /// Whole lifetime in ms; `None` when netwatch did not see it begin.
+    pub ms: Option<f64>,
+    /// SYN_SENT -> ESTABLISHED, for active connections.
+    pub connect_ms: Option<f64>,
+    pub dwell_ms: Dwell,
+    pub retransmits: u32,
+    pub resets_received: u32,
+    pub resets_sent: u32,
+    /// State in which a reset arrived or left, if any.
+    pub reset_state: Option<TcpState>,
+    /// Bytes we sent that the peer acknowledged, bytes received, and the smoothed RTT, read
+    /// from the socket at close (`None` without kernel BTF).
+    pub bytes_sent: Option<u64>,
+    pub bytes_received: Option<u64>,
+    pub srtt_ms: Option<f64>,
+}
+
+/// Something the tracker concluded.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fact {
+    /// A connection finished.
+    Ended(Box<Connection>),
+}
+
+/// A monotonic timestamp or duration in ns; never 0, so `Option<Ns>` costs 8 bytes.
+type Ns = std::num::NonZeroU64;
+
+/// A process as the tracker keeps it: no heap allocation per socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct OwnerId {
+    /// Never 0 (no process), which lets `Option<OwnerId>` cost nothing extra.
+    pid: std::num::NonZeroU32,
+    /// The thread that made the call (connect, accept, close); 0 = unknown.
+    tid: u32,
+    comm: [u8; 16],
+    /// cgroup v2 id; 0 = unknown.
+    cgroup: u64,
+}
+
+impl OwnerId {
+    fn of(ev: &Event) -> Option<OwnerId> {
+        let mut comm = [0u8; 16];
+        let name = ev.comm.as_deref().unwrap_or_default().as_bytes();
+        let n = name.len().min(16);
+        comm[..n].copy_from_slice(&name[..n]);
+        Some(OwnerId {
+            pid: std::num::NonZeroU32::new(ev.pid?)?,
+            tid: ev.tid.unwrap_or(0),
+            comm,
+            cgroup: ev.cgroup_id.unwrap_or(0),
+        })
+    }
+
+    fn comm(&self) -> String {
+        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(16);
+        String::from_utf8_lossy(&self.comm[..end]).into_owned()
+    }
+
+    /// The command name without allocating (`?` if it is not UTF-8).
+    fn comm_str(&self) -> &str {
+        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(16);
+        std::str::from_utf8(&self.comm[..end]).unwrap_or("?")
+    }
+}
+
+/// One tracked socket. Kept small: a busy host tracks hundreds of thousands.
+#[derive(Clone, Debug)]
+struct Sock {
+    generation: u32,
+    /// Set when this life began with a fresh-start transition netwatch saw.
+    born_ns: Option<Ns>,
+    first_ns: u64,
+    last_ns: u64,
+    owner: Option<OwnerId>,
+    /// The kernel's id (in `STACKS`) of the user stack that opened the socket, plus one:
+    /// captured at connect() or accept().
+    stack: Option<NonZeroU32>,
+    /// Inode of its network namespace; 0 = not known.
+    netns: u32,
+    /// Who closed first, when we did (boxed: set only near the end of a life).
+    closer: Option<Box<OwnerId>>,
+    role: Role,
+    state: Option<TcpState>,
+    state_since: Option<Ns>,
+    syn_sent_ns: Option<Ns>,
+    /// SYN_SENT -> ESTABLISHED duration (never 0: the handshake takes time).
+    connect_ns: Option<Ns>,
+    saddr: IpAddr,
+    sport: u16,
+    daddr: IpAddr,
+    dport: u16,
+    dwell: DwellMs,
+    retransmits: u32,
+    resets_received: u16,
+    resets_sent: u16,
+    reset_state: Option<TcpState>,
+
+    /// Last state before `-> CLOSE`, set once the connection is closed, and when (two fields,
+    /// not an `Option` of a pair: that pair's padding would not fit the 200 bytes).
+    closed_state: Option<TcpState>,
+    closed_ns: u64,
+    listener: bool,
+    /// What only an ending connection has (boxed: most tracked sockets never need it).
+    ending: Option<Box<Ending>>,
+}
+
+impl Sock {
+    /// Last state before `-> CLOSE`, and when, once the connection is closed.
+    fn closed_from(&self) -> Option<(TcpState, u64)> {
+        self.closed_state.map(|st| (st, self.closed_ns))
+    }
+}
+
+/// An event's stack id as [`Sock::stack`] keeps it (id + 1).
+fn stack_key(ev: &Event) -> Option<NonZeroU32> {
+    ev.stack_id
+        .and_then(|id| NonZeroU32::new(id.wrapping_add(1)))
+}
+
+#[cfg(test)]
+impl Connection {
+    /// A connection of pid 10 (`client`), 10.0.0.1:40000 -> `dest`:`port`, that ended `end`
+    /// at `end_ns` after 1 ms, for tests of what consumes connections.
+    pub fn test(end_ns: u64, dest: &str, port: u16, end: End, role: Role) -> Connection {
+        Connection {
+            start_ns: end_ns.saturating_sub(1_000_000),
+            end_ns,
+            pid: Some(10),
+            tid: None,
+            comm: Some("client".into()),
+            cgroup_id: None,
+            netns: None,
+            closer_pid: Some(10),
+            closer_comm: Some("client".into()),
+            saddr: "10.0.0.1".parse().unwrap(),
+            sport: 40000,
+            daddr: dest.parse().unwrap(),
+            dport: port,
+            role,
+            stack_id: None,
+            end,
+            ms: Some(1.0),
+            connect_ms: Some(0.1),
+            dwell_ms: Dwell::default(),
+            retransmits: 0,
+            resets_received: 0,
+            resets_sent: 0,
+            reset_state: None,
+            bytes_sent: None,
+            bytes_received: None,
+            srtt_ms: None,
+        }
+    }
+}
+
+/// Facts that arrive at the end of a connection.
+#[derive(Clone, Debug, Default)]
+struct Ending {
+    reset_reason: Option<String>,
+    bytes_sent: Option<u64>,
+    bytes_received: Option<u64>,
+    srtt_ms: Option<f64>,
+}
+
+/// A socket sitting in CLOSE_WAIT now: the peer closed, our application has not.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CloseWaitSocket {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// cgroup v2 id of the owner.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    /// How long it has been in CLOSE_WAIT; `at_least` when netwatch did not see it enter.
+    pub age_ms: f64,
+    pub at_least: bool,
+}
+
+/// A tracked socket that is open now, as a live view (`netwatch top`) sees it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LiveSocket<'a> {
+    pub state: TcpState,
+    pub pid: Option<u32>,
+    pub comm: Option<&'a str>,
+    pub cgroup_id: Option<u64>,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    /// When it entered `state` (its first event, if netwatch did not see that).
+    pub since_ns: u64,
+    /// Inode of its network namespace, when the kernel read it.
+    pub netns: Option<u32>,
+    /// Whether netwatch saw it enter `state`, which makes `since_ns` exact.
+    pub since_exact: bool,
+    /// Whether it was connected (active) or accepted (passive), if netwatch saw which.
+    pub role: Role,
+    /// Id in the kernel's `STACKS` map of the user stack that opened it (connect/accept).
+    pub stack_id: Option<u32>,
+}
+
+/// Tracker counters, reported with every output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TrackerStats {
+    pub sockets: usize,
+    pub evicted: u64,
+    pub ended: u64,
+}
+
+/// The state machine over all sockets.
+pub struct Tracker {
+    socks: HashMap<u64, Sock>,
+    /// Closed sockets waiting for trailing events, in close order.
+    closing: VecDeque<(u64, u32)>,
+    next_generation: u32,
+    max_sockets: usize,
+    stats: TrackerStats,
+    latest_ns: u64,
+}
+
+fn fresh_start(old: Option<TcpState>, new: Option<TcpState>) -> bool {
+    use TcpState::*;
+    matches!(
+        (old, new),
+        (Some(Close), Some(SynSent)) | (Some(Close), Some(Listen)) | (Some(Listen), Some(SynRecv))
+    )
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+impl Tracker {
+    pub fn new(max_sockets: usize) -> Self {
+        Self {
+            socks: HashMap::new(),
+            closing: VecDeque::new(),
+            next_generation: 0,
+            max_sockets: max_sockets.max(1),
+            stats: TrackerStats::default(),
+            latest_ns: 0,
+        }
+    }
+
+    pub fn stats(&self) -> TrackerStats {
+        TrackerStats {
+            sockets: self.socks.len(),
+            ..self.stats
+        }
+    }
+
+    /// The newest event timestamp seen.
+    #[cfg(test)]
+    pub fn now_ns(&self) -> u64 {
+        self.latest_ns
+    }
+
+    /// Feeds one event; finished connections go to `out`.
+    pub fn on_event(&mut self, ev: &Event, out: &mut impl FnMut(Fact)) {
+        self.latest_ns = self.latest_ns.max(ev.ts_ns);
+        self.finish_due(ev.ts_ns, out);
+        match &ev.kind {
+            EventKind::State {
+                old_state,
+                new_state,
+                bytes_sent,
+                bytes_received,
+                srtt_ms,
+                ..
+            } => {
+                self.on_transition(ev, *old_state, *new_state, out);
+                if let Some(s) = self.socks.get_mut(&ev.sock)
+                    && bytes_sent.is_some()
+                {
+                    let e = s.ending.get_or_insert_default();
+                    (e.bytes_sent, e.bytes_received, e.srtt_ms) =
+                        (*bytes_sent, *bytes_received, *srtt_ms);
+                }
+            }
+            EventKind::Retransmit { .. } => {
+                if let Some(s) = self.known(ev) {
+                    s.retransmits += 1;
+                }
+            }
+            EventKind::ResetReceived { state } => {
+                if let Some(s) = self.known(ev) {
+                    s.resets_received = s.resets_received.saturating_add(1);
+                    s.reset_state = s.reset_state.or(*state);
+                }
+            }
+            EventKind::ResetSent { state, reason } => {
+                if ev.sock != 0
+                    && let Some(s) = self.known(ev)
+                {
+                    s.resets_sent = s.resets_sent.saturating_add(1);
+                    s.reset_state = s.reset_state.or(*state);
+                    let e = s.ending.get_or_insert_default();
+                    e.reset_reason = e.reset_reason.take().or_else(|| reason.clone());
+                }
+            }
+            EventKind::SynackRetransmit { .. } => {}
+            EventKind::Accept { .. } => {
+                // The accepting process owns the socket from now on.
+                if let Some(s) = self.socks.get_mut(&ev.sock) {
+                    s.last_ns = ev.ts_ns;
+                    if let Some(owner) = OwnerId::of(ev) {
+                        s.owner = Some(owner);
+                    }
+                    s.stack = stack_key(ev).or(s.stack);
+                }
+            }
+            EventKind::Destroy { .. } => {
+                if let Some(s) = self.socks.remove(&ev.sock) {
+                    self.end(s, out);
+                }
+            }
+        }
+    }
+
+    /// The socket of a non-transition event, if netwatch tracks it.
+    fn known(&mut self, ev: &Event) -> Option<&mut Sock> {
+        let s = self.socks.get_mut(&ev.sock)?;
+        s.last_ns = ev.ts_ns;
+        if s.owner.is_none() {
+            s.owner = OwnerId::of(ev);
+        }
+        Some(s)
+    }
+
+    fn on_transition(
+        &mut self,
+        ev: &Event,
+        old: Option<TcpState>,
+        new: Option<TcpState>,
+        out: &mut impl FnMut(Fact),
+    ) {
+        let fresh = fresh_start(old, new);
+        if fresh && let Some(prev) = self.socks.remove(&ev.sock) {
+            self.end(prev, out);
+        }
+        if !self.socks.contains_key(&ev.sock) {
+            self.make_room(out);
+            let generation = self.next_generation;
+            self.next_generation = self.next_generation.wrapping_add(1);
+            let role = match new {
+                Some(TcpState::SynSent) if fresh => Role::Active,
+                Some(TcpState::SynRecv) if fresh => Role::Passive,
+                _ => Role::Unknown,
+            };
+            self.socks.insert(
+                ev.sock,
+                Sock {
+                    generation,
+                    born_ns: if fresh { Ns::new(ev.ts_ns) } else { None },
+                    first_ns: ev.ts_ns,
+                    last_ns: ev.ts_ns,
+                    owner: None,
+                    stack: None,
+                    netns: 0,
+                    closer: None,
+                    role,
+                    state: old,
+                    state_since: None,
+                    syn_sent_ns: None,
+                    connect_ns: None,
+                    saddr: ev.saddr,
+                    sport: ev.sport,
+                    daddr: ev.daddr,
+                    dport: ev.dport,
+                    dwell: DwellMs::UNSEEN,
+                    retransmits: 0,
+                    resets_received: 0,
+                    resets_sent: 0,
+                    reset_state: None,
+                    closed_state: None,
+                    closed_ns: 0,
+                    listener: new == Some(TcpState::Listen),
+                    ending: None,
+                },
+            );
+        }
+        let Some(s) = self.socks.get_mut(&ev.sock) else {
+            return;
+        };
+        s.last_ns = ev.ts_ns;
+        if let Some(owner) = OwnerId::of(ev) {
+            s.owner = Some(owner);
+        }
+        s.stack = stack_key(ev).or(s.stack);
+        s.netns = ev.netns.unwrap_or(s.netns);
+        // Ports and addresses fill in as the kernel assigns them (sport is 0 in SYN_SENT).
+        if ev.sport != 0 || ev.dport != 0 {
+            (s.saddr, s.sport, s.daddr, s.dport) = (ev.saddr, ev.sport, ev.daddr, ev.dport);
+        }
+        // Time in the state being left, only if netwatch saw it begin.
+        if old != new
+            && let (Some(prev), Some(since)) = (old, s.state_since.map(Ns::get))
+        {
+            s.dwell.add(prev, ms(ev.ts_ns.saturating_sub(since)));
+        }
+        if old != new || s.state_since.is_none() {
+            s.state_since = Ns::new(ev.ts_ns);
+        }
+        s.state = new;
+        use TcpState::*;
+        match (old, new) {
+            (_, Some(SynSent)) => s.syn_sent_ns = Ns::new(ev.ts_ns),
+            (Some(SynSent), Some(Established)) => {
+                s.connect_ns = s
+                    .syn_sent_ns
+                    .and_then(|t| Ns::new(ev.ts_ns.saturating_sub(t.get())));
+            }
+            (Some(Established | SynRecv), Some(FinWait1)) => {
+                s.closer = OwnerId::of(ev).or(s.owner).map(Box::new);
+            }
+            (_, Some(Close)) => {
+                if let Some(prev) = old {
+                    (s.closed_state, s.closed_ns) = (Some(prev), ev.ts_ns);
+                    self.closing.push_back((ev.sock, s.generation));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Finishes closed connections whose trailing-event window has passed.
+    fn finish_due(&mut self, now: u64, out: &mut impl FnMut(Fact)) {
+        while let Some(&(sock, generation)) = self.closing.front() {
+            let due = match self.socks.get(&sock) {
+                Some(s) if s.generation == generation => match s.closed_from() {
+                    Some((_, at)) => now.saturating_sub(at) >= FINISH_DELAY_NS,
+                    None => true,
+                },
+                _ => {
+                    // Already finished (destroyed or reused).
+                    self.closing.pop_front();
+                    continue;
+                }
+            };
+            if !due {
+                break;
+            }
+            self.closing.pop_front();
+            if let Some(s) = self.socks.remove(&sock) {
+                self.end(s, out);
+            }
+        }
+    }
+
+    /// Evicts the least recently heard-from socket when the cap is reached.
+    fn make_room(&mut self, out: &mut impl FnMut(Fact)) {
+        if self.socks.len() < self.max_sockets {
+            return;
+        }
+        // Closed sockets first: they are finished anyway.
+        if let Some((sock, _)) = self.closing.pop_front()
+            && let Some(s) = self.socks.remove(&sock)
+        {
+            self.end(s, out);
+            return;
+        }
+        let oldest = self
+            .socks
+            .iter()
+            .min_by_key(|(_, s)| s.last_ns)
+            .map(|(k, _)| *k);
+        if let Some(k) = oldest {
+            self.socks.remove(&k);
+            self.stats.evicted += 1;
+        }
+    }
+
+    /// Turns a finished socket into a connection record (listeners and sockets that never
+    /// closed produce none).
+    fn end(&mut self, s: Sock, out: &mut impl FnMut(Fact)) {
+        let Some((from, close_ns)) = s.closed_from() else {
+            return;
+        };
+        if s.listener || from == TcpState::Listen {
+            return;
+        }
+        self.stats.ended += 1;
+        let end = classify(&s, from);
+        let (closer_pid, closer_comm) = match (&end, &s.closer) {
+            (End::TimeWait, Some(c)) | (End::Closed | End::ResetByUs { .. }, Some(c)) => {
+                (Some(c.pid.get()), Some(c.comm()))
+            }
+            _ => (None, None),
+        };
+        out(Fact::Ended(Box::new(Connection {
+            start_ns: s.born_ns.map_or(s.first_ns, Ns::get),
+            end_ns: close_ns,
+            pid: s.owner.map(|o| o.pid.get()),
+            tid: s.owner.map(|o| o.tid).filter(|&t| t != 0),
+            comm: s.owner.map(|o| o.comm()),
+            cgroup_id: s.owner.map(|o| o.cgroup).filter(|&c| c != 0),
+            netns: (s.netns != 0).then_some(s.netns),
+            closer_pid,
+            closer_comm,
+            saddr: s.saddr,
+            sport: s.sport,
+            daddr: s.daddr,
+            dport: s.dport,
+            role: s.role,
+            stack_id: s.stack.map(|k| k.get() - 1),
+            end,
+            ms: s.born_ns.map(|b| ms(close_ns.saturating_sub(b.get()))),
+            connect_ms: s.connect_ns.map(|c| ms(c.get())),
+            dwell_ms: s.dwell.public(),
+            retransmits: s.retransmits,
+            resets_received: u32::from(s.resets_received),
+            resets_sent: u32::from(s.resets_sent),
+            reset_state: s.reset_state,
+            bytes_sent: s.ending.as_ref().and_then(|e| e.bytes_sent),
+            bytes_received: s.ending.as_ref().and_then(|e| e.bytes_received),
+            srtt_ms: s.ending.as_ref().and_then(|e| e.srtt_ms),
+        })));
+    }
+
+    /// Ends every closed connection still waiting (end of stream).
+    pub fn flush(&mut self, out: &mut impl FnMut(Fact)) {
+        self.finish_due(u64::MAX, out);
+    }
+
+    /// Finishes the closed connections whose trailing-event window ended by `now_ns`: a live
+    /// view's clock, so that a quiet stream still ends its last connections.
+    pub fn finish_until(&mut self, now_ns: u64, out: &mut impl FnMut(Fact)) {
+        self.finish_due(now_ns, out);
+    }
+
+    /// Every tracked socket not closed yet, in its current state.
+    pub fn live_sockets(&self) -> impl Iterator<Item = LiveSocket<'_>> {
+        self.socks.values().filter_map(|s| {
+            let state = s.state.filter(|st| *st != TcpState::Close)?;
+            Some(LiveSocket {
+                state,
+                pid: s.owner.map(|o| o.pid.get()),
+                comm: s.owner.as_ref().map(OwnerId::comm_str),
+                cgroup_id: s.owner.map(|o| o.cgroup).filter(|&c| c != 0),
+                saddr: s.saddr,
+                sport: s.sport,
+                daddr: s.daddr,
+                dport: s.dport,
+                since_ns: s.state_since.map_or(s.first_ns, Ns::get),
+                netns: (s.netns != 0).then_some(s.netns),
+                since_exact: s.state_since.is_some(),
+                role: s.role,
+                stack_id: s.stack.map(|k| k.get() - 1),
+            })
+        })
+    }
+
+    /// Sockets in CLOSE_WAIT now, with their ages at `now_ns`.
+    pub fn close_waits(&self, now_ns: u64) -> Vec<CloseWaitSocket> {
+        self.socks
+            .values()
+            .filter(|s| s.state == Some(TcpState::CloseWait))
+            .map(|s| {
+                let since = s.state_since.map_or(s.first_ns, Ns::get);
+                CloseWaitSocket {
+                    pid: s.owner.map(|o| o.pid.get()),
+                    comm: s.owner.map(|o| o.comm()),
+                    cgroup_id: s.owner.map(|o| o.cgroup).filter(|&c| c != 0),
+                    saddr: s.saddr,
+                    sport: s.sport,
+                    daddr: s.daddr,
+                    dport: s.dport,
+                    age_ms: ms(now_ns.saturating_sub(since)),
+                    // The tracker only holds sockets it saw enter CLOSE_WAIT.
+                    at_least: false,
+                }
+            })
+            .collect()
+    }
+}
+
+/// How a closed connection ended, from the kernel's own evidence.
+fn classify(s: &Sock, from: TcpState) -> End {
+    use TcpState::*;
+    let reset_by_us = || End::ResetByUs {
+        reason: s.ending.as_ref().and_then(|e| e.reset_reason.clone()),
+    };
+    match from {
+        SynSent if s.resets_received > 0 => End::Refused,
+        SynSent if s.retransmits > 0 => End::Timeout,
+        SynSent => End::Aborted,
+        _ if s.resets_received > 0 => End::ResetByPeer,
+        _ if s.resets_sent > 0 => reset_by_us(),
+        FinWait1 | FinWait2 | Closing | TimeWait => End::TimeWait,
+        LastAck => End::Closed,
+        Established | CloseWait | SynRecv if s.retransmits > 0 => End::Timeout,
+        _ => End::Aborted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLIENT: &str = "10.0.0.1";
+    const SERVER: &str = "10.0.0.2";
+
+    struct Stream {
+        ts: u64,
+        events: Vec<Event>,
+    }
+
+    impl Stream {
+        fn new() -> Self {
+            Self {
+                ts: 1_000_000_000,
+                events: vec![],
+            }
+        }
+
+        /// Appends an event `ms` after the previous one.
+        fn push(
+            &mut self,
+            ms: u64,
+            sock: u64,
+            pid: Option<u32>,
+            local: (&str, u16),
+            remote: (&str, u16),
+            kind: EventKind,
+        ) {
+            self.ts += ms * 1_000_000;
+            let mut ev = Event::test_state(self.ts);
+            (ev.sock, ev.pid, ev.tid) = (sock, pid, pid);
+            ev.comm = pid.map(|p| format!("proc{p}"));
+            (ev.saddr, ev.sport) = (local.0.parse().unwrap(), local.1);
+            (ev.daddr, ev.dport) = (remote.0.parse().unwrap(), remote.1);
+            ev.kind = kind;
+            self.events.push(ev);
+        }
+
+        #[expect(
+            clippy::too_many_arguments,
+            reason = "a test helper whose call reads like the event it builds"
+        )]
+        fn state(
+            &mut self,
+            ms: u64,
+            sock: u64,
+            pid: Option<u32>,
+            local: (&str, u16),
+            remote: (&str, u16),
+            old: TcpState,
+            new: TcpState,
+        ) {
+            self.push(ms, sock, pid, local, remote, EventKind::state(old, new));
+        }
+
+        fn run(&self, max: usize) -> (Vec<Connection>, Tracker) {
+            let mut t = Tracker::new(max);
+            let mut out = vec![];
+            for ev in &self.events {
+                t.on_event(ev, &mut |Fact::Ended(c)| out.push(*c));
+            }
+            t.flush(&mut |Fact::Ended(c)| out.push(*c));
+            (out, t)
+        }
+    }
+
+    use TcpState::*;
+
+    /// The code path captured at accept() stays with the socket through later events that
+    /// carry none.
+    #[test]
+    fn the_stack_id_from_accept_stays_with_the_socket() {
+        let mut s = Stream::new();
+        let (l, r) = ((SERVER, 80), (CLIENT, 40000));
+        s.state(0, 0x10, None, l, r, Listen, SynRecv);
+        s.state(1, 0x10, None, l, r, SynRecv, Established);
+        s.push(
+            1,
+            0x10,
+            Some(7),
+            l,
+            r,
+            EventKind::Accept {
+                state: Some(Established),
+            },
+        );
+        s.events.last_mut().expect("pushed").stack_id = Some(0);
+        s.state(5, 0x10, None, l, r, Established, CloseWait);
+        let mut t = Tracker::new(16);
+        for ev in &s.events {
+            t.on_event(ev, &mut |_| {});
+        }
+        let sock = &t.socks[&0x10];
+        assert_eq!(sock.stack.map(|k| k.get() - 1), Some(0));
+    }
+
+    /// Client side of an orderly connection in which the client closes first.
+    fn client_closes_first(s: &mut Stream, sock: u64, pid: u32, sport: u16) {
+        let l = (CLIENT, sport);
+        let r = (SERVER, 80);
+        s.state(0, sock, Some(pid), (CLIENT, 0), r, Close, SynSent);
+        s.state(2, sock, Some(pid), l, r, SynSent, Established);
+        s.state(10, sock, Some(pid), l, r, Established, FinWait1);
+        s.state(1, sock, Some(pid), l, r, FinWait1, FinWait2);
+        s.state(1, sock, Some(pid), l, r, FinWait2, Close);
+        s.push(
+            0,
+            sock,
+            Some(pid),
+            l,
+            r,
+            EventKind::Destroy { state: Some(Close) },
+        );
+    }
+
+    #[test]
+    fn active_closer_is_a_time_wait_with_durations() {
+        let mut s = Stream::new();
+        client_closes_first(&mut s, 0xa, 42, 5000);
+        let (conns, _) = s.run(100);
+        assert_eq!(conns.len(), 1);
+        let c = &conns[0];
+        assert_eq!(c.end, End::TimeWait);
+        assert_eq!(c.role, Role::Active);
+        assert_eq!((c.pid, c.closer_pid), (Some(42), Some(42)));
+        assert_eq!(c.tid, Some(42), "the thread that made the last call");
+        assert_eq!(c.connect_ms, Some(2.0));
+        assert_eq!(c.ms, Some(14.0));
+        assert_eq!(c.dwell_ms.established, Some(10.0));
+        assert_eq!(c.dwell_ms.fin_wait2, Some(1.0));
+        assert_eq!((c.sport, c.dport), (5000, 80));
+    }
+
+    #[test]
+    fn passive_side_that_closes_second_is_closed() {
+        let mut s = Stream::new();
+        let l = (SERVER, 80);
+        let r = (CLIENT, 5000);
+        s.state(0, 0xb, None, l, r, Listen, SynRecv);
+        s.state(1, 0xb, None, l, r, SynRecv, Established);
+        s.state(5, 0xb, None, l, r, Established, CloseWait);
+        s.state(30, 0xb, Some(7), l, r, CloseWait, LastAck);
+        s.state(1, 0xb, Some(7), l, r, LastAck, Close);
+        let (conns, _) = s.run(100);
+        let c = &conns[0];
+        assert_eq!(c.end, End::Closed);
+        assert_eq!(c.role, Role::Passive);
+        assert_eq!(
+            c.pid,
+            Some(7),
+            "owner learnt at close() applies to the whole record"
+        );
+        assert_eq!(c.dwell_ms.close_wait, Some(30.0));
+    }
+
+    #[test]
+    fn syn_sent_outcomes() {
+        let r = (SERVER, 81);
+        // Refused: reset in SYN_SENT.
+        let mut s = Stream::new();
+        s.state(0, 1, Some(9), (CLIENT, 0), r, Close, SynSent);
+        s.push(
+            1,
+            1,
+            Some(9),
+            (CLIENT, 6000),
+            r,
+            EventKind::ResetReceived {
+                state: Some(SynSent),
+            },
+        );
+        s.state(0, 1, Some(9), (CLIENT, 6000), r, SynSent, Close);
+        // Timeout: SYN retransmitted, then closed.
+        s.state(0, 2, Some(9), (CLIENT, 0), r, Close, SynSent);
+        s.push(
+            1000,
+            2,
+            Some(9),
+            (CLIENT, 6001),
+            r,
+            EventKind::Retransmit {
+                state: Some(SynSent),
+                err: Some(0),
+            },
+        );
+        s.state(1000, 2, Some(9), (CLIENT, 6001), r, SynSent, Close);
+        // Aborted: closed by the app with no answer and no retransmit.
+        s.state(0, 3, Some(9), (CLIENT, 0), r, Close, SynSent);
+        s.state(5, 3, Some(9), (CLIENT, 6002), r, SynSent, Close);
+        let (conns, _) = s.run(100);
+        let ends: Vec<_> = conns.iter().map(|c| c.end.clone()).collect();
+        assert_eq!(ends, [End::Refused, End::Timeout, End::Aborted]);
+        assert!(conns.iter().all(|c| c.connect_ms.is_none()));
+    }
+
+    #[test]
+    fn our_reset_after_close_is_waited_for() {
+        // tcp_close() with unread data: -> CLOSE first, then the reset, then destroy.
+        let mut s = Stream::new();
+        let l = (SERVER, 80);
+        let r = (CLIENT, 5000);
+        s.state(0, 0xc, None, l, r, Listen, SynRecv);
+        s.state(1, 0xc, None, l, r, SynRecv, Established);
+        s.state(5, 0xc, Some(7), l, r, Established, Close);
+        s.push(
+            0,
+            0xc,
+            Some(7),
+            l,
+            r,
+            EventKind::ResetSent {
+                state: Some(Close),
+                reason: Some("TCP_ABORT_ON_CLOSE".into()),
+            },
+        );
+        s.push(
+            0,
+            0xc,
+            Some(7),
+            l,
+            r,
+            EventKind::Destroy { state: Some(Close) },
+        );
+        let (conns, _) = s.run(100);
+        assert_eq!(
+            conns[0].end,
+            End::ResetByUs {
+                reason: Some("TCP_ABORT_ON_CLOSE".into())
+            }
+        );
+        assert_eq!(conns[0].end.label(), "reset-by-us (TCP_ABORT_ON_CLOSE)");
+    }
+
+    #[test]
+    fn reset_by_peer() {
+        let mut s = Stream::new();
+        let l = (CLIENT, 5000);
+        let r = (SERVER, 80);
+        s.state(0, 0xd, Some(3), (CLIENT, 0), r, Close, SynSent);
+        s.state(1, 0xd, Some(3), l, r, SynSent, Established);
+        s.push(
+            4,
+            0xd,
+            None,
+            l,
+            r,
+            EventKind::ResetReceived {
+                state: Some(Established),
+            },
+        );
+        s.state(0, 0xd, None, l, r, Established, Close);
+        let (conns, _) = s.run(100);
+        assert_eq!(conns[0].end, End::ResetByPeer);
+        assert_eq!(conns[0].reset_state, Some(Established));
+    }
+
+    #[test]
+    fn address_reuse_starts_a_new_life() {
+        // The same kernel address carries two sockets back to back, the first never destroyed
+        // as far as netwatch saw.
+        let mut s = Stream::new();
+        let r = (SERVER, 80);
+        s.state(0, 0xe, Some(1), (CLIENT, 0), r, Close, SynSent);
+        s.state(1, 0xe, Some(1), (CLIENT, 7000), r, SynSent, Established);
+        s.state(1, 0xe, Some(1), (CLIENT, 7000), r, Established, FinWait1);
+        s.state(1, 0xe, Some(1), (CLIENT, 7000), r, FinWait1, FinWait2);
+        s.state(1, 0xe, Some(1), (CLIENT, 7000), r, FinWait2, Close);
+        s.state(0, 0xe, Some(2), (CLIENT, 0), r, Close, SynSent);
+        s.push(
+            0,
+            0xe,
+            Some(2),
+            (CLIENT, 7001),
+            r,
+            EventKind::ResetReceived {
+                state: Some(SynSent),
+            },
+        );
+        s.state(0, 0xe, Some(2), (CLIENT, 7001), r, SynSent, Close);
+        let (conns, t) = s.run(100);
+        assert_eq!(conns.len(), 2);
+        assert_eq!(
+            (conns[0].pid, conns[0].end.clone(), conns[0].sport),
+            (Some(1), End::TimeWait, 7000)
+        );
+        assert_eq!(
+            (conns[1].pid, conns[1].end.clone(), conns[1].sport),
+            (Some(2), End::Refused, 7001)
+        );
+        assert_eq!(t.stats().sockets, 0);
+    }
+
+    #[test]
+    fn a_socket_seen_mid_life_gets_no_invented_durations() {
+        let mut s = Stream::new();
+        let l = (CLIENT, 5000);
+        let r = (SERVER, 80);
+        s.state(0, 0xf, Some(5), l, r, Established, FinWait1);
+        s.state(3, 0xf, Some(5), l, r, FinWait1, FinWait2);
+        s.state(3, 0xf, Some(5), l, r, FinWait2, Close);
+        let (conns, _) = s.run(100);
+        let c = &conns[0];
+        assert_eq!(c.end, End::TimeWait);
+        assert_eq!(c.role, Role::Unknown);
+        assert_eq!(c.ms, None);
+        assert_eq!(
+            c.dwell_ms.established, None,
+            "its ESTABLISHED began before netwatch"
+        );
+        assert_eq!(c.dwell_ms.fin_wait1, Some(3.0));
+    }
+
+    #[test]
+    fn eviction_is_counted() {
+        let mut s = Stream::new();
+        for i in 0..10u64 {
+            s.state(
+                1,
+                0x100 + i,
+                Some(1),
+                (CLIENT, 0),
+                (SERVER, 80),
+                Close,
+                SynSent,
+            );
+        }
+        let (_, t) = s.run(4);
+        assert_eq!(t.stats().sockets, 4);
+        assert_eq!(t.stats().evicted, 6);
+    }
+
+    #[test]
+    fn close_wait_sockets_and_their_ages() {
+        let mut s = Stream::new();
+        let l = (SERVER, 80);
+        for (i, sport) in [(0u64, 5000u16), (1, 5001)] {
+            s.state(0, 0x200 + i, None, l, (CLIENT, sport), Listen, SynRecv);
+            s.state(1, 0x200 + i, None, l, (CLIENT, sport), SynRecv, Established);
+            s.state(
+                1,
+                0x200 + i,
+                Some(77),
+                l,
+                (CLIENT, sport),
+                Established,
+                CloseWait,
+            );
+        }
+        // A socket first seen in CLOSE_WAIT's successor state does not count.
+        let (_, t) = s.run(100);
+        let now = t.now_ns() + 5_000_000_000;
+        let mut cw = t.close_waits(now);
+        cw.sort_by_key(|c| c.dport);
+        assert_eq!(cw.len(), 2);
+        assert_eq!(cw[0].pid, Some(77));
+        assert_eq!(cw[1].age_ms, 5000.0);
+        assert_eq!(cw[0].age_ms, 5002.0);
+        assert!(!cw[0].at_least);
+    }
+}
+
+#[cfg(test)]
+mod size {
+    /// The tracked-socket record stays small (see the README's memory figure).
+    #[test]
+    fn a_tracked_socket_fits_in_200_bytes() {
+        assert!(
+            size_of::<super::Sock>() <= 200,
+            "{}",
+            size_of::<super::Sock>()
+        );
+    }
+}

@@ -1,0 +1,6 @@
+//! From the kernel (or a recording) to a command: the [`sink::Sink`] trait, the stream loop,
+//! recording and replay.
+
+pub mod record;
+pub mod sink;
+pub mod stream;

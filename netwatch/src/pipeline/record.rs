@@ -1,0 +1,349 @@
+//! Recording files: the raw event stream of a live run, so `netwatch analyze` can replay it
+//! offline, without root, and print exactly what the live run printed.
+//!
+//! JSON lines: a header (what the output depends on besides the events: start time, clock
+//! offset, host settings), one [`Event`] per line, and a summary line written at a clean stop
+//! (lost events, kernel counter deltas, stop time). A file without its summary line was cut
+//! short, and `analyze` says so, naming the line, after reporting what it read.
+use std::{
+    fs::File,
+    io::{self, BufRead, BufReader, BufWriter, Write},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    model::analysis::HostSettings,
+    model::event::{Event, JsonEventError},
+    pipeline::sink::Sink,
+};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+/// First line of a recording.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub netwatch_record: u32,
+    /// CLOCK_MONOTONIC ns when tracing started.
+    pub started_ns: u64,
+    /// Unix-epoch ns minus monotonic ns at start (for wall-clock output).
+    pub wall_offset_ns: i128,
+    pub settings: HostSettings,
+}
+
+/// Last line of a recording, written when the run stops cleanly.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// CLOCK_MONOTONIC ns when tracing stopped.
+    pub stopped_ns: u64,
+    pub lost: u64,
+    /// Deltas of the namespace's ListenOverflows and ListenDrops over the run.
+    pub listen_overflows: Option<u64>,
+    pub listen_drops: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SummaryLine {
+    netwatch_summary: Summary,
+}
+
+/// Why a recording could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("cannot open {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("{path}: line 1: not a netwatch recording ({detail})")]
+    NoHeader { path: PathBuf, detail: String },
+    #[error(
+        "{path}: line {line}: unsupported recording version {version} (this netwatch reads {FORMAT_VERSION})"
+    )]
+    Version {
+        path: PathBuf,
+        line: usize,
+        version: u32,
+    },
+    #[error("{path}: line {line}: corrupt record: {detail}")]
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        detail: String,
+    },
+    #[error(
+        "{path}: line {line}: truncated: the recording ends without its summary line (the run that wrote it did not stop cleanly); {events} events were read"
+    )]
+    Truncated {
+        path: PathBuf,
+        line: usize,
+        events: u64,
+    },
+    #[error("{path}: line {line}: {source}")]
+    Read {
+        path: PathBuf,
+        line: usize,
+        source: io::Error,
+    },
+}
+
+/// Writes the recording while passing every event on to the live sink.
+pub struct Recorder<S> {
+    out: BufWriter<File>,
+    inner: S,
+}
+
+impl<S: Sink> Recorder<S> {
+    pub fn create(path: &Path, header: &Header, inner: S) -> io::Result<Self> {
+        let file = File::create(path)?;
+        let mut out = BufWriter::with_capacity(256 * 1024, file);
+        serde_json::to_writer(&mut out, header)?;
+        out.write_all(b"\n")?;
+        Ok(Self { out, inner })
+    }
+
+    /// Writes the summary line and returns the live sink.
+    pub fn finish(mut self, summary: Summary) -> io::Result<S> {
+        serde_json::to_writer(
+            &mut self.out,
+            &SummaryLine {
+                netwatch_summary: summary,
+            },
+        )?;
+        self.out.write_all(b"\n")?;
+        self.out.flush()?;
+        Ok(self.inner)
+    }
+
+    pub fn inner_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+}
+
+impl<S: Sink> Sink for Recorder<S> {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, ev)?;
+        self.out.write_all(b"\n")?;
+        self.inner.event(ev)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        self.inner.flush()
+    }
+}
+
+/// Reads a recording: the header first, then events one by one.
+pub struct Replay {
+    path: PathBuf,
+    reader: BufReader<File>,
+    buf: Vec<u8>,
+    line: usize,
+    events: u64,
+    pub header: Header,
+}
+
+/// What [`Replay::next_event`] found.
+pub enum Item {
+    Event(Box<Event>),
+    End(Summary),
+}
+
+impl Replay {
+    pub fn open(path: &Path) -> Result<Self, RecordError> {
+        let file = File::open(path).map_err(|source| RecordError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let no_header = |detail: String| RecordError::NoHeader {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let mut first = String::new();
+        match reader.read_line(&mut first) {
+            Ok(0) => return Err(no_header("the file is empty".into())),
+            Ok(_) => {}
+            Err(e) => return Err(no_header(e.to_string())),
+        }
+        let header: Header = serde_json::from_str(&first).map_err(|e| no_header(e.to_string()))?;
+        if header.netwatch_record != FORMAT_VERSION {
+            return Err(RecordError::Version {
+                path: path.to_path_buf(),
+                line: 1,
+                version: header.netwatch_record,
+            });
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            reader,
+            buf: Vec::with_capacity(512),
+            line: 1,
+            events: 0,
+            header,
+        })
+    }
+
+    /// The next event, or the summary at the end; an error names the line.
+    pub fn next_item(&mut self) -> Result<Item, RecordError> {
+        self.buf.clear();
+        let n = self
+            .reader
+            .read_until(b'\n', &mut self.buf)
+            .map_err(|source| RecordError::Read {
+                path: self.path.clone(),
+                line: self.line + 1,
+                source,
+            })?;
+        if n == 0 {
+            return Err(RecordError::Truncated {
+                path: self.path.clone(),
+                line: self.line + 1,
+                events: self.events,
+            });
+        }
+        self.line += 1;
+        let line = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
+        if line.starts_with(b"{\"netwatch_summary\"") {
+            let s: SummaryLine =
+                serde_json::from_slice(line).map_err(|e| self.corrupt(JsonEventError::Json(e)))?;
+            return Ok(Item::End(s.netwatch_summary));
+        }
+        let ev = Event::from_json_line(line).map_err(|e| self.corrupt(e))?;
+        self.events += 1;
+        Ok(Item::Event(Box::new(ev)))
+    }
+
+    fn corrupt(&self, e: JsonEventError) -> RecordError {
+        let detail = match e {
+            JsonEventError::Json(e) if e.is_eof() => {
+                format!("the line ends early ({e}); the file was cut short")
+            }
+            e => e.to_string(),
+        };
+        RecordError::Corrupt {
+            path: self.path.clone(),
+            line: self.line,
+            detail,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Collect(Vec<Event>);
+    impl Sink for Collect {
+        fn event(&mut self, ev: &Event) -> io::Result<()> {
+            self.0.push(ev.clone());
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn header() -> Header {
+        Header {
+            netwatch_record: FORMAT_VERSION,
+            started_ns: 7,
+            wall_offset_ns: 1_700_000_000_000_000_000,
+            settings: HostSettings::default(),
+        }
+    }
+
+    fn write(path: &Path, n: u64, finish: bool) -> Vec<Event> {
+        let mut rec = Recorder::create(path, &header(), Collect(vec![])).unwrap();
+        for i in 0..n {
+            rec.event(&Event::test_state(100 + i)).unwrap();
+        }
+        rec.flush().unwrap();
+        if finish {
+            rec.finish(Summary {
+                stopped_ns: 999,
+                lost: 3,
+                ..Summary::default()
+            })
+            .unwrap()
+            .0
+        } else {
+            rec.inner_mut().0.clone()
+        }
+    }
+
+    fn read_all(path: &Path) -> (Vec<Event>, Result<Summary, RecordError>) {
+        let mut r = Replay::open(path).unwrap();
+        let mut evs = vec![];
+        loop {
+            match r.next_item() {
+                Ok(Item::Event(e)) => evs.push(*e),
+                Ok(Item::End(s)) => return (evs, Ok(s)),
+                Err(e) => return (evs, Err(e)),
+            }
+        }
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "netwatch-record-test-{}-{name}",
+            std::process::id()
+        ))
+    }
+
+    #[test]
+    fn a_recording_replays_the_same_events_and_summary() {
+        let path = tmp("ok");
+        let live = write(&path, 5, true);
+        let (evs, summary) = read_all(&path);
+        assert_eq!(evs, live);
+        assert_eq!(summary.unwrap().lost, 3);
+        assert_eq!(Replay::open(&path).unwrap().header, header());
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_file_cut_mid_line_names_the_line_after_the_events_before_it() {
+        let path = tmp("cut");
+        write(&path, 5, true);
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Keep the header, three events, and half of the fourth.
+        let lines: Vec<_> = text.lines().collect();
+        let cut = format!(
+            "{}\n{}\n{}\n{}\n{}",
+            lines[0],
+            lines[1],
+            lines[2],
+            lines[3],
+            &lines[4][..20]
+        );
+        std::fs::write(&path, cut).unwrap();
+        let (evs, err) = read_all(&path);
+        assert_eq!(evs.len(), 3);
+        let msg = err.unwrap_err().to_string();
+        assert!(
+            msg.contains(": line 5: corrupt record: the line ends early"),
+            "{msg}"
+        );
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_file_without_summary_is_truncated() {
+        let path = tmp("nosummary");
+        write(&path, 4, false);
+        let (evs, err) = read_all(&path);
+        assert_eq!(evs.len(), 4);
+        let msg = err.unwrap_err().to_string();
+        assert!(msg.contains(": line 6: truncated"), "{msg}");
+        assert!(msg.contains("4 events were read"), "{msg}");
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn not_a_recording() {
+        let path = tmp("garbage");
+        std::fs::write(&path, "hello\n").unwrap();
+        let msg = Replay::open(&path).err().unwrap().to_string();
+        assert!(msg.contains(": line 1: not a netwatch recording"), "{msg}");
+        let _ = std::fs::remove_file(path);
+    }
+}

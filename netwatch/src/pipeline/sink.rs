@@ -1,0 +1,325 @@
+//! Where events go: text columns for people, JSON lines for jq and for machines.
+use std::{
+    fmt::Write as _,
+    io::{self, Write},
+};
+
+use serde::Serialize;
+
+use crate::{
+    host::clock::WallClock,
+    model::event::{Event, EventKind, endpoint, state_label},
+};
+
+/// Receives every decoded event, then a flush after each batch.
+pub trait Sink {
+    fn event(&mut self, ev: &Event) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+impl Sink for Box<dyn Sink> {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        (**self).event(ev)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (**self).flush()
+    }
+}
+
+/// How the TIME column reads.
+#[derive(Clone, Copy, Debug)]
+pub enum TimeStyle {
+    /// Seconds since netwatch started (`TIME(s)`).
+    Relative { start_ns: u64 },
+    /// Wall-clock `HH:MM:SS.mmm` UTC (`-T`).
+    Wall,
+}
+
+/// tcpstates-like columns: `TIME PID COMM LADDR:LPORT RADDR:RPORT EVENT MS_IN_OLD`, and with
+/// `-w` a last `CGROUP` column (the owner's, see [`crate::host::cgroup::owner_cgroup`]): last
+/// because its width is anything from `/` to a long container path.
+pub struct TextSink<W: Write> {
+    out: W,
+    clock: WallClock,
+    time: TimeStyle,
+    addr_width: usize,
+    /// `-w`: the CGROUP column too.
+    cgroup: bool,
+    header_done: bool,
+}
+
+impl<W: Write> TextSink<W> {
+    /// `wide` makes the address columns fit any IPv6 address, and adds the CGROUP column.
+    pub fn new(out: W, clock: WallClock, time: TimeStyle, wide: bool) -> Self {
+        Self {
+            out,
+            clock,
+            time,
+            addr_width: if wide { 47 } else { 21 },
+            cgroup: wide,
+            header_done: false,
+        }
+    }
+
+    fn header(&mut self) -> io::Result<()> {
+        let time = match self.time {
+            TimeStyle::Relative { .. } => "TIME(s)",
+            TimeStyle::Wall => "TIME",
+        };
+        let w = self.addr_width;
+        write!(
+            self.out,
+            "{time:<12} {:>7} {:<15} {:<w$} {:<w$} {:<34} {:>10}",
+            "PID", "COMM", "LADDR:LPORT", "RADDR:RPORT", "EVENT", "MS_IN_OLD"
+        )?;
+        self.end_line("CGROUP")
+    }
+
+    /// Ends a line, with `cgroup` as the last column under `-w`.
+    fn end_line(&mut self, cgroup: &str) -> io::Result<()> {
+        if self.cgroup {
+            writeln!(self.out, " {cgroup}")
+        } else {
+            writeln!(self.out)
+        }
+    }
+}
+
+/// The EVENT column: `OLD -> NEW` for transitions, the kind and state for the rest.
+pub fn describe(kind: &EventKind) -> String {
+    match kind {
+        EventKind::State {
+            old_state,
+            new_state,
+            ..
+        } => format!("{} -> {}", state_label(*old_state), state_label(*new_state)),
+        EventKind::Retransmit { state, .. }
+        | EventKind::SynackRetransmit { state }
+        | EventKind::ResetReceived { state }
+        | EventKind::Destroy { state }
+        | EventKind::Accept { state } => {
+            format!("{} in {}", kind.label(), state_label(*state))
+        }
+        EventKind::ResetSent { state, reason } => {
+            let mut s = format!("{} in {}", kind.label(), state_label(*state));
+            if let Some(r) = reason {
+                let _ = write!(s, " ({r})");
+            }
+            s
+        }
+    }
+}
+
+impl<W: Write> Sink for TextSink<W> {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        if !self.header_done {
+            self.header()?;
+            self.header_done = true;
+        }
+        let time = match self.time {
+            TimeStyle::Relative { start_ns } => {
+                format!("{:.3}", ev.ts_ns.saturating_sub(start_ns) as f64 / 1e9)
+            }
+            TimeStyle::Wall => self.clock.hms(ev.ts_ns),
+        };
+        let pid = ev.pid.map_or_else(|| "-".to_string(), |p| p.to_string());
+        let comm = ev.comm.as_deref().unwrap_or("-");
+        let ms = match ev.kind {
+            EventKind::State {
+                ms_in_old: Some(ms),
+                ..
+            } => format!("{ms:.3}"),
+            _ => "-".to_string(),
+        };
+        let w = self.addr_width;
+        write!(
+            self.out,
+            "{time:<12} {pid:>7} {comm:<15} {:<w$} {:<w$} {:<34} {ms:>10}",
+            endpoint(ev.saddr, ev.sport),
+            endpoint(ev.daddr, ev.dport),
+            describe(&ev.kind),
+        )?;
+        let cgroup = if self.cgroup {
+            crate::host::cgroup::owner_cgroup(ev.cgroup_id, ev.pid)
+        } else {
+            None
+        };
+        self.end_line(cgroup.as_deref().unwrap_or("-"))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// One JSON object per line: the [`Event`] fields (with `cgroup`, the owner's cgroup path, when
+/// known) plus `time` (RFC 3339, UTC).
+pub struct JsonSink<W: Write> {
+    out: W,
+    clock: WallClock,
+}
+
+impl<W: Write> JsonSink<W> {
+    pub fn new(out: W, clock: WallClock) -> Self {
+        Self { out, clock }
+    }
+}
+
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    time: String,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+impl<W: Write> Sink for JsonSink<W> {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        let line = JsonLine {
+            time: self.clock.rfc3339(ev.ts_ns),
+            event: ev,
+        };
+        serde_json::to_writer(&mut self.out, &line)?;
+        self.out.write_all(b"\n")
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::event::TcpState;
+
+    fn event(kind: EventKind) -> Event {
+        let mut ev = Event::test_state(3_500_000_000);
+        (ev.sock, ev.pid, ev.tid) = (0xffff_0000_0000_0001, Some(42), Some(42));
+        (ev.comm, ev.owner_seen_here) = (Some("curl".into()), true);
+        (ev.saddr, ev.sport) = ("127.0.0.1".parse().unwrap(), 40000);
+        (ev.daddr, ev.dport) = ("127.0.0.1".parse().unwrap(), 80);
+        ev.kind = kind;
+        ev
+    }
+
+    #[test]
+    fn text_line_has_the_tcpstates_columns() {
+        let mut buf = Vec::new();
+        let mut sink = TextSink::new(
+            &mut buf,
+            WallClock::now(),
+            TimeStyle::Relative {
+                start_ns: 1_000_000_000,
+            },
+            false,
+        );
+        let mut kind = EventKind::state(TcpState::SynSent, TcpState::Established);
+        if let EventKind::State { ms_in_old, .. } = &mut kind {
+            *ms_in_old = Some(0.25);
+        }
+        sink.event(&event(kind)).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        let header: Vec<_> = lines[0].split_whitespace().collect();
+        assert_eq!(
+            header,
+            [
+                "TIME(s)",
+                "PID",
+                "COMM",
+                "LADDR:LPORT",
+                "RADDR:RPORT",
+                "EVENT",
+                "MS_IN_OLD"
+            ]
+        );
+        let row: Vec<_> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            row,
+            [
+                "2.500",
+                "42",
+                "curl",
+                "127.0.0.1:40000",
+                "127.0.0.1:80",
+                "SYN_SENT",
+                "->",
+                "ESTABLISHED",
+                "0.250"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_owner_prints_dashes() {
+        let mut ev = event(EventKind::ResetReceived {
+            state: Some(TcpState::SynSent),
+        });
+        ev.pid = None;
+        ev.comm = None;
+        let mut buf = Vec::new();
+        let mut sink = TextSink::new(&mut buf, WallClock::now(), TimeStyle::Wall, true);
+        sink.event(&ev).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let row: Vec<_> = text.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(&row[1..3], ["-", "-"]);
+        assert_eq!(&row[5..8], ["RESET_RECEIVED", "in", "SYN_SENT"]);
+        // -w: the owner's cgroup last, `-` when unknown.
+        let header: Vec<_> = text.lines().next().unwrap().split_whitespace().collect();
+        assert_eq!(header.last(), Some(&"CGROUP"));
+        assert_eq!(row.last(), Some(&"-"));
+    }
+
+    /// The cgroup id of this host's cgroup v2 root (resolves to `/`), if one is mounted.
+    fn root_cgroup_id() -> Option<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        let mount = crate::host::cgroup::cgroup2_mount()?;
+        Some(std::fs::metadata(mount).ok()?.ino())
+    }
+
+    #[test]
+    fn json_lines_carry_the_owner_cgroup_when_known() {
+        let line = |cgroup_id: Option<u64>| {
+            let mut ev = event(EventKind::Destroy { state: None });
+            (ev.pid, ev.cgroup_id) = (None, cgroup_id);
+            let mut buf = Vec::new();
+            JsonSink::new(&mut buf, WallClock::now())
+                .event(&ev)
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&buf).unwrap()
+        };
+        // Unknown: no key (the id is kept as it is).
+        let v = line(Some(u64::MAX - 1));
+        assert!(v.get("cgroup").is_none(), "{v}");
+        assert_eq!(v["cgroup_id"], u64::MAX - 1);
+        assert!(line(None).get("cgroup").is_none());
+        let Some(root) = root_cgroup_id() else {
+            eprintln!("SKIPPED: no cgroup v2 hierarchy mounted");
+            return;
+        };
+        let v = line(Some(root));
+        assert_eq!(v["cgroup"], "/", "{v}");
+        assert_eq!(v["cgroup_id"], root);
+        // The rest of the line is still flat: the derived fields and the kind's.
+        assert_eq!(v["kind"], "destroy");
+        assert_eq!(v["sock"], "0xffff000000000001");
+    }
+
+    #[test]
+    fn json_lines_carry_time_and_kind() {
+        let mut buf = Vec::new();
+        let mut sink = JsonSink::new(&mut buf, WallClock::now());
+        sink.event(&event(EventKind::ResetSent {
+            state: Some(TcpState::Established),
+            reason: Some("NO_SOCKET".into()),
+        }))
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["kind"], "reset_sent");
+        assert_eq!(v["reason"], "NO_SOCKET");
+        assert_eq!(v["state"], "ESTABLISHED");
+        assert!(v["time"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1);
+    }
+}

@@ -1,0 +1,196 @@
+//! Drains the ring buffer into a sink until Ctrl-C, SIGTERM, a deadline, or a closed output,
+//! then detaches and accounts for every event the kernel produced.
+//!
+//! The kernel wakes this reader only when a quarter of the ring is full; otherwise a timer
+//! collects what waits every [`DRAIN_INTERVAL`]: one wakeup per batch instead of per event,
+//! and an event waits at most that long before it is printed.
+use std::{io, os::fd::AsRawFd as _, time::Duration};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+    time::{Instant, MissedTickBehavior, interval, sleep_until},
+};
+
+use crate::{
+    kernel::probe::{KernelStats, Probe},
+    model::event::{DecodeContext, Event, raw_from_bytes},
+    pipeline::sink::Sink,
+};
+
+/// The longest an event waits in the ring buffer before user space reads it.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+
+/// How long to wait, after detaching, for events still being written by a program that was
+/// running when the detach happened.
+const FINAL_DRAIN_BOUND: Duration = Duration::from_secs(2);
+
+/// Why the stream stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    Signal,
+    Deadline,
+    OutputClosed,
+}
+
+/// What happened to the events of one run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub kernel: KernelStats,
+    /// Events read from the ring buffer (decoded or not).
+    pub delivered: u64,
+    /// Records that could not be decoded (a bug, reported rather than hidden).
+    pub undecodable: u64,
+}
+
+impl Summary {
+    /// Events neither delivered nor counted lost: zero unless the final drain ran out of time.
+    pub fn unaccounted(&self) -> u64 {
+        self.kernel
+            .produced
+            .saturating_sub(self.delivered + self.kernel.lost)
+    }
+
+    /// One line for stderr.
+    pub fn line(&self) -> String {
+        let mut s = format!(
+            "netwatch: {} events seen, {} lost (produced={} delivered={} lost={})",
+            self.delivered,
+            self.kernel.lost,
+            self.kernel.produced,
+            self.delivered,
+            self.kernel.lost
+        );
+        if self.kernel.lost > 0 {
+            s.push_str("; the ring buffer was full: try a larger --ring-size");
+        }
+        if self.kernel.filtered > 0 {
+            s.push_str(&format!(
+                "; {} filtered out in the kernel (filtered={})",
+                self.kernel.filtered, self.kernel.filtered
+            ));
+        }
+        if self.kernel.sockets_full > 0 {
+            s.push_str(&format!(
+                "; {} sockets went unattributed: more than {} live sockets",
+                self.kernel.sockets_full,
+                netwatch_common::SOCKETS_MAX_ENTRIES
+            ));
+        }
+        if self.kernel.read_failed > 0 {
+            s.push_str(&format!(
+                "; {} events dropped in the kernel: a record or field could not be read \
+                 (read_failed={})",
+                self.kernel.read_failed, self.kernel.read_failed
+            ));
+        }
+        if self.undecodable > 0 {
+            s.push_str(&format!("; {} undecodable records", self.undecodable));
+        }
+        if self.unaccounted() > 0 {
+            s.push_str(&format!("; {} still in flight at exit", self.unaccounted()));
+        }
+        s
+    }
+}
+
+struct Reader<'a> {
+    decode: DecodeContext,
+    sink: &'a mut dyn Sink,
+    summary: Summary,
+}
+
+impl Reader<'_> {
+    /// Reads everything waiting in the ring; `Err` only when the output is gone.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
+        let mut result = Ok(());
+        while let Some(item) = ring.next() {
+            self.summary.delivered += 1;
+            if result.is_err() {
+                continue; // keep consuming so the kernel's ring does not stay full
+            }
+            match raw_from_bytes(&item).and_then(|raw| Event::decode(&raw, &self.decode)) {
+                Ok(ev) => result = self.sink.event(&ev),
+                Err(e) => {
+                    self.summary.undecodable += 1;
+                    log::debug!("undecodable record: {e}");
+                }
+            }
+        }
+        result.and_then(|()| self.sink.flush())
+    }
+}
+
+/// The reader left (`BrokenPipe`), or the user quit a live view (`Interrupted`, from the
+/// sink's `flush`): stop as on a signal.
+fn output_closed(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::Interrupted
+    )
+}
+
+/// Streams events into `sink` until a signal, `deadline`, or a closed output.
+pub async fn run(
+    probe: &mut Probe,
+    sink: &mut dyn Sink,
+    deadline: Option<Duration>,
+) -> anyhow::Result<(Summary, StopReason)> {
+    let ring = probe.take_ring()?;
+    let fd = ring.as_raw_fd();
+    // SAFETY: `ring` owns the map's file descriptor and the AsyncFd owns `ring`, so the fd stays
+    // open and unchanged (as_raw_fd always returns that same map fd) for the AsyncFd's lifetime.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .with_context(|| format!("registering ring buffer fd {fd} with epoll"))?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut tick = interval(DRAIN_INTERVAL);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let end = deadline.map(|d| Instant::now() + d);
+    let far = Instant::now() + Duration::from_secs(86_400 * 365 * 100);
+
+    let mut reader = Reader {
+        decode: probe.decode.clone(),
+        sink,
+        summary: Summary::default(),
+    };
+    let stop = loop {
+        let drained = tokio::select! {
+            _ = sigint.recv() => break StopReason::Signal,
+            _ = sigterm.recv() => break StopReason::Signal,
+            _ = sleep_until(end.unwrap_or(far)) => break StopReason::Deadline,
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                let r = reader.drain(guard.get_inner_mut());
+                guard.clear_ready();
+                r
+            }
+            _ = tick.tick() => reader.drain(ring.get_mut()),
+        };
+        match drained {
+            Ok(()) => {}
+            Err(e) if output_closed(&e) => break StopReason::OutputClosed,
+            Err(e) => return Err(e).context("writing output"),
+        }
+    };
+
+    // Detach first, then read until every produced event is delivered or counted lost.
+    probe.detach();
+    let bound = Instant::now() + FINAL_DRAIN_BOUND;
+    loop {
+        if let Err(e) = reader.drain(ring.get_mut())
+            && !output_closed(&e)
+        {
+            return Err(e).context("writing output");
+        }
+        reader.summary.kernel = probe.stats()?;
+        if reader.summary.unaccounted() == 0 || Instant::now() >= bound {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok((reader.summary, stop))
+}
