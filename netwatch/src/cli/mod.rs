@@ -1,9 +1,15 @@
 //! The command line: what an SRE types, with examples in `--help`.
-use std::time::Duration;
+use std::{ops::RangeInclusive, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::kernel::probe::{DEFAULT_RING_BYTES, check_ring_bytes};
+use crate::model::{event::Family, filter, selection::Selection};
+
+/// Distinct peers labelled by default (`--max-peers`).
+pub const DEFAULT_MAX_PEERS: usize = 100;
+/// Distinct (comm, cgroup) label pairs by default (`--max-processes`).
+pub const DEFAULT_MAX_PROCESSES: usize = 500;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -82,7 +88,7 @@ pub enum Command {
         netwatch top --interval 2s -D 5432\n  \
         netwatch top --duration 10s > summaries.txt   # not a terminal: plain text"
     )]
-    Top(crate::commands::top::TopArgs),
+    Top(TopArgs),
     /// Export Prometheus metrics (OpenMetrics text on /metrics, and /healthz) while tracing
     #[command(after_help = "Examples:\n  \
         netwatch serve                               # http://127.0.0.1:9750/metrics\n  \
@@ -204,10 +210,10 @@ pub struct ServeArgs {
     #[arg(long)]
     pub peer_labels: bool,
     /// Most peers labelled; later ones count under peer="other"
-    #[arg(long, value_name = "N", default_value_t = crate::commands::metrics::DEFAULT_MAX_PEERS)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PEERS)]
     pub max_peers: usize,
     /// Most (comm, cgroup) label pairs; later ones count under comm="other"
-    #[arg(long, value_name = "N", default_value_t = crate::commands::metrics::DEFAULT_MAX_PROCESSES)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PROCESSES)]
     pub max_processes: usize,
     #[command(flatten)]
     pub filter: FilterArgs,
@@ -286,10 +292,10 @@ pub struct FilterArgs {
     #[arg(short = 'p', long = "pid", value_name = "PID", value_delimiter = ',')]
     pub pids: Vec<u32>,
     /// Only these local ports: 80, 8000-8080, 22,443; decided in the kernel
-    #[arg(short = 'L', long = "localport", value_name = "PORTS", value_parser = crate::model::selection::parse_ports)]
+    #[arg(short = 'L', long = "localport", value_name = "PORTS", value_parser = parse_ports)]
     pub local_ports: Vec<Vec<std::ops::RangeInclusive<u16>>>,
     /// Only these remote ports: 5432, 1-1023; decided in the kernel
-    #[arg(short = 'D', long = "remoteport", value_name = "PORTS", value_parser = crate::model::selection::parse_ports)]
+    #[arg(short = 'D', long = "remoteport", value_name = "PORTS", value_parser = parse_ports)]
     pub remote_ports: Vec<Vec<std::ops::RangeInclusive<u16>>>,
     /// IPv4 only
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
@@ -419,9 +425,165 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `80`, `8000-8080`, `22,443,8000-8080`.
+pub fn parse_ports(s: &str) -> Result<Vec<RangeInclusive<u16>>, String> {
+    s.split(',')
+        .map(|part| {
+            let num = |t: &str| {
+                t.trim()
+                    .parse::<u16>()
+                    .map_err(|_| format!("`{t}` in `{s}` is not a port (0-65535)"))
+            };
+            match part.split_once('-') {
+                Some((lo, hi)) => {
+                    let (lo, hi) = (num(lo)?, num(hi)?);
+                    if lo > hi {
+                        return Err(format!("range `{part}` in `{s}` runs backwards"));
+                    }
+                    Ok(lo..=hi)
+                }
+                None => num(part).map(|p| p..=p),
+            }
+        })
+        .collect()
+}
+
+/// The cgroup v2 id of a cgroup path: the inode number of its directory.
+impl FilterArgs {
+    /// The selection these flags and the expression make, checked before anything is
+    /// attached: a bad port, expression or cgroup path is an error naming the token.
+    pub fn selection(&self) -> anyhow::Result<Selection> {
+        Ok(Selection {
+            pids: self.pids.clone(),
+            local_ports: self.local_ports.iter().flatten().cloned().collect(),
+            remote_ports: self.remote_ports.iter().flatten().cloned().collect(),
+            family: if self.ipv4 {
+                Some(Family::Ipv4)
+            } else if self.ipv6 {
+                Some(Family::Ipv6)
+            } else {
+                None
+            },
+            comm: self.comm.clone(),
+            cgroup_id: self
+                .cgroup
+                .as_deref()
+                .map(crate::host::cgroup::id_of_path)
+                .transpose()
+                .map_err(anyhow::Error::msg)?,
+            expr: filter::parse_args(&self.filter)?,
+        })
+    }
+}
+
+/// `netwatch top` (and plain `netwatch`).
+#[derive(Args, Debug, Clone)]
+pub struct TopArgs {
+    /// How often the view refreshes; without a terminal, how often a summary prints
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+    // --close-wait-age also sets the CLOSE_WAIT holders. "stuck" column
+    #[command(flatten)]
+    pub thresholds: ThresholdArgs,
+    #[command(flatten)]
+    pub tracker: TrackerArgs,
+}
+
+impl Default for TopArgs {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            filter: FilterArgs::default(),
+            run: RunArgs::default(),
+            thresholds: ThresholdArgs::default(),
+            tracker: TrackerArgs::default(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::model::event::{Event, EventKind, TcpState};
+    use netwatch_common::AF_INET;
+
+    fn sel(args: &[&str]) -> Selection {
+        use clap::Parser as _;
+        let cli = Cli::try_parse_from(["netwatch", "trace"].iter().chain(args).copied())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let Some(Command::Trace(t)) = cli.command else {
+            panic!("trace")
+        };
+        t.filter.selection().unwrap()
+    }
+
+    fn event(pid: u32, sport: u16, dport: u16, new: TcpState) -> Event {
+        let mut ev = Event::test_state(1);
+        ev.pid = Some(pid);
+        ev.comm = Some("app".into());
+        ev.saddr = "10.0.0.1".parse().unwrap();
+        ev.daddr = "10.0.0.2".parse().unwrap();
+        (ev.sport, ev.dport) = (sport, dport);
+        ev.kind = EventKind::state(TcpState::Established, new);
+        ev
+    }
+
+    #[test]
+    fn ports_lists_and_ranges() {
+        assert_eq!(parse_ports("80"), Ok(vec![80..=80]));
+        assert_eq!(parse_ports("22,8000-8080"), Ok(vec![22..=22, 8000..=8080]));
+        assert_eq!(
+            parse_ports("9-1").unwrap_err(),
+            "range `9-1` in `9-1` runs backwards"
+        );
+        assert_eq!(
+            parse_ports("http").unwrap_err(),
+            "`http` in `http` is not a port (0-65535)"
+        );
+    }
+
+    #[test]
+    fn flags_and_expression_combine() {
+        let s = sel(&["-p", "42", "-D", "5432", "state", "close-wait"]);
+        assert!(s.event(&event(42, 40000, 5432, TcpState::CloseWait)));
+        assert!(!s.event(&event(43, 40000, 5432, TcpState::CloseWait)));
+        assert!(!s.event(&event(42, 40000, 5433, TcpState::CloseWait)));
+        assert!(!s.event(&event(42, 40000, 5432, TcpState::Established)));
+        let k = s.kernel();
+        assert_eq!((k.n_pids, k.pids[0]), (1, 42));
+        assert_eq!((k.n_remote_ports, k.remote_ports[0]), (1, [5432, 5432]));
+        assert_eq!(k.n_local_ports, 0);
+    }
+
+    #[test]
+    fn expression_ports_go_to_the_kernel() {
+        let s = sel(&["( dport = :80 or dport = :443 )"]);
+        let k = s.kernel();
+        assert_eq!(k.n_remote_ports, 2);
+        assert_eq!(&k.remote_ports[..2], &[[80, 80], [443, 443]]);
+        let s = sel(&["-4", "dst", "10.0.0.0/8", "and", "not", "dport", "=", ":22"]);
+        let k = s.kernel();
+        assert_eq!(k.family, AF_INET);
+        assert_eq!(&k.remote_ports[..2], &[[0, 21], [23, 65535]]);
+        assert!(s.event(&event(1, 1, 80, TcpState::Established)));
+        assert!(!s.event(&event(1, 1, 22, TcpState::Established)));
+    }
+
+    #[test]
+    fn a_bad_expression_names_the_token_and_column() {
+        use clap::Parser as _;
+        let cli = Cli::try_parse_from(["netwatch", "trace", "dport", "=", "80x"]).unwrap();
+        let Some(Command::Trace(t)) = cli.command else {
+            panic!()
+        };
+        let err = t.filter.selection().unwrap_err().to_string();
+        assert_eq!(err, "expected ':PORT' after 'dport =' at column 9");
+    }
 
     #[test]
     fn intervals_are_at_least_the_drain_interval() {

@@ -116,7 +116,7 @@ impl<W: Write> LifeSink<W> {
     }
 
     /// Ends what is still waiting (end of stream) and prints it.
-    pub fn finish(&mut self) -> io::Result<()> {
+    fn print_end(&mut self) -> io::Result<()> {
         let mut done = Vec::new();
         self.tracker.flush(&mut |Fact::Ended(c)| done.push(c));
         for c in done {
@@ -126,7 +126,30 @@ impl<W: Write> LifeSink<W> {
     }
 }
 
+/// What `life` (and `analyze --life`) prints: one line per connection as it ends.
+pub fn output(
+    o: &crate::cli::OutputArgs,
+    selection: Selection,
+    max_sockets: usize,
+) -> Box<dyn Sink> {
+    Box::new(LifeSink::new(
+        super::stdout(),
+        o.json,
+        o.wide,
+        max_sockets,
+        selection,
+    ))
+}
+
 impl<W: Write> Sink for LifeSink<W> {
+    fn finish(
+        mut self: Box<Self>,
+        _header: &crate::pipeline::record::Header,
+        _summary: &crate::pipeline::record::Summary,
+    ) -> io::Result<()> {
+        self.print_end()
+    }
+
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         if ev.owner_seen_here && (self.json || self.wide) {
             crate::host::cgroup::note_owner(ev.cgroup_id, ev.pid);
@@ -170,7 +193,7 @@ mod tests {
         while let Item::Event(ev) = r.next_item().unwrap() {
             sink.event(&ev).unwrap();
         }
-        sink.finish().unwrap();
+        sink.print_end().unwrap();
         let text = String::from_utf8(sink.out).unwrap();
         text.lines().map(String::from).collect()
     }

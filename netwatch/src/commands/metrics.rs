@@ -35,6 +35,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+use crate::cli::{DEFAULT_MAX_PEERS, DEFAULT_MAX_PROCESSES};
 use crate::{
     commands::http::{Response, Route},
     host::clock::monotonic_ns,
@@ -46,10 +47,6 @@ use crate::{
     pipeline::sink::Sink,
 };
 
-/// Distinct peers labelled by default (`--max-peers`).
-pub const DEFAULT_MAX_PEERS: usize = 100;
-/// Distinct (comm, cgroup) label pairs by default (`--max-processes`).
-pub const DEFAULT_MAX_PROCESSES: usize = 500;
 /// The label value everything past a cap counts under.
 pub const OTHER: &str = "other";
 /// How often gauges and kernel counters are refreshed.
@@ -423,10 +420,6 @@ impl MetricsSink {
     }
 
     /// Where the kernel's lost-event counter is read from, once a second.
-    pub fn set_kernel_stats(&mut self, reader: StatsReader) {
-        self.kernel = Some(reader);
-    }
-
     fn peer_labels(&mut self, mut labels: Labels, ip: IpAddr) -> Labels {
         if self.caps.peer_labels {
             labels.push(("peer", self.peers.label(ip)));
@@ -609,6 +602,11 @@ impl Drop for MetricsSink {
 }
 
 impl Sink for MetricsSink {
+    fn attach(&mut self, probe: &crate::kernel::probe::Probe) -> anyhow::Result<()> {
+        self.kernel = Some(probe.stats_reader()?);
+        Ok(())
+    }
+
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         self.m.events.inc();
         if ev.owner_seen_here {

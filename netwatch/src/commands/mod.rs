@@ -1,5 +1,6 @@
-//! The subcommands: one output pipeline ([`Output`]) fed either live from the kernel or from a
-//! recording, so that `analyze` prints exactly what the live run printed.
+//! The subcommands. Each one turns its arguments into a [`Sink`] (its own module holds the sink
+//! and its rendering) and hands it to the runner ([`crate::pipeline::run`]), live from the
+//! kernel or from a recording: that is why `analyze` prints what the live run printed.
 pub mod doctor;
 pub mod http;
 pub mod leaks;
@@ -7,31 +8,25 @@ pub mod life;
 pub mod metrics;
 pub mod report;
 pub mod top;
+pub mod trace;
 
 use std::io::{self, BufWriter, Stdout, Write};
 
 use anyhow::Context as _;
 
 use crate::{
-    cli::ServeArgs,
-    cli::{
-        AnalyzeArgs, LeaksArgs, LifeArgs, OutputArgs, ReportArgs, RunArgs, ThresholdArgs, TraceArgs,
+    cli::{AnalyzeArgs, LeaksArgs, LifeArgs, ReportArgs, RunArgs, ServeArgs, TopArgs, TraceArgs},
+    commands::{
+        leaks::LeaksSink,
+        metrics::{Exporter, MetricsSink},
+        top::TopSink,
     },
-    commands::leaks::LeaksSink,
-    commands::life::LifeSink,
-    commands::metrics::{Exporter, MetricsSink},
-    commands::report::ReportSink,
-    commands::top::{TopArgs, TopSink},
-    host::clock::{WallClock, monotonic_ns},
-    host::netstat,
-    host::stacks::Stacks,
-    kernel::probe::{self, Probe, ProbeConfig},
-    model::analysis::{HostSettings, Thresholds},
-    model::event::Event,
+    kernel::probe::ProbeConfig,
     model::selection::Selection,
-    pipeline::record::{self, Header, Item, Recorder, Replay, Summary},
-    pipeline::sink::{JsonSink, Sink, TextSink, TimeStyle},
-    pipeline::stream,
+    pipeline::{
+        record::Replay,
+        run::{self, Live, broken_pipe_ok},
+    },
 };
 
 type Stdio = BufWriter<Stdout>;
@@ -40,303 +35,39 @@ fn stdout() -> Stdio {
     BufWriter::with_capacity(64 * 1024, io::stdout())
 }
 
-/// Passes on only the events the selection keeps.
-struct Filtered<S> {
-    selection: Selection,
-    inner: S,
-}
-
-impl<S: Sink> Sink for Filtered<S> {
-    fn event(&mut self, ev: &Event) -> io::Result<()> {
-        if self.selection.event(ev) {
-            self.inner.event(ev)
-        } else {
-            Ok(())
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// What a run prints.
-enum Output {
-    /// `trace`; with `--stacks`, `stacks` symbolizes the code path of accept and connect events
-    /// (set once the probe is loaded).
-    Trace {
-        sink: Box<dyn Sink>,
-        want_stacks: bool,
-        stacks: Option<Box<Stacks>>,
-    },
-    Life(Box<LifeSink<Stdio>>),
-    Report {
-        sink: Box<ReportSink>,
-        output: OutputArgs,
-    },
-    /// `serve`: metrics, read by the HTTP tasks; prints nothing.
-    Serve(Box<MetricsSink>),
-    /// `top`: the live view.
-    Top(Box<TopSink>),
-    /// `leaks`: stuck sockets, their owners and code paths.
-    Leaks(Box<LeaksSink<Stdio>>),
-}
-
-impl Output {
-    fn trace(o: &OutputArgs, stacks: bool, selection: Selection, header: &Header) -> Self {
-        let clock = WallClock::from_offset(header.wall_offset_ns);
-        let sink: Box<dyn Sink> = if o.json {
-            Box::new(JsonSink::new(stdout(), clock))
-        } else {
-            let time = if o.timestamp {
-                TimeStyle::Wall
-            } else {
-                TimeStyle::Relative {
-                    start_ns: header.started_ns,
-                }
-            };
-            Box::new(TextSink::new(stdout(), clock, time, o.wide))
-        };
-        Output::Trace {
-            sink: if selection.is_empty() {
-                sink
-            } else {
-                Box::new(Filtered {
-                    selection,
-                    inner: sink,
-                })
-            },
-            want_stacks: o.json && stacks,
-            stacks: None,
-        }
-    }
-
-    fn life(o: &OutputArgs, selection: Selection, max_sockets: usize) -> Self {
-        Output::Life(Box::new(LifeSink::new(
-            stdout(),
-            o.json,
-            o.wide,
-            max_sockets,
-            selection,
-        )))
-    }
-
-    fn report(
-        t: &ThresholdArgs,
-        selection: Selection,
-        max_sockets: usize,
-        output: &OutputArgs,
-        header: &Header,
-    ) -> Self {
-        let thresholds = Thresholds {
-            close_wait_age_ms: t.close_wait_age.as_secs_f64() * 1000.0,
-            close_wait_alarm: t.close_wait_alarm,
-            time_wait_alarm: t.time_wait_alarm,
-        };
-        Output::Report {
-            sink: Box::new(ReportSink::new(
-                header.settings.clone(),
-                thresholds,
-                max_sockets,
-                selection,
-            )),
-            output: output.clone(),
-        }
-    }
-
-    /// The stream stopped: a live view gives the terminal back before the summary line.
-    fn stopped(&mut self, stop: stream::StopReason) {
-        if let Output::Top(s) = self {
-            s.stopped(stop);
-        }
-    }
-
-    /// Prints what is printed at the end of a run.
-    fn finish(self, header: &Header, summary: &Summary) -> io::Result<()> {
-        match self {
-            Output::Trace { mut sink, .. } => sink.flush(),
-            Output::Life(mut s) => s.finish(),
-            Output::Serve(_) => Ok(()),
-            Output::Top(s) => s.finish(header, summary),
-            Output::Leaks(s) => s.finish(),
-            Output::Report { mut sink, output } => {
-                let listen = summary.listen_overflows.zip(summary.listen_drops);
-                let r = sink.report(summary.stopped_ns, header.started_ns, summary.lost, listen);
-                let mut out = stdout();
-                if output.json {
-                    serde_json::to_writer_pretty(&mut out, &r)?;
-                    out.write_all(b"\n")?;
-                } else {
-                    let clock = WallClock::from_offset(header.wall_offset_ns);
-                    let style = report::Style {
-                        wide: output.wide,
-                        span: output.timestamp.then(|| {
-                            (
-                                clock.rfc3339(header.started_ns),
-                                clock.rfc3339(summary.stopped_ns),
-                            )
-                        }),
-                    };
-                    out.write_all(report::render(&r, &style).as_bytes())?;
-                }
-                out.flush()
-            }
-        }
-    }
-}
-
-impl Sink for Output {
-    fn event(&mut self, ev: &Event) -> io::Result<()> {
-        match self {
-            Output::Trace {
-                sink,
-                stacks: Some(stacks),
-                ..
-            } => match (ev.pid, ev.stack_id) {
-                (Some(pid), Some(id)) if ev.opens_socket() => {
-                    let mut ev = ev.clone();
-                    ev.stack = stacks.frames(pid, id, ev.sp_word).to_vec();
-                    sink.event(&ev)
-                }
-                _ => sink.event(ev),
-            },
-            Output::Trace { sink, .. } => sink.event(ev),
-            Output::Life(s) => s.event(ev),
-            Output::Report { sink, .. } => sink.event(ev),
-            Output::Serve(sink) => sink.event(ev),
-            Output::Top(sink) => sink.event(ev),
-            Output::Leaks(sink) => sink.event(ev),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Output::Trace { sink, .. } => sink.flush(),
-            Output::Life(s) => s.flush(),
-            Output::Report { sink, .. } => sink.flush(),
-            Output::Serve(sink) => sink.flush(),
-            Output::Top(sink) => sink.flush(),
-            Output::Leaks(sink) => sink.flush(),
-        }
-    }
-}
-
-fn broken_pipe_ok(r: io::Result<()>) -> anyhow::Result<()> {
-    match r {
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        r => r.context("writing output"),
-    }
-}
-
-/// Attaches, streams into `make(header)` until stopped, then prints the summary and the
-/// output's ending; with `--record`, writes the recording alongside.
-async fn live(
-    run: &RunArgs,
-    selection: &Selection,
-    make: impl FnOnce(&Header) -> Output,
-) -> anyhow::Result<()> {
-    let config = ProbeConfig {
-        ring_bytes: run.ring_size,
-        filter: selection.kernel(),
-        capture_stacks: ProbeConfig::stacks_from_env(),
-    };
-    let mut probe = Probe::attach(&config)?;
-    for w in &probe.warnings {
-        log::warn!("{w}");
-    }
-    let header = Header {
-        netwatch_record: record::FORMAT_VERSION,
-        started_ns: monotonic_ns(),
-        wall_offset_ns: WallClock::now().offset_ns(),
-        settings: HostSettings::read(),
-    };
-    let listen_before = netstat::listen_counters();
-    let mut output = make(&header);
-    if let Output::Serve(sink) = &mut output {
-        sink.set_kernel_stats(probe.stats_reader()?);
-    }
-    if let Output::Top(sink) = &mut output {
-        sink.set_kernel_stats(probe.stats_reader()?);
-    }
-    if let Output::Trace {
-        want_stacks: true,
-        stacks,
-        ..
-    } = &mut output
-    {
-        *stacks = Some(Box::new(Stacks::new(probe.stack_map()?)));
-    }
-    if let Output::Leaks(sink) = &mut output
-        && config.capture_stacks
-    {
-        sink.set_stacks(Stacks::new(probe.stack_map()?));
-    }
-    eprintln!(
-        "netwatch: tracing TCP events ({} of {} tracepoints attached); Ctrl-C to stop",
-        probe.attached(),
-        probe::tracepoint_count()
-    );
-    let (output, summary) = match &run.record {
-        Some(path) => {
-            let mut rec = Recorder::create(path, &header, output)
-                .with_context(|| format!("creating the recording {}", path.display()))?;
-            let (stats, stop) = stream::run(&mut probe, &mut rec, run.duration).await?;
-            rec.inner_mut().stopped(stop);
-            let summary = summarize(stats.kernel.lost, listen_before);
-            eprintln!("{}", stats.line());
-            let output = rec
-                .finish(summary.clone())
-                .with_context(|| format!("finishing the recording {}", path.display()))?;
-            (output, summary)
-        }
-        None => {
-            let mut output = output;
-            let (stats, stop) = stream::run(&mut probe, &mut output, run.duration).await?;
-            output.stopped(stop);
-            eprintln!("{}", stats.line());
-            (output, summarize(stats.kernel.lost, listen_before))
-        }
-    };
-    drop(probe);
-    broken_pipe_ok(output.finish(&header, &summary))
-}
-
-fn summarize(lost: u64, listen_before: Option<(u64, u64)>) -> Summary {
-    let listen = listen_before
-        .zip(netstat::listen_counters())
-        .map(|(b, a)| (a.0.saturating_sub(b.0), a.1.saturating_sub(b.1)));
-    Summary {
-        stopped_ns: monotonic_ns(),
-        lost,
-        listen_overflows: listen.map(|l| l.0),
-        listen_drops: listen.map(|l| l.1),
+/// A live run as the command line asks for it, with the selection's kernel-side filter.
+fn live_options(run: &RunArgs, selection: &Selection) -> Live {
+    Live {
+        config: ProbeConfig {
+            ring_bytes: run.ring_size,
+            filter: selection.kernel(),
+            capture_stacks: ProbeConfig::stacks_from_env(),
+        },
+        duration: run.duration,
+        record: run.record.clone(),
     }
 }
 
 pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
-    let selection = Selection::from_args(&args.filter)?;
-    let o = args.output;
-    let stacks = args.stacks;
-    live(&args.run, &selection.clone(), |h| {
-        Output::trace(&o, stacks, selection, h)
+    let selection = args.filter.selection()?;
+    let live = live_options(&args.run, &selection);
+    run::live(live, |h| {
+        trace::output(&args.output, args.stacks, selection, h)
     })
     .await
 }
 
 pub async fn life(args: LifeArgs) -> anyhow::Result<()> {
-    let selection = Selection::from_args(&args.filter)?;
-    let o = args.output;
+    let selection = args.filter.selection()?;
+    let live = live_options(&args.run, &selection);
     let max = args.tracker.max_sockets;
-    live(&args.run, &selection.clone(), |_| {
-        Output::life(&o, selection, max)
-    })
-    .await
+    run::live(live, |_| life::output(&args.output, selection, max)).await
 }
 
 /// `netwatch serve`: the metrics server runs beside the stream, on the same runtime, until the
 /// stream stops.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let selection = Selection::from_args(&args.filter)?;
+    let selection = args.filter.selection()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -354,8 +85,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_processes: args.max_processes,
     };
     let max = args.tracker.max_sockets;
-    let result = live(&args.run, &selection.clone(), |_| {
-        Output::Serve(Box::new(MetricsSink::new(exporter, caps, max, selection)))
+    let live = live_options(&args.run, &selection);
+    let result = run::live(live, |_| {
+        Box::new(MetricsSink::new(exporter, caps, max, selection))
     })
     .await;
     server.abort();
@@ -364,11 +96,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// `netwatch top` (and plain `netwatch`): the live view.
 pub async fn top(args: TopArgs) -> anyhow::Result<()> {
-    let selection = Selection::from_args(&args.filter)?;
-    live(&args.run, &selection.clone(), |h| {
-        Output::Top(Box::new(TopSink::new(&args, selection, h)))
-    })
-    .await
+    let selection = args.filter.selection()?;
+    let live = live_options(&args.run, &selection);
+    run::live(live, |h| Box::new(TopSink::new(&args, selection, h))).await
 }
 
 fn leaks_style(args: &LeaksArgs) -> leaks::Style {
@@ -384,13 +114,14 @@ fn leaks_style(args: &LeaksArgs) -> leaks::Style {
 /// reveals.
 pub async fn leaks(args: LeaksArgs) -> anyhow::Result<()> {
     let style = leaks_style(&args);
-    live(&args.run, &Selection::default(), |_| {
-        Output::Leaks(Box::new(LeaksSink::new(
+    let live = live_options(&args.run, &Selection::default());
+    run::live(live, |_| {
+        Box::new(LeaksSink::new(
             stdout(),
             style,
             args.interval,
             args.tracker.max_sockets,
-        )))
+        ))
     })
     .await
 }
@@ -401,12 +132,11 @@ pub fn leaks_once(args: &LeaksArgs) -> anyhow::Result<()> {
 }
 
 pub async fn report(args: ReportArgs) -> anyhow::Result<()> {
-    let selection = Selection::from_args(&args.filter)?;
-    let t = args.thresholds;
+    let selection = args.filter.selection()?;
+    let live = live_options(&args.run, &selection);
     let max = args.tracker.max_sockets;
-    let o = args.output;
-    live(&args.run, &selection.clone(), |h| {
-        Output::report(&t, selection, max, &o, h)
+    run::live(live, |h| {
+        report::output(&args.thresholds, selection, max, &args.output, h)
     })
     .await
 }
@@ -414,52 +144,18 @@ pub async fn report(args: ReportArgs) -> anyhow::Result<()> {
 /// Replays a recording into the output the live run had; a damaged file still prints what was
 /// read, then fails naming the line.
 pub fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
-    let selection = Selection::from_args(&args.filter)?;
-    let mut replay = Replay::open(&args.file)?;
-    let header = replay.header.clone();
+    let selection = args.filter.selection()?;
+    let replay = Replay::open(&args.file)?;
     let max = args.tracker.max_sockets;
-    let mut output = if args.report {
-        Output::report(&args.thresholds, selection, max, &args.output, &header)
-    } else if args.life {
-        Output::life(&args.output, selection, max)
-    } else {
-        Output::trace(&args.output, false, selection, &header)
-    };
-    let mut events = 0u64;
-    let mut last_ns = header.started_ns;
-    let outcome = loop {
-        match replay.next_item() {
-            Ok(Item::Event(ev)) => {
-                events += 1;
-                last_ns = last_ns.max(ev.ts_ns);
-                if let Err(e) = output.event(&ev) {
-                    return broken_pipe_ok(Err(e));
-                }
-            }
-            Ok(Item::End(summary)) => break Ok(summary),
-            Err(e) => break Err(e),
+    run::replay(replay, &args.file, |header| {
+        if args.report {
+            report::output(&args.thresholds, selection, max, &args.output, header)
+        } else if args.life {
+            life::output(&args.output, selection, max)
+        } else {
+            trace::output(&args.output, false, selection, header)
         }
-    };
-    match outcome {
-        Ok(summary) => {
-            broken_pipe_ok(output.finish(&header, &summary))?;
-            eprintln!(
-                "netwatch: replayed {events} events from {} ({} were lost in the live run)",
-                args.file.display(),
-                summary.lost
-            );
-            Ok(())
-        }
-        Err(e) => {
-            // What was read is still worth printing; the stop time is the last event's.
-            let partial = Summary {
-                stopped_ns: last_ns,
-                ..Summary::default()
-            };
-            broken_pipe_ok(output.finish(&header, &partial))?;
-            Err(e).with_context(|| format!("replayed {events} events before the error"))
-        }
-    }
+    })
 }
 
 /// `netwatch help [TOPIC]`: a subcommand's help, or the filter grammar.

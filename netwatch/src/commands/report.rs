@@ -2,10 +2,12 @@
 //! plain sentences with the evidence beside each one, or as one JSON document.
 use std::{
     fmt::Write as _,
-    io::{self},
+    io::{self, Write as _},
 };
 
 use crate::{
+    cli::{OutputArgs, ThresholdArgs},
+    host::clock::WallClock,
     model::analysis::{
         Analysis, ConnectOutcomes, CountRow, HostSettings, LifetimeRow, Percentiles, Report,
         Thresholds,
@@ -13,6 +15,7 @@ use crate::{
     model::event::Event,
     model::selection::Selection,
     model::tracker::{Fact, Tracker},
+    pipeline::record::{Header, Summary},
     pipeline::sink::Sink,
 };
 
@@ -148,6 +151,66 @@ fn lifetimes(out: &mut String, title: &str, rows: &[LifetimeRow], kw: usize) {
     for r in rows {
         let cgroup = cgroup_suffix(r.cgroup.as_deref());
         let _ = writeln!(out, "    {:<tw$} {}{cgroup}", r.key, pct(&r.lifetime_ms));
+    }
+}
+
+/// `report` (and `analyze --report`): the sink, and how to print its report at the end.
+pub struct ReportOutput {
+    sink: ReportSink,
+    output: OutputArgs,
+}
+
+/// What `report` prints: the tables are filled as events arrive and printed at the end.
+pub fn output(
+    t: &ThresholdArgs,
+    selection: Selection,
+    max_sockets: usize,
+    output: &OutputArgs,
+    header: &Header,
+) -> Box<dyn Sink> {
+    let thresholds = Thresholds {
+        close_wait_age_ms: t.close_wait_age.as_secs_f64() * 1000.0,
+        close_wait_alarm: t.close_wait_alarm,
+        time_wait_alarm: t.time_wait_alarm,
+    };
+    Box::new(ReportOutput {
+        sink: ReportSink::new(header.settings.clone(), thresholds, max_sockets, selection),
+        output: output.clone(),
+    })
+}
+
+impl Sink for ReportOutput {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        self.sink.event(ev)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.sink.flush()
+    }
+
+    fn finish(mut self: Box<Self>, header: &Header, summary: &Summary) -> io::Result<()> {
+        let listen = summary.listen_overflows.zip(summary.listen_drops);
+        let r = self
+            .sink
+            .report(summary.stopped_ns, header.started_ns, summary.lost, listen);
+        let mut out = super::stdout();
+        if self.output.json {
+            serde_json::to_writer_pretty(&mut out, &r)?;
+            out.write_all(b"\n")?;
+        } else {
+            let clock = WallClock::from_offset(header.wall_offset_ns);
+            let style = Style {
+                wide: self.output.wide,
+                span: self.output.timestamp.then(|| {
+                    (
+                        clock.rfc3339(header.started_ns),
+                        clock.rfc3339(summary.stopped_ns),
+                    )
+                }),
+            };
+            out.write_all(render(&r, &style).as_bytes())?;
+        }
+        out.flush()
     }
 }
 

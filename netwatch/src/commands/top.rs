@@ -16,13 +16,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clap::Args;
-
 use crate::{
-    cli::{FilterArgs, RunArgs, ThresholdArgs, TrackerArgs, parse_interval},
+    cli::TopArgs,
     commands::report,
     host::clock::monotonic_ns,
-    kernel::probe::StatsReader,
+    kernel::probe::{Probe, StatsReader},
     model::analysis::{Analysis, HostSettings, Thresholds},
     model::event::Event,
     model::selection::Selection,
@@ -37,34 +35,6 @@ use self::{
     tui::{Action, Tui},
     view::{Inputs, UiState, View},
 };
-
-#[derive(Args, Debug, Clone)]
-pub struct TopArgs {
-    /// How often the view refreshes; without a terminal, how often a summary prints
-    #[arg(long, default_value = "1s", value_parser = parse_interval)]
-    pub interval: Duration,
-    #[command(flatten)]
-    pub filter: FilterArgs,
-    #[command(flatten)]
-    pub run: RunArgs,
-    // --close-wait-age also sets the CLOSE_WAIT holders. "stuck" column
-    #[command(flatten)]
-    pub thresholds: ThresholdArgs,
-    #[command(flatten)]
-    pub tracker: TrackerArgs,
-}
-
-impl Default for TopArgs {
-    fn default() -> Self {
-        Self {
-            interval: Duration::from_secs(1),
-            filter: FilterArgs::default(),
-            run: RunArgs::default(),
-            thresholds: ThresholdArgs::default(),
-            tracker: TrackerArgs::default(),
-        }
-    }
-}
 
 /// Where frames go.
 enum Screen {
@@ -156,13 +126,9 @@ impl TopSink {
     }
 
     /// Where the kernel's counters (lost events) are read from, once per frame.
-    pub fn set_kernel_stats(&mut self, reader: StatsReader) {
-        self.kernel = Some(reader);
-    }
-
     /// The stream stopped by itself (signal, deadline): give the terminal back before
     /// anything else is printed.
-    pub fn stopped(&mut self, stop: StopReason) {
+    fn on_stop(&mut self, stop: StopReason) {
         self.stop = Some(stop);
         if let Screen::Terminal(tui) = &mut self.screen {
             *tui = None;
@@ -296,7 +262,7 @@ impl TopSink {
 
     /// After the stream: the terminal back; without one, a last summary. Ctrl-C (the key, or
     /// SIGINT/SIGTERM) then prints the report.
-    pub fn finish(mut self, header: &Header, summary: &Summary) -> io::Result<()> {
+    fn print_end(mut self, header: &Header, summary: &Summary) -> io::Result<()> {
         if let Screen::Terminal(tui) = &mut self.screen {
             *tui = None;
         }
@@ -334,6 +300,19 @@ impl TopSink {
 }
 
 impl Sink for TopSink {
+    fn attach(&mut self, probe: &Probe) -> anyhow::Result<()> {
+        self.kernel = Some(probe.stats_reader()?);
+        Ok(())
+    }
+
+    fn stopped(&mut self, stop: StopReason) {
+        self.on_stop(stop);
+    }
+
+    fn finish(self: Box<Self>, header: &Header, summary: &Summary) -> io::Result<()> {
+        (*self).print_end(header, summary)
+    }
+
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         self.events += 1;
         if self.selection.event(ev) {

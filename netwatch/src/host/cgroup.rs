@@ -354,6 +354,19 @@ pub fn learn_owner_cgroup(cgroup_id: Option<u64>, pid: Option<u32>, path: Option
     }
 }
 
+/// The cgroup v2 id (the inode the kernel reports) of a path given with `--cgroup`, relative
+/// to `/sys/fs/cgroup` or absolute.
+pub fn id_of_path(path: &Path) -> Result<u64, String> {
+    let full = if path.starts_with("/sys/fs/cgroup") {
+        path.to_path_buf()
+    } else {
+        Path::new("/sys/fs/cgroup").join(path.strip_prefix("/").unwrap_or(path))
+    };
+    std::fs::metadata(&full)
+        .map(|m| m.ino())
+        .map_err(|e| format!("--cgroup {}: {} ({e})", path.display(), full.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

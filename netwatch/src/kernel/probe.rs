@@ -189,6 +189,8 @@ pub struct Probe {
     pub decode: DecodeContext,
     /// One line per feature switched off on this kernel.
     pub warnings: Vec<String>,
+    /// Whether the programs capture user stacks (`ProbeConfig::capture_stacks`).
+    capture_stacks: bool,
 }
 
 /// Why a tracepoint's program is not attached on this kernel.
@@ -415,6 +417,7 @@ impl Probe {
             links,
             decode,
             warnings,
+            capture_stacks: config.capture_stacks,
         })
     }
 
@@ -462,6 +465,11 @@ impl Probe {
             .context("duplicating the STACKS map fd")?;
         let data = MapData::from_fd(fd)?;
         Ok(StackTraceMap::try_from(Map::StackTraceMap(data))?)
+    }
+
+    /// Whether the programs capture user stacks at connect() and accept().
+    pub fn captures_stacks(&self) -> bool {
+        self.capture_stacks
     }
 
     /// How many programs are attached.

@@ -2,62 +2,33 @@
 //! `--cgroup`) and an `ss`-style filter expression, applied to events, connections and stuck
 //! sockets, and the part of it the kernel can decide (pids, ports, family, cgroup), handed to
 //! the programs so filtered-out events never cost a ring-buffer slot.
-use std::{net::IpAddr, ops::RangeInclusive, os::unix::fs::MetadataExt as _, path::Path};
+use std::{net::IpAddr, ops::RangeInclusive};
 
 use netwatch_common::{AF_INET, AF_INET6, FILTER_SLOTS, KernelFilter};
 
 use crate::{
-    cli::FilterArgs,
     model::event::{Event, EventKind, Family, TcpState},
-    model::filter::{self, Expr, Side, Subject, TcpStateName},
+    model::filter::{Expr, Side, Subject, TcpStateName},
     model::tracker::{CloseWaitSocket, Connection, End, LiveSocket},
 };
 
 /// Everything the user filters on.
 #[derive(Clone, Debug, Default)]
 pub struct Selection {
-    pids: Vec<u32>,
-    local_ports: Vec<RangeInclusive<u16>>,
-    remote_ports: Vec<RangeInclusive<u16>>,
-    family: Option<Family>,
-    comm: Option<String>,
-    cgroup_id: Option<u64>,
-    expr: Option<Expr>,
-}
-
-/// `80`, `8000-8080`, `22,443,8000-8080`.
-pub fn parse_ports(s: &str) -> Result<Vec<RangeInclusive<u16>>, String> {
-    s.split(',')
-        .map(|part| {
-            let num = |t: &str| {
-                t.trim()
-                    .parse::<u16>()
-                    .map_err(|_| format!("`{t}` in `{s}` is not a port (0-65535)"))
-            };
-            match part.split_once('-') {
-                Some((lo, hi)) => {
-                    let (lo, hi) = (num(lo)?, num(hi)?);
-                    if lo > hi {
-                        return Err(format!("range `{part}` in `{s}` runs backwards"));
-                    }
-                    Ok(lo..=hi)
-                }
-                None => num(part).map(|p| p..=p),
-            }
-        })
-        .collect()
-}
-
-/// The cgroup v2 id of a cgroup path: the inode number of its directory.
-fn cgroup_id(path: &Path) -> Result<u64, String> {
-    let full = if path.starts_with("/sys/fs/cgroup") {
-        path.to_path_buf()
-    } else {
-        Path::new("/sys/fs/cgroup").join(path.strip_prefix("/").unwrap_or(path))
-    };
-    std::fs::metadata(&full)
-        .map(|m| m.ino())
-        .map_err(|e| format!("--cgroup {}: {} ({e})", path.display(), full.display()))
+    /// `-p`: owners.
+    pub pids: Vec<u32>,
+    /// `-L`: local ports.
+    pub local_ports: Vec<RangeInclusive<u16>>,
+    /// `-D`: remote ports.
+    pub remote_ports: Vec<RangeInclusive<u16>>,
+    /// `-4` / `-6`.
+    pub family: Option<Family>,
+    /// `--comm`.
+    pub comm: Option<String>,
+    /// `--cgroup`, as the cgroup v2 id the kernel reports.
+    pub cgroup_id: Option<u64>,
+    /// The ss-style expression.
+    pub expr: Option<Expr>,
 }
 
 fn in_ranges(port: u16, ranges: &[RangeInclusive<u16>]) -> bool {
@@ -149,31 +120,6 @@ fn family_of(ip: IpAddr) -> Family {
 }
 
 impl Selection {
-    /// Parses and checks everything before anything is attached.
-    pub fn from_args(a: &FilterArgs) -> anyhow::Result<Self> {
-        let expr = filter::parse_args(&a.filter)?;
-        Ok(Self {
-            pids: a.pids.clone(),
-            local_ports: a.local_ports.iter().flatten().cloned().collect(),
-            remote_ports: a.remote_ports.iter().flatten().cloned().collect(),
-            family: if a.ipv4 {
-                Some(Family::Ipv4)
-            } else if a.ipv6 {
-                Some(Family::Ipv6)
-            } else {
-                None
-            },
-            comm: a.comm.clone(),
-            cgroup_id: a
-                .cgroup
-                .as_deref()
-                .map(cgroup_id)
-                .transpose()
-                .map_err(anyhow::Error::msg)?,
-            expr,
-        })
-    }
-
     /// Nothing to filter.
     pub fn is_empty(&self) -> bool {
         self.pids.is_empty()
@@ -282,17 +228,6 @@ impl Selection {
 mod tests {
     use super::*;
 
-    fn sel(args: &[&str]) -> Selection {
-        use clap::Parser as _;
-        let cli =
-            crate::cli::Cli::try_parse_from(["netwatch", "trace"].iter().chain(args).copied())
-                .unwrap_or_else(|e| panic!("{e}"));
-        let Some(crate::cli::Command::Trace(t)) = cli.command else {
-            panic!("trace")
-        };
-        Selection::from_args(&t.filter).unwrap()
-    }
-
     fn event(pid: u32, sport: u16, dport: u16, new: TcpState) -> Event {
         let mut ev = Event::test_state(1);
         ev.pid = Some(pid);
@@ -305,61 +240,11 @@ mod tests {
     }
 
     #[test]
-    fn ports_lists_and_ranges() {
-        assert_eq!(parse_ports("80"), Ok(vec![80..=80]));
-        assert_eq!(parse_ports("22,8000-8080"), Ok(vec![22..=22, 8000..=8080]));
-        assert_eq!(
-            parse_ports("9-1").unwrap_err(),
-            "range `9-1` in `9-1` runs backwards"
-        );
-        assert_eq!(
-            parse_ports("http").unwrap_err(),
-            "`http` in `http` is not a port (0-65535)"
-        );
-    }
-
-    #[test]
-    fn flags_and_expression_combine() {
-        let s = sel(&["-p", "42", "-D", "5432", "state", "close-wait"]);
-        assert!(s.event(&event(42, 40000, 5432, TcpState::CloseWait)));
-        assert!(!s.event(&event(43, 40000, 5432, TcpState::CloseWait)));
-        assert!(!s.event(&event(42, 40000, 5433, TcpState::CloseWait)));
-        assert!(!s.event(&event(42, 40000, 5432, TcpState::Established)));
-        let k = s.kernel();
-        assert_eq!((k.n_pids, k.pids[0]), (1, 42));
-        assert_eq!((k.n_remote_ports, k.remote_ports[0]), (1, [5432, 5432]));
-        assert_eq!(k.n_local_ports, 0);
-    }
-
-    #[test]
-    fn expression_ports_go_to_the_kernel() {
-        let s = sel(&["( dport = :80 or dport = :443 )"]);
-        let k = s.kernel();
-        assert_eq!(k.n_remote_ports, 2);
-        assert_eq!(&k.remote_ports[..2], &[[80, 80], [443, 443]]);
-        let s = sel(&["-4", "dst", "10.0.0.0/8", "and", "not", "dport", "=", ":22"]);
-        let k = s.kernel();
-        assert_eq!(k.family, AF_INET);
-        assert_eq!(&k.remote_ports[..2], &[[0, 21], [23, 65535]]);
-        assert!(s.event(&event(1, 1, 80, TcpState::Established)));
-        assert!(!s.event(&event(1, 1, 22, TcpState::Established)));
-    }
-
-    #[test]
-    fn a_bad_expression_names_the_token_and_column() {
-        use clap::Parser as _;
-        let cli =
-            crate::cli::Cli::try_parse_from(["netwatch", "trace", "dport", "=", "80x"]).unwrap();
-        let Some(crate::cli::Command::Trace(t)) = cli.command else {
-            panic!()
-        };
-        let err = Selection::from_args(&t.filter).unwrap_err().to_string();
-        assert_eq!(err, "expected ':PORT' after 'dport =' at column 9");
-    }
-
-    #[test]
     fn an_unchosen_local_port_passes_like_in_the_kernel() {
-        let s = sel(&["-L", "5000"]);
+        let s = Selection {
+            local_ports: vec![5000..=5000],
+            ..Selection::default()
+        };
         assert!(s.event(&event(1, 0, 80, TcpState::SynSent)));
         assert!(!s.event(&event(1, 4999, 80, TcpState::Established)));
     }

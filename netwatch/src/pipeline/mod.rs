@@ -2,5 +2,6 @@
 //! recording and replay.
 
 pub mod record;
+pub mod run;
 pub mod sink;
 pub mod stream;

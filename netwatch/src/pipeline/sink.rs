@@ -8,22 +8,101 @@ use serde::Serialize;
 
 use crate::{
     host::clock::WallClock,
+    kernel::probe::Probe,
     model::event::{Event, EventKind, endpoint, state_label},
+    model::selection::Selection,
+    pipeline::{
+        record::{Header, Summary},
+        stream::StopReason,
+    },
 };
 
-/// Receives every decoded event, then a flush after each batch.
+/// A command's end of the pipeline. The runner ([`crate::pipeline::run`]) calls, in order:
+/// `attach` once the programs are attached (live runs only), `event` for every decoded event
+/// with a `flush` after each batch, `stopped` when the stream ends, then `finish` for what is
+/// printed at the end of a run, live or replayed. The runner never needs to know which
+/// command it feeds.
 pub trait Sink {
+    /// The programs are attached: take what the probe offers (its counters, its stack map).
+    fn attach(&mut self, _probe: &Probe) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     fn event(&mut self, ev: &Event) -> io::Result<()>;
+
     fn flush(&mut self) -> io::Result<()>;
+
+    /// The stream stopped: a live view gives the terminal back before the summary line.
+    fn stopped(&mut self, _stop: StopReason) {}
+
+    /// Prints what is printed at the end of a run.
+    fn finish(mut self: Box<Self>, _header: &Header, _summary: &Summary) -> io::Result<()> {
+        self.flush()
+    }
 }
 
 impl Sink for Box<dyn Sink> {
+    fn attach(&mut self, probe: &Probe) -> anyhow::Result<()> {
+        (**self).attach(probe)
+    }
+
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         (**self).event(ev)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         (**self).flush()
+    }
+
+    fn stopped(&mut self, stop: StopReason) {
+        (**self).stopped(stop)
+    }
+
+    fn finish(self: Box<Self>, header: &Header, summary: &Summary) -> io::Result<()> {
+        <dyn Sink>::finish(*self, header, summary)
+    }
+}
+
+/// Passes on only the events the selection keeps.
+pub struct Filtered<S> {
+    pub selection: Selection,
+    pub inner: S,
+}
+
+impl<S: Sink + 'static> Filtered<S> {
+    /// `inner` behind the selection, or `inner` alone when the selection keeps everything.
+    pub fn boxed(selection: Selection, inner: S) -> Box<dyn Sink> {
+        if selection.is_empty() {
+            Box::new(inner)
+        } else {
+            Box::new(Filtered { selection, inner })
+        }
+    }
+}
+
+impl<S: Sink> Sink for Filtered<S> {
+    fn attach(&mut self, probe: &Probe) -> anyhow::Result<()> {
+        self.inner.attach(probe)
+    }
+
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        if self.selection.event(ev) {
+            self.inner.event(ev)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+
+    fn stopped(&mut self, stop: StopReason) {
+        self.inner.stopped(stop)
+    }
+
+    fn finish(self: Box<Self>, header: &Header, summary: &Summary) -> io::Result<()> {
+        Box::new(self.inner).finish(header, summary)
     }
 }
 

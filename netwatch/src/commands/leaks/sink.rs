@@ -248,10 +248,6 @@ impl<W: Write> LeaksSink<W> {
     }
 
     /// Where code paths come from (the probe's stack map); without it none are shown.
-    pub fn set_stacks(&mut self, stacks: Stacks) {
-        self.stacks = Some(stacks);
-    }
-
     fn remember_code_path(&mut self, ev: &Event) {
         let (Some(stacks), Some(pid), Some(id)) = (self.stacks.as_mut(), ev.pid, ev.stack_id)
         else {
@@ -329,7 +325,7 @@ impl<W: Write> LeaksSink<W> {
     }
 
     /// The last snapshot, printed whatever changed (from the dump in flight, if any).
-    pub fn finish(mut self) -> io::Result<()> {
+    fn print_end(mut self) -> io::Result<()> {
         let dump = self
             .pending
             .take()
@@ -340,6 +336,21 @@ impl<W: Write> LeaksSink<W> {
 }
 
 impl<W: Write> Sink for LeaksSink<W> {
+    fn attach(&mut self, probe: &crate::kernel::probe::Probe) -> anyhow::Result<()> {
+        if probe.captures_stacks() {
+            self.stacks = Some(Stacks::new(probe.stack_map()?));
+        }
+        Ok(())
+    }
+
+    fn finish(
+        self: Box<Self>,
+        _header: &crate::pipeline::record::Header,
+        _summary: &crate::pipeline::record::Summary,
+    ) -> io::Result<()> {
+        (*self).print_end()
+    }
+
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         self.remember_code_path(ev);
         let closed_first = &mut self.closed_first;

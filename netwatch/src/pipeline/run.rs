@@ -1,0 +1,142 @@
+//! The runner: attach, stream into a command's [`Sink`] until stopped, print the summary and the
+//! sink's ending (with `--record`, write the recording beside it); or replay a recording into
+//! the same sink. It never names a command: what differs between them lives in their sinks.
+
+use std::{io, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+
+use crate::{
+    host::{
+        clock::{WallClock, monotonic_ns},
+        netstat,
+    },
+    kernel::probe::{self, Probe, ProbeConfig},
+    model::analysis::HostSettings,
+    pipeline::{
+        record::{self, Header, Item, Recorder, Replay, Summary},
+        sink::Sink,
+        stream,
+    },
+};
+
+/// How a live run is set up, from the command line.
+pub struct Live {
+    pub config: ProbeConfig,
+    /// Stop by itself after this long (`--duration`).
+    pub duration: Option<Duration>,
+    /// Write every event that reached user space here too (`--record`).
+    pub record: Option<PathBuf>,
+}
+
+/// `netwatch ... | head`: the reader left; nothing is wrong.
+pub fn broken_pipe_ok(r: io::Result<()>) -> anyhow::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing output"),
+    }
+}
+
+/// Attaches, streams into `make(header)` until stopped, then prints the summary line and the
+/// sink's ending.
+pub async fn live(live: Live, make: impl FnOnce(&Header) -> Box<dyn Sink>) -> anyhow::Result<()> {
+    let mut probe = Probe::attach(&live.config)?;
+    for w in &probe.warnings {
+        log::warn!("{w}");
+    }
+    let header = Header {
+        netwatch_record: record::FORMAT_VERSION,
+        started_ns: monotonic_ns(),
+        wall_offset_ns: WallClock::now().offset_ns(),
+        settings: HostSettings::read(),
+    };
+    let listen_before = netstat::listen_counters();
+    let mut output = make(&header);
+    output.attach(&probe)?;
+    eprintln!(
+        "netwatch: tracing TCP events ({} of {} tracepoints attached); Ctrl-C to stop",
+        probe.attached(),
+        probe::tracepoint_count()
+    );
+    let (output, summary) = match &live.record {
+        Some(path) => {
+            let mut rec = Recorder::create(path, &header, output)
+                .with_context(|| format!("creating the recording {}", path.display()))?;
+            let (stats, stop) = stream::run(&mut probe, &mut rec, live.duration).await?;
+            rec.stopped(stop);
+            let summary = summarize(stats.kernel.lost, listen_before);
+            eprintln!("{}", stats.line());
+            let output = rec
+                .finish(summary.clone())
+                .with_context(|| format!("finishing the recording {}", path.display()))?;
+            (output, summary)
+        }
+        None => {
+            let mut output = output;
+            let (stats, stop) = stream::run(&mut probe, &mut output, live.duration).await?;
+            output.stopped(stop);
+            eprintln!("{}", stats.line());
+            (output, summarize(stats.kernel.lost, listen_before))
+        }
+    };
+    drop(probe);
+    broken_pipe_ok(output.finish(&header, &summary))
+}
+
+fn summarize(lost: u64, listen_before: Option<(u64, u64)>) -> Summary {
+    let listen = listen_before
+        .zip(netstat::listen_counters())
+        .map(|(b, a)| (a.0.saturating_sub(b.0), a.1.saturating_sub(b.1)));
+    Summary {
+        stopped_ns: monotonic_ns(),
+        lost,
+        listen_overflows: listen.map(|l| l.0),
+        listen_drops: listen.map(|l| l.1),
+    }
+}
+
+/// Replays a recording into `make(header)`; a damaged file still prints what was read, then
+/// fails naming the line.
+pub fn replay(
+    mut replay: Replay,
+    file: &std::path::Path,
+    make: impl FnOnce(&Header) -> Box<dyn Sink>,
+) -> anyhow::Result<()> {
+    let header = replay.header.clone();
+    let mut output = make(&header);
+    let mut events = 0u64;
+    let mut last_ns = header.started_ns;
+    let outcome = loop {
+        match replay.next_item() {
+            Ok(Item::Event(ev)) => {
+                events += 1;
+                last_ns = last_ns.max(ev.ts_ns);
+                if let Err(e) = output.event(&ev) {
+                    return broken_pipe_ok(Err(e));
+                }
+            }
+            Ok(Item::End(summary)) => break Ok(summary),
+            Err(e) => break Err(e),
+        }
+    };
+    match outcome {
+        Ok(summary) => {
+            broken_pipe_ok(output.finish(&header, &summary))?;
+            eprintln!(
+                "netwatch: replayed {events} events from {} ({} were lost in the live run)",
+                file.display(),
+                summary.lost
+            );
+            Ok(())
+        }
+        Err(e) => {
+            // What was read is still worth printing; the stop time is the last event's.
+            let partial = Summary {
+                stopped_ns: last_ns,
+                ..Summary::default()
+            };
+            broken_pipe_ok(output.finish(&header, &partial))?;
+            Err(e).with_context(|| format!("replayed {events} events before the error"))
+        }
+    }
+}
