@@ -7,6 +7,7 @@ use std::{
 
 use crate::{
     cli::{OutputArgs, ThresholdArgs},
+    host::cgroup::HostNames,
     host::clock::WallClock,
     model::analysis::{
         Analysis, ConnectOutcomes, CountRow, HostSettings, LifetimeRow, Percentiles, Report,
@@ -59,7 +60,14 @@ impl ReportSink {
             }
         });
         analysis.set_start(started_ns);
-        analysis.report(tracker, now_ns, lost, listen, &|c| selection.close_wait(c))
+        analysis.report(
+            tracker,
+            now_ns,
+            lost,
+            listen,
+            &|c| selection.close_wait(c),
+            &HostNames,
+        )
     }
 }
 
@@ -369,4 +377,31 @@ pub fn render(r: &Report, style: &Style) -> String {
         r.tracker.sockets, r.tracker.evicted, r.tracker.ended
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tracker::{Connection, End, Role};
+
+    #[test]
+    fn process_rows_end_with_their_cgroup() {
+        let names = |id: Option<u64>, pid: Option<u32>| {
+            (id == Some(77) && pid == Some(4242)).then(|| "/shop.slice/api.service".to_string())
+        };
+        let mut a = Analysis::new(HostSettings::default(), Thresholds::default());
+        let mut c = Connection::test(1_000_000_000, "10.0.0.9", 80, End::TimeWait, Role::Active);
+        (c.pid, c.closer_pid, c.cgroup_id) = (Some(4242), Some(4242), Some(77));
+        a.on_connection(&c);
+        let r = a.report(&Tracker::new(10), 2_000_000_000, 0, None, &|_| true, &names);
+        let text = render(&r, &Style::default());
+        let line = text
+            .lines()
+            .find(|l| l.contains("client[4242]"))
+            .unwrap_or_else(|| panic!("no row of client[4242]:\n{text}"));
+        assert!(
+            line.ends_with("   cgroup /shop.slice/api.service"),
+            "{line}"
+        );
+    }
 }

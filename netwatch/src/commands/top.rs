@@ -288,9 +288,14 @@ impl TopSink {
             });
             analysis.set_start(header.started_ns);
             let listen = summary.listen_overflows.zip(summary.listen_drops);
-            let r = analysis.report(tracker, summary.stopped_ns, summary.lost, listen, &|c| {
-                selection.close_wait(c)
-            });
+            let r = analysis.report(
+                tracker,
+                summary.stopped_ns,
+                summary.lost,
+                listen,
+                &|c| selection.close_wait(c),
+                &crate::host::cgroup::HostNames,
+            );
             let mut out = io::stdout().lock();
             out.write_all(report::render(&r, &report::Style::default()).as_bytes())?;
             out.flush()?;

@@ -367,6 +367,16 @@ pub fn id_of_path(path: &Path) -> Result<u64, String> {
         .map_err(|e| format!("--cgroup {}: {} ({e})", path.display(), full.display()))
 }
 
+/// The host's answer to [`OwnerNames`]: [`owner_cgroup`], over the shared cache (which a
+/// replay fills with the paths its recording holds).
+pub struct HostNames;
+
+impl crate::model::names::OwnerNames for HostNames {
+    fn cgroup(&self, cgroup_id: Option<u64>, pid: Option<u32>) -> Option<String> {
+        owner_cgroup(cgroup_id, pid)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,5 +6,6 @@ pub mod clock;
 pub mod netns;
 pub mod netstat;
 pub mod procfd;
+pub mod settings;
 pub mod sockdiag;
 pub mod stacks;

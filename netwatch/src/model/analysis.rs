@@ -3,9 +3,9 @@
 //! plain sentences with their evidence. Pure Rust over the tracker's output: the live run and a
 //! replay of its recording produce the same [`Report`].
 //!
-//! Per-process rows carry the owner's `cgroup` path, resolved when the report is built
-//! ([`crate::host::cgroup::owner_cgroup`]: by cgroup id, else by pid; a replay takes the paths its
-//! recording holds).
+//! Per-process rows carry the owner's `cgroup` path, resolved when the report is built through
+//! the [`OwnerNames`] the caller passes in (the host's, which a replay fills with the paths its
+//! recording holds; a fake in tests).
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use hdrhistogram::Histogram;
@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::{
     model::event::{Event, EventKind, endpoint, state_label},
+    model::names::OwnerNames,
     model::tracker::{CloseWaitSocket, Connection, End, Role, Tracker, TrackerStats},
 };
 
@@ -39,23 +40,6 @@ impl Default for HostSettings {
 }
 
 impl HostSettings {
-    /// Reads the running host's settings; the defaults where a file cannot be read.
-    pub fn read() -> Self {
-        let mut s = Self::default();
-        if let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") {
-            let mut it = text.split_whitespace().filter_map(|w| w.parse().ok());
-            if let (Some(lo), Some(hi)) = (it.next(), it.next()) {
-                s.port_range = (lo, hi);
-            }
-        }
-        if let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_tw_reuse")
-            && let Ok(v) = text.trim().parse()
-        {
-            s.tw_reuse = v;
-        }
-        s
-    }
-
     pub fn ports(&self) -> u32 {
         u32::from(self.port_range.1.saturating_sub(self.port_range.0)) + 1
     }
@@ -393,16 +377,16 @@ impl Analysis {
 
     /// The cgroup path of the process keyed `who`, when known; `None` for keys that are not
     /// a process (`-`, [`OTHER`], peers). Resolved now, when the report is built.
-    fn cgroup_of(&self, who: &str) -> Option<String> {
+    fn cgroup_of(&self, who: &str, names: &dyn OwnerNames) -> Option<String> {
         let &(pid, cgroup_id) = self.owners.get(who)?;
-        crate::host::cgroup::owner_cgroup(cgroup_id, pid)
+        names.cgroup(cgroup_id, pid)
     }
 
     /// Per-process count rows with their cgroups.
-    fn process_rows(&self, map: &HashMap<String, u64>) -> Vec<CountRow> {
+    fn process_rows(&self, map: &HashMap<String, u64>, names: &dyn OwnerNames) -> Vec<CountRow> {
         let mut rows = top(map, TOP, |v| *v);
         for r in &mut rows {
-            r.cgroup = self.cgroup_of(&r.key);
+            r.cgroup = self.cgroup_of(&r.key, names);
         }
         rows
     }
@@ -576,6 +560,7 @@ impl Analysis {
         lost_events: u64,
         listen: Option<(u64, u64)>,
         keep: &dyn Fn(&CloseWaitSocket) -> bool,
+        names: &dyn OwnerNames,
     ) -> Report {
         let duration_s = self
             .first_ns
@@ -663,9 +648,7 @@ impl Analysis {
             let h = holders
                 .entry(process(c.pid, c.comm.as_deref()))
                 .or_insert_with(|| {
-                    let cgroup = c
-                        .pid
-                        .and_then(|_| crate::host::cgroup::owner_cgroup(c.cgroup_id, c.pid));
+                    let cgroup = c.pid.and_then(|_| names.cgroup(c.cgroup_id, c.pid));
                     (0, 0.0, HashMap::new(), cgroup)
                 });
             h.0 += 1;
@@ -715,7 +698,7 @@ impl Analysis {
                 .iter()
                 .map(|(k, (o, h))| ConnectOutcomes {
                     key: k.clone(),
-                    cgroup: by_process.then(|| self.cgroup_of(k)).flatten(),
+                    cgroup: by_process.then(|| self.cgroup_of(k, names)).flatten(),
                     established: o.established,
                     refused: o.refused,
                     timeout: o.timeout,
@@ -766,7 +749,7 @@ impl Analysis {
                 .iter()
                 .map(|(k, h)| LifetimeRow {
                     key: k.clone(),
-                    cgroup: by_process.then(|| self.cgroup_of(k)).flatten(),
+                    cgroup: by_process.then(|| self.cgroup_of(k, names)).flatten(),
                     lifetime_ms: h.percentiles(),
                 })
                 .collect();
@@ -800,7 +783,7 @@ impl Analysis {
                 births: self.tw_births,
                 per_second: self.tw_births as f64 / duration_s,
                 population,
-                by_process: self.process_rows(&self.tw_by_process),
+                by_process: self.process_rows(&self.tw_by_process, names),
                 by_destination,
             },
             close_wait: CloseWaitSection {
@@ -815,7 +798,7 @@ impl Analysis {
                 sent: self.resets_sent,
                 received: self.resets_received,
                 by_reason_and_state,
-                by_process: self.process_rows(&self.resets_by_process),
+                by_process: self.process_rows(&self.resets_by_process, names),
                 by_peer: top(&self.resets_by_peer, TOP, |v| *v),
             },
             retransmits_by_peer: top(&self.retransmits_by_peer, TOP, |v| *v),
@@ -832,6 +815,11 @@ impl Analysis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A host that knows no names.
+    fn no_names(_: Option<u64>, _: Option<u32>) -> Option<String> {
+        None
+    }
 
     fn tw_conn(end_ns: u64, dest: &str, port: u16) -> Connection {
         Connection::test(end_ns, dest, port, End::TimeWait, Role::Active)
@@ -858,7 +846,7 @@ mod tests {
         }
         let now = start + 10_000_000_000;
         let tracker = Tracker::new(10);
-        let r = a.report(&tracker, now, 0, None, &|_| true);
+        let r = a.report(&tracker, now, 0, None, &|_| true, &no_names);
         let d = &r.time_wait.by_destination[0];
         assert_eq!(d.destination, "10.0.0.7:5432");
         assert_eq!(d.population, 6120);
@@ -887,9 +875,14 @@ mod tests {
         for i in 0..10_000u64 {
             a.on_connection(&tw_conn(start + i * 1_000_000, "127.0.0.1", 80));
         }
-        let r = a.report(&Tracker::new(10), start + 10_000_000_000, 0, None, &|_| {
-            true
-        });
+        let r = a.report(
+            &Tracker::new(10),
+            start + 10_000_000_000,
+            0,
+            None,
+            &|_| true,
+            &no_names,
+        );
         assert!(
             r.time_wait
                 .by_destination
@@ -940,22 +933,23 @@ mod tests {
 
     #[test]
     fn process_rows_name_their_cgroup() {
-        use std::os::unix::fs::MetadataExt as _;
-        let me = std::process::id();
-        let root = crate::host::cgroup::cgroup2_mount()
-            .and_then(|m| std::fs::metadata(m).ok())
-            .map(|m| m.ino());
-        let expected = crate::host::cgroup::owner_cgroup(root, Some(me));
+        // A fake host: one owner (pid 4242, cgroup id 77) has a known path; nobody else.
+        const PID: u32 = 4242;
+        const ID: u64 = 77;
+        let names = |id: Option<u64>, pid: Option<u32>| {
+            (id == Some(ID) && pid == Some(PID)).then(|| "/shop.slice/api.service".to_string())
+        };
         let mut a = Analysis::new(HostSettings::default(), Thresholds::default());
         let mut c = tw_conn(1_000_000_000, "10.0.0.9", 80);
-        (c.pid, c.closer_pid, c.cgroup_id) = (Some(me), Some(me), root);
+        (c.pid, c.closer_pid, c.cgroup_id) = (Some(PID), Some(PID), Some(ID));
         a.on_connection(&c);
         // Closed first by another process: the owner's cgroup id is not that process's.
         let mut other = tw_conn(1_000_000_001, "10.0.0.9", 80);
         (other.pid, other.closer_pid) = (None, Some(u32::MAX - 1));
         a.on_connection(&other);
-        let r = a.report(&Tracker::new(10), 2_000_000_000, 0, None, &|_| true);
-        let client = format!("client[{me}]");
+        let r = a.report(&Tracker::new(10), 2_000_000_000, 0, None, &|_| true, &names);
+        let expected = Some("/shop.slice/api.service".to_string());
+        let client = format!("client[{PID}]");
         let tw = r.time_wait.by_process.iter().find(|r| r.key == client);
         assert_eq!(tw.unwrap().cgroup, expected);
         let row = r.connects_by_process.iter().find(|r| r.key == client);
@@ -970,24 +964,17 @@ mod tests {
         // Rows keyed by destination or peer have none.
         assert_eq!(r.connects_by_destination[0].cgroup, None);
         assert_eq!(r.lifetimes_by_peer[0].cgroup, None);
-        let Some(cgroup) = expected else {
-            eprintln!("SKIPPED: no cgroup known for this process");
-            return;
-        };
         let json = serde_json::to_value(&r).unwrap();
         let rows = json["connects_by_process"].as_array().unwrap();
         let row = rows.iter().find(|r| r["key"] == client.as_str()).unwrap();
-        assert_eq!(row["cgroup"], cgroup.as_str());
+        assert_eq!(row["cgroup"], "/shop.slice/api.service");
         assert!(json["connects_by_destination"][0].get("cgroup").is_none());
-        let text = crate::commands::report::render(&r, &crate::commands::report::Style::default());
-        let line = text.lines().find(|l| l.contains(&client)).unwrap();
-        assert!(line.ends_with(&format!("   cgroup {cgroup}")), "{line}");
     }
 
     #[test]
     fn lost_events_come_first() {
         let mut a = Analysis::new(HostSettings::default(), Thresholds::default());
-        let r = a.report(&Tracker::new(10), 5, 17, None, &|_| true);
+        let r = a.report(&Tracker::new(10), 5, 17, None, &|_| true, &no_names);
         assert!(
             r.findings[0].text.starts_with("17 events were lost"),
             "{:?}",

@@ -177,10 +177,10 @@ impl EventKind {
 
 /// One TCP event with its socket, its owner and its endpoints.
 ///
-/// Its serde form is derived (as `Event::serialize` / `Event::deserialize`, `remote = "Self"`)
-/// and wrapped by the trait impls below, which add the owner's cgroup path.
+/// Its serde form is the JSON schema of `--json` and `--record`, less `cgroup` (the owner's
+/// cgroup path): that is not the kernel's, so the writers in `pipeline` add it from the host
+/// (see `pipeline::sink::EventJson`), and [`Event::from_json_line`] hands it back separately.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
 pub struct Event {
     /// CLOCK_MONOTONIC nanoseconds, as the kernel stamped it.
     pub ts_ns: u64,
@@ -222,41 +222,6 @@ pub struct Event {
     pub sp_word: Option<u64>,
     #[serde(flatten)]
     pub kind: EventKind,
-}
-
-/// The fields, plus `cgroup`: the owner's cgroup path ([`crate::host::cgroup::owner_cgroup`]),
-/// omitted when unknown. It is not a field of [`Event`] because it is not the kernel's: it is
-/// looked up when the event is written, so a `--record` file keeps the path the live run saw
-/// (and [`Event::from_json_line`] hands it back to the cache for `analyze`).
-impl Serialize for Event {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct WithCgroup<'a> {
-            #[serde(flatten, serialize_with = "fields")]
-            event: &'a Event,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            cgroup: Option<&'a str>,
-        }
-        /// The derived form (the inherent `Event::serialize` of `remote = "Self"`).
-        fn fields<S: serde::Serializer>(ev: &&Event, s: S) -> Result<S::Ok, S::Error> {
-            Event::serialize(ev, s)
-        }
-        let cgroup = crate::host::cgroup::owner_cgroup_shared(self.cgroup_id, self.pid);
-        WithCgroup {
-            event: self,
-            cgroup: cgroup.as_deref(),
-        }
-        .serialize(s)
-    }
-}
-
-/// The derived form; a `cgroup` key is ignored (only the fast reader,
-/// [`Event::from_json_line`], which replays recordings, takes it).
-impl<'de> Deserialize<'de> for Event {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // The inherent `Event::deserialize` of `remote = "Self"`, not this function.
-        Event::deserialize(d)
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -482,8 +447,9 @@ pub enum JsonEventError {
 }
 
 impl Event {
-    /// Parses one JSON line of the documented schema (what `--json` and `--record` write).
-    pub fn from_json_line(line: &[u8]) -> Result<Event, JsonEventError> {
+    /// Parses one JSON line of the documented schema (what `--json` and `--record` write): the
+    /// event, and the owner's cgroup path the writer saw, when the line has one.
+    pub fn from_json_line(line: &[u8]) -> Result<(Event, Option<String>), JsonEventError> {
         let f: FlatEvent<'_> = serde_json::from_slice(line)?;
         let bad = |field: &'static str, value: &str| JsonEventError::Field {
             field,
@@ -514,9 +480,8 @@ impl Event {
             "accept" => EventKind::Accept { state },
             other => return Err(bad("kind", other)),
         };
-        // What the recording says, not what this host says now about its pids.
-        crate::host::cgroup::learn_owner_cgroup(f.cgroup_id, f.pid, f.cgroup.as_deref());
-        Ok(Event {
+        let cgroup = f.cgroup.map(|c| c.into_owned());
+        let event = Event {
             ts_ns: f.ts_ns,
             sock,
             pid: f.pid,
@@ -534,7 +499,8 @@ impl Event {
             stack: f.stack,
             sp_word: None,
             kind,
-        })
+        };
+        Ok((event, cgroup))
     }
 }
 
@@ -748,7 +714,7 @@ mod tests {
             let line = serde_json::to_string(&ev).unwrap();
             assert_eq!(
                 Event::from_json_line(line.as_bytes()).unwrap(),
-                ev,
+                (ev.clone(), None),
                 "{line}"
             );
             let derived: Event = serde_json::from_str(&line).unwrap();
@@ -768,23 +734,19 @@ mod tests {
     }
 
     #[test]
-    fn a_recorded_cgroup_is_what_a_replay_names() {
-        // What a live run wrote (its owner's cgroup then): this pid and id exist nowhere here.
-        let mut ev = Event::decode(&raw(event_kind::STATE), &DecodeContext::default()).unwrap();
-        (ev.pid, ev.cgroup_id) = (Some(3_999_999_999), Some(0xdead_beef));
+    fn a_recorded_cgroup_comes_back_beside_the_event() {
+        let ev = Event::decode(&raw(event_kind::STATE), &DecodeContext::default()).unwrap();
         let mut json = serde_json::to_value(&ev).unwrap();
         assert!(json.get("cgroup").is_none(), "{json}");
         json["cgroup"] = "name=systemd:/system.slice/shop.service".into();
-        let back = Event::from_json_line(json.to_string().as_bytes()).unwrap();
+        let (back, cgroup) = Event::from_json_line(json.to_string().as_bytes()).unwrap();
         assert_eq!(back, ev);
         assert_eq!(
-            crate::host::cgroup::owner_cgroup(ev.cgroup_id, ev.pid).as_deref(),
+            cgroup.as_deref(),
             Some("name=systemd:/system.slice/shop.service")
         );
-        // Written again (a replay printing `trace --json`), it says the same.
-        let again = serde_json::to_value(&back).unwrap();
-        assert_eq!(again["cgroup"], json["cgroup"]);
-        let derived: Event = serde_json::from_value(again).unwrap();
+        // The derived reader ignores the key.
+        let derived: Event = serde_json::from_value(json).unwrap();
         assert_eq!(derived, ev);
     }
 
@@ -800,7 +762,7 @@ mod tests {
         assert_eq!(json["family"], "ipv4");
         let back: Event = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(back, ev);
-        let fast = Event::from_json_line(json.to_string().as_bytes()).unwrap();
+        let (fast, _) = Event::from_json_line(json.to_string().as_bytes()).unwrap();
         assert_eq!(fast, ev);
     }
 }

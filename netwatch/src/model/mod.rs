@@ -4,5 +4,6 @@
 pub mod analysis;
 pub mod event;
 pub mod filter;
+pub mod names;
 pub mod selection;
 pub mod tracker;

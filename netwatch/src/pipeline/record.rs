@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     model::analysis::HostSettings,
     model::event::{Event, JsonEventError},
-    pipeline::sink::Sink,
+    pipeline::sink::{EventJson, Sink},
 };
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -124,7 +124,7 @@ impl<S: Sink> Sink for Recorder<S> {
     }
 
     fn event(&mut self, ev: &Event) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, ev)?;
+        EventJson::write(&mut self.out, ev, None)?;
         self.out.write_all(b"\n")?;
         self.inner.event(ev)
     }
@@ -211,7 +211,9 @@ impl Replay {
                 serde_json::from_slice(line).map_err(|e| self.corrupt(JsonEventError::Json(e)))?;
             return Ok(Item::End(s.netwatch_summary));
         }
-        let ev = Event::from_json_line(line).map_err(|e| self.corrupt(e))?;
+        let (ev, cgroup) = Event::from_json_line(line).map_err(|e| self.corrupt(e))?;
+        // What the recording says, not what this host says now about its pids.
+        crate::host::cgroup::learn_owner_cgroup(ev.cgroup_id, ev.pid, cgroup.as_deref());
         self.events += 1;
         Ok(Item::Event(Box::new(ev)))
     }
@@ -350,5 +352,30 @@ mod tests {
         let msg = Replay::open(&path).err().unwrap().to_string();
         assert!(msg.contains(": line 1: not a netwatch recording"), "{msg}");
         let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_recorded_cgroup_is_what_a_replay_names() {
+        // What a live run wrote (its owner's cgroup then): this pid and id exist nowhere here.
+        let dir = std::env::temp_dir().join(format!("netwatch-cgroup-{}", std::process::id()));
+        let mut ev = Event::test_state(1);
+        (ev.pid, ev.cgroup_id) = (Some(3_999_999_999), Some(0xdead_beef));
+        let mut line = serde_json::to_value(&ev).unwrap();
+        line["cgroup"] = "name=systemd:/system.slice/shop.service".into();
+        let text = format!("{}\n{line}\n", serde_json::to_string(&header()).unwrap());
+        std::fs::write(&dir, text).unwrap();
+        let (evs, end) = read_all(&dir);
+        let _ = std::fs::remove_file(&dir);
+        assert_eq!(evs, [ev.clone()]);
+        assert!(end.is_err(), "no summary line: a cut recording");
+        assert_eq!(
+            crate::host::cgroup::owner_cgroup(ev.cgroup_id, ev.pid).as_deref(),
+            Some("name=systemd:/system.slice/shop.service")
+        );
+        // Written again (a replay printing `trace --json`), it says the same.
+        let mut out = Vec::new();
+        EventJson::write(&mut out, &evs[0], None).unwrap();
+        let again: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(again["cgroup"], line["cgroup"]);
     }
 }

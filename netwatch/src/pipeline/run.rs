@@ -9,10 +9,9 @@ use anyhow::Context as _;
 use crate::{
     host::{
         clock::{WallClock, monotonic_ns},
-        netstat,
+        netstat, settings,
     },
     kernel::probe::{self, Probe, ProbeConfig},
-    model::analysis::HostSettings,
     pipeline::{
         record::{self, Header, Item, Recorder, Replay, Summary},
         sink::Sink,
@@ -48,7 +47,7 @@ pub async fn live(live: Live, make: impl FnOnce(&Header) -> Box<dyn Sink>) -> an
         netwatch_record: record::FORMAT_VERSION,
         started_ns: monotonic_ns(),
         wall_offset_ns: WallClock::now().offset_ns(),
-        settings: HostSettings::read(),
+        settings: settings::read(),
     };
     let listen_before = netstat::listen_counters();
     let mut output = make(&header);

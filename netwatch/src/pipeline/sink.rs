@@ -2,6 +2,7 @@
 use std::{
     fmt::Write as _,
     io::{self, Write},
+    sync::Arc,
 };
 
 use serde::Serialize;
@@ -245,20 +246,44 @@ impl<W: Write> JsonSink<W> {
     }
 }
 
+/// An event as `--json` and `--record` write it: its fields, plus `cgroup`, the owner's cgroup
+/// path as the host names it now (omitted when unknown). A recording thus keeps the path the
+/// live run saw, and a replay hands it back to the host's cache.
+#[derive(Serialize)]
+pub struct EventJson<'a> {
+    #[serde(flatten)]
+    pub event: &'a Event,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<&'a str>,
+}
+
+impl EventJson<'_> {
+    /// Writes `event` as one JSON object, with its owner's cgroup path from the host.
+    pub fn write(out: &mut impl Write, event: &Event, time: Option<String>) -> io::Result<()> {
+        let cgroup: Option<Arc<str>> =
+            crate::host::cgroup::owner_cgroup_shared(event.cgroup_id, event.pid);
+        let json = EventJson {
+            event,
+            cgroup: cgroup.as_deref(),
+        };
+        match time {
+            Some(time) => serde_json::to_writer(out, &JsonLine { time, event: json })?,
+            None => serde_json::to_writer(out, &json)?,
+        }
+        Ok(())
+    }
+}
+
 #[derive(Serialize)]
 struct JsonLine<'a> {
     time: String,
     #[serde(flatten)]
-    event: &'a Event,
+    event: EventJson<'a>,
 }
 
 impl<W: Write> Sink for JsonSink<W> {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
-        let line = JsonLine {
-            time: self.clock.rfc3339(ev.ts_ns),
-            event: ev,
-        };
-        serde_json::to_writer(&mut self.out, &line)?;
+        EventJson::write(&mut self.out, ev, Some(self.clock.rfc3339(ev.ts_ns)))?;
         self.out.write_all(b"\n")
     }
 
