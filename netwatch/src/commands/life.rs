@@ -144,8 +144,8 @@ pub fn output(
 impl<W: Write> Sink for LifeSink<W> {
     fn finish(
         mut self: Box<Self>,
-        _header: &crate::pipeline::record::Header,
-        _summary: &crate::pipeline::record::Summary,
+        _header: &crate::pipeline::session::Header,
+        _summary: &crate::pipeline::session::Summary,
     ) -> io::Result<()> {
         self.print_end()
     }

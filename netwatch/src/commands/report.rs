@@ -16,7 +16,7 @@ use crate::{
     model::event::Event,
     model::selection::Selection,
     model::tracker::{Fact, Tracker},
-    pipeline::record::{Header, Summary},
+    pipeline::session::{Header, Summary},
     pipeline::sink::Sink,
 };
 

@@ -25,9 +25,9 @@ use crate::{
     model::event::Event,
     model::selection::Selection,
     model::tracker::{Fact, Tracker},
-    pipeline::record::{Header, Summary},
+    pipeline::session::StopReason,
+    pipeline::session::{Header, Summary},
     pipeline::sink::Sink,
-    pipeline::stream::StopReason,
 };
 
 use self::{

@@ -9,7 +9,7 @@ use crate::{
     kernel::probe::Probe,
     model::{event::Event, selection::Selection},
     pipeline::{
-        record::Header,
+        session::Header,
         sink::{Filtered, JsonSink, Sink, TextSink, TimeStyle},
     },
 };

@@ -3,5 +3,6 @@
 
 pub mod record;
 pub mod run;
+pub mod session;
 pub mod sink;
 pub mod stream;

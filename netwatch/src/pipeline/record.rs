@@ -14,34 +14,14 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    model::analysis::HostSettings,
     model::event::{Event, JsonEventError},
-    pipeline::sink::{EventJson, Sink},
+    pipeline::{
+        session::{Header, Summary},
+        sink::{EventJson, Sink},
+    },
 };
 
 pub const FORMAT_VERSION: u32 = 1;
-
-/// First line of a recording.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Header {
-    pub netwatch_record: u32,
-    /// CLOCK_MONOTONIC ns when tracing started.
-    pub started_ns: u64,
-    /// Unix-epoch ns minus monotonic ns at start (for wall-clock output).
-    pub wall_offset_ns: i128,
-    pub settings: HostSettings,
-}
-
-/// Last line of a recording, written when the run stops cleanly.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Summary {
-    /// CLOCK_MONOTONIC ns when tracing stopped.
-    pub stopped_ns: u64,
-    pub lost: u64,
-    /// Deltas of the namespace's ListenOverflows and ListenDrops over the run.
-    pub listen_overflows: Option<u64>,
-    pub listen_drops: Option<u64>,
-}
 
 #[derive(Serialize, Deserialize)]
 struct SummaryLine {
@@ -119,7 +99,7 @@ impl<S: Sink> Sink for Recorder<S> {
         self.inner.attach(probe)
     }
 
-    fn stopped(&mut self, stop: crate::pipeline::stream::StopReason) {
+    fn stopped(&mut self, stop: crate::pipeline::session::StopReason) {
         self.inner.stopped(stop)
     }
 
@@ -253,7 +233,7 @@ mod tests {
             netwatch_record: FORMAT_VERSION,
             started_ns: 7,
             wall_offset_ns: 1_700_000_000_000_000_000,
-            settings: HostSettings::default(),
+            settings: crate::model::analysis::HostSettings::default(),
         }
     }
 

@@ -13,7 +13,8 @@ use crate::{
     },
     kernel::probe::{self, Probe, ProbeConfig},
     pipeline::{
-        record::{self, Header, Item, Recorder, Replay, Summary},
+        record::{self, Item, Recorder, Replay},
+        session::{Header, Summary},
         sink::Sink,
         stream,
     },

@@ -12,10 +12,7 @@ use crate::{
     kernel::probe::Probe,
     model::event::{Event, EventKind, endpoint, state_label},
     model::selection::Selection,
-    pipeline::{
-        record::{Header, Summary},
-        stream::StopReason,
-    },
+    pipeline::session::{Header, StopReason, Summary},
 };
 
 /// A command's end of the pipeline. The runner ([`crate::pipeline::run`]) calls, in order:

@@ -17,7 +17,7 @@ use tokio::{
 use crate::{
     kernel::probe::{KernelStats, Probe},
     model::event::{DecodeContext, Event, raw_from_bytes},
-    pipeline::sink::Sink,
+    pipeline::{session::StopReason, sink::Sink},
 };
 
 /// The longest an event waits in the ring buffer before user space reads it.
@@ -27,17 +27,9 @@ pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 /// running when the detach happened.
 const FINAL_DRAIN_BOUND: Duration = Duration::from_secs(2);
 
-/// Why the stream stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopReason {
-    Signal,
-    Deadline,
-    OutputClosed,
-}
-
 /// What happened to the events of one run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Summary {
+pub struct StreamStats {
     pub kernel: KernelStats,
     /// Events read from the ring buffer (decoded or not).
     pub delivered: u64,
@@ -45,7 +37,7 @@ pub struct Summary {
     pub undecodable: u64,
 }
 
-impl Summary {
+impl StreamStats {
     /// Events neither delivered nor counted lost: zero unless the final drain ran out of time.
     pub fn unaccounted(&self) -> u64 {
         self.kernel
@@ -99,7 +91,7 @@ impl Summary {
 struct Reader<'a> {
     decode: DecodeContext,
     sink: &'a mut dyn Sink,
-    summary: Summary,
+    summary: StreamStats,
 }
 
 impl Reader<'_> {
@@ -137,7 +129,7 @@ pub async fn run(
     probe: &mut Probe,
     sink: &mut dyn Sink,
     deadline: Option<Duration>,
-) -> anyhow::Result<(Summary, StopReason)> {
+) -> anyhow::Result<(StreamStats, StopReason)> {
     let ring = probe.take_ring()?;
     let fd = ring.as_raw_fd();
     // SAFETY: `ring` owns the map's file descriptor and the AsyncFd owns `ring`, so the fd stays
@@ -155,7 +147,7 @@ pub async fn run(
     let mut reader = Reader {
         decode: probe.decode.clone(),
         sink,
-        summary: Summary::default(),
+        summary: StreamStats::default(),
     };
     let stop = loop {
         let drained = tokio::select! {

@@ -345,8 +345,8 @@ impl<W: Write> Sink for LeaksSink<W> {
 
     fn finish(
         self: Box<Self>,
-        _header: &crate::pipeline::record::Header,
-        _summary: &crate::pipeline::record::Summary,
+        _header: &crate::pipeline::session::Header,
+        _summary: &crate::pipeline::session::Summary,
     ) -> io::Result<()> {
         (*self).print_end()
     }

@@ -1,0 +1,37 @@
+//! What every part of the pipeline says about one run: how it started ([`Header`], also the
+//! first line of a recording), why it stopped, and how it ended ([`Summary`], the last line).
+//! A leaf, so that sinks, the stream and recordings can all name them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::analysis::HostSettings;
+
+/// How a run started: the first line of a recording.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub netwatch_record: u32,
+    /// CLOCK_MONOTONIC ns when tracing started.
+    pub started_ns: u64,
+    /// Unix-epoch ns minus monotonic ns at start (for wall-clock output).
+    pub wall_offset_ns: i128,
+    pub settings: HostSettings,
+}
+
+/// How a run ended: the last line of a recording, written when the run stops cleanly.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// CLOCK_MONOTONIC ns when tracing stopped.
+    pub stopped_ns: u64,
+    pub lost: u64,
+    /// Deltas of the namespace's ListenOverflows and ListenDrops over the run.
+    pub listen_overflows: Option<u64>,
+    pub listen_drops: Option<u64>,
+}
+
+/// Why the stream stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    Signal,
+    Deadline,
+    OutputClosed,
+}
