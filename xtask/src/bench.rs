@@ -129,8 +129,10 @@ impl Plan {
     }
 }
 
-// Which side closes first is as much the workload as where the traffic flows.
-#[allow(clippy::enum_variant_names)]
+#[expect(
+    clippy::enum_variant_names,
+    reason = "which side closes first is as much the workload as where the traffic flows"
+)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workload {
     LoopbackClientFirst,

@@ -393,8 +393,18 @@ fn release_below(release: &str, (major, minor): (u32, u32)) -> bool {
 }
 
 /// Resets sent for a segment no socket wanted carry no socket, hence no namespace: here, the
-/// answers to the SYN sent to the port where nothing listens.
+/// answer to the SYN sent to the port where nothing listens, recognised by its ports (from
+/// `P_REFUSED` to the refused client's port, which that client's own events in this namespace
+/// give), so another namespace's refused connect to the same port is not counted.
 fn unowned_resets(run: &Run) -> i64 {
+    let ours = run.ours(&run.trace.events);
+    let client_ports: HashSet<u64> = ours
+        .iter()
+        .filter(|e| {
+            e["kind"] == "reset_received" && e["dport"].as_u64() == Some(u64::from(P_REFUSED))
+        })
+        .filter_map(|e| e["sport"].as_u64())
+        .collect();
     run.trace
         .events
         .iter()
@@ -402,6 +412,9 @@ fn unowned_resets(run: &Run) -> i64 {
             e["kind"] == "reset_sent"
                 && e["netns"].is_null()
                 && e["sport"].as_u64() == Some(u64::from(P_REFUSED))
+                && e["dport"]
+                    .as_u64()
+                    .is_some_and(|p| client_ports.contains(&p))
         })
         .count() as i64
 }
