@@ -151,8 +151,8 @@ impl ProbeConfig {
     }
 }
 
-/// 4 MiB: ~40,000 events, a third of a second of the heaviest churn this machine drives.
-pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+/// The default `--ring-size`: one definition, in netwatch-common, shared with the kernel side.
+pub use netwatch_common::DEFAULT_RING_BYTES;
 
 /// Checks a `--ring-size` value.
 pub fn check_ring_bytes(bytes: u32) -> Result<u32, String> {

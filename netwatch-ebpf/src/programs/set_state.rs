@@ -1,0 +1,114 @@
+//! `nw_set_state`: every TCP state transition. Where a socket's `SOCKETS` entry is created and
+//! its state and the time it entered it are kept, and where its owner is captured at
+//! transitions only a syscall on that socket can cause (connect, listen, close/shutdown).
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use netwatch_common::{
+    COMM_LEN, IPPROTO_TCP, SockInfo, event_flags, event_kind, stat,
+    tcp_state::{CLOSE, SYN_SENT},
+};
+
+use crate::{
+    SET_STATE_FIELDS, SOCKETS,
+    helpers::{
+        count, current_task_owns, emit, global, owner_from, reset_event, sock_netns, starts_fresh,
+        tcp_info, user_sp_word, user_stack_id,
+    },
+    record::{Scratch, scratch_with_record},
+};
+
+const EMPTY_SOCK: SockInfo = SockInfo {
+    state_since_ns: 0,
+    cgroup_id: 0,
+    tgid: 0,
+    tid: 0,
+    comm: [0; COMM_LEN],
+    stack_id: -1,
+    netns: 0,
+    state: 0,
+    _pad: [0; 7],
+};
+
+/// `sock:inet_sock_set_state`: every TCP state transition (`skaddr, oldstate, newstate,
+/// sport, dport, family, protocol, saddr, daddr, saddr_v6, daddr_v6` since 4.16).
+#[tracepoint]
+pub fn nw_set_state(ctx: TracePointContext) -> u32 {
+    try_set_state(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_set_state(ctx: &TracePointContext) -> Option<()> {
+    let f = global(&SET_STATE_FIELDS);
+    let Scratch { rec, ev } = scratch_with_record(ctx)?;
+    if rec.get::<u16>(f.protocol)? != IPPROTO_TCP {
+        return None;
+    }
+    let skaddr = rec.get::<u64>(f.skaddr)?;
+    let old = rec.get::<i32>(f.oldstate)? as u8;
+    let new = rec.get::<i32>(f.newstate)? as u8;
+    reset_event(ev, event_kind::STATE, skaddr);
+    ev.old_state = old;
+    ev.new_state = new;
+    rec.tuple(&f, ev);
+
+    let fresh = starts_fresh(old, new);
+    let existing = SOCKETS.get_ptr_mut(skaddr);
+    let mut info = match existing {
+        // SAFETY: the pointer comes from the map lookup and is valid for this program run.
+        Some(p) if !fresh => unsafe { *p },
+        _ => EMPTY_SOCK,
+    };
+    if info.netns == 0 {
+        info.netns = sock_netns(skaddr);
+    }
+    if info.state_since_ns != 0 && info.state_since_ns <= ev.ts_ns {
+        ev.dwell_ns = ev.ts_ns - info.state_since_ns;
+        ev.flags |= event_flags::DWELL_KNOWN;
+    }
+    if current_task_owns(old, new) {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let tgid = (pid_tgid >> 32) as u32;
+        if tgid != 0 {
+            info.tgid = tgid;
+            info.tid = pid_tgid as u32;
+            info.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+            // SAFETY: a helper without arguments.
+            info.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+            ev.flags |= event_flags::OWNER_CAPTURED;
+            // connect(): the code path that opened the socket.
+            if (old, new) == (CLOSE, SYN_SENT) {
+                info.stack_id = user_stack_id(ctx);
+                if info.stack_id >= 0 {
+                    user_sp_word(ev);
+                }
+            }
+        }
+    }
+    owner_from(&info, ev);
+    if new == CLOSE {
+        tcp_info(skaddr, ev);
+    }
+    // A repeated state (FIN_WAIT1 -> FIN_WAIT1 when close() follows shutdown()) is reported,
+    // but the socket has been in that state since it first entered it.
+    if old != new || info.state_since_ns == 0 {
+        info.state_since_ns = ev.ts_ns;
+    }
+    info.state = new;
+    match existing {
+        // Updating in place costs a store; an insert into the LRU map costs far more.
+        // SAFETY: as above; the value is plain data and this program is its only writer.
+        Some(p) => unsafe { *p = info },
+        None => {
+            if SOCKETS.insert(skaddr, info, 0).is_err() {
+                count(stat::SOCKETS_FULL);
+            }
+        }
+    }
+    emit(ev);
+    Some(())
+}
