@@ -248,4 +248,31 @@ mod tests {
         assert!(s.event(&event(1, 0, 80, TcpState::SynSent)));
         assert!(!s.event(&event(1, 4999, 80, TcpState::Established)));
     }
+
+    /// What the README says: `-L` keeps the events whose local port is not chosen yet
+    /// (`CLOSE -> SYN_SENT`), so a filtered view still sees its connects begin; the expression
+    /// `sport = :PORT` keeps exactly the port. On every other event they agree.
+    #[test]
+    fn the_local_port_flag_and_expression_differ_only_before_the_port_is_chosen() {
+        let flag = Selection {
+            local_ports: vec![5000..=5000],
+            ..Selection::default()
+        };
+        let expr = Selection {
+            expr: Some("sport = :5000".parse().unwrap()),
+            ..Selection::default()
+        };
+        let unchosen = event(1, 0, 80, TcpState::SynSent);
+        assert!(flag.event(&unchosen) && !expr.event(&unchosen));
+        for (sport, state) in [
+            (5000, TcpState::Established),
+            (4999, TcpState::Established),
+            (5000, TcpState::FinWait1),
+            (1, TcpState::SynSent),
+        ] {
+            let ev = event(1, sport, 80, state);
+            assert_eq!(flag.event(&ev), expr.event(&ev), "sport {sport} {state:?}");
+            assert_eq!(flag.event(&ev), sport == 5000, "sport {sport} {state:?}");
+        }
+    }
 }
