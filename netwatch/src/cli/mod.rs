@@ -453,6 +453,9 @@ impl FilterArgs {
     /// The selection these flags and the expression make, checked before anything is
     /// attached: a bad port, expression or cgroup path is an error naming the token.
     pub fn selection(&self) -> anyhow::Result<Selection> {
+        if let Some(word) = self.filter.iter().find(|w| w.starts_with('-')) {
+            anyhow::bail!(misplaced_option(word));
+        }
         Ok(Selection {
             pids: self.pids.clone(),
             local_ports: self.local_ports.iter().flatten().cloned().collect(),
@@ -473,6 +476,33 @@ impl FilterArgs {
                 .map_err(anyhow::Error::msg)?,
             expr: filter::parse_args(&self.filter)?,
         })
+    }
+}
+
+/// The error for a word of the filter expression that looks like an option. Every word after
+/// the first word of an expression belongs to it, so a real option there is misplaced, and
+/// anything else is unknown (with the nearest option, when one is close).
+fn misplaced_option(word: &str) -> String {
+    use clap::CommandFactory as _;
+    let cli = Cli::command();
+    let mut known: Vec<String> = Vec::new();
+    for cmd in std::iter::once(&cli).chain(cli.get_subcommands()) {
+        for arg in cmd.get_arguments() {
+            known.extend(arg.get_long().map(|l| format!("--{l}")));
+            known.extend(arg.get_short().map(|s| format!("-{s}")));
+        }
+    }
+    let name = word.split_once('=').map_or(word, |(n, _)| n);
+    if known.iter().any(|k| k == name) {
+        return format!(
+            "'{word}' is an option, but it comes after the filter expression, whose words it \
+             would join: put options first (`netwatch trace --json state established`)"
+        );
+    }
+    let names: Vec<&str> = known.iter().map(String::as_str).collect();
+    match filter::closest(name, &names) {
+        Some(near) => format!("unknown option '{word}' (did you mean '{near}'?)"),
+        None => format!("unknown option '{word}'; `netwatch help` lists the options"),
     }
 }
 
@@ -583,6 +613,29 @@ mod tests {
         };
         let err = t.filter.selection().unwrap_err().to_string();
         assert_eq!(err, "expected ':PORT' after 'dport =' at column 9");
+    }
+
+    #[test]
+    fn an_option_in_the_expression_is_named_as_an_option() {
+        let err = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["netwatch", "trace"].iter().chain(args).copied())
+                .unwrap_or_else(|e| panic!("{e}"));
+            let Some(Command::Trace(t)) = cli.command else {
+                panic!("trace")
+            };
+            t.filter.selection().unwrap_err().to_string()
+        };
+        assert_eq!(
+            err(&["--jsn"]),
+            "unknown option '--jsn' (did you mean '--json'?)"
+        );
+        assert!(
+            err(&["state", "established", "--json"])
+                .starts_with("'--json' is an option, but it comes after the filter expression"),
+            "{}",
+            err(&["state", "established", "--json"])
+        );
+        assert!(err(&["--zzzzzz"]).starts_with("unknown option '--zzzzzz';"));
     }
 
     #[test]

@@ -1073,7 +1073,8 @@ fn glued_operator(w: &str) -> Option<String> {
 }
 
 /// The name nearest to `word` by edit distance, if it is near enough to be a typo.
-fn closest<'n>(word: &str, names: &[&'n str]) -> Option<&'n str> {
+/// The name nearest to `word` by edit distance (at most 1 for short words, 2 otherwise).
+pub fn closest<'n>(word: &str, names: &[&'n str]) -> Option<&'n str> {
     let limit = if word.chars().count() <= 3 { 1 } else { 2 };
     names
         .iter()

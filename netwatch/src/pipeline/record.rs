@@ -31,8 +31,12 @@ struct SummaryLine {
 /// Why a recording could not be read to its end.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
-    #[error("cannot open {path}: {source}")]
-    Open { path: PathBuf, source: io::Error },
+    #[error("cannot open {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{path}: line 1: not a netwatch recording ({detail})")]
     NoHeader { path: PathBuf, detail: String },
     #[error(
@@ -357,5 +361,22 @@ mod tests {
         EventJson::write(&mut out, &evs[0], None).unwrap();
         let again: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(again["cgroup"], line["cgroup"]);
+    }
+
+    #[test]
+    fn a_missing_file_names_the_os_error_once() {
+        let Err(e) = Replay::open(Path::new("/nonexistent/netwatch.jsonl")) else {
+            panic!("opened a missing file")
+        };
+        let text = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(
+            text.matches("No such file or directory").count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.starts_with("cannot open /nonexistent/netwatch.jsonl: "),
+            "{text}"
+        );
     }
 }
