@@ -8,7 +8,7 @@ use crate::{
     model::event::Event,
     model::selection::Selection,
     model::tracker::{Connection, Fact, Tracker},
-    pipeline::sink::Sink,
+    pipeline::sink::{QuietNote, Sink},
 };
 
 /// A `life --json` line: the connection's record and its owner's cgroup path (omitted when
@@ -48,6 +48,30 @@ impl<W: Write> LifeSink<W> {
         }
     }
 
+    /// The text header, once (live: at attach, so a quiet host does not look hung).
+    fn header_once(&mut self) -> io::Result<()> {
+        if self.json || self.header_done {
+            return Ok(());
+        }
+        self.header_done = true;
+        let aw = if self.wide { 39 } else { 15 };
+        writeln!(
+            self.out,
+            "{:>7} {:<15} {:<aw$} {:>5} {:<aw$} {:>5} {:>6} {:>6} {:>10} {:<7} {}END",
+            "PID",
+            "COMM",
+            "LADDR",
+            "LPORT",
+            "RADDR",
+            "RPORT",
+            "TX_KB",
+            "RX_KB",
+            "MS",
+            "ROLE",
+            self.cgroup_column(Some("CGROUP"))
+        )
+    }
+
     fn print(&mut self, c: &Connection) -> io::Result<()> {
         if !self.selection.connection(c) {
             return Ok(());
@@ -63,25 +87,8 @@ impl<W: Write> LifeSink<W> {
             serde_json::to_writer(&mut self.out, &row)?;
             return self.out.write_all(b"\n");
         }
+        self.header_once()?;
         let aw = if self.wide { 39 } else { 15 };
-        if !self.header_done {
-            self.header_done = true;
-            writeln!(
-                self.out,
-                "{:>7} {:<15} {:<aw$} {:>5} {:<aw$} {:>5} {:>6} {:>6} {:>10} {:<7} {}END",
-                "PID",
-                "COMM",
-                "LADDR",
-                "LPORT",
-                "RADDR",
-                "RPORT",
-                "TX_KB",
-                "RX_KB",
-                "MS",
-                "ROLE",
-                self.cgroup_column(Some("CGROUP"))
-            )?;
-        }
         let role = match c.role {
             crate::model::tracker::Role::Active => "active",
             crate::model::tracker::Role::Passive => "passive",
@@ -132,7 +139,7 @@ pub fn output(
     selection: Selection,
     max_sockets: usize,
 ) -> Box<dyn Sink> {
-    Box::new(LifeSink::new(
+    QuietNote::boxed(LifeSink::new(
         super::stdout(),
         o.json,
         o.wide,
@@ -142,6 +149,12 @@ pub fn output(
 }
 
 impl<W: Write> Sink for LifeSink<W> {
+    fn attach(&mut self, _probe: &crate::kernel::probe::Probe) -> anyhow::Result<()> {
+        self.header_once()?;
+        self.out.flush()?;
+        Ok(())
+    }
+
     fn finish(
         mut self: Box<Self>,
         _header: &crate::pipeline::session::Header,

@@ -10,7 +10,7 @@ use crate::{
     model::{event::Event, selection::Selection},
     pipeline::{
         session::Header,
-        sink::{Filtered, JsonSink, Sink, TextSink, TimeStyle},
+        sink::{Filtered, JsonSink, QuietNote, Sink, TextSink, TimeStyle},
     },
 };
 
@@ -42,7 +42,7 @@ pub fn output(
         };
         Box::new(TextSink::new(stdout(), clock, time, o.wide))
     };
-    let inner = Filtered::boxed(selection, printer);
+    let inner = QuietNote::boxed(Filtered::boxed(selection, printer));
     if o.json && stacks {
         Box::new(TraceSink {
             inner,

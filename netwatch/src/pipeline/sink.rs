@@ -61,6 +61,66 @@ impl Sink for Box<dyn Sink> {
     }
 }
 
+/// Says once on stderr when a live run has seen no event for [`QUIET_NOTE_AFTER`], so that a
+/// quiet host (or a filter that matches nothing) is not mistaken for a hung netwatch.
+pub struct QuietNote<S> {
+    inner: S,
+    attached: Option<std::time::Instant>,
+    seen: bool,
+    noted: bool,
+}
+
+/// How long a live run may see nothing before [`QuietNote`] says so.
+pub const QUIET_NOTE_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl<S: Sink + 'static> QuietNote<S> {
+    pub fn boxed(inner: S) -> Box<dyn Sink> {
+        Box::new(Self {
+            inner,
+            attached: None,
+            seen: false,
+            noted: false,
+        })
+    }
+}
+
+impl<S: Sink> Sink for QuietNote<S> {
+    fn attach(&mut self, probe: &Probe) -> anyhow::Result<()> {
+        self.attached = Some(std::time::Instant::now());
+        self.inner.attach(probe)
+    }
+
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        self.seen = true;
+        self.inner.event(ev)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.seen
+            && !self.noted
+            && self
+                .attached
+                .is_some_and(|t| t.elapsed() >= QUIET_NOTE_AFTER)
+        {
+            self.noted = true;
+            eprintln!(
+                "netwatch: no TCP event yet after {} s (none on this host, or none that the \
+                 filters keep); still watching",
+                QUIET_NOTE_AFTER.as_secs()
+            );
+        }
+        self.inner.flush()
+    }
+
+    fn stopped(&mut self, stop: StopReason) {
+        self.inner.stopped(stop)
+    }
+
+    fn finish(self: Box<Self>, header: &Header, summary: &Summary) -> io::Result<()> {
+        Box::new(self.inner).finish(header, summary)
+    }
+}
+
 /// Passes on only the events the selection keeps.
 pub struct Filtered<S> {
     pub selection: Selection,
@@ -188,12 +248,26 @@ pub fn describe(kind: &EventKind) -> String {
     }
 }
 
-impl<W: Write> Sink for TextSink<W> {
-    fn event(&mut self, ev: &Event) -> io::Result<()> {
+impl<W: Write> TextSink<W> {
+    fn header_once(&mut self) -> io::Result<()> {
         if !self.header_done {
             self.header()?;
             self.header_done = true;
         }
+        Ok(())
+    }
+}
+
+impl<W: Write> Sink for TextSink<W> {
+    /// Live: the header at once, so a quiet host does not look like a hung netwatch.
+    fn attach(&mut self, _probe: &Probe) -> anyhow::Result<()> {
+        self.header_once()?;
+        self.out.flush()?;
+        Ok(())
+    }
+
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        self.header_once()?;
         let time = match self.time {
             TimeStyle::Relative { start_ns } => {
                 format!("{:.3}", ev.ts_ns.saturating_sub(start_ns) as f64 / 1e9)
@@ -422,5 +496,56 @@ mod tests {
         assert_eq!(v["state"], "ESTABLISHED");
         assert!(v["time"].as_str().unwrap().ends_with('Z'));
         assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1);
+    }
+
+    /// A sink that records nothing, for the wrappers' tests.
+    struct Nothing;
+
+    impl Sink for Nothing {
+        fn event(&mut self, _: &Event) -> io::Result<()> {
+            Ok(())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_quiet_live_run_is_noted_once_and_a_replay_never() {
+        let quiet = |attached_ago: Option<std::time::Duration>, events: usize| {
+            let mut q = QuietNote {
+                inner: Nothing,
+                attached: attached_ago.map(|ago| std::time::Instant::now() - ago),
+                seen: false,
+                noted: false,
+            };
+            for _ in 0..events {
+                q.event(&event(EventKind::Destroy { state: None })).unwrap();
+            }
+            q.flush().unwrap();
+            q.noted
+        };
+        let past = Some(QUIET_NOTE_AFTER + std::time::Duration::from_secs(1));
+        assert!(quiet(past, 0), "quiet past the bound");
+        assert!(!quiet(past, 1), "an event arrived");
+        assert!(!quiet(Some(std::time::Duration::ZERO), 0), "not yet");
+        assert!(!quiet(None, 0), "a replay is never attached");
+    }
+
+    #[test]
+    fn the_text_header_comes_before_any_event() {
+        let mut out = Vec::new();
+        let mut sink = TextSink::new(
+            &mut out,
+            WallClock::from_offset(0),
+            TimeStyle::Relative { start_ns: 0 },
+            false,
+        );
+        sink.header_once().unwrap();
+        sink.header_once().unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.starts_with("TIME(s)"), "{text}");
     }
 }
