@@ -333,6 +333,7 @@ pub mod names {
     pub const SEND_RESET_FIELDS: &str = "SEND_RESET_FIELDS";
     pub const DESTROY_FIELDS: &str = "DESTROY_FIELDS";
     pub const ACCEPT_FIELDS: &str = "ACCEPT_FIELDS";
+    pub const FIRST_READ_FIELDS: &str = "FIRST_READ_FIELDS";
     pub const KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
     pub const FILTER: &str = "FILTER";
     /// Stack-trace map: user stacks at connect() and accept(), deduplicated by id.

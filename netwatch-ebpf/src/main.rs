@@ -90,6 +90,8 @@ static SEND_RESET_FIELDS: TpFields = TpFields::NONE;
 static DESTROY_FIELDS: TpFields = TpFields::NONE;
 #[unsafe(no_mangle)]
 static ACCEPT_FIELDS: TpFields = TpFields::NONE;
+#[unsafe(no_mangle)]
+static FIRST_READ_FIELDS: TpFields = TpFields::NONE;
 /// What to drop before the ring buffer (`--pid`, ports, family, cgroup).
 #[unsafe(no_mangle)]
 static FILTER: KernelFilter = KernelFilter::ANY;

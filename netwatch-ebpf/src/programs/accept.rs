@@ -10,7 +10,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use netwatch_common::{AF_INET6, COMM_LEN, event_flags, event_kind, stat};
+use netwatch_common::{AF_INET6, COMM_LEN, RawEvent, SockInfo, event_flags, event_kind, stat};
 
 use crate::{
     ACCEPT_FIELDS, KERNEL_OFFSETS, SOCKETS,
@@ -34,7 +34,6 @@ fn try_accept(ctx: &TracePointContext) -> Option<()> {
     if fd < 0 {
         return None;
     }
-    let o = &KERNEL_OFFSETS;
     // SAFETY: a helper without arguments; the task pointer is only dereferenced through
     // bpf_probe_read_kernel (kread).
     let task = unsafe { bpf_get_current_task() };
@@ -44,6 +43,21 @@ fn try_accept(ctx: &TracePointContext) -> Option<()> {
     };
     // Only sockets netwatch follows (TCP, seen in a transition) get an owner.
     let info = SOCKETS.get_ptr_mut(sk)?;
+    own(ctx, ev, sk, info, true)
+}
+
+/// Makes the current task the owner of `sk` (its `SOCKETS` entry `info`) and emits an `ACCEPT`
+/// event; with `stack`, also the user stack (the code path that accepted it). Shared with
+/// `first_read`, which learns the same owner at the first read instead of at accept().
+#[inline(always)]
+pub(super) fn own(
+    ctx: &TracePointContext,
+    ev: &mut RawEvent,
+    sk: u64,
+    info: *mut SockInfo,
+    stack: bool,
+) -> Option<()> {
+    let o = &KERNEL_OFFSETS;
     let pid_tgid = bpf_get_current_pid_tgid();
     reset_event(ev, event_kind::ACCEPT, sk);
     ev.tgid = (pid_tgid >> 32) as u32;
@@ -52,10 +66,12 @@ fn try_accept(ctx: &TracePointContext) -> Option<()> {
     // SAFETY: a helper without arguments.
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     ev.flags |= event_flags::OWNER_CAPTURED;
-    ev.stack_id = user_stack_id(ctx);
-    if ev.stack_id >= 0 {
-        ev.flags |= event_flags::STACK_VALID;
-        user_sp_word(ev);
+    if stack {
+        ev.stack_id = user_stack_id(ctx);
+        if ev.stack_id >= 0 {
+            ev.flags |= event_flags::STACK_VALID;
+            user_sp_word(ev);
+        }
     }
     // SAFETY: the pointer comes from the map lookup and is valid for this program run.
     unsafe {

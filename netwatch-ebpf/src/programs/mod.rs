@@ -6,9 +6,12 @@
 //!
 //! - [`set_state`]: `nw_set_state`, every TCP state transition, where owners are captured;
 //! - [`accept`]: `nw_accept`, where the accepting process becomes the new socket's owner;
+//! - [`first_read`]: `nw_first_read`, the same owner learnt at the first read, for the modes
+//!   that do not pay for a syscall tracepoint;
 //! - [`simple`]: `nw_retransmit`, `nw_synack_rtx`, `nw_recv_reset`, `nw_send_reset`,
 //!   `nw_destroy_sock`: one event each, with the owner remembered in `SOCKETS`.
 
 mod accept;
+mod first_read;
 mod set_state;
 mod simple;

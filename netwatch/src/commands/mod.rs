@@ -36,12 +36,16 @@ fn stdout() -> Stdio {
 }
 
 /// A live run as the command line asks for it, with the selection's kernel-side filter.
-fn live_options(run: &RunArgs, selection: &Selection) -> Live {
+/// `code_paths`: the command shows the code path that accepted a socket, so owners are taken
+/// at accept() (a syscall tracepoint, which taxes every syscall on the host) rather than at
+/// the socket's first read.
+fn live_options(run: &RunArgs, selection: &Selection, code_paths: bool) -> Live {
     Live {
         config: ProbeConfig {
             ring_bytes: run.ring_size,
             filter: selection.kernel(),
             capture_stacks: ProbeConfig::stacks_from_env(),
+            owners_at_accept: code_paths,
         },
         duration: run.duration,
         record: run.record.clone(),
@@ -50,7 +54,7 @@ fn live_options(run: &RunArgs, selection: &Selection) -> Live {
 
 pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     let selection = args.filter.selection()?;
-    let live = live_options(&args.run, &selection);
+    let live = live_options(&args.run, &selection, false);
     run::live(live, |h| {
         trace::output(&args.output, args.stacks, selection, h)
     })
@@ -59,7 +63,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
 
 pub async fn life(args: LifeArgs) -> anyhow::Result<()> {
     let selection = args.filter.selection()?;
-    let live = live_options(&args.run, &selection);
+    let live = live_options(&args.run, &selection, false);
     let max = args.tracker.max_sockets;
     run::live(live, |_| life::output(&args.output, selection, max)).await
 }
@@ -85,7 +89,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_processes: args.max_processes,
     };
     let max = args.tracker.max_sockets;
-    let live = live_options(&args.run, &selection);
+    let live = live_options(&args.run, &selection, false);
     let result = run::live(live, |_| {
         Box::new(MetricsSink::new(exporter, caps, max, selection))
     })
@@ -97,7 +101,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// `netwatch top` (and plain `netwatch`): the live view.
 pub async fn top(args: TopArgs) -> anyhow::Result<()> {
     let selection = args.filter.selection()?;
-    let live = live_options(&args.run, &selection);
+    let live = live_options(&args.run, &selection, false);
     run::live(live, |h| Box::new(TopSink::new(&args, selection, h))).await
 }
 
@@ -114,7 +118,7 @@ fn leaks_style(args: &LeaksArgs) -> leaks::Style {
 /// reveals.
 pub async fn leaks(args: LeaksArgs) -> anyhow::Result<()> {
     let style = leaks_style(&args);
-    let live = live_options(&args.run, &Selection::default());
+    let live = live_options(&args.run, &Selection::default(), true);
     run::live(live, |_| {
         Box::new(LeaksSink::new(
             stdout(),
@@ -133,7 +137,7 @@ pub fn leaks_once(args: &LeaksArgs) -> anyhow::Result<()> {
 
 pub async fn report(args: ReportArgs) -> anyhow::Result<()> {
     let selection = args.filter.selection()?;
-    let live = live_options(&args.run, &selection);
+    let live = live_options(&args.run, &selection, false);
     let max = args.tracker.max_sockets;
     run::live(live, |h| {
         report::output(&args.thresholds, selection, max, &args.output, h)

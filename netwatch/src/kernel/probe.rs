@@ -40,6 +40,30 @@ pub struct ProgramSpec {
     pub feature: &'static str,
     /// netwatch refuses to run without it.
     pub required: bool,
+    /// In which runs it is attached.
+    pub when: When,
+}
+
+/// Which runs attach a program: accepted sockets get their owner either at accept() (a
+/// `syscalls:*` tracepoint, which slows every syscall of every process on the host, so only
+/// when code paths are asked for) or at their first read (a TCP tracepoint; no tax).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum When {
+    Always,
+    /// [`ProbeConfig::owners_at_accept`].
+    OwnersAtAccept,
+    /// Not [`ProbeConfig::owners_at_accept`].
+    OwnersAtFirstRead,
+}
+
+impl When {
+    pub fn applies(self, config: &ProbeConfig) -> bool {
+        match self {
+            When::Always => true,
+            When::OwnersAtAccept => config.owners_at_accept,
+            When::OwnersAtFirstRead => !config.owners_at_accept,
+        }
+    }
 }
 
 pub const PROGRAM_SPECS: &[ProgramSpec] = &[
@@ -51,6 +75,7 @@ pub const PROGRAM_SPECS: &[ProgramSpec] = &[
         layout: layout::set_state_fields,
         feature: "state transitions",
         required: true,
+        when: When::Always,
     },
     ProgramSpec {
         program: "nw_retransmit",
@@ -60,6 +85,7 @@ pub const PROGRAM_SPECS: &[ProgramSpec] = &[
         layout: layout::socket_fields,
         feature: "retransmissions",
         required: false,
+        when: When::Always,
     },
     ProgramSpec {
         program: "nw_synack_rtx",
@@ -69,6 +95,7 @@ pub const PROGRAM_SPECS: &[ProgramSpec] = &[
         layout: layout::socket_fields,
         feature: "SYN-ACK retransmits",
         required: false,
+        when: When::Always,
     },
     ProgramSpec {
         program: "nw_recv_reset",
@@ -78,6 +105,7 @@ pub const PROGRAM_SPECS: &[ProgramSpec] = &[
         layout: layout::socket_fields,
         feature: "resets received",
         required: false,
+        when: When::Always,
     },
     ProgramSpec {
         program: "nw_send_reset",
@@ -87,6 +115,7 @@ pub const PROGRAM_SPECS: &[ProgramSpec] = &[
         layout: layout::socket_fields,
         feature: "resets sent",
         required: false,
+        when: When::Always,
     },
     ProgramSpec {
         program: "nw_destroy_sock",
@@ -96,6 +125,7 @@ pub const PROGRAM_SPECS: &[ProgramSpec] = &[
         layout: layout::socket_fields,
         feature: "socket destructions",
         required: false,
+        when: When::Always,
     },
     ProgramSpec {
         program: "nw_accept",
@@ -105,6 +135,7 @@ pub const PROGRAM_SPECS: &[ProgramSpec] = &[
         layout: layout::syscall_exit_fields,
         feature: "owners of sockets accepted with accept4()",
         required: false,
+        when: When::OwnersAtAccept,
     },
     ProgramSpec {
         program: "nw_accept",
@@ -114,12 +145,26 @@ pub const PROGRAM_SPECS: &[ProgramSpec] = &[
         layout: layout::syscall_exit_fields,
         feature: "owners of sockets accepted with accept()",
         required: false,
+        when: When::OwnersAtAccept,
+    },
+    ProgramSpec {
+        program: "nw_first_read",
+        system: "tcp",
+        event: "tcp_rcv_space_adjust",
+        global: names::FIRST_READ_FIELDS,
+        layout: layout::socket_fields,
+        feature: "owners of accepted sockets (learnt at their first read)",
+        required: false,
+        when: When::OwnersAtFirstRead,
     },
 ];
 
-/// How many tracepoints netwatch attaches to when the kernel has them all.
-pub fn tracepoint_count() -> usize {
-    PROGRAM_SPECS.len()
+/// How many tracepoints a run with `config` attaches to when the kernel has them all.
+pub fn tracepoint_count(config: &ProbeConfig) -> usize {
+    PROGRAM_SPECS
+        .iter()
+        .filter(|s| s.when.applies(config))
+        .count()
 }
 
 /// Load-time settings.
@@ -132,6 +177,9 @@ pub struct ProbeConfig {
     /// Capture the user stack at connect() and accept() (`NETWATCH_STACKS=0` switches it
     /// off, to measure its cost).
     pub capture_stacks: bool,
+    /// Learn the owner of an accepted socket at accept() itself, with its code path (`leaks`,
+    /// `trace --stacks`), at the price of a syscall tracepoint; otherwise at its first read.
+    pub owners_at_accept: bool,
 }
 
 impl Default for ProbeConfig {
@@ -140,6 +188,7 @@ impl Default for ProbeConfig {
             ring_bytes: DEFAULT_RING_BYTES,
             filter: KernelFilter::ANY,
             capture_stacks: true,
+            owners_at_accept: false,
         }
     }
 }
@@ -191,6 +240,8 @@ pub struct Probe {
     pub warnings: Vec<String>,
     /// Whether the programs capture user stacks (`ProbeConfig::capture_stacks`).
     capture_stacks: bool,
+    /// How many tracepoints this run attaches to when the kernel has them all.
+    tracepoints: usize,
 }
 
 /// Why a tracepoint's program is not attached on this kernel.
@@ -311,7 +362,7 @@ impl KernelLayouts {
         let offsets = offsets::kernel_offsets(&mut warnings);
         if offsets.task_files == netwatch_common::ABSENT32 {
             for tp in &mut tracepoints {
-                if tp.spec.program == "nw_accept" && tp.fields.is_ok() {
+                if matches!(tp.spec.program, "nw_accept" | "nw_first_read") && tp.fields.is_ok() {
                     tp.fields = Err(Unusable::NoOffsets);
                 }
             }
@@ -386,7 +437,10 @@ impl Probe {
             );
         }
         let mut ebpf = load_object(config, &layouts)?;
-        let usable: Vec<&ProgramSpec> = layouts.usable().collect();
+        let usable: Vec<&ProgramSpec> = layouts
+            .usable()
+            .filter(|spec| spec.when.applies(config))
+            .collect();
         let KernelLayouts {
             decode,
             mut warnings,
@@ -418,6 +472,7 @@ impl Probe {
             decode,
             warnings,
             capture_stacks: config.capture_stacks,
+            tracepoints: tracepoint_count(config),
         })
     }
 
@@ -470,6 +525,11 @@ impl Probe {
     /// Whether the programs capture user stacks at connect() and accept().
     pub fn captures_stacks(&self) -> bool {
         self.capture_stacks
+    }
+
+    /// How many tracepoints this run would attach to on a kernel that has them all.
+    pub fn tracepoints_wanted(&self) -> usize {
+        self.tracepoints
     }
 
     /// How many programs are attached.

@@ -11,7 +11,7 @@ use crate::{
         clock::{WallClock, monotonic_ns},
         netstat, settings,
     },
-    kernel::probe::{self, Probe, ProbeConfig},
+    kernel::probe::{Probe, ProbeConfig},
     pipeline::{
         record::{self, Item, Recorder, Replay},
         session::{Header, Summary},
@@ -56,7 +56,7 @@ pub async fn live(live: Live, make: impl FnOnce(&Header) -> Box<dyn Sink>) -> an
     eprintln!(
         "netwatch: tracing TCP events ({} of {} tracepoints attached); Ctrl-C to stop",
         probe.attached(),
-        probe::tracepoint_count()
+        probe.tracepoints_wanted()
     );
     let (output, summary) = match &live.record {
         Some(path) => {
