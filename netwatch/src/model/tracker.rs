@@ -658,12 +658,15 @@ impl Tracker {
         }
         self.stats.ended += 1;
         let end = classify(&s, from);
-        let (closer_pid, closer_comm) = match (&end, &s.closer) {
-            (End::TimeWait, Some(c)) | (End::Closed | End::ResetByUs { .. }, Some(c)) => {
-                (Some(c.pid.get()), Some(c.comm()))
-            }
-            _ => (None, None),
+        let closer = match (&end, s.closer.as_deref()) {
+            (End::TimeWait | End::Closed | End::ResetByUs { .. }, Some(c)) => Some(*c),
+            // An abortive close (SO_LINGER 0) goes ESTABLISHED -> CLOSE without FIN_WAIT1,
+            // where the closer is otherwise learnt: this side closed, so its owner did.
+            (End::ResetByUs { .. }, None) => s.owner,
+            _ => None,
         };
+        let (closer_pid, closer_comm) =
+            closer.map_or((None, None), |c| (Some(c.pid.get()), Some(c.comm())));
         out(Fact::Ended(Box::new(Connection {
             start_ns: s.born_ns.map_or(s.first_ns, Ns::get),
             end_ns: close_ns,
@@ -1003,6 +1006,9 @@ mod tests {
             }
         );
         assert_eq!(conns[0].end.label(), "reset-by-us (TCP_ABORT_ON_CLOSE)");
+        // This side closed (abortively): its owner is the closer.
+        assert_eq!(conns[0].closer_pid, conns[0].pid);
+        assert!(conns[0].closer_pid.is_some());
     }
 
     #[test]
