@@ -499,6 +499,21 @@ fn life(run: &Run) -> Result<String, String> {
         if pid != want {
             wrong.push(format!("owner {pid:?}, want {want:?}: {c}"));
         }
+        // tcpdrive's 5-byte request and reply, in sequence space as the kernel counts it
+        // (README): the client closes first, so its SYN and FIN are acknowledged (+2), and it
+        // counts the server's FIN (+1) only if that arrived before its socket became a
+        // timewait socket; the server's FIN is acknowledged (+1) and it counts the client's.
+        let bytes = (c["bytes_sent"].as_u64(), c["bytes_received"].as_u64());
+        let want_bytes: Option<(u64, &[u64])> = match (c["role"].as_str(), lport, rport) {
+            (Some("passive"), Some(p), _) if p == u64::from(P_OK) => Some((6, &[6])),
+            (Some("active"), _, Some(p)) if p == u64::from(P_OK) => Some((7, &[5, 6])),
+            _ => None,
+        };
+        if let Some((sent, received)) = want_bytes
+            && !(bytes.0 == Some(sent) && bytes.1.is_some_and(|r| received.contains(&r)))
+        {
+            wrong.push(format!("bytes {bytes:?}, want ({sent}, {received:?}): {c}"));
+        }
         *ends.entry(end).or_default() += 1;
     }
     let e = |k: &str| ends.get(k).copied().unwrap_or(0);
