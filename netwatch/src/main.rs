@@ -24,10 +24,9 @@ fn main() -> ExitCode {
         })
         .init();
     let cli = Cli::parse();
-    // No subcommand: the live view (a plain-text summary per interval without a terminal).
-    let command = cli
-        .command
-        .unwrap_or_else(|| Command::Top(Default::default()));
+    // No subcommand: the live view (a plain-text summary per interval without a terminal),
+    // with whatever of top's flags were given.
+    let command = cli.command.unwrap_or(Command::Top(cli.top));
     let result = match command {
         // Offline: no runtime, no privileges.
         Command::Analyze(args) => commands::analyze(args),

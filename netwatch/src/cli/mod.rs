@@ -12,6 +12,7 @@ pub const DEFAULT_MAX_PEERS: usize = 100;
 pub const DEFAULT_MAX_PROCESSES: usize = 500;
 
 #[derive(Parser, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 #[command(
     name = "netwatch",
     version,
@@ -35,6 +36,9 @@ pub const DEFAULT_MAX_PROCESSES: usize = 500;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Without a subcommand, `netwatch` is `netwatch top`, with top's flags.
+    #[command(flatten)]
+    pub top: TopArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -456,6 +460,15 @@ impl FilterArgs {
         if let Some(word) = self.filter.iter().find(|w| w.starts_with('-')) {
             anyhow::bail!(misplaced_option(word));
         }
+        if let Some(first) = self.filter.first() {
+            use clap::CommandFactory as _;
+            if Cli::command().find_subcommand(first).is_some() {
+                anyhow::bail!(
+                    "'{first}' is a subcommand, but it comes after options of plain `netwatch`: \
+                     put it first (`netwatch {first} [OPTIONS]`)"
+                );
+            }
+        }
         Ok(Selection {
             pids: self.pids.clone(),
             local_ports: self.local_ports.iter().flatten().cloned().collect(),
@@ -636,6 +649,24 @@ mod tests {
             err(&["state", "established", "--json"])
         );
         assert!(err(&["--zzzzzz"]).starts_with("unknown option '--zzzzzz';"));
+    }
+
+    #[test]
+    fn plain_netwatch_takes_the_flags_of_top() {
+        let cli = Cli::try_parse_from(["netwatch", "-L", "80", "--interval", "2s"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.top.interval, Duration::from_secs(2));
+        assert_eq!(cli.top.filter.local_ports, vec![vec![80..=80]]);
+        let cli = Cli::try_parse_from(["netwatch", "state", "close-wait"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.top.filter.filter, ["state", "close-wait"]);
+        // A subcommand still wins, with its own flags.
+        let cli = Cli::try_parse_from(["netwatch", "trace", "--json", "-L", "80"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Trace(_))));
+        // Top's flags before a subcommand: the subcommand is not taken for a filter word.
+        let cli = Cli::try_parse_from(["netwatch", "-L", "80", "trace"]).unwrap();
+        let err = cli.top.filter.selection().unwrap_err().to_string();
+        assert!(err.starts_with("'trace' is a subcommand"), "{err}");
     }
 
     #[test]

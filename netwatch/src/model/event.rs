@@ -195,8 +195,8 @@ pub struct Event {
     /// when it was remembered from an earlier one.
     #[serde(default)]
     pub owner_seen_here: bool,
-    /// cgroup v2 id of the owner (the inode of its cgroup directory); `None` when unknown.
-    #[serde(default)]
+    /// cgroup v2 id of the owner (the inode of its cgroup directory); absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup_id: Option<u64>,
     /// Inode of the socket's network namespace (as `/proc/<pid>/ns/net` and `lsns` show it),
     /// read by the kernel once per socket; `None` when unknown.
@@ -748,6 +748,18 @@ mod tests {
         // The derived reader ignores the key.
         let derived: Event = serde_json::from_value(json).unwrap();
         assert_eq!(derived, ev);
+    }
+
+    #[test]
+    fn an_unknown_cgroup_id_is_absent_not_null() {
+        let mut ev = Event::test_state(1);
+        ev.cgroup_id = None;
+        let json = serde_json::to_value(&ev).unwrap();
+        assert!(json.get("cgroup_id").is_none(), "{json}");
+        let (back, _) = Event::from_json_line(json.to_string().as_bytes()).unwrap();
+        assert_eq!(back, ev);
+        ev.cgroup_id = Some(7);
+        assert_eq!(serde_json::to_value(&ev).unwrap()["cgroup_id"], 7);
     }
 
     #[test]

@@ -153,8 +153,8 @@ pub struct Connection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tid: Option<u32>,
     pub comm: Option<String>,
-    /// cgroup v2 id of the owner.
-    #[serde(default)]
+    /// cgroup v2 id of the owner; absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup_id: Option<u64>,
     /// Inode of the socket's network namespace, when the kernel read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
