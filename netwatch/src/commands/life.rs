@@ -5,6 +5,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use crate::{
+    host::clock::WallClock,
     model::event::Event,
     model::selection::Selection,
     model::tracker::{Connection, Fact, Tracker},
@@ -33,6 +34,8 @@ pub struct LifeSink<W: Write> {
     json: bool,
     wide: bool,
     header_done: bool,
+    /// `-T`: a first TIME column, the wall-clock time the connection ended.
+    time: Option<WallClock>,
     pub tracker: Tracker,
 }
 
@@ -44,7 +47,23 @@ impl<W: Write> LifeSink<W> {
             json,
             wide,
             header_done: false,
+            time: None,
             tracker: Tracker::new(max_sockets),
+        }
+    }
+
+    /// Adds the TIME column (`-T`): when each connection ended, `HH:MM:SS.mmm` UTC.
+    pub fn with_time(mut self, clock: WallClock) -> Self {
+        self.time = Some(clock);
+        self
+    }
+
+    /// The TIME column with its separator under `-T`, else nothing.
+    fn time_column(&self, end_ns: Option<u64>) -> String {
+        match (self.time, end_ns) {
+            (Some(clock), Some(ns)) => format!("{:<12} ", clock.hms(ns)),
+            (Some(_), None) => format!("{:<12} ", "TIME"),
+            (None, _) => String::new(),
         }
     }
 
@@ -57,7 +76,8 @@ impl<W: Write> LifeSink<W> {
         let aw = if self.wide { 39 } else { 15 };
         writeln!(
             self.out,
-            "{:>7} {:<15} {:<aw$} {:>5} {:<aw$} {:>5} {:>6} {:>6} {:>10} {:<7} {}END",
+            "{}{:>7} {:<15} {:<aw$} {:>5} {:<aw$} {:>5} {:>6} {:>6} {:>10} {:<7} {}END",
+            self.time_column(None),
             "PID",
             "COMM",
             "LADDR",
@@ -96,7 +116,8 @@ impl<W: Write> LifeSink<W> {
         };
         writeln!(
             self.out,
-            "{:>7} {:<15} {:<aw$} {:>5} {:<aw$} {:>5} {:>6} {:>6} {:>10} {:<7} {}{}",
+            "{}{:>7} {:<15} {:<aw$} {:>5} {:<aw$} {:>5} {:>6} {:>6} {:>10} {:<7} {}{}",
+            self.time_column(Some(c.end_ns)),
             c.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
             c.comm.as_deref().unwrap_or("-"),
             c.saddr.to_string(),
@@ -138,14 +159,14 @@ pub fn output(
     o: &crate::cli::OutputArgs,
     selection: Selection,
     max_sockets: usize,
+    header: &crate::pipeline::session::Header,
 ) -> Box<dyn Sink> {
-    QuietNote::boxed(LifeSink::new(
-        super::stdout(),
-        o.json,
-        o.wide,
-        max_sockets,
-        selection,
-    ))
+    let sink = LifeSink::new(super::stdout(), o.json, o.wide, max_sockets, selection);
+    if o.timestamp {
+        QuietNote::boxed(sink.with_time(WallClock::from_offset(header.wall_offset_ns)))
+    } else {
+        QuietNote::boxed(sink)
+    }
 }
 
 impl<W: Write> Sink for LifeSink<W> {
@@ -296,5 +317,32 @@ mod tests {
         assert_eq!(pids(8080, Role::Active).len(), 1);
         assert_ne!(pids(8080, Role::Passive), pids(8080, Role::Active));
         assert!(conns.iter().all(|c| c.pid.is_some() && c.ms.is_some()));
+    }
+
+    #[test]
+    fn the_time_flag_adds_the_end_time_column() {
+        let c = replay().remove(0);
+        // A wall clock whose monotonic zero is the Unix epoch: the end time reads as is.
+        let clock = WallClock::from_offset(0);
+        let mut sink =
+            LifeSink::new(Vec::new(), false, false, 10, Selection::default()).with_time(clock);
+        sink.print(&c).unwrap();
+        let text = String::from_utf8(sink.out).unwrap();
+        let mut lines = text.lines();
+        assert!(lines.next().unwrap().starts_with("TIME         "), "{text}");
+        let row = lines.next().unwrap();
+        assert!(
+            row.starts_with(&format!("{:<12} ", clock.hms(c.end_ns))),
+            "{row}"
+        );
+        // Without -T, no TIME column.
+        let mut plain = LifeSink::new(Vec::new(), false, false, 10, Selection::default());
+        plain.print(&c).unwrap();
+        assert!(
+            String::from_utf8(plain.out)
+                .unwrap()
+                .trim_start()
+                .starts_with("PID")
+        );
     }
 }

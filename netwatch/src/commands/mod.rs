@@ -65,7 +65,7 @@ pub async fn life(args: LifeArgs) -> anyhow::Result<()> {
     let selection = args.filter.selection()?;
     let live = live_options(&args.run, &selection, false);
     let max = args.tracker.max_sockets;
-    run::live(live, |_| life::output(&args.output, selection, max)).await
+    run::live(live, |h| life::output(&args.output, selection, max, h)).await
 }
 
 /// `netwatch serve`: the metrics server runs beside the stream, on the same runtime, until the
@@ -155,7 +155,7 @@ pub fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
         if args.report {
             report::output(&args.thresholds, selection, max, &args.output, header)
         } else if args.life {
-            life::output(&args.output, selection, max)
+            life::output(&args.output, selection, max, header)
         } else {
             trace::output(&args.output, false, selection, header)
         }
