@@ -454,21 +454,19 @@ impl Tracker {
                         (*bytes_sent, *bytes_received, *srtt_ms);
                 }
             }
-            EventKind::Retransmit { .. } => {
-                if let Some(s) = self.known(ev) {
+            EventKind::Retransmit { state, .. } => {
+                if let Some(s) = self.known(ev, *state, out) {
                     s.retransmits += 1;
                 }
             }
             EventKind::ResetReceived { state } => {
-                if let Some(s) = self.known(ev) {
+                if let Some(s) = self.known(ev, *state, out) {
                     s.resets_received = s.resets_received.saturating_add(1);
                     s.reset_state = s.reset_state.or(*state);
                 }
             }
             EventKind::ResetSent { state, reason } => {
-                if ev.sock != 0
-                    && let Some(s) = self.known(ev)
-                {
+                if let Some(s) = self.known(ev, *state, out) {
                     s.resets_sent = s.resets_sent.saturating_add(1);
                     s.reset_state = s.reset_state.or(*state);
                     let e = s.ending.get_or_insert_default();
@@ -495,13 +493,71 @@ impl Tracker {
     }
 
     /// The socket of a non-transition event, if netwatch tracks it.
-    fn known(&mut self, ev: &Event) -> Option<&mut Sock> {
+    /// The socket of a retransmission or reset. One older than the trace, seen first here, is
+    /// followed from now on (in `state`), so that its end is classified by what was seen: a
+    /// reset from the peer makes it `reset-by-peer`, not `aborted`.
+    fn known(
+        &mut self,
+        ev: &Event,
+        state: Option<TcpState>,
+        out: &mut impl FnMut(Fact),
+    ) -> Option<&mut Sock> {
+        if ev.sock != 0 && !self.socks.contains_key(&ev.sock) {
+            self.insert(ev, Role::Unknown, None, state, false, out);
+        }
         let s = self.socks.get_mut(&ev.sock)?;
         s.last_ns = ev.ts_ns;
         if s.owner.is_none() {
             s.owner = OwnerId::of(ev);
         }
         Some(s)
+    }
+
+    /// Starts following the socket of `ev`: `born` when its life began in view, `state` the
+    /// state it is known to be in.
+    fn insert(
+        &mut self,
+        ev: &Event,
+        role: Role,
+        born: Option<u64>,
+        state: Option<TcpState>,
+        listener: bool,
+        out: &mut impl FnMut(Fact),
+    ) {
+        self.make_room(out);
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        self.socks.insert(
+            ev.sock,
+            Sock {
+                generation,
+                born_ns: born.and_then(Ns::new),
+                first_ns: ev.ts_ns,
+                last_ns: ev.ts_ns,
+                owner: None,
+                stack: None,
+                netns: ev.netns.unwrap_or(0),
+                closer: None,
+                role,
+                state,
+                state_since: None,
+                syn_sent_ns: None,
+                connect_ns: None,
+                saddr: ev.saddr,
+                sport: ev.sport,
+                daddr: ev.daddr,
+                dport: ev.dport,
+                dwell: DwellMs::UNSEEN,
+                retransmits: 0,
+                resets_received: 0,
+                resets_sent: 0,
+                reset_state: None,
+                closed_state: None,
+                closed_ns: 0,
+                listener,
+                ending: None,
+            },
+        );
     }
 
     fn on_transition(
@@ -516,45 +572,13 @@ impl Tracker {
             self.end(prev, out);
         }
         if !self.socks.contains_key(&ev.sock) {
-            self.make_room(out);
-            let generation = self.next_generation;
-            self.next_generation = self.next_generation.wrapping_add(1);
             let role = match new {
                 Some(TcpState::SynSent) if fresh => Role::Active,
                 Some(TcpState::SynRecv) if fresh => Role::Passive,
                 _ => Role::Unknown,
             };
-            self.socks.insert(
-                ev.sock,
-                Sock {
-                    generation,
-                    born_ns: if fresh { Ns::new(ev.ts_ns) } else { None },
-                    first_ns: ev.ts_ns,
-                    last_ns: ev.ts_ns,
-                    owner: None,
-                    stack: None,
-                    netns: 0,
-                    closer: None,
-                    role,
-                    state: old,
-                    state_since: None,
-                    syn_sent_ns: None,
-                    connect_ns: None,
-                    saddr: ev.saddr,
-                    sport: ev.sport,
-                    daddr: ev.daddr,
-                    dport: ev.dport,
-                    dwell: DwellMs::UNSEEN,
-                    retransmits: 0,
-                    resets_received: 0,
-                    resets_sent: 0,
-                    reset_state: None,
-                    closed_state: None,
-                    closed_ns: 0,
-                    listener: new == Some(TcpState::Listen),
-                    ending: None,
-                },
-            );
+            let born = fresh.then_some(ev.ts_ns);
+            self.insert(ev, role, born, old, new == Some(TcpState::Listen), out);
         }
         let Some(s) = self.socks.get_mut(&ev.sock) else {
             return;
@@ -1032,6 +1056,31 @@ mod tests {
         let (conns, _) = s.run(100);
         assert_eq!(conns[0].end, End::ResetByPeer);
         assert_eq!(conns[0].reset_state, Some(Established));
+    }
+
+    #[test]
+    fn a_socket_older_than_the_trace_reset_by_its_peer_says_so() {
+        // Its first event is the reset: netwatch never saw it open.
+        let mut s = Stream::new();
+        let l = (CLIENT, 5001);
+        let r = (SERVER, 80);
+        s.push(
+            0,
+            0xa1,
+            Some(3),
+            l,
+            r,
+            EventKind::ResetReceived {
+                state: Some(Established),
+            },
+        );
+        s.state(0, 0xa1, Some(3), l, r, Established, Close);
+        let (conns, _) = s.run(100);
+        assert_eq!(conns.len(), 1);
+        assert_eq!(conns[0].end, End::ResetByPeer);
+        assert_eq!(conns[0].role, Role::Unknown);
+        assert_eq!(conns[0].ms, None, "its life began before the trace");
+        assert_eq!(conns[0].pid, Some(3));
     }
 
     #[test]
