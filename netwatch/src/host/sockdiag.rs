@@ -102,6 +102,30 @@ pub struct DiagSocket {
     /// an ACK), so this is a lower bound of how long it has been stuck, known even for a
     /// socket that was stuck before netwatch started.
     pub last_ack_recv_ms: Option<u32>,
+    /// Milliseconds left on the socket's timer (`idiag_expires`): for a timewait socket, until
+    /// the kernel drops it.
+    pub expires_ms: u32,
+    /// The namespace's `net.ipv4.tcp_fin_timeout` in ms, read with the dump; `None` when it
+    /// could not be read.
+    pub fin_timeout_ms: Option<u32>,
+}
+
+impl DiagSocket {
+    /// How long the kernel says this socket has at least been in its state: the time since
+    /// the peer's last ACK for a full socket (`tcpi_last_ack_recv`); for an orphaned FIN_WAIT2
+    /// (a timewait socket, which has no `tcp_info`), the FIN timeout less the time left on its
+    /// timer, which started when it was orphaned.
+    pub fn kernel_age_ms(&self) -> Option<u32> {
+        const TCP_FIN_WAIT2: u8 = 5;
+        self.last_ack_recv_ms.or_else(|| {
+            (self.state == TCP_FIN_WAIT2 && self.inode == 0)
+                .then(|| {
+                    self.fin_timeout_ms
+                        .map(|t| t.saturating_sub(self.expires_ms))
+                })
+                .flatten()
+        })
+    }
 }
 
 /// Why a dump failed.
@@ -156,8 +180,8 @@ pub fn tcp_sockets(
     states: StateMask,
     netns: Option<&Path>,
 ) -> Result<Vec<DiagSocket>, SockDiagError> {
-    let sock = match netns {
-        None => open_socket()?,
+    let (sock, fin_timeout_ms) = match netns {
+        None => (open_socket()?, fin_timeout_ms()),
         Some(path) => open_socket_in(path)?,
     };
     // A dump that raced with socket changes is asked again (a few times) with a new sequence
@@ -179,6 +203,9 @@ pub fn tcp_sockets(
                 }
                 other => other?,
             }
+        }
+        for d in &mut out {
+            d.fin_timeout_ms = fin_timeout_ms;
         }
         return Ok(out);
     }
@@ -202,9 +229,16 @@ fn open_socket() -> Result<OwnedFd, SockDiagError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `net.ipv4.tcp_fin_timeout` of the calling thread's network namespace, in ms.
+fn fin_timeout_ms() -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_fin_timeout").ok()?;
+    text.trim().parse::<u32>().ok()?.checked_mul(1000)
+}
+
 /// Opens the netlink socket inside the namespace `path`, on a thread of its own that enters
-/// the namespace and ends right after: the caller's namespace is untouched.
-fn open_socket_in(path: &Path) -> Result<OwnedFd, SockDiagError> {
+/// the namespace and ends right after: the caller's namespace is untouched. Reads the
+/// namespace's FIN timeout there too (`/proc/sys/net` shows the reader's namespace).
+fn open_socket_in(path: &Path) -> Result<(OwnedFd, Option<u32>), SockDiagError> {
     let path = path.to_path_buf();
     let ns = File::open(&path).map_err(|source| SockDiagError::Netns {
         path: path.clone(),
@@ -221,7 +255,7 @@ fn open_socket_in(path: &Path) -> Result<OwnedFd, SockDiagError> {
                     source: io::Error::last_os_error(),
                 });
             }
-            open_socket()
+            Ok((open_socket()?, fin_timeout_ms()))
         })
         .map_err(io_err("spawn the namespace thread"))?
         .join()
@@ -412,6 +446,8 @@ fn parse_msg(p: &[u8]) -> Result<DiagSocket, SockDiagError> {
         last_ack_recv_ms: attribute(&p[MSG_LEN..], INET_DIAG_INFO)
             .filter(|info| info.len() >= TCPI_LAST_ACK_RECV + 4)
             .map(|info| u32_ne(info, TCPI_LAST_ACK_RECV)),
+        expires_ms: u32_ne(p, tail),
+        fin_timeout_ms: None,
     })
 }
 
@@ -478,6 +514,29 @@ mod tests {
     }
 
     #[test]
+    fn an_orphaned_fin_wait2_is_as_old_as_its_timer_says() {
+        let mut d = parse_msg(&diag_msg(
+            AF_INET,
+            5,
+            "10.0.0.1:40000".parse().unwrap(),
+            "10.0.0.2:80".parse().unwrap(),
+            0,
+        ))
+        .unwrap();
+        // 45 s left of a 60 s FIN timeout: orphaned 15 s ago.
+        (d.expires_ms, d.fin_timeout_ms) = (45_000, Some(60_000));
+        assert_eq!(d.kernel_age_ms(), Some(15_000));
+        // Unknown timeout: no claim.
+        d.fin_timeout_ms = None;
+        assert_eq!(d.kernel_age_ms(), None);
+        // A full socket (held by a process: an inode) says how long since the last ACK.
+        (d.inode, d.fin_timeout_ms, d.last_ack_recv_ms) = (77, Some(60_000), Some(1_234));
+        assert_eq!(d.kernel_age_ms(), Some(1_234));
+        d.last_ack_recv_ms = None;
+        assert_eq!(d.kernel_age_ms(), None);
+    }
+
+    #[test]
     fn the_request_is_an_inet_diag_req_v2_dump() {
         let states = StateMask::CLOSE_WAIT.union(StateMask::LISTEN);
         let r = request(AF_INET6, libc::IPPROTO_TCP as u8, states, 7);
@@ -533,6 +592,8 @@ mod tests {
                     uid: 1000,
                     cookie: 0x5566_7788_1122_3344,
                     last_ack_recv_ms: None,
+                    expires_ms: 0,
+                    fin_timeout_ms: None,
                 },
                 DiagSocket {
                     family: AF_INET6,
@@ -543,6 +604,8 @@ mod tests {
                     uid: 1000,
                     cookie: 0x5566_7788_1122_3344,
                     last_ack_recv_ms: None,
+                    expires_ms: 0,
+                    fin_timeout_ms: None,
                 },
             ]
         );

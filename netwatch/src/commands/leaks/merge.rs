@@ -192,7 +192,7 @@ pub fn merge(
             None => {
                 let watched =
                     ms(now_ns.saturating_sub(first_seen.first((*netns, d.cookie), now_ns)));
-                let kernel = d.last_ack_recv_ms.map_or(0.0, f64::from);
+                let kernel = d.kernel_age_ms().map_or(0.0, f64::from);
                 (watched.max(kernel), true)
             }
         };
@@ -337,6 +337,8 @@ mod tests {
             uid: 0,
             cookie,
             last_ack_recv_ms: Some(1500),
+            expires_ms: 0,
+            fin_timeout_ms: Some(60_000),
         }
     }
 
