@@ -454,6 +454,66 @@ pub fn parse_ports(s: &str) -> Result<Vec<RangeInclusive<u16>>, String> {
 
 /// The cgroup v2 id of a cgroup path: the inode number of its directory.
 impl FilterArgs {
+    /// Nothing asked for.
+    pub fn is_empty(&self) -> bool {
+        self.to_args().is_empty()
+    }
+
+    /// These flags and the expression as command-line words, to store in a recording: what
+    /// `from_args` turns back into the same filter.
+    pub fn to_args(&self) -> Vec<String> {
+        let ranges = |rs: &[std::ops::RangeInclusive<u16>]| {
+            rs.iter()
+                .map(|r| {
+                    if r.start() == r.end() {
+                        r.start().to_string()
+                    } else {
+                        format!("{}-{}", r.start(), r.end())
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut out = Vec::new();
+        for p in &self.pids {
+            out.extend(["-p".to_string(), p.to_string()]);
+        }
+        for l in &self.local_ports {
+            out.extend(["-L".to_string(), ranges(l)]);
+        }
+        for d in &self.remote_ports {
+            out.extend(["-D".to_string(), ranges(d)]);
+        }
+        if self.ipv4 {
+            out.push("-4".into());
+        }
+        if self.ipv6 {
+            out.push("-6".into());
+        }
+        if let Some(c) = &self.comm {
+            out.extend(["--comm".to_string(), c.clone()]);
+        }
+        if let Some(c) = &self.cgroup {
+            out.extend(["--cgroup".to_string(), c.display().to_string()]);
+        }
+        out.extend(self.filter.iter().cloned());
+        out
+    }
+
+    /// The filter that [`FilterArgs::to_args`] wrote.
+    pub fn from_args(words: &[String]) -> anyhow::Result<Self> {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            filter: FilterArgs,
+        }
+        let only = Only::try_parse_from(
+            std::iter::once("netwatch").chain(words.iter().map(String::as_str)),
+        )
+        .map_err(|e| anyhow::anyhow!("the recording's filter {words:?} does not parse: {e}"))?;
+        Ok(only.filter)
+    }
+
     /// The selection these flags and the expression make, checked before anything is
     /// attached: a bad port, expression or cgroup path is an error naming the token.
     pub fn selection(&self) -> anyhow::Result<Selection> {
@@ -667,6 +727,39 @@ mod tests {
         let cli = Cli::try_parse_from(["netwatch", "-L", "80", "trace"]).unwrap();
         let err = cli.top.filter.selection().unwrap_err().to_string();
         assert!(err.starts_with("'trace' is a subcommand"), "{err}");
+    }
+
+    #[test]
+    fn a_filter_survives_the_trip_through_a_recording() {
+        let cli = Cli::try_parse_from([
+            "netwatch",
+            "trace",
+            "-p",
+            "7,8",
+            "-L",
+            "80,8000-8080",
+            "-D",
+            "5432",
+            "-4",
+            "--comm",
+            "nginx",
+            "--cgroup",
+            "/a.slice",
+            "state",
+            "close-wait",
+        ])
+        .unwrap();
+        let Some(Command::Trace(t)) = cli.command else {
+            panic!("trace")
+        };
+        let words = t.filter.to_args();
+        let back = FilterArgs::from_args(&words).unwrap();
+        assert_eq!(back.to_args(), words);
+        assert_eq!(back.pids, [7, 8]);
+        assert_eq!(back.local_ports, vec![vec![80..=80, 8000..=8080]]);
+        assert_eq!(back.filter, ["state", "close-wait"]);
+        assert!(!back.is_empty());
+        assert!(FilterArgs::default().is_empty());
     }
 
     #[test]

@@ -15,7 +15,10 @@ use std::io::{self, BufWriter, Stdout, Write};
 use anyhow::Context as _;
 
 use crate::{
-    cli::{AnalyzeArgs, LeaksArgs, LifeArgs, ReportArgs, RunArgs, ServeArgs, TopArgs, TraceArgs},
+    cli::{
+        AnalyzeArgs, FilterArgs, LeaksArgs, LifeArgs, ReportArgs, RunArgs, ServeArgs, TopArgs,
+        TraceArgs,
+    },
     commands::{
         leaks::LeaksSink,
         metrics::{Exporter, MetricsSink},
@@ -39,7 +42,23 @@ fn stdout() -> Stdio {
 /// `code_paths`: the command shows the code path that accepted a socket, so owners are taken
 /// at accept() (a syscall tracepoint, which taxes every syscall on the host) rather than at
 /// the socket's first read.
-fn live_options(run: &RunArgs, selection: &Selection, code_paths: bool) -> Live {
+fn live_options(
+    run: &RunArgs,
+    filter: &FilterArgs,
+    code_paths: bool,
+) -> anyhow::Result<(Live, Selection)> {
+    let selection = filter.selection()?;
+    let live = live_with(run, &selection, code_paths);
+    Ok((
+        Live {
+            filter: filter.to_args(),
+            ..live
+        },
+        selection,
+    ))
+}
+
+fn live_with(run: &RunArgs, selection: &Selection, code_paths: bool) -> Live {
     Live {
         config: ProbeConfig {
             ring_bytes: run.ring_size,
@@ -49,12 +68,12 @@ fn live_options(run: &RunArgs, selection: &Selection, code_paths: bool) -> Live 
         },
         duration: run.duration,
         record: run.record.clone(),
+        filter: Vec::new(),
     }
 }
 
 pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
-    let selection = args.filter.selection()?;
-    let live = live_options(&args.run, &selection, false);
+    let (live, selection) = live_options(&args.run, &args.filter, args.stacks)?;
     run::live(live, |h| {
         trace::output(&args.output, args.stacks, selection, h)
     })
@@ -62,8 +81,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
 }
 
 pub async fn life(args: LifeArgs) -> anyhow::Result<()> {
-    let selection = args.filter.selection()?;
-    let live = live_options(&args.run, &selection, false);
+    let (live, selection) = live_options(&args.run, &args.filter, false)?;
     let max = args.tracker.max_sockets;
     run::live(live, |h| life::output(&args.output, selection, max, h)).await
 }
@@ -71,7 +89,7 @@ pub async fn life(args: LifeArgs) -> anyhow::Result<()> {
 /// `netwatch serve`: the metrics server runs beside the stream, on the same runtime, until the
 /// stream stops.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let selection = args.filter.selection()?;
+    let (live, selection) = live_options(&args.run, &args.filter, false)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -89,7 +107,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_processes: args.max_processes,
     };
     let max = args.tracker.max_sockets;
-    let live = live_options(&args.run, &selection, false);
     let result = run::live(live, |_| {
         Box::new(MetricsSink::new(exporter, caps, max, selection))
     })
@@ -100,8 +117,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// `netwatch top` (and plain `netwatch`): the live view.
 pub async fn top(args: TopArgs) -> anyhow::Result<()> {
-    let selection = args.filter.selection()?;
-    let live = live_options(&args.run, &selection, false);
+    let (live, selection) = live_options(&args.run, &args.filter, false)?;
     run::live(live, |h| Box::new(TopSink::new(&args, selection, h))).await
 }
 
@@ -118,7 +134,7 @@ fn leaks_style(args: &LeaksArgs) -> leaks::Style {
 /// reveals.
 pub async fn leaks(args: LeaksArgs) -> anyhow::Result<()> {
     let style = leaks_style(&args);
-    let live = live_options(&args.run, &Selection::default(), true);
+    let live = live_with(&args.run, &Selection::default(), true);
     run::live(live, |_| {
         Box::new(LeaksSink::new(
             stdout(),
@@ -136,8 +152,7 @@ pub fn leaks_once(args: &LeaksArgs) -> anyhow::Result<()> {
 }
 
 pub async fn report(args: ReportArgs) -> anyhow::Result<()> {
-    let selection = args.filter.selection()?;
-    let live = live_options(&args.run, &selection, false);
+    let (live, selection) = live_options(&args.run, &args.filter, false)?;
     let max = args.tracker.max_sockets;
     run::live(live, |h| {
         report::output(&args.thresholds, selection, max, &args.output, h)
@@ -148,8 +163,17 @@ pub async fn report(args: ReportArgs) -> anyhow::Result<()> {
 /// Replays a recording into the output the live run had; a damaged file still prints what was
 /// read, then fails naming the line.
 pub fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
-    let selection = args.filter.selection()?;
     let replay = Replay::open(&args.file)?;
+    let recorded = &replay.header.filter;
+    let selection = if args.filter.is_empty() && !recorded.is_empty() {
+        eprintln!(
+            "netwatch: applying the recording's filter ({}); give another filter to override it",
+            recorded.join(" ")
+        );
+        FilterArgs::from_args(recorded)?.selection()?
+    } else {
+        args.filter.selection()?
+    };
     let max = args.tracker.max_sockets;
     run::replay(replay, &args.file, |header| {
         if args.report {

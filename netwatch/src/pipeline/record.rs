@@ -238,6 +238,7 @@ mod tests {
             started_ns: 7,
             wall_offset_ns: 1_700_000_000_000_000_000,
             settings: crate::model::analysis::HostSettings::default(),
+            filter: Vec::new(),
         }
     }
 

@@ -27,6 +27,8 @@ pub struct Live {
     pub duration: Option<Duration>,
     /// Write every event that reached user space here too (`--record`).
     pub record: Option<PathBuf>,
+    /// The filter as command-line words, stored in the recording's header.
+    pub filter: Vec<String>,
 }
 
 /// `netwatch ... | head`: the reader left; nothing is wrong.
@@ -49,6 +51,7 @@ pub async fn live(live: Live, make: impl FnOnce(&Header) -> Box<dyn Sink>) -> an
         started_ns: monotonic_ns(),
         wall_offset_ns: WallClock::now().offset_ns(),
         settings: settings::read(),
+        filter: live.filter.clone(),
     };
     let listen_before = netstat::listen_counters();
     let mut output = make(&header);

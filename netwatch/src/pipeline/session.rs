@@ -15,6 +15,10 @@ pub struct Header {
     /// Unix-epoch ns minus monotonic ns at start (for wall-clock output).
     pub wall_offset_ns: i128,
     pub settings: HostSettings,
+    /// The live run's filter (flags and expression, as command-line words): `analyze` applies
+    /// it again unless given another, so that a replay prints what the live run printed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filter: Vec<String>,
 }
 
 /// How a run ended: the last line of a recording, written when the run stops cleanly.
