@@ -241,6 +241,14 @@ pub fn render(r: &Report, style: &Style) -> String {
         "netwatch report: {:.1} s, {} events, {} lost, {} connections ended",
         r.duration_s, r.events, r.lost_events, r.connections_ended
     );
+    // Under a filter the counts above are what it keeps; say so beside the tracker's total.
+    if r.tracker.ended > r.connections_ended {
+        let _ = write!(
+            out,
+            " (the filter keeps these of {} connections that ended)",
+            r.tracker.ended
+        );
+    }
     match &style.span {
         Some((from, to)) => {
             let _ = writeln!(out, ", from {from} to {to}");
@@ -373,7 +381,7 @@ pub fn render(r: &Report, style: &Style) -> String {
     lifetimes(&mut out, "by peer", &r.lifetimes_by_peer, kw);
     let _ = writeln!(
         out,
-        "\nTracker: {} sockets tracked now, {} evicted, {} connections ended",
+        "\nTracker (before the filter): {} sockets tracked now, {} evicted, {} connections ended",
         r.tracker.sockets, r.tracker.evicted, r.tracker.ended
     );
     out
@@ -393,7 +401,8 @@ mod tests {
         let mut c = Connection::test(1_000_000_000, "10.0.0.9", 80, End::TimeWait, Role::Active);
         (c.pid, c.closer_pid, c.cgroup_id) = (Some(4242), Some(4242), Some(77));
         a.on_connection(&c);
-        let r = a.report(&Tracker::new(10), 2_000_000_000, 0, None, &|_| true, &names);
+        let mut r = a.report(&Tracker::new(10), 2_000_000_000, 0, None, &|_| true, &names);
+        r.tracker.ended = 1; // as the tracker would have ended the connection it fed
         let text = render(&r, &Style::default());
         let line = text
             .lines()
@@ -402,6 +411,19 @@ mod tests {
         assert!(
             line.ends_with("   cgroup /shop.slice/api.service"),
             "{line}"
+        );
+        // Unfiltered, the header needs no second count...
+        let head = text.lines().next().unwrap().to_string();
+        assert!(!head.contains("the filter keeps"), "{head}");
+        // ...under a filter it names what the filter keeps beside all that ended.
+        let mut filtered = r.clone();
+        filtered.tracker.ended = 5;
+        let text = render(&filtered, &Style::default());
+        assert!(
+            text.lines().next().unwrap().ends_with(
+                "1 connections ended (the filter keeps these of 5 connections that ended)"
+            ),
+            "{text}"
         );
     }
 }

@@ -48,7 +48,7 @@ impl StreamStats {
     /// One line for stderr.
     pub fn line(&self) -> String {
         let mut s = format!(
-            "netwatch: {} events seen, {} lost (produced={} delivered={} lost={})",
+            "netwatch: {} events seen (before any user-space filter), {} lost (produced={} delivered={} lost={})",
             self.delivered,
             self.kernel.lost,
             self.kernel.produced,
