@@ -763,6 +763,15 @@ mod tests {
     }
 
     #[test]
+    fn leaks_takes_no_port_filter_and_says_which_flag() {
+        let err = Cli::try_parse_from(["netwatch", "leaks", "-L", "80"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'-L'"), "{err}");
+        assert!(Cli::try_parse_from(["netwatch", "leaks", "-p", "7", "--comm", "nginx"]).is_ok());
+    }
+
+    #[test]
     fn intervals_are_at_least_the_drain_interval() {
         assert_eq!(parse_interval("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_interval("50ms"), Ok(Duration::from_millis(50)));
