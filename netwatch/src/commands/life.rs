@@ -27,6 +27,20 @@ fn kb(bytes: Option<u64>) -> String {
     bytes.map_or_else(|| "-".to_string(), |b| (b / 1024).to_string())
 }
 
+/// Width of `-w`'s CGROUP column. A longer path keeps its end (the most specific part: the
+/// service or container), after a `…`, so that END stays in line.
+const CGROUP_WIDTH: usize = 32;
+
+/// `s` if it fits in `width` characters, else `…` and its last `width - 1` characters.
+fn tail(s: &str, width: usize) -> std::borrow::Cow<'_, str> {
+    let n = s.chars().count();
+    if n <= width {
+        return s.into();
+    }
+    let skip = n - (width - 1);
+    format!("…{}", s.chars().skip(skip).collect::<String>()).into()
+}
+
 /// Feeds the tracker and prints each connection it finishes.
 pub struct LifeSink<W: Write> {
     out: W,
@@ -137,7 +151,10 @@ impl<W: Write> LifeSink<W> {
     /// comes before END, which stays last because it may hold spaces (`reset-by-us (REASON)`).
     fn cgroup_column(&self, cgroup: Option<&str>) -> String {
         if self.wide {
-            format!("{:<32} ", cgroup.unwrap_or("-"))
+            format!(
+                "{:<CGROUP_WIDTH$} ",
+                tail(cgroup.unwrap_or("-"), CGROUP_WIDTH)
+            )
         } else {
             String::new()
         }
@@ -343,6 +360,20 @@ mod tests {
                 .unwrap()
                 .trim_start()
                 .starts_with("PID")
+        );
+    }
+
+    #[test]
+    fn a_long_cgroup_keeps_its_end_and_the_columns_in_line() {
+        assert_eq!(tail("/a.slice", 32), "/a.slice");
+        let long = "/kubepods.slice/kubepods-burstable.slice/cri-containerd-0123456789abcdef.scope";
+        let t = tail(long, 32);
+        assert_eq!(t.chars().count(), 32);
+        assert!(t.starts_with('…') && long.ends_with(&t[t.char_indices().nth(1).unwrap().0..]));
+        let sink = LifeSink::new(Vec::new(), false, true, 10, Selection::default());
+        assert_eq!(
+            sink.cgroup_column(Some(long)).chars().count(),
+            sink.cgroup_column(Some("/")).chars().count()
         );
     }
 }

@@ -164,6 +164,10 @@ impl<S: Sink> Sink for Filtered<S> {
     }
 }
 
+/// Width of the EVENT column: room for `RESET_SENT in SYN_RECV (TCP_ABORT_ON_DATA)`; a rarer,
+/// longer reset reason pushes the MS_IN_OLD column out by what it exceeds.
+const EVENT_WIDTH: usize = 42;
+
 /// How the TIME column reads.
 #[derive(Clone, Copy, Debug)]
 pub enum TimeStyle {
@@ -207,7 +211,7 @@ impl<W: Write> TextSink<W> {
         let w = self.addr_width;
         write!(
             self.out,
-            "{time:<12} {:>7} {:<15} {:<w$} {:<w$} {:<34} {:>10}",
+            "{time:<12} {:>7} {:<15} {:<w$} {:<w$} {:<EVENT_WIDTH$} {:>10}",
             "PID", "COMM", "LADDR:LPORT", "RADDR:RPORT", "EVENT", "MS_IN_OLD"
         )?;
         self.end_line("CGROUP")
@@ -286,7 +290,7 @@ impl<W: Write> Sink for TextSink<W> {
         let w = self.addr_width;
         write!(
             self.out,
-            "{time:<12} {pid:>7} {comm:<15} {:<w$} {:<w$} {:<34} {ms:>10}",
+            "{time:<12} {pid:>7} {comm:<15} {:<w$} {:<w$} {:<EVENT_WIDTH$} {ms:>10}",
             endpoint(ev.saddr, ev.sport),
             endpoint(ev.daddr, ev.dport),
             describe(&ev.kind),
@@ -531,6 +535,30 @@ mod tests {
         assert!(!quiet(past, 1), "an event arrived");
         assert!(!quiet(Some(std::time::Duration::ZERO), 0), "not yet");
         assert!(!quiet(None, 0), "a replay is never attached");
+    }
+
+    #[test]
+    fn a_long_reset_reason_stays_in_its_column() {
+        let mut buf = Vec::new();
+        let mut sink = TextSink::new(
+            &mut buf,
+            WallClock::now(),
+            TimeStyle::Relative { start_ns: 0 },
+            false,
+        );
+        sink.event(&event(EventKind::ResetSent {
+            state: Some(TcpState::Close),
+            reason: Some("TCP_ABORT_ON_CLOSE".into()),
+        }))
+        .unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[1].contains("RESET_SENT in CLOSE (TCP_ABORT_ON_CLOSE)"),
+            "{text}"
+        );
+        // MS_IN_OLD ends where its header ends.
+        assert_eq!(lines[1].len(), lines[0].len(), "{text}");
     }
 
     #[test]
