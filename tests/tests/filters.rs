@@ -1,14 +1,13 @@
 //! Filters decided in the kernel, as root: what they drop never reaches user space (and is
 //! counted there), and what they keep equals the unfiltered stream filtered afterwards.
-mod support;
 
 use std::{net::IpAddr, process::Command};
 
+use crate::support::{Tracer, ip, port, tcpdrive};
 use netwatch_tests::{
     NetPair, ReadyChild, Side, netwatch_bin, output_with_timeout, require_root, unique_port,
 };
 use serde_json::Value;
-use support::{Tracer, ip, port, tcpdrive};
 
 /// What identifies one kernel event in both streams (each instance's programs stamp their
 /// own time, so not the timestamp).

@@ -5,7 +5,6 @@
 //! pointers and debug info (`tests/fixtures/*.c`), so the code path can be checked to the
 //! source line; the kernel's own view (`/proc/<pid>/fd`, `/proc/<pid>/net/tcp`) is the oracle
 //! for which descriptors leak.
-mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -16,15 +15,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::{
+    TCP_CLOSE_WAIT, TCP_FIN_WAIT2, TCP_LISTEN, Tracer, build_fixture, endpoint, eventually,
+    fds_in_state, marked_line, socket_fds, tcpdrive, wait_fds_in_state,
+};
 use netwatch_tests::{
     NetPair, ReadyChild, Side, find_line, netwatch_bin, output_with_timeout, require_root,
     unique_port,
 };
 use serde_json::Value;
-use support::{
-    TCP_CLOSE_WAIT, TCP_FIN_WAIT2, TCP_LISTEN, Tracer, build_fixture, endpoint, eventually,
-    fds_in_state, marked_line, socket_fds, tcpdrive, wait_fds_in_state,
-};
 
 /// Sockets each test leaks.
 const N: usize = 5;
@@ -534,7 +533,7 @@ fn root_leaks_live_names_the_server_its_fds_and_the_accepting_code() {
         status.success(),
         "netwatch leaks exited {status}:\n{stderr}"
     );
-    let lines: Vec<Value> = support::json_lines(&stdout);
+    let lines: Vec<Value> = crate::support::json_lines(&stdout);
     for s in &lines {
         check_snapshot(s, 2000.0);
     }

@@ -4,19 +4,18 @@
 //! The workload: N short connections (client closes first), M refused connects, K connects
 //! timed out by the client while the peer drops SYNs, R connections aborted by the client
 //! with SO_LINGER 0, and a server that leaks L accepted sockets in CLOSE_WAIT.
-mod support;
 
 use std::{collections::HashMap, net::IpAddr, process::Command, time::Duration};
 
+use crate::support::{
+    Tracer, ip, json_lines, leaked_connections, orderly_connections, port, refused_connects, step,
+    tcpdrive, timed_out_connects,
+};
 use netwatch_tests::{
     NetPair, ReadyChild, Side, counter_delta, netwatch_bin, output_with_timeout, require_root,
     unique_port,
 };
 use serde_json::Value;
-use support::{
-    Tracer, ip, json_lines, leaked_connections, orderly_connections, port, refused_connects, step,
-    tcpdrive, timed_out_connects,
-};
 
 const N: u64 = 20;
 const M: u64 = 3;

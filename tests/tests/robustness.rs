@@ -5,7 +5,6 @@
 //!
 //! Test names start with `root_` so they can be selected (`cargo xtask test -- root_`). The
 //! soak takes about 70 s: `cargo xtask test -- soak` runs only it, `-- --skip soak` all but it.
-mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -21,12 +20,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::{Scratch, Tracer, endpoint, eventually, ip, port, step, tcpdrive};
 use netwatch_tests::{
     NetPair, ReadyChild, Side, counter_delta, find_line, netwatch_bin, output_with_timeout,
     require_root, unique_port,
 };
 use serde_json::Value;
-use support::{Scratch, Tracer, endpoint, eventually, ip, port, step, tcpdrive};
 
 /// Starts netwatch with its stdout going to `stdout` instead of the [`Tracer`]'s own file:
 /// `report --json` prints one multi-line document, which the tracer's JSON-lines parsing of its
@@ -244,7 +243,7 @@ const CLIENT_PORTS: (u16, u16) = (61000, 65535);
 /// (60 s), so the client namespace also gets `net.ipv4.tcp_tw_reuse=1`: a new connection may
 /// take the port of a TIME_WAIT more than a second old (the connections are the same).
 fn own_traffic_only(pair: &NetPair, server_ports: &[u16]) -> Vec<String> {
-    support::own_traffic_only(
+    crate::support::own_traffic_only(
         pair,
         CLIENT_PORTS,
         server_ports,
@@ -640,7 +639,7 @@ fn loaded(owner: Option<i32>) -> Loaded {
         }
         (by_id, own)
     };
-    let (progs, progs_owned_by) = named(bpftool_show("prog"), support::NETWATCH_PROGRAMS);
+    let (progs, progs_owned_by) = named(bpftool_show("prog"), crate::support::NETWATCH_PROGRAMS);
     let (maps, _) = named(bpftool_show("map"), NETWATCH_MAPS);
     let links = bpftool_show("link")
         .iter()
@@ -697,7 +696,7 @@ fn root_start_stop_twenty_times_under_load_leaves_nothing() {
     // far from the 28,232 of the default ephemeral range.
     let churn = ChurnLoop::start(&pair, &addr, 100, 2, Some(Duration::from_millis(250)));
 
-    let mut expected_progs: Vec<String> = support::NETWATCH_PROGRAMS
+    let mut expected_progs: Vec<String> = crate::support::NETWATCH_PROGRAMS
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -869,7 +868,7 @@ fn root_two_instances_both_work() {
             .collect();
         assert_eq!(
             names.len(),
-            support::NETWATCH_PROGRAMS.len(),
+            crate::support::NETWATCH_PROGRAMS.len(),
             "programs of pid {}: {held:?}",
             t.pid()
         );

@@ -5,7 +5,6 @@
 //! Prometheus is Debian's `prometheus` package (installed by `cargo xtask setup`), started on
 //! loopback by the test with a 1 s scrape interval, a private config and a private TSDB
 //! directory, both removed afterwards. HTTP is spoken with raw `std::net::TcpStream`s.
-mod support;
 
 use std::{
     collections::HashMap,
@@ -21,14 +20,14 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use crate::support::{
+    Tracer, leaked_connections, orderly_connections, refused_connects, step, tcpdrive,
+    timed_out_connects,
+};
 use netwatch_tests::{
     NetPair, ReadyChild, Side, counter_delta, require_root, unique_port, wait_with_timeout,
 };
 use serde_json::Value;
-use support::{
-    Tracer, leaked_connections, orderly_connections, refused_connects, step, tcpdrive,
-    timed_out_connects,
-};
 
 /// Where Debian's package puts the server.
 const PROMETHEUS: &str = "/usr/bin/prometheus";

@@ -2,11 +2,10 @@
 //! built for the test with frame pointers and debug info: the stack captured in the kernel at
 //! accept() must name the server's accept-calling function with its source line, and its
 //! callers.
-mod support;
 
+use crate::support::{Tracer, build_fixture, marked_line, tcpdrive};
 use netwatch_tests::{NetPair, ReadyChild, Side, output_with_timeout, require_root, unique_port};
 use serde_json::Value;
-use support::{Tracer, build_fixture, marked_line, tcpdrive};
 
 const CONNECTIONS: usize = 3;
 

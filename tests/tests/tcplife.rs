@@ -22,7 +22,6 @@
 //!   until every expected row is out before stopping it.
 //!
 //! Test names start with `root_` so they can be selected (`cargo xtask test -- root_`).
-mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -35,11 +34,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::{Tracer, ip, port, tcpdrive};
 use netwatch_tests::{
     NetPair, ReadyChild, Side, find_line, require_root, unique_port, wait_with_timeout,
 };
 use serde_json::Value;
-use support::{Tracer, ip, port, tcpdrive};
 
 /// Connections per close order.
 const N: usize = 20;

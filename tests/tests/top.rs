@@ -10,7 +10,6 @@
 //! Every test's netwatch sees only its own traffic, decided in the kernel: the client namespace
 //! gets the ephemeral ports [`CLIENT_PORTS`] and netwatch is started with `-L`/`-D` admitting
 //! only sockets whose both ports are those or the test's server ports.
-mod support;
 
 use std::{
     fs,
@@ -19,11 +18,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::{Scratch, Tracer, tcpdrive};
 use netwatch_tests::{
     NetPair, ReadyChild, Side, find_line, netwatch_bin, output_with_timeout, require_root,
     unique_port,
 };
-use support::{Scratch, Tracer, tcpdrive};
 
 const N: u64 = 20;
 const L: u64 = 5;
@@ -35,7 +34,7 @@ const CLIENT_PORTS: (u16, u16) = (10000, 10999);
 
 /// The test's traffic and nothing else: see the module comment.
 fn own_traffic_only(pair: &NetPair, server_ports: &[u16]) -> Vec<String> {
-    support::own_traffic_only(pair, CLIENT_PORTS, server_ports, &[])
+    crate::support::own_traffic_only(pair, CLIENT_PORTS, server_ports, &[])
 }
 
 /// The known workload's ports, and its leaking server (alive: its sockets stay in CLOSE_WAIT).

@@ -3,16 +3,15 @@
 //! per-namespace counters are the oracle wherever one exists.
 //!
 //! Test names start with `root_` so they can be selected (`cargo xtask test -- root_`).
-mod support;
 
 use std::{net::IpAddr, time::Duration};
 
+use crate::support::{Finished, Tracer, endpoint, ip, port, step, tcpdrive};
 use netwatch_tests::{
     NetPair, ReadyChild, Side, counter_delta, drop_data_ruleset, find_line, output_with_timeout,
     require_root, unique_port,
 };
 use serde_json::Value;
-use support::{Finished, Tracer, endpoint, ip, port, step, tcpdrive};
 
 /// Events whose local endpoint is `local` and remote is `remote` (port 0 = any port).
 fn between(events: &[Value], local: (IpAddr, u16), remote: (IpAddr, u16)) -> Vec<&Value> {
@@ -86,11 +85,11 @@ fn full_lifecycle(v6: bool) {
         ],
         "client transitions; all events:\n{client_sock:#?}"
     );
-    let client_port = support::port(client_states[1], "sport");
+    let client_port = crate::support::port(client_states[1], "sport");
     assert_ne!(client_port, 0);
     // sport is only known once the handshake picked it; from then on it must not change.
     for e in &client_states[1..] {
-        assert_eq!(support::port(e, "sport"), client_port, "{e}");
+        assert_eq!(crate::support::port(e, "sport"), client_port, "{e}");
     }
 
     // The accepted socket on the server: local server:port, remote the client's port.
@@ -387,14 +386,14 @@ fn root_sigterm_detaches_every_program() {
     }
     let tracer = Tracer::start(&["trace", "--json"]);
     // The programs and maps this very process holds (other netwatch instances may run).
-    let (progs, maps) = support::bpf_objects_of(tracer.pid());
-    let mut names: Vec<String> = support::loaded_programs()
+    let (progs, maps) = crate::support::bpf_objects_of(tracer.pid());
+    let mut names: Vec<String> = crate::support::loaded_programs()
         .into_iter()
         .filter(|(id, _)| progs.contains(id))
         .map(|(_, name)| name)
         .collect();
     names.sort();
-    let mut expected: Vec<_> = support::NETWATCH_PROGRAMS
+    let mut expected: Vec<_> = crate::support::NETWATCH_PROGRAMS
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -403,7 +402,7 @@ fn root_sigterm_detaches_every_program() {
     assert!(maps.len() >= 3, "EVENTS, SOCKETS, STATS at least: {maps:?}");
     let done = tracer.stop();
     assert!(done.stderr.contains("events seen"), "{}", done.stderr);
-    let left: Vec<_> = support::loaded_programs()
+    let left: Vec<_> = crate::support::loaded_programs()
         .into_iter()
         .filter(|(id, _)| progs.contains(id))
         .collect();

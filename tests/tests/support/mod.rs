@@ -1,6 +1,5 @@
-//! What the integration tests share beyond the library: the tracer harness (re-exported from
+//! What the test modules share beyond the library: the tracer harness (re-exported from
 //! `netwatch_tests::tracer`), known workloads, BPF object and /proc look-ups, C fixtures.
-#![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -13,8 +12,7 @@ use std::{
 };
 
 pub use netwatch_tests::eventually;
-#[allow(unused_imports, reason = "each test binary uses a different subset")]
-pub use netwatch_tests::tracer::{ATTACHED_MARKER, Finished, Scratch, Tracer, json_lines};
+pub use netwatch_tests::tracer::{Finished, Scratch, Tracer, json_lines};
 use netwatch_tests::{output_with_timeout, workspace_root};
 use serde_json::Value;
 
@@ -56,24 +54,6 @@ pub fn step(ev: &Value) -> String {
     } else {
         ev["kind"].as_str().unwrap_or("?").to_string()
     }
-}
-
-/// The BPF programs currently loaded whose name is one of netwatch's.
-pub fn netwatch_programs_loaded() -> Vec<String> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show", "--json"])
-        .output()
-        .expect("bpftool");
-    assert!(out.status.success(), "bpftool prog show failed");
-    let progs: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    progs
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|p| p["name"].as_str())
-        .filter(|n| NETWATCH_PROGRAMS.contains(n))
-        .map(str::to_string)
-        .collect()
 }
 
 /// Every loaded BPF program as (id, name), from `bpftool prog show`.
@@ -222,7 +202,6 @@ pub fn socket_fds(pid: u32) -> BTreeMap<u32, u64> {
 }
 
 /// Kernel TCP state numbers, as in `/proc/net/tcp` (`include/net/tcp_states.h`).
-pub const TCP_ESTABLISHED: u8 = 1;
 pub const TCP_FIN_WAIT2: u8 = 5;
 pub const TCP_CLOSE_WAIT: u8 = 8;
 pub const TCP_LISTEN: u8 = 10;
