@@ -628,14 +628,23 @@ fn root_leaks_live_groups_fin_wait2_sockets_whose_peer_never_closed() {
     ));
     let pid = cli.pid();
     let fds = wait_fds_in_state(pid, TCP_FIN_WAIT2, N, STATE_BOUND);
-    let (snap, g) = live_group(&mut tracer, "fin_wait2", pid, 1000.0);
+    let (_, g) = live_group(&mut tracer, "fin_wait2", pid, 1000.0);
     let g = &g;
     assert_eq!(g["comm"], "tcpdrive", "{g:#}");
     assert_eq!(g["opened_by"], "connect", "{g:#}");
     assert_eq!(g["code_path_seen"], true, "{g:#}");
     assert_eq!(g["oldest_at_least"], false, "{g:#}");
     assert_eq!(u32s(&g["fds"]), fds, "{g:#}");
-    // The server holds the other ends in CLOSE_WAIT, each in its own group.
+    // The server holds the other ends in CLOSE_WAIT, each in its own group: in a snapshot
+    // waited for with it (the one above was chosen for the client's group, and the server's
+    // sockets may reach the age of --min-age an interval later).
+    let srv_pid = srv.pid();
+    let snap = tracer.wait_for_json_line(
+        &format!("a close_wait group of pid {srv_pid} with {N} sockets"),
+        SNAPSHOT_BOUND,
+        |s| has_group(s, "close_wait", srv_pid, N),
+    );
+    check_snapshot(&snap, 1000.0);
     assert!(has_group(&snap, "close_wait", srv.pid(), N), "{snap:#}");
     let (status, _stdout, stderr) = tracer.stop_output();
     assert!(
