@@ -34,7 +34,7 @@ pub fn netwatch_bin() -> PathBuf {
 /// The `tcpdrive` traffic driver. Env `TCPDRIVE_BIN` if set; otherwise built like
 /// [`netwatch_bin`] (`cargo build -p netwatch-tests --bin tcpdrive`, once per process).
 ///
-/// Integration tests under `tests/tests/` may instead use
+/// The integration tests (`tests/tests.rs`) may instead use
 /// `PathBuf::from(env!("CARGO_BIN_EXE_tcpdrive"))`: cargo builds the bin before them and sets
 /// that variable. It is NOT set for this crate's own unit tests (`--lib`), hence this function.
 pub fn tcpdrive() -> PathBuf {

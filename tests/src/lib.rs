@@ -13,7 +13,7 @@
 //! use netwatch_tests::*;
 //! use std::path::PathBuf;
 //! if !require_root("my_test") { return; }
-//! // In tests/tests/*.rs also: PathBuf::from(env!("CARGO_BIN_EXE_tcpdrive"))
+//! // In tests/tests.rs's modules also: PathBuf::from(env!("CARGO_BIN_EXE_tcpdrive"))
 //! let drive: PathBuf = tcpdrive();
 //! let pair = NetPair::new();
 //! let port = unique_port();

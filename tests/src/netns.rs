@@ -157,6 +157,18 @@ impl NetPair {
         }
     }
 
+    /// The inode of `side`'s network namespace: what `/proc/<pid>/ns/net` shows as `net:[N]`
+    /// for a process in it, and what netwatch writes as `netns` on every event and record of a
+    /// socket there. Why: unlike the addresses (every process's first pair uses the same
+    /// /24), it tells this pair's sockets from another test process's. Read with stat(2) on
+    /// `/run/netns/<name>`, the namespace file `ip netns add` mounted there.
+    pub fn netns_inode(&self, side: Side) -> u64 {
+        let path = format!("/run/netns/{}", self.ns(side));
+        std::os::unix::fs::MetadataExt::ino(
+            &std::fs::metadata(&path).unwrap_or_else(|e| panic!("{path}: {e}")),
+        )
+    }
+
     /// Veth interface name of `side` inside its namespace.
     pub fn if_name(&self, side: Side) -> &'static str {
         match side {

@@ -106,6 +106,12 @@ impl Tracer {
         self.child.id() as i32
     }
 
+    /// The file netwatch's stdout goes to (unless [`Tracer::start_with`] redirected it): to
+    /// follow its output while it runs.
+    pub fn stdout_path(&self) -> &std::path::Path {
+        &self.stdout
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child, which has not been reaped yet.
         let ret = unsafe { libc::kill(self.pid(), sig) };

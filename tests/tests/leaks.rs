@@ -5,7 +5,6 @@
 //! pointers and debug info (`tests/fixtures/*.c`), so the code path can be checked to the
 //! source line; the kernel's own view (`/proc/<pid>/fd`, `/proc/<pid>/net/tcp`) is the oracle
 //! for which descriptors leak.
-mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -16,15 +15,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::{
+    TCP_CLOSE_WAIT, TCP_FIN_WAIT2, TCP_LISTEN, Tracer, build_fixture, endpoint, eventually,
+    fds_in_state, marked_line, socket_fds, tcpdrive, wait_fds_in_state,
+};
 use netwatch_tests::{
     NetPair, ReadyChild, Side, find_line, netwatch_bin, output_with_timeout, require_root,
     unique_port,
 };
 use serde_json::Value;
-use support::{
-    TCP_CLOSE_WAIT, TCP_FIN_WAIT2, TCP_LISTEN, Tracer, build_fixture, endpoint, eventually,
-    fds_in_state, marked_line, socket_fds, tcpdrive, wait_fds_in_state,
-};
 
 /// Sockets each test leaks.
 const N: usize = 5;
@@ -534,7 +533,7 @@ fn root_leaks_live_names_the_server_its_fds_and_the_accepting_code() {
         status.success(),
         "netwatch leaks exited {status}:\n{stderr}"
     );
-    let lines: Vec<Value> = support::json_lines(&stdout);
+    let lines: Vec<Value> = crate::support::json_lines(&stdout);
     for s in &lines {
         check_snapshot(s, 2000.0);
     }
@@ -629,14 +628,23 @@ fn root_leaks_live_groups_fin_wait2_sockets_whose_peer_never_closed() {
     ));
     let pid = cli.pid();
     let fds = wait_fds_in_state(pid, TCP_FIN_WAIT2, N, STATE_BOUND);
-    let (snap, g) = live_group(&mut tracer, "fin_wait2", pid, 1000.0);
+    let (_, g) = live_group(&mut tracer, "fin_wait2", pid, 1000.0);
     let g = &g;
     assert_eq!(g["comm"], "tcpdrive", "{g:#}");
     assert_eq!(g["opened_by"], "connect", "{g:#}");
     assert_eq!(g["code_path_seen"], true, "{g:#}");
     assert_eq!(g["oldest_at_least"], false, "{g:#}");
     assert_eq!(u32s(&g["fds"]), fds, "{g:#}");
-    // The server holds the other ends in CLOSE_WAIT, each in its own group.
+    // The server holds the other ends in CLOSE_WAIT, each in its own group: in a snapshot
+    // waited for with it (the one above was chosen for the client's group, and the server's
+    // sockets may reach the age of --min-age an interval later).
+    let srv_pid = srv.pid();
+    let snap = tracer.wait_for_json_line(
+        &format!("a close_wait group of pid {srv_pid} with {N} sockets"),
+        SNAPSHOT_BOUND,
+        |s| has_group(s, "close_wait", srv_pid, N),
+    );
+    check_snapshot(&snap, 1000.0);
     assert!(has_group(&snap, "close_wait", srv.pid(), N), "{snap:#}");
     let (status, _stdout, stderr) = tracer.stop_output();
     assert!(

@@ -4,19 +4,18 @@
 //! The workload: N short connections (client closes first), M refused connects, K connects
 //! timed out by the client while the peer drops SYNs, R connections aborted by the client
 //! with SO_LINGER 0, and a server that leaks L accepted sockets in CLOSE_WAIT.
-mod support;
 
 use std::{collections::HashMap, net::IpAddr, process::Command, time::Duration};
 
+use crate::support::{
+    Events, Kept, Scratch, Tracer, ip, json_lines, leaked_connections, orderly_connections, port,
+    refused_connects, step, stop_after_quiet, tcpdrive, timed_out_connects,
+};
 use netwatch_tests::{
     NetPair, ReadyChild, Side, counter_delta, netwatch_bin, output_with_timeout, require_root,
     unique_port,
 };
 use serde_json::Value;
-use support::{
-    Tracer, ip, json_lines, leaked_connections, orderly_connections, port, refused_connects, step,
-    tcpdrive, timed_out_connects,
-};
 
 const N: u64 = 20;
 const M: u64 = 3;
@@ -46,8 +45,8 @@ fn root_report_counts_equal_the_kernel_counters() {
     let server: IpAddr = pair.server_v4().into();
     let [p_ok, p_refused, p_drop, p_reset, p_leak] = [(); 5].map(|_| unique_port());
     let at = |p: u16| format!("{server}:{p}");
-    let recording =
-        std::env::temp_dir().join(format!("netwatch-lifecycle-{}.jsonl", std::process::id()));
+    let scratch = Scratch::new("lifecycle");
+    let recording = scratch.path("events.jsonl");
     let rec = recording.to_str().expect("UTF-8 path").to_string();
 
     let before_c = pair.nstat(Side::Client);
@@ -96,6 +95,19 @@ fn root_report_counts_equal_the_kernel_counters() {
     // The leak must be older than --close-wait-age (1 s) when the report is made.
     std::thread::sleep(Duration::from_millis(1500).saturating_sub(leaked_at.elapsed()));
 
+    // Stopped once the kernel is done with every connection but the leak's and netwatch has
+    // all their events: what stays open is the leak's listener and its L sockets in
+    // CLOSE_WAIT (and on the client side the leak's orphans in FIN_WAIT2, which make no
+    // more events).
+    let done = stop_after_quiet(
+        tracer,
+        &pair,
+        Events::Recording(&recording),
+        Kept {
+            states: &["CLOSE-WAIT", "FIN-WAIT-2"],
+            sockets: 1 + L as usize,
+        },
+    );
     // Timewait sockets: in TIME_WAIT, and orphans in FIN_WAIT2 (the leak's clients closed
     // while the server never did); both hold their port, and the kernel never reports which
     // of the two a closing socket became.
@@ -105,21 +117,40 @@ fn root_report_counts_equal_the_kernel_counters() {
     );
     let after_c = pair.nstat(Side::Client);
     let after_s = pair.nstat(Side::Server);
-    let done = tracer.stop();
     let report: Value = serde_json::from_str(&done.stdout)
         .unwrap_or_else(|e| panic!("report is not JSON ({e}):\n{}", done.stdout));
     let dc = counter_delta(&before_c, &after_c);
     let ds = counter_delta(&before_s, &after_s);
     assert_eq!(done.lost, 0, "{}", done.stderr);
 
-    // The events of the two namespaces, from the recording.
+    // The events of the two namespaces, from the recording, told by the socket's namespace
+    // (other test processes use the same addresses). A reset sent for a segment no socket
+    // wanted (or by a timewait socket) has no namespace netwatch knows: those are told by
+    // their endpoints, one of this test's ports on the server side.
     let events = json_lines(&analyze(&recording, &["--json"]));
-    let from = |addr: IpAddr| -> Vec<&Value> {
-        events.iter().filter(|e| ip(e, "saddr") == addr).collect()
+    let ports = [p_ok, p_refused, p_drop, p_reset, p_leak];
+    let from = |side: Side, addr: IpAddr| -> Vec<&Value> {
+        let ns = pair.netns_inode(side);
+        events
+            .iter()
+            .filter(|e| match e["netns"].as_u64() {
+                Some(n) => n == ns,
+                None => {
+                    ip(e, "saddr") == addr
+                        && [port(e, "sport"), port(e, "dport")]
+                            .iter()
+                            .any(|p| ports.contains(p))
+                }
+            })
+            .collect()
     };
-    let to_server: Vec<&Value> = events.iter().filter(|e| ip(e, "daddr") == server).collect();
-    let client_ev = from(client);
-    let server_ev = from(server);
+    let client_ev = from(Side::Client, client);
+    let server_ev = from(Side::Server, server);
+    let to_server: Vec<&Value> = client_ev
+        .iter()
+        .copied()
+        .filter(|e| ip(e, "daddr") == server)
+        .collect();
     let count =
         |evs: &[&Value], f: &dyn Fn(&Value) -> bool| evs.iter().filter(|e| f(e)).count() as u64;
 
@@ -172,14 +203,15 @@ fn root_report_counts_equal_the_kernel_counters() {
 
     // How the connections ended, as `life` tells it.
     let life = json_lines(&analyze(&recording, &["--life", "--json"]));
-    let ends = |side: IpAddr| -> HashMap<String, u64> {
+    let ends = |side: Side| -> HashMap<String, u64> {
+        let ns = pair.netns_inode(side);
         let mut m = HashMap::new();
-        for c in life.iter().filter(|c| ip(c, "saddr") == side) {
+        for c in life.iter().filter(|c| c["netns"].as_u64() == Some(ns)) {
             *m.entry(c["end"].as_str().unwrap().to_string()).or_default() += 1;
         }
         m
     };
-    let (ce, se) = (ends(client), ends(server));
+    let (ce, se) = (ends(Side::Client), ends(Side::Server));
     // The leak's clients closed first too: their sockets became timewait sockets.
     assert_eq!(ce.get("time-wait"), Some(&(N + L)), "client ends {ce:?}");
     assert_eq!(ce.get("refused"), Some(&M), "client ends {ce:?}");
@@ -244,7 +276,6 @@ fn root_report_counts_equal_the_kernel_counters() {
         &["--report", "--json", "--close-wait-age", "1s"],
     );
     assert_eq!(replayed, done.stdout, "replay differs from the live report");
-    let _ = std::fs::remove_file(&recording);
     drop(leak);
 }
 
@@ -256,7 +287,8 @@ fn root_analyze_of_a_cut_recording_names_the_line() {
     let pair = NetPair::new();
     let server: IpAddr = pair.server_v4().into();
     let p = unique_port();
-    let file = std::env::temp_dir().join(format!("netwatch-cut-{}.jsonl", std::process::id()));
+    let scratch = Scratch::new("cut");
+    let file = scratch.path("life.jsonl");
     let tracer = Tracer::start(&["life", "--json", "--record", file.to_str().unwrap()]);
     let mut srv = ReadyChild::spawn(pair.exec(
         Side::Server,
@@ -279,26 +311,32 @@ fn root_analyze_of_a_cut_recording_names_the_line() {
         .expect("DONE <pid> from the client");
     let server_pid = u64::from(srv.pid());
     assert!(srv.wait(20).success());
-    let done = tracer.stop();
+    let done = stop_after_quiet(tracer, &pair, Events::Recording(&file), Kept::NOTHING);
     // The live life output and its replay are identical.
     assert_eq!(analyze(&file, &["--life", "--json"]), done.stdout);
+    // The pair's connections, told by their namespaces (other test processes use the same
+    // addresses).
+    let (client_ns, server_ns) = (
+        pair.netns_inode(Side::Client),
+        pair.netns_inode(Side::Server),
+    );
     let live: Vec<_> = done
         .events
         .iter()
-        .filter(|c| ip(c, "daddr") == server || ip(c, "saddr") == server)
+        .filter(|c| {
+            c["netns"]
+                .as_u64()
+                .is_some_and(|n| n == client_ns || n == server_ns)
+        })
         .collect();
     assert_eq!(live.len(), 6, "3 connections, both sides");
-    // Every connection carries its owner: pid, tid, comm, cgroup, and the socket's namespace.
-    let netns = |ns: &str| {
-        std::os::unix::fs::MetadataExt::ino(
-            &std::fs::metadata(format!("/run/netns/{ns}")).expect("netns file"),
-        )
-    };
+    // Every connection carries its owner: pid, tid, comm, cgroup, and the socket's namespace
+    // (each side's records, told by their address, in that side's namespace).
     for c in &live {
         let (pid, ns) = if ip(c, "saddr") == server {
-            (server_pid, netns(pair.server_ns()))
+            (server_pid, server_ns)
         } else {
-            (client_pid, netns(pair.client_ns()))
+            (client_pid, client_ns)
         };
         assert_eq!(c["pid"].as_u64(), Some(pid), "{c}");
         assert_eq!(
@@ -344,5 +382,4 @@ fn root_analyze_of_a_cut_recording_names_the_line() {
         1,
         "{stderr}"
     );
-    let _ = std::fs::remove_file(&file);
 }

@@ -5,7 +5,6 @@
 //!
 //! Test names start with `root_` so they can be selected (`cargo xtask test -- root_`). The
 //! soak takes about 70 s: `cargo xtask test -- soak` runs only it, `-- --skip soak` all but it.
-mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -21,12 +20,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::{
+    Events, Kept, Scratch, Tracer, endpoint, eventually, ip, port, step, stop_after_quiet, tcpdrive,
+};
 use netwatch_tests::{
     NetPair, ReadyChild, Side, counter_delta, find_line, netwatch_bin, output_with_timeout,
     require_root, unique_port,
 };
 use serde_json::Value;
-use support::{Scratch, Tracer, endpoint, eventually, ip, port, step, tcpdrive};
 
 /// Starts netwatch with its stdout going to `stdout` instead of the [`Tracer`]'s own file:
 /// `report --json` prints one multi-line document, which the tracer's JSON-lines parsing of its
@@ -69,31 +70,6 @@ fn life_records(recording: &Path) -> Vec<Value> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect()
-}
-
-/// TCP sockets of `side` that are neither listening nor in TIME_WAIT: connections still in
-/// progress (`ss -Htan` lines).
-fn busy_sockets(pair: &NetPair, side: Side) -> Vec<String> {
-    pair.run(side, &["ss", "-Htan"])
-        .lines()
-        .filter(|l| {
-            let state = l.split_whitespace().next().unwrap_or("");
-            !state.is_empty() && state != "LISTEN" && state != "TIME-WAIT"
-        })
-        .map(str::to_string)
-        .collect()
-}
-
-/// Waits (at most 10 s) until every connection in both namespaces has finished, so that the
-/// tracer has seen every connection end and the kernel counters are final.
-fn wait_quiet(pair: &NetPair) {
-    let mut left = Vec::new();
-    let quiet = eventually(Duration::from_secs(10), || {
-        left = busy_sockets(pair, Side::Client);
-        left.extend(busy_sockets(pair, Side::Server));
-        left.is_empty()
-    });
-    assert!(quiet, "connections still open after 10 s: {left:#?}");
 }
 
 /// `DONE <pid> <ok> <failed> ...` of a tcpdrive run: (pid, ok, failed).
@@ -244,7 +220,7 @@ const CLIENT_PORTS: (u16, u16) = (61000, 65535);
 /// (60 s), so the client namespace also gets `net.ipv4.tcp_tw_reuse=1`: a new connection may
 /// take the port of a TIME_WAIT more than a second old (the connections are the same).
 fn own_traffic_only(pair: &NetPair, server_ports: &[u16]) -> Vec<String> {
-    support::own_traffic_only(
+    crate::support::own_traffic_only(
         pair,
         CLIENT_PORTS,
         server_ports,
@@ -261,16 +237,16 @@ fn root_slow_consumer_recovers_and_keeps_owners() {
     let (report_path, recording) = (scratch.path("report.json"), scratch.path("events.jsonl"));
     let pair = NetPair::new();
     let (client, server): (IpAddr, IpAddr) = (pair.client_v4().into(), pair.server_v4().into());
-    let (port1, port2) = (unique_port(), unique_port());
+    let (port1, port2, marker_port) = (unique_port(), unique_port(), unique_port());
     let (addr1, addr2) = (endpoint(server, port1), endpoint(server, port2));
 
     // 1 MiB of ring holds ~7,280 records of 144 bytes (136-byte event + 8-byte header):
     // the ~3,000 connections of phase 1 (13 events each) overflow it while the reader is
-    // stopped, and the 200 of phase 2 (2,600 events) fit in it whole, so phase 2 loses
-    // nothing even while the reader, a debug build in the tests, still works through
-    // phase 1's backlog. (A 64 KiB ring made phase 2 race the reader and lose events in
-    // about one run in five.)
-    let filter = own_traffic_only(&pair, &[port1, port2]);
+    // stopped, and the 200 of phase 2 (2,600 events) fit in it whole once the reader has
+    // consumed phase 1's backlog, so phase 2 loses nothing. (A 64 KiB ring made phase 2 race
+    // the reader and lose events in about one run in five. A full ring loses phase 2's events
+    // too: the test waits until the reader has caught up before phase 2, see below.)
+    let filter = own_traffic_only(&pair, &[port1, port2, marker_port]);
     let mut args = vec![
         "report",
         "--json",
@@ -308,6 +284,30 @@ fn root_slow_consumer_recovers_and_keeps_owners() {
     );
     tracer.signal(libc::SIGCONT);
 
+    // The ring is still full of phase 1's events: until the reader, a debug build, has
+    // consumed them, new events are lost. A connection to a third port is the marker: once
+    // netwatch has recorded an event of it, it has read everything the ring held before it.
+    // Made again until one gets through (its events are lost too while the ring is full).
+    let marker = endpoint(server, marker_port);
+    let _marker_srv =
+        ReadyChild::spawn(pair.exec(Side::Server, &tcpdrive(), &["serve-forever", &marker]));
+    let client_ns = pair.netns_inode(Side::Client);
+    let mut markers = 0;
+    let caught_up = eventually(Duration::from_secs(60), || {
+        markers += 1;
+        let out = output_with_timeout(
+            pair.exec(Side::Client, &tcpdrive(), &["connect", &marker]),
+            20,
+        );
+        assert!(out.status.success(), "marker connection: {out:?}");
+        fs::read_to_string(&recording)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|e| e["netns"] == client_ns && e["dport"] == marker_port)
+    });
+    assert!(caught_up, "no marker connection recorded within 60 s");
+
     // Phase 2: a clean run against a second server port, reader running.
     const N: usize = 200;
     let srv2 = ReadyChild::spawn(pair.exec(Side::Server, &tcpdrive(), &["serve-forever", &addr2]));
@@ -327,11 +327,12 @@ fn root_slow_consumer_recovers_and_keeps_owners() {
     );
     let (churn2_pid, ok2, _) = done_line(&text);
     assert_eq!(ok2, N as u64);
-    wait_quiet(&pair);
-    let done = tracer.stop();
+    // Phase 1's events were lost on purpose: only the namespaces' quiet tells that all is over.
+    let done = stop_after_quiet(tracer, &pair, Events::Unseen, Kept::NOTHING);
     let report = read_json(&report_path);
     eprintln!(
-        "slow consumer: {} connections while stopped; produced={} delivered={} lost={}",
+        "slow consumer: {} connections while stopped; {markers} marker connections; \
+         produced={} delivered={} lost={}",
         after_phase1 - at_stop,
         done.produced,
         done.delivered,
@@ -480,9 +481,8 @@ fn root_soak_report_rss_flat_and_counts_match_kernel() {
         samples.push((i * SAMPLE_EVERY.as_secs(), vm_rss_kib(tracer.pid())));
     }
     let totals = churn.finish();
-    wait_quiet(&pair);
+    let done = stop_after_quiet(tracer, &pair, Events::Recording(&recording), Kept::NOTHING);
     let (after_c, after_s) = (pair.nstat(Side::Client), pair.nstat(Side::Server));
-    let done = tracer.stop();
     let report = read_json(&report_path);
     eprintln!("soak: churn {totals:?}; VmRSS samples (s, KiB): {samples:?}");
     eprintln!(
@@ -640,7 +640,7 @@ fn loaded(owner: Option<i32>) -> Loaded {
         }
         (by_id, own)
     };
-    let (progs, progs_owned_by) = named(bpftool_show("prog"), support::NETWATCH_PROGRAMS);
+    let (progs, progs_owned_by) = named(bpftool_show("prog"), crate::support::NETWATCH_PROGRAMS);
     let (maps, _) = named(bpftool_show("map"), NETWATCH_MAPS);
     let links = bpftool_show("link")
         .iter()
@@ -697,7 +697,7 @@ fn root_start_stop_twenty_times_under_load_leaves_nothing() {
     // far from the 28,232 of the default ephemeral range.
     let churn = ChurnLoop::start(&pair, &addr, 100, 2, Some(Duration::from_millis(250)));
 
-    let mut expected_progs: Vec<String> = support::NETWATCH_PROGRAMS
+    let mut expected_progs: Vec<String> = crate::support::NETWATCH_PROGRAMS
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -869,7 +869,7 @@ fn root_two_instances_both_work() {
             .collect();
         assert_eq!(
             names.len(),
-            support::NETWATCH_PROGRAMS.len(),
+            crate::support::NETWATCH_PROGRAMS.len(),
             "programs of pid {}: {held:?}",
             t.pid()
         );
@@ -893,8 +893,10 @@ fn root_two_instances_both_work() {
     let (client_pid, ok, _) = done_line(&text);
     assert_eq!(ok, CONNECTIONS as u64);
     assert!(srv.wait(20).success(), "server: {:?}", srv.stdout_lines());
-    wait_quiet(&pair);
-    let (a, b) = (first.stop(), second.stop());
+    let (a, b) = (
+        stop_after_quiet(first, &pair, Events::Stdout, Kept::NOTHING),
+        stop_after_quiet(second, &pair, Events::Stdout, Kept::NOTHING),
+    );
 
     let (seen_a, seen_b) = (
         client_connections(&a.events, client, (server, srv_port)),

@@ -5,7 +5,6 @@
 //! Prometheus is Debian's `prometheus` package (installed by `cargo xtask setup`), started on
 //! loopback by the test with a 1 s scrape interval, a private config and a private TSDB
 //! directory, both removed afterwards. HTTP is spoken with raw `std::net::TcpStream`s.
-mod support;
 
 use std::{
     collections::HashMap,
@@ -18,17 +17,17 @@ use std::{
         Arc, Barrier,
         atomic::{AtomicU16, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
+use crate::support::{
+    Events, Kept, Tracer, eventually, leaked_connections, orderly_connections, refused_connects,
+    step, stop_after_quiet, tcpdrive, timed_out_connects,
+};
 use netwatch_tests::{
     NetPair, ReadyChild, Side, counter_delta, require_root, unique_port, wait_with_timeout,
 };
 use serde_json::Value;
-use support::{
-    Tracer, leaked_connections, orderly_connections, refused_connects, step, tcpdrive,
-    timed_out_connects,
-};
 
 /// Where Debian's package puts the server.
 const PROMETHEUS: &str = "/usr/bin/prometheus";
@@ -86,13 +85,6 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs_f64()
 }
 
 /// Polls `f` every 200 ms until it returns `Some`, at most `bound`.
@@ -212,6 +204,18 @@ impl Prometheus {
         r.first().map_or(0.0, |(_, v)| *v)
     }
 
+    /// [`Prometheus::value`] of `expr`, polled (every 200 ms, at most 30 s) until it is
+    /// `expected`; returns the last value, for the caller to assert. Why: what Prometheus has
+    /// lags netwatch by a scrape or two, and netwatch lags the kernel.
+    fn wait_value(&self, expr: &str, expected: f64) -> f64 {
+        let mut last = self.value(expr);
+        poll(Duration::from_secs(30), || {
+            last = self.value(expr);
+            (last == expected).then_some(())
+        });
+        last
+    }
+
     /// Whether the target is up, with the error Prometheus reports when it is not.
     fn target_health(&self) -> (String, String) {
         let v = self.api("targets?state=active");
@@ -322,106 +326,136 @@ fn root_serve_metrics_match_a_known_workload_through_prometheus() {
     let (leak, _) = leaked_connections(&pair, &at(p_leak), L);
     let dc = counter_delta(&before_c, &pair.nstat(Side::Client));
     let ds = counter_delta(&before_s, &pair.nstat(Side::Server));
-    let done_at = unix_now();
     eprintln!("workload done after {:?}", t0.elapsed());
 
-    // Every event is read within 50 ms and the gauges are refreshed every second: a scrape
-    // that started 2 s after the workload ended sees all of it.
-    let scraped = poll(Duration::from_secs(30), || {
-        let t = prom.value(r#"max(timestamp(up{job="netwatch"}))"#);
-        (t >= done_at + 2.0).then_some(t)
-    });
-    assert!(
-        scraped.is_some(),
-        "no scrape 2 s after the workload within 30 s: {:?}\n{}",
-        prom.target_health(),
-        prom.log()
-    );
-    eprintln!("scraped after {:?}", t0.elapsed());
     // Timewait sockets: in TIME_WAIT, and orphans in FIN_WAIT2 (the leak's clients closed
-    // while the server never did; its delayed ACK of their FIN may take 200 ms); both hold
-    // their port for 60 s.
-    let ss_time_wait = pair.run(
-        Side::Client,
-        &["ss", "-Htan", "state", "time-wait", "state", "fin-wait-2"],
-    );
-    let v = |expr: &str| prom.value(expr);
+    // while the server never did; its delayed ACK of their FIN may take 200 ms, so wait for
+    // the kernel, bounded); both hold their port for 60 s.
+    let mut ss_time_wait = String::new();
+    let in_time_wait = |ss: &str| ss.lines().filter(|l| !l.trim().is_empty()).count() as u64;
+    eventually(Duration::from_secs(10), || {
+        ss_time_wait = pair.run(
+            Side::Client,
+            &["ss", "-Htan", "state", "time-wait", "state", "fin-wait-2"],
+        );
+        in_time_wait(&ss_time_wait) == N + L
+    });
+    // What Prometheus has lags the workload (netwatch reads events every 50 ms and refreshes
+    // its gauges every second, Prometheus scrapes every second): each query is polled until
+    // it gives the expected value (bounded), and what it gave last is asserted.
+    let v = |expr: &str, expected: f64| prom.wait_value(expr, expected);
     let server_ip = server.to_string();
 
     // Connects by outcome. The leak's L connects were established too.
-    assert_eq!(v(q_established) - b_established, (N + L) as f64);
     assert_eq!(
-        v(&format!(
-            r#"sum(netwatch_connects_total{{outcome="established",comm="tcpdrive",peer="{server_ip}"}})"#
-        )),
+        v(q_established, b_established + (N + L) as f64) - b_established,
+        (N + L) as f64
+    );
+    let by_comm_and_peer = format!(
+        r#"sum(netwatch_connects_total{{outcome="established",comm="tcpdrive",peer="{server_ip}"}})"#
+    );
+    assert_eq!(
+        v(&by_comm_and_peer, (N + L) as f64),
         (N + L) as f64,
         "by comm and peer: {:?}",
         prom.query("netwatch_connects_total")
     );
     assert_eq!(
-        v(r#"sum(netwatch_connects_total{outcome="refused"})"#),
+        v(
+            r#"sum(netwatch_connects_total{outcome="refused"})"#,
+            M as f64
+        ),
         M as f64
     );
     assert_eq!(
-        v(r#"sum(netwatch_connects_total{outcome="timeout"})"#),
+        v(
+            r#"sum(netwatch_connects_total{outcome="timeout"})"#,
+            K as f64
+        ),
         K as f64
     );
-    assert_eq!(v(r#"sum(netwatch_connects_total{outcome="aborted"})"#), 0.0);
+    assert_eq!(
+        v(r#"sum(netwatch_connects_total{outcome="aborted"})"#, 0.0),
+        0.0
+    );
     // Every connect the kernel counted went through CLOSE -> SYN_SENT.
     assert_eq!(dc["TcpActiveOpens"], N + M + K + L);
+    let active_opens = dc["TcpActiveOpens"] as f64;
     assert_eq!(
-        v(r#"sum(netwatch_transitions_total{from="CLOSE",to="SYN_SENT"})"#),
-        dc["TcpActiveOpens"] as f64
+        v(
+            r#"sum(netwatch_transitions_total{from="CLOSE",to="SYN_SENT"})"#,
+            active_opens
+        ),
+        active_opens
     );
+    let passive_opens = ds["TcpPassiveOpens"] as f64;
     assert_eq!(
-        v(r#"sum(netwatch_transitions_total{from="LISTEN",to="SYN_RECV"})"#),
-        ds["TcpPassiveOpens"] as f64
+        v(
+            r#"sum(netwatch_transitions_total{from="LISTEN",to="SYN_RECV"})"#,
+            passive_opens
+        ),
+        passive_opens
     );
 
     // TIME_WAIT births: the client closed first N times, and the leak's L clients closed
     // first too (their sockets became timewait sockets in FIN_WAIT2): what `ss` listed.
-    let ss_count = ss_time_wait
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count() as u64;
+    let ss_count = in_time_wait(&ss_time_wait);
     assert_eq!(
         ss_count,
         N + L,
         "{ss_time_wait}\n{}",
         pair.run(Side::Client, &["ss", "-tane"])
     );
-    assert_eq!(v(q_births) - b_births, (N + L) as f64);
     assert_eq!(
-        v(r#"sum(netwatch_time_wait_births_total{comm="tcpdrive"})"#),
+        v(q_births, b_births + (N + L) as f64) - b_births,
         (N + L) as f64
     );
     assert_eq!(
-        v(r#"sum(netwatch_time_wait_sockets{comm="tcpdrive"})"#),
+        v(
+            r#"sum(netwatch_time_wait_births_total{comm="tcpdrive"})"#,
+            (N + L) as f64
+        ),
+        (N + L) as f64
+    );
+    assert_eq!(
+        v(
+            r#"sum(netwatch_time_wait_sockets{comm="tcpdrive"})"#,
+            ss_count as f64
+        ),
         ss_count as f64
     );
 
     // Resets: received in SYN_SENT by the client (TcpAttemptFails), sent by the server
     // (TcpOutRsts), one per refused connect.
     assert_eq!(dc["TcpAttemptFails"], M);
+    let attempt_fails = dc["TcpAttemptFails"] as f64;
     assert_eq!(
-        v(r#"sum(netwatch_resets_total{direction="received",state="SYN_SENT"})"#),
-        dc["TcpAttemptFails"] as f64
+        v(
+            r#"sum(netwatch_resets_total{direction="received",state="SYN_SENT"})"#,
+            attempt_fails
+        ),
+        attempt_fails
     );
+    let out_rsts = (dc["TcpOutRsts"] + ds["TcpOutRsts"]) as f64;
     assert_eq!(
-        v(r#"sum(netwatch_resets_total{direction="sent"})"#),
-        (dc["TcpOutRsts"] + ds["TcpOutRsts"]) as f64
+        v(r#"sum(netwatch_resets_total{direction="sent"})"#, out_rsts),
+        out_rsts
     );
     assert_eq!(ds["TcpOutRsts"], M);
     // Retransmissions: one SYN per timed-out connect.
+    let retrans_segs = (dc["TcpRetransSegs"] + ds["TcpRetransSegs"]) as f64;
     assert_eq!(
-        v("sum(netwatch_retransmits_total)"),
-        (dc["TcpRetransSegs"] + ds["TcpRetransSegs"]) as f64
+        v("sum(netwatch_retransmits_total)", retrans_segs),
+        retrans_segs
     );
     assert_eq!(dc["TcpRetransSegs"], K);
 
     // The leaking server's sockets, now.
     assert_eq!(
-        v(r#"sum(netwatch_close_wait_sockets{comm="tcpdrive"})"#),
+        v(
+            r#"sum(netwatch_close_wait_sockets{comm="tcpdrive"})"#,
+            L as f64
+        ),
         L as f64,
         "{:?}",
         prom.query("netwatch_close_wait_sockets")
@@ -437,17 +471,28 @@ fn root_serve_metrics_match_a_known_workload_through_prometheus() {
     // from its start a lifetime (both sides of the N, the client side of the rest); the
     // server side of the N went through CLOSE_WAIT.
     assert_eq!(
-        v("sum(netwatch_connect_latency_seconds_count)"),
+        v(
+            "sum(netwatch_connect_latency_seconds_count)",
+            (N + L) as f64
+        ),
         (N + L) as f64
     );
     assert_eq!(
-        v("sum(netwatch_connection_lifetime_seconds_count)"),
+        v(
+            "sum(netwatch_connection_lifetime_seconds_count)",
+            (2 * N + M + K + L) as f64
+        ),
         (2 * N + M + K + L) as f64
     );
-    assert_eq!(v("sum(netwatch_close_wait_dwell_seconds_count)"), N as f64);
-    let p50 = v("histogram_quantile(0.5, sum by (le) (netwatch_connect_latency_seconds_bucket))");
+    assert_eq!(
+        v("sum(netwatch_close_wait_dwell_seconds_count)", N as f64),
+        N as f64
+    );
+    // The latency histogram is complete (its count is): its median, as it is.
+    let p50 = prom
+        .value("histogram_quantile(0.5, sum by (le) (netwatch_connect_latency_seconds_bucket))");
     assert!(p50 > 0.0 && p50 < 1.0, "median connect latency {p50} s");
-    assert_eq!(v("sum(netwatch_events_lost_total)"), 0.0);
+    assert_eq!(v("sum(netwatch_events_lost_total)", 0.0), 0.0);
 
     drop(prom);
     let done = tracer.stop();
@@ -604,28 +649,27 @@ fn root_serve_rejects_bad_requests_without_slowing_tracing() {
         scrapes.len() - ok
     );
 
-    // The listener closes too; then everything is counted: wait until the counts stop moving.
+    // The listener closes too. The trace stops once the kernel is done with the pair and it
+    // has every event of it: the transitions it printed are the count serve must reach
+    // (polled, bounded: serve reads the same events on its own schedule).
     srv.kill();
-    let mut last = -1.0;
-    let settled = poll(Duration::from_secs(10), || {
-        let now = sum_of(&get(nw, "/metrics").body, "netwatch_transitions_total");
-        let stable = now == last;
-        last = now;
-        stable.then_some(now)
-    })
-    .expect("transition count never settled");
-    let dc = counter_delta(&before_c, &pair.nstat(Side::Client));
-    let ds = counter_delta(&before_s, &pair.nstat(Side::Server));
-    let metrics = get(nw, "/metrics").body;
-    let traced = trace.stop();
-    let served = serve.stop();
-    assert_eq!(served.lost, 0, "{}", served.stderr);
-    assert_eq!(traced.lost, 0, "{}", traced.stderr);
+    let traced = stop_after_quiet(trace, &pair, Events::Stdout, Kept::NOTHING);
     let traced_transitions = traced
         .events
         .iter()
         .filter(|e| e["kind"] == "state")
         .count();
+    let mut settled = -1.0;
+    poll(Duration::from_secs(10), || {
+        settled = sum_of(&get(nw, "/metrics").body, "netwatch_transitions_total");
+        (settled == traced_transitions as f64).then_some(())
+    });
+    let dc = counter_delta(&before_c, &pair.nstat(Side::Client));
+    let ds = counter_delta(&before_s, &pair.nstat(Side::Server));
+    let metrics = get(nw, "/metrics").body;
+    let served = serve.stop();
+    assert_eq!(served.lost, 0, "{}", served.stderr);
+    assert_eq!(traced.lost, 0, "{}", traced.stderr);
     assert_eq!(
         settled, traced_transitions as f64,
         "transitions counted by serve vs. printed by trace"

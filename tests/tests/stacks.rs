@@ -2,11 +2,10 @@
 //! built for the test with frame pointers and debug info: the stack captured in the kernel at
 //! accept() must name the server's accept-calling function with its source line, and its
 //! callers.
-mod support;
 
+use crate::support::{Tracer, build_fixture, eventually, marked_line, tcpdrive};
 use netwatch_tests::{NetPair, ReadyChild, Side, output_with_timeout, require_root, unique_port};
 use serde_json::Value;
-use support::{Tracer, build_fixture, marked_line, tcpdrive};
 
 const CONNECTIONS: usize = 3;
 
@@ -42,11 +41,27 @@ fn root_accept_stack_names_the_function_and_line_that_accepted() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains("CONNECTED"), "{stdout}");
     }
-    // Let the last accept() be traced and read before stopping.
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let done = tracer.stop();
+    // The server accepts after the client's connect() returned: wait (bounded) until netwatch
+    // has printed each accept before stopping it.
     let pid = u64::from(srv.pid());
+    let accepts_so_far = || {
+        tracer
+            .stdout_lines_so_far()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["kind"] == "accept" && e["pid"].as_u64() == Some(pid))
+            .count()
+    };
+    let all_traced = eventually(std::time::Duration::from_secs(10), || {
+        accepts_so_far() >= CONNECTIONS
+    });
+    let done = tracer.stop();
     drop(srv);
+    assert!(
+        all_traced,
+        "accepts by pid {pid} within 10 s; stdout:\n{}",
+        done.stdout
+    );
 
     let accepts: Vec<&Value> = done
         .events

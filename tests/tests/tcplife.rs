@@ -22,7 +22,6 @@
 //!   until every expected row is out before stopping it.
 //!
 //! Test names start with `root_` so they can be selected (`cargo xtask test -- root_`).
-mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -35,11 +34,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::{Events, Kept, Tracer, ip, port, stop_after_quiet, tcpdrive};
 use netwatch_tests::{
     NetPair, ReadyChild, Side, find_line, require_root, unique_port, wait_with_timeout,
 };
 use serde_json::Value;
-use support::{Tracer, ip, port, tcpdrive};
 
 /// Connections per close order.
 const N: usize = 20;
@@ -338,7 +337,7 @@ fn root_life_matches_tcplife_and_fixes_its_bystander_pids() {
     let keep = |r: &TcplifeRow| ours(r.laddr, r.lport, r.raddr, r.rport);
     tcplife.wait_rows(&keep, 4 * N, Duration::from_secs(10));
     let (tl_lines, tl_stderr) = tcplife.stop();
-    let done = tracer.stop();
+    let done = stop_after_quiet(tracer, &pair, Events::Unseen, Kept::NOTHING);
     assert!(
         !tl_stderr.contains("lost"),
         "tcplife lost events:\n{tl_stderr}"

@@ -10,7 +10,6 @@
 //! Every test's netwatch sees only its own traffic, decided in the kernel: the client namespace
 //! gets the ephemeral ports [`CLIENT_PORTS`] and netwatch is started with `-L`/`-D` admitting
 //! only sockets whose both ports are those or the test's server ports.
-mod support;
 
 use std::{
     fs,
@@ -19,11 +18,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::{Scratch, Tracer, eventually, tcpdrive};
 use netwatch_tests::{
     NetPair, ReadyChild, Side, find_line, netwatch_bin, output_with_timeout, require_root,
     unique_port,
 };
-use support::{Scratch, Tracer, tcpdrive};
 
 const N: u64 = 20;
 const L: u64 = 5;
@@ -35,7 +34,7 @@ const CLIENT_PORTS: (u16, u16) = (10000, 10999);
 
 /// The test's traffic and nothing else: see the module comment.
 fn own_traffic_only(pair: &NetPair, server_ports: &[u16]) -> Vec<String> {
-    support::own_traffic_only(pair, CLIENT_PORTS, server_ports, &[])
+    crate::support::own_traffic_only(pair, CLIENT_PORTS, server_ports, &[])
 }
 
 /// The known workload's ports, and its leaking server (alive: its sockets stay in CLOSE_WAIT).
@@ -451,9 +450,7 @@ fn root_top_without_a_terminal_prints_plain_summaries() {
     let scratch = Scratch::new("plain");
     let pair = NetPair::new();
     let mut work = Workload::ports();
-    let mut args: Vec<String> = ["top", "--interval", "1s", "--duration", "3s"]
-        .map(String::from)
-        .to_vec();
+    let mut args: Vec<String> = ["top", "--interval", "1s"].map(String::from).to_vec();
     args.extend(own_traffic_only(&pair, &work.server_ports()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out_path = scratch.path("stdout");
@@ -463,18 +460,51 @@ fn root_top_without_a_terminal_prints_plain_summaries() {
         cmd.stdout(file);
     });
     let leaker_pid = work.run(&pair);
-    let done = tracer.wait_exit();
+    // Each summary counts from the start. Once there are two (one per interval) and the last
+    // has the whole workload (the last transitions into TIME_WAIT come in softirq, after the
+    // clients exited), SIGTERM: the summaries that follow it (a last one at exit) have it too.
+    let summaries_of = |text: &str| -> Vec<String> {
+        // After SIGTERM, the report follows the summaries.
+        let plain = text.split("netwatch report:").next().unwrap_or_default();
+        plain
+            .split("netwatch top at ")
+            .filter(|s| !s.trim().is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let in_all = format!(
+        "in all: {} connects, {} accepts, {} TIME_WAIT births",
+        N + L + M,
+        N + L,
+        N + L
+    );
+    let whole = eventually(Duration::from_secs(20), || {
+        let text = fs::read_to_string(&out_path).unwrap_or_default();
+        let summaries = summaries_of(&text);
+        summaries.len() >= 2
+            && summaries.last().is_some_and(|s| {
+                flat(s).contains(&in_all)
+                    && number_after(s, "states:", "CLOSE_WAIT") == Some(L)
+                    && number_after(s, "states:", "TIME_WAIT") == Some(N + L)
+            })
+    });
+    let done = tracer.stop();
     assert_eq!(done.lost, 0, "{}", done.stderr);
     let text = fs::read_to_string(&out_path).expect("stdout");
+    assert!(
+        whole,
+        "no second summary, or none with the whole workload, within 20 s after it:\n{text}"
+    );
+    assert!(
+        text.contains("netwatch report:"),
+        "SIGTERM prints the report after the summaries:\n{text}"
+    );
     assert!(
         !text.contains('\u{1b}'),
         "terminal escape sequences in a file:\n{text}"
     );
 
-    let summaries: Vec<&str> = text
-        .split("netwatch top at ")
-        .filter(|s| !s.trim().is_empty())
-        .collect();
+    let summaries = summaries_of(&text);
     assert!(
         summaries.len() >= 2,
         "expected a summary per interval, got {}:\n{text}",

@@ -3,27 +3,38 @@
 //! per-namespace counters are the oracle wherever one exists.
 //!
 //! Test names start with `root_` so they can be selected (`cargo xtask test -- root_`).
-mod support;
 
 use std::{net::IpAddr, time::Duration};
 
+use crate::support::{
+    Events, Finished, Kept, Scratch, Tracer, endpoint, ip, port, step, stop_after_quiet, tcpdrive,
+};
 use netwatch_tests::{
     NetPair, ReadyChild, Side, counter_delta, drop_data_ruleset, find_line, output_with_timeout,
     require_root, unique_port,
 };
 use serde_json::Value;
-use support::{Finished, Tracer, endpoint, ip, port, step, tcpdrive};
 
-/// Events whose local endpoint is `local` and remote is `remote` (port 0 = any port).
-fn between(events: &[Value], local: (IpAddr, u16), remote: (IpAddr, u16)) -> Vec<&Value> {
+/// Whether `e`'s local endpoint is `local` and its remote `remote` (port 0 = any port).
+fn endpoints(e: &Value, local: (IpAddr, u16), remote: (IpAddr, u16)) -> bool {
+    ip(e, "saddr") == local.0
+        && (local.1 == 0 || port(e, "sport") == local.1)
+        && ip(e, "daddr") == remote.0
+        && (remote.1 == 0 || port(e, "dport") == remote.1)
+}
+
+/// Events of sockets in the network namespace `netns` (inode) whose local endpoint is `local`
+/// and remote is `remote` (port 0 = any port). The namespace, not the address, tells this
+/// test's sockets from another test process's: each process's pairs reuse the same subnets.
+fn between(
+    events: &[Value],
+    netns: u64,
+    local: (IpAddr, u16),
+    remote: (IpAddr, u16),
+) -> Vec<&Value> {
     events
         .iter()
-        .filter(|e| {
-            ip(e, "saddr") == local.0
-                && (local.1 == 0 || port(e, "sport") == local.1)
-                && ip(e, "daddr") == remote.0
-                && (remote.1 == 0 || port(e, "dport") == remote.1)
-        })
+        .filter(|e| e["netns"].as_u64() == Some(netns) && endpoints(e, local, remote))
         .collect()
 }
 
@@ -51,7 +62,8 @@ fn one_connection(pair: &NetPair, server: IpAddr, port: u16) -> (Finished, u32, 
     let client_pid = find_line(&cli.stdout_lines().join("\n"), "DONE").expect("DONE")[1]
         .parse()
         .expect("pid");
-    let finished = tracer.stop();
+    // The last ACK and FIN may still be on their way after both processes exited.
+    let finished = stop_after_quiet(tracer, pair, Events::Stdout, Kept::NOTHING);
     (finished, client_pid, srv.pid())
 }
 
@@ -67,9 +79,13 @@ fn full_lifecycle(v6: bool) {
     let before_s = pair.nstat(Side::Server);
     let (out, client_pid, server_pid) = one_connection(&pair, server, port);
     let ev = &out.events;
+    let (client_ns, server_ns) = (
+        pair.netns_inode(Side::Client),
+        pair.netns_inode(Side::Server),
+    );
 
     // The client's socket: everything towards server:port from the client address.
-    let client_sock = between(ev, (client, 0), (server, port));
+    let client_sock = between(ev, client_ns, (client, 0), (server, port));
     let client_states: Vec<_> = client_sock
         .iter()
         .copied()
@@ -86,15 +102,15 @@ fn full_lifecycle(v6: bool) {
         ],
         "client transitions; all events:\n{client_sock:#?}"
     );
-    let client_port = support::port(client_states[1], "sport");
+    let client_port = crate::support::port(client_states[1], "sport");
     assert_ne!(client_port, 0);
     // sport is only known once the handshake picked it; from then on it must not change.
     for e in &client_states[1..] {
-        assert_eq!(support::port(e, "sport"), client_port, "{e}");
+        assert_eq!(crate::support::port(e, "sport"), client_port, "{e}");
     }
 
     // The accepted socket on the server: local server:port, remote the client's port.
-    let accepted = between(ev, (server, port), (client, client_port));
+    let accepted = between(ev, server_ns, (server, port), (client, client_port));
     let accepted_states: Vec<_> = accepted
         .iter()
         .copied()
@@ -117,7 +133,7 @@ fn full_lifecycle(v6: bool) {
     } else {
         "0.0.0.0".parse().unwrap()
     };
-    let listener = between(ev, (server, port), (unspecified, 0));
+    let listener = between(ev, server_ns, (server, port), (unspecified, 0));
     assert_eq!(
         steps(&listener)
             .into_iter()
@@ -217,9 +233,14 @@ fn root_connect_to_closed_port_is_a_reset_in_syn_sent() {
     let failed = find_line(&stdout, "FAILED").expect("FAILED line");
     assert_eq!(failed[2], "ECONNREFUSED");
     let client_pid: u64 = failed[1].parse().unwrap();
-    let done = tracer.stop();
+    let done = stop_after_quiet(tracer, &pair, Events::Stdout, Kept::NOTHING);
 
-    let client_sock = between(&done.events, (client, 0), (server, port));
+    let client_sock = between(
+        &done.events,
+        pair.netns_inode(Side::Client),
+        (client, 0),
+        (server, port),
+    );
     let resets: Vec<_> = client_sock
         .iter()
         .filter(|e| e["kind"] == "reset_received")
@@ -234,10 +255,13 @@ fn root_connect_to_closed_port_is_a_reset_in_syn_sent() {
         .collect();
     assert_eq!(steps(&states), ["CLOSE->SYN_SENT", "SYN_SENT->CLOSE"]);
 
-    // The server's kernel answered with a reset because no socket wanted the SYN.
-    let sent: Vec<_> = between(&done.events, (server, port), (client, 0))
-        .into_iter()
-        .filter(|e| e["kind"] == "reset_sent")
+    // The server's kernel answered with a reset because no socket wanted the SYN. Without a
+    // socket there is no namespace to read: the reset is told by its endpoints (the port is
+    // this test's).
+    let sent: Vec<_> = done
+        .events
+        .iter()
+        .filter(|e| e["kind"] == "reset_sent" && endpoints(e, (server, port), (client, 0)))
         .collect();
     assert_eq!(sent.len(), 1, "{sent:#?}");
     assert_eq!(sent[0]["reason"], "NO_SOCKET", "{}", sent[0]);
@@ -299,13 +323,18 @@ fn root_dropped_packets_yield_retransmits_equal_to_the_kernel_count() {
         cli.stdout_lines()
     );
     assert!(srv.wait(20).success());
+    let done = stop_after_quiet(tracer, &pair, Events::Stdout, Kept::NOTHING);
     let after = pair.nstat(Side::Client);
-    let done = tracer.stop();
 
-    let rtx: Vec<_> = between(&done.events, (client, 0), (server, port))
-        .into_iter()
-        .filter(|e| e["kind"] == "retransmit" && e["err"].as_i64().unwrap_or(0) == 0)
-        .collect();
+    let rtx: Vec<_> = between(
+        &done.events,
+        pair.netns_inode(Side::Client),
+        (client, 0),
+        (server, port),
+    )
+    .into_iter()
+    .filter(|e| e["kind"] == "retransmit" && e["err"].as_i64().unwrap_or(0) == 0)
+    .collect();
     let kernel = counter_delta(&before, &after)["TcpRetransSegs"];
     assert!(kernel >= 2);
     assert_eq!(
@@ -356,7 +385,8 @@ fn root_stalled_reader_losses_are_counted_exactly() {
     );
     assert!(srv.wait(30).success());
     tracer.signal(libc::SIGCONT);
-    let done = tracer.stop();
+    // Events are lost on purpose: only the namespaces' quiet tells that the workload is over.
+    let done = stop_after_quiet(tracer, &pair, Events::Unseen, Kept::NOTHING);
 
     assert!(
         done.lost > 0,
@@ -387,14 +417,14 @@ fn root_sigterm_detaches_every_program() {
     }
     let tracer = Tracer::start(&["trace", "--json"]);
     // The programs and maps this very process holds (other netwatch instances may run).
-    let (progs, maps) = support::bpf_objects_of(tracer.pid());
-    let mut names: Vec<String> = support::loaded_programs()
+    let (progs, maps) = crate::support::bpf_objects_of(tracer.pid());
+    let mut names: Vec<String> = crate::support::loaded_programs()
         .into_iter()
         .filter(|(id, _)| progs.contains(id))
         .map(|(_, name)| name)
         .collect();
     names.sort();
-    let mut expected: Vec<_> = support::NETWATCH_PROGRAMS
+    let mut expected: Vec<_> = crate::support::NETWATCH_PROGRAMS
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -403,7 +433,7 @@ fn root_sigterm_detaches_every_program() {
     assert!(maps.len() >= 3, "EVENTS, SOCKETS, STATS at least: {maps:?}");
     let done = tracer.stop();
     assert!(done.stderr.contains("events seen"), "{}", done.stderr);
-    let left: Vec<_> = support::loaded_programs()
+    let left: Vec<_> = crate::support::loaded_programs()
         .into_iter()
         .filter(|(id, _)| progs.contains(id))
         .collect();
@@ -450,7 +480,8 @@ fn root_missing_tracepoint_degrades_with_a_warning() {
     }
     // A tracefs view in which only inet_sock_set_state exists: the seven other features must be
     // switched off with one warning each, and transitions still traced.
-    let fake = std::env::temp_dir().join(format!("netwatch-fake-tracefs-{}", std::process::id()));
+    let scratch = Scratch::new("fake-tracefs");
+    let fake = scratch.path("tracefs");
     let dir = fake.join("events/sock/inet_sock_set_state");
     std::fs::create_dir_all(&dir).unwrap();
     let real = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
@@ -485,8 +516,8 @@ fn root_missing_tracepoint_degrades_with_a_warning() {
     );
     assert!(out.status.success());
     assert!(srv.wait(20).success());
-    let done = tracer.stop();
-    let _ = std::fs::remove_dir_all(&fake);
+    // No destroy tracepoint here, so no destroy events to wait for: the namespaces' quiet.
+    let done = stop_after_quiet(tracer, &pair, Events::Unseen, Kept::NOTHING);
     let warnings: Vec<_> = done
         .stderr
         .lines()
@@ -499,10 +530,11 @@ fn root_missing_tracepoint_degrades_with_a_warning() {
         "{}",
         done.stderr
     );
+    let ns = [Side::Client, Side::Server].map(|s| pair.netns_inode(s));
     let kinds: std::collections::BTreeSet<_> = done
         .events
         .iter()
-        .filter(|e| ip(e, "daddr") == server || ip(e, "saddr") == server)
+        .filter(|e| e["netns"].as_u64().is_some_and(|n| ns.contains(&n)))
         .map(|e| e["kind"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(kinds.into_iter().collect::<Vec<_>>(), ["state"]);

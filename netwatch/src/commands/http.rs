@@ -219,7 +219,16 @@ impl Drop for Slot {
 
 /// Accepts connections until the task is aborted; never returns.
 pub async fn serve(listener: TcpListener, route: Route, limits: Limits) {
-    let active = Arc::new(AtomicUsize::new(0));
+    serve_counted(listener, route, limits, Arc::default()).await;
+}
+
+/// [`serve`], with `active` counting the connections being served (the tests watch it).
+async fn serve_counted(
+    listener: TcpListener,
+    route: Route,
+    limits: Limits,
+    active: Arc<AtomicUsize>,
+) {
     let rejecting = Arc::new(AtomicUsize::new(0));
     loop {
         let stream = match listener.accept().await {
@@ -423,11 +432,14 @@ mod tests {
         assert!(text.ends_with("\r\n\r\nmethod not allowed\n"), "{text}");
     }
 
-    /// Runs the server on a loopback port in a thread; returns its address.
-    fn start(limits: Limits) -> std::net::SocketAddr {
+    /// Runs the server on a loopback port in a thread; returns its address and its count of
+    /// connections being served.
+    fn start(limits: Limits) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
+        let active = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&active);
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -438,10 +450,23 @@ mod tests {
                 let route: Route = Arc::new(|p: &str| {
                     (p == "/healthz").then(|| Response::new(200, "text/plain", "ok\n"))
                 });
-                serve(listener, route, limits).await;
+                serve_counted(listener, route, limits, counted).await;
             });
         });
-        addr
+        (addr, active)
+    }
+
+    /// Waits (polling, at most 10 s) until `active` connections are being served.
+    fn wait_active(active: &AtomicUsize, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while active.load(Ordering::Acquire) != n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} connections served after 10 s, not {n}",
+                active.load(Ordering::Acquire)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Sends `request`, returns what came back before EOF (or a reset).
@@ -459,7 +484,7 @@ mod tests {
 
     #[test]
     fn serves_over_tcp() {
-        let addr = start(Limits {
+        let (addr, active) = start(Limits {
             read_timeout: Duration::from_millis(300),
             max_connections: 2,
             ..Limits::default()
@@ -485,11 +510,11 @@ mod tests {
         assert!(t.elapsed() >= Duration::from_millis(300));
         // Two silent clients take both slots (once the last exchange has let go of its
         // own): the third is turned away.
-        std::thread::sleep(Duration::from_millis(100));
+        wait_active(&active, 0);
         let idle: Vec<_> = (0..2)
             .map(|_| std::net::TcpStream::connect(addr).unwrap())
             .collect();
-        std::thread::sleep(Duration::from_millis(50));
+        wait_active(&active, 2);
         let busy = exchange(addr, b"GET /healthz HTTP/1.1\r\n\r\n");
         assert!(busy.starts_with("HTTP/1.1 503 "), "{busy}");
         drop(idle);
@@ -497,7 +522,7 @@ mod tests {
 
     #[test]
     fn past_every_limit_a_client_still_gets_503() {
-        let addr = start(Limits {
+        let (addr, _) = start(Limits {
             max_connections: 0,
             max_rejecting: 0,
             ..Limits::default()

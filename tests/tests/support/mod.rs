@@ -1,21 +1,19 @@
-//! What the integration tests share beyond the library: the tracer harness (re-exported from
+//! What the test modules share beyond the library: the tracer harness (re-exported from
 //! `netwatch_tests::tracer`), known workloads, BPF object and /proc look-ups, C fixtures.
-#![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::{
     collections::{BTreeMap, HashMap},
     fs,
     net::IpAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     sync::{Mutex, OnceLock},
     time::Duration,
 };
 
 pub use netwatch_tests::eventually;
-#[allow(unused_imports, reason = "each test binary uses a different subset")]
-pub use netwatch_tests::tracer::{ATTACHED_MARKER, Finished, Scratch, Tracer, json_lines};
-use netwatch_tests::{output_with_timeout, workspace_root};
+pub use netwatch_tests::tracer::{Finished, Scratch, Tracer, json_lines};
+use netwatch_tests::{NetPair, Side, output_with_timeout, workspace_root};
 use serde_json::Value;
 
 /// The traffic driver, built by cargo for this package's integration tests.
@@ -56,24 +54,6 @@ pub fn step(ev: &Value) -> String {
     } else {
         ev["kind"].as_str().unwrap_or("?").to_string()
     }
-}
-
-/// The BPF programs currently loaded whose name is one of netwatch's.
-pub fn netwatch_programs_loaded() -> Vec<String> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show", "--json"])
-        .output()
-        .expect("bpftool");
-    assert!(out.status.success(), "bpftool prog show failed");
-    let progs: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    progs
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|p| p["name"].as_str())
-        .filter(|n| NETWATCH_PROGRAMS.contains(n))
-        .map(str::to_string)
-        .collect()
 }
 
 /// Every loaded BPF program as (id, name), from `bpftool prog show`.
@@ -222,7 +202,6 @@ pub fn socket_fds(pid: u32) -> BTreeMap<u32, u64> {
 }
 
 /// Kernel TCP state numbers, as in `/proc/net/tcp` (`include/net/tcp_states.h`).
-pub const TCP_ESTABLISHED: u8 = 1;
 pub const TCP_FIN_WAIT2: u8 = 5;
 pub const TCP_CLOSE_WAIT: u8 = 8;
 pub const TCP_LISTEN: u8 = 10;
@@ -284,7 +263,7 @@ pub fn wait_fds_in_state(pid: u32, state: u8, n: usize, bound: Duration) -> Vec<
 
 /// `n` orderly connections to `tcpdrive serve` at `addr`, the client closing first: `n`
 /// TIME_WAITs in the client namespace. Waits (bounded) for both sides to finish.
-pub fn orderly_connections(pair: &netwatch_tests::NetPair, addr: &str, n: u64) {
+pub fn orderly_connections(pair: &NetPair, addr: &str, n: u64) {
     let mut srv = server_and_clients(pair, "serve", addr, n);
     assert!(srv.wait(30).success());
 }
@@ -292,12 +271,12 @@ pub fn orderly_connections(pair: &netwatch_tests::NetPair, addr: &str, n: u64) {
 /// `tcpdrive <server_mode> addr --count n` in the server namespace, then `n` client
 /// connections to it (`tcpdrive connect`), which must all succeed (bounded: 60 s).
 fn server_and_clients(
-    pair: &netwatch_tests::NetPair,
+    pair: &NetPair,
     server_mode: &str,
     addr: &str,
     n: u64,
 ) -> netwatch_tests::ReadyChild {
-    use netwatch_tests::{ReadyChild, Side};
+    use netwatch_tests::ReadyChild;
     let srv = ReadyChild::spawn(pair.exec(
         Side::Server,
         &tcpdrive(),
@@ -320,7 +299,7 @@ fn server_and_clients(
 }
 
 /// `m` connects to `addr`, where nothing listens: each must fail with ECONNREFUSED.
-pub fn refused_connects(pair: &netwatch_tests::NetPair, addr: &str, m: u64) {
+pub fn refused_connects(pair: &NetPair, addr: &str, m: u64) {
     for _ in 0..m {
         assert_eq!(
             failed_connect(pair, &["connect-expect-fail", addr]),
@@ -332,8 +311,7 @@ pub fn refused_connects(pair: &netwatch_tests::NetPair, addr: &str, m: u64) {
 /// `k` connects to `addr` (port `port`) given up after 1.5 s while the server namespace drops
 /// every SYN to that port (one SYN retransmission each, at 1 s): each must fail with
 /// ETIMEDOUT. The drop rule is removed afterwards.
-pub fn timed_out_connects(pair: &netwatch_tests::NetPair, addr: &str, port: u16, k: u64) {
-    use netwatch_tests::Side;
+pub fn timed_out_connects(pair: &NetPair, addr: &str, port: u16, k: u64) {
     pair.nft(
         Side::Server,
         &format!(
@@ -348,11 +326,8 @@ pub fn timed_out_connects(pair: &netwatch_tests::NetPair, addr: &str, port: u16,
 }
 
 /// Runs a `tcpdrive connect-expect-fail` in the client namespace; its errno name.
-fn failed_connect(pair: &netwatch_tests::NetPair, args: &[&str]) -> String {
-    let out = output_with_timeout(
-        pair.exec(netwatch_tests::Side::Client, &tcpdrive(), args),
-        20,
-    );
+fn failed_connect(pair: &NetPair, args: &[&str]) -> String {
+    let out = output_with_timeout(pair.exec(Side::Client, &tcpdrive(), args), 20);
     let stdout = String::from_utf8_lossy(&out.stdout);
     netwatch_tests::find_line(&stdout, "FAILED")
         .and_then(|f| f.get(2).map(|e| e.to_string()))
@@ -363,7 +338,7 @@ fn failed_connect(pair: &netwatch_tests::NetPair, args: &[&str]) -> String {
 /// never does: `l` CLOSE_WAIT sockets held by the server. Returns the server (killed on drop)
 /// once it said `LEAKING` (bounded: 10 s), and when the clients had finished.
 pub fn leaked_connections(
-    pair: &netwatch_tests::NetPair,
+    pair: &NetPair,
     addr: &str,
     l: u64,
 ) -> (netwatch_tests::ReadyChild, std::time::Instant) {
@@ -382,7 +357,7 @@ pub fn leaked_connections(
 /// those or in `server_ports`. Another test's traffic would need both its ends in these sets.
 /// (Listening sockets, whose remote port is 0, are left out.)
 pub fn own_traffic_only(
-    pair: &netwatch_tests::NetPair,
+    pair: &NetPair,
     client_ports: (u16, u16),
     server_ports: &[u16],
     sysctls: &[&str],
@@ -391,10 +366,181 @@ pub fn own_traffic_only(
     let range = format!("net.ipv4.ip_local_port_range={lo} {hi}");
     let mut args = vec!["sysctl", "-w", range.as_str()];
     args.extend_from_slice(sysctls);
-    pair.run(netwatch_tests::Side::Client, &args);
+    pair.run(Side::Client, &args);
     let ports = std::iter::once(format!("{lo}-{hi}"))
         .chain(server_ports.iter().map(u16::to_string))
         .collect::<Vec<_>>()
         .join(",");
     vec!["-L".into(), ports.clone(), "-D".into(), ports]
+}
+
+/// Bound on each of the two waits of [`stop_after_quiet`].
+const QUIET_BOUND: Duration = Duration::from_secs(10);
+
+/// Where netwatch writes the events [`stop_after_quiet`] waits for.
+pub enum Events<'a> {
+    /// Its stdout, one JSON event a line (`trace --json`).
+    Stdout,
+    /// A `--record` file.
+    Recording(&'a Path),
+    /// Nowhere to read while it runs (a report without `--record`), or not all of them by
+    /// design (events lost, a tracepoint left out): quiet namespaces are all there is to wait
+    /// for.
+    Unseen,
+}
+
+/// What a test keeps open on purpose in its namespaces once its traffic is over.
+pub struct Kept<'a> {
+    /// Socket states (as `ss` names them) the namespaces may still hold besides LISTEN and
+    /// TIME-WAIT: a leak's CLOSE-WAIT, and its peers' orphans in FIN-WAIT-2.
+    pub states: &'a [&'a str],
+    /// How many of the sockets netwatch saw in the namespaces are still open (a listener, the
+    /// sockets a server leaks): they have no `destroy` event yet.
+    pub sockets: usize,
+}
+
+impl Kept<'_> {
+    /// Nothing: every connection has ended and every socket netwatch saw is closed.
+    pub const NOTHING: Kept<'static> = Kept {
+        states: &[],
+        sockets: 0,
+    };
+}
+
+/// Stops `tracer` once the traffic in `pair`'s namespaces is over and netwatch has every event
+/// of it. Why: a connection's last steps (`LAST_ACK -> CLOSE`, `FIN_WAIT2 -> CLOSE`, `destroy`)
+/// happen in softirq when its last segment arrives, which can be after every process of the
+/// test has exited: a tracer stopped at once may miss them.
+///
+/// Waits, each step bounded (10 s) and panicking with what is left, until
+/// 1. the kernel is done: no socket in either namespace is in a state other than LISTEN,
+///    TIME-WAIT or `kept.states`, so no more transitions are coming and the kernel counters
+///    are final;
+/// 2. netwatch has it all (not for [`Events::Unseen`]): of the sockets of these namespaces
+///    (told apart from other tests' by their `netns` inode) in `events`, exactly
+///    `kept.sockets` have no `destroy` event, the last event of every socket.
+///
+/// Then stops it as [`Tracer::stop`] does (SIGTERM).
+pub fn stop_after_quiet(
+    tracer: Tracer,
+    pair: &NetPair,
+    events: Events<'_>,
+    kept: Kept<'_>,
+) -> Finished {
+    wait_quiet(pair, kept.states);
+    let path = match events {
+        Events::Stdout => Some(tracer.stdout_path().to_path_buf()),
+        Events::Recording(path) => Some(path.to_path_buf()),
+        Events::Unseen => None,
+    };
+    if let Some(path) = path {
+        let mut open = OpenSockets::new(pair);
+        let done = eventually(QUIET_BOUND, || {
+            open.follow(&path);
+            open.len() == kept.sockets
+        });
+        assert!(
+            done,
+            "{} sockets of the pair have no destroy event after {QUIET_BOUND:?}, expected {}; \
+             their last events:\n{}",
+            open.len(),
+            kept.sockets,
+            open.describe()
+        );
+    }
+    tracer.stop()
+}
+
+/// Waits (bounded) until neither namespace of `pair` has a socket in a state other than
+/// LISTEN, TIME-WAIT or `kept` (`ss` names: `ESTAB`, `CLOSE-WAIT`, `FIN-WAIT-2`, ...): every
+/// connection has finished. Panics listing what is left.
+fn wait_quiet(pair: &NetPair, kept: &[&str]) {
+    let busy = |side| -> Vec<String> {
+        pair.run(side, &["ss", "-Htan"])
+            .lines()
+            .filter(|l| {
+                let state = l.split_whitespace().next().unwrap_or("");
+                !state.is_empty()
+                    && !["LISTEN", "TIME-WAIT"].contains(&state)
+                    && !kept.contains(&state)
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    let mut left = Vec::new();
+    let quiet = eventually(QUIET_BOUND, || {
+        left = busy(Side::Client);
+        left.extend(busy(Side::Server));
+        left.is_empty()
+    });
+    assert!(
+        quiet,
+        "connections still open after {QUIET_BOUND:?} (besides {kept:?}): {left:#?}"
+    );
+}
+
+/// Follows a file of JSON events as netwatch writes it, keeping the last event of each socket
+/// of one [`NetPair`] (by `netns` inode); lines without a `netns` (a recording's header and
+/// summary, a reset no socket sent) are skipped.
+struct OpenSockets {
+    netns: [u64; 2],
+    /// Bytes of the file read so far: up to the end of its last complete line.
+    offset: u64,
+    /// The last event of each socket (by `sock`) of the pair.
+    last: HashMap<String, Value>,
+}
+
+impl OpenSockets {
+    fn new(pair: &NetPair) -> OpenSockets {
+        OpenSockets {
+            netns: [Side::Client, Side::Server].map(|s| pair.netns_inode(s)),
+            offset: 0,
+            last: HashMap::new(),
+        }
+    }
+
+    /// Reads the complete lines written since the last call.
+    fn follow(&mut self, path: &Path) {
+        use std::io::{Read as _, Seek as _, SeekFrom};
+        let Ok(mut file) = fs::File::open(path) else {
+            return; // not created yet
+        };
+        let mut buf = Vec::new();
+        file.seek(SeekFrom::Start(self.offset))
+            .and_then(|_| file.read_to_end(&mut buf))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
+            return;
+        };
+        self.offset += end as u64 + 1;
+        for line in String::from_utf8_lossy(&buf[..end]).lines() {
+            if line.is_empty() {
+                continue;
+            }
+            let ev: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", path.display()));
+            if ev["netns"]
+                .as_u64()
+                .is_some_and(|n| self.netns.contains(&n))
+                && let Some(sock) = ev["sock"].as_str()
+            {
+                self.last.insert(sock.to_string(), ev);
+            }
+        }
+    }
+
+    fn open(&self) -> impl Iterator<Item = &Value> {
+        self.last.values().filter(|e| e["kind"] != "destroy")
+    }
+
+    fn len(&self) -> usize {
+        self.open().count()
+    }
+
+    fn describe(&self) -> String {
+        self.open()
+            .map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }

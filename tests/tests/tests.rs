@@ -1,0 +1,26 @@
+//! netwatch's end-to-end tests, as one test binary: real BPF programs and real TCP traffic in
+//! network namespaces the tests create. Most need root (`require_root`); run them one at a
+//! time (`cargo xtask test`, i.e. `--test-threads=1`): they count BPF programs and kernel
+//! counters, which parallel tests would disturb.
+
+// What the modules share: the tracer harness, known workloads, /proc and BPF look-ups.
+mod support;
+
+// Filters (-p, -L, a bad expression) act in the kernel and equal filtering afterwards.
+mod filters;
+// `leaks` finds forgotten sockets, live and --once, with the real holder, fds, code path, cgroup.
+mod leaks;
+// `report`, `life` and `analyze` counts equal the kernel's counters; a replay equals the run.
+mod lifecycle;
+// Under load: a stopped reader recovers, a soak stays flat and exact, stops leave nothing.
+mod robustness;
+// `serve`'s metrics, scraped by Prometheus, equal a known workload; bad requests get answers.
+mod serve;
+// The stack captured at accept() names the accepting function, its source line and callers.
+mod stacks;
+// `life` agrees with libbpf-tools tcplife connection by connection and fixes its wrong pids.
+mod tcplife;
+// `top` shows a known workload exactly, in a real terminal and as plain summaries.
+mod top;
+// `trace` events (transitions, owners, resets, retransmits, losses) match the kernel's counts.
+mod trace;
