@@ -697,11 +697,7 @@ fn root_start_stop_twenty_times_under_load_leaves_nothing() {
     // far from the 28,232 of the default ephemeral range.
     let churn = ChurnLoop::start(&pair, &addr, 100, 2, Some(Duration::from_millis(250)));
 
-    let mut expected_progs: Vec<String> = crate::support::NETWATCH_PROGRAMS
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    expected_progs.sort();
+    let expected_progs = crate::support::programs_loaded(false);
     let mut expected_maps: Vec<String> = NETWATCH_MAPS.iter().map(|s| s.to_string()).collect();
     expected_maps.sort();
     let mut stop_ms = Vec::new();
@@ -869,7 +865,7 @@ fn root_two_instances_both_work() {
             .collect();
         assert_eq!(
             names.len(),
-            crate::support::NETWATCH_PROGRAMS.len(),
+            crate::support::programs_loaded(false).len(),
             "programs of pid {}: {held:?}",
             t.pid()
         );

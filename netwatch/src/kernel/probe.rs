@@ -281,6 +281,8 @@ pub struct Tracepoint {
     pub spec: &'static ProgramSpec,
     /// The offsets its program reads, or why it is not attached.
     pub fields: Result<TpFields, Unusable>,
+    /// What a user loses, in one line, when it is not usable.
+    pub warning: Option<String>,
 }
 
 /// Everything the programs are loaded with on this kernel, read once from tracefs and BTF.
@@ -294,7 +296,8 @@ pub struct KernelLayouts {
     pub offsets: KernelOffsets,
     /// Decoding needs from the kernel (reset reason names).
     pub decode: DecodeContext,
-    /// One line per feature switched off on this kernel.
+    /// One line per feature switched off on this kernel that no single tracepoint explains
+    /// (missing BTF offsets); each tracepoint's own is in [`Tracepoint::warning`].
     pub warnings: Vec<String>,
 }
 
@@ -316,10 +319,11 @@ impl KernelLayouts {
         let mut warnings = Vec::new();
         let mut decode = DecodeContext::default();
         for spec in PROGRAM_SPECS {
+            let mut warning = None;
             let fields = match tracefs::read_format(root, spec.system, spec.event) {
                 Err(e) => Err(Unusable::Unreadable(e)),
                 Ok(None) => {
-                    warnings.push(format!(
+                    warning = Some(format!(
                         "tracepoint {}:{} does not exist on this kernel: {} are not traced",
                         spec.system, spec.event, spec.feature
                     ));
@@ -330,7 +334,7 @@ impl KernelLayouts {
                         decode.reset_reasons = format.symbols("reason");
                     }
                     (spec.layout)(&format).map_err(|e| {
-                        warnings.push(format!(
+                        warning = Some(format!(
                             "tracepoint {}:{} has a layout netwatch cannot read ({e}): {} are \
                              not traced",
                             spec.system, spec.event, spec.feature
@@ -339,7 +343,11 @@ impl KernelLayouts {
                     })
                 }
             };
-            tracepoints.push(Tracepoint { spec, fields });
+            tracepoints.push(Tracepoint {
+                spec,
+                fields,
+                warning,
+            });
         }
 
         // Both accept tracepoints share one program and one layout global: keep the second
@@ -349,7 +357,7 @@ impl KernelLayouts {
             let Ok(fields) = tp.fields else { continue };
             match globals.iter().find(|(g, _)| *g == tp.spec.global) {
                 Some((_, first)) if *first != fields => {
-                    warnings.push(format!(
+                    tp.warning = Some(format!(
                         "tracepoint {}:{} has a different layout from its twin: {} are not traced",
                         tp.spec.system, tp.spec.event, tp.spec.feature
                     ));
@@ -374,6 +382,19 @@ impl KernelLayouts {
             decode,
             warnings,
         }
+    }
+
+    /// The warnings that matter to a run with `config`: the general ones, and those of the
+    /// tracepoints it would attach.
+    pub fn warnings_for(&self, config: &ProbeConfig) -> Vec<String> {
+        let mut out = self.warnings.clone();
+        out.extend(
+            self.tracepoints
+                .iter()
+                .filter(|tp| tp.spec.when.applies(config))
+                .filter_map(|tp| tp.warning.clone()),
+        );
+        out
     }
 
     /// The tracepoints whose programs can be loaded and attached.
@@ -441,11 +462,8 @@ impl Probe {
             .usable()
             .filter(|spec| spec.when.applies(config))
             .collect();
-        let KernelLayouts {
-            decode,
-            mut warnings,
-            ..
-        } = layouts;
+        let mut warnings = layouts.warnings_for(config);
+        let KernelLayouts { decode, .. } = layouts;
         let mut links = Vec::new();
         for spec in usable {
             let program: &mut TracePoint = ebpf

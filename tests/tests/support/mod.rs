@@ -104,7 +104,7 @@ pub fn bpf_objects_of(pid: i32) -> (Vec<u32>, Vec<u32>) {
     (progs, maps)
 }
 
-/// The names of netwatch's programs as the kernel shows them (at most 15 characters).
+/// The names of every netwatch program as the kernel shows them (at most 15 characters).
 pub const NETWATCH_PROGRAMS: &[&str] = &[
     "nw_set_state",
     "nw_retransmit",
@@ -113,7 +113,26 @@ pub const NETWATCH_PROGRAMS: &[&str] = &[
     "nw_send_reset",
     "nw_destroy_sock",
     "nw_accept",
+    "nw_first_read",
 ];
+
+/// The programs one run loads: accepted sockets get their owner at accept() when the run shows
+/// code paths (`leaks`, `trace --stacks`: `nw_accept`, on a syscall tracepoint), else at their
+/// first read (`nw_first_read`), sorted.
+pub fn programs_loaded(code_paths: bool) -> Vec<String> {
+    let other = if code_paths {
+        "nw_first_read"
+    } else {
+        "nw_accept"
+    };
+    let mut names: Vec<String> = NETWATCH_PROGRAMS
+        .iter()
+        .filter(|p| **p != other)
+        .map(|p| p.to_string())
+        .collect();
+    names.sort();
+    names
+}
 
 /// Compiles `tests/fixtures/<name>.c` with `gcc -O0 -g -fno-omit-frame-pointer` (frame pointers
 /// and debug info: the kernel's user-stack walk and netwatch's symbolizer need both) into
