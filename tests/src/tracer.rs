@@ -118,6 +118,11 @@ impl Tracer {
         assert_eq!(ret, 0, "kill({}, {sig})", self.pid());
     }
 
+    /// Every line netwatch has written to stderr so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
     fn stderr_text(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
     }

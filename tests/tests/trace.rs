@@ -560,3 +560,115 @@ fn root_without_capabilities_names_cap_bpf_and_cap_perfmon() {
     assert_eq!(stderr.lines().count(), 1, "one clear error line: {stderr}");
     assert!(out.stdout.is_empty());
 }
+
+/// `--record` keeps the live run's filter, and `analyze` applies it again: the replay prints
+/// exactly what the live run printed, although the recording holds every event that reached
+/// user space (README, "Recording and replaying").
+#[test]
+fn root_a_replay_prints_what_the_filtered_live_run_printed() {
+    if !require_root("root_a_replay_prints_what_the_filtered_live_run_printed") {
+        return;
+    }
+    let pair = NetPair::new();
+    let server: IpAddr = pair.server_v4().into();
+    let (kept_port, other_port) = (unique_port(), unique_port());
+    let scratch = Scratch::new("replay-filter");
+    let recording = scratch.path("events.jsonl");
+    let rec = recording.to_str().expect("UTF-8 path");
+    // The expression's state test is decided in user space: the recording holds more.
+    let filter = format!("state established and ( sport = :{kept_port} or dport = :{kept_port} )");
+    let tracer = Tracer::start(&["trace", "--json", "--record", rec, &filter]);
+    for port in [kept_port, other_port] {
+        let mut srv = ReadyChild::spawn(pair.exec(
+            Side::Server,
+            &tcpdrive(),
+            &["serve", &endpoint(server, port), "--count", "2"],
+        ));
+        let out = output_with_timeout(
+            pair.exec(
+                Side::Client,
+                &tcpdrive(),
+                &["connect", &endpoint(server, port), "--count", "2"],
+            ),
+            20,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(srv.wait(20).success());
+    }
+    let done = stop_after_quiet(tracer, &pair, Events::Recording(&recording), Kept::NOTHING);
+    assert!(
+        !done.events.is_empty()
+            && done.events.iter().all(|e| {
+                // A transition's state is the one it enters; any other event's, its `state`.
+                let state = if e["kind"] == "state" {
+                    &e["new_state"]
+                } else {
+                    &e["state"]
+                };
+                state == "ESTABLISHED"
+                    && (port(e, "sport") == kept_port || port(e, "dport") == kept_port)
+            }),
+        "the live run printed what the filter keeps: {:#?}",
+        done.events
+    );
+    let recorded = std::fs::read_to_string(&recording).expect("recording");
+    assert!(
+        recorded.lines().count() > done.events.len() + 2,
+        "the recording holds more than the printed lines"
+    );
+    let mut cmd = std::process::Command::new(netwatch_tests::netwatch_bin());
+    cmd.args(["analyze", rec, "--json"]);
+    let out = output_with_timeout(cmd, 60);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        done.stdout,
+        "the replay differs from the live run"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("applying the recording's filter"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A quiet host does not look hung: the text header comes as soon as the programs are
+/// attached, and after 5 s without an event a note says netwatch is still watching.
+#[test]
+fn root_a_quiet_trace_prints_its_header_at_once_and_says_it_is_watching() {
+    if !require_root("root_a_quiet_trace_prints_its_header_at_once_and_says_it_is_watching") {
+        return;
+    }
+    // Port 1 on both ends: no traffic of this machine matches, so no event arrives.
+    let tracer = Tracer::start(&["trace", "-L", "1", "-D", "1", "sport = :1"]);
+    let header = crate::support::eventually(Duration::from_secs(5), || {
+        tracer
+            .stdout_lines_so_far()
+            .first()
+            .is_some_and(|l| l.starts_with("TIME(s)") && l.contains("MS_IN_OLD"))
+    });
+    assert!(
+        header,
+        "no header within 5 s: {:?}",
+        tracer.stdout_lines_so_far()
+    );
+    let noted = crate::support::eventually(Duration::from_secs(15), || {
+        tracer
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("no TCP event yet after 5 s"))
+    });
+    let lines = tracer.stdout_lines_so_far();
+    let (status, _, stderr) = tracer.stop_output();
+    assert!(status.success(), "{stderr}");
+    assert!(noted, "no quiet note on stderr:\n{stderr}");
+    assert_eq!(lines.len(), 1, "only the header: {lines:?}");
+}
