@@ -19,6 +19,10 @@
 //! - In-kernel cost comes from `kernel.bpf_stats_enabled` ([`kernel::BpfStats`], restored
 //!   afterwards) and `bpftool prog show`, per program, counted between just before and just
 //!   after the load.
+//! - The syscall tax ([`tax`]): a program on any `syscalls:*` tracepoint puts every task of the
+//!   host on the slow syscall path, so `dd bs=1` (6 M syscalls) is timed untraced and beside
+//!   each netwatch mode, in rounds like the churn; only the modes that show code paths may
+//!   attach one.
 //! - Every child is a [`proc::Proc`] guard and every namespace a [`netns::Netns`] guard, and
 //!   Ctrl-C unwinds through them: nothing is left running or attached, also on error.
 //!
@@ -31,6 +35,7 @@ mod netns;
 mod proc;
 mod replay;
 mod table;
+mod tax;
 
 use std::{
     collections::BTreeSet,
@@ -62,8 +67,9 @@ pub struct Options {
 
 /// Port the churn server listens on, inside the bench's own namespaces.
 const PORT: u16 = 5000;
-/// Where `netwatch serve` listens (host namespace, loopback only).
-const SERVE_LISTEN: &str = "127.0.0.1:9750";
+/// Where `netwatch serve` listens (host namespace, loopback only): a port the kernel picks, so a
+/// `netwatch serve` someone else runs on the shared machine (port 9750) cannot collide.
+const SERVE_LISTEN: &str = "127.0.0.1:0";
 /// Churn client threads per process in the comparison runs: one per core on the 2-core
 /// machines this project targets.
 const PARALLEL: u32 = 2;
@@ -87,6 +93,10 @@ pub struct Plan {
     pub calibration: u64,
     /// Load steps of the zero-loss search: (churn processes, threads each).
     pub rate_steps: Vec<(u32, u32)>,
+    /// Rounds of the syscall-tax runs (each about 1 s of `dd` per mode): more than the churn's
+    /// (5, or 9 without `--quick`; `--runs` only raises it), as the target is 2% and `dd`'s own
+    /// time on a CPU moves by 10% from run to run on this shared machine.
+    pub tax_rounds: u32,
 }
 
 impl Plan {
@@ -110,6 +120,7 @@ impl Plan {
             seconds,
             calibration: if opts.quick { 2000 } else { 4000 },
             rate_steps,
+            tax_rounds: runs.max(if opts.quick { 5 } else { 9 }),
         })
     }
 
@@ -179,6 +190,13 @@ pub enum Tracer {
     Tcpstates,
     Tcplife,
     Bpftrace,
+    // Only in the syscall-tax rows:
+    /// `trace --stacks`: asks for the code path that accepted a socket.
+    TraceStacks,
+    Life,
+    Top,
+    /// Asks for code paths.
+    Leaks,
 }
 
 impl Tracer {
@@ -193,6 +211,19 @@ impl Tracer {
         Tracer::Bpftrace,
     ];
 
+    /// The syscall-tax rows: untraced, every live netwatch mode, then the two that show code
+    /// paths.
+    pub const SYSCALL_TAX: [Tracer; 8] = [
+        Tracer::None,
+        Tracer::Report,
+        Tracer::Serve,
+        Tracer::Trace,
+        Tracer::Life,
+        Tracer::Top,
+        Tracer::TraceStacks,
+        Tracer::Leaks,
+    ];
+
     pub fn label(self) -> String {
         match self {
             Tracer::None => "none".into(),
@@ -205,6 +236,12 @@ impl Tracer {
             Tracer::Tcpstates => "`tcpstates > /dev/null` (libbpf-tools)".into(),
             Tracer::Tcplife => "`tcplife > /dev/null` (libbpf-tools)".into(),
             Tracer::Bpftrace => "bpftrace `inet_sock_set_state` count".into(),
+            Tracer::TraceStacks => "`netwatch trace --json --stacks > /dev/null`".into(),
+            Tracer::Life => "`netwatch life > /dev/null`".into(),
+            Tracer::Top => {
+                "`netwatch top > /dev/null` (no terminal: a summary per interval)".into()
+            }
+            Tracer::Leaks => "`netwatch leaks > /dev/null`".into(),
         }
     }
 
@@ -218,23 +255,33 @@ impl Tracer {
             Tracer::Tcpstates => "tcpstates",
             Tracer::Tcplife => "tcplife",
             Tracer::Bpftrace => "bpftrace",
+            Tracer::TraceStacks => "trace --stacks",
+            Tracer::Life => "netwatch life",
+            Tracer::Top => "netwatch top",
+            Tracer::Leaks => "netwatch leaks",
         }
     }
 
     pub fn is_netwatch(self) -> bool {
-        matches!(
-            self,
-            Tracer::Trace | Tracer::TraceNoStacks | Tracer::Report | Tracer::Serve
-        )
+        self.subcommand().is_some()
+    }
+
+    /// The mode shows the code path that opened a socket, which is what may cost a syscall
+    /// tracepoint (the syscall tax is stated for it, not judged).
+    pub fn shows_code_paths(self) -> bool {
+        matches!(self, Tracer::TraceStacks | Tracer::Leaks)
     }
 
     /// The netwatch subcommand this row runs.
     fn subcommand(self) -> Option<&'static str> {
         match self {
-            Tracer::Trace | Tracer::TraceNoStacks => Some("trace"),
+            Tracer::Trace | Tracer::TraceNoStacks | Tracer::TraceStacks => Some("trace"),
             Tracer::Report => Some("report"),
             Tracer::Serve => Some("serve"),
-            _ => None,
+            Tracer::Life => Some("life"),
+            Tracer::Top => Some("top"),
+            Tracer::Leaks => Some("leaks"),
+            Tracer::None | Tracer::Tcpstates | Tracer::Tcplife | Tracer::Bpftrace => None,
         }
     }
 
@@ -268,6 +315,16 @@ impl Tracer {
                 cmd.args(["-e", BPFTRACE_PROGRAM]);
                 cmd
             }
+            Tracer::TraceStacks => {
+                let mut cmd = sys::command(netwatch);
+                cmd.args(["trace", "--json", "--stacks"]);
+                cmd
+            }
+            Tracer::Life | Tracer::Top | Tracer::Leaks => {
+                let mut cmd = sys::command(netwatch);
+                cmd.arg(self.subcommand().expect("a netwatch row"));
+                cmd
+            }
         };
         cmd.stdin(Stdio::null());
         Some(cmd)
@@ -282,7 +339,10 @@ impl Tracer {
     fn availability(self, netwatch: &Path) -> Availability {
         match self {
             Tracer::None => Availability::Ready,
-            Tracer::Trace | Tracer::TraceNoStacks | Tracer::Report | Tracer::Serve => {
+            Tracer::Tcpstates => on_path("tcpstates"),
+            Tracer::Tcplife => on_path("tcplife"),
+            Tracer::Bpftrace => on_path("bpftrace"),
+            _ => {
                 let sub = self.subcommand().expect("a netwatch row");
                 if subcommand_built(netwatch, sub) {
                     Availability::Ready
@@ -290,9 +350,6 @@ impl Tracer {
                     Availability::NotBuilt
                 }
             }
-            Tracer::Tcpstates => on_path("tcpstates"),
-            Tracer::Tcplife => on_path("tcplife"),
-            Tracer::Bpftrace => on_path("bpftrace"),
         }
     }
 }
@@ -462,6 +519,7 @@ pub struct Results {
     pub rate: RateSearch,
     /// Replay speed and tracker memory, when `analyze` is built.
     pub offline: Option<replay::Offline>,
+    pub tax: tax::SyscallTax,
     pub took: Duration,
 }
 
@@ -536,7 +594,18 @@ pub fn bench(opts: Options) -> Result<()> {
     } else {
         Availability::NotBuilt
     };
-    for (tracer, availability) in &tracers {
+    let tax_tracers: Vec<(Tracer, Availability)> = Tracer::SYSCALL_TAX
+        .iter()
+        .map(|&t| {
+            let known = tracers.iter().find(|(k, _)| *k == t);
+            (
+                t,
+                known.map_or_else(|| t.availability(&netwatch), |k| k.1.clone()),
+            )
+        })
+        .collect();
+    let not_in_churn = tax_tracers.iter().filter(|(t, _)| !Tracer::ALL.contains(t));
+    for (tracer, availability) in tracers.iter().chain(not_in_churn) {
         match availability {
             Availability::Ready => {}
             Availability::NotBuilt => eprintln!(
@@ -569,9 +638,15 @@ pub fn bench(opts: Options) -> Result<()> {
         .iter()
         .filter(|(_, a)| *a == Availability::Ready)
         .count();
+    let tax_runnable = tax_tracers
+        .iter()
+        .filter(|(_, a)| *a == Availability::Ready)
+        .count();
     let mut progress = Progress {
         step: 0,
-        total: Workload::ALL.len() * (1 + plan.runs as usize * runnable) + plan.rate_steps.len(),
+        total: Workload::ALL.len() * (1 + plan.runs as usize * runnable)
+            + plan.rate_steps.len()
+            + plan.tax_rounds as usize * tax_runnable,
     };
 
     let mut counts = Vec::new();
@@ -613,8 +688,11 @@ pub fn bench(opts: Options) -> Result<()> {
     } else {
         None
     };
-    // Namespaces deleted and bpf_stats_enabled restored before the report is written.
+    // Namespaces deleted and bpf_stats_enabled restored before the report is written, and
+    // before the syscall tax, which needs neither: `dd` runs as on a machine nobody benches.
+    let netwatch = env.netwatch.clone();
     drop(env);
+    let tax = tax::measure(&netwatch, plan.tax_rounds, &tax_tracers, &mut progress)?;
 
     let machine = Machine {
         load_start,
@@ -629,6 +707,7 @@ pub fn bench(opts: Options) -> Result<()> {
         cells,
         rate,
         offline,
+        tax,
         took: started.elapsed(),
     };
     let markdown = table::render(&results);
@@ -729,10 +808,8 @@ fn describe_run(run: &Run) -> String {
 }
 
 /// Starts a tracer and waits until it is really tracing.
-fn start_tracer(env: &Env, tracer: Tracer) -> Result<Proc> {
-    let cmd = tracer
-        .command(&env.netwatch)
-        .expect("only called for a tracer");
+fn start_tracer(netwatch: &Path, tracer: Tracer) -> Result<Proc> {
+    let cmd = tracer.command(netwatch).expect("only called for a tracer");
     let mut p = Proc::spawn(tracer.short(), cmd, false)?;
     let pid = p.pid();
     if tracer.is_netwatch() {
@@ -757,7 +834,7 @@ fn measured_run(env: &Env, w: Workload, tracer: Tracer, count: u64) -> Result<Ru
     env.stats.ensure()?;
     let mut traced = match tracer {
         Tracer::None => None,
-        _ => Some(start_tracer(env, tracer)?),
+        _ => Some(start_tracer(&env.netwatch, tracer)?),
     };
     let pid = traced.as_ref().map(Proc::pid);
     let cpu_ready = pid.and_then(proc::cpu_ticks);
@@ -958,7 +1035,7 @@ fn search_max_rate(
 
 fn rate_step(env: &Env, w: Workload, procs: u32, parallel: u32, count: u64) -> Result<RateStep> {
     env.stats.ensure()?;
-    let mut tracer = start_tracer(env, Tracer::Trace)?;
+    let mut tracer = start_tracer(&env.netwatch, Tracer::Trace)?;
     let cpu_ready = proc::cpu_ticks(tracer.pid());
     let churn = churn(env, w, count, procs, parallel)?;
     let exit = tracer.stop(Tracer::Trace.stop_signal(), STOP_TIMEOUT)?;
@@ -1101,6 +1178,14 @@ mod tests {
         })
         .unwrap();
         assert_eq!(quick.runs, 1);
+        assert!(quick.tax_rounds > quick.runs);
+        let full = Plan::new(&Options {
+            quick: false,
+            runs: None,
+            seconds: None,
+        })
+        .unwrap();
+        assert!(full.tax_rounds > quick.tax_rounds);
         assert!(
             Plan::new(&Options {
                 quick: false,

@@ -148,6 +148,35 @@ pub fn linked_programs(pid: u32) -> BTreeSet<u32> {
         .collect()
 }
 
+/// Tracepoints `pid` has programs attached to through BPF links (the `tp_name` of its perf
+/// links' fdinfo), or `None` when it holds links but the kernel names none of them (before
+/// Linux 6.14, which added `tp_name`).
+pub fn attached_tracepoints(pid: u32) -> Option<BTreeSet<String>> {
+    tracepoint_names(&fdinfos(pid))
+}
+
+fn tracepoint_names(infos: &[String]) -> Option<BTreeSet<String>> {
+    let links: Vec<&String> = infos
+        .iter()
+        .filter(|info| fdinfo_field(info, "link_type").is_some())
+        .collect();
+    let names: BTreeSet<String> = links
+        .iter()
+        .filter_map(|info| fdinfo_text(info, "tp_name"))
+        .map(str::to_owned)
+        .collect();
+    (names.is_empty() == links.is_empty()).then_some(names)
+}
+
+/// A tracepoint of the `syscalls` (`sys_enter_*`, `sys_exit_*`) or `raw_syscalls` (`sys_enter`,
+/// `sys_exit`) families: a program on any of them puts every task of the host on the slow
+/// syscall path.
+pub fn is_syscall_tracepoint(tp_name: &str) -> bool {
+    ["sys_enter", "sys_exit"]
+        .iter()
+        .any(|p| tp_name == *p || tp_name.starts_with(&format!("{p}_")))
+}
+
 fn fdinfos(pid: u32) -> Vec<String> {
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return Vec::new();
@@ -165,6 +194,14 @@ fn fdinfo_field(info: &str, key: &str) -> Option<u32> {
         }
         // link_type is a word (`perf`): report it as present with value 0.
         Some(v.trim().parse().unwrap_or(0))
+    })
+}
+
+/// A `key:\tvalue` line of an fdinfo file, as text.
+fn fdinfo_text<'a>(info: &'a str, key: &str) -> Option<&'a str> {
+    info.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        (k.trim() == key).then(|| v.trim())
     })
 }
 
@@ -243,5 +280,35 @@ mod tests {
         assert_eq!(fdinfo_field(info, "prog_id"), Some(655));
         assert_eq!(fdinfo_field(info, "link_type"), Some(0));
         assert_eq!(fdinfo_field(info, "prog_type"), None);
+    }
+
+    #[test]
+    fn names_attached_tracepoints() {
+        let link = |tp: &str| {
+            format!(
+                "pos:\t0\nlink_type:\tperf\nprog_id:\t3636\ntp_name:\t{tp}\nevent_type:\ttracepoint\n"
+            )
+        };
+        let map = "pos:\t0\nmap_type:\t27\n".to_owned();
+        let infos = vec![
+            link("inet_sock_set_state"),
+            map.clone(),
+            link("sys_exit_accept4"),
+        ];
+        let names = tracepoint_names(&infos).unwrap();
+        assert_eq!(
+            names.into_iter().collect::<Vec<_>>(),
+            ["inet_sock_set_state", "sys_exit_accept4"]
+        );
+        // Links, but a kernel that does not name their tracepoints: unknown, not "none".
+        let old = vec!["link_type:\tperf\nprog_id:\t1\n".to_owned()];
+        assert_eq!(tracepoint_names(&old), None);
+        // No link at all: nothing attached.
+        assert_eq!(tracepoint_names(&[map]), Some(BTreeSet::new()));
+
+        assert!(is_syscall_tracepoint("sys_exit_accept4"));
+        assert!(is_syscall_tracepoint("sys_enter"));
+        assert!(!is_syscall_tracepoint("inet_sock_set_state"));
+        assert!(!is_syscall_tracepoint("sys_exitx"));
     }
 }

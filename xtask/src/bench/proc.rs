@@ -34,6 +34,9 @@ use crate::sys::{self, fmt_duration, show};
 /// How often waits look at the child, its output and the interrupt flag: short enough that
 /// Ctrl-C feels immediate, long enough to cost nothing next to the workload.
 const POLL: Duration = Duration::from_millis(20);
+/// How often to look once the child has closed both its pipes, which it does as it exits: the
+/// moment it ends is then known within a millisecond (it is a measurement for `dd`'s wall time).
+const EXITING_POLL: Duration = Duration::from_millis(1);
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -103,6 +106,20 @@ pub struct Exit {
     /// utime + stime in clock ticks over the whole life of the process, read while it was a
     /// zombie (after its last instruction, before it is reaped), so nothing it did is missed.
     pub cpu_ticks: Option<u64>,
+    /// Its main thread's time on a CPU and waiting for one, in ns (`/proc/<pid>/schedstat`,
+    /// read while it was a zombie too): what `cpu_ticks` says at 1 ns resolution, and what the
+    /// rest of the machine cost it in waiting.
+    pub sched: Option<Sched>,
+    /// When it was first seen ended (within [`EXITING_POLL`] of its exit when its pipes closed
+    /// as it exited).
+    pub ended: Instant,
+}
+
+/// `/proc/<pid>/schedstat`: time on a CPU, and time runnable but waiting for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sched {
+    pub on_cpu_ns: u64,
+    pub waiting_ns: u64,
 }
 
 /// A child process that is killed and reaped when dropped. Its stderr (and stdout, when
@@ -171,8 +188,9 @@ impl Proc {
             Ok(line) => self.seen.push(line),
             Err(mpsc::RecvTimeoutError::Timeout) => return,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                // Both pipes closed: nothing more will come; do not spin.
-                thread::sleep(wait);
+                // Both pipes closed: nothing more will come, and the child is most likely
+                // exiting; look again soon, without spinning.
+                thread::sleep(wait.min(EXITING_POLL));
                 return;
             }
         }
@@ -288,11 +306,18 @@ impl Proc {
             }
             self.pump(POLL);
         }
+        let ended = Instant::now();
         let cpu_ticks = cpu_ticks(self.pid());
+        let sched = schedstat(self.pid());
         let status = self.child.wait()?;
         self.reaped = true;
         self.drain_to_eof();
-        Ok(Exit { status, cpu_ticks })
+        Ok(Exit {
+            status,
+            cpu_ticks,
+            sched,
+            ended,
+        })
     }
 
     /// Once the child has ended: reads every line still on its way, until both reader
@@ -372,6 +397,20 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// Time on a CPU and waiting for one of `pid`'s main thread (`/proc/<pid>/schedstat`: ns on
+/// the CPU, ns runnable on a run queue, timeslices); `None` without CONFIG_SCHED_INFO.
+pub fn schedstat(pid: u32) -> Option<Sched> {
+    parse_schedstat(&fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?)
+}
+
+fn parse_schedstat(text: &str) -> Option<Sched> {
+    let mut fields = text.split_whitespace().map(str::parse::<u64>);
+    Some(Sched {
+        on_cpu_ns: fields.next()?.ok()?,
+        waiting_ns: fields.next()?.ok()?,
+    })
+}
+
 /// The peak resident set size (`VmHWM`), in KiB; gone once the process has exited.
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -409,6 +448,19 @@ mod tests {
     }
 
     #[test]
+    fn reads_schedstat() {
+        assert_eq!(
+            parse_schedstat("885123456 19000000 412\n"),
+            Some(Sched {
+                on_cpu_ns: 885123456,
+                waiting_ns: 19000000
+            })
+        );
+        assert_eq!(parse_schedstat("885123456\n"), None);
+        assert_eq!(parse_schedstat(""), None);
+    }
+
+    #[test]
     fn a_child_is_read_and_reaped() -> Result<()> {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo READY 1; echo oops >&2; exit 3"]);
@@ -420,6 +472,10 @@ mod tests {
         let exit = p.finish(Duration::from_secs(10))?;
         assert_eq!(exit.status.code(), Some(3));
         assert!(exit.cpu_ticks.is_some());
+        // Ended but not yet reaped when read (present wherever CONFIG_SCHED_INFO is).
+        if schedstat(std::process::id()).is_some() {
+            assert!(exit.sched.is_some());
+        }
         assert!(p.last_line(Stream::Stderr, |l| l == "oops").is_some());
         Ok(())
     }

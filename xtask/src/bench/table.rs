@@ -7,7 +7,10 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use super::{Availability, Cell, Results, Tracer, Workload, fmt_int, fmt_rate, median_rate};
+use super::{
+    Availability, Cell, Results, Tracer, Workload, fmt_int, fmt_rate, median_rate,
+    tax::{self, SyscallTax, TaxRow, Verdict},
+};
 use crate::sys::fmt_duration;
 
 /// Targets from issue 4 (reported, not enforced).
@@ -133,6 +136,7 @@ pub fn render(r: &Results) -> String {
     targets(&mut md, r);
     churn_table(&mut md, r);
     per_program(&mut md, r);
+    syscall_tax(&mut md, r);
     rate_table(&mut md, r);
     replay(&mut md, r);
     notes(&mut md, r);
@@ -282,6 +286,8 @@ fn targets(md: &mut String, r: &Results) {
         }
     );
 
+    tax_target(md, &r.tax);
+
     match &r.offline {
         Some(o) => {
             let _ = writeln!(
@@ -372,6 +378,184 @@ fn churn_table(md: &mut String, r: &Results) {
         }
     }
     let _ = writeln!(md);
+}
+
+/// Text for a syscall-tax row that has no numbers: why.
+fn tax_unmeasured(row: &TaxRow) -> Option<String> {
+    match &row.availability {
+        Availability::NotBuilt => Some("not built yet".into()),
+        Availability::Missing(why) => Some(escape(why)),
+        Availability::Ready if row.runs.is_empty() => Some(format!(
+            "failed: {}",
+            escape(row.errors.first().map_or("no run", String::as_str))
+        )),
+        Availability::Ready => None,
+    }
+}
+
+fn tax_mode(tracer: Tracer) -> String {
+    if tracer == Tracer::None {
+        "untraced (no tracer)".into()
+    } else {
+        tracer.label()
+    }
+}
+
+/// The targets table's row: every mode without code paths judged, the others stated.
+fn tax_target(md: &mut String, t: &SyscallTax) {
+    let mut judged = Vec::new();
+    let mut verdicts = Vec::new();
+    let mut stated = Vec::new();
+    for row in t.rows.iter().filter(|r| r.tracer != Tracer::None) {
+        let ratio = t.judged_ratio(row);
+        let verdict = Verdict::of(row.tracer, ratio);
+        let text = format!(
+            "{}: {}",
+            row.tracer.short().trim_start_matches("netwatch "),
+            opt(ratio, tax::fmt_change)
+        );
+        if row.tracer.shows_code_paths() {
+            stated.push(text);
+        } else {
+            judged.push(text);
+            verdicts.push(verdict);
+        }
+    }
+    let mut measured = judged.join("; ");
+    if !stated.is_empty() {
+        measured.push_str(&format!("; stated: {}", stated.join("; ")));
+    }
+    let _ = writeln!(
+        md,
+        "| syscall tax: `dd bs=1` ({} M syscalls) with netwatch running, vs untraced (time on \
+         a CPU, median of {} rounds) | ≤ {} in every mode that does not ask for code paths; \
+         stated for those that do (`leaks`, `trace --stacks`) | {measured} | {} |",
+        tax::DD_SYSCALLS / 1_000_000,
+        t.rounds,
+        tax::fmt_change(tax::TARGET_RATIO),
+        tax::overall(&verdicts)
+    );
+}
+
+/// min–max of some values, in seconds.
+fn range_s(values: impl Iterator<Item = f64>) -> Option<String> {
+    let v: Vec<f64> = values.collect();
+    let min = v.iter().copied().reduce(f64::min)?;
+    let max = v.iter().copied().reduce(f64::max)?;
+    Some(format!("{min:.3}–{max:.3} s"))
+}
+
+fn syscall_tax(md: &mut String, r: &Results) {
+    let t = &r.tax;
+    let _ = writeln!(
+        md,
+        "## Syscall tax
+"
+    );
+    let _ = writeln!(
+        md,
+        "A BPF program on any `syscalls:*` tracepoint sets the syscall-tracing flag on every \
+         task of the host: every syscall of every process takes the slow path. netwatch \
+         attaches one (on `accept4`/`accept` exit) only in the modes that show the code path \
+         that accepted a socket (`leaks`, `trace --stacks`); the others learn accepted \
+         sockets' owners at their first read. `dd {}` ({} M syscalls, no TCP: netwatch's \
+         programs never run) is timed by the bench, untraced and with each mode running; {} \
+         round(s), each running every mode once, in turn, started fresh, `dd` starting 0.5 s \
+         after its `tracing TCP events` line, the mode stopped after. Medians of the rounds; \
+         ratios to the untraced medians.\n",
+        tax::DD_ARGS.join(" "),
+        tax::DD_SYSCALLS / 1_000_000,
+        t.rounds
+    );
+    let _ = writeln!(
+        md,
+        "| mode | tracepoints attached (syscall ones) | dd wall s (median) | vs untraced \
+         | dd on a CPU s (median) | vs untraced | waiting for a CPU s (median) | target | ✓/✗ |"
+    );
+    let _ = writeln!(md, "|---|---|--:|--:|--:|--:|--:|---|---|");
+    let mut notes = Vec::new();
+    for row in &t.rows {
+        let mode = tax_mode(row.tracer);
+        if let Some(why) = tax_unmeasured(row) {
+            let _ = writeln!(md, "| {mode} | – | {why} | – | – | – | – | – | – |");
+            continue;
+        }
+        let attached = match (&row.attached, row.tracer) {
+            (_, Tracer::None) => "–".to_owned(),
+            (None, _) => "?".to_owned(),
+            (Some(a), tracer) => {
+                if let Some(note) = tax::attachment_note(tracer, a) {
+                    notes.push(note);
+                }
+                let count = a
+                    .count
+                    .map_or_else(|| "?".to_owned(), |(n, m)| format!("{n} of {m}"));
+                let syscalls = match &a.syscall_tracepoints {
+                    None => "? (the kernel names no tracepoint in fdinfo)".to_owned(),
+                    Some(tps) if tps.is_empty() => "no syscall tracepoint".to_owned(),
+                    Some(tps) => tps
+                        .iter()
+                        .map(|tp| format!("`{tp}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                };
+                format!("{count}; {syscalls}")
+            }
+        };
+        let (wall_ratio, cpu_ratio) = t.ratios(row);
+        let base = row.tracer == Tracer::None;
+        let dash = |s: String| if base { "–".to_owned() } else { s };
+        let verdict = Verdict::of(row.tracer, t.judged_ratio(row));
+        let mut wall = opt(row.median_wall(), |v| format!("{v:.3}"));
+        if !row.errors.is_empty() {
+            wall.push_str(&format!(" ({} run(s) failed)", row.errors.len()));
+        }
+        let waiting = row.median_waiting();
+        let _ = writeln!(
+            md,
+            "| {mode} | {attached} | {wall} | {} | {} | {} | {} | {} | {} |",
+            dash(opt(wall_ratio, tax::fmt_ratio)),
+            opt(row.median_on_cpu(), |v| format!("{v:.3}")),
+            dash(opt(cpu_ratio, tax::fmt_ratio)),
+            opt(waiting, |v| format!("{v:.3}")),
+            verdict.target(),
+            verdict.mark()
+        );
+    }
+    let _ = writeln!(md);
+    if let Some(base) = t.row(Tracer::None).filter(|b| !b.runs.is_empty()) {
+        let wall = range_s(base.runs.iter().map(|r| r.wall_s));
+        let cpu = range_s(base.runs.iter().filter_map(|r| r.on_cpu_s));
+        let waiting = range_s(base.runs.iter().filter_map(|r| r.waiting_s));
+        let spread = tax::spread(base.runs.iter().filter_map(|r| r.on_cpu_s));
+        let _ = writeln!(
+            md,
+            "Untraced, over the rounds, `dd` took {} of wall time, {} on a CPU, and waited {} \
+             for one. **The target is judged on the time on a CPU**: the per-syscall work the \
+             tracing flag adds is done on `dd`'s CPU, while the wait for a CPU is the rest of \
+             this shared machine's load (other people's builds), not netwatch's cost; wall time \
+             is shown beside it.{}\n",
+            wall.unwrap_or_else(|| "?".into()),
+            cpu.unwrap_or_else(|| "?".into()),
+            waiting.unwrap_or_else(|| "?".into()),
+            match spread {
+                Some(s) => format!(
+                    " The same untraced work took up to {} more time on a CPU in one round \
+                     than in another, so a mode within a few % of the 2% line can land on \
+                     either side of it from one bench to the next: the medians of more rounds \
+                     (`--runs`) narrow that.",
+                    pct(s)
+                ),
+                None => String::new(),
+            }
+        );
+    }
+    if !notes.is_empty() {
+        for note in notes {
+            let _ = writeln!(md, "- {note}");
+        }
+        let _ = writeln!(md);
+    }
 }
 
 /// Σ run_time_ns and Σ run_cnt per program name over a cell's runs.
@@ -601,6 +785,14 @@ fn notes(md: &mut String, r: &Results) {
                 .iter()
                 .map(move |e| format!("{} / {}: {}", c.workload.short(), c.tracer.short(), e))
         })
+        .collect();
+    let errors: Vec<String> = errors
+        .into_iter()
+        .chain(r.tax.rows.iter().flat_map(|row| {
+            row.errors
+                .iter()
+                .map(move |e| format!("syscall tax / {}: {}", row.tracer.short(), e))
+        }))
         .collect();
     if !errors.is_empty() {
         let _ = writeln!(md, "- Failed runs (not counted):");
