@@ -124,14 +124,14 @@ enum Command {
         measures connections/s, in-kernel ns per program run (kernel.bpf_stats_enabled),\n\
         user CPU per event, peak RSS and lost events, then the highest event rate netwatch\n\
         keeps without loss. Prints a markdown report and writes it to BENCHMARKS.md.\n\
-        Takes a few minutes (--quick: about a minute). Ctrl-C stops cleanly.\n\n\
+        Takes about 7 minutes (--quick: about 2.5). Ctrl-C stops cleanly.\n\n\
         Examples:\n  \
         cargo xtask bench --quick              # one short run per cell, for development\n  \
         cargo xtask bench                      # 3 runs per cell, ~2 s each\n  \
         cargo xtask bench --runs 5 --seconds 4"
     )]
     Bench {
-        /// One short run per cell and fewer load steps (under 90 s)
+        /// One short run per cell, fewer load steps and syscall-tax rounds (about 2.5 min)
         #[arg(long)]
         quick: bool,
         /// Runs per workload and tracer (median reported); default 3, --quick 1
