@@ -271,7 +271,7 @@ mod tests {
     fn rows_show_the_owner_cgroup() {
         use std::os::unix::fs::MetadataExt as _;
         let Some(mount) = crate::host::cgroup::cgroup2_mount() else {
-            eprintln!("SKIPPED: no cgroup v2 hierarchy mounted");
+            crate::host::skip::skip("no cgroup v2 hierarchy mounted");
             return;
         };
         let mut c = replay().remove(0);

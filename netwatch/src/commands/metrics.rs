@@ -930,7 +930,7 @@ mod tests {
         let fake: CgroupLookup = |_, pid| pid.map(|p| format!("memory:/box/{p}"));
         assert_eq!(cgroup_label(fake, Some(77), Some(5)), "memory:/box/5");
         let Some(mount) = crate::host::cgroup::cgroup2_mount() else {
-            eprintln!("SKIPPED: no cgroup v2 hierarchy mounted");
+            crate::host::skip::skip("no cgroup v2 hierarchy mounted");
             return;
         };
         let root = std::fs::metadata(mount).unwrap().ino();

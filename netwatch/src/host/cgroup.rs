@@ -549,12 +549,12 @@ mod tests {
     #[test]
     fn this_process_round_trips() {
         let Some(mount) = cgroup2_mount() else {
-            eprintln!("SKIPPED: no cgroup v2 hierarchy mounted");
+            crate::host::skip::skip("no cgroup v2 hierarchy mounted");
             return;
         };
         let text = fs::read_to_string("/proc/self/cgroup").unwrap();
         let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
-            eprintln!("SKIPPED: this process has no cgroup v2 line");
+            crate::host::skip::skip("this process has no cgroup v2 line");
             return;
         };
         let id = fs::metadata(mount.join(path.trim_start_matches('/')))

@@ -7,5 +7,7 @@ pub mod netns;
 pub mod netstat;
 pub mod procfd;
 pub mod settings;
+#[cfg(test)]
+pub mod skip;
 pub mod sockdiag;
 pub mod stacks;

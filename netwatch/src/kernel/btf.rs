@@ -1544,9 +1544,9 @@ mod tests {
 
     fn vmlinux() -> Option<Btf> {
         if !Path::new(VMLINUX_BTF_PATH).exists() {
-            eprintln!(
-                "skipping: {VMLINUX_BTF_PATH} does not exist (kernel built without CONFIG_DEBUG_INFO_BTF?)"
-            );
+            crate::host::skip::skip(&format!(
+                "{VMLINUX_BTF_PATH} does not exist (kernel built without CONFIG_DEBUG_INFO_BTF?)"
+            ));
             return None;
         }
         Some(Btf::from_sys_fs().expect("the running kernel's BTF parses"))
@@ -1737,7 +1737,7 @@ mod tests {
             }
         }
         let Some(stdout) = stdout else {
-            eprintln!("skipping: no working bpftool ({})", problems.join("; "));
+            crate::host::skip::skip(&format!("no working bpftool ({})", problems.join("; ")));
             return;
         };
         let dump = RawDump::parse(&String::from_utf8(stdout).expect("bpftool output is UTF-8"));
