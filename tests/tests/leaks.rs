@@ -861,7 +861,9 @@ fn root_leaks_names_the_cgroup_of_each_server() {
     let server_ip = pair.server_v4();
     let (port_a, port_b) = (unique_port(), unique_port());
     let mut leaks = Tracer::start(&["leaks", "--json", "--min-age", "1s", "--interval", "1s"]);
-    let trace = Tracer::start(&["trace", "--json"]);
+    // --stacks: owners at accept() itself (the servers never read what they accept, so
+    // without it netwatch would name them only when they close).
+    let trace = Tracer::start(&["trace", "--json", "--stacks"]);
     let start = |port: u16| {
         ReadyChild::spawn(pair.exec(
             Side::Server,
