@@ -783,7 +783,9 @@ fn root_leaks_once_lists_orphaned_fin_wait2_of_the_closing_side() {
     let (srv, addr) = start_leaky_server(&pair);
     // The client closes and exits; the server never closes: the client's sockets wait in
     // FIN_WAIT2 with no process left (tcp_fin_timeout, 60 s).
+    let before_close = std::time::Instant::now();
     let ports: BTreeSet<u16> = connect_close(&pair, &addr, N).into_iter().collect();
+    let after_close = std::time::Instant::now();
     wait_fds_in_state(srv.pid(), TCP_CLOSE_WAIT, N, STATE_BOUND);
     let ours = |local: &str, remote: &str| {
         remote == addr
@@ -807,7 +809,10 @@ fn root_leaks_once_lists_orphaned_fin_wait2_of_the_closing_side() {
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
         .ok();
 
+    // The orphans' age is what is measured here: let some of it pass.
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(after_close.elapsed()));
     let stdout = leaks_once(&["--json", "--min-age", "0s"]);
+    let (oldest, youngest) = (before_close.elapsed(), after_close.elapsed());
     let snap: Value = serde_json::from_str(stdout.trim()).expect("one JSON snapshot");
     check_snapshot(&snap, 0.0);
     let mut found = 0;
@@ -826,6 +831,18 @@ fn root_leaks_once_lists_orphaned_fin_wait2_of_the_closing_side() {
         }
         // Orphans: no process holds them any more.
         assert!(g["pid"].is_null(), "{g:#}");
+        // A timewait socket has no tcp_info: its age comes from its timer (tcp_fin_timeout less
+        // the time left), a lower bound that lies between the client's closes and now (the
+        // kernel's timer has ms granularity, hence the 100 ms slack).
+        for d in &mine {
+            let age = f64_of(d, "age_ms");
+            assert!(
+                age + 100.0 >= youngest.as_secs_f64() * 1000.0
+                    && age <= oldest.as_secs_f64() * 1000.0 + 100.0,
+                "age {age} ms, closed {youngest:?} to {oldest:?} ago: {d}"
+            );
+            assert_eq!(d["at_least"], true, "{d}");
+        }
         assert_eq!(u32s(&g["fds"]), Vec::<u32>::new(), "{g:#}");
         if let (Some(ns), Some(want)) = (g["netns"].as_u64(), client_ns) {
             assert_eq!(ns, want, "the client's namespace: {g:#}");
