@@ -612,7 +612,7 @@ impl Default for TopArgs {
 mod tests {
     use super::*;
 
-    use crate::model::event::{Event, EventKind, TcpState};
+    use crate::model::{event::TcpState, selection::tests::event};
     use netwatch_common::AF_INET;
 
     fn sel(args: &[&str]) -> Selection {
@@ -623,17 +623,6 @@ mod tests {
             panic!("trace")
         };
         t.filter.selection().unwrap()
-    }
-
-    fn event(pid: u32, sport: u16, dport: u16, new: TcpState) -> Event {
-        let mut ev = Event::test_state(1);
-        ev.pid = Some(pid);
-        ev.comm = Some("app".into());
-        ev.saddr = "10.0.0.1".parse().unwrap();
-        ev.daddr = "10.0.0.2".parse().unwrap();
-        (ev.sport, ev.dport) = (sport, dport);
-        ev.kind = EventKind::state(TcpState::Established, new);
-        ev
     }
 
     #[test]

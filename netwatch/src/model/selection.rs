@@ -225,10 +225,12 @@ impl Selection {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn event(pid: u32, sport: u16, dport: u16, new: TcpState) -> Event {
+    /// A transition from ESTABLISHED to `new` of `pid` (`app`), 10.0.0.1:`sport` to
+    /// 10.0.0.2:`dport`: what selection tests filter, here and in `cli`.
+    pub(crate) fn event(pid: u32, sport: u16, dport: u16, new: TcpState) -> Event {
         let mut ev = Event::test_state(1);
         ev.pid = Some(pid);
         ev.comm = Some("app".into());
