@@ -509,15 +509,7 @@ impl Probe {
             .ebpf
             .map(names::STATS)
             .ok_or_else(|| anyhow!("map {} missing", names::STATS))?;
-        let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
-        let sum = |i: u32| -> anyhow::Result<u64> { Ok(stats.get(&i, 0)?.iter().copied().sum()) };
-        Ok(KernelStats {
-            produced: sum(stat::PRODUCED)?,
-            lost: sum(stat::LOST)?,
-            sockets_full: sum(stat::SOCKETS_FULL)?,
-            filtered: sum(stat::FILTERED)?,
-            read_failed: sum(stat::READ_FAILED)?,
-        })
+        sum_stats(&PerCpuArray::try_from(map)?)
     }
 
     /// A second handle on the `STACKS` map (user stacks at connect() and accept()).
@@ -577,15 +569,23 @@ pub struct StatsReader(PerCpuArray<MapData, u64>);
 impl StatsReader {
     /// The kernel's produced/lost counters now, summed over CPUs.
     pub fn read(&self) -> anyhow::Result<KernelStats> {
-        let sum = |i: u32| -> anyhow::Result<u64> { Ok(self.0.get(&i, 0)?.iter().copied().sum()) };
-        Ok(KernelStats {
-            produced: sum(stat::PRODUCED)?,
-            lost: sum(stat::LOST)?,
-            sockets_full: sum(stat::SOCKETS_FULL)?,
-            filtered: sum(stat::FILTERED)?,
-            read_failed: sum(stat::READ_FAILED)?,
-        })
+        sum_stats(&self.0)
     }
+}
+
+/// The counters of the `STATS` map, each summed over CPUs: one reading for [`Probe::stats`]
+/// and [`StatsReader::read`].
+fn sum_stats<T: std::borrow::Borrow<MapData>>(
+    stats: &PerCpuArray<T, u64>,
+) -> anyhow::Result<KernelStats> {
+    let sum = |i: u32| -> anyhow::Result<u64> { Ok(stats.get(&i, 0)?.iter().copied().sum()) };
+    Ok(KernelStats {
+        produced: sum(stat::PRODUCED)?,
+        lost: sum(stat::LOST)?,
+        sockets_full: sum(stat::SOCKETS_FULL)?,
+        filtered: sum(stat::FILTERED)?,
+        read_failed: sum(stat::READ_FAILED)?,
+    })
 }
 
 impl Probe {
