@@ -38,7 +38,8 @@ fn stdout() -> Stdio {
     BufWriter::with_capacity(64 * 1024, io::stdout())
 }
 
-/// A live run as the command line asks for it, with the selection's kernel-side filter.
+/// A live run as the command line asks for it, with the selection's kernel-side filter (the
+/// selection is returned beside it), and the filter stored for a recording.
 /// `code_paths`: the command shows the code path that accepted a socket, so owners are taken
 /// at accept() (a syscall tracepoint, which taxes every syscall on the host) rather than at
 /// the socket's first read.
@@ -48,18 +49,7 @@ fn live_options(
     code_paths: bool,
 ) -> anyhow::Result<(Live, Selection)> {
     let selection = filter.selection()?;
-    let live = live_with(run, &selection, code_paths);
-    Ok((
-        Live {
-            filter: filter.to_args(),
-            ..live
-        },
-        selection,
-    ))
-}
-
-fn live_with(run: &RunArgs, selection: &Selection, code_paths: bool) -> Live {
-    Live {
+    let live = Live {
         config: ProbeConfig {
             ring_bytes: run.ring_size,
             filter: selection.kernel(),
@@ -68,8 +58,9 @@ fn live_with(run: &RunArgs, selection: &Selection, code_paths: bool) -> Live {
         },
         duration: run.duration,
         record: run.record.clone(),
-        filter: Vec::new(),
-    }
+        filter: filter.to_args(),
+    };
+    Ok((live, selection))
 }
 
 pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
@@ -134,7 +125,7 @@ fn leaks_style(args: &LeaksArgs) -> leaks::Style {
 /// reveals.
 pub async fn leaks(args: LeaksArgs) -> anyhow::Result<()> {
     let style = leaks_style(&args);
-    let live = live_with(&args.run, &Selection::default(), true);
+    let (live, _) = live_options(&args.run, &FilterArgs::default(), true)?;
     run::live(live, |_| {
         Box::new(LeaksSink::new(
             stdout(),
