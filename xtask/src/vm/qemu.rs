@@ -32,8 +32,18 @@ pub struct Boot {
 pub fn boot(vmlinuz: &Path, initrd: &Path, bound: Duration) -> Result<Boot> {
     let accel = std::env::var("NETWATCH_VM_ACCEL").unwrap_or_else(|_| "tcg".to_string());
     let cpu = if accel == "kvm" { "host" } else { "max" };
+    // Multi-threaded TCG runs each vCPU on a host thread of its own, and a guest that patches
+    // its own code on one vCPU (the static keys flipped when netwatch enables the syscall
+    // tracepoints) can then execute a half-patched instruction on the other: 6.12 panicked
+    // in syscall_exit_to_user_mode_prepare one boot in a few. One thread for both vCPUs keeps
+    // two CPUs in the guest and makes code patching safe.
+    let accel_arg = if accel == "tcg" {
+        "tcg,thread=single".to_string()
+    } else {
+        accel
+    };
     let mut cmd = command("qemu-system-x86_64");
-    cmd.args(["-accel", &accel, "-cpu", cpu, "-smp", "2", "-m", "1536"])
+    cmd.args(["-accel", &accel_arg, "-cpu", cpu, "-smp", "2", "-m", "1536"])
         .args([
             "-nographic",
             "-no-reboot",
