@@ -61,6 +61,18 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
+/// CLOCK_MONOTONIC now, in ns: the clock the kernel stamps netwatch's events with, so a test
+/// (or tcpdrive) can say when something happened in the events' own time.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the struct we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// A TCP port no other call in this process returns (until 40000 calls wrap around): an
 /// atomic counter from `20000 + (pid % 1000) * 10`, kept within 20000..60000. Why: tests run in
 /// parallel threads, and distinct ports keep their traffic, nft rules and tracer events apart

@@ -22,5 +22,7 @@ mod stacks;
 mod tcplife;
 // `top` shows a known workload exactly, in a real terminal and as plain summaries.
 mod top;
+// TIME_WAIT under port reuse equals ss; the forecast meets real exhaustion; overflow is counted.
+mod timewait;
 // `trace` events (transitions, owners, resets, retransmits, losses) match the kernel's counts.
 mod trace;

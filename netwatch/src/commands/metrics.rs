@@ -15,12 +15,12 @@
 //! at most once a second (in [`Sink::flush`], which runs after every drained batch), under the
 //! same lock the HTTP tasks take to encode, so a scrape never sees half a refresh.
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, HashSet},
     io,
     net::IpAddr,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -40,9 +40,9 @@ use crate::{
     commands::http::{Response, Route},
     host::clock::monotonic_ns,
     kernel::probe::StatsReader,
-    model::analysis::TIME_WAIT_NS,
     model::event::{Event, EventKind, TcpState},
     model::selection::Selection,
+    model::timewait::{HostSettings, Observed, TimeWaits},
     model::tracker::{Connection, End, Fact, Role, Tracker},
     pipeline::sink::Sink,
 };
@@ -151,6 +151,10 @@ struct Metrics {
     time_wait_births: Family<Labels, Counter>,
     close_wait_sockets: Family<Labels, Gauge>,
     time_wait_sockets: Family<Labels, Gauge>,
+    time_wait_destination: Family<[(&'static str, String); 1], Gauge>,
+    time_wait_port_limit: Family<[(&'static str, String); 1], Gauge>,
+    time_wait_exhaustion: Family<[(&'static str, String); 1], Gauge<f64, AtomicU64>>,
+    time_wait_ends: Family<[(&'static str, &'static str); 1], Gauge>,
     lifetime: Histogram,
     connect_latency: Histogram,
     close_wait_dwell: Histogram,
@@ -175,6 +179,10 @@ impl Metrics {
             time_wait_births: Family::default(),
             close_wait_sockets: Family::default(),
             time_wait_sockets: Family::default(),
+            time_wait_destination: Family::default(),
+            time_wait_port_limit: Family::default(),
+            time_wait_exhaustion: Family::default(),
+            time_wait_ends: Family::default(),
             // 100 µs to ~70 min.
             lifetime: Histogram::new(buckets(0.0001, 3.0, 17)),
             // 10 µs to ~21 s (SYN retransmissions at 1, 3, 7 s land in their own buckets).
@@ -230,8 +238,29 @@ impl Metrics {
         );
         r.register(
             "time_wait_sockets",
-            "TIME_WAIT sockets estimated alive now (born in the last 60 s), by process",
+            "Timewait sockets alive now (each followed by its 4-tuple, reconciled with the kernel's list), by the process that closed first",
             m.time_wait_sockets.clone(),
+        );
+        r.register(
+            "time_wait_destination_sockets",
+            "Timewait sockets alive now, by destination (the remote endpoint we connected to, or our endpoint with (server side)); the busiest destinations only",
+            m.time_wait_destination.clone(),
+        );
+        r.register(
+            "time_wait_port_limit",
+            "4-tuples a destination can use: usable ephemeral ports times local addresses",
+            m.time_wait_port_limit.clone(),
+        );
+        r.register_with_unit(
+            "time_wait_exhaustion",
+            "Forecast: seconds until connect() to the destination finds no free port, at the last 10 s's birth rate; absent when the ports never run out",
+            Unit::Seconds,
+            m.time_wait_exhaustion.clone(),
+        );
+        r.register(
+            "time_wait_ends",
+            "How timewait sockets came and went since the start: born, reused (a new connection on the 4-tuple), overflowed (refused at tcp_max_tw_buckets), expired, drift_gone and drift_unseen (found by reconciliation)",
+            m.time_wait_ends.clone(),
         );
         r.register_with_unit(
             "connection_lifetime",
@@ -374,8 +403,11 @@ pub struct MetricsSink {
     peers: Peers,
     /// Transition counters by (old, new) kernel state number: no lookup per event.
     transitions: Vec<Option<Counter>>,
-    /// TIME_WAIT births of the last 60 s: (born, process id).
-    tw_recent: VecDeque<(u64, u32)>,
+    /// Every timewait socket alive, by the process id that closed first (`None`: taken over
+    /// from the kernel's list, closer unknown).
+    time_waits: TimeWaits<Option<u32>>,
+    /// The destinations with a gauge now (removed when they leave the top).
+    tw_destinations: HashSet<String>,
     /// Process ids that have a CLOSE_WAIT / TIME_WAIT gauge (kept, at 0, once seen).
     cw_ids: HashSet<u32>,
     tw_ids: HashSet<u32>,
@@ -408,7 +440,8 @@ impl MetricsSink {
                 cap: caps.max_peers,
             },
             transitions: vec![None; STATES * STATES],
-            tw_recent: VecDeque::new(),
+            time_waits: TimeWaits::new(HostSettings::default()),
+            tw_destinations: HashSet::new(),
             cw_ids: HashSet::new(),
             tw_ids: HashSet::new(),
             ended: Vec::new(),
@@ -417,6 +450,13 @@ impl MetricsSink {
             evicted_seen: 0,
             next_refresh_ns: 0,
         }
+    }
+
+    /// The run's settings and start, for the TIME_WAIT table.
+    pub fn for_run(mut self, settings: HostSettings, started_ns: u64) -> Self {
+        self.time_waits = TimeWaits::new(settings);
+        self.time_waits.set_start(started_ns);
+        self
     }
 
     /// Where the kernel's lost-event counter is read from, once a second.
@@ -511,7 +551,7 @@ impl MetricsSink {
                 .time_wait_births
                 .get_or_create(&self.processes.labels(id))
                 .inc();
-            self.tw_recent.push_back((c.end_ns, id));
+            self.time_waits.born(c, Some(id));
         }
         if let Some(ms) = c.ms {
             self.m.lifetime.observe(ms / 1000.0);
@@ -570,17 +610,18 @@ impl MetricsSink {
                     .or_default() += 1;
             }
         }
-        while self
-            .tw_recent
-            .front()
-            .is_some_and(|&(born, _)| now_ns.saturating_sub(born) >= TIME_WAIT_NS)
-        {
-            self.tw_recent.pop_front();
-        }
+        self.time_waits.advance(now_ns);
         let mut time_wait: HashMap<u32, i64> = HashMap::new();
-        for &(_, id) in &self.tw_recent {
-            *time_wait.entry(id).or_default() += 1;
+        let alive: Vec<(Option<u32>, u64)> = self
+            .time_waits
+            .alive_by_tag()
+            .map(|(_, id, n)| (*id, n))
+            .collect();
+        for (id, n) in alive {
+            let id = id.unwrap_or_else(|| self.processes.id(None, None, None));
+            *time_wait.entry(id).or_default() += i64::try_from(n).unwrap_or(i64::MAX);
         }
+        self.refresh_destinations();
         for (counts, ids, family) in [
             (close_wait, &mut self.cw_ids, &self.m.close_wait_sockets),
             (time_wait, &mut self.tw_ids, &self.m.time_wait_sockets),
@@ -595,6 +636,71 @@ impl MetricsSink {
     }
 }
 
+impl MetricsSink {
+    /// The per-destination gauges: the busiest [`MAX_TW_DESTINATIONS`] destinations by
+    /// population; a destination that leaves them loses its series.
+    fn refresh_destinations(&mut self) {
+        let c = &self.time_waits.counts;
+        for (kind, n) in [
+            ("born", c.births),
+            ("reused", c.reused),
+            ("overflowed", c.overflowed),
+            ("expired", c.expired),
+            ("drift_gone", c.drift_gone),
+            ("drift_unseen", c.drift_unseen),
+        ] {
+            self.m
+                .time_wait_ends
+                .get_or_create(&[("kind", kind)])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        let mut shown = HashSet::new();
+        for d in self
+            .time_waits
+            .destinations()
+            .into_iter()
+            .filter(|d| d.population > 0 || d.per_second > 0.0)
+            .take(MAX_TW_DESTINATIONS)
+        {
+            let label = [("destination", d.destination.clone())];
+            self.m
+                .time_wait_destination
+                .get_or_create(&label)
+                .set(i64::try_from(d.population).unwrap_or(i64::MAX));
+            match d.forecast.port_limit {
+                Some(l) => {
+                    self.m
+                        .time_wait_port_limit
+                        .get_or_create(&label)
+                        .set(i64::try_from(l).unwrap_or(i64::MAX));
+                }
+                None => {
+                    self.m.time_wait_port_limit.remove(&label);
+                }
+            }
+            match d.exhaustion_in_s {
+                Some(s) => {
+                    self.m.time_wait_exhaustion.get_or_create(&label).set(s);
+                }
+                None => {
+                    self.m.time_wait_exhaustion.remove(&label);
+                }
+            }
+            shown.insert(d.destination);
+        }
+        for gone in self.tw_destinations.difference(&shown) {
+            let label = [("destination", gone.clone())];
+            self.m.time_wait_destination.remove(&label);
+            self.m.time_wait_port_limit.remove(&label);
+            self.m.time_wait_exhaustion.remove(&label);
+        }
+        self.tw_destinations = shown;
+    }
+}
+
+/// Destinations exported one by one (a label each).
+const MAX_TW_DESTINATIONS: usize = 50;
+
 impl Drop for MetricsSink {
     fn drop(&mut self) {
         self.exporter.tracing.store(false, Ordering::Release);
@@ -607,8 +713,18 @@ impl Sink for MetricsSink {
         Ok(())
     }
 
+    fn wants_time_waits(&self) -> bool {
+        true
+    }
+
+    fn time_waits(&mut self, obs: &Observed) -> io::Result<()> {
+        self.time_waits.reconcile(obs, self.selection.is_empty());
+        Ok(())
+    }
+
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         self.m.events.inc();
+        self.time_waits.on_event(ev);
         if ev.owner_seen_here {
             // Names the owner's cgroup while it is alive (kept in the owner cache), for the
             // labels of its connections when they end.
@@ -690,7 +806,8 @@ mod tests {
         /// One connection from `comm` to `dst`, closed first by the client: a TIME_WAIT.
         fn client_closes(&mut self, sock: u64, comm: &str, cgroup: Option<u64>, dst: &str) {
             use TcpState::*;
-            let (l, r) = ((CLIENT, 40000), (dst, 80));
+            // A port per socket: a 4-tuple holds one timewait socket at a time.
+            let (l, r) = ((CLIENT, 40000 + (sock % 10_000) as u16), (dst, 80));
             for (old, new) in [
                 (Close, SynSent),
                 (SynSent, Established),
@@ -904,7 +1021,7 @@ mod tests {
         assert!(!t.contains("pid="), "{t}");
 
         // 60 s after their births the TIME_WAITs are gone; the gauge stays, at 0.
-        let t = s.text(now + TIME_WAIT_NS);
+        let t = s.text(now + crate::model::timewait::TIME_WAIT_NS);
         assert_eq!(
             value(&t, r#"netwatch_time_wait_sockets{comm="curl",cgroup="77"}"#),
             Some(0.0)

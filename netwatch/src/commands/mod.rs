@@ -98,8 +98,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_processes: args.max_processes,
     };
     let max = args.tracker.max_sockets;
-    let result = run::live(live, |_| {
-        Box::new(MetricsSink::new(exporter, caps, max, selection))
+    let result = run::live(live, |header| {
+        Box::new(
+            MetricsSink::new(exporter, caps, max, selection)
+                .for_run(header.settings.clone(), header.started_ns),
+        )
     })
     .await;
     server.abort();

@@ -10,11 +10,11 @@ use crate::{
     host::cgroup::HostNames,
     host::clock::WallClock,
     model::analysis::{
-        Analysis, ConnectOutcomes, CountRow, HostSettings, LifetimeRow, Percentiles, Report,
-        Thresholds,
+        Analysis, ConnectOutcomes, CountRow, LifetimeRow, Percentiles, Report, Thresholds,
     },
     model::event::Event,
     model::selection::Selection,
+    model::timewait::{Observed, Pattern},
     model::tracker::{Fact, Tracker},
     pipeline::session::{Header, Summary},
     pipeline::sink::Sink,
@@ -29,14 +29,16 @@ pub struct ReportSink {
 
 impl ReportSink {
     pub fn new(
-        settings: HostSettings,
+        header: &Header,
         thresholds: Thresholds,
         max_sockets: usize,
         selection: Selection,
     ) -> Self {
+        let mut analysis = Analysis::new(header.settings.clone(), thresholds);
+        analysis.set_start(header.started_ns);
         Self {
             tracker: Tracker::new(max_sockets),
-            analysis: Analysis::new(settings, thresholds),
+            analysis,
             selection,
         }
     }
@@ -53,6 +55,7 @@ impl ReportSink {
             tracker,
             analysis,
             selection,
+            ..
         } = self;
         tracker.flush(&mut |Fact::Ended(c)| {
             if selection.connection(&c) {
@@ -77,7 +80,9 @@ impl Sink for ReportSink {
             tracker,
             analysis,
             selection,
+            ..
         } = self;
+        analysis.on_stream_event(ev);
         if ev.owner_seen_here {
             // While the owner is alive: the report names cgroups at the end.
             crate::host::cgroup::note_owner(ev.cgroup_id, ev.pid);
@@ -97,6 +102,24 @@ impl Sink for ReportSink {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+
+    fn wants_time_waits(&self) -> bool {
+        true
+    }
+
+    fn time_waits(&mut self, obs: &Observed) -> io::Result<()> {
+        let adopt = self.selection.is_empty();
+        self.analysis.time_waits_mut().reconcile(obs, adopt);
+        Ok(())
+    }
+}
+
+fn pattern_word(p: Pattern) -> &'static str {
+    match p {
+        Pattern::Quiet => "no births in the last minute",
+        Pattern::Churn => "churn",
+        Pattern::MassClose => "mass close",
     }
 }
 
@@ -182,7 +205,7 @@ pub fn output(
         time_wait_alarm: t.time_wait_alarm,
     };
     Box::new(ReportOutput {
-        sink: ReportSink::new(header.settings.clone(), thresholds, max_sockets, selection),
+        sink: ReportSink::new(header, thresholds, max_sockets, selection),
         output: output.clone(),
     })
 }
@@ -194,6 +217,14 @@ impl Sink for ReportOutput {
 
     fn flush(&mut self) -> io::Result<()> {
         self.sink.flush()
+    }
+
+    fn wants_time_waits(&self) -> bool {
+        self.sink.wants_time_waits()
+    }
+
+    fn time_waits(&mut self, obs: &Observed) -> io::Result<()> {
+        self.sink.time_waits(obs)
     }
 
     fn finish(mut self: Box<Self>, header: &Header, summary: &Summary) -> io::Result<()> {
@@ -285,17 +316,46 @@ pub fn render(r: &Report, style: &Style) -> String {
     );
 
     let tws = &r.time_wait;
+    let c = &tws.counts;
     let _ = writeln!(
         out,
-        "\nTIME_WAIT: {} born ({:.1}/s), ~{} alive now (born in the last 60 s); ephemeral range {}-{} ({} ports), tcp_tw_reuse={}",
+        "\nTIME_WAIT: {} born ({:.1}/s), {} alive now; ephemeral range {}-{} ({} usable ports), tcp_tw_reuse={}, tcp_max_tw_buckets={}",
         tws.births,
         tws.per_second,
         tws.population,
         r.settings.port_range.0,
         r.settings.port_range.1,
-        r.settings.ports(),
-        r.settings.tw_reuse
+        r.settings.usable_ports(),
+        r.settings.tw_reuse,
+        r.settings
+            .max_tw_buckets
+            .map_or_else(|| "?".to_string(), |m| m.to_string())
     );
+    let _ = writeln!(
+        out,
+        "  ended early by a new connection on the 4-tuple {}, refused at tcp_max_tw_buckets {}, expired {}; reconciled with the kernel's list {} times: {} gone unseen, {} born unseen, {} older than the run",
+        c.reused,
+        c.overflowed,
+        c.expired,
+        c.reconciliations,
+        c.drift_gone,
+        c.drift_unseen,
+        c.adopted
+    );
+    for k in &tws.kernel_overflows {
+        let _ = writeln!(
+            out,
+            "  the kernel refused {} births in netns {} (TCPTimeWaitOverflow)",
+            k.overflows, k.netns
+        );
+    }
+    for p in &tws.ports_exhausted {
+        let _ = writeln!(
+            out,
+            "  {}: {} connect() calls found no free port (EADDRNOTAVAIL), the first {:.1} s into the run",
+            p.destination, p.failed_connects, p.after_s
+        );
+    }
     rows(&mut out, "closed first by process", &tws.by_process, kw);
     if !tws.by_destination.is_empty() {
         let _ = writeln!(
@@ -304,15 +364,15 @@ pub fn render(r: &Report, style: &Style) -> String {
             "by destination", "BIRTHS", "PER_S", "ALIVE"
         );
         for d in &tws.by_destination {
-            let forecast = match (d.exhaustion_in_s, d.tw_reuse_applies) {
-                (Some(s), _) => format!("ports run out in ~{s:.0} s"),
-                (None, true) => "tcp_tw_reuse applies".to_string(),
-                (None, false) => "fits the range".to_string(),
-            };
             let _ = writeln!(
                 out,
-                "    {:<kw$} {:>8} {:>8.1} {:>8}   {forecast}",
-                d.destination, d.births, d.per_second, d.population
+                "    {:<kw$} {:>8} {:>8.1} {:>8}   {} ({})",
+                d.destination,
+                d.births,
+                d.per_second,
+                d.population,
+                d.forecast.phrase(),
+                pattern_word(d.pattern)
             );
         }
     }
@@ -397,7 +457,10 @@ mod tests {
         let names = |id: Option<u64>, pid: Option<u32>| {
             (id == Some(77) && pid == Some(4242)).then(|| "/shop.slice/api.service".to_string())
         };
-        let mut a = Analysis::new(HostSettings::default(), Thresholds::default());
+        let mut a = Analysis::new(
+            crate::model::timewait::HostSettings::default(),
+            Thresholds::default(),
+        );
         let mut c = Connection::test(1_000_000_000, "10.0.0.9", 80, End::TimeWait, Role::Active);
         (c.pid, c.closer_pid, c.cgroup_id) = (Some(4242), Some(4242), Some(77));
         a.on_connection(&c);

@@ -21,9 +21,10 @@ use crate::{
     commands::report,
     host::clock::monotonic_ns,
     kernel::probe::{Probe, StatsReader},
-    model::analysis::{Analysis, HostSettings, Thresholds},
+    model::analysis::{Analysis, Thresholds},
     model::event::Event,
     model::selection::Selection,
+    model::timewait::Observed,
     model::tracker::{Fact, Tracker},
     pipeline::session::StopReason,
     pipeline::session::{Header, Summary},
@@ -67,7 +68,6 @@ pub struct TopSink {
     analysis: Analysis,
     selection: Selection,
     stats: Stats,
-    settings: HostSettings,
     close_wait_age_ms: f64,
     interval: Duration,
     started_ns: u64,
@@ -99,12 +99,15 @@ impl TopSink {
             Screen::Plain(BufWriter::with_capacity(64 * 1024, io::stdout()))
         };
         let now = Instant::now();
+        let mut analysis = Analysis::new(header.settings.clone(), thresholds.clone());
+        analysis.set_start(header.started_ns);
+        let mut stats = Stats::new(header.settings.clone());
+        stats.time_waits.set_start(header.started_ns);
         Self {
             tracker: Tracker::new(args.tracker.max_sockets),
-            analysis: Analysis::new(header.settings.clone(), thresholds.clone()),
+            analysis,
             selection,
-            stats: Stats::new(),
-            settings: header.settings.clone(),
+            stats,
             close_wait_age_ms: thresholds.close_wait_age_ms,
             interval: args.interval,
             started_ns: header.started_ns,
@@ -152,7 +155,7 @@ impl TopSink {
         for f in facts {
             self.on_fact(f);
         }
-        self.stats.prune(now_ns);
+        self.stats.advance(now_ns);
         if let Some(k) = self.kernel.as_ref().and_then(|r| r.read().ok()) {
             self.lost = k.lost;
         }
@@ -174,7 +177,6 @@ impl TopSink {
                 lost: self.lost,
                 tracker: &self.tracker,
                 selection: &self.selection,
-                settings: &self.settings,
                 now_ns,
                 elapsed_s: now_ns.saturating_sub(self.started_ns) as f64 / 1e9,
                 interval_s: self.interval.as_secs_f64(),
@@ -310,6 +312,18 @@ impl Sink for TopSink {
         Ok(())
     }
 
+    fn wants_time_waits(&self) -> bool {
+        true
+    }
+
+    /// Both TIME_WAIT tables (the view's and the report's) take the kernel's word.
+    fn time_waits(&mut self, obs: &Observed) -> io::Result<()> {
+        let adopt = self.selection.is_empty();
+        self.stats.time_waits.reconcile(obs, adopt);
+        self.analysis.time_waits_mut().reconcile(obs, adopt);
+        Ok(())
+    }
+
     fn stopped(&mut self, stop: StopReason) {
         self.on_stop(stop);
     }
@@ -320,6 +334,8 @@ impl Sink for TopSink {
 
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         self.events += 1;
+        self.analysis.on_stream_event(ev);
+        self.stats.time_waits.on_event(ev);
         if self.selection.event(ev) {
             self.analysis.on_event(ev);
             self.stats.on_event(ev);

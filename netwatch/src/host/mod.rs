@@ -11,3 +11,4 @@ pub mod settings;
 pub mod skip;
 pub mod sockdiag;
 pub mod stacks;
+pub mod timewait_feed;

@@ -1,5 +1,6 @@
-//! The kernel's own listen-queue counters for this network namespace, shown beside SYN-ACK
-//! retransmits: a SYN flood or a slow accept() loop shows up in both.
+//! The kernel's own TcpExt counters: the listen-queue ones for this network namespace, shown
+//! beside SYN-ACK retransmits (a SYN flood or a slow accept() loop shows up in both), and
+//! TCPTimeWaitOverflow, the births `tcp_max_tw_buckets` refused.
 use std::fs;
 
 /// `(ListenOverflows, ListenDrops)` from `/proc/net/netstat`, if readable.
@@ -7,21 +8,35 @@ pub fn listen_counters() -> Option<(u64, u64)> {
     parse(&fs::read_to_string("/proc/net/netstat").ok()?)
 }
 
+/// TCPTimeWaitOverflow of the calling thread's network namespace (`/proc/thread-self`: a
+/// thread that entered another namespace reads that one's).
+pub fn time_wait_overflows() -> Option<u64> {
+    tcp_ext(
+        &fs::read_to_string("/proc/thread-self/net/netstat").ok()?,
+        "TCPTimeWaitOverflow",
+    )
+}
+
 fn parse(text: &str) -> Option<(u64, u64)> {
+    Some((
+        tcp_ext(text, "ListenOverflows")?,
+        tcp_ext(text, "ListenDrops")?,
+    ))
+}
+
+/// One TcpExt counter: `/proc/net/netstat` has a line of names, then a line of values.
+fn tcp_ext(text: &str, key: &str) -> Option<u64> {
     let mut lines = text.lines();
     while let Some(names) = lines.next() {
         let values = lines.next()?;
         if !names.starts_with("TcpExt:") {
             continue;
         }
-        let get = |key: &str| {
-            names
-                .split_whitespace()
-                .zip(values.split_whitespace())
-                .find(|(n, _)| *n == key)
-                .and_then(|(_, v)| v.parse().ok())
-        };
-        return Some((get("ListenOverflows")?, get("ListenDrops")?));
+        return names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == key)
+            .and_then(|(_, v)| v.parse().ok());
     }
     None
 }
@@ -40,5 +55,6 @@ mod tests {
     #[test]
     fn this_machine_has_them() {
         assert!(listen_counters().is_some());
+        assert!(time_wait_overflows().is_some());
     }
 }

@@ -15,6 +15,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use crate::host::{netstat, settings};
+use crate::model::timewait::HostSettings;
+
 /// `SOCK_DIAG_BY_FAMILY` from `linux/sock_diag.h`: the message type of a socket dump request.
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// `NLMSG_NOOP`, `NLMSG_ERROR`, `NLMSG_DONE` from `linux/netlink.h`.
@@ -54,6 +57,8 @@ impl StateMask {
     pub const FIN_WAIT2: StateMask = StateMask(1 << 5);
     /// `TCP_CLOSE_WAIT`: the peer closed, we have not (the leak `netwatch leaks` looks for).
     pub const CLOSE_WAIT: StateMask = StateMask(1 << 8);
+    /// `TCP_TIME_WAIT`: timewait sockets whose substate is TIME_WAIT.
+    pub const TIME_WAIT: StateMask = StateMask(1 << 6);
 
     /// Both masks' states.
     pub const fn union(self, other: StateMask) -> StateMask {
@@ -66,7 +71,6 @@ impl StateMask {
 impl StateMask {
     const ALL: StateMask = StateMask(!0);
     const ESTABLISHED: StateMask = StateMask(1 << 1);
-    const TIME_WAIT: StateMask = StateMask(1 << 6);
     const LISTEN: StateMask = StateMask(1 << 10);
 
     const fn state(state: u8) -> StateMask {
@@ -108,9 +112,44 @@ pub struct DiagSocket {
     /// The namespace's `net.ipv4.tcp_fin_timeout` in ms, read with the dump; `None` when it
     /// could not be read.
     pub fin_timeout_ms: Option<u32>,
+    /// `idiag_timer`: 3 for a timewait socket (substate TIME_WAIT or FIN_WAIT2), whatever
+    /// state it reports.
+    pub timer: u8,
+}
+
+/// One namespace's dump, with what was read inside the namespace beside it.
+#[derive(Debug, Clone)]
+pub struct NamespaceDump {
+    pub sockets: Vec<DiagSocket>,
+    /// The namespace's TIME_WAIT sysctls.
+    pub settings: HostSettings,
+    /// Its TCPTimeWaitOverflow counter.
+    pub time_wait_overflows: Option<u64>,
+}
+
+/// What is read from `/proc` inside the namespace, on the thread that opens the socket.
+struct NamespaceReads {
+    fin_timeout_ms: Option<u32>,
+    settings: HostSettings,
+    time_wait_overflows: Option<u64>,
+}
+
+impl NamespaceReads {
+    fn here() -> Self {
+        Self {
+            fin_timeout_ms: fin_timeout_ms(),
+            settings: settings::read(),
+            time_wait_overflows: netstat::time_wait_overflows(),
+        }
+    }
 }
 
 impl DiagSocket {
+    /// A timewait socket, not a full one (an orphaned full FIN_WAIT2 also has no inode).
+    pub fn is_timewait(&self) -> bool {
+        self.timer == 3
+    }
+
     /// How long the kernel says this socket has at least been in its state: the time since
     /// the peer's last ACK for a full socket (`tcpi_last_ack_recv`); for an orphaned FIN_WAIT2
     /// (a timewait socket, which has no `tcp_info`), the FIN timeout less the time left on its
@@ -180,8 +219,21 @@ pub fn tcp_sockets(
     states: StateMask,
     netns: Option<&Path>,
 ) -> Result<Vec<DiagSocket>, SockDiagError> {
-    let (sock, fin_timeout_ms) = match netns {
-        None => (open_socket()?, fin_timeout_ms()),
+    Ok(dump(states, netns)?.sockets)
+}
+
+/// The timewait sockets of a namespace (both substates, as `ss` lists them under time-wait
+/// and fin-wait-2), with its settings and overflow counter.
+pub fn time_waits(netns: Option<&Path>) -> Result<NamespaceDump, SockDiagError> {
+    let mut d = dump(StateMask::TIME_WAIT.union(StateMask::FIN_WAIT2), netns)?;
+    d.sockets.retain(DiagSocket::is_timewait);
+    Ok(d)
+}
+
+/// [`tcp_sockets`], with what was read in the namespace.
+fn dump(states: StateMask, netns: Option<&Path>) -> Result<NamespaceDump, SockDiagError> {
+    let (sock, reads) = match netns {
+        None => (open_socket()?, NamespaceReads::here()),
         Some(path) => open_socket_in(path)?,
     };
     // A dump that raced with socket changes is asked again (a few times) with a new sequence
@@ -205,9 +257,13 @@ pub fn tcp_sockets(
             }
         }
         for d in &mut out {
-            d.fin_timeout_ms = fin_timeout_ms;
+            d.fin_timeout_ms = reads.fin_timeout_ms;
         }
-        return Ok(out);
+        return Ok(NamespaceDump {
+            sockets: out,
+            settings: reads.settings,
+            time_wait_overflows: reads.time_wait_overflows,
+        });
     }
 }
 
@@ -237,8 +293,8 @@ fn fin_timeout_ms() -> Option<u32> {
 
 /// Opens the netlink socket inside the namespace `path`, on a thread of its own that enters
 /// the namespace and ends right after: the caller's namespace is untouched. Reads the
-/// namespace's FIN timeout there too (`/proc/sys/net` shows the reader's namespace).
-fn open_socket_in(path: &Path) -> Result<(OwnedFd, Option<u32>), SockDiagError> {
+/// namespace's sysctls and counters there too (`/proc/sys/net` shows the reader's namespace).
+fn open_socket_in(path: &Path) -> Result<(OwnedFd, NamespaceReads), SockDiagError> {
     let path = path.to_path_buf();
     let ns = File::open(&path).map_err(|source| SockDiagError::Netns {
         path: path.clone(),
@@ -255,7 +311,7 @@ fn open_socket_in(path: &Path) -> Result<(OwnedFd, Option<u32>), SockDiagError> 
                     source: io::Error::last_os_error(),
                 });
             }
-            Ok((open_socket()?, fin_timeout_ms()))
+            Ok((open_socket()?, NamespaceReads::here()))
         })
         .map_err(io_err("spawn the namespace thread"))?
         .join()
@@ -448,6 +504,7 @@ fn parse_msg(p: &[u8]) -> Result<DiagSocket, SockDiagError> {
             .map(|info| u32_ne(info, TCPI_LAST_ACK_RECV)),
         expires_ms: u32_ne(p, tail),
         fin_timeout_ms: None,
+        timer: p[2],
     })
 }
 
@@ -594,6 +651,7 @@ mod tests {
                     last_ack_recv_ms: None,
                     expires_ms: 0,
                     fin_timeout_ms: None,
+                    timer: 0,
                 },
                 DiagSocket {
                     family: AF_INET6,
@@ -606,6 +664,7 @@ mod tests {
                     last_ack_recv_ms: None,
                     expires_ms: 0,
                     fin_timeout_ms: None,
+                    timer: 0,
                 },
             ]
         );

@@ -6,7 +6,7 @@
 //! Per-process rows carry the owner's `cgroup` path, resolved when the report is built through
 //! the [`OwnerNames`] the caller passes in (the host's, which a replay fills with the paths its
 //! recording holds; a fake in tests).
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -14,56 +14,11 @@ use serde::Serialize;
 use crate::{
     model::event::{Event, EventKind, endpoint, state_label},
     model::names::OwnerNames,
+    model::timewait::{Binding, Counts, DestinationView, KernelOverflow, Pattern, TimeWaits},
     model::tracker::{CloseWaitSocket, Connection, End, Role, Tracker, TrackerStats},
 };
 
-/// Linux's TIME_WAIT length (`TCP_TIMEWAIT_LEN`, fixed at 60 s in mainline kernels).
-pub const TIME_WAIT_NS: u64 = 60_000_000_000;
-
-/// The host settings the forecast depends on, read at start-up (and recorded with the events
-/// so that a replay forecasts the same).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct HostSettings {
-    /// `net.ipv4.ip_local_port_range`.
-    pub port_range: (u16, u16),
-    /// `net.ipv4.tcp_tw_reuse`: 0 off, 1 on, 2 loopback only (the default).
-    pub tw_reuse: u8,
-}
-
-impl Default for HostSettings {
-    fn default() -> Self {
-        Self {
-            port_range: (32768, 60999),
-            tw_reuse: 2,
-        }
-    }
-}
-
-impl HostSettings {
-    pub fn ports(&self) -> u32 {
-        u32::from(self.port_range.1.saturating_sub(self.port_range.0)) + 1
-    }
-
-    /// The port-exhaustion forecast towards `destination` (`addr:port`) for `population`
-    /// TIME_WAITs born at `per_second`: seconds until the ephemeral range runs out (`None` when
-    /// the steady state fits, or tcp_tw_reuse applies), and whether tcp_tw_reuse applies.
-    /// Only connections we opened (`active`) use ephemeral ports.
-    pub fn forecast(
-        &self,
-        destination: &str,
-        active: bool,
-        population: u64,
-        per_second: f64,
-    ) -> (Option<f64>, bool) {
-        let ports = f64::from(self.ports());
-        let loopback = destination.starts_with("127.") || destination.starts_with("[::1]");
-        let tw_reuse_applies = active && (self.tw_reuse == 1 || (self.tw_reuse == 2 && loopback));
-        let exhaustion_in_s =
-            (active && !tw_reuse_applies && per_second * (TIME_WAIT_NS as f64 / 1e9) >= ports)
-                .then(|| ((ports - population as f64).max(0.0)) / per_second);
-        (exhaustion_in_s, tw_reuse_applies)
-    }
-}
+pub use crate::model::timewait::HostSettings;
 
 /// Verdict thresholds (the field notes' rules of thumb), settable from the command line.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -158,18 +113,16 @@ pub struct ConnectOutcomes {
     pub connect_ms: Option<Percentiles>,
 }
 
-/// TIME_WAIT churn towards one destination.
+/// connect() calls towards one destination that found no free port (EADDRNOTAVAIL): the
+/// moment ports ran out.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct TimeWaitDestination {
+pub struct PortsExhausted {
     pub destination: String,
-    pub births: u64,
-    pub per_second: f64,
-    /// TIME_WAIT sockets estimated to exist now (born in the last 60 s).
-    pub population: u64,
-    /// Seconds until the ephemeral range is used up at this rate; `None` when the steady
-    /// state fits (or tcp_tw_reuse applies).
-    pub exhaustion_in_s: Option<f64>,
-    pub tw_reuse_applies: bool,
+    /// CLOCK_MONOTONIC ns of the first such connect().
+    pub first_ns: u64,
+    /// The same moment, in seconds since the run started.
+    pub after_s: f64,
+    pub failed_connects: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -244,9 +197,17 @@ pub struct Report {
 pub struct TimeWaitSection {
     pub births: u64,
     pub per_second: f64,
+    /// Timewait sockets alive now: each followed by its 4-tuple, reconciled with the kernel's
+    /// list in a live run.
     pub population: u64,
+    /// How the population came and went, and the drift reconciliation found.
+    pub counts: Counts,
+    /// The kernel's TCPTimeWaitOverflow per namespace, since netwatch started (live runs).
+    pub kernel_overflows: Vec<KernelOverflow>,
+    /// Where connect() found no free port.
+    pub ports_exhausted: Vec<PortsExhausted>,
     pub by_process: Vec<CountRow>,
-    pub by_destination: Vec<TimeWaitDestination>,
+    pub by_destination: Vec<DestinationView>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -273,11 +234,11 @@ pub struct Analysis {
     first_ns: Option<u64>,
     last_ns: u64,
     events: u64,
-    /// (born, destination key, active?) of TIME_WAITs, for the 60 s population window.
-    tw_recent: VecDeque<(u64, String, bool)>,
-    tw_births: u64,
+    /// Every timewait socket alive, by 4-tuple.
+    time_waits: TimeWaits<()>,
     tw_by_process: HashMap<String, u64>,
-    tw_by_dest: HashMap<String, (u64, bool)>,
+    /// Destination -> (first EADDRNOTAVAIL, count).
+    no_port: HashMap<String, (u64, u64)>,
     ends: HashMap<String, u64>,
     ended: u64,
     connects_by_dest: HashMap<String, (Outcomes, Hist)>,
@@ -341,15 +302,14 @@ fn capped<V>(
 impl Analysis {
     pub fn new(settings: HostSettings, thresholds: Thresholds) -> Self {
         Self {
+            time_waits: TimeWaits::new(settings.clone()),
             settings,
             thresholds,
             first_ns: None,
             last_ns: 0,
             events: 0,
-            tw_recent: VecDeque::new(),
-            tw_births: 0,
             tw_by_process: HashMap::new(),
-            tw_by_dest: HashMap::new(),
+            no_port: HashMap::new(),
             ends: HashMap::new(),
             ended: 0,
             connects_by_dest: HashMap::new(),
@@ -394,6 +354,18 @@ impl Analysis {
     /// Measures the duration from `started_ns` (when tracing began) rather than the first event.
     pub fn set_start(&mut self, started_ns: u64) {
         self.first_ns = Some(self.first_ns.map_or(started_ns, |f| f.min(started_ns)));
+        self.time_waits.set_start(started_ns);
+    }
+
+    /// Every event of the stream, selected or not: a new connection on a 4-tuple ends its
+    /// timewait socket whoever owns it.
+    pub fn on_stream_event(&mut self, ev: &Event) {
+        self.time_waits.on_event(ev);
+    }
+
+    /// The TIME_WAIT table, for a live run to reconcile with the kernel's list.
+    pub fn time_waits_mut(&mut self) -> &mut TimeWaits<()> {
+        &mut self.time_waits
     }
 
     /// Counts what single events tell (resets, retransmits), whatever socket they belong to.
@@ -470,29 +442,18 @@ impl Analysis {
         self.note_owner(&who, c.pid, c.cgroup_id);
         let dest = endpoint(c.daddr, c.dport);
         if c.end == End::TimeWait {
-            self.tw_births += 1;
             let closer_pid = c.closer_pid.or(c.pid);
             let closer = process(closer_pid, c.closer_comm.as_deref().or(c.comm.as_deref()));
             // The cgroup id is the owner's: only the owner's when it closed.
             let closer_cgroup = c.cgroup_id.filter(|_| closer_pid == c.pid);
             self.note_owner(&closer, closer_pid, closer_cgroup);
             *capped(&mut self.tw_by_process, closer, MAX_KEYS, || 0) += 1;
-            // Only connections we opened use ephemeral ports towards a destination; a server's
-            // TIME_WAITs are keyed by its own listening endpoint.
-            let active = c.role != Role::Passive;
-            let key = if active {
-                dest.clone()
-            } else {
-                format!("{} (server side)", endpoint(c.saddr, c.sport))
-            };
-            let e = capped(&mut self.tw_by_dest, key.clone(), MAX_KEYS, || (0, active));
-            e.0 += 1;
-            let key = if self.tw_by_dest.contains_key(&key) {
-                key
-            } else {
-                OTHER.to_string()
-            };
-            self.tw_recent.push_back((c.end_ns, key, active));
+            self.time_waits.born(c, ());
+        }
+        if c.ports_exhausted() {
+            let e = capped(&mut self.no_port, dest.clone(), MAX_KEYS, || (c.end_ns, 0));
+            e.0 = e.0.min(c.end_ns);
+            e.1 += 1;
         }
         if c.role == Role::Active {
             for (key, table) in [
@@ -530,26 +491,11 @@ impl Analysis {
         }
     }
 
-    /// TIME_WAITs born within the last 60 s before `now_ns`, per key.
-    fn tw_population(&mut self, now_ns: u64) -> HashMap<String, u64> {
-        while let Some((born, _, _)) = self.tw_recent.front() {
-            if now_ns.saturating_sub(*born) >= TIME_WAIT_NS {
-                self.tw_recent.pop_front();
-            } else {
-                break;
-            }
-        }
-        let mut pop = HashMap::new();
-        for (_, key, _) in &self.tw_recent {
-            *pop.entry(key.clone()).or_default() += 1;
-        }
-        pop
-    }
-
-    /// Estimated TIME_WAIT sockets alive at `now_ns` (born in the last 60 s).
+    /// Timewait sockets alive at `now_ns`.
     #[cfg(test)]
     pub fn time_wait_population(&mut self, now_ns: u64) -> u64 {
-        self.tw_population(now_ns).values().sum()
+        self.time_waits.advance(now_ns);
+        self.time_waits.population()
     }
 
     /// Builds the report at `now_ns` from what was accumulated and the tracker's live sockets.
@@ -566,8 +512,7 @@ impl Analysis {
             .first_ns
             .map_or(0.0, |f| now_ns.saturating_sub(f) as f64 / 1e9)
             .max(1e-9);
-        let window_s = duration_s.min(TIME_WAIT_NS as f64 / 1e9);
-        let pop = self.tw_population(now_ns);
+        self.time_waits.advance(now_ns);
         let mut findings = Vec::new();
 
         if lost_events > 0 {
@@ -587,51 +532,84 @@ impl Analysis {
         }
 
         // TIME_WAIT churn and the exhaustion forecast.
-        let mut by_destination: Vec<TimeWaitDestination> = self
-            .tw_by_dest
+        let mut by_destination = self.time_waits.destinations();
+        by_destination.retain(|d| d.births > 0 || d.population > 0);
+        for d in &by_destination {
+            let alarm = match (d.forecast.binding, d.pattern) {
+                (Binding::Ports | Binding::MaxTwBuckets, Pattern::MassClose) => format!(
+                    "{} TIME_WAITs to {} come from a mass close of long-lived connections, not churn: {}; they drain within 60 s",
+                    d.population,
+                    d.destination,
+                    d.forecast.phrase()
+                ),
+                (Binding::Ports, _) => format!(
+                    "at {:.0}/s to {} the {} usable ports run out in ~{:.0} s; enable pooling / keep-alive",
+                    d.per_second,
+                    d.destination,
+                    d.forecast.port_limit.unwrap_or(0),
+                    d.forecast.in_s.unwrap_or(0.0)
+                ),
+                (Binding::MaxTwBuckets, _) => format!(
+                    "at {:.0}/s to {} the namespace's {}; enable pooling / keep-alive",
+                    d.per_second,
+                    d.destination,
+                    d.forecast.phrase()
+                ),
+                _ => continue,
+            };
+            findings.push(Finding {
+                severity: "alarm",
+                text: alarm,
+            });
+        }
+        let mut ports_exhausted: Vec<PortsExhausted> = self
+            .no_port
             .iter()
-            .map(|(key, (births, active))| {
-                let population = pop.get(key).copied().unwrap_or(0);
-                let per_second = population as f64 / window_s;
-                let (exhaustion_in_s, tw_reuse_applies) =
-                    self.settings.forecast(key, *active, population, per_second);
-                TimeWaitDestination {
-                    destination: key.clone(),
-                    births: *births,
-                    per_second,
-                    population,
-                    exhaustion_in_s,
-                    tw_reuse_applies,
-                }
+            .map(|(dest, (first_ns, n))| PortsExhausted {
+                destination: dest.clone(),
+                first_ns: *first_ns,
+                after_s: first_ns.saturating_sub(self.first_ns.unwrap_or(*first_ns)) as f64 / 1e9,
+                failed_connects: *n,
             })
             .collect();
-        by_destination.sort_by(|a, b| {
-            b.per_second
-                .total_cmp(&a.per_second)
-                .then_with(|| a.destination.cmp(&b.destination))
-        });
-        for d in &by_destination {
-            if let Some(secs) = d.exhaustion_in_s {
-                findings.push(Finding {
-                    severity: "alarm",
-                    text: format!(
-                        "at {:.0}/s to {} the {} ephemeral ports run out in ~{:.0} s; enable pooling / keep-alive",
-                        d.per_second,
-                        d.destination,
-                        self.settings.ports(),
-                        secs
-                    ),
-                });
-            }
-        }
-        let population: u64 = pop.values().sum();
-        if population >= self.thresholds.time_wait_alarm {
+        ports_exhausted.sort_by_key(|p| p.first_ns);
+        for p in &ports_exhausted {
             findings.push(Finding {
                 severity: "alarm",
                 text: format!(
-                    "about {population} sockets in TIME_WAIT (alarm at {}): connections are opened and closed instead of reused",
-                    self.thresholds.time_wait_alarm
+                    "{} connect() calls to {} found no free local port (EADDRNOTAVAIL), the first {:.1} s into the run",
+                    p.failed_connects,
+                    p.destination,
+                    p.after_s
                 ),
+            });
+        }
+        let population = self.time_waits.population();
+        let counts = &self.time_waits.counts;
+        if counts.overflowed > 0 {
+            findings.push(Finding {
+                severity: "alarm",
+                text: format!(
+                    "{} TIME_WAIT births were refused at tcp_max_tw_buckets (TCPTimeWaitOverflow): those connections lost TIME_WAIT's protection",
+                    counts.overflowed
+                ),
+            });
+        }
+        if population >= self.thresholds.time_wait_alarm {
+            let churn = by_destination.iter().any(|d| d.pattern == Pattern::Churn);
+            findings.push(Finding {
+                severity: "alarm",
+                text: if churn {
+                    format!(
+                        "{population} sockets in TIME_WAIT (alarm at {}): connections are opened and closed instead of reused",
+                        self.thresholds.time_wait_alarm
+                    )
+                } else {
+                    format!(
+                        "{population} sockets in TIME_WAIT (alarm at {}), from a mass close rather than churn: they drain within 60 s",
+                        self.thresholds.time_wait_alarm
+                    )
+                },
             });
         }
         by_destination.truncate(TOP);
@@ -780,9 +758,12 @@ impl Analysis {
                 })
                 .collect(),
             time_wait: TimeWaitSection {
-                births: self.tw_births,
-                per_second: self.tw_births as f64 / duration_s,
+                births: self.time_waits.counts.births,
+                per_second: self.time_waits.counts.births as f64 / duration_s,
                 population,
+                counts: self.time_waits.counts.clone(),
+                kernel_overflows: self.time_waits.kernel_overflows(),
+                ports_exhausted,
                 by_process: self.process_rows(&self.tw_by_process, names),
                 by_destination,
             },
@@ -821,8 +802,14 @@ mod tests {
         None
     }
 
+    /// A TIME_WAIT birth towards `dest:port`, each from a local port of its own (a tuple
+    /// reused is a timewait socket replaced).
     fn tw_conn(end_ns: u64, dest: &str, port: u16) -> Connection {
-        Connection::test(end_ns, dest, port, End::TimeWait, Role::Active)
+        static NEXT_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let mut c = Connection::test(end_ns, dest, port, End::TimeWait, Role::Active);
+        let n = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        c.sport = 1024 + (n % 64_000) as u16;
+        c
     }
 
     #[test]
@@ -833,6 +820,7 @@ mod tests {
         let settings = HostSettings {
             port_range: (32768, 60999),
             tw_reuse: 2,
+            ..HostSettings::default()
         };
         let mut a = Analysis::new(settings, Thresholds::default());
         let start = 1_000_000_000u64;
@@ -854,9 +842,9 @@ mod tests {
         let secs = d.exhaustion_in_s.expect("forecast");
         assert!((secs - 22_112.0 / 612.0).abs() < 1e-6, "{secs}");
         assert!(
-            r.findings.iter().any(|f| f.text.starts_with(
-                "at 612/s to 10.0.0.7:5432 the 28232 ephemeral ports run out in ~36 s"
-            )),
+            r.findings.iter().any(|f| f
+                .text
+                .starts_with("at 612/s to 10.0.0.7:5432 the 28232 usable ports run out in ~36 s")),
             "{:?}",
             r.findings
         );
@@ -895,7 +883,7 @@ mod tests {
             .iter()
             .find(|d| d.destination == "127.0.0.1:80")
             .unwrap();
-        assert!(lo.tw_reuse_applies);
+        assert_eq!(lo.forecast.binding, Binding::TwReuse);
         assert_eq!(r.time_wait.births, 11_000);
         assert!(r.findings.iter().all(|f| !f.text.contains("run out")));
     }

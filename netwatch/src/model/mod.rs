@@ -6,4 +6,5 @@ pub mod event;
 pub mod filter;
 pub mod names;
 pub mod selection;
+pub mod timewait;
 pub mod tracker;

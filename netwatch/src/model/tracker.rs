@@ -189,6 +189,19 @@ pub struct Connection {
     pub srtt_ms: Option<f64>,
 }
 
+impl Connection {
+    /// connect() found no free local port (EADDRNOTAVAIL): the kernel moved the socket to
+    /// SYN_SENT, failed to pick a port and closed it at once, so no SYN left and its local port
+    /// is still 0.
+    pub fn ports_exhausted(&self) -> bool {
+        self.role == Role::Active
+            && self.sport == 0
+            && self.end == End::Aborted
+            && self.connect_ms.is_none()
+            && self.retransmits == 0
+    }
+}
+
 /// Something the tracker concluded.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Fact {

@@ -2,7 +2,8 @@
 //! offline, without root, and print exactly what the live run printed.
 //!
 //! JSON lines: a header (what the output depends on besides the events: start time, clock
-//! offset, host settings), one [`Event`] per line, and a summary line written at a clean stop
+//! offset, host settings), one [`Event`] per line, the kernel's timewait lists where the live
+//! run applied them (`{"netwatch_time_waits": ...}`), and a summary line written at a clean stop
 //! (lost events, kernel counter deltas, stop time). A file without its summary line was cut
 //! short, and `analyze` says so, naming the line, after reporting what it read.
 use std::{
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     model::event::{Event, JsonEventError},
+    model::timewait::Observed,
     pipeline::{
         session::{Header, Summary},
         sink::{EventJson, Sink},
@@ -26,6 +28,12 @@ pub const FORMAT_VERSION: u32 = 1;
 #[derive(Serialize, Deserialize)]
 struct SummaryLine {
     netwatch_summary: Summary,
+}
+
+/// A line holding one namespace's timewait list, where the live run applied it.
+#[derive(Serialize, Deserialize)]
+struct TimeWaitsLine {
+    netwatch_time_waits: Observed,
 }
 
 /// Why a recording could not be read to its end.
@@ -117,6 +125,21 @@ impl<S: Sink> Sink for Recorder<S> {
         self.out.flush()?;
         self.inner.flush()
     }
+
+    fn wants_time_waits(&self) -> bool {
+        self.inner.wants_time_waits()
+    }
+
+    fn time_waits(&mut self, obs: &Observed) -> io::Result<()> {
+        serde_json::to_writer(
+            &mut self.out,
+            &TimeWaitsLine {
+                netwatch_time_waits: obs.clone(),
+            },
+        )?;
+        self.out.write_all(b"\n")?;
+        self.inner.time_waits(obs)
+    }
 }
 
 /// Reads a recording: the header first, then events one by one.
@@ -132,6 +155,8 @@ pub struct Replay {
 /// What [`Replay::next_event`] found.
 pub enum Item {
     Event(Box<Event>),
+    /// A namespace's timewait list, applied here in the live run.
+    TimeWaits(Box<Observed>),
     End(Summary),
 }
 
@@ -194,6 +219,11 @@ impl Replay {
             let s: SummaryLine =
                 serde_json::from_slice(line).map_err(|e| self.corrupt(JsonEventError::Json(e)))?;
             return Ok(Item::End(s.netwatch_summary));
+        }
+        if line.starts_with(b"{\"netwatch_time_waits\"") {
+            let t: TimeWaitsLine =
+                serde_json::from_slice(line).map_err(|e| self.corrupt(JsonEventError::Json(e)))?;
+            return Ok(Item::TimeWaits(Box::new(t.netwatch_time_waits)));
         }
         let (ev, cgroup) = Event::from_json_line(line).map_err(|e| self.corrupt(e))?;
         // What the recording says, not what this host says now about its pids.
@@ -268,6 +298,7 @@ mod tests {
         loop {
             match r.next_item() {
                 Ok(Item::Event(e)) => evs.push(*e),
+                Ok(Item::TimeWaits(_)) => {}
                 Ok(Item::End(s)) => return (evs, Ok(s)),
                 Err(e) => return (evs, Err(e)),
             }

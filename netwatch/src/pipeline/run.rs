@@ -10,11 +10,12 @@ use crate::{
     host::{
         clock::{WallClock, monotonic_ns},
         netstat, settings,
+        timewait_feed::{self, TimeWaitFeed},
     },
     kernel::probe::{Probe, ProbeConfig},
     pipeline::{
         record::{self, Item, Recorder, Replay},
-        session::{Header, Summary},
+        session::{Header, StopReason, Summary},
         sink::Sink,
         stream,
     },
@@ -65,7 +66,7 @@ pub async fn live(live: Live, make: impl FnOnce(&Header) -> Box<dyn Sink>) -> an
         Some(path) => {
             let mut rec = Recorder::create(path, &header, output)
                 .with_context(|| format!("creating the recording {}", path.display()))?;
-            let (stats, stop) = stream::run(&mut probe, &mut rec, live.duration).await?;
+            let (stats, stop) = stream_all(&mut probe, &mut rec, live.duration).await?;
             rec.stopped(stop);
             let summary = summarize(stats.kernel.lost, listen_before);
             eprintln!("{}", stats.line());
@@ -76,7 +77,7 @@ pub async fn live(live: Live, make: impl FnOnce(&Header) -> Box<dyn Sink>) -> an
         }
         None => {
             let mut output = output;
-            let (stats, stop) = stream::run(&mut probe, &mut output, live.duration).await?;
+            let (stats, stop) = stream_all(&mut probe, &mut output, live.duration).await?;
             output.stopped(stop);
             eprintln!("{}", stats.line());
             (output, summarize(stats.kernel.lost, listen_before))
@@ -84,6 +85,33 @@ pub async fn live(live: Live, make: impl FnOnce(&Header) -> Box<dyn Sink>) -> an
     };
     drop(probe);
     broken_pipe_ok(output.finish(&header, &summary))
+}
+
+/// Streams into `sink`; for a sink that shows TIME_WAIT, with the kernel's timewait lists too:
+/// every namespace's before the first event, every few seconds while it runs, and once more
+/// after the last event, so the population at the end is the kernel's.
+async fn stream_all(
+    probe: &mut Probe,
+    sink: &mut dyn Sink,
+    duration: Option<Duration>,
+) -> anyhow::Result<(stream::StreamStats, StopReason)> {
+    let feed = if sink.wants_time_waits() {
+        let (feed, first) = TimeWaitFeed::start();
+        for obs in &first {
+            sink.time_waits(obs)?;
+        }
+        Some(feed)
+    } else {
+        None
+    };
+    let reconciling = feed.is_some();
+    let stopped = stream::run(probe, sink, duration, feed).await?;
+    if reconciling {
+        for obs in timewait_feed::dump_all() {
+            sink.time_waits(&obs)?;
+        }
+    }
+    Ok(stopped)
 }
 
 fn summarize(lost: u64, listen_before: Option<(u64, u64)>) -> Summary {
@@ -115,6 +143,11 @@ pub fn replay(
                 events += 1;
                 last_ns = last_ns.max(ev.ts_ns);
                 if let Err(e) = output.event(&ev) {
+                    return broken_pipe_ok(Err(e));
+                }
+            }
+            Ok(Item::TimeWaits(obs)) => {
+                if let Err(e) = output.time_waits(&obs) {
                     return broken_pipe_ok(Err(e));
                 }
             }

@@ -12,6 +12,7 @@ use crate::{
     kernel::probe::Probe,
     model::event::{Event, EventKind, endpoint, state_label},
     model::selection::Selection,
+    model::timewait::Observed,
     pipeline::session::{Header, StopReason, Summary},
 };
 
@@ -29,6 +30,19 @@ pub trait Sink {
     fn event(&mut self, ev: &Event) -> io::Result<()>;
 
     fn flush(&mut self) -> io::Result<()>;
+
+    /// Whether a live run should hand this sink the kernel's timewait lists
+    /// ([`Sink::time_waits`]): a dump of every network namespace every few seconds, so only the
+    /// commands that show the TIME_WAIT population ask for it.
+    fn wants_time_waits(&self) -> bool {
+        false
+    }
+
+    /// The kernel's list of one namespace's timewait sockets: dumped by a live run, or read
+    /// back from its recording at the same place in the stream.
+    fn time_waits(&mut self, _obs: &Observed) -> io::Result<()> {
+        Ok(())
+    }
 
     /// The stream stopped: a live view gives the terminal back before the summary line.
     fn stopped(&mut self, _stop: StopReason) {}
@@ -50,6 +64,14 @@ impl Sink for Box<dyn Sink> {
 
     fn flush(&mut self) -> io::Result<()> {
         (**self).flush()
+    }
+
+    fn wants_time_waits(&self) -> bool {
+        (**self).wants_time_waits()
+    }
+
+    fn time_waits(&mut self, obs: &Observed) -> io::Result<()> {
+        (**self).time_waits(obs)
     }
 
     fn stopped(&mut self, stop: StopReason) {
@@ -110,6 +132,14 @@ impl<S: Sink> Sink for QuietNote<S> {
             );
         }
         self.inner.flush()
+    }
+
+    fn wants_time_waits(&self) -> bool {
+        self.inner.wants_time_waits()
+    }
+
+    fn time_waits(&mut self, obs: &Observed) -> io::Result<()> {
+        self.inner.time_waits(obs)
     }
 
     fn stopped(&mut self, stop: StopReason) {

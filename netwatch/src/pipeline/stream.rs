@@ -15,6 +15,7 @@ use tokio::{
 };
 
 use crate::{
+    host::timewait_feed::TimeWaitFeed,
     kernel::probe::{KernelStats, Probe},
     model::event::{DecodeContext, Event, raw_from_bytes},
     pipeline::{session::StopReason, sink::Sink},
@@ -92,6 +93,8 @@ struct Reader<'a> {
     decode: DecodeContext,
     sink: &'a mut dyn Sink,
     summary: StreamStats,
+    /// The kernel's timewait lists, for a sink that wants them.
+    feed: Option<TimeWaitFeed>,
 }
 
 impl Reader<'_> {
@@ -108,6 +111,14 @@ impl Reader<'_> {
                 Err(e) => {
                     self.summary.undecodable += 1;
                     log::debug!("undecodable record: {e}");
+                }
+            }
+        }
+        if let (Ok(()), Some(feed)) = (&result, &mut self.feed) {
+            for obs in feed.ready() {
+                result = self.sink.time_waits(&obs);
+                if result.is_err() {
+                    break;
                 }
             }
         }
@@ -129,6 +140,7 @@ pub async fn run(
     probe: &mut Probe,
     sink: &mut dyn Sink,
     deadline: Option<Duration>,
+    feed: Option<TimeWaitFeed>,
 ) -> anyhow::Result<(StreamStats, StopReason)> {
     let ring = probe.take_ring()?;
     let fd = ring.as_raw_fd();
@@ -148,6 +160,7 @@ pub async fn run(
         decode: probe.decode.clone(),
         sink,
         summary: StreamStats::default(),
+        feed,
     };
     let stop = loop {
         let drained = tokio::select! {

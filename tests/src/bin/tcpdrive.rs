@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use netwatch_tests::errno_name;
+use netwatch_tests::{errno_name, monotonic_ns};
 
 const USAGE: &str = "\
 usage:
@@ -56,6 +56,12 @@ usage:
   tcpdrive churn <addr:port> --count N [--parallel P] [--request BYTES] [--timeout-ms MS]
       N connect/request/reply/close cycles on P threads (1), as fast as possible.
       Prints DONE <pid> <ok> <failed> <elapsed_ms>.
+  tcpdrive connect-paced <addr:port> --rate R [--count N] [--request BYTES] [--timeout-ms MS]
+      connect/request/reply/close cycles started R times a second on a fixed schedule (the
+      client closes first against serve-forever): a steady TIME_WAIT birth rate. Prints
+      STARTED <pid> <monotonic ns>; at the first connect() that finds no free local port,
+      EXHAUSTED <pid> <ok> <monotonic ns> and exit 0; after N (unbounded) cycles, DONE <pid>
+      <ok> <failed>.
 Addresses: 10.0.0.2:8080 or [fd00::2]:8080. Timeouts default to 10000 ms (servers: 30000 ms
 per connection). Exit status: 0 success, 1 failure, 2 bad arguments.";
 
@@ -267,6 +273,21 @@ fn run(args: &[String]) -> Result<i32, String> {
                 count,
                 parallel,
                 request,
+                o.millis_or("timeout-ms", 10_000)?,
+            ))
+        }
+        "connect-paced" => {
+            let o = Opts::parse(rest, &["rate", "count", "request", "timeout-ms"])?;
+            let rate = o
+                .num("rate")?
+                .filter(|r| *r > 0)
+                .ok_or("connect-paced: --rate N (connections a second, at least 1) is required")?;
+            let request = message(b"ping", o.size_or("request", 5)?);
+            Ok(connect_paced(
+                addr,
+                rate,
+                o.num_or("count", u64::MAX)?,
+                &request,
                 o.millis_or("timeout-ms", 10_000)?,
             ))
         }
@@ -558,8 +579,20 @@ fn client_cycle(
     timeout: Duration,
     reset: bool,
 ) -> Result<(), String> {
+    let s = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("connect: {}", describe(&e)))?;
+    exchange(s, request, timeout, reset)
+}
+
+/// One request and reply on a connected socket, then the close (after the server's, for a
+/// reply that says it closes first).
+fn exchange(
+    mut s: TcpStream,
+    request: &[u8],
+    timeout: Duration,
+    reset: bool,
+) -> Result<(), String> {
     let io = |what: &str, e: io::Error| format!("{what}: {}", describe(&e));
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| io("connect", e))?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| io("SO_RCVTIMEO", e))?;
     s.set_write_timeout(Some(timeout))
@@ -580,6 +613,44 @@ fn client_cycle(
         set_linger_zero(&s).map_err(|e| io("SO_LINGER", e))?;
     }
     Ok(())
+}
+
+/// `count` cycles, the i-th started at i/rate seconds (a late one at once), until connect()
+/// finds no free local port.
+fn connect_paced(
+    addr: SocketAddr,
+    rate: u64,
+    count: u64,
+    request: &[u8],
+    timeout: Duration,
+) -> i32 {
+    let pid = std::process::id();
+    say(&format!("STARTED {pid} {}", monotonic_ns()));
+    let start = Instant::now();
+    let (mut ok, mut failed) = (0u64, 0u64);
+    for i in 0..count {
+        let due = start + Duration::from_nanos(i.saturating_mul(1_000_000_000) / rate);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let result = match TcpStream::connect_timeout(&addr, timeout) {
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                say(&format!("EXHAUSTED {pid} {ok} {}", monotonic_ns()));
+                return 0;
+            }
+            Err(e) => Err(format!("connect: {}", describe(&e))),
+            Ok(s) => exchange(s, request, timeout, false),
+        };
+        match result {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                eprintln!("tcpdrive: connect {addr}: {e}");
+                failed += 1;
+            }
+        }
+    }
+    say(&format!("DONE {pid} {ok} {failed}"));
+    i32::from(failed != 0)
 }
 
 /// Bytes in the socket's send queue not yet ACKed by the peer (SIOCOUTQ == TIOCOUTQ).

@@ -11,6 +11,9 @@ use std::{
     time::Duration,
 };
 
+mod http;
+
+pub use http::{get, http};
 pub use netwatch_tests::eventually;
 pub use netwatch_tests::tracer::{Finished, Scratch, Tracer, json_lines};
 use netwatch_tests::{NetPair, Side, output_with_timeout, workspace_root};

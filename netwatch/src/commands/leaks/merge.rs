@@ -339,6 +339,7 @@ mod tests {
             last_ack_recv_ms: Some(1500),
             expires_ms: 0,
             fin_timeout_ms: Some(60_000),
+            timer: 0,
         }
     }
 

@@ -4,14 +4,11 @@
 //! Every table is bounded: past [`MAX_PROCS`] processes new ones count under `(other)`, and
 //! past [`MAX_KEYS`] rows a table counts new rows under `(other)`, so a view left running for
 //! days on a busy host stays small.
-use std::{
-    collections::{HashMap, VecDeque},
-    hash::Hash,
-};
+use std::{collections::HashMap, hash::Hash};
 
 use crate::{
-    model::analysis::TIME_WAIT_NS,
     model::event::{Event, EventKind, TcpState, endpoint, state_label},
+    model::timewait::{HostSettings, TimeWaits},
     model::tracker::{Connection, End, Role},
 };
 
@@ -176,18 +173,12 @@ pub struct Stats {
     pub counters: Counters,
     dests: Vec<Dest>,
     dest_index: HashMap<String, u32>,
-    /// (born, closer, destination) of the TIME_WAITs of the last 60 s, oldest first.
-    tw_recent: VecDeque<(u64, ProcId, u32)>,
-}
-
-impl Default for Stats {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// The timewait sockets alive, by closer: the same table `report` keeps.
+    pub time_waits: TimeWaits<ProcId>,
 }
 
 impl Stats {
-    pub fn new() -> Self {
+    pub fn new(settings: HostSettings) -> Self {
         Self {
             procs: Procs::new(),
             counters: Counters::default(),
@@ -196,7 +187,7 @@ impl Stats {
                 active: false,
             }],
             dest_index: HashMap::new(),
-            tw_recent: VecDeque::new(),
+            time_waits: TimeWaits::new(settings),
         }
     }
 
@@ -279,7 +270,7 @@ impl Stats {
             };
             let d = self.dest_id(key, active);
             *slot(&mut self.counters.time_wait, (closer, d), || (OTHER, 0)) += 1;
-            self.tw_recent.push_back((c.end_ns, closer, d));
+            self.time_waits.born(c, closer);
         }
         if c.role == Role::Active {
             let mut f = Failures::default();
@@ -299,20 +290,16 @@ impl Stats {
         }
     }
 
-    /// Forgets TIME_WAITs born 60 s or more before `now_ns`: they are gone.
-    pub fn prune(&mut self, now_ns: u64) {
-        while let Some(&(born, _, _)) = self.tw_recent.front() {
-            if now_ns.saturating_sub(born) >= TIME_WAIT_NS {
-                self.tw_recent.pop_front();
-            } else {
-                break;
-            }
-        }
+    /// Brings the TIME_WAIT table to `now_ns`: sockets whose timer fired are gone.
+    pub fn advance(&mut self, now_ns: u64) {
+        self.time_waits.advance(now_ns);
     }
 
-    /// TIME_WAITs alive now (born in the last 60 s; call [`Stats::prune`] first).
-    pub fn time_wait_alive(&self) -> impl Iterator<Item = (ProcId, u32)> + '_ {
-        self.tw_recent.iter().map(|&(_, p, d)| (p, d))
+    /// TIME_WAITs alive now, per (destination label, closer).
+    pub fn time_wait_alive(&self) -> impl Iterator<Item = (&str, ProcId, u64)> + '_ {
+        self.time_waits
+            .alive_by_tag()
+            .map(|(dest, p, n)| (dest, *p, n))
     }
 }
 
@@ -355,9 +342,12 @@ mod tests {
 
     #[test]
     fn connections_count_time_wait_and_failures() {
-        let mut s = Stats::new();
+        let mut s = Stats::new(HostSettings::default());
         s.on_connection(&conn(7, End::TimeWait, Role::Active));
-        s.on_connection(&conn(7, End::TimeWait, Role::Passive));
+        // A server's TIME_WAIT: another 4-tuple.
+        let mut served = conn(7, End::TimeWait, Role::Passive);
+        served.dport = 51000;
+        s.on_connection(&served);
         s.on_connection(&conn(7, End::Refused, Role::Active));
         s.on_connection(&conn(7, End::Timeout, Role::Active));
         s.on_connection(&conn(7, End::Closed, Role::Active));
@@ -380,15 +370,16 @@ mod tests {
         }));
         let f = s.counters.failures[&(p, "10.0.0.2:80".to_string())];
         assert_eq!((f.refused, f.timeout, f.aborted), (1, 1, 0));
-        assert_eq!(s.time_wait_alive().count(), 2);
-        s.prune(61_000_000_000);
-        assert_eq!(s.time_wait_alive().count(), 0);
+        let alive = |s: &Stats| s.time_wait_alive().map(|(_, _, n)| n).sum::<u64>();
+        assert_eq!(alive(&s), 2);
+        s.advance(61_000_000_000);
+        assert_eq!(alive(&s), 0);
         assert_eq!(s.counters.time_wait.values().sum::<u64>(), 2, "births stay");
     }
 
     #[test]
     fn tables_stay_bounded() {
-        let mut s = Stats::new();
+        let mut s = Stats::new(HostSettings::default());
         let mut ev = Event::test_state(1);
         ev.kind = EventKind::Retransmit {
             state: None,

@@ -179,6 +179,19 @@ fn table(
         .column_spacing(1)
 }
 
+/// The sparkline column: the newest population samples that fit, one per 5 s.
+mod history {
+    pub const WIDTH: u16 = 12;
+    pub const TITLE: &str = "LAST MINUTE";
+
+    pub fn last(line: &str) -> String {
+        let n = line.chars().count();
+        line.chars()
+            .skip(n.saturating_sub(usize::from(WIDTH)))
+            .collect()
+    }
+}
+
 fn num(n: u64) -> String {
     format!("{n:>8}")
 }
@@ -224,11 +237,12 @@ pub fn render(f: &mut Frame, v: &View, ui: &UiState) {
         Constraint::Length(8),
         Constraint::Length(8),
         Constraint::Min(20),
+        Constraint::Length(history::WIDTH),
     ];
     f.render_widget(
         table(
             format!(
-                " TIME_WAIT by destination: {} born, ~{} alive ",
+                " TIME_WAIT by destination: {} born, {} alive ",
                 v.time_wait_births, v.time_wait_alive
             ),
             &[
@@ -236,7 +250,8 @@ pub fn render(f: &mut Frame, v: &View, ui: &UiState) {
                 "  BIRTHS",
                 "   PER_S",
                 "   ALIVE",
-                "FORECAST (60 s avg)",
+                "FORECAST (last 10 s)",
+                history::TITLE,
             ],
             &tw_widths,
             v.time_wait
@@ -246,8 +261,16 @@ pub fn render(f: &mut Frame, v: &View, ui: &UiState) {
                         r.destination.clone(),
                         num(r.births),
                         per_s(r.per_s),
-                        num(r.alive),
-                        r.forecast.clone(),
+                        match r.limit {
+                            Some(l) => format!("{:>8}", format!("{}/{l}", r.alive)),
+                            None => num(r.alive),
+                        },
+                        if r.mass_close {
+                            format!("{} (mass close)", r.forecast)
+                        } else {
+                            r.forecast.clone()
+                        },
+                        history::last(&r.sparkline()),
                     ]
                 })
                 .collect(),
@@ -458,6 +481,9 @@ mod tests {
                 per_s: 2.0,
                 alive: 20,
                 forecast: "ports run out in ~46 s".into(),
+                limit: Some(1000),
+                history: vec![0, 500, 1000],
+                mass_close: false,
             }],
             close_wait: vec![CwRow {
                 process: "leaky[77]".into(),
@@ -480,7 +506,9 @@ mod tests {
         };
         let text = render_text(&v, &UiState::default(), 160, 30);
         assert!(text.contains("CLOSE_WAIT 5"), "{text}");
-        assert!(text.contains("TIME_WAIT ~20"), "{text}");
+        assert!(text.contains("TIME_WAIT 20"), "{text}");
+        assert!(text.contains("20/1000"), "{text}");
+        assert!(text.contains("▁▅█"), "{text}");
         assert!(text.contains("leaky[77]"), "{text}");
         assert!(text.contains("ports run out in ~46 s"), "{text}");
         assert!(text.contains("q quit"), "{text}");

@@ -5,7 +5,9 @@
 use std::{collections::HashMap, fmt::Write as _};
 
 use crate::{
-    model::analysis::HostSettings, model::event::TcpState, model::selection::Selection,
+    model::event::TcpState,
+    model::selection::Selection,
+    model::timewait::{DestinationView, Pattern},
     model::tracker::Tracker,
 };
 
@@ -105,11 +107,36 @@ pub struct TwRow {
     pub births: u64,
     /// Births per second in the last interval.
     pub per_s: f64,
-    /// Born in the last 60 s: alive now.
+    /// Timewait sockets alive now.
     pub alive: u64,
-    /// "ports run out in ~N s", "tcp_tw_reuse applies" or "fits the range", at the 60 s
-    /// average rate (as `netwatch report` forecasts).
+    /// "ports run out in ~N s", "tcp_tw_reuse applies", "fits the range", ... (as `netwatch
+    /// report` forecasts, at the last 10 s's birth rate).
     pub forecast: String,
+    /// The 4-tuples the destination can use, when it holds our ephemeral ports.
+    pub limit: Option<u64>,
+    /// The destination's population every 5 s, oldest first: the sparkline.
+    pub history: Vec<u32>,
+    /// Most of the last minute's births were one close of long-lived connections, not churn.
+    pub mass_close: bool,
+}
+
+impl TwRow {
+    /// The history as a text sparkline, scaled to the port limit (or to its own peak).
+    pub fn sparkline(&self) -> String {
+        const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+        let top = self
+            .limit
+            .unwrap_or(0)
+            .max(self.history.iter().copied().max().unwrap_or(0).into())
+            .max(1);
+        self.history
+            .iter()
+            .map(|&v| {
+                let i = (u64::from(v) * (BARS.len() as u64 - 1)).div_ceil(top);
+                BARS[(i as usize).min(BARS.len() - 1)]
+            })
+            .collect()
+    }
 }
 
 /// A process holding sockets in CLOSE_WAIT.
@@ -154,7 +181,7 @@ pub struct View {
     pub filter: Option<String>,
     /// Open sockets per state now, in [`STATES`] order.
     pub states: Vec<(TcpState, u64)>,
-    /// TIME_WAITs born in the last 60 s (the kernel never reports them: estimated).
+    /// Timewait sockets alive now, followed per 4-tuple.
     pub time_wait_alive: u64,
     pub opens: Opens,
     pub connects_per_s: f64,
@@ -190,7 +217,6 @@ pub struct Inputs<'a> {
     pub lost: u64,
     pub tracker: &'a Tracker,
     pub selection: &'a Selection,
-    pub settings: &'a HostSettings,
     pub now_ns: u64,
     pub elapsed_s: f64,
     pub interval_s: f64,
@@ -313,13 +339,21 @@ pub fn build(i: &Inputs, ui: &UiState) -> View {
         sum_opens(&i.before.opens),
     );
 
-    // TIME_WAIT by destination: births, the last interval's rate, the 60 s population.
-    let mut alive: HashMap<u32, u64> = HashMap::new();
-    for (p, d) in i.stats.time_wait_alive() {
+    // TIME_WAIT by destination: births, the last interval's rate, the population followed
+    // per 4-tuple, and the forecast with the population's recent history.
+    let mut alive: HashMap<&str, u64> = HashMap::new();
+    for (d, p, n) in i.stats.time_wait_alive() {
         if keep(p) {
-            *alive.entry(d).or_default() += 1;
+            *alive.entry(d).or_default() += n;
         }
     }
+    let table: HashMap<String, DestinationView> = i
+        .stats
+        .time_waits
+        .destinations()
+        .into_iter()
+        .map(|d| (d.destination.clone(), d))
+        .collect();
     let tw = rows(
         &i.stats.counters.time_wait,
         &i.before.time_wait,
@@ -327,29 +361,20 @@ pub fn build(i: &Inputs, ui: &UiState) -> View {
         |d| *d,
         |a, b| *a += b,
     );
-    let population_window_s = i.elapsed_s.clamp(1e-3, 60.0);
     let mut time_wait: Vec<TwRow> = tw
         .iter()
         .map(|(d, (now, before))| {
-            let dest = i.stats.dest(*d);
-            let population = alive.get(d).copied().unwrap_or(0);
-            let (exhaustion, reuse) = i.settings.forecast(
-                &dest.key,
-                dest.active,
-                population,
-                population as f64 / population_window_s,
-            );
-            let forecast = match (exhaustion, reuse) {
-                (Some(s), _) => format!("ports run out in ~{s:.0} s"),
-                (None, true) => "tcp_tw_reuse applies".to_string(),
-                (None, false) => "fits the range".to_string(),
-            };
+            let dest = &i.stats.dest(*d).key;
+            let t = table.get(dest);
             TwRow {
-                destination: dest.key.clone(),
+                destination: dest.clone(),
                 births: *now,
                 per_s: rate(*now, *before, w),
-                alive: population,
-                forecast,
+                alive: alive.get(dest.as_str()).copied().unwrap_or(0),
+                forecast: t.map_or_else(|| "fits the range".to_string(), |t| t.forecast.phrase()),
+                limit: t.and_then(|t| t.forecast.port_limit),
+                history: t.map_or_else(Vec::new, |t| t.history.clone()),
+                mass_close: t.is_some_and(|t| t.pattern == Pattern::MassClose),
             }
         })
         .collect();
@@ -494,7 +519,7 @@ impl View {
             .map(|(st, n)| format!("{} {n}", st.name()))
             .collect::<Vec<_>>()
             .join("  ");
-        let _ = write!(s, "  TIME_WAIT ~{}", self.time_wait_alive);
+        let _ = write!(s, "  TIME_WAIT {}", self.time_wait_alive);
         s
     }
 
@@ -541,8 +566,15 @@ impl View {
                     .iter()
                     .take(ROWS)
                     .map(|r| format!(
-                        "{} {} born ({:.1}/s), ~{} alive, {}",
-                        r.destination, r.births, r.per_s, r.alive, r.forecast
+                        "{} {} born ({:.1}/s), {} alive{}, {}{} {}",
+                        r.destination,
+                        r.births,
+                        r.per_s,
+                        r.alive,
+                        r.limit.map_or_else(String::new, |l| format!(" of {l}")),
+                        r.forecast,
+                        if r.mass_close { " (mass close)" } else { "" },
+                        r.sparkline()
                     ))
                     .collect()
             )
