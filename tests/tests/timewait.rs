@@ -229,11 +229,17 @@ fn root_time_wait_forecast_predicts_real_exhaustion() {
     let five_s = started_ns + 5_000_000_000;
     std::thread::sleep(Duration::from_nanos(five_s.saturating_sub(monotonic_ns())));
     let series_name = format!("netwatch_time_wait_exhaustion_seconds{{destination=\"{addr}\"}}");
+    // The gauges refresh every second: the forecast is taken when its value changes, which is
+    // when it was computed (to within the 20 ms between reads).
     let mut forecast = None;
+    let mut last = None;
     eventually(Duration::from_secs(3), || {
         let asked_ns = monotonic_ns();
-        forecast =
-            series(&metrics(nw), &series_name).map(|s| (asked_ns, asked_ns + (s * 1e9) as u64));
+        let value = series(&metrics(nw), &series_name);
+        if last.is_some() && value != last {
+            forecast = value.map(|s| (asked_ns, asked_ns + (s * 1e9) as u64));
+        }
+        last = value;
         forecast.is_some()
     });
     let (asked_ns, predicted_ns) =

@@ -235,7 +235,8 @@ pub fn render(f: &mut Frame, v: &View, ui: &UiState) {
         Constraint::Min(22),
         Constraint::Length(8),
         Constraint::Length(8),
-        Constraint::Length(8),
+        // alive/limit: "123456/28232".
+        Constraint::Length(13),
         Constraint::Min(20),
         Constraint::Length(history::WIDTH),
     ];
@@ -249,7 +250,7 @@ pub fn render(f: &mut Frame, v: &View, ui: &UiState) {
                 "DESTINATION",
                 "  BIRTHS",
                 "   PER_S",
-                "   ALIVE",
+                "  ALIVE/LIMIT",
                 "FORECAST (last 10 s)",
                 history::TITLE,
             ],
@@ -262,8 +263,8 @@ pub fn render(f: &mut Frame, v: &View, ui: &UiState) {
                         num(r.births),
                         per_s(r.per_s),
                         match r.limit {
-                            Some(l) => format!("{:>8}", format!("{}/{l}", r.alive)),
-                            None => num(r.alive),
+                            Some(l) => format!("{:>13}", format!("{}/{l}", r.alive)),
+                            None => format!("{:>13}", r.alive),
                         },
                         if r.mass_close {
                             format!("{} (mass close)", r.forecast)

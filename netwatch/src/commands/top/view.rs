@@ -566,7 +566,7 @@ impl View {
                     .iter()
                     .take(ROWS)
                     .map(|r| format!(
-                        "{} {} born ({:.1}/s), {} alive{}, {}{} {}",
+                        "{} {} born ({:.1}/s), {} alive{}, {}{}{}",
                         r.destination,
                         r.births,
                         r.per_s,
@@ -574,7 +574,10 @@ impl View {
                         r.limit.map_or_else(String::new, |l| format!(" of {l}")),
                         r.forecast,
                         if r.mass_close { " (mass close)" } else { "" },
-                        r.sparkline()
+                        match r.sparkline() {
+                            s if s.is_empty() => s,
+                            s => format!(" {s}"),
+                        }
                     ))
                     .collect()
             )
