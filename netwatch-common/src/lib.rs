@@ -345,8 +345,9 @@ pub mod names {
 /// Entries of the `STACKS` map: distinct code paths that opened sockets.
 pub const STACKS_MAX_ENTRIES: u32 = 16_384;
 
-/// Size of the `SOCKETS` map (per-socket owner and state-entry time): live TCP sockets
-/// netwatch can attribute at once. Preallocated: about 6 MiB of kernel memory.
+/// Size of the `SOCKETS` map (per-socket owner and state-entry time) as compiled: user space
+/// sizes it at load time from `--max-sockets`, the live TCP sockets netwatch can attribute at
+/// once (preallocated, 128 bytes of kernel memory each).
 pub const SOCKETS_MAX_ENTRIES: u32 = 65_536;
 
 #[cfg(feature = "user")]

@@ -14,6 +14,8 @@ mod leaks;
 mod lifecycle;
 // Under load: a stopped reader recovers, a soak stays flat and exact, stops leave nothing.
 mod robustness;
+// 200,000 live sockets at once, every one attributed to the process that held it.
+mod scale;
 // `serve`'s metrics, scraped by Prometheus, equal a known workload; bad requests get answers.
 mod serve;
 // The stack captured at accept() names the accepting function, its source line and callers.

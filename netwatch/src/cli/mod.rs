@@ -275,9 +275,20 @@ impl Default for ThresholdArgs {
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Tracker")]
 pub struct TrackerArgs {
-    /// Most sockets tracked at once; past it the least recently active is evicted (counted)
-    #[arg(long, default_value_t = crate::model::tracker::DEFAULT_MAX_SOCKETS)]
+    /// Most live sockets followed at once: sizes the kernel's owner map (preallocated, 128
+    /// bytes each: 32 MiB at the default) and the tracker; past it the kernel counts the
+    /// sockets it cannot attribute and the tracker evicts the least recently active (counted)
+    #[arg(long, default_value_t = crate::model::tracker::DEFAULT_MAX_SOCKETS, value_parser = parse_max_sockets)]
     pub max_sockets: usize,
+}
+
+/// At least one socket, at most 16 M (2 GiB of kernel memory).
+fn parse_max_sockets(s: &str) -> Result<usize, String> {
+    const MAX: usize = 16 << 20;
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a socket count from 1 to {MAX}")),
+    }
 }
 
 impl Default for TrackerArgs {
@@ -360,6 +371,8 @@ pub struct TraceArgs {
     pub filter: FilterArgs,
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub tracker: TrackerArgs,
 }
 
 /// Options every live command shares.

@@ -160,6 +160,7 @@ struct Metrics {
     close_wait_dwell: Histogram,
     events: Counter,
     events_lost: Counter,
+    events_missed: Counter,
     evictions: Counter,
     tracked_sockets: Gauge,
 }
@@ -191,6 +192,7 @@ impl Metrics {
             close_wait_dwell: Histogram::new(buckets(0.001, 4.0, 13)),
             events: Counter::default(),
             events_lost: Counter::default(),
+            events_missed: Counter::default(),
             evictions: Counter::default(),
             tracked_sockets: Gauge::default(),
         };
@@ -289,6 +291,11 @@ impl Metrics {
             "events_lost",
             "Events the kernel could not deliver: the ring buffer was full",
             m.events_lost.clone(),
+        );
+        r.register(
+            "events_missed",
+            "Events the kernel skipped: a tracepoint fired while a netwatch program was already running on that CPU",
+            m.events_missed.clone(),
         );
         r.register(
             "tracker_evictions",
@@ -414,6 +421,7 @@ pub struct MetricsSink {
     ended: Vec<Connection>,
     kernel: Option<StatsReader>,
     lost_seen: u64,
+    missed_seen: u64,
     evicted_seen: u64,
     next_refresh_ns: u64,
 }
@@ -447,6 +455,7 @@ impl MetricsSink {
             ended: Vec::new(),
             kernel: None,
             lost_seen: 0,
+            missed_seen: 0,
             evicted_seen: 0,
             next_refresh_ns: 0,
         }
@@ -589,6 +598,10 @@ impl MetricsSink {
                         .events_lost
                         .inc_by(k.lost.saturating_sub(self.lost_seen));
                     self.lost_seen = self.lost_seen.max(k.lost);
+                    self.m
+                        .events_missed
+                        .inc_by(k.missed.saturating_sub(self.missed_seen));
+                    self.missed_seen = self.missed_seen.max(k.missed);
                 }
                 Err(e) => log::debug!("reading the kernel counters: {e:#}"),
             }

@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use crate::{
     cli::{
         AnalyzeArgs, FilterArgs, LeaksArgs, LifeArgs, ReportArgs, RunArgs, ServeArgs, TopArgs,
-        TraceArgs,
+        TraceArgs, TrackerArgs,
     },
     commands::{
         leaks::LeaksSink,
@@ -47,6 +47,7 @@ fn live_options(
     run: &RunArgs,
     filter: &FilterArgs,
     code_paths: bool,
+    tracker: &TrackerArgs,
 ) -> anyhow::Result<(Live, Selection)> {
     let selection = filter.selection()?;
     let live = Live {
@@ -55,6 +56,7 @@ fn live_options(
             filter: selection.kernel(),
             capture_stacks: ProbeConfig::stacks_from_env(),
             owners_at_accept: code_paths,
+            max_sockets: u32::try_from(tracker.max_sockets).unwrap_or(u32::MAX),
         },
         duration: run.duration,
         record: run.record.clone(),
@@ -64,7 +66,7 @@ fn live_options(
 }
 
 pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
-    let (live, selection) = live_options(&args.run, &args.filter, args.stacks)?;
+    let (live, selection) = live_options(&args.run, &args.filter, args.stacks, &args.tracker)?;
     run::live(live, |h| {
         trace::output(&args.output, args.stacks, selection, h)
     })
@@ -72,7 +74,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
 }
 
 pub async fn life(args: LifeArgs) -> anyhow::Result<()> {
-    let (live, selection) = live_options(&args.run, &args.filter, false)?;
+    let (live, selection) = live_options(&args.run, &args.filter, false, &args.tracker)?;
     let max = args.tracker.max_sockets;
     run::live(live, |h| life::output(&args.output, selection, max, h)).await
 }
@@ -80,7 +82,7 @@ pub async fn life(args: LifeArgs) -> anyhow::Result<()> {
 /// `netwatch serve`: the metrics server runs beside the stream, on the same runtime, until the
 /// stream stops.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let (live, selection) = live_options(&args.run, &args.filter, false)?;
+    let (live, selection) = live_options(&args.run, &args.filter, false, &args.tracker)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -111,7 +113,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// `netwatch top` (and plain `netwatch`): the live view.
 pub async fn top(args: TopArgs) -> anyhow::Result<()> {
-    let (live, selection) = live_options(&args.run, &args.filter, false)?;
+    let (live, selection) = live_options(&args.run, &args.filter, false, &args.tracker)?;
     run::live(live, |h| Box::new(TopSink::new(&args, selection, h))).await
 }
 
@@ -128,7 +130,7 @@ fn leaks_style(args: &LeaksArgs) -> leaks::Style {
 /// reveals.
 pub async fn leaks(args: LeaksArgs) -> anyhow::Result<()> {
     let style = leaks_style(&args);
-    let (live, _) = live_options(&args.run, &FilterArgs::default(), true)?;
+    let (live, _) = live_options(&args.run, &FilterArgs::default(), true, &args.tracker)?;
     run::live(live, |_| {
         Box::new(LeaksSink::new(
             stdout(),
@@ -146,7 +148,7 @@ pub fn leaks_once(args: &LeaksArgs) -> anyhow::Result<()> {
 }
 
 pub async fn report(args: ReportArgs) -> anyhow::Result<()> {
-    let (live, selection) = live_options(&args.run, &args.filter, false)?;
+    let (live, selection) = live_options(&args.run, &args.filter, false, &args.tracker)?;
     let max = args.tracker.max_sockets;
     run::live(live, |h| {
         report::output(&args.thresholds, selection, max, &args.output, h)

@@ -10,7 +10,7 @@ use crate::{
     host::cgroup::HostNames,
     host::clock::WallClock,
     model::analysis::{
-        Analysis, ConnectOutcomes, CountRow, LifetimeRow, Percentiles, Report, Thresholds,
+        Analysis, ConnectOutcomes, CountRow, LifetimeRow, Losses, Percentiles, Report, Thresholds,
     },
     model::event::Event,
     model::selection::Selection,
@@ -48,7 +48,7 @@ impl ReportSink {
         &mut self,
         now_ns: u64,
         started_ns: u64,
-        lost: u64,
+        losses: Losses,
         listen: Option<(u64, u64)>,
     ) -> Report {
         let Self {
@@ -66,7 +66,7 @@ impl ReportSink {
         analysis.report(
             tracker,
             now_ns,
-            lost,
+            losses,
             listen,
             &|c| selection.close_wait(c),
             &HostNames,
@@ -229,9 +229,12 @@ impl Sink for ReportOutput {
 
     fn finish(mut self: Box<Self>, header: &Header, summary: &Summary) -> io::Result<()> {
         let listen = summary.listen_overflows.zip(summary.listen_drops);
-        let r = self
-            .sink
-            .report(summary.stopped_ns, header.started_ns, summary.lost, listen);
+        let r = self.sink.report(
+            summary.stopped_ns,
+            header.started_ns,
+            summary.losses(),
+            listen,
+        );
         let mut out = super::stdout();
         if self.output.json {
             serde_json::to_writer_pretty(&mut out, &r)?;
@@ -269,8 +272,8 @@ pub fn render(r: &Report, style: &Style) -> String {
     let mut out = String::new();
     let _ = write!(
         out,
-        "netwatch report: {:.1} s, {} events, {} lost, {} connections ended",
-        r.duration_s, r.events, r.lost_events, r.connections_ended
+        "netwatch report: {:.1} s, {} events, {} lost, {} missed, {} connections ended",
+        r.duration_s, r.events, r.lost_events, r.missed_events, r.connections_ended
     );
     // Under a filter the counts above are what it keeps; say so beside the tracker's total.
     if r.tracker.ended > r.connections_ended {
@@ -464,7 +467,14 @@ mod tests {
         let mut c = Connection::test(1_000_000_000, "10.0.0.9", 80, End::TimeWait, Role::Active);
         (c.pid, c.closer_pid, c.cgroup_id) = (Some(4242), Some(4242), Some(77));
         a.on_connection(&c);
-        let mut r = a.report(&Tracker::new(10), 2_000_000_000, 0, None, &|_| true, &names);
+        let mut r = a.report(
+            &Tracker::new(10),
+            2_000_000_000,
+            Losses::default(),
+            None,
+            &|_| true,
+            &names,
+        );
         r.tracker.ended = 1; // as the tracker would have ended the connection it fed
         let text = render(&r, &Style::default());
         let line = text

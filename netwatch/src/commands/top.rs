@@ -293,7 +293,7 @@ impl TopSink {
             let r = analysis.report(
                 tracker,
                 summary.stopped_ns,
-                summary.lost,
+                summary.losses(),
                 listen,
                 &|c| selection.close_wait(c),
                 &crate::host::cgroup::HostNames,

@@ -180,6 +180,9 @@ pub struct ProbeConfig {
     /// Learn the owner of an accepted socket at accept() itself, with its code path (`leaks`,
     /// `trace --stacks`), at the price of a syscall tracepoint; otherwise at its first read.
     pub owners_at_accept: bool,
+    /// Entries of the kernel's per-socket map (`--max-sockets`): live sockets attributed at
+    /// once, preallocated.
+    pub max_sockets: u32,
 }
 
 impl Default for ProbeConfig {
@@ -189,6 +192,7 @@ impl Default for ProbeConfig {
             filter: KernelFilter::ANY,
             capture_stacks: true,
             owners_at_accept: false,
+            max_sockets: crate::model::tracker::DEFAULT_MAX_SOCKETS as u32,
         }
     }
 }
@@ -228,6 +232,10 @@ pub struct KernelStats {
     pub filtered: u64,
     /// Events dropped because a record or kernel field could not be read.
     pub read_failed: u64,
+    /// Program runs the kernel skipped because a BPF program was already running on that CPU
+    /// (the programs' `recursion_misses`): a tracepoint that fires in softirq while a program
+    /// runs in process context on the same CPU is not traced. Each is an event never produced.
+    pub missed: u64,
 }
 
 /// The loaded and attached programs.
@@ -415,6 +423,7 @@ pub fn load_object(config: &ProbeConfig, layouts: &KernelLayouts) -> anyhow::Res
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(names::EVENTS, config.ring_bytes)
+        .map_max_entries(names::SOCKETS, config.max_sockets)
         .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
         .override_global(names::KERNEL_OFFSETS, &layouts.offsets, true)
         .override_global(names::FILTER, &config.filter, true)
@@ -505,11 +514,7 @@ impl Probe {
 
     /// The kernel's produced/lost counters, summed over CPUs.
     pub fn stats(&self) -> anyhow::Result<KernelStats> {
-        let map = self
-            .ebpf
-            .map(names::STATS)
-            .ok_or_else(|| anyhow!("map {} missing", names::STATS))?;
-        sum_stats(&PerCpuArray::try_from(map)?)
+        self.stats_reader()?.read()
     }
 
     /// A second handle on the `STACKS` map (user stacks at connect() and accept()).
@@ -564,32 +569,43 @@ impl Probe {
 
 /// A second handle on the kernel counters of [`Probe::stats`] (a duplicate of the map's fd),
 /// readable while the stream holds the probe: `netwatch serve` exports them live.
-pub struct StatsReader(PerCpuArray<MapData, u64>);
+pub struct StatsReader {
+    stats: PerCpuArray<MapData, u64>,
+    /// The attached programs, for their `recursion_misses`.
+    programs: Vec<std::os::fd::OwnedFd>,
+}
 
 impl StatsReader {
-    /// The kernel's produced/lost counters now, summed over CPUs.
+    /// The kernel's counters now, summed over CPUs, and the runs it skipped.
     pub fn read(&self) -> anyhow::Result<KernelStats> {
-        sum_stats(&self.0)
+        let stats = &self.stats;
+        let sum = |i: u32| -> anyhow::Result<u64> { Ok(stats.get(&i, 0)?.iter().copied().sum()) };
+        Ok(KernelStats {
+            produced: sum(stat::PRODUCED)?,
+            lost: sum(stat::LOST)?,
+            sockets_full: sum(stat::SOCKETS_FULL)?,
+            filtered: sum(stat::FILTERED)?,
+            read_failed: sum(stat::READ_FAILED)?,
+            missed: self.programs.iter().map(recursion_misses).sum(),
+        })
     }
 }
 
-/// The counters of the `STATS` map, each summed over CPUs: one reading for [`Probe::stats`]
-/// and [`StatsReader::read`].
-fn sum_stats<T: std::borrow::Borrow<MapData>>(
-    stats: &PerCpuArray<T, u64>,
-) -> anyhow::Result<KernelStats> {
-    let sum = |i: u32| -> anyhow::Result<u64> { Ok(stats.get(&i, 0)?.iter().copied().sum()) };
-    Ok(KernelStats {
-        produced: sum(stat::PRODUCED)?,
-        lost: sum(stat::LOST)?,
-        sockets_full: sum(stat::SOCKETS_FULL)?,
-        filtered: sum(stat::FILTERED)?,
-        read_failed: sum(stat::READ_FAILED)?,
-    })
+/// A program's `recursion_misses`, from its fdinfo (Linux 5.12+; 0 where absent).
+fn recursion_misses(fd: &std::os::fd::OwnedFd) -> u64 {
+    use std::os::fd::AsRawFd as _;
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("recursion_misses:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 impl Probe {
-    /// A [`StatsReader`] on this probe's counters.
+    /// A [`StatsReader`] on this probe's counters and attached programs.
     pub fn stats_reader(&self) -> anyhow::Result<StatsReader> {
         use std::os::fd::AsFd as _;
 
@@ -606,7 +622,21 @@ impl Probe {
             .try_clone_to_owned()
             .context("duplicating the STATS map fd")?;
         let data = MapData::from_fd(fd)?;
-        Ok(StatsReader(PerCpuArray::try_from(Map::PerCpuArray(data))?))
+        let mut programs = Vec::new();
+        // Every loaded program, attached or not any more (their counts outlive the links).
+        for (name, p) in self.ebpf.programs() {
+            if let Ok(fd) = p.fd() {
+                programs.push(
+                    fd.as_fd()
+                        .try_clone_to_owned()
+                        .with_context(|| format!("duplicating the fd of {name}"))?,
+                );
+            }
+        }
+        Ok(StatsReader {
+            stats: PerCpuArray::try_from(Map::PerCpuArray(data))?,
+            programs,
+        })
     }
 }
 

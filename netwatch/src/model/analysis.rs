@@ -20,6 +20,16 @@ use crate::{
 
 pub use crate::model::timewait::HostSettings;
 
+/// Events the kernel could not give us: every count is then a lower bound.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Losses {
+    /// The ring buffer was full.
+    pub lost: u64,
+    /// A tracepoint fired while a netwatch program was already running on that CPU, and the
+    /// kernel skipped the program (its `recursion_misses`).
+    pub missed: u64,
+}
+
 /// Verdict thresholds (the field notes' rules of thumb), settable from the command line.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Thresholds {
@@ -175,6 +185,7 @@ pub struct Report {
     pub duration_s: f64,
     pub events: u64,
     pub lost_events: u64,
+    pub missed_events: u64,
     pub tracker: TrackerStats,
     pub findings: Vec<Finding>,
     pub connections_ended: u64,
@@ -503,7 +514,7 @@ impl Analysis {
         &mut self,
         tracker: &Tracker,
         now_ns: u64,
-        lost_events: u64,
+        losses: Losses,
         listen: Option<(u64, u64)>,
         keep: &dyn Fn(&CloseWaitSocket) -> bool,
         names: &dyn OwnerNames,
@@ -515,11 +526,23 @@ impl Analysis {
         self.time_waits.advance(now_ns);
         let mut findings = Vec::new();
 
+        let Losses {
+            lost: lost_events,
+            missed: missed_events,
+        } = losses;
         if lost_events > 0 {
             findings.push(Finding {
                 severity: "warning",
                 text: format!(
                     "{lost_events} events were lost (ring buffer full): every count below is a lower bound"
+                ),
+            });
+        }
+        if missed_events > 0 {
+            findings.push(Finding {
+                severity: "warning",
+                text: format!(
+                    "{missed_events} events were missed in the kernel (a tracepoint fired while a netwatch program was already running on that CPU, and the kernel skipped it): every count below is a lower bound"
                 ),
             });
         }
@@ -746,6 +769,7 @@ impl Analysis {
             duration_s,
             events: self.events,
             lost_events,
+            missed_events,
             tracker: tracker.stats(),
             findings,
             connections_ended: self.ended,
@@ -834,7 +858,7 @@ mod tests {
         }
         let now = start + 10_000_000_000;
         let tracker = Tracker::new(10);
-        let r = a.report(&tracker, now, 0, None, &|_| true, &no_names);
+        let r = a.report(&tracker, now, Losses::default(), None, &|_| true, &no_names);
         let d = &r.time_wait.by_destination[0];
         assert_eq!(d.destination, "10.0.0.7:5432");
         assert_eq!(d.population, 6120);
@@ -866,7 +890,7 @@ mod tests {
         let r = a.report(
             &Tracker::new(10),
             start + 10_000_000_000,
-            0,
+            Losses::default(),
             None,
             &|_| true,
             &no_names,
@@ -935,7 +959,14 @@ mod tests {
         let mut other = tw_conn(1_000_000_001, "10.0.0.9", 80);
         (other.pid, other.closer_pid) = (None, Some(u32::MAX - 1));
         a.on_connection(&other);
-        let r = a.report(&Tracker::new(10), 2_000_000_000, 0, None, &|_| true, &names);
+        let r = a.report(
+            &Tracker::new(10),
+            2_000_000_000,
+            Losses::default(),
+            None,
+            &|_| true,
+            &names,
+        );
         let expected = Some("/shop.slice/api.service".to_string());
         let client = format!("client[{PID}]");
         let tw = r.time_wait.by_process.iter().find(|r| r.key == client);
@@ -962,11 +993,29 @@ mod tests {
     #[test]
     fn lost_events_come_first() {
         let mut a = Analysis::new(HostSettings::default(), Thresholds::default());
-        let r = a.report(&Tracker::new(10), 5, 17, None, &|_| true, &no_names);
+        let r = a.report(
+            &Tracker::new(10),
+            5,
+            Losses {
+                lost: 17,
+                missed: 3,
+            },
+            None,
+            &|_| true,
+            &no_names,
+        );
         assert!(
             r.findings[0].text.starts_with("17 events were lost"),
             "{:?}",
             r.findings
         );
+        assert!(
+            r.findings[1]
+                .text
+                .starts_with("3 events were missed in the kernel"),
+            "{:?}",
+            r.findings
+        );
+        assert_eq!((r.lost_events, r.missed_events), (17, 3));
     }
 }

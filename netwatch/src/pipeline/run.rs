@@ -12,7 +12,7 @@ use crate::{
         netstat, settings,
         timewait_feed::{self, TimeWaitFeed},
     },
-    kernel::probe::{Probe, ProbeConfig},
+    kernel::probe::{KernelStats, Probe, ProbeConfig},
     pipeline::{
         record::{self, Item, Recorder, Replay},
         session::{Header, StopReason, Summary},
@@ -68,7 +68,7 @@ pub async fn live(live: Live, make: impl FnOnce(&Header) -> Box<dyn Sink>) -> an
                 .with_context(|| format!("creating the recording {}", path.display()))?;
             let (stats, stop) = stream_all(&mut probe, &mut rec, live.duration).await?;
             rec.stopped(stop);
-            let summary = summarize(stats.kernel.lost, listen_before);
+            let summary = summarize(&stats.kernel, listen_before);
             eprintln!("{}", stats.line());
             let output = rec
                 .finish(summary.clone())
@@ -80,7 +80,7 @@ pub async fn live(live: Live, make: impl FnOnce(&Header) -> Box<dyn Sink>) -> an
             let (stats, stop) = stream_all(&mut probe, &mut output, live.duration).await?;
             output.stopped(stop);
             eprintln!("{}", stats.line());
-            (output, summarize(stats.kernel.lost, listen_before))
+            (output, summarize(&stats.kernel, listen_before))
         }
     };
     drop(probe);
@@ -114,13 +114,14 @@ async fn stream_all(
     Ok(stopped)
 }
 
-fn summarize(lost: u64, listen_before: Option<(u64, u64)>) -> Summary {
+fn summarize(kernel: &KernelStats, listen_before: Option<(u64, u64)>) -> Summary {
     let listen = listen_before
         .zip(netstat::listen_counters())
         .map(|(b, a)| (a.0.saturating_sub(b.0), a.1.saturating_sub(b.1)));
     Summary {
         stopped_ns: monotonic_ns(),
-        lost,
+        lost: kernel.lost,
+        missed: kernel.missed,
         listen_overflows: listen.map(|l| l.0),
         listen_drops: listen.map(|l| l.1),
     }

@@ -27,9 +27,22 @@ pub struct Summary {
     /// CLOCK_MONOTONIC ns when tracing stopped.
     pub stopped_ns: u64,
     pub lost: u64,
+    /// Program runs the kernel skipped (a netwatch program already running on that CPU).
+    #[serde(default)]
+    pub missed: u64,
     /// Deltas of the namespace's ListenOverflows and ListenDrops over the run.
     pub listen_overflows: Option<u64>,
     pub listen_drops: Option<u64>,
+}
+
+impl Summary {
+    /// What the kernel could not give the run.
+    pub fn losses(&self) -> crate::model::analysis::Losses {
+        crate::model::analysis::Losses {
+            lost: self.lost,
+            missed: self.missed,
+        }
+    }
 }
 
 /// Why the stream stopped.

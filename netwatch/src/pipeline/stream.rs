@@ -67,9 +67,16 @@ impl StreamStats {
         }
         if self.kernel.sockets_full > 0 {
             s.push_str(&format!(
-                "; {} sockets went unattributed: more than {} live sockets",
-                self.kernel.sockets_full,
-                netwatch_common::SOCKETS_MAX_ENTRIES
+                "; {} sockets went unattributed: more live sockets than --max-sockets \
+                 (sockets_full={})",
+                self.kernel.sockets_full, self.kernel.sockets_full
+            ));
+        }
+        if self.kernel.missed > 0 {
+            s.push_str(&format!(
+                "; {} events missed in the kernel: a tracepoint fired while a netwatch program \
+                 was already running on that CPU, and the kernel skipped it (missed={})",
+                self.kernel.missed, self.kernel.missed
             ));
         }
         if self.kernel.read_failed > 0 {

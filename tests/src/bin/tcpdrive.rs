@@ -62,6 +62,13 @@ usage:
       STARTED <pid> <monotonic ns>; at the first connect() that finds no free local port,
       EXHAUSTED <pid> <ok> <monotonic ns> and exit 0; after N (unbounded) cycles, DONE <pid>
       <ok> <failed>.
+  tcpdrive hold-accept <addr:port> --count N [--backlog N]
+      print READY <pid>; accept N connections and keep them open, reading nothing; print
+      HELD <pid> <N>, then wait to be killed (its exit closes them all).
+  tcpdrive hold-connect <addr:port> --count N [--timeout-ms MS]
+      N connects kept open, sending nothing; print PORT <pid> <local port> for each, then
+      HELD <pid> <N>, then wait to be killed.
+      Both raise their open-file limit to the hard limit first.
 Addresses: 10.0.0.2:8080 or [fd00::2]:8080. Timeouts default to 10000 ms (servers: 30000 ms
 per connection). Exit status: 0 success, 1 failure, 2 bad arguments.";
 
@@ -238,6 +245,20 @@ fn run(args: &[String]) -> Result<i32, String> {
         "serve-leak" => {
             let o = Opts::parse(rest, &["count", "backlog"])?;
             serve_leak(addr, o.num_or("count", 1)?, backlog(&o)?)
+        }
+        "hold-accept" => {
+            let o = Opts::parse(rest, &["count", "backlog"])?;
+            let count = o
+                .num("count")?
+                .ok_or("hold-accept: --count N is required")?;
+            hold_accept(addr, count, backlog(&o)?)
+        }
+        "hold-connect" => {
+            let o = Opts::parse(rest, &["count", "timeout-ms"])?;
+            let count = o
+                .num("count")?
+                .ok_or("hold-connect: --count N is required")?;
+            hold_connect(addr, count, o.millis_or("timeout-ms", 10_000)?)
         }
         "connect-expect-fail" => {
             let o = Opts::parse(rest, &["timeout-ms"])?;
@@ -544,6 +565,62 @@ fn serve_leak(addr: SocketAddr, count: u64, backlog: i32) -> ! {
         held.push(s);
     }
     say(&format!("LEAKING {} {}", std::process::id(), held.len()));
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Raises the soft open-file limit to the hard one: holding many sockets needs it.
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Accepts `count` connections and holds them, reading nothing, until killed.
+fn hold_accept(addr: SocketAddr, count: u64, backlog: i32) -> ! {
+    raise_nofile();
+    let listener = listen(addr, backlog).unwrap_or_else(|e| die(&format!("listen {addr}"), &e));
+    ready();
+    let held: Vec<TcpStream> = (0..count)
+        .map(|_| {
+            listener
+                .accept()
+                .unwrap_or_else(|e| die(&format!("accept on {addr}"), &e))
+                .0
+        })
+        .collect();
+    say(&format!("HELD {} {}", std::process::id(), held.len()));
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Opens `count` connections and holds them, sending nothing, until killed.
+fn hold_connect(addr: SocketAddr, count: u64, timeout: Duration) -> ! {
+    raise_nofile();
+    let pid = std::process::id();
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let held: Vec<TcpStream> = (0..count)
+        .map(|_| {
+            let s = TcpStream::connect_timeout(&addr, timeout)
+                .unwrap_or_else(|e| die(&format!("connect {addr}"), &e));
+            let port = s.local_addr().map_or(0, |a| a.port());
+            let _ = writeln!(out, "PORT {pid} {port}");
+            s
+        })
+        .collect();
+    let _ = writeln!(out, "HELD {pid} {}", held.len());
+    let _ = out.flush();
+    drop(out);
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
