@@ -18,10 +18,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::support::{Scratch, Tracer, eventually, tcpdrive};
+use crate::support::{Scratch, Tracer, eventually, tcpdrive, timed_out_connects};
 use netwatch_tests::{
-    NetPair, ReadyChild, Side, find_line, netwatch_bin, output_with_timeout, require_root,
-    unique_port,
+    NetPair, ReadyChild, Side, counter_delta, find_line, netwatch_bin, output_with_timeout,
+    require_root, unique_port,
 };
 
 const N: u64 = 20;
@@ -567,4 +567,76 @@ fn root_top_without_a_terminal_prints_plain_summaries() {
         "{last}"
     );
     assert!(f.contains("0 lost"), "{last}");
+}
+
+/// The plain summaries of a `top` output file, oldest first (the report SIGTERM prints after
+/// them left out).
+fn plain_summaries(text: &str) -> Vec<String> {
+    let plain = text.split("netwatch report:").next().unwrap_or_default();
+    plain
+        .split("netwatch top at ")
+        .filter(|s| !s.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// What happens between the last summary and the end is in a last summary: a SYN retransmitted
+/// and a connect timed out a moment after a summary, then SIGTERM well within half an
+/// interval. `top` once skipped the last summary whenever one had been printed less than half
+/// an interval before, however many events had come since, and so showed one retransmit less
+/// than nstat. Every count must equal the kernel's.
+#[test]
+fn root_top_last_summary_has_every_retransmit_the_kernel_counted() {
+    if !require_root("root_top_last_summary_has_every_retransmit_the_kernel_counted") {
+        return;
+    }
+    let scratch = Scratch::new("plain-last");
+    let pair = NetPair::new();
+    let p_drop = unique_port();
+    // Long enough that the workload and the stop fit in half an interval after a summary.
+    let mut args: Vec<String> = ["top", "--interval", "10s"].map(String::from).to_vec();
+    args.extend(own_traffic_only(&pair, &[p_drop]));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out_path = scratch.path("stdout");
+    let file = fs::File::create(&out_path).expect("stdout file");
+    let before = pair.nstat(Side::Client);
+    let tracer = Tracer::start_with(&args, |cmd| {
+        cmd.stdout(file);
+    });
+    let first = eventually(Duration::from_secs(30), || {
+        !plain_summaries(&fs::read_to_string(&out_path).unwrap_or_default()).is_empty()
+    });
+    assert!(first, "no first summary within 30 s");
+    let printed = Instant::now();
+    // One connect whose SYNs are dropped: one SYN retransmission at 1 s, ETIMEDOUT at 1.5 s.
+    let addr = format!("{}:{p_drop}", pair.server_v4());
+    timed_out_connects(&pair, &addr, p_drop, 1);
+    let done = tracer.stop();
+    let stopped_after = printed.elapsed();
+    let after = pair.nstat(Side::Client);
+    let d = counter_delta(&before, &after);
+    assert_eq!(done.lost, 0, "{}", done.stderr);
+    let text = fs::read_to_string(&out_path).expect("stdout");
+    let summaries = plain_summaries(&text);
+    let last = flat(summaries.last().expect("a summary"));
+    let retransmits = d["TcpRetransSegs"];
+    assert!(retransmits >= 1, "no SYN retransmitted: {d:?}");
+    assert_eq!(retransmits, d["TcpExtTCPSynRetrans"], "only SYNs: {d:?}");
+    assert!(
+        last.contains(&format!(
+            "retransmits: {retransmits}: {} {retransmits}",
+            pair.server_v4()
+        )),
+        "nstat counted {retransmits} retransmits (the SIGTERM came {stopped_after:?} after a \
+         summary); the last summary:\n{last}\nall:\n{text}"
+    );
+    assert!(
+        last.contains("connect failures: 0 refused, 1 timed out, 0 aborted"),
+        "{last}"
+    );
+    assert_eq!(
+        number_after(summaries.last().unwrap(), "states:", "SYN_SENT"),
+        Some(0),
+        "{last}"
+    );
 }
