@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::support::{Scratch, Tracer, eventually, tcpdrive, timed_out_connects};
+use crate::support::{Scratch, Tracer, eventually, tcpdrive};
 use netwatch_tests::{
     NetPair, ReadyChild, Side, counter_delta, find_line, netwatch_bin, output_with_timeout,
     require_root, unique_port,
@@ -580,11 +580,12 @@ fn plain_summaries(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// What happens between the last summary and the end is in a last summary: a SYN retransmitted
-/// and a connect timed out a moment after a summary, then SIGTERM well within half an
+/// What happens between the last summary and the end is in a last summary, and top's
+/// retransmits are every segment the kernel retransmitted (nstat's `TcpRetransSegs`): SYNs
+/// and SYN-ACKs sent again a moment after a summary, then SIGTERM well within half an
 /// interval. `top` once skipped the last summary whenever one had been printed less than half
-/// an interval before, however many events had come since, and so showed one retransmit less
-/// than nstat. Every count must equal the kernel's.
+/// an interval before, however many events had come since, and left SYN-ACKs out of its
+/// retransmits: it showed fewer retransmits than nstat.
 #[test]
 fn root_top_last_summary_has_every_retransmit_the_kernel_counted() {
     if !require_root("root_top_last_summary_has_every_retransmit_the_kernel_counted") {
@@ -592,14 +593,37 @@ fn root_top_last_summary_has_every_retransmit_the_kernel_counted() {
     }
     let scratch = Scratch::new("plain-last");
     let pair = NetPair::new();
-    let p_drop = unique_port();
+    let (p_syn, p_synack) = (unique_port(), unique_port());
+    let (client, server) = (pair.client_v4(), pair.server_v4());
+    // SYNs to p_syn are dropped on arrival: the client sends them again. SYN-ACKs from p_synack
+    // are dropped on arrival at the client: the client sends its SYN again, the listener its
+    // SYN-ACK (on its timer, and for the repeated SYN).
+    let drop_rule = |table: &str, what: &str| {
+        format!(
+            "table inet {table} {{\n  chain input {{\n    type filter hook input priority 0; \
+             policy accept;\n    {what} drop\n  }}\n}}\n"
+        )
+    };
+    pair.nft(
+        Side::Server,
+        &drop_rule("nwsyn", &format!("tcp dport {p_syn}")),
+    );
+    pair.nft(
+        Side::Client,
+        &drop_rule("nwsynack", &format!("tcp sport {p_synack}")),
+    );
+    let mut listener = ReadyChild::spawn(pair.exec(
+        Side::Server,
+        &tcpdrive(),
+        &["listen-only", &format!("{server}:{p_synack}")],
+    ));
     // Long enough that the workload and the stop fit in half an interval after a summary.
     let mut args: Vec<String> = ["top", "--interval", "10s"].map(String::from).to_vec();
-    args.extend(own_traffic_only(&pair, &[p_drop]));
+    args.extend(own_traffic_only(&pair, &[p_syn, p_synack]));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out_path = scratch.path("stdout");
     let file = fs::File::create(&out_path).expect("stdout file");
-    let before = pair.nstat(Side::Client);
+    let before = [Side::Client, Side::Server].map(|s| pair.nstat(s));
     let tracer = Tracer::start_with(&args, |cmd| {
         cmd.stdout(file);
     });
@@ -608,35 +632,67 @@ fn root_top_last_summary_has_every_retransmit_the_kernel_counted() {
     });
     assert!(first, "no first summary within 30 s");
     let printed = Instant::now();
-    // One connect whose SYNs are dropped: one SYN retransmission at 1 s, ETIMEDOUT at 1.5 s.
-    let addr = format!("{}:{p_drop}", pair.server_v4());
-    timed_out_connects(&pair, &addr, p_drop, 1);
+    // Both connects at once, each given up after 1.5 s (one SYN retransmission each, at 1 s).
+    let failed = std::thread::scope(|s| {
+        let attempts: Vec<_> = [p_syn, p_synack]
+            .map(|p| {
+                let addr = format!("{server}:{p}");
+                let pair = &pair;
+                s.spawn(move || {
+                    let args = ["connect-expect-fail", &addr, "--timeout-ms", "1500"];
+                    let out = output_with_timeout(pair.exec(Side::Client, &tcpdrive(), &args), 20);
+                    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+                    find_line(&stdout, "FAILED").map(|f| f[2].to_string())
+                })
+            })
+            .into_iter()
+            .collect();
+        attempts
+            .into_iter()
+            .map(|a| a.join().expect("connect thread"))
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(
+        failed,
+        [Some("ETIMEDOUT".to_string()), Some("ETIMEDOUT".to_string())]
+    );
+    // A closed listener drops its pending connection at its next timer, without sending
+    // another SYN-ACK: the kernel's counts are final.
+    listener.kill();
     let done = tracer.stop();
     let stopped_after = printed.elapsed();
-    let after = pair.nstat(Side::Client);
-    let d = counter_delta(&before, &after);
+    let [dc, ds] = [Side::Client, Side::Server].map(|s| pair.nstat(s));
+    let (dc, ds) = (
+        counter_delta(&before[0], &dc),
+        counter_delta(&before[1], &ds),
+    );
     assert_eq!(done.lost, 0, "{}", done.stderr);
     let text = fs::read_to_string(&out_path).expect("stdout");
     let summaries = plain_summaries(&text);
     let last = flat(summaries.last().expect("a summary"));
-    let retransmits = d["TcpRetransSegs"];
-    assert!(retransmits >= 1, "no SYN retransmitted: {d:?}");
-    assert_eq!(retransmits, d["TcpExtTCPSynRetrans"], "only SYNs: {d:?}");
+    let (syns, synacks) = (dc["TcpRetransSegs"], ds["TcpRetransSegs"]);
+    assert!(syns >= 2 && synacks >= 1, "client {dc:?}\nserver {ds:?}");
+    assert_eq!(syns, dc["TcpExtTCPSynRetrans"], "only SYNs: {dc:?}");
+    assert_eq!(synacks, ds["TcpExtTCPSynRetrans"], "only SYN-ACKs: {ds:?}");
+    let line = last
+        .split("retransmits: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no retransmits in the last summary: {last}"));
+    let count_of = |peer: &str| -> Option<u64> {
+        let mut words = line.split([' ', ';']).filter(|w| !w.is_empty());
+        words.find(|w| *w == peer)?;
+        words.next()?.parse().ok()
+    };
     assert!(
-        last.contains(&format!(
-            "retransmits: {retransmits}: {} {retransmits}",
-            pair.server_v4()
-        )),
-        "nstat counted {retransmits} retransmits (the SIGTERM came {stopped_after:?} after a \
-         summary); the last summary:\n{last}\nall:\n{text}"
+        line.starts_with(&format!("{}: ", syns + synacks))
+            && count_of(&server.to_string()) == Some(syns)
+            && count_of(&client.to_string()) == Some(synacks),
+        "the kernel retransmitted {syns} SYNs to {server} and {synacks} SYN-ACKs to {client} \
+         (the SIGTERM came {stopped_after:?} after a summary); the last summary:\n{last}\n\
+         all:\n{text}"
     );
     assert!(
-        last.contains("connect failures: 0 refused, 1 timed out, 0 aborted"),
-        "{last}"
-    );
-    assert_eq!(
-        number_after(summaries.last().unwrap(), "states:", "SYN_SENT"),
-        Some(0),
+        last.contains("connect failures: 0 refused, 2 timed out, 0 aborted"),
         "{last}"
     );
 }
