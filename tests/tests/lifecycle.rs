@@ -87,8 +87,16 @@ fn root_report_counts_equal_the_kernel_counters() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The server sees its reads fail with ECONNRESET: its exit status says so, on purpose.
-    srv.wait(30);
+    // The server sees every one of its R reads after the reply fail (ECONNRESET): it says
+    // so, and exits 1, on purpose.
+    let status = srv.wait(30);
+    let done =
+        netwatch_tests::find_line(&srv.stdout_lines().join("\n"), "DONE").map(|f| f[2..].join(" "));
+    assert_eq!(
+        (status.code(), done),
+        (Some(1), Some(format!("0 {R}"))),
+        "the reset server's exit and DONE line"
+    );
 
     // L accepted sockets leaked by the server: the client closes, the server never does.
     let (leak, leaked_at) = leaked_connections(&pair, &at(p_leak), L);

@@ -546,15 +546,17 @@ fn root_top_without_a_terminal_prints_plain_summaries() {
         )),
         "{last}"
     );
-    // With the holder's cgroup (its container or service), as every output names it.
+    // With the holder's cgroup (its container or service), as every output names it: its
+    // cgroup v2 path.
+    let cgroup = crate::support::cgroup_v2_of(leaker_pid).expect("the leaker's cgroup v2 path");
     let holder = f
         .split("CLOSE_WAIT holders: ")
         .nth(1)
-        .and_then(|h| h.lines().next())
+        .and_then(|h| h.split(')').next())
         .unwrap_or_default();
     assert!(
-        holder.contains(", cgroup "),
-        "no cgroup for the holder: {holder}"
+        holder.ends_with(&format!(", cgroup {cgroup}")),
+        "the holder's cgroup is not {cgroup}: {holder}"
     );
     assert!(
         f.contains(&format!(
