@@ -442,6 +442,50 @@ fn root_top_ctrl_c_prints_the_report() {
     assert_terminal_restored(&t, &all);
 }
 
+/// SIGTERM (what `kill`, systemd or a container runtime sends) ends the live view like Ctrl-C:
+/// the terminal is given back (README: "on `q`, Ctrl-C, SIGTERM, ..."), and the report of the
+/// run is printed.
+#[test]
+fn root_top_sigterm_restores_the_terminal() {
+    if !require_root("root_top_sigterm_restores_the_terminal") {
+        return;
+    }
+    let scratch = Scratch::new("sigterm");
+    let pid_file = scratch.path("pid");
+    // The session's shell runs netwatch in the foreground as a subshell that wrote its pid
+    // and exec'd it: the pid is netwatch's.
+    let script = scratch.path("session.sh");
+    fs::write(
+        &script,
+        format!(
+            "sh -c 'echo $$ > {}; exec \"$0\" top --interval 500ms' '{}'\necho EXITED $?\n\
+             echo TTY $(stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e -icanon -e echo -e -echo)\n\
+             exec sleep 600\n",
+            pid_file.display(),
+            netwatch_bin().display()
+        ),
+    )
+    .expect("session script");
+    let t = Tmux::start(&script);
+    t.wait_for("the live view", 60, view_is_up);
+    let pid: i32 = fs::read_to_string(&pid_file)
+        .expect("netwatch's pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    // SAFETY: kill(2) on the netwatch this test started in its tmux session.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let screen = t.wait_for("netwatch's exit and the tty line after it", 20, exited);
+    assert!(screen.contains("EXITED 0"), "{screen}");
+    let out = t.tmux(&["capture-pane", "-p", "-S", "-", "-t", "top"]);
+    let all = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        all.contains("netwatch report:"),
+        "no report after SIGTERM:\n{all}"
+    );
+    assert_terminal_restored(&t, &all);
+}
+
 #[test]
 fn root_top_without_a_terminal_prints_plain_summaries() {
     if !require_root("root_top_without_a_terminal_prints_plain_summaries") {
