@@ -410,9 +410,9 @@ fn life_records(v6: bool) {
             .find(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
                 f.len() > 5
-                    && f[0] == c["pid"].to_string()
-                    && f[3] == c["sport"].to_string()
-                    && f[5] == c["dport"].to_string()
+                    && f[0].parse::<u64>().ok() == c["pid"].as_u64()
+                    && f[3].parse::<u64>().ok() == c["sport"].as_u64()
+                    && f[5].parse::<u64>().ok() == c["dport"].as_u64()
             })
             .unwrap_or_else(|| panic!("no text line for {c}:\n{text}"));
         let f: Vec<&str> = line.split_whitespace().collect();

@@ -535,8 +535,7 @@ fn root_serve_metrics_match_a_known_workload_through_prometheus() {
     let lo = buckets
         .iter()
         .map(|b| b.0)
-        .filter(|&le| le < median)
-        .last()
+        .rfind(|&le| le < median)
         .unwrap_or(0.0);
     assert!(
         (lo..=hi).contains(&p50),

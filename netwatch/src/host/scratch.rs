@@ -2,7 +2,7 @@
 //! that write files must not leave them behind, nor share a path with another test (the
 //! tests of one binary run in parallel, in one process).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A fresh directory under the system temp dir, named after the test's tag, this process and
@@ -20,10 +20,6 @@ impl Scratch {
         let _ = std::fs::remove_dir_all(&dir); // left by an earlier process with this pid
         std::fs::create_dir_all(&dir).expect("scratch dir");
         Scratch(dir)
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.0
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
