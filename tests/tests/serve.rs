@@ -491,9 +491,14 @@ fn root_serve_metrics_match_a_known_workload_through_prometheus() {
         v("sum(netwatch_close_wait_dwell_seconds_count)", N as f64),
         N as f64
     );
-    // The latency histogram is complete (its count is). Each bucket holds exactly the connects
-    // whose SYN_SENT dwell, as trace printed it, is at most its bound; and the median
-    // Prometheus computes lies in the bucket of the median connect.
+    // The latency histogram is complete (its count is). Each bucket holds the connects whose
+    // SYN_SENT dwell, as trace printed it, is at most its bound, and the median Prometheus
+    // computes lies in the bucket of the median connect. Within SLACK: trace is another
+    // netwatch, whose programs stamp each transition themselves, before or after serve's
+    // (a program's run, with a stack capture at connect, or an interrupt comes between the
+    // two stamps: a few µs, seen 2 µs, rarely more); a connect that close to a bound may fall
+    // on either side of it.
+    const SLACK: f64 = 50e-6;
     let traced = stop_after_quiet(
         trace,
         &pair,
@@ -520,8 +525,11 @@ fn root_serve_metrics_match_a_known_workload_through_prometheus() {
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     assert!(buckets.len() > 2, "{buckets:?}");
     for &(le, count) in &buckets {
-        let expected = latencies.iter().filter(|&&l| l <= le).count() as f64;
-        assert_eq!(count, expected, "bucket le={le}: latencies {latencies:?}");
+        let at_most = |d: f64| latencies.iter().filter(|&&l| l + d <= le).count() as f64;
+        assert!(
+            (at_most(SLACK)..=at_most(-SLACK)).contains(&count),
+            "bucket le={le} holds {count}: latencies {latencies:?}"
+        );
     }
     let p50 = prom
         .value("histogram_quantile(0.5, sum by (le) (netwatch_connect_latency_seconds_bucket))");
@@ -530,17 +538,17 @@ fn root_serve_metrics_match_a_known_workload_through_prometheus() {
     let hi = buckets
         .iter()
         .map(|b| b.0)
-        .find(|&le| median <= le)
+        .find(|&le| median + SLACK <= le)
         .unwrap();
     let lo = buckets
         .iter()
         .map(|b| b.0)
-        .rfind(|&le| le < median)
+        .rfind(|&le| le < median - SLACK)
         .unwrap_or(0.0);
     assert!(
         (lo..=hi).contains(&p50),
-        "median connect latency {p50} s, outside ({lo}, {hi}], the bucket of the median \
-         connect ({median} s) of {latencies:?}"
+        "median connect latency {p50} s, outside ({lo}, {hi}], the buckets of the median \
+         connect ({median} s, ± {SLACK} s) of {latencies:?}"
     );
     assert_eq!(v("sum(netwatch_events_lost_total)", 0.0), 0.0);
 
