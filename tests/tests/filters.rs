@@ -3,7 +3,10 @@
 
 use std::{net::IpAddr, process::Command};
 
-use crate::support::{Events, Kept, Tracer, port, stop_after_quiet, tcpdrive};
+use crate::support::{
+    CgroupDir, Events, Kept, Tracer, cgroup_v2_of, cgroup2_mount_or_skip, port, stop_after_quiet,
+    tcpdrive,
+};
 use netwatch_tests::{
     NetPair, ReadyChild, Side, netwatch_bin, output_with_timeout, require_root, unique_port,
 };
@@ -117,17 +120,134 @@ fn root_a_bad_filter_fails_before_attaching() {
     if !require_root("root_a_bad_filter_fails_before_attaching") {
         return;
     }
+    let expected = "netwatch: error: expected ':PORT' after 'dport =' at column 9";
     let mut cmd = Command::new(netwatch_bin());
     cmd.args(["trace", "dport", "=", "80x"]);
     let out = output_with_timeout(cmd, 30);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert_eq!(
-        stderr.trim(),
-        "netwatch: error: expected ':PORT' after 'dport =' at column 9"
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim(), expected);
+    assert!(out.stdout.is_empty());
+    // Before attaching, and before anything needs a privilege: without any capability (root
+    // with an empty bounding set, which cannot load a program) the error is the same, not
+    // the missing CAP_BPF.
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--bounding-set", "-all", "--inh-caps", "-all", "--"])
+        .arg(netwatch_bin())
+        .args(["trace", "dport", "=", "80x"]);
+    let out = output_with_timeout(cmd, 30);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim(), expected);
+}
+
+/// An owner's cgroup has one name in every output, whether its process still runs or not: its
+/// cgroup v2 path (README, "Cgroups"), which is what `--cgroup` takes and decides in the
+/// kernel. A path that names no cgroup of the v2 hierarchy is an error naming it.
+#[test]
+fn root_cgroup_names_one_path_per_cgroup_and_selects_it_in_the_kernel() {
+    const TEST: &str = "root_cgroup_names_one_path_per_cgroup_and_selects_it_in_the_kernel";
+    if !require_root(TEST) {
+        return;
+    }
+    let Some(mount) = cgroup2_mount_or_skip(TEST) else {
+        return;
+    };
+    // This test's processes (and the tcpdrives it starts) are in `own`; one client runs in a
+    // cgroup of its own, `cg`. On a hybrid host `own` is `/`, although a v1 hierarchy (such
+    // as memory) may say more: that name must never appear.
+    let own = cgroup_v2_of(std::process::id()).expect("the test's cgroup v2 path");
+    let cg = CgroupDir::create(
+        &mount,
+        &format!("netwatch-test-{}-select", std::process::id()),
     );
+    let pair = NetPair::new();
+    let server: IpAddr = pair.server_v4().into();
+    let p = unique_port();
+    let addr = format!("{server}:{p}");
+    const N: usize = 4;
+    const M: usize = 3;
+
+    // Alive until the end: the server is still running when every line is printed.
+    let srv = ReadyChild::spawn(pair.exec(Side::Server, &tcpdrive(), &["serve-forever", &addr]));
+    let in_own = Tracer::start(&["life", "--json", "--cgroup", &own]);
+    let in_cg = Tracer::start(&["trace", "--json", "--cgroup", &cg.rel]);
+    let connect = |count: usize, cgroup: Option<&CgroupDir>| -> u64 {
+        let mut cmd = pair.exec(
+            Side::Client,
+            &tcpdrive(),
+            &["connect", &addr, "--count", &count.to_string()],
+        );
+        if let Some(cg) = cgroup {
+            cg.join_before_exec(&mut cmd);
+        }
+        let out = output_with_timeout(cmd, 30);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        netwatch_tests::find_line(&String::from_utf8_lossy(&out.stdout), "DONE")
+            .and_then(|f| f.get(1)?.parse().ok())
+            .expect("DONE <pid>")
+    };
+    // Short-lived clients: gone long before their connections' lines are printed.
+    let own_client = connect(N, None);
+    let cg_client = connect(M, Some(&cg));
+    let in_cg = stop_after_quiet(in_cg, &pair, Events::Stdout, Kept::NOTHING);
+    let in_own = stop_after_quiet(in_own, &pair, Events::Unseen, Kept::NOTHING);
+    let server_pid = u64::from(srv.pid());
+    let ns = [Side::Client, Side::Server].map(|s| pair.netns_inode(s));
+    let in_pair = |e: &&Value| e["netns"].as_u64().is_some_and(|n| ns.contains(&n));
+
+    // `--cgroup OWN` (`/` on a hybrid host): the short-lived client's connections and the
+    // server's, all named OWN; nothing of the client in `cg`.
+    let conns: Vec<&Value> = in_own.events.iter().filter(in_pair).collect();
+    let of = |pid: u64| {
+        conns
+            .iter()
+            .filter(|c| c["pid"].as_u64() == Some(pid))
+            .count()
+    };
+    assert_eq!(of(own_client), N, "{}", in_own.stdout);
     assert!(
-        !stderr.contains("tracing TCP events"),
-        "attached anyway: {stderr}"
+        of(server_pid) > 0,
+        "no connection of the server: {}",
+        in_own.stdout
     );
+    assert_eq!(of(cg_client), 0, "{}", in_own.stdout);
+    for c in &conns {
+        assert_eq!(c["cgroup"], own.as_str(), "{c}");
+    }
+
+    // `--cgroup /netwatch-test-...`: only the client in it, from its connect on, named so.
+    let events: Vec<&Value> = in_cg.events.iter().filter(in_pair).collect();
+    let connects = events
+        .iter()
+        .filter(|e| e["old_state"] == "CLOSE" && e["new_state"] == "SYN_SENT")
+        .count();
+    assert_eq!(connects, M, "{}", in_cg.stdout);
+    for e in &events {
+        assert_eq!(e["pid"].as_u64(), Some(cg_client), "{e}");
+        assert_eq!(e["cgroup"], cg.rel.as_str(), "{e}");
+    }
+    assert!(in_cg.stderr.contains("filtered="), "{}", in_cg.stderr);
+
+    // What names no cgroup of the v2 hierarchy: a v1 hierarchy's directory (`/memory` on a
+    // hybrid host), a v1-style name, a path that does not exist. Each stops netwatch before
+    // anything is attached, naming the token and where v2 is mounted.
+    for bad in ["/memory", "memory:/", "/netwatch-no-such-cgroup"] {
+        let mut cmd = Command::new(netwatch_bin());
+        cmd.args(["trace", "--cgroup", bad]);
+        let out = output_with_timeout(cmd, 30);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("netwatch: error: --cgroup {bad}: "))
+                && stderr.contains(&mount.display().to_string())
+                && stderr.lines().count() == 1,
+            "{bad}: {stderr}"
+        );
+    }
+    drop(srv);
 }

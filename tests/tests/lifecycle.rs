@@ -12,8 +12,8 @@ use crate::support::{
     refused_connects, step, stop_after_quiet, tcpdrive, timed_out_connects,
 };
 use netwatch_tests::{
-    NetPair, ReadyChild, Side, counter_delta, netwatch_bin, output_with_timeout, require_root,
-    unique_port,
+    NetPair, ReadyChild, Side, counter_delta, drop_data_ruleset, netwatch_bin, output_with_timeout,
+    require_root, unique_port,
 };
 use serde_json::Value;
 
@@ -87,8 +87,16 @@ fn root_report_counts_equal_the_kernel_counters() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The server sees its reads fail with ECONNRESET: its exit status says so, on purpose.
-    srv.wait(30);
+    // The server sees every one of its R reads after the reply fail (ECONNRESET): it says
+    // so, and exits 1, on purpose.
+    let status = srv.wait(30);
+    let done =
+        netwatch_tests::find_line(&srv.stdout_lines().join("\n"), "DONE").map(|f| f[2..].join(" "));
+    assert_eq!(
+        (status.code(), done),
+        (Some(1), Some(format!("0 {R}"))),
+        "the reset server's exit and DONE line"
+    );
 
     // L accepted sockets leaked by the server: the client closes, the server never does.
     let (leak, leaked_at) = leaked_connections(&pair, &at(p_leak), L);
@@ -382,4 +390,252 @@ fn root_analyze_of_a_cut_recording_names_the_line() {
         1,
         "{stderr}"
     );
+}
+
+/// Client ports of the report-section tests (see [`crate::support::own_traffic_only`]): apart
+/// from the other test files' ranges.
+const CLIENT_PORTS: (u16, u16) = (14000, 14999);
+
+/// `report`'s resets, retransmits-by-peer and SYN-ACK sections, and the listen counters
+/// beside them, against a workload that makes each and the namespaces' own counters. netwatch
+/// runs inside the server's namespace (its programs see every namespace), so that the
+/// `ListenOverflows` and `ListenDrops` it reports are that namespace's.
+fn report_sections(v6: bool) {
+    use std::os::unix::process::CommandExt as _;
+    let pair = NetPair::new();
+    let server: IpAddr = if v6 {
+        pair.server_v6().into()
+    } else {
+        pair.server_v4().into()
+    };
+    let [p_refused, p_reset, p_data, p_full, p_synack] = [(); 5].map(|_| unique_port());
+    let at = |p: u16| crate::support::endpoint(server, p);
+    let scratch = Scratch::new("report-sections");
+    let report_path = scratch.path("report.json");
+    let mut args: Vec<String> = ["report", "--json"].map(String::from).to_vec();
+    args.extend(crate::support::own_traffic_only(
+        &pair,
+        CLIENT_PORTS,
+        &[p_refused, p_reset, p_data, p_full, p_synack],
+        &[],
+    ));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let client = |args: &[&str]| {
+        let out = output_with_timeout(pair.exec(Side::Client, &tcpdrive(), args), 30);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let expect_timeout = |p: u16| {
+        let (_, out) = client(&["connect-expect-fail", &at(p), "--timeout-ms", "1500"]);
+        assert!(out.contains(" ETIMEDOUT"), "connect to :{p}: {out}");
+    };
+    // Listeners first: their own events are not the report's business.
+    let full = ReadyChild::spawn(pair.exec(
+        Side::Server,
+        &tcpdrive(),
+        &["listen-only", &at(p_full), "--backlog", "0"],
+    ));
+    let mut synack_listener =
+        ReadyChild::spawn(pair.exec(Side::Server, &tcpdrive(), &["listen-only", &at(p_synack)]));
+    let before = [Side::Client, Side::Server].map(|s| pair.nstat(s));
+    let netns = std::fs::File::open(format!("/run/netns/{}", pair.server_ns())).expect("netns");
+    let report_file = std::fs::File::create(&report_path).expect("report file");
+    let tracer = Tracer::start_with(&args, |cmd| {
+        cmd.stdout(report_file);
+        // SAFETY: between fork and exec only setns(2) on a descriptor opened before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                use std::os::fd::AsRawFd as _;
+                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+
+    // Resets: M connects refused (the server's kernel sends a reset for no socket, the client
+    // receives it in SYN_SENT), R connections the client aborts (it sends, the server receives).
+    const M: u64 = 2;
+    const R: u64 = 3;
+    for _ in 0..M {
+        let (_, out) = client(&["connect-expect-fail", &at(p_refused)]);
+        assert!(out.contains(" ECONNREFUSED"), "{out}");
+    }
+    let mut srv = ReadyChild::spawn(pair.exec(
+        Side::Server,
+        &tcpdrive(),
+        &["serve", &at(p_reset), "--count", &R.to_string()],
+    ));
+    let count = R.to_string();
+    assert!(client(&["connect-reset", &at(p_reset), "--count", &count]).0);
+    assert_eq!(srv.wait(20).code(), Some(1));
+    // Data retransmitted to the server: its data segments are dropped until the client has
+    // sent one again twice.
+    let mut srv = ReadyChild::spawn(pair.exec(Side::Server, &tcpdrive(), &["serve", &at(p_data)]));
+    pair.nft(Side::Server, &drop_data_ruleset("nwdata", p_data));
+    let mut sender = ReadyChild::spawn_background(pair.exec(
+        Side::Client,
+        &tcpdrive(),
+        &["send-slow", &at(p_data), "--bytes", "1000"],
+    ));
+    let retransmitted = crate::support::eventually(Duration::from_secs(15), || {
+        counter_delta(&before[0], &pair.nstat(Side::Client))["TcpRetransSegs"] >= 2
+    });
+    assert!(retransmitted, "no data retransmitted within 15 s");
+    pair.nft(Side::Server, "delete table inet nwdata");
+    assert!(sender.wait(30).success(), "{:?}", sender.stdout_lines());
+    assert!(srv.wait(20).success());
+    // A full accept queue: the listener never accepts and holds one connection; the next SYN
+    // is dropped (ListenOverflows, ListenDrops) and the client sends it again, then gives up.
+    let (ok, out) = client(&["connect-close", &at(p_full)]);
+    assert!(ok, "{out}");
+    expect_timeout(p_full);
+    // SYN-ACKs sent again: the client's namespace drops them, so the listener resends its
+    // SYN-ACK (on its timer, and for the client's repeated SYN). Once the client has given
+    // up, the listener goes, and with it the pending connection, before its next resend.
+    pair.nft(
+        Side::Client,
+        &format!(
+            "table inet nwsynack {{\n  chain input {{\n    type filter hook input priority 0; \
+             policy accept;\n    tcp sport {p_synack} drop\n  }}\n}}\n"
+        ),
+    );
+    expect_timeout(p_synack);
+    synack_listener.kill();
+
+    let done = stop_after_quiet(
+        tracer,
+        &pair,
+        Events::Unseen,
+        Kept {
+            states: &["CLOSE-WAIT", "FIN-WAIT-2", "SYN-RECV"],
+            sockets: 0,
+        },
+    );
+    let [dc, ds] = [Side::Client, Side::Server].map(|s| pair.nstat(s));
+    let (dc, ds) = (
+        counter_delta(&before[0], &dc),
+        counter_delta(&before[1], &ds),
+    );
+    drop(full);
+    assert_eq!(done.lost, 0, "{}", done.stderr);
+    let text = std::fs::read_to_string(&report_path).expect("report");
+    let report: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("report is not JSON ({e}):\n{text}"));
+    let context = format!("client {dc:?}\nserver {ds:?}\nreport {report:#}");
+    let rows = |v: &Value| -> Vec<(String, u64)> {
+        v.as_array()
+            .unwrap_or_else(|| panic!("not rows: {v}"))
+            .iter()
+            .map(|r| {
+                (
+                    r["key"].as_str().unwrap().to_string(),
+                    r["count"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+
+    // Resets, as the kernel counted them in each namespace.
+    let resets = &report["resets"];
+    assert_eq!((dc["TcpOutRsts"], ds["TcpOutRsts"]), (R, M), "{context}");
+    assert_eq!(resets["sent"].as_u64(), Some(M + R), "{context}");
+    assert_eq!(dc["TcpAttemptFails"], M, "{context}");
+    assert_eq!(ds["TcpEstabResets"], R, "{context}");
+    assert_eq!(resets["received"].as_u64(), Some(M + R), "{context}");
+    let by_reason: Vec<(String, String, String, u64)> = resets["by_reason_and_state"]
+        .as_array()
+        .expect("by_reason_and_state")
+        .iter()
+        .map(|r| {
+            let s = |f: &str| r[f].as_str().unwrap().to_string();
+            (
+                s("direction"),
+                s("reason"),
+                s("state"),
+                r["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let received = |state: &str| {
+        by_reason
+            .iter()
+            .filter(|r| r.0 == "received" && r.2 == state)
+            .map(|r| r.3)
+            .sum::<u64>()
+    };
+    assert_eq!(
+        (received("SYN_SENT"), received("ESTABLISHED")),
+        (M, R),
+        "{context}"
+    );
+    let mut sent: Vec<u64> = by_reason
+        .iter()
+        .filter(|r| r.0 == "sent")
+        .map(|r| r.3)
+        .collect();
+    sent.sort_unstable();
+    assert_eq!(sent, [M, R], "one row per kind of reset sent: {context}");
+    // Since 6.10 the kernel names why: a reset for a segment no socket wanted.
+    if let Some(r) = by_reason
+        .iter()
+        .find(|r| r.0 == "sent" && r.3 == M && r.1 != "-")
+    {
+        assert_eq!(r.1, "NO_SOCKET", "{context}");
+    }
+    for by in ["by_process", "by_peer"] {
+        let total: u64 = rows(&resets[by]).iter().map(|r| r.1).sum();
+        assert_eq!(total, 2 * (M + R), "resets {by}: {context}");
+    }
+
+    // Retransmissions: every segment the client sent again went to the server (SYNs to the
+    // full queue and to the SYN-ACK listener, data); the server's are its SYN-ACKs only.
+    let client_segs = dc["TcpRetransSegs"];
+    assert!(client_segs >= 4, "{context}");
+    assert_eq!(
+        rows(&report["retransmits_by_peer"]),
+        [(server.to_string(), client_segs)],
+        "{context}"
+    );
+    let synacks = ds["TcpExtTCPSynRetrans"];
+    assert!(synacks >= 1, "{context}");
+    assert_eq!(ds["TcpRetransSegs"], synacks, "{context}");
+    assert_eq!(
+        rows(&report["synack_retransmits_by_listener"]),
+        [(at(p_synack), synacks)],
+        "{context}"
+    );
+
+    // This namespace's listen counters, beside them: the overflow of the full queue.
+    assert!(ds["TcpExtListenOverflows"] >= 1, "{context}");
+    assert_eq!(
+        (
+            report["listen_overflows"].as_u64(),
+            report["listen_drops"].as_u64()
+        ),
+        (
+            Some(ds["TcpExtListenOverflows"]),
+            Some(ds["TcpExtListenDrops"])
+        ),
+        "{context}"
+    );
+}
+
+#[test]
+fn root_report_resets_retransmits_and_synack_sections_equal_the_kernel_ipv4() {
+    if !require_root("root_report_resets_retransmits_and_synack_sections_equal_the_kernel_ipv4") {
+        return;
+    }
+    report_sections(false);
+}
+
+#[test]
+fn root_report_resets_retransmits_and_synack_sections_equal_the_kernel_ipv6() {
+    if !require_root("root_report_resets_retransmits_and_synack_sections_equal_the_kernel_ipv6") {
+        return;
+    }
+    report_sections(true);
 }

@@ -256,6 +256,7 @@ fn root_slow_consumer_recovers_and_keeps_owners() {
         "1048576",
     ];
     args.extend(filter.iter().map(String::as_str));
+    let before = [Side::Client, Side::Server].map(|s| pair.nstat(s));
     let tracer = start_to_file(&args, &report_path);
     let srv1 = ReadyChild::spawn(pair.exec(Side::Server, &tcpdrive(), &["serve-forever", &addr1]));
 
@@ -349,6 +350,26 @@ fn root_slow_consumer_recovers_and_keeps_owners() {
         done.produced,
         done.delivered + done.lost,
         "produced = delivered + lost: {}",
+        done.stderr
+    );
+    // And produced is what the workload made, known without netwatch: the filter keeps only
+    // its connections (phase 1, the markers, phase 2), 13 events each (see
+    // EVENTS_PER_CONNECTION in trace.rs), and any segment retransmitted or reset sent.
+    let [dc, ds] = [Side::Client, Side::Server].map(|s| pair.nstat(s));
+    let (dc, ds) = (
+        counter_delta(&before[0], &dc),
+        counter_delta(&before[1], &ds),
+    );
+    let extra = ["TcpRetransSegs", "TcpOutRsts"]
+        .iter()
+        .map(|c| dc[*c] + ds[*c])
+        .sum::<u64>();
+    let connections = 3000 + markers + N as u64;
+    assert_eq!(
+        done.produced,
+        connections * 13 + extra,
+        "produced is not what the workload made ({connections} connections, {extra} \
+         retransmits and resets): {}",
         done.stderr
     );
     assert_eq!(report["lost_events"], done.lost, "report vs summary");

@@ -246,6 +246,9 @@ fn root_serve_metrics_match_a_known_workload_through_prometheus() {
         &["serve", "--listen", &listen, "--peer-labels"],
         &filter,
     ));
+    // The same events, printed: each connect's latency (its SYN_SENT dwell) is the reference
+    // for the latency histogram.
+    let trace = Tracer::start(&with_filter(&["trace", "--json"], &filter));
     let health = get(nw, "/healthz");
     assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
 
@@ -444,15 +447,71 @@ fn root_serve_metrics_match_a_known_workload_through_prometheus() {
         v("sum(netwatch_close_wait_dwell_seconds_count)", N as f64),
         N as f64
     );
-    // The latency histogram is complete (its count is): its median, as it is.
+    // The latency histogram is complete (its count is). Each bucket holds the connects whose
+    // SYN_SENT dwell, as trace printed it, is at most its bound, and the median Prometheus
+    // computes lies in the bucket of the median connect. Within SLACK: trace is another
+    // netwatch, whose programs stamp each transition themselves, before or after serve's
+    // (a program's run, with a stack capture at connect, or an interrupt comes between the
+    // two stamps: a few µs, seen 2 µs, rarely more); a connect that close to a bound may fall
+    // on either side of it.
+    const SLACK: f64 = 50e-6;
+    let traced = stop_after_quiet(
+        trace,
+        &pair,
+        Events::Stdout,
+        // The leaking server's listener and its L sockets.
+        Kept {
+            states: &["CLOSE-WAIT", "FIN-WAIT-2"],
+            sockets: 1 + L as usize,
+        },
+    );
+    let mut latencies: Vec<f64> = traced
+        .events
+        .iter()
+        .filter(|e| step(e) == "SYN_SENT->ESTABLISHED")
+        .map(|e| e["ms_in_old"].as_f64().expect("a connect's dwell") / 1000.0)
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    assert_eq!(latencies.len() as u64, N + L, "{}", traced.stdout);
+    let mut buckets: Vec<(f64, f64)> = prom
+        .query("sum by (le) (netwatch_connect_latency_seconds_bucket)")
+        .into_iter()
+        .map(|(labels, count)| (labels["le"].parse::<f64>().expect("le"), count))
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(buckets.len() > 2, "{buckets:?}");
+    for &(le, count) in &buckets {
+        let at_most = |d: f64| latencies.iter().filter(|&&l| l + d <= le).count() as f64;
+        assert!(
+            (at_most(SLACK)..=at_most(-SLACK)).contains(&count),
+            "bucket le={le} holds {count}: latencies {latencies:?}"
+        );
+    }
     let p50 = prom
         .value("histogram_quantile(0.5, sum by (le) (netwatch_connect_latency_seconds_bucket))");
-    assert!(p50 > 0.0 && p50 < 1.0, "median connect latency {p50} s");
+    let rank = latencies.len().div_ceil(2);
+    let median = latencies[rank - 1];
+    let hi = buckets
+        .iter()
+        .map(|b| b.0)
+        .find(|&le| median + SLACK <= le)
+        .unwrap();
+    let lo = buckets
+        .iter()
+        .map(|b| b.0)
+        .rfind(|&le| le < median - SLACK)
+        .unwrap_or(0.0);
+    assert!(
+        (lo..=hi).contains(&p50),
+        "median connect latency {p50} s, outside ({lo}, {hi}], the buckets of the median \
+         connect ({median} s, ± {SLACK} s) of {latencies:?}"
+    );
     assert_eq!(v("sum(netwatch_events_lost_total)", 0.0), 0.0);
 
     drop(prom);
     let done = tracer.stop();
     assert_eq!(done.lost, 0, "{}", done.stderr);
+    assert_eq!(traced.lost, 0, "{}", traced.stderr);
     drop(leak);
 }
 
@@ -552,6 +611,27 @@ fn root_serve_rejects_bad_requests_without_slowing_tracing() {
         "{:?}",
         t.elapsed()
     );
+
+    // At the cap: 16 clients that send nothing hold every slot, so the next request is
+    // turned away at once with a 503 (polled: the server takes a slot when it accepts).
+    let silent: Vec<TcpStream> = (0..16)
+        .map(|_| TcpStream::connect(nw).expect("connect"))
+        .collect();
+    let turned_away = poll(Duration::from_secs(5), || {
+        let t = Instant::now();
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: {nw}\r\n\r\n");
+        let r = http(nw, request.as_bytes(), Duration::from_secs(10)).ok()?;
+        (r.status == 503).then(|| (r, t.elapsed()))
+    });
+    let (r, took) = turned_away.expect("no 503 with every slot held");
+    assert!(r.head.contains("\r\nRetry-After: 1"), "{r:?}");
+    assert!(took < Duration::from_secs(1), "the 503 took {took:?}");
+    // Once they leave, requests are served again.
+    drop(silent);
+    let served = poll(Duration::from_secs(10), || {
+        (get(nw, "/metrics").status == 200).then_some(())
+    });
+    assert!(served.is_some(), "no 200 after the silent clients left");
 
     // Churn in the pair while rounds of 50 parallel scrapes hit the endpoint.
     let before_c = pair.nstat(Side::Client);

@@ -20,6 +20,8 @@ mod scale;
 mod serve;
 // The stack captured at accept() names the accepting function, its source line and callers.
 mod stacks;
+// `life`'s records field by field (bytes, closers, each kind of end), IPv4 and IPv6, as text too.
+mod life;
 // `life` agrees with libbpf-tools tcplife connection by connection and fixes its wrong pids.
 mod tcplife;
 // `top` shows a known workload exactly, in a real terminal and as plain summaries.

@@ -20,8 +20,8 @@ use std::{
 
 use crate::support::{Scratch, Tracer, eventually, tcpdrive};
 use netwatch_tests::{
-    NetPair, ReadyChild, Side, find_line, netwatch_bin, output_with_timeout, require_root,
-    unique_port,
+    NetPair, ReadyChild, Side, counter_delta, find_line, netwatch_bin, output_with_timeout,
+    require_root, unique_port,
 };
 
 const N: u64 = 20;
@@ -442,6 +442,50 @@ fn root_top_ctrl_c_prints_the_report() {
     assert_terminal_restored(&t, &all);
 }
 
+/// SIGTERM (what `kill`, systemd or a container runtime sends) ends the live view like Ctrl-C:
+/// the terminal is given back (README: "on `q`, Ctrl-C, SIGTERM, ..."), and the report of the
+/// run is printed.
+#[test]
+fn root_top_sigterm_restores_the_terminal() {
+    if !require_root("root_top_sigterm_restores_the_terminal") {
+        return;
+    }
+    let scratch = Scratch::new("sigterm");
+    let pid_file = scratch.path("pid");
+    // The session's shell runs netwatch in the foreground as a subshell that wrote its pid
+    // and exec'd it: the pid is netwatch's.
+    let script = scratch.path("session.sh");
+    fs::write(
+        &script,
+        format!(
+            "sh -c 'echo $$ > {}; exec \"$0\" top --interval 500ms' '{}'\necho EXITED $?\n\
+             echo TTY $(stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e -icanon -e echo -e -echo)\n\
+             exec sleep 600\n",
+            pid_file.display(),
+            netwatch_bin().display()
+        ),
+    )
+    .expect("session script");
+    let t = Tmux::start(&script);
+    t.wait_for("the live view", 60, view_is_up);
+    let pid: i32 = fs::read_to_string(&pid_file)
+        .expect("netwatch's pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    // SAFETY: kill(2) on the netwatch this test started in its tmux session.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let screen = t.wait_for("netwatch's exit and the tty line after it", 20, exited);
+    assert!(screen.contains("EXITED 0"), "{screen}");
+    let out = t.tmux(&["capture-pane", "-p", "-S", "-", "-t", "top"]);
+    let all = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        all.contains("netwatch report:"),
+        "no report after SIGTERM:\n{all}"
+    );
+    assert_terminal_restored(&t, &all);
+}
+
 #[test]
 fn root_top_without_a_terminal_prints_plain_summaries() {
     if !require_root("root_top_without_a_terminal_prints_plain_summaries") {
@@ -546,15 +590,17 @@ fn root_top_without_a_terminal_prints_plain_summaries() {
         )),
         "{last}"
     );
-    // With the holder's cgroup (its container or service), as every output names it.
+    // With the holder's cgroup (its container or service), as every output names it: its
+    // cgroup v2 path.
+    let cgroup = crate::support::cgroup_v2_of(leaker_pid).expect("the leaker's cgroup v2 path");
     let holder = f
         .split("CLOSE_WAIT holders: ")
         .nth(1)
-        .and_then(|h| h.lines().next())
+        .and_then(|h| h.split(')').next())
         .unwrap_or_default();
     assert!(
-        holder.contains(", cgroup "),
-        "no cgroup for the holder: {holder}"
+        holder.ends_with(&format!(", cgroup {cgroup}")),
+        "the holder's cgroup is not {cgroup}: {holder}"
     );
     assert!(
         f.contains(&format!(
@@ -567,4 +613,132 @@ fn root_top_without_a_terminal_prints_plain_summaries() {
         "{last}"
     );
     assert!(f.contains("0 lost"), "{last}");
+}
+
+/// The plain summaries of a `top` output file, oldest first (the report SIGTERM prints after
+/// them left out).
+fn plain_summaries(text: &str) -> Vec<String> {
+    let plain = text.split("netwatch report:").next().unwrap_or_default();
+    plain
+        .split("netwatch top at ")
+        .filter(|s| !s.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// What happens between the last summary and the end is in a last summary, and top's
+/// retransmits are every segment the kernel retransmitted (nstat's `TcpRetransSegs`): SYNs
+/// and SYN-ACKs sent again a moment after a summary, then SIGTERM well within half an
+/// interval. `top` once skipped the last summary whenever one had been printed less than half
+/// an interval before, however many events had come since, and left SYN-ACKs out of its
+/// retransmits: it showed fewer retransmits than nstat.
+#[test]
+fn root_top_last_summary_has_every_retransmit_the_kernel_counted() {
+    if !require_root("root_top_last_summary_has_every_retransmit_the_kernel_counted") {
+        return;
+    }
+    let scratch = Scratch::new("plain-last");
+    let pair = NetPair::new();
+    let (p_syn, p_synack) = (unique_port(), unique_port());
+    let (client, server) = (pair.client_v4(), pair.server_v4());
+    // SYNs to p_syn are dropped on arrival: the client sends them again. SYN-ACKs from p_synack
+    // are dropped on arrival at the client: the client sends its SYN again, the listener its
+    // SYN-ACK (on its timer, and for the repeated SYN).
+    let drop_rule = |table: &str, what: &str| {
+        format!(
+            "table inet {table} {{\n  chain input {{\n    type filter hook input priority 0; \
+             policy accept;\n    {what} drop\n  }}\n}}\n"
+        )
+    };
+    pair.nft(
+        Side::Server,
+        &drop_rule("nwsyn", &format!("tcp dport {p_syn}")),
+    );
+    pair.nft(
+        Side::Client,
+        &drop_rule("nwsynack", &format!("tcp sport {p_synack}")),
+    );
+    let mut listener = ReadyChild::spawn(pair.exec(
+        Side::Server,
+        &tcpdrive(),
+        &["listen-only", &format!("{server}:{p_synack}")],
+    ));
+    // Long enough that the workload and the stop fit in half an interval after a summary.
+    let mut args: Vec<String> = ["top", "--interval", "10s"].map(String::from).to_vec();
+    args.extend(own_traffic_only(&pair, &[p_syn, p_synack]));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out_path = scratch.path("stdout");
+    let file = fs::File::create(&out_path).expect("stdout file");
+    let before = [Side::Client, Side::Server].map(|s| pair.nstat(s));
+    let tracer = Tracer::start_with(&args, |cmd| {
+        cmd.stdout(file);
+    });
+    let first = eventually(Duration::from_secs(30), || {
+        !plain_summaries(&fs::read_to_string(&out_path).unwrap_or_default()).is_empty()
+    });
+    assert!(first, "no first summary within 30 s");
+    let printed = Instant::now();
+    // Both connects at once, each given up after 1.5 s (one SYN retransmission each, at 1 s).
+    let failed = std::thread::scope(|s| {
+        let attempts: Vec<_> = [p_syn, p_synack]
+            .map(|p| {
+                let addr = format!("{server}:{p}");
+                let pair = &pair;
+                s.spawn(move || {
+                    let args = ["connect-expect-fail", &addr, "--timeout-ms", "1500"];
+                    let out = output_with_timeout(pair.exec(Side::Client, &tcpdrive(), &args), 20);
+                    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+                    find_line(&stdout, "FAILED").map(|f| f[2].to_string())
+                })
+            })
+            .into_iter()
+            .collect();
+        attempts
+            .into_iter()
+            .map(|a| a.join().expect("connect thread"))
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(
+        failed,
+        [Some("ETIMEDOUT".to_string()), Some("ETIMEDOUT".to_string())]
+    );
+    // A closed listener drops its pending connection at its next timer, without sending
+    // another SYN-ACK: the kernel's counts are final.
+    listener.kill();
+    let done = tracer.stop();
+    let stopped_after = printed.elapsed();
+    let [dc, ds] = [Side::Client, Side::Server].map(|s| pair.nstat(s));
+    let (dc, ds) = (
+        counter_delta(&before[0], &dc),
+        counter_delta(&before[1], &ds),
+    );
+    assert_eq!(done.lost, 0, "{}", done.stderr);
+    let text = fs::read_to_string(&out_path).expect("stdout");
+    let summaries = plain_summaries(&text);
+    let last = flat(summaries.last().expect("a summary"));
+    let (syns, synacks) = (dc["TcpRetransSegs"], ds["TcpRetransSegs"]);
+    assert!(syns >= 2 && synacks >= 1, "client {dc:?}\nserver {ds:?}");
+    assert_eq!(syns, dc["TcpExtTCPSynRetrans"], "only SYNs: {dc:?}");
+    assert_eq!(synacks, ds["TcpExtTCPSynRetrans"], "only SYN-ACKs: {ds:?}");
+    let line = last
+        .split("retransmits: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no retransmits in the last summary: {last}"));
+    let count_of = |peer: &str| -> Option<u64> {
+        let mut words = line.split([' ', ';']).filter(|w| !w.is_empty());
+        words.find(|w| *w == peer)?;
+        words.next()?.parse().ok()
+    };
+    assert!(
+        line.starts_with(&format!("{}: ", syns + synacks))
+            && count_of(&server.to_string()) == Some(syns)
+            && count_of(&client.to_string()) == Some(synacks),
+        "the kernel retransmitted {syns} SYNs to {server} and {synacks} SYN-ACKs to {client} \
+         (the SIGTERM came {stopped_after:?} after a summary); the last summary:\n{last}\n\
+         all:\n{text}"
+    );
+    assert!(
+        last.contains("connect failures: 0 refused, 2 timed out, 0 aborted"),
+        "{last}"
+    );
 }

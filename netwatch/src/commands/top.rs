@@ -81,8 +81,8 @@ pub struct TopSink {
     next_frame: Instant,
     quit: Option<Quit>,
     stop: Option<StopReason>,
-    /// When the last plain-text summary was printed.
-    printed_at: Option<Instant>,
+    /// When the last plain-text summary was printed, and how many events it had seen.
+    printed: Option<(Instant, u64)>,
 }
 
 impl TopSink {
@@ -124,7 +124,7 @@ impl TopSink {
             next_frame: now + args.interval,
             quit: None,
             stop: None,
-            printed_at: None,
+            printed: None,
         }
     }
 
@@ -254,7 +254,7 @@ impl TopSink {
 
     fn print_plain(&mut self, view: &View) -> io::Result<()> {
         if let Screen::Plain(out) = &mut self.screen {
-            self.printed_at = Some(Instant::now());
+            self.printed = Some((Instant::now(), self.events));
             out.write_all(view.plain().as_bytes())?;
             out.write_all(b"\n")?;
             out.flush()?;
@@ -268,11 +268,9 @@ impl TopSink {
         if let Screen::Terminal(tui) = &mut self.screen {
             *tui = None;
         }
-        // A last summary, unless the stream's final drain has just printed one.
-        let just_printed = self
-            .printed_at
-            .is_some_and(|t| t.elapsed() < self.interval / 2);
-        if matches!(self.screen, Screen::Plain(_)) && !just_printed {
+        if matches!(self.screen, Screen::Plain(_))
+            && needs_last_summary(self.printed, self.events, self.interval)
+        {
             let view = self.frame(Instant::now());
             self.print_plain(&view)?;
         }
@@ -304,6 +302,14 @@ impl TopSink {
         }
         Ok(())
     }
+}
+
+/// Whether the run's end needs a last plain-text summary: unless one was printed within the
+/// last half interval and no event has come since. An event that came after the last
+/// summary (a SYN retransmitted just before `--duration` ran out) must be in one: skipping
+/// the last summary because one was printed recently left it out of every one.
+fn needs_last_summary(printed: Option<(Instant, u64)>, events: u64, interval: Duration) -> bool {
+    !printed.is_some_and(|(at, seen)| at.elapsed() < interval / 2 && seen == events)
 }
 
 impl Sink for TopSink {
@@ -364,5 +370,23 @@ impl Sink for TopSink {
 impl Drop for TopSink {
     fn drop(&mut self) {
         tui::restore();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_summary_is_skipped_only_when_one_was_just_printed_with_every_event() {
+        let second = Duration::from_secs(1);
+        let now = Instant::now();
+        assert!(needs_last_summary(None, 0, second), "none printed yet");
+        assert!(!needs_last_summary(Some((now, 5)), 5, second));
+        // One event more since (the case that printed a retransmit count one short).
+        assert!(needs_last_summary(Some((now, 5)), 6, second));
+        // Printed long ago.
+        let before = now - 2 * second;
+        assert!(needs_last_summary(Some((before, 5)), 5, second));
     }
 }

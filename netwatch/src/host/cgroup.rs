@@ -6,9 +6,9 @@
 //! cgroup's directory in the cgroup v2 hierarchy, so one walk of that hierarchy maps ids to
 //! paths; new cgroups are picked up by walking again when an id is not known.
 //!
-//! On a hybrid host (cgroup v2 mounted beside the v1 hierarchies, e.g. at
-//! `/sys/fs/cgroup/unified`) every process may sit at the v2 root, and only the v1
-//! hierarchies name its container or service: [`owner_cgroup`] falls back to those, by pid.
+//! Only the cgroup v2 hierarchy names cgroups here, also on a hybrid host (v2 mounted beside
+//! the v1 hierarchies, e.g. at `/sys/fs/cgroup/unified`), where every process may sit at the
+//! v2 root: see [`owner_cgroup`] for why.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -155,45 +155,11 @@ pub fn cgroup_path(id: u64) -> Option<String> {
         .resolve(id)
 }
 
-/// The `(hierarchy-id, controllers, path)` lines of a `/proc/<pid>/cgroup` text; malformed
-/// lines are skipped.
-fn proc_cgroup_lines(text: &str) -> Vec<(&str, &str, &str)> {
-    text.lines()
-        .filter_map(|l| {
-            let (id, rest) = l.split_once(':')?;
-            let (controllers, path) = rest.split_once(':')?;
-            Some((id, controllers, path))
-        })
-        .collect()
-}
-
-/// The owner's cgroup to show, from what is known of it: `v2_by_id`, the v2 path of the
-/// event's cgroup id (if it resolved), and `proc_cgroup`, the owner's `/proc/<pid>/cgroup`
-/// text (if it could be read). The most specific wins, because `/` names nothing: the v2
-/// path by id; the v2 line of `/proc`; the v1 `name=systemd` hierarchy; the first v1
-/// controller hierarchy (in file order) — v1 paths as `controllers:path`
-/// (`memory:/process_api/abc`) so that they read as v1, not v2, paths. Only when every one
-/// is `/` is the answer `/` (the v2 root, by id or by `/proc`).
-fn choose_owner_cgroup(v2_by_id: Option<&str>, proc_cgroup: Option<&str>) -> Option<String> {
-    let specific = |p: &&str| *p != "/";
-    let lines = proc_cgroup.map(proc_cgroup_lines).unwrap_or_default();
-    let v2_line = lines
-        .iter()
-        .find(|&&(id, c, _)| id == "0" && c.is_empty())
-        .map(|&(_, _, p)| p);
-    let v1 = |f: &dyn Fn(&str) -> bool| {
-        lines
-            .iter()
-            .find(|&&(_, c, p)| !c.is_empty() && f(c) && specific(&p))
-            .map(|&(_, c, p)| format!("{c}:{p}"))
-    };
-    v2_by_id
-        .filter(specific)
-        .or(v2_line.filter(specific))
-        .map(String::from)
-        .or_else(|| v1(&|c| c.split(',').any(|c| c == "name=systemd")))
-        .or_else(|| v1(&|_| true))
-        .or_else(|| v2_by_id.or(v2_line).map(String::from))
+/// The cgroup v2 path in a `/proc/<pid>/cgroup` text: the path of its `0::` line (`None`
+/// on a host without cgroup v2, where there is none). The v1 lines (`4:memory:/...`) are
+/// never used: see [`owner_cgroup`].
+fn proc_v2_path(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| l.strip_prefix("0::"))
 }
 
 /// Owner cache entries kept; past it the cache starts again (every entry is cheap to
@@ -213,8 +179,9 @@ struct Owners {
 }
 
 impl Owners {
-    /// The cached answer for `key`, or a new one from `v2` (cgroup id -> v2 path) and
-    /// `proc_text` (pid -> `/proc/<pid>/cgroup` text), cached.
+    /// The cached answer for `key`, or a new one, cached: the v2 path of the cgroup id by
+    /// `v2` (cgroup id -> v2 path) when the id is known, else the v2 line of the pid's
+    /// `/proc/<pid>/cgroup` text by `proc_text`.
     fn lookup(
         &mut self,
         key: OwnerKey,
@@ -224,11 +191,13 @@ impl Owners {
         if let Some(hit) = self.cache.get(&key) {
             return hit.clone();
         }
-        let (pid, id) = key;
-        let by_id = id.and_then(v2);
-        let text = pid.filter(|_| !self.recorded).and_then(proc_text);
-        let found: Option<Arc<str>> =
-            choose_owner_cgroup(by_id.as_deref(), text.as_deref()).map(Arc::from);
+        let found: Option<Arc<str>> = match key {
+            (_, Some(id)) => v2(id).map(Arc::from),
+            (Some(pid), None) if !self.recorded => {
+                proc_text(pid).and_then(|text| proc_v2_path(&text).map(Arc::from))
+            }
+            _ => None,
+        };
         self.insert(key, found.clone());
         found
     }
@@ -304,19 +273,25 @@ impl Recent {
     }
 }
 
-/// The cgroup path to show for a socket's owner: the cgroup v2 path of `cgroup_id` when it is
-/// more than `/`; else, from `/proc/<pid>/cgroup`, the v2 path or the most specific v1 path
-/// (`name=systemd:/system.slice/x.service`, `memory:/process_api/abc`; see
-/// [`choose_owner_cgroup`]); else `/` if the id resolved; else `None`.
+/// The cgroup path to show for a socket's owner, by one rule whatever the process's lifetime:
+/// its cgroup v2 path, relative to the hierarchy's mount point (`/system.slice/x.service`,
+/// `/` for the root). That is the path of `cgroup_id` (what the kernel recorded at the
+/// owner's connect, listen, accept or close) when the id is known, else (a holder found in
+/// `/proc` without an event, in `leaks`) the v2 line of `/proc/<pid>/cgroup`. `None` when the
+/// cgroup is gone or no cgroup v2 hierarchy is mounted.
+///
+/// Why never a v1 path: on a hybrid host every process may sit at the v2 root while a v1
+/// hierarchy (`4:memory:/process_api/abc`) names its container. That path can only be read
+/// from `/proc` while the process lives, so a short-lived client would be `/` and a long-lived
+/// server `memory:/...` in the same cgroup: two names for one cgroup (split metric series),
+/// and a name `--cgroup`, which the kernel decides by v2 id, could not select. The v2 path is
+/// what `--cgroup` takes.
 ///
 /// Cached process-wide per (pid, cgroup id), at most [`MAX_OWNERS`] entries, so that every
 /// output of a run names an owner the same way, and a replay names it as the recording did
-/// (see [`learn_owner_cgroup`]).
-///
-/// The pid part is racy: `/proc/<pid>` is read when an owner is first asked about, which may
-/// be after the process exited (then only the id answers) or after its pid was reused (then
-/// the answer is the new process's cgroup). Pids are the kernel's (initial namespace), so
-/// netwatch must see the host's `/proc` for them to mean anything.
+/// (see [`learn_owner_cgroup`]). A pid read from `/proc` is racy (the process may have exited,
+/// or its pid been reused); pids are the kernel's (initial namespace), so netwatch must see
+/// the host's `/proc` for them to mean anything.
 pub fn owner_cgroup(cgroup_id: Option<u64>, pid: Option<u32>) -> Option<String> {
     owner_cgroup_shared(cgroup_id, pid).map(|p| p.to_string())
 }
@@ -354,17 +329,60 @@ pub fn learn_owner_cgroup(cgroup_id: Option<u64>, pid: Option<u32>, path: Option
     }
 }
 
-/// The cgroup v2 id (the inode the kernel reports) of a path given with `--cgroup`, relative
-/// to `/sys/fs/cgroup` or absolute.
+/// The cgroup v2 id (the inode the kernel reports) of a path given with `--cgroup`: a path in
+/// the cgroup v2 hierarchy as netwatch names owners (`/`, `/system.slice/ssh.service`), or
+/// the absolute path of its directory under the hierarchy's mount point. An error names the
+/// token when the path is no cgroup of that hierarchy (a v1 hierarchy's directory, such as
+/// `/memory` on a hybrid host, is not one), or when no cgroup v2 hierarchy is mounted.
 pub fn id_of_path(path: &Path) -> Result<u64, String> {
-    let full = if path.starts_with("/sys/fs/cgroup") {
+    id_in_hierarchy(cgroup2_mount().as_deref(), path)
+}
+
+/// [`id_of_path`] in the cgroup v2 hierarchy mounted at `mount`.
+fn id_in_hierarchy(mount: Option<&Path>, path: &Path) -> Result<u64, String> {
+    let token = path.display();
+    let Some(mount) = mount else {
+        return Err(format!(
+            "--cgroup {token}: no cgroup v2 hierarchy is mounted here (none in \
+             /proc/self/mountinfo), and the kernel filters by cgroup v2 id"
+        ));
+    };
+    let full = if path.starts_with(mount) {
         path.to_path_buf()
     } else {
-        Path::new("/sys/fs/cgroup").join(path.strip_prefix("/").unwrap_or(path))
+        mount.join(path.strip_prefix("/").unwrap_or(path))
     };
-    std::fs::metadata(&full)
-        .map(|m| m.ino())
-        .map_err(|e| format!("--cgroup {}: {} ({e})", path.display(), full.display()))
+    let hint = format!(
+        "cgroups are named by their path in the cgroup v2 hierarchy mounted at {}, as netwatch \
+         prints them (`trace -w`, the JSON `cgroup` field): `/` is its root",
+        mount.display()
+    );
+    let (mount_real, root) = fs::canonicalize(mount)
+        .and_then(|m| fs::metadata(&m).map(|meta| (m, meta)))
+        .map_err(|e| format!("--cgroup {token}: {} ({e})", mount.display()))?;
+    // `..` or a symlink could lead out of the hierarchy: the directory must be inside it, on
+    // the same file system.
+    let meta = fs::canonicalize(&full)
+        .and_then(|real| {
+            if real.starts_with(&mount_real) {
+                fs::metadata(&real)
+            } else {
+                Err(std::io::Error::other("outside the hierarchy"))
+            }
+        })
+        .map_err(|e| {
+            format!(
+                "--cgroup {token}: no cgroup {} ({e}); {hint}",
+                full.display()
+            )
+        })?;
+    if !meta.is_dir() || meta.dev() != root.dev() {
+        return Err(format!(
+            "--cgroup {token}: {} is not a cgroup of the cgroup v2 hierarchy; {hint}",
+            full.display()
+        ));
+    }
+    Ok(meta.ino())
 }
 
 /// The host's answer to [`OwnerNames`]: [`owner_cgroup`], over the shared cache (which a
@@ -406,106 +424,122 @@ mod tests {
     const HYBRID: &str = "9:name=systemd:/\n8:pids:/\n4:memory:/process_api/abc\n\
                           3:cpuset:/\n2:cpuacct:/\n1:cpu:/\n0::/\n";
 
+    /// A fake host: cgroup id 1 is the v2 root, id 2 `/system.slice/shop.service`; every pid's
+    /// `/proc/<pid>/cgroup` is [`HYBRID`].
+    fn v2(id: u64) -> Option<String> {
+        match id {
+            1 => Some("/".into()),
+            2 => Some("/system.slice/shop.service".into()),
+            _ => None,
+        }
+    }
+
+    fn hybrid(_pid: u32) -> Option<String> {
+        Some(HYBRID.to_string())
+    }
+
     #[test]
-    fn owner_cgroup_prefers_a_specific_v2_path() {
-        let choose = choose_owner_cgroup;
+    fn an_owner_is_named_by_its_v2_path_whether_its_process_lives_or_not() {
+        // The same cgroup (the v2 root, on a hybrid host whose v1 memory hierarchy says more),
+        // for a process still alive (its /proc readable) and for one gone (not readable):
+        // one name, never the v1 path.
+        let alive = Owners::default().lookup((Some(7), Some(1)), v2, hybrid);
+        let gone = Owners::default().lookup((Some(8), Some(1)), v2, |_| None);
+        assert_eq!(alive.as_deref(), Some("/"));
+        assert_eq!(gone, alive);
+        let alive = Owners::default().lookup((Some(7), Some(2)), v2, hybrid);
+        let gone = Owners::default().lookup((Some(8), Some(2)), v2, |_| None);
+        assert_eq!(alive.as_deref(), Some("/system.slice/shop.service"));
+        assert_eq!(gone, alive);
+        // The id wins over what /proc says now (the process may have moved since).
+        let moved = |_| Some("0::/user.slice/other\n".to_string());
         assert_eq!(
-            choose(Some("/system.slice/shop.service"), Some(HYBRID)).as_deref(),
+            Owners::default()
+                .lookup((Some(7), Some(2)), v2, moved)
+                .as_deref(),
             Some("/system.slice/shop.service")
         );
-        // The id did not resolve (or is unknown), the v2 line of /proc is specific.
-        let v2 = "1:name=systemd:/user.slice/s\n0::/system.slice/shop.service\n";
+        // An id that names no cgroup (gone, or no v2 hierarchy) is unknown, whatever /proc says.
         assert_eq!(
-            choose(None, Some(v2)).as_deref(),
-            Some("/system.slice/shop.service")
+            Owners::default().lookup((Some(7), Some(99)), v2, hybrid),
+            None
         );
     }
 
     #[test]
-    fn owner_cgroup_falls_back_to_the_most_specific_v1_hierarchy() {
-        let choose = choose_owner_cgroup;
-        // A hybrid host: v2 at the root, the container only in a v1 controller's hierarchy.
+    fn without_an_id_an_owner_is_the_v2_line_of_its_proc_cgroup() {
+        let lookup = |text: &'static str| {
+            Owners::default()
+                .lookup((Some(7), None), v2, |_| Some(text.to_string()))
+                .map(|p| p.to_string())
+        };
+        assert_eq!(lookup(HYBRID).as_deref(), Some("/"));
         assert_eq!(
-            choose(Some("/"), Some(HYBRID)).as_deref(),
-            Some("memory:/process_api/abc")
+            lookup("1:name=systemd:/user.slice/s\n0::/system.slice/shop.service\n").as_deref(),
+            Some("/system.slice/shop.service")
         );
-        // name=systemd first, when it names something.
-        let systemd = "9:name=systemd:/system.slice/x.service\n4:memory:/m\n0::/\n";
+        // Pure v1 (no v2 line), or garbage: nothing, never a v1 path.
         assert_eq!(
-            choose(Some("/"), Some(systemd)).as_deref(),
-            Some("name=systemd:/system.slice/x.service")
+            lookup("9:name=systemd:/system.slice/x\n4:memory:/m\n"),
+            None
         );
-        // Otherwise the first controller hierarchy in file order whose path is not `/`.
-        let two = "9:name=systemd:/\n5:cpu,cpuacct:/docker/c1\n4:memory:/m\n";
+        assert_eq!(lookup("garbage\n"), None);
         assert_eq!(
-            choose(None, Some(two)).as_deref(),
-            Some("cpu,cpuacct:/docker/c1")
+            Owners::default().lookup((Some(7), None), v2, |_| None),
+            None
         );
-    }
-
-    #[test]
-    fn owner_cgroup_is_the_root_only_when_nothing_is_more_specific() {
-        let choose = choose_owner_cgroup;
-        let roots = "9:name=systemd:/\n4:memory:/\n0::/\n";
-        assert_eq!(choose(Some("/"), Some(roots)).as_deref(), Some("/"));
-        assert_eq!(choose(Some("/"), None).as_deref(), Some("/"));
-        assert_eq!(choose(None, Some(roots)).as_deref(), Some("/"));
-        // Pure v1: roots everywhere and no v2 line says nothing.
-        assert_eq!(choose(None, Some("9:name=systemd:/\n4:memory:/\n")), None);
-        assert_eq!(choose(None, None), None);
-        assert_eq!(choose(None, Some("garbage\n")), None);
+        assert_eq!(proc_v2_path(HYBRID), Some("/"));
     }
 
     #[test]
     fn owners_are_cached_bounded_and_learned_from_recordings() {
         let mut owners = Owners::default();
-        let v2 = |id: u64| (id == 1).then(|| "/".to_string());
-        let text = |_| Some(HYBRID.to_string());
         assert_eq!(
-            owners.lookup((Some(7), Some(1)), v2, text).as_deref(),
-            Some("memory:/process_api/abc")
+            owners
+                .lookup((Some(7), None), v2, |_| Some("0::/a\n".into()))
+                .as_deref(),
+            Some("/a")
         );
         // Cached: a later answer (the process exited) does not change it.
         assert_eq!(
-            owners.lookup((Some(7), Some(1)), v2, |_| None).as_deref(),
-            Some("memory:/process_api/abc")
+            owners.lookup((Some(7), None), v2, |_| None).as_deref(),
+            Some("/a")
         );
         for pid in 0..MAX_OWNERS as u32 {
             owners.lookup((Some(1000 + pid), None), v2, |_| None);
         }
         assert!(owners.cache.len() <= MAX_OWNERS);
-        assert!(!owners.cache.contains_key(&(Some(7), Some(1))));
-        // A recording's answer wins, and pids are not looked up any more.
+        assert!(!owners.cache.contains_key(&(Some(7), None)));
+        // A recording's answer wins (an older netwatch may have written a v1 path), and pids
+        // are not looked up any more.
         owners.learn((Some(8), Some(1)), Some("name=systemd:/old.service"));
         assert_eq!(
-            owners.lookup((Some(8), Some(1)), v2, text).as_deref(),
+            owners.lookup((Some(8), Some(1)), v2, hybrid).as_deref(),
             Some("name=systemd:/old.service")
         );
         owners.learn((Some(9), None), None);
-        assert_eq!(owners.lookup((Some(9), None), v2, text), None);
+        assert_eq!(owners.lookup((Some(9), None), v2, hybrid), None);
+        assert_eq!(owners.lookup((Some(10), None), v2, hybrid), None);
         assert_eq!(
-            owners.lookup((Some(10), Some(1)), v2, text).as_deref(),
+            owners.lookup((Some(10), Some(1)), v2, hybrid).as_deref(),
             Some("/")
         );
     }
 
     #[test]
-    fn this_process_owner_cgroup_is_its_most_specific_path() {
+    fn this_process_owner_cgroup_is_its_v2_path() {
         let me = std::process::id();
         let text = fs::read_to_string("/proc/self/cgroup").unwrap();
-        let expected = choose_owner_cgroup(None, Some(&text));
+        let Some(expected) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
+            crate::host::skip::skip("this process has no cgroup v2 line");
+            return;
+        };
         let found = Owners::default().lookup(
             (Some(me), None),
             |_| None,
             |pid| fs::read_to_string(format!("/proc/{pid}/cgroup")).ok(),
         );
-        assert_eq!(found.as_deref(), expected.as_deref());
-        let found = found.expect("our own /proc/self/cgroup names a cgroup");
-        // Never `/` while some hierarchy says more.
-        let lines = proc_cgroup_lines(&text);
-        if lines.iter().any(|&(_, _, p)| p != "/") {
-            assert_ne!(&*found, "/", "{text}");
-        }
+        assert_eq!(found.as_deref(), Some(expected), "{text}");
         assert_eq!(owner_cgroup(None, None), None);
     }
 
@@ -525,8 +559,8 @@ mod tests {
 
     #[test]
     fn resolves_a_fake_hierarchy_and_refreshes_on_a_miss() {
-        let root = std::env::temp_dir().join(format!("netwatch-cgroup-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
+        let scratch = crate::host::scratch::Scratch::new("cgroup-walk");
+        let root = scratch.path("v2");
         fs::create_dir_all(root.join("system.slice/ssh.service")).unwrap();
         fs::write(root.join("system.slice/cgroup.procs"), "").unwrap();
         let ino = |p: &str| fs::metadata(root.join(p)).unwrap().ino();
@@ -542,8 +576,73 @@ mod tests {
             paths.resolve(ino("user.slice")).as_deref(),
             Some("/user.slice")
         );
-        fs::remove_dir_all(&root).unwrap();
         assert_eq!(CgroupPaths::with_root(None).resolve(1), None);
+    }
+
+    #[test]
+    fn cgroup_option_takes_v2_paths_and_names_the_token_of_anything_else() {
+        // A fake hybrid host: tmpfs-like `cgroup/` holding a v1 `memory/` and the v2 hierarchy
+        // at `cgroup/unified/`.
+        let scratch = crate::host::scratch::Scratch::new("cgroup-option");
+        let mount = scratch.path("cgroup/unified");
+        fs::create_dir_all(mount.join("system.slice/shop.service")).unwrap();
+        fs::create_dir_all(scratch.path("cgroup/memory/process_api")).unwrap();
+        fs::write(mount.join("cgroup.procs"), "").unwrap();
+        std::os::unix::fs::symlink(scratch.path("cgroup/memory"), mount.join("escape")).unwrap();
+        let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+        let id = |p: &str| id_in_hierarchy(Some(&mount), Path::new(p));
+        // The root, and a cgroup, as netwatch prints them, or by their absolute directory.
+        assert_eq!(id("/"), Ok(ino(&mount)));
+        assert_eq!(
+            id("/system.slice/shop.service"),
+            Ok(ino(&mount.join("system.slice/shop.service")))
+        );
+        assert_eq!(id("system.slice"), Ok(ino(&mount.join("system.slice"))));
+        let absolute = mount.join("system.slice");
+        assert_eq!(id(absolute.to_str().unwrap()), Ok(ino(&absolute)));
+        // What names nothing of the v2 hierarchy: an error naming the token and the hierarchy.
+        for bad in [
+            "/memory",
+            "/memory/process_api",
+            "memory:/process_api",
+            "/nonexistent",
+            "/cgroup.procs",
+            "/../memory",
+            "/escape",
+        ] {
+            let err = id(bad).unwrap_err();
+            assert!(err.starts_with(&format!("--cgroup {bad}: ")), "{err}");
+            assert!(err.contains(&mount.display().to_string()), "{err}");
+        }
+        // The v1 hierarchy's directory by its absolute path is not in the v2 hierarchy either.
+        let v1 = scratch.path("cgroup/memory");
+        let err = id(v1.to_str().unwrap()).unwrap_err();
+        assert!(
+            err.starts_with(&format!("--cgroup {}: ", v1.display())),
+            "{err}"
+        );
+        let err = id_in_hierarchy(None, Path::new("/")).unwrap_err();
+        assert!(
+            err.starts_with("--cgroup /: no cgroup v2 hierarchy is mounted"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cgroup_option_root_is_the_id_the_kernel_reports_for_the_root() {
+        let Some(mount) = cgroup2_mount() else {
+            crate::host::skip::skip("no cgroup v2 hierarchy mounted");
+            return;
+        };
+        // The v2 root's id is 1 on every kernel with kernfs ids (what bpf_get_current_cgroup_id
+        // returns for a process at the root), whatever other hierarchy has inode 1 too.
+        assert_eq!(id_of_path(Path::new("/")), Ok(1));
+        assert_eq!(id_of_path(&mount), Ok(1));
+        let err = id_of_path(Path::new("/no-such-cgroup-of-netwatch")).unwrap_err();
+        assert!(
+            err.starts_with("--cgroup /no-such-cgroup-of-netwatch: no cgroup "),
+            "{err}"
+        );
     }
 
     #[test]

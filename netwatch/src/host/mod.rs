@@ -6,6 +6,8 @@ pub mod clock;
 pub mod netns;
 pub mod netstat;
 pub mod procfd;
+#[cfg(test)]
+pub mod scratch;
 pub mod settings;
 #[cfg(test)]
 pub mod skip;

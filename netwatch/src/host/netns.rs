@@ -70,11 +70,41 @@ fn read_dir_sorted(dir: &Path) -> Vec<PathBuf> {
 mod tests {
     use super::*;
 
+    /// The inode in a namespace link's target, `net:[4026531840]`, read with readlink(2): not
+    /// the stat(2) that the code under test uses.
+    fn link_inode(path: &Path) -> u64 {
+        let target = fs::read_link(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let target = target.to_string_lossy();
+        target
+            .strip_prefix("net:[")
+            .and_then(|t| t.strip_suffix(']'))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("{}: not a net namespace link: {target}", path.display()))
+    }
+
     #[test]
     fn ours_comes_first_and_each_namespace_once() {
+        let me = link_inode(Path::new("/proc/self/ns/net"));
+        assert_eq!(own(), Some(me));
         let all = all();
-        assert_eq!(all.first().map(|n| n.inode), own());
+        assert_eq!(all.first().map(|n| n.inode), Some(me), "{all:?}");
         let inodes: HashSet<u64> = all.iter().map(|n| n.inode).collect();
         assert_eq!(inodes.len(), all.len(), "{all:?}");
+        // Each entry's file opens the namespace it names.
+        for n in &all {
+            if let Ok(target) = fs::read_link(&n.path) {
+                assert_eq!(
+                    target.to_string_lossy(),
+                    format!("net:[{}]", n.inode),
+                    "{n:?}"
+                );
+            }
+        }
+        // A namespace of another process (init's; the same as ours outside a container) is
+        // among them.
+        if let Ok(target) = fs::read_link("/proc/1/ns/net") {
+            let init = link_inode(Path::new("/proc/1/ns/net"));
+            assert!(inodes.contains(&init), "init's {target:?} missing: {all:?}");
+        }
     }
 }

@@ -115,8 +115,8 @@ mod tests {
 
     #[test]
     fn scans_a_fake_proc_tree_skipping_what_is_not_a_socket_or_a_process() {
-        let root = std::env::temp_dir().join(format!("netwatch-procfd-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
+        let scratch = crate::host::scratch::Scratch::new("procfd");
+        let root = scratch.path("proc");
         let add = |pid: &str, comm: Option<&str>, fds: &[(&str, &str)]| {
             let dir = root.join(pid);
             fs::create_dir_all(dir.join("fd")).unwrap();
@@ -145,7 +145,6 @@ mod tests {
         add("self", Some("nope"), &[("1", "socket:[999]")]);
         fs::create_dir_all(root.join("13")).unwrap(); // no fd dir: vanished or denied
         let owners = socket_owners_in(&root);
-        fs::remove_dir_all(&root).unwrap();
         let o = |pid, comm: &str, fd| FdOwner {
             pid,
             comm: comm.into(),

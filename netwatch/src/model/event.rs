@@ -738,13 +738,10 @@ mod tests {
         let ev = Event::decode(&raw(event_kind::STATE), &DecodeContext::default()).unwrap();
         let mut json = serde_json::to_value(&ev).unwrap();
         assert!(json.get("cgroup").is_none(), "{json}");
-        json["cgroup"] = "name=systemd:/system.slice/shop.service".into();
+        json["cgroup"] = "/system.slice/shop.service".into();
         let (back, cgroup) = Event::from_json_line(json.to_string().as_bytes()).unwrap();
         assert_eq!(back, ev);
-        assert_eq!(
-            cgroup.as_deref(),
-            Some("name=systemd:/system.slice/shop.service")
-        );
+        assert_eq!(cgroup.as_deref(), Some("/system.slice/shop.service"));
         // The derived reader ignores the key.
         let derived: Event = serde_json::from_value(json).unwrap();
         assert_eq!(derived, ev);

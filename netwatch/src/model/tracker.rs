@@ -1175,6 +1175,21 @@ mod tests {
     fn close_wait_sockets_and_their_ages() {
         let mut s = Stream::new();
         let l = (SERVER, 80);
+        // Neither counts: a socket first seen leaving CLOSE_WAIT for its successor state,
+        // LAST_ACK (it predates the trace), nor one seen entering CLOSE_WAIT and leaving it.
+        s.state(1, 0x300, Some(78), l, (CLIENT, 5002), CloseWait, LastAck);
+        s.state(1, 0x301, None, l, (CLIENT, 5003), Listen, SynRecv);
+        s.state(1, 0x301, None, l, (CLIENT, 5003), SynRecv, Established);
+        s.state(
+            1,
+            0x301,
+            Some(79),
+            l,
+            (CLIENT, 5003),
+            Established,
+            CloseWait,
+        );
+        s.state(1, 0x301, Some(79), l, (CLIENT, 5003), CloseWait, LastAck);
         for (i, sport) in [(0u64, 5000u16), (1, 5001)] {
             s.state(0, 0x200 + i, None, l, (CLIENT, sport), Listen, SynRecv);
             s.state(1, 0x200 + i, None, l, (CLIENT, sport), SynRecv, Established);
@@ -1188,8 +1203,8 @@ mod tests {
                 CloseWait,
             );
         }
-        // A socket first seen in CLOSE_WAIT's successor state does not count.
         let (_, t) = s.run(100);
+        assert!(t.socks.contains_key(&0x300) && t.socks.contains_key(&0x301));
         let now = t.now_ns() + 5_000_000_000;
         let mut cw = t.close_waits(now);
         cw.sort_by_key(|c| c.dport);

@@ -250,6 +250,7 @@ impl Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::scratch::Scratch;
 
     struct Collect(Vec<Event>);
     impl Sink for Collect {
@@ -305,27 +306,26 @@ mod tests {
         }
     }
 
-    fn tmp(name: &str) -> PathBuf {
-        std::env::temp_dir().join(format!(
-            "netwatch-record-test-{}-{name}",
-            std::process::id()
-        ))
+    /// A private directory (removed when the test ends, by a panic too) and a file in it.
+    fn tmp(name: &str) -> (Scratch, PathBuf) {
+        let scratch = Scratch::new(&format!("record-{name}"));
+        let path = scratch.path("events.jsonl");
+        (scratch, path)
     }
 
     #[test]
     fn a_recording_replays_the_same_events_and_summary() {
-        let path = tmp("ok");
+        let (_scratch, path) = tmp("ok");
         let live = write(&path, 5, true);
         let (evs, summary) = read_all(&path);
         assert_eq!(evs, live);
         assert_eq!(summary.unwrap().lost, 3);
         assert_eq!(Replay::open(&path).unwrap().header, header());
-        let _ = std::fs::remove_file(path);
     }
 
     #[test]
     fn a_file_cut_mid_line_names_the_line_after_the_events_before_it() {
-        let path = tmp("cut");
+        let (_scratch, path) = tmp("cut");
         write(&path, 5, true);
         let text = std::fs::read_to_string(&path).unwrap();
         // Keep the header, three events, and half of the fourth.
@@ -346,47 +346,43 @@ mod tests {
             msg.contains(": line 5: corrupt record: the line ends early"),
             "{msg}"
         );
-        let _ = std::fs::remove_file(path);
     }
 
     #[test]
     fn a_file_without_summary_is_truncated() {
-        let path = tmp("nosummary");
+        let (_scratch, path) = tmp("nosummary");
         write(&path, 4, false);
         let (evs, err) = read_all(&path);
         assert_eq!(evs.len(), 4);
         let msg = err.unwrap_err().to_string();
         assert!(msg.contains(": line 6: truncated"), "{msg}");
         assert!(msg.contains("4 events were read"), "{msg}");
-        let _ = std::fs::remove_file(path);
     }
 
     #[test]
     fn not_a_recording() {
-        let path = tmp("garbage");
+        let (_scratch, path) = tmp("garbage");
         std::fs::write(&path, "hello\n").unwrap();
         let msg = Replay::open(&path).err().unwrap().to_string();
         assert!(msg.contains(": line 1: not a netwatch recording"), "{msg}");
-        let _ = std::fs::remove_file(path);
     }
 
     #[test]
     fn a_recorded_cgroup_is_what_a_replay_names() {
         // What a live run wrote (its owner's cgroup then): this pid and id exist nowhere here.
-        let dir = std::env::temp_dir().join(format!("netwatch-cgroup-{}", std::process::id()));
+        let (_scratch, file) = tmp("cgroup");
         let mut ev = Event::test_state(1);
         (ev.pid, ev.cgroup_id) = (Some(3_999_999_999), Some(0xdead_beef));
         let mut line = serde_json::to_value(&ev).unwrap();
-        line["cgroup"] = "name=systemd:/system.slice/shop.service".into();
+        line["cgroup"] = "/system.slice/shop.service".into();
         let text = format!("{}\n{line}\n", serde_json::to_string(&header()).unwrap());
-        std::fs::write(&dir, text).unwrap();
-        let (evs, end) = read_all(&dir);
-        let _ = std::fs::remove_file(&dir);
+        std::fs::write(&file, text).unwrap();
+        let (evs, end) = read_all(&file);
         assert_eq!(evs, [ev.clone()]);
         assert!(end.is_err(), "no summary line: a cut recording");
         assert_eq!(
             crate::host::cgroup::owner_cgroup(ev.cgroup_id, ev.pid).as_deref(),
-            Some("name=systemd:/system.slice/shop.service")
+            Some("/system.slice/shop.service")
         );
         // Written again (a replay printing `trace --json`), it says the same.
         let mut out = Vec::new();

@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::{Mutex, OnceLock},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 mod http;
@@ -565,4 +565,118 @@ impl OpenSockets {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// The cgroup v2 path of `pid` (the `0::<path>` line of `/proc/<pid>/cgroup`).
+pub fn cgroup_v2_of(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+}
+
+/// Where the cgroup v2 hierarchy is mounted (the first `cgroup2` line of mountinfo).
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mount = left.split_whitespace().nth(4)?;
+        (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount))
+    })
+}
+
+/// A cgroup v2 directory the test created; on drop every process still in it is SIGKILLed
+/// and the directory removed (retrying, bounded, until the processes are gone).
+pub struct CgroupDir {
+    pub dir: PathBuf,
+    /// The path netwatch reports: relative to the mount, with a leading `/`.
+    pub rel: String,
+}
+
+impl CgroupDir {
+    pub fn create(mount: &Path, name: &str) -> CgroupDir {
+        let dir = mount.join(name);
+        // Left over by an earlier run of this pid that was killed: reuse it.
+        if !dir.is_dir() {
+            fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        }
+        CgroupDir {
+            dir,
+            rel: format!("/{name}"),
+        }
+    }
+
+    /// Moves process `pid` into this cgroup and checks that it is there.
+    pub fn add(&self, pid: u32) {
+        let procs = self.dir.join("cgroup.procs");
+        fs::write(&procs, pid.to_string())
+            .unwrap_or_else(|e| panic!("write {pid} to {}: {e}", procs.display()));
+        assert_eq!(cgroup_v2_of(pid).as_deref(), Some(self.rel.as_str()));
+    }
+
+    /// Makes `cmd`'s process join this cgroup between fork and exec (it writes `0`, meaning
+    /// itself, to `cgroup.procs`): it and all it runs are in the cgroup from their first
+    /// instruction, even behind `ip netns exec` (whose new sysfs hides the cgroup mount).
+    pub fn join_before_exec(&self, cmd: &mut Command) {
+        use std::os::unix::{ffi::OsStrExt as _, process::CommandExt as _};
+        let procs = self.dir.join("cgroup.procs");
+        let procs = std::ffi::CString::new(procs.as_os_str().as_bytes()).expect("no NUL");
+        // SAFETY: between fork and exec the closure makes only async-signal-safe calls (open,
+        // write, close) on memory prepared before the fork, and allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if written == 1 { Ok(()) } else { Err(err) }
+            });
+        }
+    }
+
+    pub fn pids(&self) -> Vec<i32> {
+        fs::read_to_string(self.dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for CgroupDir {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            for pid in self.pids() {
+                // SAFETY: kill(2) on a process the test moved into its own cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            match fs::remove_dir(&self.dir) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(e) if Instant::now() >= deadline => {
+                    eprintln!("netwatch-tests: rmdir {}: {e}", self.dir.display());
+                    return;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+/// The cgroup v2 mount, or `None` after skipping `test` loudly (and failing under `CI=true`,
+/// where every test must run).
+pub fn cgroup2_mount_or_skip(test: &str) -> Option<PathBuf> {
+    let mount = cgroup2_mount();
+    if mount.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test}: no cgroup2 hierarchy mounted, and CI=true"
+        );
+        eprintln!("\n*** SKIPPED {test}: no cgroup2 ***\n");
+    }
+    mount
 }

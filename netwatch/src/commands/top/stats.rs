@@ -242,7 +242,9 @@ impl Stats {
                 };
                 *slot(&mut self.counters.resets, (p, key), other_reset) += 1;
             }
-            EventKind::Retransmit { .. } => {
+            // A SYN-ACK sent again is a retransmitted segment too (nstat's TcpRetransSegs and
+            // TCPSynRetrans count it): owned by the listener, to the peer that sent the SYN.
+            EventKind::Retransmit { .. } | EventKind::SynackRetransmit { .. } => {
                 let p = proc(self);
                 *slot(
                     &mut self.counters.retransmits,
@@ -395,5 +397,24 @@ mod tests {
             MAX_KEYS as u64 + 100,
             "every segment is still counted"
         );
+    }
+
+    #[test]
+    fn synack_retransmits_count_as_retransmits_to_their_peer() {
+        let mut s = Stats::new();
+        let mut ev = Event::test_state(1);
+        ev.daddr = "10.0.0.1".parse().unwrap();
+        ev.kind = EventKind::Retransmit {
+            state: Some(TcpState::SynSent),
+            err: Some(0),
+        };
+        s.on_event(&ev);
+        ev.kind = EventKind::SynackRetransmit {
+            state: Some(TcpState::Listen),
+        };
+        s.on_event(&ev);
+        s.on_event(&ev);
+        let p = s.procs.id(ev.pid, ev.comm.as_deref());
+        assert_eq!(s.counters.retransmits[&(p, "10.0.0.1".to_string())], 3);
     }
 }
