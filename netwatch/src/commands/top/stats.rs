@@ -401,7 +401,7 @@ mod tests {
 
     #[test]
     fn synack_retransmits_count_as_retransmits_to_their_peer() {
-        let mut s = Stats::new();
+        let mut s = Stats::new(HostSettings::default());
         let mut ev = Event::test_state(1);
         ev.daddr = "10.0.0.1".parse().unwrap();
         ev.kind = EventKind::Retransmit {
