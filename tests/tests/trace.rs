@@ -441,12 +441,10 @@ fn root_stalled_reader_losses_are_counted_exactly() {
         .iter()
         .map(|c| dc[*c] + ds[*c])
         .sum::<u64>();
-    assert_eq!(
-        done.produced,
+    crate::support::assert_produced(
+        &done,
         CONNECTIONS * EVENTS_PER_CONNECTION + extra,
-        "produced is not what the workload made ({CONNECTIONS} connections, {extra} \
-         retransmits and resets): {}",
-        done.stderr
+        &format!("{CONNECTIONS} connections, {extra} retransmits and resets"),
     );
     assert_eq!(
         done.produced,
