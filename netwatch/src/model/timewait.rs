@@ -21,6 +21,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use foldhash::fast::RandomState;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
@@ -417,17 +418,21 @@ pub struct KernelOverflow {
     pub overflows: u64,
 }
 
+/// A map keyed by tuples: foldhash (seeded per process) rather than SipHash, on the
+/// per-event path.
+type FastMap<K, V> = HashMap<K, V, RandomState>;
+
 /// The table. `T` is the caller's process dimension (`()` when it needs none).
 pub struct TimeWaits<T> {
-    alive: HashMap<Tuple, Entry<T>>,
+    alive: FastMap<Tuple, Entry<T>>,
     expiry: BinaryHeap<Reverse<(u64, Tuple)>>,
     /// Tuples closed from FIN_WAIT or CLOSING whose birth has not arrived yet: (close time,
     /// time a new connection on the tuple was seen).
-    pending: HashMap<Tuple, (u64, Option<u64>)>,
+    pending: FastMap<Tuple, (u64, Option<u64>)>,
     pending_order: VecDeque<(u64, Tuple)>,
     dests: Vec<DestStats>,
-    dest_ids: HashMap<Destination, u32>,
-    by_tag: HashMap<(u32, T), u64>,
+    dest_ids: FastMap<Destination, u32>,
+    by_tag: FastMap<(u32, T), u64>,
     netns: HashMap<u32, NetnsStats>,
     default_settings: HostSettings,
     started_ns: Option<u64>,
@@ -440,13 +445,13 @@ impl<T: Clone + Eq + Hash + Default> TimeWaits<T> {
     /// `settings`: netwatch's own namespace's, used for a namespace not reconciled yet.
     pub fn new(settings: HostSettings) -> Self {
         Self {
-            alive: HashMap::new(),
+            alive: FastMap::default(),
             expiry: BinaryHeap::new(),
-            pending: HashMap::new(),
+            pending: FastMap::default(),
             pending_order: VecDeque::new(),
             dests: Vec::new(),
-            dest_ids: HashMap::new(),
-            by_tag: HashMap::new(),
+            dest_ids: FastMap::default(),
+            by_tag: FastMap::default(),
             netns: HashMap::new(),
             default_settings: settings,
             started_ns: None,
