@@ -10,6 +10,9 @@ use crate::model::{event::Family, filter, selection::Selection};
 pub const DEFAULT_MAX_PEERS: usize = 100;
 /// Distinct (comm, cgroup) label pairs by default (`--max-processes`).
 pub const DEFAULT_MAX_PROCESSES: usize = 500;
+/// How long a (comm, cgroup) label pair may go unseen before its series are removed
+/// (`--label-ttl`).
+pub const DEFAULT_LABEL_TTL: Duration = Duration::from_secs(600);
 
 #[derive(Parser, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -216,9 +219,13 @@ pub struct ServeArgs {
     /// Most peers labelled; later ones count under peer="other"
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PEERS)]
     pub max_peers: usize,
-    /// Most (comm, cgroup) label pairs; later ones count under comm="other"
+    /// Most live (comm, cgroup) label pairs; later ones count under comm="other"
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PROCESSES)]
     pub max_processes: usize,
+    /// Remove the series of a (comm, cgroup) pair not seen for this long (no connection of
+    /// its ended, no socket of its in CLOSE_WAIT or TIME_WAIT)
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub label_ttl: Duration,
     #[command(flatten)]
     pub filter: FilterArgs,
     #[command(flatten)]

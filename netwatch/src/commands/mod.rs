@@ -98,6 +98,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         peer_labels: args.peer_labels,
         max_peers: args.max_peers,
         max_processes: args.max_processes,
+        label_ttl: args.label_ttl,
     };
     let max = args.tracker.max_sockets;
     let result = run::live(live, |header| {
