@@ -210,9 +210,22 @@ pub struct ReportArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// Address to serve /metrics and /healthz on
-    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9750")]
+    /// Address to serve /metrics and /healthz on (`--listen` is the same flag)
+    #[arg(
+        long = "web.listen-address",
+        visible_alias = "listen",
+        value_name = "ADDR:PORT",
+        default_value = "127.0.0.1:9750"
+    )]
     pub listen: std::net::SocketAddr,
+    /// Serve on the socket systemd passed (socket activation: LISTEN_FDS, LISTEN_PID)
+    /// instead of binding --web.listen-address
+    #[arg(long = "web.systemd-socket")]
+    pub systemd_socket: bool,
+    /// TLS and basic auth, from a web config file in the format of Prometheus exporters
+    /// (tls_server_config: cert_file, key_file; basic_auth_users: bcrypt hashes)
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<std::path::PathBuf>,
     /// Label connects and retransmits with the peer (remote address)
     #[arg(long)]
     pub peer_labels: bool,

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod report;
 pub mod top;
 pub mod trace;
+pub mod web_config;
 
 use std::io::{self, BufWriter, Stdout, Write};
 
@@ -83,17 +84,36 @@ pub async fn life(args: LifeArgs) -> anyhow::Result<()> {
 /// stream stops.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (live, selection) = live_options(&args.run, &args.filter, false, &args.tracker)?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
-    let addr = listener.local_addr().unwrap_or(args.listen);
+    let web = match &args.web_config_file {
+        Some(path) => web_config::WebConfig::load(path)?,
+        None => web_config::WebConfig::default(),
+    };
+    let listener = if args.systemd_socket {
+        let std = crate::host::systemd::listener()
+            .context("--web.systemd-socket: taking the socket systemd passed")?;
+        tokio::net::TcpListener::from_std(std).context("--web.systemd-socket")?
+    } else {
+        tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?
+    };
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| args.listen.to_string(), |a| a.to_string());
+    let scheme = if web.tls.is_some() { "https" } else { "http" };
+    let auth = if web.requires_auth() {
+        " (basic auth; /healthz open)"
+    } else {
+        ""
+    };
     let exporter = Exporter::new();
     let server = tokio::spawn(http::serve(
         listener,
         exporter.routes(),
         http::Limits::default(),
+        web,
     ));
-    eprintln!("netwatch: serving http://{addr}/metrics and /healthz");
+    eprintln!("netwatch: serving {scheme}://{addr}/metrics and /healthz{auth}");
     let caps = metrics::LabelCaps {
         peer_labels: args.peer_labels,
         max_peers: args.max_peers,
