@@ -455,10 +455,15 @@ mod tests {
     /// A CA, and a certificate it signed for `localhost` and 127.0.0.1, as PEM files in
     /// `dir`: (CA certificate, server certificate, server key).
     fn certificates(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path::PathBuf) {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Not the default name the server's certificate gets too: OpenSSL would take the
+        // server's for self-signed.
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "netwatch test CA");
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca_params, ca_key);
         let key = KeyPair::generate().unwrap();
