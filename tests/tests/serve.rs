@@ -68,6 +68,12 @@ struct Prometheus {
 impl Prometheus {
     /// Starts it scraping `target` every second and waits (bounded) until it is ready.
     fn start(target: SocketAddr) -> Prometheus {
+        Self::start_job(target, "")
+    }
+
+    /// [`Prometheus::start`], with more settings for the scrape job (`job` is YAML at the
+    /// job's indentation: scheme, tls_config, basic_auth).
+    fn start_job(target: SocketAddr, job: &str) -> Prometheus {
         assert!(
             Path::new(PROMETHEUS).is_file(),
             "{PROMETHEUS} is missing: `cargo xtask setup` installs Debian's prometheus package"
@@ -83,7 +89,7 @@ impl Prometheus {
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: netwatch\n    static_configs:\n      - targets: ['{target}']\n"
+                 scrape_configs:\n  - job_name: netwatch\n{job}    static_configs:\n      - targets: ['{target}']\n"
             ),
         )
         .expect("prometheus.yml");
@@ -806,6 +812,30 @@ fn root_serve_over_tls_with_basic_auth_and_least_privilege() {
         code == 0 && exit != 0,
         "plain HTTP answered {code} (curl exit {exit})"
     );
+
+    // A real Prometheus, configured as deploy/prometheus.yml is, scrapes it; with a wrong
+    // password its target is down with a 401.
+    let job = |password: &str| {
+        fs::write(dir.join("password"), password).unwrap();
+        format!(
+            "    scheme: https\n    tls_config:\n      ca_file: {ca}\n    basic_auth:\n      username: prometheus\n      password_file: {}\n",
+            dir.join("password").display()
+        )
+    };
+    let prom = Prometheus::start_job(nw, &job("s3cret"));
+    let up = prom.wait_value(r#"up{job="netwatch"}"#, 1.0);
+    assert_eq!(up, 1.0, "{:?}\n{}", prom.target_health(), prom.log());
+    assert_eq!(prom.wait_value("count(netwatch_build_info)", 1.0), 1.0);
+    drop(prom);
+    let prom = Prometheus::start_job(nw, &job("wrong"));
+    let mut health = prom.target_health();
+    poll(Duration::from_secs(30), || {
+        health = prom.target_health();
+        (health.0 == "down").then_some(())
+    });
+    assert_eq!(health.0, "down", "{health:?}");
+    assert!(health.1.contains("401"), "{health:?}");
+    drop(prom);
     drop(serve);
 
     // trace keeps nothing at all.
@@ -814,4 +844,45 @@ fn root_serve_over_tls_with_basic_auth_and_least_privilege() {
     assert!(caps.iter().all(|&c| c == (0, 0)), "{caps:x?}");
     drop(trace);
     let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn root_serve_takes_its_socket_from_systemd() {
+    if !require_root("root_serve_takes_its_socket_from_systemd") {
+        return;
+    }
+    let nw = SocketAddr::from((Ipv4Addr::LOCALHOST, unique_port()));
+    // systemd-socket-activate binds the address and execs netwatch with it as fd 3
+    // (LISTEN_FDS=1, LISTEN_PID its own pid, which netwatch then has).
+    let mut child = Command::new("systemd-socket-activate")
+        .args(["-l", &nw.to_string()])
+        .arg(netwatch_tests::netwatch_bin())
+        .args(["serve", "--web.systemd-socket"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "systemd-socket-activate (Debian's systemd package, installed by `cargo xtask setup`)",
+        );
+    let healthy = poll(Duration::from_secs(60), || {
+        http(
+            nw,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .ok()
+        .filter(|r| r.status == 200)
+    });
+    let metrics = get(nw, "/metrics");
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(healthy.is_some(), "no 200 from /healthz in 60 s:\n{stderr}");
+    assert_eq!(metrics.status, 200, "{metrics:?}");
+    assert!(metrics.body.ends_with("# EOF\n"), "{metrics:?}");
+    assert!(
+        stderr.contains(&format!("serving http://{nw}/metrics")),
+        "{stderr}"
+    );
 }

@@ -57,6 +57,11 @@ const DEB_PACKAGES: &[(&str, &str)] = &[
         "curl",
         "an HTTPS client that checks certificates, in the serve tests",
     ),
+    // systemd-socket-activate: the serve test of --web.systemd-socket (socket activation).
+    (
+        "systemd",
+        "systemd-socket-activate, passing serve its socket in the tests",
+    ),
     // The live view's tests drive `netwatch top` in a detached tmux (send-keys, capture-pane).
     ("tmux", "driving `netwatch top` in a terminal in the tests"),
     // `cargo xtask vm-test` boots Debian's kernels: qemu, an initramfs packed with cpio,
