@@ -68,6 +68,12 @@ struct Prometheus {
 impl Prometheus {
     /// Starts it scraping `target` every second and waits (bounded) until it is ready.
     fn start(target: SocketAddr) -> Prometheus {
+        Self::start_job(target, "")
+    }
+
+    /// [`Prometheus::start`], with more settings for the scrape job (`job` is YAML at the
+    /// job's indentation: scheme, tls_config, basic_auth).
+    fn start_job(target: SocketAddr, job: &str) -> Prometheus {
         assert!(
             Path::new(PROMETHEUS).is_file(),
             "{PROMETHEUS} is missing: `cargo xtask setup` installs Debian's prometheus package"
@@ -83,7 +89,7 @@ impl Prometheus {
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: netwatch\n    static_configs:\n      - targets: ['{target}']\n"
+                 scrape_configs:\n  - job_name: netwatch\n{job}    static_configs:\n      - targets: ['{target}']\n"
             ),
         )
         .expect("prometheus.yml");
@@ -728,4 +734,235 @@ fn root_serve_rejects_bad_requests_without_slowing_tracing() {
         traced_step("SYN_SENT->ESTABLISHED")
     );
     assert_eq!(sum_of(&metrics, "netwatch_events_lost_total"), 0.0);
+}
+
+/// A CA and a server certificate it signed for 127.0.0.1 and `localhost`, written to `dir`:
+/// (ca.pem, server.pem, server.key).
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    fs::create_dir_all(dir).unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Not the default name the server's certificate gets too: OpenSSL would take the
+    // server's for self-signed.
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "netwatch test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    fs::write(&paths.0, ca.pem()).unwrap();
+    fs::write(&paths.1, cert.pem()).unwrap();
+    fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+/// `curl` with `args`: (HTTP status, or 0 when no HTTP answer came; curl's exit code).
+fn curl(args: &[&str]) -> (u16, i32) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
+        .args(args)
+        .output()
+        .expect("curl (installed by `cargo xtask setup`)");
+    let code = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    (code, out.status.code().unwrap_or(-1))
+}
+
+/// CapEff and CapPrm of every thread of `pid`.
+fn thread_caps(pid: i32) -> Vec<(u64, u64)> {
+    let mut caps = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let Ok(status) = fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+                .unwrap()
+        };
+        caps.push((field("CapEff:"), field("CapPrm:")));
+    }
+    caps
+}
+
+/// Waits (at most 10 s) until every thread of `pid` holds exactly `want`; returns what they
+/// hold.
+fn caps_settle(pid: i32, want: u64) -> Vec<(u64, u64)> {
+    let mut seen = Vec::new();
+    poll(Duration::from_secs(10), || {
+        seen = thread_caps(pid);
+        seen.iter().all(|&c| c == (want, want)).then_some(())
+    });
+    seen
+}
+
+const CAP_SYS_PTRACE: u64 = 1 << 19;
+const CAP_SYS_ADMIN: u64 = 1 << 21;
+
+#[test]
+fn root_serve_over_tls_with_basic_auth_and_least_privilege() {
+    if !require_root("root_serve_over_tls_with_basic_auth_and_least_privilege") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("netwatch-serve-tls-{}", std::process::id()));
+    let (ca, cert, key) = certificates(&dir);
+    let hash = bcrypt::hash("s3cret", 6).unwrap();
+    let config = dir.join("web-config.yml");
+    fs::write(
+        &config,
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\nbasic_auth_users:\n  prometheus: '{hash}'\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let nw = SocketAddr::from((Ipv4Addr::LOCALHOST, unique_port()));
+    let listen = nw.to_string();
+    let serve = Tracer::start(&[
+        "serve",
+        "--web.listen-address",
+        &listen,
+        "--web.config.file",
+        config.to_str().unwrap(),
+    ]);
+
+    // Once attached, serve holds CAP_SYS_PTRACE and CAP_SYS_ADMIN (TIME_WAIT reconciliation
+    // in every namespace), and nothing else, on every thread.
+    let want = CAP_SYS_PTRACE | CAP_SYS_ADMIN;
+    let caps = caps_settle(serve.pid(), want);
+    assert!(
+        caps.iter().all(|&c| c == (want, want)),
+        "{caps:x?}\n{}",
+        serve.stderr_lines().join("\n")
+    );
+
+    let url = format!("https://{nw}/metrics");
+    let ca = ca.to_str().unwrap();
+    // A client that checks the certificate against the CA scrapes with the right password.
+    assert_eq!(
+        curl(&["--cacert", ca, "-u", "prometheus:s3cret", &url]),
+        (200, 0)
+    );
+    let body = Command::new("curl")
+        .args(["-sS", "--cacert", ca, "-u", "prometheus:s3cret", &url])
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&body.stdout).into_owned();
+    assert!(body.contains("netwatch_build_info{"), "{body}");
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    // A wrong password, or none: 401.
+    assert_eq!(
+        curl(&["--cacert", ca, "-u", "prometheus:wrong", &url]).0,
+        401
+    );
+    assert_eq!(curl(&["--cacert", ca, &url]).0, 401);
+    // /healthz answers without a password.
+    assert_eq!(
+        curl(&["--cacert", ca, &format!("https://{nw}/healthz")]).0,
+        200
+    );
+    // Without the CA the certificate is refused; plain HTTP to the TLS port gets no answer.
+    assert_eq!(curl(&["-u", "prometheus:s3cret", &url]).0, 0);
+    let (code, exit) = curl(&["-u", "prometheus:s3cret", &format!("http://{nw}/metrics")]);
+    assert!(
+        code == 0 && exit != 0,
+        "plain HTTP answered {code} (curl exit {exit})"
+    );
+
+    // A real Prometheus, configured as deploy/prometheus.yml is, scrapes it; with a wrong
+    // password its target is down with a 401.
+    let job = |password: &str| {
+        fs::write(dir.join("password"), password).unwrap();
+        format!(
+            "    scheme: https\n    tls_config:\n      ca_file: {ca}\n    basic_auth:\n      username: prometheus\n      password_file: {}\n",
+            dir.join("password").display()
+        )
+    };
+    let prom = Prometheus::start_job(nw, &job("s3cret"));
+    let up = prom.wait_value(r#"up{job="netwatch"}"#, 1.0);
+    assert_eq!(up, 1.0, "{:?}\n{}", prom.target_health(), prom.log());
+    assert_eq!(prom.wait_value("count(netwatch_build_info)", 1.0), 1.0);
+    drop(prom);
+    let prom = Prometheus::start_job(nw, &job("wrong"));
+    let mut health = prom.target_health();
+    poll(Duration::from_secs(30), || {
+        health = prom.target_health();
+        (health.0 == "down").then_some(())
+    });
+    assert_eq!(health.0, "down", "{health:?}");
+    assert!(health.1.contains("401"), "{health:?}");
+    drop(prom);
+    drop(serve);
+
+    // trace keeps nothing at all.
+    let trace = Tracer::start(&["trace", "--json"]);
+    let caps = caps_settle(trace.pid(), 0);
+    assert!(caps.iter().all(|&c| c == (0, 0)), "{caps:x?}");
+    drop(trace);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn root_serve_takes_its_socket_from_systemd() {
+    if !require_root("root_serve_takes_its_socket_from_systemd") {
+        return;
+    }
+    let nw = SocketAddr::from((Ipv4Addr::LOCALHOST, unique_port()));
+    // systemd-socket-activate binds the address and execs netwatch with it as fd 3
+    // (LISTEN_FDS=1, LISTEN_PID its own pid, which netwatch then has).
+    let mut child = Command::new("systemd-socket-activate")
+        .args(["-l", &nw.to_string()])
+        .arg(netwatch_tests::netwatch_bin())
+        .args(["serve", "--web.systemd-socket"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "systemd-socket-activate (Debian's systemd package, installed by `cargo xtask setup`)",
+        );
+    let healthy = poll(Duration::from_secs(60), || {
+        http(
+            nw,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .ok()
+        .filter(|r| r.status == 200)
+    });
+    let metrics = get(nw, "/metrics");
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(healthy.is_some(), "no 200 from /healthz in 60 s:\n{stderr}");
+    assert_eq!(metrics.status, 200, "{metrics:?}");
+    assert!(metrics.body.ends_with("# EOF\n"), "{metrics:?}");
+    assert!(
+        stderr.contains(&format!("serving http://{nw}/metrics")),
+        "{stderr}"
+    );
 }

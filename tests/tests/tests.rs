@@ -16,7 +16,8 @@ mod lifecycle;
 mod robustness;
 // 200,000 live sockets at once, every one attributed to the process that held it.
 mod scale;
-// `serve`'s metrics, scraped by Prometheus, equal a known workload; bad requests get answers.
+// `serve`'s metrics, scraped by Prometheus, equal a known workload; bad requests get answers;
+// TLS and basic auth from a web config; the capabilities kept after attach.
 mod serve;
 // The stack captured at accept() names the accepting function, its source line and callers.
 mod stacks;

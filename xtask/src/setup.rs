@@ -52,6 +52,16 @@ const DEB_PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "a real Prometheus server scraping `netwatch serve` in the tests",
     ),
+    // The TLS test of `netwatch serve` scrapes with curl, checking the certificate.
+    (
+        "curl",
+        "an HTTPS client that checks certificates, in the serve tests",
+    ),
+    // systemd-socket-activate: the serve test of --web.systemd-socket (socket activation).
+    (
+        "systemd",
+        "systemd-socket-activate, passing serve its socket in the tests",
+    ),
     // The live view's tests drive `netwatch top` in a detached tmux (send-keys, capture-pane).
     ("tmux", "driving `netwatch top` in a terminal in the tests"),
     // `cargo xtask vm-test` boots Debian's kernels: qemu, an initramfs packed with cpio,

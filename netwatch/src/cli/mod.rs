@@ -10,6 +10,9 @@ use crate::model::{event::Family, filter, selection::Selection};
 pub const DEFAULT_MAX_PEERS: usize = 100;
 /// Distinct (comm, cgroup) label pairs by default (`--max-processes`).
 pub const DEFAULT_MAX_PROCESSES: usize = 500;
+/// How long a (comm, cgroup) label pair may go unseen before its series are removed
+/// (`--label-ttl`).
+pub const DEFAULT_LABEL_TTL: Duration = Duration::from_secs(600);
 
 #[derive(Parser, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -207,18 +210,35 @@ pub struct ReportArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// Address to serve /metrics and /healthz on
-    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9750")]
+    /// Address to serve /metrics and /healthz on (`--listen` is the same flag)
+    #[arg(
+        long = "web.listen-address",
+        visible_alias = "listen",
+        value_name = "ADDR:PORT",
+        default_value = "127.0.0.1:9750"
+    )]
     pub listen: std::net::SocketAddr,
+    /// Serve on the socket systemd passed (socket activation: LISTEN_FDS, LISTEN_PID)
+    /// instead of binding --web.listen-address
+    #[arg(long = "web.systemd-socket")]
+    pub systemd_socket: bool,
+    /// TLS and basic auth, from a web config file in the format of Prometheus exporters
+    /// (tls_server_config: cert_file, key_file; basic_auth_users: bcrypt hashes)
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<std::path::PathBuf>,
     /// Label connects and retransmits with the peer (remote address)
     #[arg(long)]
     pub peer_labels: bool,
     /// Most peers labelled; later ones count under peer="other"
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PEERS)]
     pub max_peers: usize,
-    /// Most (comm, cgroup) label pairs; later ones count under comm="other"
+    /// Most live (comm, cgroup) label pairs; later ones count under comm="other"
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PROCESSES)]
     pub max_processes: usize,
+    /// Remove the series of a (comm, cgroup) pair not seen for this long (no connection of
+    /// its ended, no socket of its in CLOSE_WAIT or TIME_WAIT)
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub label_ttl: Duration,
     #[command(flatten)]
     pub filter: FilterArgs,
     #[command(flatten)]

@@ -1,40 +1,57 @@
-//! A tiny HTTP/1.1 server for `netwatch serve`: GET only, one request per connection
-//! (`Connection: close`), one task per connection on the caller's tokio runtime.
+//! The HTTP server of `netwatch serve`, on hyper: GET only, one request per connection
+//! (`Connection: close`), one task per connection on the caller's tokio runtime, over TLS and
+//! behind basic authentication when the web config asks ([`WebConfig`]).
 //!
 //! It is built to stay out of the event stream's way: every read and write is asynchronous
 //! and bounded in time ([`Limits::read_timeout`]) and size ([`Limits::max_header_bytes`]),
 //! at most [`Limits::max_connections`] requests are served at once (more get `503` at once),
-//! and the only work done for a request is the route's (encoding the metrics).
+//! and the only work done for a request is the route's (encoding the metrics) and checking
+//! the password (bcrypt, on the blocking pool).
 //!
 //! Answers: the route's response for `GET` of a path it knows; `404` for a path it does not
-//! know; `405` for any other method; `400` for a request line or header it cannot read; `408`
-//! when the request head has not arrived within the read timeout; `431` when the request head
-//! is larger than the limit; `503` past the connection limit.
+//! know; `405` for any other method; `401` without the right user and password (except
+//! `/healthz`, which tells nothing but whether tracing runs); `400` for a request hyper cannot
+//! read; `408` when the request head has not arrived within the read timeout; `431` when the
+//! request head is larger than the limit; `503` past the connection limit.
 use std::{
+    convert::Infallible,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
+use http_body_util::Full;
+use hyper::{
+    StatusCode,
+    body::{Bytes, Incoming},
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     time::timeout,
 };
 
+use crate::commands::web_config::WebConfig;
+
 /// What the server tolerates.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Largest request head (request line and headers, with the blank line) read.
+    /// Largest request head (request line and headers, with the blank line) read; at least
+    /// 8 KiB (hyper's smallest buffer).
     pub max_header_bytes: usize,
     /// Requests served at once; a connection past it gets `503 Service Unavailable`.
     pub max_connections: usize,
     /// Connections being turned away (503) at once; past it a connection gets its 503
     /// without waiting and is closed at once (a reset may follow it if the request came in).
     pub max_rejecting: usize,
-    /// How long a client has to send its request head, and to take the response.
+    /// How long a client has to finish the TLS handshake, to send its request head, and to
+    /// take the response.
     pub read_timeout: Duration,
     /// How long, after answering, unread request bytes are drained before closing (closing
     /// with unread data would send a reset, which can destroy the response in flight).
@@ -53,7 +70,7 @@ impl Default for Limits {
     }
 }
 
-/// One response; always sent with `Content-Length` and `Connection: close`.
+/// One response of a route.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
@@ -72,26 +89,60 @@ impl Response {
 
     /// A plain-text answer whose body is the reason phrase.
     pub fn plain(status: u16) -> Self {
+        let reason = StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("unknown");
         Self::new(
             status,
             "text/plain; charset=utf-8",
-            format!("{}\n", reason(status).to_lowercase()),
+            format!("{}\n", reason.to_lowercase()),
         )
     }
 
-    /// The bytes on the wire.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    /// The answer as hyper sends it, with the headers its status calls for.
+    fn into_hyper(self) -> hyper::Response<Full<Bytes>> {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = hyper::Response::new(Full::new(Bytes::from(self.body)));
+        *r.status_mut() = status;
+        let headers = r.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(self.content_type),
+        );
+        match self.status {
+            401 => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"netwatch\""),
+                );
+            }
+            405 => {
+                headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
+            }
+            503 => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        r
+    }
+
+    /// The bytes on the wire, for the answers sent without hyper: a 503 to a connection past
+    /// the limit, a 408 to a request head that did not arrive in time.
+    fn to_bytes(&self) -> Vec<u8> {
+        let reason = StatusCode::from_u16(self.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Unknown");
         let mut head = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
             self.status,
-            reason(self.status),
             self.content_type,
             self.body.len()
         );
-        match self.status {
-            405 => head.push_str("Allow: GET\r\n"),
-            503 => head.push_str("Retry-After: 1\r\n"),
-            _ => {}
+        if self.status == 503 {
+            head.push_str("Retry-After: 1\r\n");
         }
         head.push_str("\r\n");
         let mut bytes = head.into_bytes();
@@ -100,101 +151,37 @@ impl Response {
     }
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
-}
-
-/// A request line that was read whole.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Request<'a> {
-    pub method: &'a str,
-    /// The path without its query string.
-    pub path: &'a str,
-}
-
-/// What a buffer holding the start of a request amounts to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Parse<'a> {
-    /// The head has not ended yet: read more.
-    Incomplete,
-    /// The head is (or would be) longer than the limit.
-    TooLarge,
-    /// Not HTTP/1.x as this server reads it.
-    Bad(&'static str),
-    Request(Request<'a>),
-}
-
-/// The end of the request head in `buf`: the index just past its blank line.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    // CRLF CRLF by the book; bare LF LF tolerated (RFC 9112 section 2.2).
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// Reads the request head at the start of `buf` (at most `max` bytes of it).
-pub fn parse(buf: &[u8], max: usize) -> Parse<'_> {
-    let end = match head_end(&buf[..buf.len().min(max)]) {
-        Some(end) => end,
-        None if buf.len() >= max => return Parse::TooLarge,
-        None => return Parse::Incomplete,
-    };
-    let Ok(head) = std::str::from_utf8(&buf[..end]) else {
-        return Parse::Bad("request head is not UTF-8");
-    };
-    let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    let line = lines.next().unwrap_or_default();
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Parse::Bad("request line is not METHOD TARGET VERSION");
-    };
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Parse::Bad("bad method");
-    }
-    if !version.starts_with("HTTP/1.") {
-        return Parse::Bad("not HTTP/1.x");
-    }
-    // origin-form (`/metrics?x=1`) or absolute-form (`http://host:port/metrics`).
-    let path = match target.strip_prefix("http://") {
-        Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
-        None if target.starts_with('/') => target,
-        None => return Parse::Bad("request target is not a path"),
-    };
-    let path = path.split(['?', '#']).next().unwrap_or(path);
-    for header in lines.take_while(|l| !l.is_empty()) {
-        match header.split_once(':') {
-            Some((name, _)) if !name.is_empty() && !name.contains([' ', '\t']) => {}
-            _ => return Parse::Bad("malformed header line"),
-        }
-    }
-    Parse::Request(Request { method, path })
-}
-
-/// Answers a request: the route's response for a GET it knows, 404 or 405 otherwise.
-pub fn respond(req: &Request<'_>, route: &dyn Fn(&str) -> Option<Response>) -> Response {
-    if req.method != "GET" {
-        return Response::plain(405);
-    }
-    route(req.path).unwrap_or_else(|| Response::plain(404))
-}
-
 /// The routes: GET of a path to its response, `None` for a path not served.
 pub type Route = Arc<dyn Fn(&str) -> Option<Response> + Send + Sync>;
+
+/// The paths answered without a user and password.
+const OPEN_PATHS: &[&str] = &["/healthz"];
+
+/// Answers one request: 401, 405, the route's answer or 404.
+async fn answer(
+    req: hyper::Request<Incoming>,
+    route: &Route,
+    web: &WebConfig,
+) -> hyper::Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if !OPEN_PATHS.contains(&path)
+        && !web
+            .authorized(
+                req.headers()
+                    .get(header::AUTHORIZATION)
+                    .map(HeaderValue::as_bytes),
+            )
+            .await
+    {
+        return Response::plain(401).into_hyper();
+    }
+    if req.method() != hyper::Method::GET {
+        return Response::plain(405).into_hyper();
+    }
+    route(path)
+        .unwrap_or_else(|| Response::plain(404))
+        .into_hyper()
+}
 
 /// Counts a live connection of one kind while it exists.
 struct Slot(Arc<AtomicUsize>);
@@ -217,9 +204,28 @@ impl Drop for Slot {
     }
 }
 
+/// A connection, plain or TLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// The connection as the web config wants it: the TCP stream itself, or TLS over it once the
+/// handshake is done (`None` if it fails: plain HTTP to a TLS port ends here).
+async fn open(stream: TcpStream, web: &WebConfig) -> Option<Box<dyn Stream>> {
+    match &web.tls {
+        None => Some(Box::new(stream)),
+        Some(acceptor) => match acceptor.accept(stream).await {
+            Ok(tls) => Some(Box::new(tls)),
+            Err(e) => {
+                log::debug!("metrics server: TLS handshake: {e}");
+                None
+            }
+        },
+    }
+}
+
 /// Accepts connections until the task is aborted; never returns.
-pub async fn serve(listener: TcpListener, route: Route, limits: Limits) {
-    serve_counted(listener, route, limits, Arc::default()).await;
+pub async fn serve(listener: TcpListener, route: Route, limits: Limits, web: WebConfig) {
+    serve_counted(listener, route, limits, web, Arc::default()).await;
 }
 
 /// [`serve`], with `active` counting the connections being served (the tests watch it).
@@ -227,6 +233,7 @@ async fn serve_counted(
     listener: TcpListener,
     route: Route,
     limits: Limits,
+    web: WebConfig,
     active: Arc<AtomicUsize>,
 ) {
     let rejecting = Arc::new(AtomicUsize::new(0));
@@ -242,72 +249,81 @@ async fn serve_counted(
             }
         };
         if let Some(slot) = Slot::take(&active, limits.max_connections) {
-            let route = Arc::clone(&route);
+            let (route, web) = (Arc::clone(&route), web.clone());
             tokio::spawn(async move {
-                handle(stream, route, limits).await;
+                if let Ok(Some(stream)) = timeout(limits.read_timeout, open(stream, &web)).await {
+                    handle(stream, route, web, limits).await;
+                }
                 drop(slot);
             });
         } else if let Some(slot) = Slot::take(&rejecting, limits.max_rejecting) {
+            let web = web.clone();
             tokio::spawn(async move {
-                let _ = timeout(
-                    limits.read_timeout,
-                    finish(stream, &Response::plain(503), limits),
-                )
+                let _ = timeout(limits.read_timeout, async {
+                    if let Some(stream) = open(stream, &web).await {
+                        finish(stream, Some(&Response::plain(503)), limits).await;
+                    }
+                })
                 .await;
                 drop(slot);
             });
-        } else {
+        } else if web.tls.is_none() {
             // Too many even to turn away politely: the 503 goes into the fresh socket's empty
             // send buffer without waiting, and the close follows at once.
             log::debug!("metrics server: too many connections: one turned away at once");
             let _ = stream.try_write(&Response::plain(503).to_bytes());
+        } else {
+            log::debug!("metrics server: too many connections: one closed at once");
         }
     }
 }
 
-/// Reads one request head, answers it, closes.
-async fn handle(mut stream: TcpStream, route: Route, limits: Limits) {
-    let mut buf = Vec::with_capacity(1024);
-    let read = timeout(limits.read_timeout, async {
-        let mut chunk = [0u8; 2048];
-        loop {
-            match parse(&buf, limits.max_header_bytes) {
-                Parse::Incomplete => {}
-                Parse::TooLarge => return Some(Response::plain(431)),
-                Parse::Bad(why) => {
-                    log::debug!("metrics server: bad request: {why}");
-                    return Some(Response::plain(400));
-                }
-                Parse::Request(req) => return Some(respond(&req, &*route)),
-            }
-            match stream.read(&mut chunk).await {
-                Ok(0) => return None, // the client left before asking
-                Err(e) => {
-                    log::debug!("metrics server: reading a request: {e}");
-                    return None;
-                }
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await;
-    let response = match read {
-        Ok(Some(r)) => r,
-        Ok(None) => return,
-        Err(_elapsed) => Response::plain(408),
+/// Serves one request with hyper, then closes; a request head that has not arrived within
+/// the read timeout gets a 408.
+async fn handle(mut stream: Box<dyn Stream>, route: Route, web: WebConfig, limits: Limits) {
+    let asked = Arc::new(AtomicBool::new(false));
+    let served = {
+        let asked = Arc::clone(&asked);
+        let service = service_fn(move |req| {
+            asked.store(true, Ordering::Release);
+            let (route, web) = (Arc::clone(&route), web.clone());
+            async move { Ok::<_, Infallible>(answer(req, &route, &web).await) }
+        });
+        let conn = http1::Builder::new()
+            .keep_alive(false)
+            .title_case_headers(true)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .header_read_timeout(None)
+            .serve_connection(TokioIo::new(&mut stream), service);
+        timeout(limits.read_timeout, conn).await
     };
-    let _ = timeout(limits.read_timeout, finish(stream, &response, limits)).await;
+    match served {
+        Ok(Ok(())) => finish(stream, None, limits).await,
+        Ok(Err(e)) => {
+            log::debug!("metrics server: {e}");
+            finish(stream, None, limits).await;
+        }
+        Err(_elapsed) if !asked.load(Ordering::Acquire) => {
+            let _ = timeout(
+                limits.read_timeout,
+                finish(stream, Some(&Response::plain(408)), limits),
+            )
+            .await;
+        }
+        Err(_elapsed) => log::debug!("metrics server: a client took too long to take its answer"),
+    }
 }
 
-/// Writes the response, ends our side, and reads what the client still sends (a bounded
-/// while) so that closing does not turn into a reset.
-async fn finish(mut stream: TcpStream, response: &Response, limits: Limits) {
-    if stream.write_all(&response.to_bytes()).await.is_err() {
+/// Writes `response` (when there is one), ends our side, and reads what the client still
+/// sends (a bounded while) so that closing does not turn into a reset.
+async fn finish(mut stream: Box<dyn Stream>, response: Option<&Response>, limits: Limits) {
+    if let Some(r) = response
+        && stream.write_all(&r.to_bytes()).await.is_err()
+    {
         return;
     }
-    if stream.shutdown().await.is_err() {
-        return;
-    }
+    // hyper may have ended our side already.
+    let _ = stream.shutdown().await;
     let _ = timeout(limits.linger, async {
         let mut scratch = [0u8; 4096];
         let mut left: usize = 256 * 1024;
@@ -327,114 +343,14 @@ mod tests {
 
     use super::*;
 
-    const MAX: usize = 8192;
-
-    fn request(head: &str) -> Parse<'_> {
-        parse(head.as_bytes(), MAX)
-    }
-
-    #[test]
-    fn parses_a_request_line_and_headers() {
-        assert_eq!(
-            request("GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n"),
-            Parse::Request(Request {
-                method: "GET",
-                path: "/metrics"
-            })
-        );
-        // Query strings are not part of the path; bare LF line ends are read too.
-        assert_eq!(
-            request("GET /healthz?verbose=1 HTTP/1.0\n\n"),
-            Parse::Request(Request {
-                method: "GET",
-                path: "/healthz"
-            })
-        );
-        assert_eq!(
-            request("GET http://node1:9750/metrics HTTP/1.1\r\n\r\n"),
-            Parse::Request(Request {
-                method: "GET",
-                path: "/metrics"
-            })
-        );
-        assert_eq!(
-            request("POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"),
-            Parse::Request(Request {
-                method: "POST",
-                path: "/metrics"
-            })
-        );
-    }
-
-    #[test]
-    fn waits_for_the_end_of_the_head() {
-        assert_eq!(request(""), Parse::Incomplete);
-        assert_eq!(request("GET /metrics HTTP/1.1\r\n"), Parse::Incomplete);
-        assert_eq!(
-            request("GET /metrics HTTP/1.1\r\nHost: x\r\n\r"),
-            Parse::Incomplete
-        );
-    }
-
-    #[test]
-    fn rejects_what_is_not_http() {
-        for bad in [
-            "GET\r\n\r\n",
-            "GET /metrics\r\n\r\n",
-            "GET /metrics HTTP/1.1 extra\r\n\r\n",
-            "get /metrics HTTP/1.1\r\n\r\n",
-            "GET metrics HTTP/1.1\r\n\r\n",
-            "GET /metrics SPDY/3\r\n\r\n",
-            "GET /metrics HTTP/1.1\r\nno colon here\r\n\r\n",
-            "GET /metrics HTTP/1.1\r\nbad name: x\r\n\r\n",
-        ] {
-            assert!(matches!(request(bad), Parse::Bad(_)), "{bad:?}");
-        }
-        assert!(matches!(
-            parse(b"GET /\xff HTTP/1.1\r\n\r\n", MAX),
-            Parse::Bad(_)
-        ));
-    }
-
-    #[test]
-    fn a_head_over_the_limit_is_too_large() {
-        let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(MAX));
-        assert_eq!(request(&big), Parse::TooLarge);
-        // Even before its end has arrived.
-        assert_eq!(request(&big[..MAX + 10]), Parse::TooLarge);
-        // A head of exactly the limit is fine.
-        let line = "GET / HTTP/1.1\r\nX: ";
-        let exact = format!("{line}{}\r\n\r\n", "a".repeat(MAX - line.len() - 4));
-        assert_eq!(exact.len(), MAX);
-        assert!(matches!(request(&exact), Parse::Request(_)));
-    }
-
-    #[test]
-    fn routes_get_only() {
-        let route = |p: &str| (p == "/healthz").then(|| Response::new(200, "text/plain", "ok\n"));
-        let req = |method, path| Request { method, path };
-        assert_eq!(respond(&req("GET", "/healthz"), &route).status, 200);
-        assert_eq!(respond(&req("GET", "/nope"), &route).status, 404);
-        assert_eq!(respond(&req("POST", "/healthz"), &route).status, 405);
-        assert_eq!(respond(&req("HEAD", "/healthz"), &route).status, 405);
-    }
-
-    #[test]
-    fn responses_have_length_and_close() {
-        let text = String::from_utf8(Response::plain(405).to_bytes()).unwrap();
-        assert!(
-            text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
-            "{text}"
-        );
-        assert!(text.contains("\r\nContent-Length: 19\r\n"), "{text}");
-        assert!(text.contains("\r\nConnection: close\r\n"), "{text}");
-        assert!(text.contains("\r\nAllow: GET\r\n"), "{text}");
-        assert!(text.ends_with("\r\n\r\nmethod not allowed\n"), "{text}");
-    }
-
     /// Runs the server on a loopback port in a thread; returns its address and its count of
     /// connections being served.
     fn start(limits: Limits) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        start_with(limits, WebConfig::default())
+    }
+
+    /// [`start`] with a web config.
+    fn start_with(limits: Limits, web: WebConfig) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -447,10 +363,12 @@ mod tests {
                 .unwrap();
             rt.block_on(async move {
                 let listener = TcpListener::from_std(listener).unwrap();
-                let route: Route = Arc::new(|p: &str| {
-                    (p == "/healthz").then(|| Response::new(200, "text/plain", "ok\n"))
+                let route: Route = Arc::new(|p: &str| match p {
+                    "/healthz" => Some(Response::new(200, "text/plain", "ok\n")),
+                    "/metrics" => Some(Response::new(200, "text/plain", "metrics\n")),
+                    _ => None,
                 });
-                serve_counted(listener, route, limits, counted).await;
+                serve_counted(listener, route, limits, web, counted).await;
             });
         });
         (addr, active)
@@ -479,7 +397,7 @@ mod tests {
         while let Ok(n @ 1..) = s.read(&mut chunk) {
             out.extend_from_slice(&chunk[..n]);
         }
-        String::from_utf8(out).unwrap()
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     #[test]
@@ -532,5 +450,141 @@ mod tests {
             assert!(busy.starts_with("HTTP/1.1 503 "), "{busy}");
             assert!(busy.contains("\r\nRetry-After: 1\r\n"), "{busy}");
         }
+    }
+
+    /// A CA, and a certificate it signed for `localhost` and 127.0.0.1, as PEM files in
+    /// `dir`: (CA certificate, server certificate, server key).
+    fn certificates(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path::PathBuf) {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Not the default name the server's certificate gets too: OpenSSL would take the
+        // server's for self-signed.
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "netwatch test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        let (cert_file, key_file) = (dir.join("server.pem"), dir.join("server.key"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        (ca.pem(), cert_file, key_file)
+    }
+
+    /// A TLS client that trusts only `ca_pem`.
+    fn tls_client(ca_pem: &str) -> tokio_rustls::TlsConnector {
+        use tokio_rustls::rustls::{
+            self, RootCertStore,
+            pki_types::{CertificateDer, pem::PemObject as _},
+        };
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+
+    /// Sends `request` over TLS (checking the server's certificate for `127.0.0.1`), returns
+    /// the answer, or the handshake's error.
+    async fn tls_exchange(
+        addr: std::net::SocketAddr,
+        connector: &tokio_rustls::TlsConnector,
+        request: &str,
+    ) -> std::io::Result<String> {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = tokio_rustls::rustls::pki_types::ServerName::from(addr.ip());
+        let mut tls = connector.connect(name, tcp).await?;
+        tls.write_all(request.as_bytes()).await?;
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out).await;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    #[tokio::test]
+    async fn serves_over_tls_with_basic_auth() {
+        use base64::Engine as _;
+        let dir = std::env::temp_dir().join(format!("netwatch-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ca, cert_file, key_file) = certificates(&dir);
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let config = dir.join("web.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "tls_server_config:\n  cert_file: server.pem\n  key_file: {}\nbasic_auth_users:\n  prometheus: '{hash}'\n",
+                key_file.display()
+            ),
+        )
+        .unwrap();
+        assert!(cert_file.exists());
+        let web = WebConfig::load(&config).unwrap();
+        let (addr, _) = start_with(Limits::default(), web);
+        let client = tls_client(&ca);
+        let get = |path: &str, user: &str, password: &str| {
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {}\r\n\r\n",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            )
+        };
+
+        // The right password, over a certificate the client checked.
+        let ok = tls_exchange(addr, &client, &get("/metrics", "prometheus", "s3cret"))
+            .await
+            .unwrap();
+        assert!(
+            ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.ends_with("\r\n\r\nmetrics\n"),
+            "{ok}"
+        );
+        // A wrong password, an unknown user, no credentials: 401 with a challenge.
+        for request in [
+            get("/metrics", "prometheus", "wrong"),
+            get("/metrics", "nobody", "s3cret"),
+            "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n".to_string(),
+        ] {
+            let denied = tls_exchange(addr, &client, &request).await.unwrap();
+            assert!(
+                denied.starts_with("HTTP/1.1 401 Unauthorized\r\n"),
+                "{denied}"
+            );
+            assert!(
+                denied.contains("\r\nWww-Authenticate: Basic realm=\"netwatch\"\r\n"),
+                "{denied}"
+            );
+            assert!(!denied.contains("metrics\n"), "{denied}");
+        }
+        // /healthz is open.
+        let health = tls_exchange(addr, &client, "GET /healthz HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+        // Plain HTTP to the TLS port gets no HTTP answer.
+        let plain = tokio::task::spawn_blocking(move || {
+            exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        })
+        .await
+        .unwrap_or_default();
+        assert!(!plain.starts_with("HTTP/"), "{plain:?}");
+        // A client that trusts another CA refuses the server.
+        let (other_ca, _, _) = certificates(&dir.join("other"));
+        let stranger = tls_client(&other_ca);
+        let err = tls_exchange(addr, &stranger, &get("/metrics", "prometheus", "s3cret"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("certificate"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -22,6 +22,7 @@ use std::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use prometheus_client::{
@@ -35,7 +36,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::cli::{DEFAULT_MAX_PEERS, DEFAULT_MAX_PROCESSES};
+use crate::cli::{DEFAULT_LABEL_TTL, DEFAULT_MAX_PEERS, DEFAULT_MAX_PROCESSES};
 use crate::{
     commands::http::{Response, Route},
     host::clock::monotonic_ns,
@@ -64,6 +65,8 @@ pub struct LabelCaps {
     pub peer_labels: bool,
     pub max_peers: usize,
     pub max_processes: usize,
+    /// A (comm, cgroup) pair unseen this long loses its series (`--label-ttl`).
+    pub label_ttl: Duration,
 }
 
 impl Default for LabelCaps {
@@ -72,6 +75,7 @@ impl Default for LabelCaps {
             peer_labels: false,
             max_peers: DEFAULT_MAX_PEERS,
             max_processes: DEFAULT_MAX_PROCESSES,
+            label_ttl: DEFAULT_LABEL_TTL,
         }
     }
 }
@@ -163,6 +167,8 @@ struct Metrics {
     events_missed: Counter,
     evictions: Counter,
     tracked_sockets: Gauge,
+    label_sets: Gauge,
+    build_info: Family<[(&'static str, String); 2], Gauge>,
 }
 
 impl Metrics {
@@ -195,7 +201,23 @@ impl Metrics {
             events_missed: Counter::default(),
             evictions: Counter::default(),
             tracked_sockets: Gauge::default(),
+            label_sets: Gauge::default(),
+            build_info: Family::default(),
         };
+        m.build_info
+            .get_or_create(&[
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+                (
+                    "kernel",
+                    crate::kernel::release::running().unwrap_or_else(|_| "-".to_string()),
+                ),
+            ])
+            .set(1);
+        r.register(
+            "build_info",
+            "Always 1: the netwatch version and the kernel release it runs on, as labels",
+            m.build_info.clone(),
+        );
         r.register(
             "transitions",
             "TCP state transitions, by old and new state",
@@ -307,6 +329,11 @@ impl Metrics {
             "Sockets the tracker follows now",
             m.tracked_sockets.clone(),
         );
+        r.register(
+            "process_label_sets",
+            "Live (comm, cgroup) label pairs; at most --max-processes, pairs unseen for --label-ttl are removed",
+            m.label_sets.clone(),
+        );
         m
     }
 }
@@ -324,12 +351,20 @@ fn cgroup_label(lookup: CgroupLookup, cgroup_id: Option<u64>, pid: Option<u32>) 
         .unwrap_or_else(|| "-".to_string())
 }
 
-/// Interned (comm, cgroup) label pairs, at most `cap` of them plus [`OTHER`].
+/// Interned (comm, cgroup) label pairs, at most `cap` live ones plus [`OTHER`]. A pair is
+/// live while it is seen: an event of its process concluded, or a socket of it counted in a
+/// gauge. A pair unseen for the label lifetime is expired: its series are removed and its
+/// place under the cap is free again, so the cap counts what is alive, not what ever was.
 struct Processes {
     ids: HashMap<(String, String), u32>,
-    names: Vec<(String, String)>,
+    names: HashMap<u32, (String, String)>,
+    /// When each id was last seen (monotonic ns).
+    last_seen: HashMap<u32, u64>,
+    next: u32,
     cap: usize,
     other: Option<u32>,
+    /// The clock the ids are seen by: the latest event's or refresh's time.
+    now_ns: u64,
     /// [`crate::host::cgroup::owner_cgroup`]; tests put a fake host here.
     lookup: CgroupLookup,
 }
@@ -338,37 +373,87 @@ impl Processes {
     fn new(cap: usize) -> Self {
         Self {
             ids: HashMap::new(),
-            names: Vec::new(),
+            names: HashMap::new(),
+            last_seen: HashMap::new(),
+            next: 0,
             cap,
             other: None,
+            now_ns: 0,
             lookup: crate::host::cgroup::owner_cgroup,
         }
     }
 
-    /// The label pair of the owner `pid` (named `comm`, in cgroup `cgroup`).
+    fn fresh(&mut self, key: (String, String)) -> u32 {
+        let id = self.next;
+        self.next = self.next.wrapping_add(1);
+        self.names.insert(id, key);
+        id
+    }
+
+    /// The label pair of the owner `pid` (named `comm`, in cgroup `cgroup`), seen now.
     fn id(&mut self, comm: Option<&str>, pid: Option<u32>, cgroup: Option<u64>) -> u32 {
         let key = (
             comm.unwrap_or("-").to_string(),
             cgroup_label(self.lookup, cgroup, pid),
         );
-        if let Some(&id) = self.ids.get(&key) {
-            return id;
-        }
-        if self.ids.len() >= self.cap {
-            return *self.other.get_or_insert_with(|| {
-                self.names.push((OTHER.to_string(), OTHER.to_string()));
-                (self.names.len() - 1) as u32
-            });
-        }
-        let id = self.names.len() as u32;
-        self.names.push(key.clone());
-        self.ids.insert(key, id);
+        let id = match self.ids.get(&key) {
+            Some(&id) => id,
+            None if self.ids.len() >= self.cap => match self.other {
+                Some(id) => id,
+                None => {
+                    let id = self.fresh((OTHER.to_string(), OTHER.to_string()));
+                    self.other = Some(id);
+                    id
+                }
+            },
+            None => {
+                let id = self.fresh(key.clone());
+                self.ids.insert(key, id);
+                id
+            }
+        };
+        self.touch(id);
         id
     }
 
+    fn touch(&mut self, id: u32) {
+        self.last_seen.insert(id, self.now_ns);
+    }
+
+    /// Forgets the ids not seen since `before_ns` and returns them with their labels.
+    fn expire(&mut self, before_ns: u64) -> Vec<(u32, Labels)> {
+        let gone: Vec<u32> = self
+            .last_seen
+            .iter()
+            .filter(|&(_, &seen)| seen < before_ns)
+            .map(|(&id, _)| id)
+            .collect();
+        let mut out = Vec::with_capacity(gone.len());
+        for id in gone {
+            let labels = self.labels(id);
+            self.last_seen.remove(&id);
+            if let Some(key) = self.names.remove(&id) {
+                self.ids.remove(&key);
+            }
+            if self.other == Some(id) {
+                self.other = None;
+            }
+            out.push((id, labels));
+        }
+        out
+    }
+
+    /// Label pairs live now (the [`OTHER`] pair not counted).
+    fn live(&self) -> usize {
+        self.ids.len()
+    }
+
     fn labels(&self, id: u32) -> Labels {
-        let (comm, cgroup) = &self.names[id as usize];
-        vec![("comm", comm.clone()), ("cgroup", cgroup.clone())]
+        let (comm, cgroup) = self
+            .names
+            .get(&id)
+            .map_or(("-", "-"), |(c, g)| (c.as_str(), g.as_str()));
+        vec![("comm", comm.to_string()), ("cgroup", cgroup.to_string())]
     }
 }
 
@@ -418,6 +503,8 @@ pub struct MetricsSink {
     /// Process ids that have a CLOSE_WAIT / TIME_WAIT gauge (kept, at 0, once seen).
     cw_ids: HashSet<u32>,
     tw_ids: HashSet<u32>,
+    /// The `connects` label sets of each process id (removed with it when it expires).
+    connect_series: HashMap<u32, HashSet<Labels>>,
     ended: Vec<Connection>,
     kernel: Option<StatsReader>,
     lost_seen: u64,
@@ -452,6 +539,7 @@ impl MetricsSink {
             tw_destinations: HashSet::new(),
             cw_ids: HashSet::new(),
             tw_ids: HashSet::new(),
+            connect_series: HashMap::new(),
             ended: Vec::new(),
             kernel: None,
             lost_seen: 0,
@@ -549,6 +637,7 @@ impl MetricsSink {
             labels.extend(self.processes.labels(id));
             let labels = self.peer_labels(labels, c.daddr);
             self.m.connects.get_or_create(&labels).inc();
+            self.connect_series.entry(id).or_default().insert(labels);
         }
         if c.end == End::TimeWait {
             let comm = c.closer_comm.as_deref().or(c.comm.as_deref());
@@ -591,6 +680,7 @@ impl MetricsSink {
 
         let exporter = Arc::clone(&self.exporter);
         let _registry = exporter.lock();
+        self.processes.now_ns = self.processes.now_ns.max(now_ns);
         if let Some(kernel) = &self.kernel {
             match kernel.read() {
                 Ok(k) => {
@@ -631,9 +721,16 @@ impl MetricsSink {
             .map(|(_, id, n)| (*id, n))
             .collect();
         for (id, n) in alive {
-            let id = id.unwrap_or_else(|| self.processes.id(None, None, None));
+            let id = match id {
+                Some(id) => {
+                    self.processes.touch(id);
+                    id
+                }
+                None => self.processes.id(None, None, None),
+            };
             *time_wait.entry(id).or_default() += i64::try_from(n).unwrap_or(i64::MAX);
         }
+        self.expire_processes(now_ns);
         self.refresh_destinations();
         for (counts, ids, family) in [
             (close_wait, &mut self.cw_ids, &self.m.close_wait_sockets),
@@ -650,6 +747,26 @@ impl MetricsSink {
 }
 
 impl MetricsSink {
+    /// Removes the series of the (comm, cgroup) pairs unseen for the label lifetime: no
+    /// connection of theirs ended, no socket of theirs is in CLOSE_WAIT or TIME_WAIT.
+    fn expire_processes(&mut self, now_ns: u64) {
+        let ttl = u64::try_from(self.caps.label_ttl.as_nanos()).unwrap_or(u64::MAX);
+        let before = now_ns.saturating_sub(ttl);
+        for (id, labels) in self.processes.expire(before) {
+            self.m.time_wait_births.remove(&labels);
+            self.m.close_wait_sockets.remove(&labels);
+            self.m.time_wait_sockets.remove(&labels);
+            for series in self.connect_series.remove(&id).unwrap_or_default() {
+                self.m.connects.remove(&series);
+            }
+            self.cw_ids.remove(&id);
+            self.tw_ids.remove(&id);
+        }
+        self.m
+            .label_sets
+            .set(i64::try_from(self.processes.live()).unwrap_or(i64::MAX));
+    }
+
     /// The per-destination gauges: the busiest [`MAX_TW_DESTINATIONS`] destinations by
     /// population; a destination that leaves them loses its series.
     fn refresh_destinations(&mut self) {
@@ -737,6 +854,7 @@ impl Sink for MetricsSink {
 
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         self.m.events.inc();
+        self.processes.now_ns = self.processes.now_ns.max(ev.ts_ns);
         self.time_waits.on_event(ev);
         if ev.owner_seen_here {
             // Names the owner's cgroup while it is alive (kept in the owner cache), for the
@@ -1117,6 +1235,92 @@ mod tests {
         assert_eq!(births("b", "-"), Some(1.0), "{t}");
         assert_eq!(births("other", "other"), Some(2.0), "{t}");
         assert_eq!(births("c", "-"), None, "{t}");
+    }
+
+    #[test]
+    fn unseen_processes_expire_and_free_their_place() {
+        let ttl = Duration::from_secs(600);
+        let mut s = Stream::new(LabelCaps {
+            max_processes: 2,
+            label_ttl: ttl,
+            ..LabelCaps::default()
+        });
+        let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap();
+        s.client_closes(1, "a", None, SERVER);
+        s.client_closes(2, "b", None, SERVER);
+        s.leak(3, "leaky"); // past the cap: other
+        let start = s.ts;
+        let t = s.text(start);
+        let births = |t: &str, comm: &str| {
+            value(
+                t,
+                &format!(r#"netwatch_time_wait_births_total{{comm="{comm}",cgroup="-"}}"#),
+            )
+        };
+        assert_eq!(births(&t, "a"), Some(1.0), "{t}");
+        assert_eq!(
+            value(
+                &t,
+                r#"netwatch_close_wait_sockets{comm="other",cgroup="other"}"#
+            ),
+            Some(1.0),
+            "{t}"
+        );
+        assert_eq!(value(&t, "netwatch_process_label_sets"), Some(2.0), "{t}");
+
+        // Their TIME_WAIT sockets keep a and b seen while they live (a refresh a second).
+        let seen = start + crate::model::timewait::TIME_WAIT_NS - 1_000_000_000;
+        s.text(seen);
+        // Just under the lifetime after the last sighting: still there.
+        let t = s.text(seen + ttl_ns - 1_000_000_000);
+        assert_eq!(births(&t, "a"), Some(1.0), "{t}");
+        // Past it: every series of a and b is gone, connects included, and the count of live
+        // pairs is 0. The CLOSE_WAIT sockets of "other" are alive: it stays.
+        let late = seen + ttl_ns + 1_000_000_000;
+        let t = s.text(late);
+        assert_eq!(births(&t, "a"), None, "{t}");
+        assert_eq!(births(&t, "b"), None, "{t}");
+        assert!(!t.contains(r#"comm="a""#), "{t}");
+        assert!(!t.contains(r#"comm="b""#), "{t}");
+        assert_eq!(
+            value(
+                &t,
+                r#"netwatch_close_wait_sockets{comm="other",cgroup="other"}"#
+            ),
+            Some(1.0),
+            "{t}"
+        );
+        assert_eq!(value(&t, "netwatch_process_label_sets"), Some(0.0), "{t}");
+
+        // The freed places go to new processes, under their own names.
+        s.ts = late;
+        s.client_closes(4, "c", None, SERVER);
+        s.client_closes(5, "d", None, SERVER);
+        s.client_closes(6, "e", None, SERVER);
+        let t = s.text(s.ts);
+        assert_eq!(births(&t, "c"), Some(1.0), "{t}");
+        assert_eq!(births(&t, "d"), Some(1.0), "{t}");
+        assert_eq!(births(&t, "e"), None, "{t}");
+        assert_eq!(
+            value(
+                &t,
+                r#"netwatch_time_wait_births_total{comm="other",cgroup="other"}"#
+            ),
+            Some(1.0),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn build_info_names_version_and_kernel() {
+        let mut s = Stream::new(LabelCaps::default());
+        let t = s.text(s.ts);
+        let kernel = crate::kernel::release::running().unwrap();
+        let series = format!(
+            r#"netwatch_build_info{{version="{}",kernel="{kernel}"}}"#,
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(value(&t, &series), Some(1.0), "{t}");
     }
 
     #[test]

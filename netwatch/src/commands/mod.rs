@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod report;
 pub mod top;
 pub mod trace;
+pub mod web_config;
 
 use std::io::{self, BufWriter, Stdout, Write};
 
@@ -24,7 +25,7 @@ use crate::{
         metrics::{Exporter, MetricsSink},
         top::TopSink,
     },
-    kernel::probe::ProbeConfig,
+    kernel::{privileges::INSPECTS_OTHERS, probe::ProbeConfig},
     model::selection::Selection,
     pipeline::{
         record::Replay,
@@ -33,6 +34,12 @@ use crate::{
 };
 
 type Stdio = BufWriter<Stdout>;
+
+/// What `trace` (without `--stacks`) and `life` keep once attached: they read the ring buffer
+/// and `/proc/<pid>/cgroup`, which need no capability. `report`, `top` and `serve` keep
+/// [`INSPECTS_OTHERS`] for the TIME_WAIT reconciliation in every network namespace; `leaks`
+/// for the fds of every process in every namespace.
+const NOTHING: &[u32] = &[];
 
 fn stdout() -> Stdio {
     BufWriter::with_capacity(64 * 1024, io::stdout())
@@ -43,11 +50,14 @@ fn stdout() -> Stdio {
 /// `code_paths`: the command shows the code path that accepted a socket, so owners are taken
 /// at accept() (a syscall tracepoint, which taxes every syscall on the host) rather than at
 /// the socket's first read.
+/// `keep_caps`: the capabilities the run keeps once attached ([`NOTHING`] or
+/// [`privileges::INSPECTS_OTHERS`]).
 fn live_options(
     run: &RunArgs,
     filter: &FilterArgs,
     code_paths: bool,
     tracker: &TrackerArgs,
+    keep_caps: &'static [u32],
 ) -> anyhow::Result<(Live, Selection)> {
     let selection = filter.selection()?;
     let live = Live {
@@ -61,12 +71,20 @@ fn live_options(
         duration: run.duration,
         record: run.record.clone(),
         filter: filter.to_args(),
+        keep_caps: Some(keep_caps),
     };
     Ok((live, selection))
 }
 
 pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
-    let (live, selection) = live_options(&args.run, &args.filter, args.stacks, &args.tracker)?;
+    // User stacks are symbolized from other processes' memory maps.
+    let keep = if args.stacks {
+        INSPECTS_OTHERS
+    } else {
+        NOTHING
+    };
+    let (live, selection) =
+        live_options(&args.run, &args.filter, args.stacks, &args.tracker, keep)?;
     run::live(live, |h| {
         trace::output(&args.output, args.stacks, selection, h)
     })
@@ -74,7 +92,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
 }
 
 pub async fn life(args: LifeArgs) -> anyhow::Result<()> {
-    let (live, selection) = live_options(&args.run, &args.filter, false, &args.tracker)?;
+    let (live, selection) = live_options(&args.run, &args.filter, false, &args.tracker, NOTHING)?;
     let max = args.tracker.max_sockets;
     run::live(live, |h| life::output(&args.output, selection, max, h)).await
 }
@@ -82,22 +100,48 @@ pub async fn life(args: LifeArgs) -> anyhow::Result<()> {
 /// `netwatch serve`: the metrics server runs beside the stream, on the same runtime, until the
 /// stream stops.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let (live, selection) = live_options(&args.run, &args.filter, false, &args.tracker)?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
-    let addr = listener.local_addr().unwrap_or(args.listen);
+    let (live, selection) = live_options(
+        &args.run,
+        &args.filter,
+        false,
+        &args.tracker,
+        INSPECTS_OTHERS,
+    )?;
+    let web = match &args.web_config_file {
+        Some(path) => web_config::WebConfig::load(path)?,
+        None => web_config::WebConfig::default(),
+    };
+    let listener = if args.systemd_socket {
+        let std = crate::host::systemd::listener()
+            .context("--web.systemd-socket: taking the socket systemd passed")?;
+        tokio::net::TcpListener::from_std(std).context("--web.systemd-socket")?
+    } else {
+        tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?
+    };
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| args.listen.to_string(), |a| a.to_string());
+    let scheme = if web.tls.is_some() { "https" } else { "http" };
+    let auth = if web.requires_auth() {
+        " (basic auth; /healthz open)"
+    } else {
+        ""
+    };
     let exporter = Exporter::new();
     let server = tokio::spawn(http::serve(
         listener,
         exporter.routes(),
         http::Limits::default(),
+        web,
     ));
-    eprintln!("netwatch: serving http://{addr}/metrics and /healthz");
+    eprintln!("netwatch: serving {scheme}://{addr}/metrics and /healthz{auth}");
     let caps = metrics::LabelCaps {
         peer_labels: args.peer_labels,
         max_peers: args.max_peers,
         max_processes: args.max_processes,
+        label_ttl: args.label_ttl,
     };
     let max = args.tracker.max_sockets;
     let result = run::live(live, |header| {
@@ -113,7 +157,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// `netwatch top` (and plain `netwatch`): the live view.
 pub async fn top(args: TopArgs) -> anyhow::Result<()> {
-    let (live, selection) = live_options(&args.run, &args.filter, false, &args.tracker)?;
+    let (live, selection) = live_options(
+        &args.run,
+        &args.filter,
+        false,
+        &args.tracker,
+        INSPECTS_OTHERS,
+    )?;
     run::live(live, |h| Box::new(TopSink::new(&args, selection, h))).await
 }
 
@@ -130,7 +180,13 @@ fn leaks_style(args: &LeaksArgs) -> leaks::Style {
 /// reveals.
 pub async fn leaks(args: LeaksArgs) -> anyhow::Result<()> {
     let style = leaks_style(&args);
-    let (live, _) = live_options(&args.run, &FilterArgs::default(), true, &args.tracker)?;
+    let (live, _) = live_options(
+        &args.run,
+        &FilterArgs::default(),
+        true,
+        &args.tracker,
+        INSPECTS_OTHERS,
+    )?;
     run::live(live, |_| {
         Box::new(LeaksSink::new(
             stdout(),
@@ -148,7 +204,13 @@ pub fn leaks_once(args: &LeaksArgs) -> anyhow::Result<()> {
 }
 
 pub async fn report(args: ReportArgs) -> anyhow::Result<()> {
-    let (live, selection) = live_options(&args.run, &args.filter, false, &args.tracker)?;
+    let (live, selection) = live_options(
+        &args.run,
+        &args.filter,
+        false,
+        &args.tracker,
+        INSPECTS_OTHERS,
+    )?;
     let max = args.tracker.max_sockets;
     run::live(live, |h| {
         report::output(&args.thresholds, selection, max, &args.output, h)

@@ -13,4 +13,5 @@ pub mod settings;
 pub mod skip;
 pub mod sockdiag;
 pub mod stacks;
+pub mod systemd;
 pub mod timewait_feed;

@@ -12,7 +12,10 @@ use crate::{
         netstat, settings,
         timewait_feed::{self, TimeWaitFeed},
     },
-    kernel::probe::{KernelStats, Probe, ProbeConfig},
+    kernel::{
+        privileges,
+        probe::{KernelStats, Probe, ProbeConfig},
+    },
     pipeline::{
         record::{self, Item, Recorder, Replay},
         session::{Header, StopReason, Summary},
@@ -30,6 +33,22 @@ pub struct Live {
     pub record: Option<PathBuf>,
     /// The filter as command-line words, stored in the recording's header.
     pub filter: Vec<String>,
+    /// The capabilities kept once the programs are attached (the rest are given up);
+    /// `None` keeps everything.
+    pub keep_caps: Option<&'static [u32]>,
+}
+
+/// Gives up the capabilities the run no longer needs, before it starts any other thread.
+fn drop_privileges(keep: Option<&[u32]>) -> anyhow::Result<()> {
+    let Some(keep) = keep else {
+        return Ok(());
+    };
+    let kept = privileges::keep_only(keep).context("dropping capabilities after attach")?;
+    log::info!(
+        "capabilities kept after attach: {}",
+        privileges::names(kept)
+    );
+    Ok(())
 }
 
 /// `netwatch ... | head`: the reader left; nothing is wrong.
@@ -66,6 +85,7 @@ pub async fn live(live: Live, make: impl FnOnce(&Header) -> Box<dyn Sink>) -> an
         Some(path) => {
             let mut rec = Recorder::create(path, &header, output)
                 .with_context(|| format!("creating the recording {}", path.display()))?;
+            drop_privileges(live.keep_caps)?;
             let (stats, stop) = stream_all(&mut probe, &mut rec, live.duration).await?;
             rec.stopped(stop);
             let summary = summarize(&stats.kernel, listen_before);
@@ -77,6 +97,7 @@ pub async fn live(live: Live, make: impl FnOnce(&Header) -> Box<dyn Sink>) -> an
         }
         None => {
             let mut output = output;
+            drop_privileges(live.keep_caps)?;
             let (stats, stop) = stream_all(&mut probe, &mut output, live.duration).await?;
             output.stopped(stop);
             eprintln!("{}", stats.line());
