@@ -24,7 +24,7 @@ use crate::{
         metrics::{Exporter, MetricsSink},
         top::TopSink,
     },
-    kernel::probe::ProbeConfig,
+    kernel::probe::{ProbeConfig, TracepointMode},
     model::selection::Selection,
     pipeline::{
         record::Replay,
@@ -55,6 +55,7 @@ fn live_options(
             filter: selection.kernel(),
             capture_stacks: ProbeConfig::stacks_from_env(),
             owners_at_accept: code_paths,
+            tracepoints: TracepointMode::from_env()?,
         },
         duration: run.duration,
         record: run.record.clone(),

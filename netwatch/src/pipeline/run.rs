@@ -12,7 +12,7 @@ use crate::{
         netstat, settings,
         timewait_feed::{self, TimeWaitFeed},
     },
-    kernel::probe::{Probe, ProbeConfig},
+    kernel::probe::{Probe, ProbeConfig, ProgramSpec, TracepointPath},
     pipeline::{
         record::{self, Item, Recorder, Replay},
         session::{Header, StopReason, Summary},
@@ -40,6 +40,21 @@ pub fn broken_pipe_ok(r: io::Result<()>) -> anyhow::Result<()> {
     }
 }
 
+/// How the attached tracepoints' programs are attached: `: 7 raw`, `: 6 raw, 2 classic`.
+fn paths_summary(paths: &[(&'static ProgramSpec, TracepointPath)]) -> String {
+    let count = |path| paths.iter().filter(|(_, p)| *p == path).count();
+    let parts: Vec<String> = [TracepointPath::Raw, TracepointPath::Classic]
+        .into_iter()
+        .filter(|&path| count(path) > 0)
+        .map(|path| format!("{} {}", count(path), path.as_str()))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", parts.join(", "))
+    }
+}
+
 /// Attaches, streams into `make(header)` until stopped, then prints the summary line and the
 /// sink's ending.
 pub async fn live(live: Live, make: impl FnOnce(&Header) -> Box<dyn Sink>) -> anyhow::Result<()> {
@@ -58,9 +73,10 @@ pub async fn live(live: Live, make: impl FnOnce(&Header) -> Box<dyn Sink>) -> an
     let mut output = make(&header);
     output.attach(&probe)?;
     eprintln!(
-        "netwatch: tracing TCP events ({} of {} tracepoints attached); Ctrl-C to stop",
+        "netwatch: tracing TCP events ({} of {} tracepoints attached{}); Ctrl-C to stop",
         probe.attached(),
-        probe.tracepoints_wanted()
+        probe.tracepoints_wanted(),
+        paths_summary(probe.paths())
     );
     let (output, summary) = match &live.record {
         Some(path) => {
