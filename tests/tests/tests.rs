@@ -12,6 +12,9 @@ mod filters;
 mod leaks;
 // `report`, `life` and `analyze` counts equal the kernel's counters; a replay equals the run.
 mod lifecycle;
+// Raw and classic tracepoint programs give the same events; without what raw ones need,
+// the classic ones run, with a warning each.
+mod paths;
 // Under load: a stopped reader recovers, a soak stays flat and exact, stops leave nothing.
 mod robustness;
 // `serve`'s metrics, scraped by Prometheus, equal a known workload; bad requests get answers.
