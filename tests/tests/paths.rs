@@ -15,8 +15,10 @@ use netwatch_tests::{
 use serde_json::Value;
 
 /// Fields that differ between two instances watching the same events: when each read the
-/// clock, and the stack id, which each instance's own `STACKS` map assigns.
-const PER_INSTANCE: [&str; 4] = ["time", "ts_ns", "ms_in_old", "stack_id"];
+/// clock, the stack id, which each instance's own `STACKS` map assigns, and the cgroup path,
+/// which user space looks up for the kernel's `cgroup_id` when it prints the event (a process
+/// gone by then leaves a different answer).
+const PER_INSTANCE: [&str; 5] = ["time", "ts_ns", "ms_in_old", "stack_id", "cgroup"];
 
 /// `trace --json` with `NETWATCH_TRACEPOINTS=mode`; checks the start line says every
 /// tracepoint is attached that way.
