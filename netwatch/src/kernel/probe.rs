@@ -611,9 +611,6 @@ impl KernelLayouts {
             }
             tp.raw = Some(status.map(|_| ()));
         }
-        if let Err(e) = &btf {
-            log::debug!("no BTF for the raw tracepoint programs: {e}");
-        }
         Self {
             tracepoints,
             globals,
@@ -1003,5 +1000,85 @@ impl Probe {
 impl Drop for Probe {
     fn drop(&mut self) {
         self.detach();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracepoint_modes_parse_and_refuse_the_unknown() {
+        assert_eq!(TracepointMode::parse(""), Ok(TracepointMode::Auto));
+        assert_eq!(TracepointMode::parse("auto"), Ok(TracepointMode::Auto));
+        assert_eq!(TracepointMode::parse("raw"), Ok(TracepointMode::Raw));
+        assert_eq!(
+            TracepointMode::parse("classic"),
+            Ok(TracepointMode::Classic)
+        );
+        let e = TracepointMode::parse("Classic").unwrap_err();
+        assert!(e.contains("expected auto, raw or classic"), "{e}");
+    }
+
+    fn raw_of(event: &str) -> &'static RawSpec {
+        PROGRAM_SPECS
+            .iter()
+            .find(|s| s.event == event)
+            .and_then(|s| s.raw.as_ref())
+            .unwrap_or_else(|| panic!("no raw program for {event}"))
+    }
+
+    #[test]
+    fn every_raw_program_fits_this_kernels_btf_and_misfits_are_named() {
+        let Ok(btf) = Btf::from_sys_fs() else {
+            crate::host::skip::skip("no /sys/kernel/btf/vmlinux here");
+            return;
+        };
+        let mut warnings = Vec::new();
+        let offsets = offsets::read(Ok(&btf), &mut warnings);
+        for spec in PROGRAM_SPECS {
+            if let Some(raw) = &spec.raw {
+                let n = raw_status(raw, spec.event, Some(&btf), &offsets)
+                    .unwrap_or_else(|e| panic!("{}: {e}", raw.program));
+                assert!(n as usize >= raw.args.len(), "{}: {n}", raw.program);
+            }
+        }
+        // Arguments other than the program reads: refused, both lists named.
+        let wrong = RawSpec {
+            program: "nwr_wrong",
+            args: &["struct sk_buff *"],
+            optional: &[],
+            members: &[],
+            members_with_optional: &[],
+        };
+        let e = raw_status(&wrong, "tcp_destroy_sock", Some(&btf), &offsets).unwrap_err();
+        assert!(
+            e.contains("(struct sock *)") && e.contains("(struct sk_buff *) nwr_wrong reads"),
+            "{e}"
+        );
+        // A struct member BTF did not give: refused, the member named.
+        let without = Offsets {
+            missing: vec![("sock.sk_protocol", "gone".to_owned())],
+            ..offsets.clone()
+        };
+        let e = raw_status(
+            raw_of("inet_sock_set_state"),
+            "inet_sock_set_state",
+            Some(&btf),
+            &without,
+        )
+        .unwrap_err();
+        assert_eq!(e, "BTF does not give sock.sk_protocol: gone");
+        // No BTF at all.
+        assert_eq!(
+            raw_status(
+                raw_of("tcp_destroy_sock"),
+                "tcp_destroy_sock",
+                None,
+                &offsets
+            )
+            .unwrap_err(),
+            "the kernel has no BTF"
+        );
     }
 }
