@@ -230,6 +230,23 @@ pub struct KernelOffsets {
     /// socket's network namespace.
     pub skc_net: u32,
     pub net_ns_inum: u32,
+    /// What the raw tracepoint programs read from the socket themselves, where a classic
+    /// tracepoint's record has it already: `sock_common.skc_state` (1 byte),
+    /// `sock.sk_protocol` (2), and `inet_sock.inet_sport` (2) and `inet_sock.inet_saddr` (4),
+    /// which the classic records take their source port and IPv4 address from.
+    pub skc_state: u32,
+    pub sk_protocol: u32,
+    pub inet_sport: u32,
+    pub inet_saddr: u32,
+    /// `tcp_send_reset` since 6.10 takes an IPv6 socket's source address from
+    /// `inet_sock.pinet6->saddr` (`struct ipv6_pinfo`), and the addresses of a reset sent
+    /// without a full socket from the segment: `sk_buff.head`, `.data` (the TCP header) and
+    /// `.network_header` (2 bytes, from `head`).
+    pub inet_pinet6: u32,
+    pub ipv6_pinfo_saddr: u32,
+    pub skb_head: u32,
+    pub skb_data: u32,
+    pub skb_network_header: u32,
 }
 
 impl KernelOffsets {
@@ -253,6 +270,38 @@ impl KernelOffsets {
         pt_regs_sp: ABSENT32,
         skc_net: ABSENT32,
         net_ns_inum: ABSENT32,
+        skc_state: ABSENT32,
+        sk_protocol: ABSENT32,
+        inet_sport: ABSENT32,
+        inet_saddr: ABSENT32,
+        inet_pinet6: ABSENT32,
+        ipv6_pinfo_saddr: ABSENT32,
+        skb_head: ABSENT32,
+        skb_data: ABSENT32,
+        skb_network_header: ABSENT32,
+    };
+}
+
+/// How many `TP_PROTO` arguments the raw tracepoints with a kernel-dependent argument list take
+/// on the running kernel (from BTF's `btf_trace_<name>` typedefs), handed to the raw programs as
+/// the `RAW_ARGS` global: they read an optional argument only when it exists. A raw program
+/// that reads past the last argument is refused when it is attached, and the verifier prunes
+/// the read when the count (a frozen `.rodata` constant) says it is not there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawArgs {
+    /// `tcp_send_reset`: `(sk, skb)` before 6.10, `(sk, skb, reason)` since.
+    pub send_reset: u32,
+    /// `tcp_retransmit_skb`: `(sk, skb)`, or `(sk, skb, err)` on kernels whose tracepoint
+    /// reports the error.
+    pub retransmit_skb: u32,
+}
+
+impl RawArgs {
+    /// The oldest argument lists: no optional argument is read.
+    pub const OLDEST: Self = Self {
+        send_reset: 2,
+        retransmit_skb: 2,
     };
 }
 
@@ -313,8 +362,10 @@ pub mod stat {
     pub const SOCKETS_FULL: u32 = 2;
     /// Events the kernel filter dropped (not counted in `PRODUCED`).
     pub const FILTERED: u32 = 3;
-    /// Records or kernel fields a program could not read (`bpf_probe_read_kernel` failed):
-    /// the event is dropped, and counted here rather than vanishing.
+    /// Records or kernel fields a program could not read (`bpf_probe_read_kernel` failed), or
+    /// a program run that found no free scratch space (programs nested deeper on one CPU than
+    /// the kernel side has room for): the event is dropped, and counted here rather than
+    /// vanishing.
     pub const READ_FAILED: u32 = 4;
     pub const COUNT: u32 = 5;
 }
@@ -335,6 +386,8 @@ pub mod names {
     pub const ACCEPT_FIELDS: &str = "ACCEPT_FIELDS";
     pub const FIRST_READ_FIELDS: &str = "FIRST_READ_FIELDS";
     pub const KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
+    /// Global [`RawArgs`](super::RawArgs): argument counts of the raw tracepoints.
+    pub const RAW_ARGS: &str = "RAW_ARGS";
     pub const FILTER: &str = "FILTER";
     /// Stack-trace map: user stacks at connect() and accept(), deduplicated by id.
     pub const STACKS: &str = "STACKS";
@@ -363,6 +416,8 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::KernelFilter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RawArgs {}
 }
 
 #[cfg(test)]
@@ -375,6 +430,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<SockInfo>(), 56);
         assert_eq!(core::mem::size_of::<KernelFilter>(), 120);
         assert_eq!(core::mem::size_of::<TpFields>(), 36);
-        assert_eq!(core::mem::size_of::<KernelOffsets>(), 76);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 112);
+        assert_eq!(core::mem::size_of::<RawArgs>(), 8);
     }
 }

@@ -13,7 +13,7 @@ use aya_ebpf::{
         bpf_ktime_get_ns, bpf_probe_read_kernel as probe_read, bpf_probe_read_user,
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
-    programs::{TracePointContext, tracing::StackIdContext as _},
+    programs::tracing::StackIdContext,
 };
 use netwatch_common::{
     ABSENT32, COMM_LEN, FILTER_SLOTS, RawEvent, SockInfo, event_flags, stat,
@@ -71,7 +71,7 @@ pub(crate) fn user_sp_word(ev: &mut RawEvent) {
 
 /// The current task's user stack id in `STACKS`, or -1 (switched off, or the capture failed).
 #[inline(always)]
-pub(crate) fn user_stack_id(ctx: &TracePointContext) -> i32 {
+pub(crate) fn user_stack_id<C: StackIdContext>(ctx: &C) -> i32 {
     if global(&CAPTURE_STACKS) == 0 {
         return -1;
     }
@@ -81,16 +81,28 @@ pub(crate) fn user_stack_id(ctx: &TracePointContext) -> i32 {
     }
 }
 
+/// Adds one to a `STATS` counter, in one atomic add (`lock xadd`): a raw tracepoint program
+/// may interrupt another program on the same CPU between a load and a store, and an
+/// increment lost that way would break the exact produced = delivered + lost accounting.
+/// (`AtomicU64::fetch_add` does not exist for BPF targets, whose atomics Rust does not model.)
 #[inline(always)]
 pub(crate) fn count(index: u32) {
+    use core::intrinsics::{AtomicOrdering, atomic_xadd};
     if let Some(p) = STATS.get_ptr_mut(index) {
-        // SAFETY: the pointer comes from the per-CPU array lookup and is valid for this CPU;
-        // tracing programs do not nest on one CPU, so a plain increment cannot race.
-        unsafe { *p += 1 };
+        // SAFETY: the pointer comes from the per-CPU array lookup and is valid and aligned for
+        // this program run; every access to the counters is this atomic add.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, 1) };
     }
 }
 
-/// Starts a new event in place (in [`Scratch`](crate::record::Scratch), never on the stack).
+/// Counts a read that failed ([`stat::READ_FAILED`]) and stops the program run.
+#[inline(always)]
+pub(crate) fn read_failed<T>() -> Option<T> {
+    count(stat::READ_FAILED);
+    None
+}
+
+/// Starts a new event in place (in a [`Scratch`](crate::record::Scratch), never on the stack).
 #[inline(always)]
 pub(crate) fn reset_event(ev: &mut RawEvent, kind: u8, skaddr: u64) {
     *ev = RawEvent {

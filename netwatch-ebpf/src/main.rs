@@ -1,9 +1,14 @@
-//! netwatch's kernel side: one classic tracepoint program per TCP event, each of which copies
-//! its record once, decides, reserves a ring-buffer slot, writes and submits.
+//! netwatch's kernel side: two programs per TCP event, a raw tracepoint program (`nwr_*`) that
+//! reads the socket through the tracepoint's arguments, and a classic tracepoint program
+//! (`nw_*`) that copies the formatted record once. User space attaches one of the two per
+//! tracepoint: the raw one where the kernel takes it (the classic path formats the whole
+//! record before any program runs, which costs more), else the classic one. Both build the
+//! same event, decide, reserve a ring-buffer slot, write and submit.
 //!
-//! Field offsets are not compiled in: user space reads them from the running kernel's tracefs
-//! `format` files and hands them in as the `*_FIELDS` globals (`.rodata`, frozen at load, so the
-//! verifier sees them as constants).
+//! Offsets are not compiled in: user space reads the record layouts from the running kernel's
+//! tracefs `format` files and the struct offsets from its BTF, and hands them in as the
+//! `*_FIELDS` and `KERNEL_OFFSETS` globals (`.rodata`, frozen at load, so the verifier sees
+//! them as constants).
 //!
 //! Owner attribution: many transitions run in softirq context, where the current task is a
 //! bystander (ksoftirqd, swapper, or the peer on loopback). The record's `common_pid` is not
@@ -17,9 +22,11 @@
 //! - this file: the maps (`EVENTS`, `SOCKETS`, `STATS`, `STACKS`, `SCRATCH`) and the load-time
 //!   globals user space sets, i.e. everything user space finds by name besides the programs,
 //!   and the panic handler;
-//! - [`programs`]: the tracepoint programs, one file per program (or family of programs);
-//! - [`record`]: the tracepoint record, copied into the per-CPU [`SCRATCH`] map, and how
-//!   fields are picked out of it;
+//! - [`programs`]: the tracepoint programs, one file per program (or family of programs),
+//!   each with its classic and its raw entry point;
+//! - [`record`]: the per-CPU working memory ([`SCRATCH`], one slot per nesting level), the
+//!   classic tracepoint record copied into it, and how fields are picked out of it;
+//! - [`sock`]: what the raw programs read from the socket (and segment) themselves;
 //! - [`helpers`]: what several programs share: kernel reads, counters, the socket's owner,
 //!   the kernel-side filter and the ring-buffer write.
 //!
@@ -27,21 +34,29 @@
 //! verifier counts the stack of all frames together against 512 bytes.
 #![no_std]
 #![no_main]
+// For `core::intrinsics::atomic_xadd` (see `helpers::count`); the crate builds with nightly
+// (build-std) anyway.
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "atomic_xadd is the only atomic add on BPF targets"
+)]
 
 mod helpers;
 mod programs;
 mod record;
+mod sock;
 
 use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use netwatch_common::{
-    DEFAULT_RING_BYTES, KernelFilter, KernelOffsets, SOCKETS_MAX_ENTRIES, STACKS_MAX_ENTRIES,
-    SockInfo, TpFields, stat,
+    DEFAULT_RING_BYTES, KernelFilter, KernelOffsets, RawArgs, SOCKETS_MAX_ENTRIES,
+    STACKS_MAX_ENTRIES, SockInfo, TpFields, stat,
 };
 
-use crate::record::Scratch;
+use crate::record::Scratches;
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -63,10 +78,10 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(STACKS_MAX_ENTRIES, 0);
 
-/// One [`Scratch`] per CPU. Classic tracepoint programs never nest on one CPU (the kernel's
-/// per-CPU `bpf_prog_active` guard skips a program that would), so one slot is enough.
+/// Each CPU's working memory: one [`Scratch`](record::Scratch) per nesting level, because raw
+/// tracepoint programs can interrupt each other (and classic ones) on one CPU.
 #[map]
-static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH: PerCpuArray<Scratches> = PerCpuArray::with_max_entries(1, 0);
 
 /// Non-zero: capture user stacks at connect() and accept() (user space may switch it off).
 #[unsafe(no_mangle)]
@@ -98,6 +113,9 @@ static FILTER: KernelFilter = KernelFilter::ANY;
 /// Struct offsets from the kernel's BTF; `ABSENT32` where BTF did not give them.
 #[unsafe(no_mangle)]
 static KERNEL_OFFSETS: KernelOffsets = KernelOffsets::NONE;
+/// How many arguments the raw tracepoints whose argument list changed take on this kernel.
+#[unsafe(no_mangle)]
+static RAW_ARGS: RawArgs = RawArgs::OLDEST;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,18 +1,26 @@
-//! The tracepoint record, copied once per program run into this CPU's [`Scratch`] (the
-//! `SCRATCH` map), and how fields are picked out of the copy by the offsets user space hands in.
+//! The per-CPU working memory of a program run ([`Scratch`], in the `SCRATCH` map), and a
+//! classic tracepoint's record, copied once per run into it, with how fields are picked out of
+//! the copy by the offsets user space hands in.
 //!
 //! Why a map and not the stack: the copy (128 bytes) and the event being built (136) once
 //! lived on the stack, and Debian 12's 6.1 verifier, which counts the stack of every call
 //! frame together against 512 bytes, rejected `nw_set_state` (combined stack size 544).
+//!
+//! Why one slot per nesting level: classic tracepoint programs never nest on one CPU (the
+//! kernel's per-CPU `bpf_prog_active` guard skips a program that would), but raw tracepoint
+//! programs are only kept from nesting into themselves (and, before 6.1, not even that): a
+//! transition in process context can be interrupted by a softirq running another netwatch
+//! program on the same CPU. Each run takes the slot of its depth and gives it back when it
+//! ends, so a nested run never writes into the event of the run it interrupted.
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext as _, helpers::generated::bpf_probe_read_kernel, programs::TracePointContext,
 };
-use netwatch_common::{ABSENT, AF_INET, AF_INET6, RECORD_COPY_LEN, RawEvent, TpFields, stat};
+use netwatch_common::{ABSENT, AF_INET, AF_INET6, RECORD_COPY_LEN, RawEvent, TpFields};
 
-use crate::{SCRATCH, helpers::count};
+use crate::{SCRATCH, helpers::read_failed};
 
 /// One tracepoint record, copied once from the kernel's trace buffer into [`Scratch`].
 #[repr(C)]
@@ -20,43 +28,73 @@ pub(crate) struct Record {
     buf: [u8; RECORD_COPY_LEN],
 }
 
-/// The per-CPU working memory of one program run: the copied record and the event being
-/// built. Kept out of the BPF stack because older verifiers (6.1) count the stack of every
-/// call frame together against 512 bytes, and these two alone take 264.
+/// The working memory of one program run: the copied record (classic tracepoints only) and
+/// the event being built. Kept out of the BPF stack because older verifiers (6.1) count the
+/// stack of every call frame together against 512 bytes, and these two alone take 264.
 #[repr(C)]
 pub(crate) struct Scratch {
     pub(crate) rec: Record,
     pub(crate) ev: RawEvent,
 }
 
-/// This CPU's [`Scratch`], with the record of `ctx` copied into it; `None` (counted) when the
-/// copy fails.
+/// Program runs that can be nested on one CPU: process context, softirq, hardirq, NMI.
+pub(crate) const NEST_LEVELS: usize = 4;
+
+/// One CPU's scratch slots, one per nesting level (the one value of the `SCRATCH` map).
+#[repr(C)]
+pub(crate) struct Scratches {
+    /// How many program runs on this CPU hold a slot now.
+    depth: u32,
+    _pad: u32,
+    level: [Scratch; NEST_LEVELS],
+}
+
+/// Runs `f` with this CPU's free [`Scratch`] (the slot of this run's nesting depth), and
+/// frees it again; `None` (counted) when there is none.
+///
+/// Why a plain load and store of `depth` is enough: a run nested into this one starts and
+/// ends before this one goes on. Interrupted before its store, this run finds the slot the
+/// nested run used and has given back; interrupted after it, the nested run sees the deeper
+/// depth. Every run puts back the depth it found, so the count cannot drift.
 #[inline(always)]
-pub(crate) fn scratch_with_record(ctx: &TracePointContext) -> Option<&'static mut Scratch> {
+pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> Option<R>) -> Option<R> {
     let Some(p) = SCRATCH.get_ptr_mut(0) else {
-        count(stat::READ_FAILED);
-        return None;
+        return read_failed();
     };
     // SAFETY: the pointer comes from the per-CPU array lookup of index 0, which always exists,
-    // and is valid for this program run; no other program uses this CPU's slot meanwhile
-    // (classic tracepoint programs do not nest on one CPU).
-    let s = unsafe { &mut *p };
+    // and is valid for this program run; `depth` is plain data.
+    let depth = unsafe { (*p).depth };
+    // SAFETY: as above; the slot at this depth belongs to this run until it puts the depth
+    // back (see above), so no other run writes into it meanwhile.
+    let Some(slot) = (unsafe { (*p).level.get_mut(depth as usize) }) else {
+        return read_failed();
+    };
+    // SAFETY: as above.
+    unsafe { (*p).depth = depth + 1 };
+    let result = f(slot);
+    // SAFETY: as above.
+    unsafe { (*p).depth = depth };
+    result
+}
+
+/// Copies the record of `ctx` into `rec`; `None` (counted) when the copy fails.
+#[inline(always)]
+pub(crate) fn copy_record(ctx: &TracePointContext, rec: &mut Record) -> Option<()> {
     // SAFETY: ctx points at the tracepoint's record inside the per-CPU perf trace buffer
     // (PERF_MAX_TRACE_SIZE = 8 KiB), so RECORD_COPY_LEN bytes from it are readable; the
     // helper faults safely (returns an error) if not, and writes at most RECORD_COPY_LEN
     // bytes into `buf`, which has room for them.
     let ret = unsafe {
         bpf_probe_read_kernel(
-            s.rec.buf.as_mut_ptr().cast::<c_void>(),
+            rec.buf.as_mut_ptr().cast::<c_void>(),
             RECORD_COPY_LEN as u32,
             ctx.as_ptr().cast_const(),
         )
     };
     if ret != 0 {
-        count(stat::READ_FAILED);
-        return None;
+        return read_failed();
     }
-    Some(s)
+    Some(())
 }
 
 impl Record {

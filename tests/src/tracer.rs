@@ -74,12 +74,12 @@ impl Tracer {
                 let mut tx = Some(tx);
                 for line in BufReader::new(stderr_pipe).lines() {
                     let Ok(line) = line else { break };
-                    if line.starts_with(ATTACHED_MARKER)
-                        && let Some(tx) = tx.take()
-                    {
+                    let attached = line.starts_with(ATTACHED_MARKER);
+                    // Kept before the start is reported, so the caller finds the line.
+                    stderr.lock().unwrap().push(line);
+                    if attached && let Some(tx) = tx.take() {
                         let _ = tx.send(());
                     }
-                    stderr.lock().unwrap().push(line);
                 }
             })
         };

@@ -12,6 +12,9 @@ mod filters;
 mod leaks;
 // `report`, `life` and `analyze` counts equal the kernel's counters; a replay equals the run.
 mod lifecycle;
+// Raw and classic tracepoint programs give the same events; without what raw ones need,
+// the classic ones run, with a warning each.
+mod paths;
 // Under load: a stopped reader recovers, a soak stays flat and exact, stops leave nothing.
 mod robustness;
 // 200,000 live sockets at once, every one attributed to the process that held it.

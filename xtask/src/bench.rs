@@ -186,6 +186,9 @@ pub enum Tracer {
     /// `trace` with user-stack capture switched off in the kernel: what capture costs.
     TraceNoStacks,
     Report,
+    /// `report` with the classic tracepoint programs (`NETWATCH_TRACEPOINTS=classic`): what
+    /// the raw ones save.
+    ReportClassic,
     Serve,
     Tcpstates,
     Tcplife,
@@ -200,11 +203,12 @@ pub enum Tracer {
 }
 
 impl Tracer {
-    pub const ALL: [Tracer; 8] = [
+    pub const ALL: [Tracer; 9] = [
         Tracer::None,
         Tracer::Trace,
         Tracer::TraceNoStacks,
         Tracer::Report,
+        Tracer::ReportClassic,
         Tracer::Serve,
         Tracer::Tcpstates,
         Tracer::Tcplife,
@@ -232,6 +236,10 @@ impl Tracer {
                 "`NETWATCH_STACKS=0 netwatch trace --json > /dev/null` (no stack capture)".into()
             }
             Tracer::Report => "`netwatch report > /dev/null`".into(),
+            Tracer::ReportClassic => {
+                "`NETWATCH_TRACEPOINTS=classic netwatch report > /dev/null` (classic tracepoints)"
+                    .into()
+            }
             Tracer::Serve => format!("`netwatch serve --listen {SERVE_LISTEN}`"),
             Tracer::Tcpstates => "`tcpstates > /dev/null` (libbpf-tools)".into(),
             Tracer::Tcplife => "`tcplife > /dev/null` (libbpf-tools)".into(),
@@ -251,6 +259,7 @@ impl Tracer {
             Tracer::Trace => "netwatch trace --json",
             Tracer::TraceNoStacks => "trace, stacks off",
             Tracer::Report => "netwatch report",
+            Tracer::ReportClassic => "report, classic tracepoints",
             Tracer::Serve => "netwatch serve",
             Tracer::Tcpstates => "tcpstates",
             Tracer::Tcplife => "tcplife",
@@ -276,7 +285,7 @@ impl Tracer {
     fn subcommand(self) -> Option<&'static str> {
         match self {
             Tracer::Trace | Tracer::TraceNoStacks | Tracer::TraceStacks => Some("trace"),
-            Tracer::Report => Some("report"),
+            Tracer::Report | Tracer::ReportClassic => Some("report"),
             Tracer::Serve => Some("serve"),
             Tracer::Life => Some("life"),
             Tracer::Top => Some("top"),
@@ -301,6 +310,11 @@ impl Tracer {
             Tracer::Report => {
                 let mut cmd = sys::command(netwatch);
                 cmd.arg("report");
+                cmd
+            }
+            Tracer::ReportClassic => {
+                let mut cmd = sys::command(netwatch);
+                cmd.arg("report").env("NETWATCH_TRACEPOINTS", "classic");
                 cmd
             }
             Tracer::Serve => {

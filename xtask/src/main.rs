@@ -44,7 +44,7 @@ use clap::{Parser, Subcommand};
         cargo xtask test                     # what CI runs (.ci/run)\n  \
         cargo xtask test -- close_wait       # only tests whose name contains close_wait\n  \
         cargo xtask bench --quick            # cost vs tcpstates/tcplife/bpftrace (root)\n  \
-        cargo xtask vm-test                  # the checks on Debian's 6.1 and 6.12 in qemu (root)\n\n\
+        cargo xtask vm-test                  # the checks on 6.1 and 6.12 in qemu, both paths (root)\n\n\
         Every command except `setup` runs `setup` first; it takes a second when nothing is\n\
         missing."
 )]
@@ -120,7 +120,8 @@ enum Command {
     #[command(
         after_help = "Needs root. Builds netwatch and tcpdrive (release), then, in network\n\
         namespaces of its own, runs a connection-churn workload (loopback client/server closing\n\
-        first, veth client closing first) with no tracer and with each tracer, interleaved;\n\
+        first, veth client closing first) with no tracer and with each tracer, interleaved\n\
+        (`report` twice: with raw tracepoints, and with NETWATCH_TRACEPOINTS=classic);\n\
         measures connections/s, in-kernel ns per program run (kernel.bpf_stats_enabled),\n\
         user CPU per event, peak RSS and lost events, then the highest event rate netwatch\n\
         keeps without loss. Prints a markdown report and writes it to BENCHMARKS.md.\n\
@@ -145,7 +146,8 @@ enum Command {
     #[command(
         after_help = "Needs root. Builds the release binaries, then runs tests/src/bin/vmcheck.rs\n\
         (trace, life, report, leaks and a kernel-side filter against one known workload, counts\n\
-        compared with /proc/net/snmp, owners with the workload's pids):\n  \
+        compared with /proc/net/snmp, owners with the workload's pids), twice: with the raw\n\
+        tracepoint programs (NETWATCH_TRACEPOINTS=raw), then with the classic ones:\n  \
         1. on this machine's kernel, in a network namespace of its own;\n  \
         2. in a qemu VM (TCG; NETWATCH_VM_ACCEL=kvm where KVM works) for every kernel of the\n     \
         matrix: each Debian 12 6.1 flavour apt offers (cloud, standard, rt) and bookworm's\n     \

@@ -8,14 +8,14 @@ use aya_ebpf::{
         generated::bpf_get_current_task,
     },
     macros::tracepoint,
-    programs::TracePointContext,
+    programs::{TracePointContext, tracing::StackIdContext},
 };
 use netwatch_common::{AF_INET6, COMM_LEN, RawEvent, SockInfo, event_flags, event_kind, stat};
 
 use crate::{
     ACCEPT_FIELDS, KERNEL_OFFSETS, SOCKETS,
     helpers::{count, emit, global, kread, reset_event, user_sp_word, user_stack_id},
-    record::{Scratch, scratch_with_record},
+    record::{Scratch, copy_record, with_scratch},
 };
 
 /// `syscalls:sys_exit_accept4` and `sys_exit_accept` (`__syscall_nr`, `long ret`): in process
@@ -23,13 +23,14 @@ use crate::{
 /// found through `current->files->fdt->fd[ret]->private_data->sk`, with offsets from BTF.
 #[tracepoint]
 pub fn nw_accept(ctx: TracePointContext) -> u32 {
-    try_accept(&ctx);
+    with_scratch(|s| try_accept(&ctx, s));
     0
 }
 
 #[inline(always)]
-fn try_accept(ctx: &TracePointContext) -> Option<()> {
-    let Scratch { rec, ev } = scratch_with_record(ctx)?;
+fn try_accept(ctx: &TracePointContext, s: &mut Scratch) -> Option<()> {
+    let Scratch { rec, ev } = s;
+    copy_record(ctx, rec)?;
     let fd = rec.get::<i64>(global(&ACCEPT_FIELDS.ret))?;
     if fd < 0 {
         return None;
@@ -50,8 +51,8 @@ fn try_accept(ctx: &TracePointContext) -> Option<()> {
 /// event; with `stack`, also the user stack (the code path that accepted it). Shared with
 /// `first_read`, which learns the same owner at the first read instead of at accept().
 #[inline(always)]
-pub(super) fn own(
-    ctx: &TracePointContext,
+pub(super) fn own<C: StackIdContext>(
+    ctx: &C,
     ev: &mut RawEvent,
     sk: u64,
     info: *mut SockInfo,

@@ -1,24 +1,26 @@
-//! `nw_set_state`: every TCP state transition. Where a socket's `SOCKETS` entry is created and
-//! its state and the time it entered it are kept, and where its owner is captured at
-//! transitions only a syscall on that socket can cause (connect, listen, close/shutdown).
+//! `nw_set_state` / `nwr_set_state`: every TCP state transition. Where a socket's `SOCKETS`
+//! entry is created and its state and the time it entered it are kept, and where its owner is
+//! captured at transitions only a syscall on that socket can cause (connect, listen,
+//! close/shutdown).
 
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext, tracing::StackIdContext},
 };
 use netwatch_common::{
-    COMM_LEN, IPPROTO_TCP, SockInfo, event_flags, event_kind, stat,
+    COMM_LEN, IPPROTO_TCP, RawEvent, SockInfo, event_flags, event_kind, stat,
     tcp_state::{CLOSE, SYN_SENT},
 };
 
 use crate::{
     SET_STATE_FIELDS, SOCKETS,
     helpers::{
-        count, current_task_owns, emit, global, owner_from, reset_event, sock_netns, starts_fresh,
-        tcp_info, user_sp_word, user_stack_id,
+        count, current_task_owns, emit, global, owner_from, read_failed, reset_event, sock_netns,
+        starts_fresh, tcp_info, user_sp_word, user_stack_id,
     },
-    record::{Scratch, scratch_with_record},
+    record::{Scratch, copy_record, with_scratch},
+    sock,
 };
 
 const EMPTY_SOCK: SockInfo = SockInfo {
@@ -33,18 +35,27 @@ const EMPTY_SOCK: SockInfo = SockInfo {
     _pad: [0; 7],
 };
 
-/// `sock:inet_sock_set_state`: every TCP state transition (`skaddr, oldstate, newstate,
-/// sport, dport, family, protocol, saddr, daddr, saddr_v6, daddr_v6` since 4.16).
+/// `sock:inet_sock_set_state`, classic: every TCP state transition (`skaddr, oldstate,
+/// newstate, sport, dport, family, protocol, saddr, daddr, saddr_v6, daddr_v6` since 4.16).
 #[tracepoint]
 pub fn nw_set_state(ctx: TracePointContext) -> u32 {
-    try_set_state(&ctx);
+    with_scratch(|s| classic(&ctx, s));
+    0
+}
+
+/// `inet_sock_set_state`, raw: `(const struct sock *sk, const int oldstate, const int
+/// newstate)`; the record's fields are read from the socket.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn nwr_set_state(ctx: RawTracePointContext) -> u32 {
+    with_scratch(|s| raw(&ctx, &mut s.ev));
     0
 }
 
 #[inline(always)]
-fn try_set_state(ctx: &TracePointContext) -> Option<()> {
+fn classic(ctx: &TracePointContext, s: &mut Scratch) -> Option<()> {
+    let Scratch { rec, ev } = s;
+    copy_record(ctx, rec)?;
     let f = global(&SET_STATE_FIELDS);
-    let Scratch { rec, ev } = scratch_with_record(ctx)?;
     if rec.get::<u16>(f.protocol)? != IPPROTO_TCP {
         return None;
     }
@@ -55,7 +66,39 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     ev.old_state = old;
     ev.new_state = new;
     rec.tuple(&f, ev);
+    transition(ctx, ev, skaddr, old, new)
+}
 
+#[inline(always)]
+fn raw(ctx: &RawTracePointContext, ev: &mut RawEvent) -> Option<()> {
+    let sk = ctx.arg::<u64>(0);
+    let Some(protocol) = sock::protocol(sk) else {
+        return read_failed();
+    };
+    if protocol != IPPROTO_TCP {
+        return None;
+    }
+    let old = ctx.arg::<i32>(1) as u8;
+    let new = ctx.arg::<i32>(2) as u8;
+    reset_event(ev, event_kind::STATE, sk);
+    ev.old_state = old;
+    ev.new_state = new;
+    if sock::tuple(sk, ev, false).is_none() {
+        return read_failed();
+    }
+    transition(ctx, ev, sk, old, new)
+}
+
+/// The shared body: `ev` holds the transition and the socket's endpoints; this keeps the
+/// socket's `SOCKETS` entry, captures the owner where the current task is it, and emits.
+#[inline(always)]
+fn transition<C: StackIdContext>(
+    ctx: &C,
+    ev: &mut RawEvent,
+    skaddr: u64,
+    old: u8,
+    new: u8,
+) -> Option<()> {
     let fresh = starts_fresh(old, new);
     let existing = SOCKETS.get_ptr_mut(skaddr);
     let mut info = match existing {

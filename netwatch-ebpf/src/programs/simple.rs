@@ -1,30 +1,83 @@
 //! The programs that report one event per tracepoint hit and decide nothing about ownership:
-//! retransmits, SYN-ACK retransmits, resets received and sent, and socket destruction. They
-//! share one body, [`try_simple`], because their records differ only in which fields exist,
-//! which the `*_FIELDS` globals say; the owner is whatever `SOCKETS` remembers.
+//! retransmits, SYN-ACK retransmits, resets received and sent, and socket destruction.
+//!
+//! The classic programs share one body, [`classic`], because their records differ only in
+//! which fields exist, which the `*_FIELDS` globals say. The raw programs read what each
+//! tracepoint's arguments point at, as its classic record's `TP_fast_assign` does. Both end in
+//! [`finish`]: the owner is whatever `SOCKETS` remembers.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use netwatch_common::{TpFields, event_flags, event_kind};
+use aya_ebpf::{
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use netwatch_common::{RawEvent, TpFields, event_flags, event_kind};
 
 use crate::{
-    DESTROY_FIELDS, RECV_RESET_FIELDS, RETRANSMIT_FIELDS, SEND_RESET_FIELDS, SOCKETS,
+    DESTROY_FIELDS, RAW_ARGS, RECV_RESET_FIELDS, RETRANSMIT_FIELDS, SEND_RESET_FIELDS, SOCKETS,
     SYNACK_FIELDS,
-    helpers::{emit, global, known_socket, reset_event},
-    record::{Scratch, scratch_with_record},
+    helpers::{emit, global, known_socket, read_failed, reset_event},
+    record::{Scratch, copy_record, with_scratch},
+    sock,
 };
 
 /// `tcp:tcp_retransmit_skb` (`skbaddr, skaddr, state, sport, dport, family, saddr, daddr,
 /// saddr_v6, daddr_v6` since 4.16; `err` since 6.12).
 #[tracepoint]
 pub fn nw_retransmit(ctx: TracePointContext) -> u32 {
-    try_simple(&ctx, global(&RETRANSMIT_FIELDS), event_kind::RETRANSMIT);
+    with_scratch(|s| classic(&ctx, s, global(&RETRANSMIT_FIELDS), event_kind::RETRANSMIT));
+    0
+}
+
+/// `tcp_retransmit_skb`, raw: `(const struct sock *sk, const struct sk_buff *skb)`, and
+/// `int err` where the kernel has it (`RAW_ARGS`).
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn nwr_retransmit(ctx: RawTracePointContext) -> u32 {
+    with_scratch(|s| {
+        let ev = &mut s.ev;
+        let sk = ctx.arg::<u64>(0);
+        reset_event(ev, event_kind::RETRANSMIT, sk);
+        let Some(state) = sock::state(sk) else {
+            return read_failed();
+        };
+        ev.new_state = state;
+        if global(&RAW_ARGS.retransmit_skb) >= 3 {
+            ev.aux = ctx.arg::<i32>(2) as u32;
+            ev.flags |= event_flags::AUX_VALID;
+        }
+        if sock::tuple(sk, ev, false).is_none() {
+            return read_failed();
+        }
+        finish(ev, sk)
+    });
     0
 }
 
 /// `tcp:tcp_retransmit_synack` (`skaddr` is the listener, `req` the request socket).
 #[tracepoint]
 pub fn nw_synack_rtx(ctx: TracePointContext) -> u32 {
-    try_simple(&ctx, global(&SYNACK_FIELDS), event_kind::SYNACK_RETRANSMIT);
+    with_scratch(|s| {
+        classic(
+            &ctx,
+            s,
+            global(&SYNACK_FIELDS),
+            event_kind::SYNACK_RETRANSMIT,
+        )
+    });
+    0
+}
+
+/// `tcp_retransmit_synack`, raw: `(const struct sock *sk, const struct request_sock *req)`.
+#[raw_tracepoint(tracepoint = "tcp_retransmit_synack")]
+pub fn nwr_synack_rtx(ctx: RawTracePointContext) -> u32 {
+    with_scratch(|s| {
+        let ev = &mut s.ev;
+        let sk = ctx.arg::<u64>(0);
+        reset_event(ev, event_kind::SYNACK_RETRANSMIT, sk);
+        if sock::request_tuple(sk, ctx.arg::<u64>(1), ev).is_none() {
+            return read_failed();
+        }
+        finish(ev, sk)
+    });
     0
 }
 
@@ -32,7 +85,21 @@ pub fn nw_synack_rtx(ctx: TracePointContext) -> u32 {
 /// field, so the state is the last one `SOCKETS` saw).
 #[tracepoint]
 pub fn nw_recv_reset(ctx: TracePointContext) -> u32 {
-    try_simple(&ctx, global(&RECV_RESET_FIELDS), event_kind::RESET_RECEIVED);
+    with_scratch(|s| {
+        classic(
+            &ctx,
+            s,
+            global(&RECV_RESET_FIELDS),
+            event_kind::RESET_RECEIVED,
+        )
+    });
+    0
+}
+
+/// `tcp_receive_reset`, raw: `(struct sock *sk)`.
+#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
+pub fn nwr_recv_reset(ctx: RawTracePointContext) -> u32 {
+    with_scratch(|s| socket_only(&ctx, &mut s.ev, event_kind::RESET_RECEIVED));
     0
 }
 
@@ -41,23 +108,69 @@ pub fn nw_recv_reset(ctx: TracePointContext) -> u32 {
 /// segment no socket wanted.
 #[tracepoint]
 pub fn nw_send_reset(ctx: TracePointContext) -> u32 {
-    try_simple(&ctx, global(&SEND_RESET_FIELDS), event_kind::RESET_SENT);
+    with_scratch(|s| classic(&ctx, s, global(&SEND_RESET_FIELDS), event_kind::RESET_SENT));
+    0
+}
+
+/// `tcp_send_reset`, raw: `(const struct sock *sk, const struct sk_buff *skb)`, and
+/// `enum sk_rst_reason reason` since 6.10 (`RAW_ARGS`). Since 6.10 `sk` may be NULL or a
+/// timewait or request socket, and the endpoints are then those of the segment `skb` that the
+/// reset answers; before, the tracepoint fires for full sockets only.
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn nwr_send_reset(ctx: RawTracePointContext) -> u32 {
+    with_scratch(|s| {
+        let ev = &mut s.ev;
+        let sk = ctx.arg::<u64>(0);
+        let skb = ctx.arg::<u64>(1);
+        let since_6_10 = global(&RAW_ARGS.send_reset) >= 3;
+        reset_event(ev, event_kind::RESET_SENT, sk);
+        let mut full = false;
+        if sk != 0 {
+            let Some(state) = sock::state(sk) else {
+                return read_failed();
+            };
+            ev.new_state = state;
+            full = sock::is_full(state);
+        }
+        if since_6_10 {
+            ev.aux = ctx.arg::<u32>(2);
+            ev.flags |= event_flags::AUX_VALID;
+        }
+        let read = if full {
+            sock::tuple(sk, ev, since_6_10)
+        } else if skb != 0 {
+            sock::segment_tuple(skb, ev)
+        } else {
+            Some(())
+        };
+        if read.is_none() {
+            return read_failed();
+        }
+        finish(ev, sk)
+    });
     0
 }
 
 /// `tcp:tcp_destroy_sock`: the socket is freed; its `SOCKETS` entry goes with it.
 #[tracepoint]
 pub fn nw_destroy_sock(ctx: TracePointContext) -> u32 {
-    try_simple(&ctx, global(&DESTROY_FIELDS), event_kind::DESTROY);
+    with_scratch(|s| classic(&ctx, s, global(&DESTROY_FIELDS), event_kind::DESTROY));
     0
 }
 
-/// The shared body: the event of `kind` from a record laid out as `f` says (`skaddr`, and
-/// whichever of `state`, `reason`/`err` and the address fields the tracepoint has), with the
-/// owner and last state `SOCKETS` remembers. At `DESTROY` the socket's entry is removed.
+/// `tcp_destroy_sock`, raw: `(struct sock *sk)`.
+#[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
+pub fn nwr_destroy_sk(ctx: RawTracePointContext) -> u32 {
+    with_scratch(|s| socket_only(&ctx, &mut s.ev, event_kind::DESTROY));
+    0
+}
+
+/// The classic body: the event of `kind` from a record laid out as `f` says (`skaddr`, and
+/// whichever of `state`, `reason`/`err` and the address fields the tracepoint has).
 #[inline(always)]
-fn try_simple(ctx: &TracePointContext, f: TpFields, kind: u8) -> Option<()> {
-    let Scratch { rec, ev } = scratch_with_record(ctx)?;
+fn classic(ctx: &TracePointContext, s: &mut Scratch, f: TpFields, kind: u8) -> Option<()> {
+    let Scratch { rec, ev } = s;
+    copy_record(ctx, rec)?;
     let skaddr = rec.get::<u64>(f.skaddr)?;
     reset_event(ev, kind, skaddr);
     if let Some(state) = rec.get::<i32>(f.state) {
@@ -71,8 +184,27 @@ fn try_simple(ctx: &TracePointContext, f: TpFields, kind: u8) -> Option<()> {
         ev.flags |= event_flags::AUX_VALID;
     }
     rec.tuple(&f, ev);
+    finish(ev, skaddr)
+}
+
+/// The raw body of the `tcp_event_sk` tracepoints (`(struct sock *sk)`): the socket's
+/// endpoints, no state (their records have none).
+#[inline(always)]
+fn socket_only(ctx: &RawTracePointContext, ev: &mut RawEvent, kind: u8) -> Option<()> {
+    let sk = ctx.arg::<u64>(0);
+    reset_event(ev, kind, sk);
+    if sock::tuple(sk, ev, false).is_none() {
+        return read_failed();
+    }
+    finish(ev, sk)
+}
+
+/// The shared end: the owner and last state `SOCKETS` remembers, then the event. At `DESTROY`
+/// the socket's entry is removed.
+#[inline(always)]
+fn finish(ev: &mut RawEvent, skaddr: u64) -> Option<()> {
     known_socket(skaddr, ev);
-    if kind == event_kind::DESTROY {
+    if ev.kind == event_kind::DESTROY {
         let seen = SOCKETS.remove(skaddr).is_ok();
         // A socket that never left CLOSE (socket() then close()) is noise, not a connection.
         if !seen && ev.sport == 0 && ev.dport == 0 {

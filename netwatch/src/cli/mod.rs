@@ -34,7 +34,12 @@ pub const DEFAULT_LABEL_TTL: Duration = Duration::from_secs(600);
         netwatch doctor               # what this kernel lets netwatch do\n  \
         netwatch help filters         # the filter grammar\n\n\
         Needs root (CAP_BPF and CAP_PERFMON). Ctrl-C stops and prints how many events were\n\
-        seen and lost on stderr."
+        seen and lost on stderr.\n\n\
+        Environment:\n  \
+        NETWATCH_TRACEPOINTS=classic  classic tracepoints only (default `auto`: raw tracepoints\n  \
+        \x20                             where the kernel takes them, which cost less; `raw`: raw\n  \
+        \x20                             ones or stop, saying why)\n  \
+        NETWATCH_STACKS=0             no user stacks at connect() and accept()"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -136,7 +141,9 @@ pub enum Command {
         Exits 0 when netwatch can run here, degraded lines included; 1 when a program is rejected\n\
         or something it needs is missing (Linux 5.8, the ring buffer, sock:inet_sock_set_state).\n\
         The map and program checks need root; without it, doctor prints the rest and names the\n\
-        missing capability. Programs are loaded as `netwatch trace` loads them, never attached.\n\n\
+        missing capability. Programs are loaded as `netwatch trace` loads them, never attached.\n\
+        Each tracepoint line names the program it gets: its raw tracepoint program where the\n\
+        kernel takes it, else its classic one (NETWATCH_TRACEPOINTS=raw or classic forces one).\n\n\
         Examples:\n  \
         netwatch doctor\n  \
         netwatch doctor --json | jq '.checks[] | select(.status != \"ok\")'\n  \

@@ -7,7 +7,9 @@
 //! kernel floor, BTF, tracefs, each tracepoint and its layout, the map types, and the verifier's
 //! verdict on each program, loaded exactly as `Probe::attach` loads them (same layouts, same
 //! globals, same offsets, through [`probe::load_object`]), but attached to nothing. Each answer
-//! says what the user loses without it; `--json` keeps the whole verifier log.
+//! says what the user loses without it; `--json` keeps the whole verifier log. Each tracepoint
+//! line says which program a run attaches there (`path`: `raw` where the kernel takes the raw
+//! tracepoint program, else `classic`), in the mode `NETWATCH_TRACEPOINTS` asks for.
 use std::{
     fs,
     io::{self, Write as _},
@@ -16,7 +18,7 @@ use std::{
 
 use aya::{
     maps::MapType,
-    programs::{ProgramError, TracePoint},
+    programs::{Program as AyaProgram, ProgramError},
 };
 use serde::Serialize;
 
@@ -25,8 +27,12 @@ use crate::{
     kernel::btf::VMLINUX_BTF_PATH,
     kernel::offsets,
     kernel::privileges,
-    kernel::probe::{self, KernelLayouts, PROGRAM_SPECS, ProbeConfig, ProgramSpec, Unusable},
+    kernel::probe::{
+        self, KernelLayouts, PROGRAM_SPECS, ProbeConfig, ProgramSpec, TRACEPOINTS_ENV,
+        TracepointMode, TracepointPath, Unusable,
+    },
     kernel::tracefs::TracefsError,
+    kernel::verifier::summarize_verifier_log,
 };
 
 /// The oldest kernel netwatch runs on: the BPF ring buffer came in Linux 5.8.
@@ -93,6 +99,12 @@ struct Check {
     /// The whole verifier log of a rejected program.
     #[serde(skip_serializing_if = "Option::is_none")]
     verifier_log: Option<String>,
+    /// How a tracepoint's program is attached (`raw` or `classic`), on tracepoint lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<&'static str>,
+    /// The program a tracepoint gets, on tracepoint lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    program: Option<&'static str>,
     /// netwatch cannot run when this is missing.
     #[serde(skip)]
     required: bool,
@@ -106,6 +118,8 @@ impl Check {
             status,
             detail: detail.into(),
             verifier_log: None,
+            path: None,
+            program: None,
             required: false,
         }
     }
@@ -126,12 +140,15 @@ impl Check {
 struct Report {
     kernel: String,
     floor: &'static str,
+    /// `NETWATCH_TRACEPOINTS`: `auto`, `raw` or `classic`.
+    tracepoints: &'static str,
     checks: Vec<Check>,
     ok: bool,
 }
 
 /// Runs every check and prints the report; `Ok(false)` when netwatch cannot run here.
 pub fn run(args: &DoctorArgs) -> anyhow::Result<bool> {
+    let mode = TracepointMode::from_env()?;
     let release = crate::kernel::release::running().unwrap_or_else(|e| format!("unknown ({e})"));
     let mut checks = vec![kernel_check(&release), btf_check()];
 
@@ -170,9 +187,7 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<bool> {
                 )
                 .required(),
             );
-            let layouts = KernelLayouts::read(&root);
-            checks.extend(layouts.tracepoints.iter().map(tracepoint_check));
-            Some(layouts)
+            Some(KernelLayouts::read(&root))
         }
         Err(e) => {
             let (name, why) = match e.downcast_ref::<TracefsError>() {
@@ -211,14 +226,27 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<bool> {
         }
     };
 
-    checks.extend(map_checks(gaps.maps.as_deref()));
-    checks.extend(program_checks(layouts.as_ref(), gaps.programs.as_deref()));
+    let maps = map_checks(gaps.maps.as_deref());
+    let (programs, verdicts) = program_checks(mode, layouts.as_ref(), gaps.programs.as_deref());
     // Every map and program loaded above is closed by now: nothing stays in the kernel.
+    // The tracepoint lines come first, but say which program each tracepoint gets, which
+    // the verifier's answers above decide.
+    if let Some(layouts) = &layouts {
+        checks.extend(
+            layouts
+                .tracepoints
+                .iter()
+                .map(|tp| tracepoint_check(tp, mode, &verdicts)),
+        );
+    }
+    checks.extend(maps);
+    checks.extend(programs);
 
     let ok = !checks.iter().any(Check::fails);
     let report = Report {
         kernel: release,
         floor: FLOOR_TEXT,
+        tracepoints: mode.as_str(),
         checks,
         ok,
     };
@@ -240,8 +268,8 @@ fn print_text(
 ) -> io::Result<()> {
     writeln!(
         out,
-        "netwatch doctor: what Linux {} lets netwatch do",
-        report.kernel
+        "netwatch doctor: what Linux {} lets netwatch do ({TRACEPOINTS_ENV}={})",
+        report.kernel, report.tracepoints
     )?;
     writeln!(out)?;
     for c in &report.checks {
@@ -350,39 +378,119 @@ fn tracepoint_name(spec: &ProgramSpec) -> String {
     format!("{}:{}", spec.system, spec.event)
 }
 
-fn tracepoint_check(tp: &probe::Tracepoint) -> Check {
+/// Whether each loaded program passed the verifier (`Some(true)`), was rejected
+/// (`Some(false)`), or was not loaded (absent: not checked, or not loadable here).
+type Verdicts = Vec<(&'static str, bool)>;
+
+fn verdict(verdicts: &Verdicts, program: &str) -> Option<bool> {
+    verdicts
+        .iter()
+        .find(|(name, _)| *name == program)
+        .map(|(_, ok)| *ok)
+}
+
+/// A tracepoint: whether it exists, and which of its programs a run would attach (the raw one
+/// where the kernel takes it, unless `mode` says otherwise), and what is lost without it.
+fn tracepoint_check(tp: &probe::Tracepoint, mode: TracepointMode, verdicts: &Verdicts) -> Check {
     let spec = tp.spec;
     let name = tracepoint_name(spec);
-    let check = match &tp.fields {
-        Ok(_) => Check::new(
-            Kind::Tracepoint,
-            name,
-            Status::Ok,
-            format!("present, layout readable: {} are traced", spec.feature),
-        ),
-        Err(why) if spec.required => Check::new(
-            Kind::Tracepoint,
-            name,
-            Status::Missing,
-            format!("{why}: netwatch cannot run without {}", spec.feature),
-        ),
-        Err(why) => {
-            let why = match why {
-                Unusable::Missing => why.to_string(),
-                _ => format!("present, but {why}"),
-            };
-            Check::new(
-                Kind::Tracepoint,
-                name,
-                Status::Degraded,
-                format!("{why}: {} are not traced", spec.feature),
-            )
-        }
+    let feature = spec.feature;
+    let check = |status, detail: String| {
+        let c = Check::new(Kind::Tracepoint, name.clone(), status, detail);
+        if spec.required { c.required() } else { c }
     };
-    if spec.required {
-        check.required()
-    } else {
-        check
+    if !tp.exists() {
+        let why = tp
+            .fields
+            .as_ref()
+            .err()
+            .map_or(String::new(), ToString::to_string);
+        return if spec.required {
+            check(
+                Status::Missing,
+                format!("{why}: netwatch cannot run without {feature}"),
+            )
+        } else {
+            check(Status::Degraded, format!("{why}: {feature} are not traced"))
+        };
+    }
+    let why_not_raw = match tp.raw_choice(mode) {
+        Ok(Some(program)) => match verdict(verdicts, program) {
+            Some(false) => Some(format!("the verifier rejects {program} (below)")),
+            taken => {
+                let unless = if taken.is_none() {
+                    " (if the verifier accepts it: not checked)"
+                } else {
+                    ""
+                };
+                let mut c = check(
+                    Status::Ok,
+                    format!(
+                        "present: {feature} are traced by its raw tracepoint program {program}{unless}"
+                    ),
+                );
+                c.path = Some(TracepointPath::Raw.as_str());
+                c.program = Some(program);
+                return c;
+            }
+        },
+        Ok(None) => None,
+        Err(why) => Some(why),
+    };
+    if let Some(why) = &why_not_raw
+        && mode == TracepointMode::Raw
+    {
+        return check(
+            Status::Missing,
+            format!(
+                "its raw tracepoint program is not used here ({why}), and {TRACEPOINTS_ENV}=raw \
+                 allows no other: netwatch stops"
+            ),
+        )
+        .required();
+    }
+    match &tp.fields {
+        Ok(_) => {
+            let (status, note) = match (&why_not_raw, spec.raw.is_some()) {
+                (Some(why), _) => (
+                    Status::Degraded,
+                    format!("; not its raw one, which costs less per event: {why}"),
+                ),
+                (None, true) => (Status::Ok, format!(" ({TRACEPOINTS_ENV}=classic)")),
+                (None, false) => (Status::Ok, String::new()),
+            };
+            let mut c = check(
+                status,
+                format!(
+                    "present, layout readable: {feature} are traced by its classic tracepoint \
+                     program {}{note}",
+                    spec.program
+                ),
+            );
+            c.path = Some(TracepointPath::Classic.as_str());
+            c.program = Some(spec.program);
+            c
+        }
+        Err(why) => {
+            // Both programs need the accept() walk's offsets when that is why: said once.
+            let raw = match why_not_raw {
+                Some(w) if !matches!(why, Unusable::NoOffsets) => {
+                    format!(" and its raw program is not used ({w})")
+                }
+                _ => String::new(),
+            };
+            if spec.required {
+                check(
+                    Status::Missing,
+                    format!("present, but {why}{raw}: netwatch cannot run without {feature}"),
+                )
+            } else {
+                check(
+                    Status::Degraded,
+                    format!("present, but {why}{raw}: {feature} are not traced"),
+                )
+            }
+        }
     }
 }
 
@@ -445,20 +553,41 @@ fn map_checks(lacking: Option<&str>) -> Vec<Check> {
         .collect()
 }
 
-/// The programs, in table order, each once (both accept tracepoints share one).
-fn programs() -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = Vec::new();
+/// One program doctor loads: a tracepoint's classic program or its raw twin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Program {
+    name: &'static str,
+    path: TracepointPath,
+}
+
+/// The programs a run in `mode` may load, in table order, each once (both accept tracepoints
+/// share one): each tracepoint's classic program (the fallback; not in `raw` mode where a raw
+/// one exists), then its raw one (not in `classic` mode).
+fn programs(mode: TracepointMode) -> Vec<Program> {
+    let mut out: Vec<Program> = Vec::new();
     for spec in PROGRAM_SPECS {
-        if !names.contains(&spec.program) {
-            names.push(spec.program);
+        let mut push = |name, path| {
+            if !out.iter().any(|p| p.name == name) {
+                out.push(Program { name, path });
+            }
+        };
+        if mode != TracepointMode::Raw || spec.raw.is_none() {
+            push(spec.program, TracepointPath::Classic);
+        }
+        if let Some(raw) = &spec.raw
+            && mode != TracepointMode::Classic
+        {
+            push(raw.program, TracepointPath::Raw);
         }
     }
-    names
+    out
 }
 
 /// The tracepoints a program attaches to.
 fn specs_of(program: &str) -> impl Iterator<Item = &'static ProgramSpec> + '_ {
-    PROGRAM_SPECS.iter().filter(move |s| s.program == program)
+    PROGRAM_SPECS.iter().filter(move |s| {
+        s.program == program || s.raw.as_ref().is_some_and(|r| r.program == program)
+    })
 }
 
 /// What is not traced without a program, from its tracepoints' features.
@@ -477,107 +606,197 @@ fn unusable_tracepoints(program: &str) -> String {
 }
 
 fn required(program: &str) -> bool {
-    PROGRAM_SPECS
-        .iter()
-        .any(|s| s.program == program && s.required)
+    specs_of(program).any(|s| s.required)
 }
 
 /// Loads the object as `Probe::attach` does, then each program on its own, and reports the
-/// verifier's answer. Nothing is attached; everything is closed on return.
-fn program_checks(layouts: Option<&KernelLayouts>, lacking: Option<&str>) -> Vec<Check> {
-    let names = programs();
+/// verifier's answer, with each loaded program's verdict for the tracepoint lines. Nothing is
+/// attached; everything is closed on return.
+///
+/// A program a run would fall back from or to is not essential: a rejected raw program (in
+/// `auto` mode) or classic one (whose raw twin runs instead) is `degraded`, not `rejected`.
+fn program_checks(
+    mode: TracepointMode,
+    layouts: Option<&KernelLayouts>,
+    lacking: Option<&str>,
+) -> (Vec<Check>, Verdicts) {
+    let list = programs(mode);
     let all = |status: Status, detail: &str| -> Vec<Check> {
-        names
-            .iter()
-            .map(|&name| {
-                let c = Check::new(Kind::Program, name, status, detail);
-                if required(name) { c.required() } else { c }
+        list.iter()
+            .map(|p| {
+                let c = Check::new(Kind::Program, p.name, status, detail);
+                if required(p.name) && p.path == TracepointPath::Classic {
+                    c.required()
+                } else {
+                    c
+                }
             })
             .collect()
     };
     if let Some(caps) = lacking {
-        return all(
-            Status::Missing,
-            &format!("not checked: this process lacks {caps}"),
-        );
+        let detail = format!("not checked: this process lacks {caps}");
+        return (all(Status::Missing, &detail), Vec::new());
     }
     let Some(layouts) = layouts else {
-        return all(
-            Status::Missing,
-            "not checked: without tracefs there are no layouts to load it with",
-        );
+        let detail = "not checked: without tracefs there are no layouts to load it with";
+        return (all(Status::Missing, detail), Vec::new());
     };
     let config = ProbeConfig {
         capture_stacks: ProbeConfig::stacks_from_env(),
+        tracepoints: mode,
         ..ProbeConfig::default()
     };
     let mut ebpf = match probe::load_object(&config, layouts) {
         Ok(ebpf) => ebpf,
         Err(e) => {
-            return all(
+            let detail = format!("not loaded: the kernel refused netwatch's object ({e:#})");
+            return (all(Status::Rejected, &detail), Vec::new());
+        }
+    };
+    let mut verdicts: Verdicts = Vec::new();
+    let mut checks: Vec<(Program, Check)> = Vec::new();
+    // Raw programs first: whether a classic program is the fallback or what runs depends on
+    // their verdicts.
+    for p in list.iter().filter(|p| p.path == TracepointPath::Raw) {
+        let Some(tp) = layouts
+            .tracepoints
+            .iter()
+            .find(|tp| tp.spec.raw.as_ref().is_some_and(|r| r.program == p.name))
+        else {
+            continue;
+        };
+        let fallback = format!(
+            "the classic tracepoint program {} runs instead, at a higher cost per event",
+            tp.spec.program
+        );
+        let (refused, lost) = if mode == TracepointMode::Raw {
+            (
                 Status::Rejected,
-                &format!("not loaded: the kernel refused netwatch's object ({e:#})"),
+                format!("{TRACEPOINTS_ENV}=raw stops netwatch"),
+            )
+        } else {
+            (Status::Degraded, fallback)
+        };
+        let check = match tp.raw_choice(mode) {
+            Ok(Some(_)) => {
+                let check = load_program(&mut ebpf, p.name, refused, &lost);
+                verdicts.push((p.name, check.status == Status::Ok));
+                check
+            }
+            Ok(None) => Check::new(
+                Kind::Program,
+                p.name,
+                Status::Degraded,
+                format!(
+                    "not loaded, as on a real run: {}",
+                    unusable_tracepoints(p.name)
+                ),
+            ),
+            Err(why) => Check::new(
+                Kind::Program,
+                p.name,
+                if mode == TracepointMode::Raw {
+                    Status::Missing
+                } else {
+                    Status::Degraded
+                },
+                format!("not loaded, as on a real run: {why}: {lost}"),
+            )
+            .required_if(mode == TracepointMode::Raw),
+        };
+        checks.push((*p, check));
+    }
+    for p in list.iter().filter(|p| p.path == TracepointPath::Classic) {
+        let required = required(p.name);
+        let specs: Vec<&probe::Tracepoint> = layouts
+            .tracepoints
+            .iter()
+            .filter(|tp| tp.spec.program == p.name)
+            .collect();
+        let usable = specs.iter().any(|tp| tp.exists() && tp.fields.is_ok());
+        // Its tracepoints all get their raw program: this one is only the fallback.
+        let fallback_only = specs.iter().all(|tp| match tp.raw_choice(mode) {
+            Ok(Some(raw)) => verdict(&verdicts, raw) == Some(true),
+            _ => false,
+        });
+        let check = if !usable {
+            // Probe::attach does not load a program none of whose tracepoints it can use.
+            let why = unusable_tracepoints(p.name);
+            if required && !fallback_only {
+                Check::new(
+                    Kind::Program,
+                    p.name,
+                    Status::Missing,
+                    format!("not loaded: {why}, and netwatch cannot run without it"),
+                )
+                .required()
+            } else {
+                Check::new(
+                    Kind::Program,
+                    p.name,
+                    Status::Degraded,
+                    format!("not loaded, as on a real run: {why}"),
+                )
+            }
+        } else if fallback_only {
+            let lost = "the fallback for its raw twin would be missing";
+            load_program(&mut ebpf, p.name, Status::Degraded, lost)
+        } else {
+            let lost = if required {
+                "netwatch cannot run".to_owned()
+            } else {
+                format!("{} would not be traced", features(p.name))
+            };
+            load_program(&mut ebpf, p.name, Status::Rejected, &lost).required_if(required)
+        };
+        checks.push((*p, check));
+    }
+    drop(ebpf);
+    // In table order again.
+    let checks = list
+        .iter()
+        .filter_map(|p| {
+            checks
+                .iter()
+                .position(|(q, _)| q == p)
+                .map(|i| checks.swap_remove(i).1)
+        })
+        .collect();
+    (checks, verdicts)
+}
+
+impl Check {
+    fn required_if(self, required: bool) -> Self {
+        if required { self.required() } else { self }
+    }
+}
+
+/// Loads one program of the loaded object and reports the verifier's answer; a refusal gets
+/// `refused` as its status and says what follows from it (`lost`).
+fn load_program(ebpf: &mut aya::Ebpf, name: &'static str, refused: Status, lost: &str) -> Check {
+    let Some(program) = ebpf.program_mut(name) else {
+        return Check::new(
+            Kind::Program,
+            name,
+            Status::Rejected,
+            "missing from netwatch's object",
+        );
+    };
+    let loaded = match program {
+        AyaProgram::TracePoint(p) => p.load().map(|()| p.info()),
+        AyaProgram::RawTracePoint(p) => p.load().map(|()| p.info()),
+        other => {
+            return Check::new(
+                Kind::Program,
+                name,
+                Status::Rejected,
+                format!("not a tracepoint program ({:?})", other.prog_type()),
             );
         }
     };
-    let usable: Vec<&ProgramSpec> = layouts.usable().collect();
-    let checks = names
-        .iter()
-        .map(|&name| {
-            let required = required(name);
-            let features = features(name);
-            let check = if !usable.iter().any(|s| s.program == name) {
-                // Probe::attach does not load a program none of whose tracepoints it can use.
-                let why = unusable_tracepoints(name);
-                if required {
-                    Check::new(
-                        Kind::Program,
-                        name,
-                        Status::Missing,
-                        format!("not loaded: {why}, and netwatch cannot run without it"),
-                    )
-                } else {
-                    Check::new(
-                        Kind::Program,
-                        name,
-                        Status::Degraded,
-                        format!("not loaded, as on a real run: {why}"),
-                    )
-                }
-            } else {
-                load_program(&mut ebpf, name, required, &features)
-            };
-            if required { check.required() } else { check }
-        })
-        .collect();
-    drop(ebpf);
-    checks
-}
-
-/// Loads one program of the loaded object and reports the verifier's answer.
-fn load_program(ebpf: &mut aya::Ebpf, name: &'static str, required: bool, features: &str) -> Check {
-    let program: Result<&mut TracePoint, String> = ebpf
-        .program_mut(name)
-        .ok_or_else(|| "missing from netwatch's object".to_owned())
-        .and_then(|p| {
-            p.try_into()
-                .map_err(|e| format!("not a tracepoint program ({e})"))
-        });
-    let program = match program {
-        Ok(p) => p,
-        Err(e) => return Check::new(Kind::Program, name, Status::Rejected, e),
-    };
-    let lost = if required {
-        "netwatch cannot run".to_owned()
-    } else {
-        format!("{features} would not be traced")
-    };
-    match program.load() {
-        Ok(()) => {
-            let insns = program
-                .info()
-                .ok()
-                .and_then(|i| i.verified_instruction_count());
+    match loaded {
+        Ok(info) => {
+            let insns = info.ok().and_then(|i| i.verified_instruction_count());
             let detail = match insns {
                 Some(n) => format!("the verifier accepts it ({n} instructions processed)"),
                 None => "the verifier accepts it".to_owned(),
@@ -593,98 +812,16 @@ fn load_program(ebpf: &mut aya::Ebpf, name: &'static str, required: bool, featur
                 Some(summary) => format!("the verifier rejects it: {summary}: {lost}"),
                 None => format!("the kernel refused to load it ({io_error}): {lost}"),
             };
-            let mut check = Check::new(Kind::Program, name, Status::Rejected, detail);
+            let mut check = Check::new(Kind::Program, name, refused, detail);
             check.verifier_log = Some(log);
             check
         }
         Err(e) => Check::new(
             Kind::Program,
             name,
-            Status::Rejected,
+            refused,
             format!("cannot load it ({e}): {lost}"),
         ),
-    }
-}
-
-/// A line of the verifier's closing statistics.
-fn is_stats_line(line: &str) -> bool {
-    (line.starts_with("processed ") && line.contains(" insns"))
-        || line.starts_with("verification time")
-        || line.starts_with("stack depth")
-        || line.starts_with("-- END")
-}
-
-/// A line of the verifier's walk through the program (instructions, register states, source
-/// lines, branch and precision bookkeeping), as opposed to the sentence saying what is wrong.
-fn is_trace_line(line: &str) -> bool {
-    let t = line.trim_end();
-    if t.is_empty() || t.starts_with([' ', '\t', ';']) {
-        return true;
-    }
-    // "12: (85) call bpf_probe_read_kernel#113", "0: R1=ctx() R10=fp0"
-    let digits = t.len() - t.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-    if digits > 0 && t[digits..].starts_with(':') {
-        return true;
-    }
-    // "R1_w=scalar()", "R0=0": a register state, not "R1 invalid mem access 'scalar'"
-    if let Some(rest) = t.strip_prefix('R') {
-        let rest = rest.trim_start_matches(|c: char| c.is_ascii_digit());
-        if rest.len() < t.len() - 1 && rest.starts_with(['=', '_']) {
-            return true;
-        }
-    }
-    (t.starts_with("from ") && t.contains(" to "))
-        || [
-            "func#",
-            "Func#",
-            "Live regs",
-            "mark_precise",
-            "last_idx",
-            "regs=",
-            "parent ",
-            "caller:",
-            "callee:",
-            "frame",
-            "Validating ",
-            "returning from callee",
-            "to caller at",
-        ]
-        .iter()
-        .any(|p| t.starts_with(p))
-}
-
-/// One line out of a verifier log: the first line of the explanation the verifier ends on, and
-/// its statistics ("processed N insns (limit M)", and the stack depth when the complaint is
-/// about the stack). `None` for an empty log.
-fn summarize_verifier_log(log: &str) -> Option<String> {
-    let lines: Vec<&str> = log.lines().map(str::trim_end).collect();
-    let mut end = lines.len();
-    while end > 0 && (lines[end - 1].is_empty() || is_stats_line(lines[end - 1])) {
-        end -= 1;
-    }
-    // The explanation: the block of non-trace lines just before the statistics.
-    let mut start = end;
-    while start > 0 && !is_trace_line(lines[start - 1]) && !is_stats_line(lines[start - 1]) {
-        start -= 1;
-    }
-    let explanation = (start < end).then(|| lines[start]);
-    let processed = lines
-        .iter()
-        .find(|l| l.starts_with("processed ") && l.contains(" insns"))
-        .map(|l| l.split(" max_states_per_insn").next().unwrap_or(l));
-    let stack = lines.iter().find(|l| l.starts_with("stack depth"));
-    let mut extras: Vec<&str> = Vec::new();
-    if let Some(&stack) = stack
-        && explanation.is_some_and(|e| e.contains("stack"))
-    {
-        extras.push(stack);
-    }
-    extras.extend(processed);
-    match (explanation, extras.is_empty()) {
-        (Some(e), true) => Some(e.to_owned()),
-        (Some(e), false) => Some(format!("{e} ({})", extras.join("; "))),
-        (None, false) => Some(extras.join("; ")),
-        (None, true) => None,
     }
 }
 
@@ -715,86 +852,6 @@ mod tests {
     }
 
     #[test]
-    fn a_rejection_becomes_its_explanation_and_its_counts() {
-        // As Linux 6.18 wrote it (log level DEBUG | STATS, aya's default).
-        let log = "0: R1=ctx() R10=fp0\n\
-            0: (bf) r6 = r1                       ; R1=ctx() R6=ctx()\n\
-            1: (b7) r6 = 5                        ; R6=5\n\
-            2: (79) r0 = *(u64 *)(r6 +0)\n\
-            R6 invalid mem access 'scalar'\n\
-            verification time 47 usec\n\
-            stack depth 0\n\
-            processed 3 insns (limit 1000000) max_states_per_insn 0 total_states 0 \
-            peak_states 0 mark_read 0\n";
-        assert_eq!(
-            summarize_verifier_log(log).unwrap(),
-            "R6 invalid mem access 'scalar' (processed 3 insns (limit 1000000))"
-        );
-    }
-
-    #[test]
-    fn the_first_line_of_a_two_line_explanation_is_kept() {
-        let log = "13: (79) r1 = *(u64 *)(r0 +64)\n\
-            R0=map_value(map=STATS,ks=4,vs=64)\n\
-            invalid access to map value, value_size=64 off=64 size=8\n\
-            R0 min value is outside of the allowed memory range\n\
-            verification time 35 usec\n\
-            stack depth 0\n\
-            processed 14 insns (limit 1000000) max_states_per_insn 0 total_states 1 \
-            peak_states 1 mark_read 1\n";
-        assert_eq!(
-            summarize_verifier_log(log).unwrap(),
-            "invalid access to map value, value_size=64 off=64 size=8 \
-             (processed 14 insns (limit 1000000))"
-        );
-    }
-
-    #[test]
-    fn a_stack_complaint_keeps_the_stack_depth() {
-        let log = "from 40 to 42: R0=scalar()\n\
-            42: (85) call pc+10\n\
-            combined stack size of 3 calls is 576. Too large\n\
-            verification time 1201 usec\n\
-            stack depth 32+512+32\n\
-            processed 340 insns (limit 1000000) max_states_per_insn 1 total_states 20 \
-            peak_states 20 mark_read 5\n";
-        assert_eq!(
-            summarize_verifier_log(log).unwrap(),
-            "combined stack size of 3 calls is 576. Too large \
-             (stack depth 32+512+32; processed 340 insns (limit 1000000))"
-        );
-    }
-
-    #[test]
-    fn logs_without_an_explanation() {
-        assert_eq!(summarize_verifier_log(""), None);
-        assert_eq!(summarize_verifier_log("\n\n"), None);
-        assert_eq!(
-            summarize_verifier_log(
-                "0: (b7) r0 = 0\nprocessed 1000001 insns (limit 1000000) max_states_per_insn 4"
-            )
-            .unwrap(),
-            "processed 1000001 insns (limit 1000000)"
-        );
-        // A log that is nothing but the complaint.
-        assert_eq!(
-            summarize_verifier_log("unknown opcode 8d\n").unwrap(),
-            "unknown opcode 8d"
-        );
-    }
-
-    #[test]
-    fn register_states_are_not_complaints() {
-        assert!(is_trace_line("R1_w=scalar(id=1)"));
-        assert!(is_trace_line("R0=0 R10=fp0"));
-        assert!(is_trace_line("12: (85) call bpf_probe_read_kernel#113"));
-        assert!(is_trace_line("; if x == 0 { @ main.rs:12"));
-        assert!(!is_trace_line("R1 invalid mem access 'scalar'"));
-        assert!(!is_trace_line("R2 !read_ok"));
-        assert!(!is_trace_line("back-edge from insn 10 to 5"));
-    }
-
-    #[test]
     fn only_rejections_and_missing_requirements_fail() {
         let c = |status, required| {
             let c = Check::new(Kind::Tracepoint, "t", status, "d");
@@ -814,6 +871,7 @@ mod tests {
         let report = Report {
             kernel: "6.1.0".to_owned(),
             floor: FLOOR_TEXT,
+            tracepoints: "auto",
             checks: vec![
                 Check::new(Kind::Kernel, "6.1.0", Status::Ok, "fine").required(),
                 rejected,
@@ -833,9 +891,27 @@ mod tests {
 
     #[test]
     fn every_program_is_checked_once() {
-        let names = programs();
-        assert_eq!(names.first(), Some(&"nw_set_state"));
-        assert_eq!(names.iter().filter(|n| **n == "nw_accept").count(), 1);
-        assert!(required("nw_set_state") && !required("nw_accept"));
+        let names = |mode| -> Vec<&str> { programs(mode).iter().map(|p| p.name).collect() };
+        let auto = names(TracepointMode::Auto);
+        assert_eq!(auto[..2], ["nw_set_state", "nwr_set_state"]);
+        assert_eq!(auto.iter().filter(|n| **n == "nw_accept").count(), 1);
+        assert_eq!(auto.len(), 15, "{auto:?}");
+        assert!(required("nw_set_state") && required("nwr_set_state") && !required("nw_accept"));
+        // Forced paths: only their programs, and accept() always classic.
+        let classic = names(TracepointMode::Classic);
+        assert_eq!(classic.len(), 8, "{classic:?}");
+        assert!(classic.iter().all(|n| n.starts_with("nw_")));
+        let raw = names(TracepointMode::Raw);
+        assert_eq!(raw.len(), 8, "{raw:?}");
+        assert_eq!(raw.iter().filter(|n| n.starts_with("nwr_")).count(), 7);
+        assert!(raw.contains(&"nw_accept"));
+    }
+
+    #[test]
+    fn every_raw_program_name_fits_the_kernel() {
+        // The kernel keeps 15 characters of a program's name; tests and bpftool match them.
+        for p in programs(TracepointMode::Auto) {
+            assert!(p.name.len() <= 15, "{}", p.name);
+        }
     }
 }

@@ -25,7 +25,10 @@ use crate::{
         metrics::{Exporter, MetricsSink},
         top::TopSink,
     },
-    kernel::{privileges::INSPECTS_OTHERS, probe::ProbeConfig},
+    kernel::{
+        privileges::INSPECTS_OTHERS,
+        probe::{ProbeConfig, TracepointMode},
+    },
     model::selection::Selection,
     pipeline::{
         record::Replay,
@@ -67,6 +70,7 @@ fn live_options(
             capture_stacks: ProbeConfig::stacks_from_env(),
             owners_at_accept: code_paths,
             max_sockets: u32::try_from(tracker.max_sockets).unwrap_or(u32::MAX),
+            tracepoints: TracepointMode::from_env()?,
         },
         duration: run.duration,
         record: run.record.clone(),

@@ -291,6 +291,12 @@ pub enum BtfError {
     TooDeep { type_id: u32 },
     #[error("BTF type id {type_id}: size or offset does not fit in 32 bits")]
     Overflow { type_id: u32 },
+    #[error("BTF has no typedef `btf_trace_{event}`: the kernel has no raw tracepoint `{event}`")]
+    TracepointNotFound { event: String },
+    #[error(
+        "BTF typedef `btf_trace_{event}` (type id {type_id}) is not a pointer to a function          prototype"
+    )]
+    NotATracepointTypedef { event: String, type_id: u32 },
 }
 
 /// Where a member lives inside a struct: what a BPF program needs for
@@ -326,6 +332,8 @@ pub struct Btf {
     type_offsets: Vec<usize>,
     /// Struct and union names to their type ids (a name may repeat in BTF).
     composites: HashMap<Box<str>, Vec<u32>>,
+    /// `btf_trace_<tracepoint>` typedefs (the raw tracepoints' prototypes) by tracepoint name.
+    trace_typedefs: HashMap<Box<str>, u32>,
 }
 
 impl fmt::Debug for Btf {
@@ -368,6 +376,15 @@ impl Btf {
     /// Reads the running kernel's BTF from [`VMLINUX_BTF_PATH`].
     pub fn from_sys_fs() -> Result<Btf, BtfError> {
         Btf::from_file(Path::new(VMLINUX_BTF_PATH))
+    }
+
+    /// The kernel BTF netwatch runs with: the file `NETWATCH_BTF` names if set (for tests that
+    /// stand in a kernel whose BTF lacks what netwatch reads), else the running kernel's.
+    pub fn for_netwatch() -> Result<Btf, BtfError> {
+        match std::env::var_os("NETWATCH_BTF") {
+            Some(path) => Btf::from_file(Path::new(&path)),
+            None => Btf::from_sys_fs(),
+        }
     }
 
     /// Reads raw BTF from a file (not an ELF object: the bare header + types + strings).
@@ -469,6 +486,7 @@ impl Btf {
             str_end,
             type_offsets: Vec::new(),
             composites: HashMap::new(),
+            trace_typedefs: HashMap::new(),
         };
         btf.scan_types(type_start, type_end)?;
         btf.index_composites()?;
@@ -627,19 +645,83 @@ impl Btf {
         Ok(())
     }
 
-    /// Builds the name → ids index for named structs and unions, the only kinds lookups
-    /// start from; indexing all ~100k vmlinux types would cost more than it saves.
+    /// Builds the name → ids index for named structs and unions, the only kinds member
+    /// lookups start from, and the index of the raw tracepoints' `btf_trace_*` typedefs;
+    /// indexing all ~100k vmlinux types would cost more than it saves.
     fn index_composites(&mut self) -> Result<(), BtfError> {
         let mut index: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+        let mut traces: HashMap<Box<str>, u32> = HashMap::new();
         for id in 1..=self.max_id() {
             let t = self.ty(id)?;
             if t.kind.is_composite() && t.name_off != 0 {
                 let name = self.name(t.name_off)?;
                 index.entry(name.into()).or_default().push(id);
+            } else if t.kind == Kind::Typedef
+                && let Some(event) = self.name(t.name_off)?.strip_prefix("btf_trace_")
+            {
+                traces.insert(event.into(), id);
             }
         }
         self.composites = index;
+        self.trace_typedefs = traces;
         Ok(())
+    }
+
+    /// The `TP_PROTO` arguments of the raw tracepoint `event`, spelled as C types
+    /// (`const struct sock *`, `const int`, `enum sk_rst_reason`), from its
+    /// `btf_trace_<event>` typedef: a pointer to a function prototype whose first parameter
+    /// (`void *__data`) the kernel adds, and which is left out here.
+    pub fn tracepoint_args(&self, event: &str) -> Result<Vec<String>, BtfError> {
+        let &id = self
+            .trace_typedefs
+            .get(event)
+            .ok_or_else(|| BtfError::TracepointNotFound {
+                event: event.to_string(),
+            })?;
+        let not_proto = || BtfError::NotATracepointTypedef {
+            event: event.to_string(),
+            type_id: id,
+        };
+        let ptr = self.strip_modifiers(id)?;
+        if ptr.kind != Kind::Ptr {
+            return Err(not_proto());
+        }
+        let proto = self.strip_modifiers(ptr.size_or_type)?;
+        if proto.kind != Kind::FuncProto || proto.vlen == 0 {
+            return Err(not_proto());
+        }
+        let body = proto.offset + TYPE_HEADER_LEN;
+        (1..proto.vlen as usize)
+            .map(|i| self.spell(self.u32_at(body + 8 * i + 4)?, 0))
+            .collect()
+    }
+
+    /// A type as C spells it, enough to tell argument lists apart: qualifiers, pointers and
+    /// the names of structs, unions, enums, typedefs and integers.
+    fn spell(&self, id: u32, depth: usize) -> Result<String, BtfError> {
+        if depth > MAX_DEPTH {
+            return Err(BtfError::TooDeep { type_id: id });
+        }
+        let t = self.ty(id)?;
+        let name = || self.name(t.name_off);
+        Ok(match t.kind {
+            Kind::Void => "void".to_owned(),
+            Kind::Int | Kind::Float | Kind::Typedef => name()?.to_owned(),
+            Kind::Struct => format!("struct {}", name()?),
+            Kind::Union => format!("union {}", name()?),
+            Kind::Fwd if t.kind_flag => format!("union {}", name()?),
+            Kind::Fwd => format!("struct {}", name()?),
+            Kind::Enum | Kind::Enum64 => format!("enum {}", name()?),
+            Kind::Ptr => format!("{} *", self.spell(t.size_or_type, depth + 1)?),
+            Kind::Const => format!("const {}", self.spell(t.size_or_type, depth + 1)?),
+            Kind::Volatile => format!("volatile {}", self.spell(t.size_or_type, depth + 1)?),
+            Kind::Restrict | Kind::TypeTag => self.spell(t.size_or_type, depth + 1)?,
+            Kind::Array => {
+                let elem = self.u32_at(t.offset + TYPE_HEADER_LEN)?;
+                format!("{}[]", self.spell(elem, depth + 1)?)
+            }
+            kind => kind.name().to_ascii_lowercase(),
+        })
     }
 
     /// Byte offset and size of `member` inside struct (or union) `strukt`.
@@ -1283,6 +1365,42 @@ mod tests {
     }
 
     #[test]
+    fn raw_tracepoint_arguments_come_from_btf_trace_typedefs() {
+        let mut b = Builder::new();
+        let u32_ = b.int("u32", 4); // 1
+        let sock = b.composite(STRUCT, "sock", 4, false, &[("x", u32_, 0)]); // 2
+        let const_sock = b.refers(CONST, "", sock); // 3
+        let sk_ptr = b.refers(PTR, "", const_sock); // 4
+        let void_ptr = b.refers(PTR, "", 0); // 5
+        let const_u32 = b.refers(CONST, "", u32_); // 6
+        let (data, sk, state) = (b.str("__data"), b.str("sk"), b.str("state"));
+        let proto = b.raw(
+            "",
+            FUNC_PROTO,
+            false,
+            3,
+            0,
+            &[data, void_ptr, sk, sk_ptr, state, const_u32],
+        ); // 7
+        let to_proto = b.refers(PTR, "", proto); // 8
+        b.refers(TYPEDEF, "btf_trace_demo", to_proto); // 9
+        b.refers(TYPEDEF, "btf_trace_bad", u32_); // 10
+        let btf = Btf::from_bytes(&b.bytes()).expect("parses");
+        assert_eq!(
+            btf.tracepoint_args("demo").expect("demo"),
+            ["const struct sock *", "const u32"]
+        );
+        assert!(matches!(
+            btf.tracepoint_args("missing"),
+            Err(BtfError::TracepointNotFound { .. })
+        ));
+        assert!(matches!(
+            btf.tracepoint_args("bad"),
+            Err(BtfError::NotATracepointTypedef { type_id: 10, .. })
+        ));
+    }
+
+    #[test]
     fn duplicate_struct_names_must_agree() {
         let btf = Btf::from_bytes(&sample().bytes()).expect("sample parses");
         assert_eq!(
@@ -1550,6 +1668,32 @@ mod tests {
             return None;
         }
         Some(Btf::from_sys_fs().expect("the running kernel's BTF parses"))
+    }
+
+    /// The prototypes of the raw tracepoints netwatch attaches to, as `include/trace/events/
+    /// {sock,tcp}.h` declare them (the optional last arguments depend on the kernel).
+    #[test]
+    fn vmlinux_raw_tracepoint_arguments() {
+        let Some(btf) = vmlinux() else { return };
+        let args = |e: &str| {
+            btf.tracepoint_args(e)
+                .unwrap_or_else(|err| panic!("{e}: {err}"))
+        };
+        assert_eq!(
+            args("inet_sock_set_state"),
+            ["const struct sock *", "const int", "const int"]
+        );
+        assert_eq!(args("tcp_destroy_sock"), ["struct sock *"]);
+        assert_eq!(
+            args("tcp_retransmit_synack"),
+            ["const struct sock *", "const struct request_sock *"]
+        );
+        let reset = args("tcp_send_reset");
+        assert_eq!(
+            reset[..2],
+            ["const struct sock *", "const struct sk_buff *"],
+            "{reset:?}"
+        );
     }
 
     /// Fields netwatch reads, with the C types include/linux/tcp.h gives them

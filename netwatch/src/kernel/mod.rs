@@ -8,3 +8,4 @@ pub mod privileges;
 pub mod probe;
 pub mod release;
 pub mod tracefs;
+pub mod verifier;

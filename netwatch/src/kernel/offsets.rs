@@ -1,10 +1,55 @@
-//! Kernel struct offsets for the few reads that no tracepoint gives: bytes and RTT from
-//! `struct tcp_sock` at close, and the fd -> socket walk at accept(). They come from the
-//! running kernel's BTF, never from constants compiled for one kernel; without BTF those
-//! features are off and netwatch says so once.
+//! Kernel struct offsets for the reads that no classic tracepoint record gives: bytes and RTT
+//! from `struct tcp_sock` at close, the fd -> socket walk at accept(), and everything the raw
+//! tracepoint programs read from the socket themselves. They come from the running kernel's
+//! BTF, never from constants compiled for one kernel; without BTF those features are off and
+//! netwatch says so once (the raw programs then give way to the classic ones, which the
+//! loader says).
 use netwatch_common::KernelOffsets;
 
 use crate::kernel::btf::{Btf, BtfError};
+
+/// Offsets, and why each one the raw tracepoint programs need is missing, when it is.
+#[derive(Debug, Clone)]
+pub struct Offsets {
+    pub offsets: KernelOffsets,
+    /// `(struct.member, why)` for each member a raw program reads that BTF did not give.
+    pub missing: Vec<(&'static str, String)>,
+}
+
+impl Offsets {
+    /// The first of `members` (`struct.member` names, as [`RAW_MEMBERS`] spells them) that
+    /// BTF did not give, with why; `None` when all are known.
+    pub fn first_missing(&self, members: &[&str]) -> Option<String> {
+        members.iter().find_map(|m| {
+            self.missing
+                .iter()
+                .find(|(name, _)| name == m)
+                .map(|(name, why)| format!("{name}: {why}"))
+        })
+    }
+}
+
+/// Where one offset goes in [`KernelOffsets`].
+type Slot = fn(&mut KernelOffsets) -> &mut u32;
+
+/// What the raw tracepoint programs read beyond the `sock_common` endpoints: `struct.member`,
+/// the size they read it as, and where its offset goes. Each is looked up on its own: a
+/// missing one refuses only the raw programs that need it.
+pub const RAW_MEMBERS: [(&str, u32, Slot); 9] = [
+    ("sock_common.skc_state", 1, |o| &mut o.skc_state),
+    ("sock.sk_protocol", 2, |o| &mut o.sk_protocol),
+    ("inet_sock.inet_sport", 2, |o| &mut o.inet_sport),
+    ("inet_sock.inet_saddr", 4, |o| &mut o.inet_saddr),
+    ("inet_sock.pinet6", 8, |o| &mut o.inet_pinet6),
+    ("ipv6_pinfo.saddr", 16, |o| &mut o.ipv6_pinfo_saddr),
+    ("sk_buff.head", 8, |o| &mut o.skb_head),
+    ("sk_buff.data", 8, |o| &mut o.skb_data),
+    ("sk_buff.network_header", 2, |o| &mut o.skb_network_header),
+];
+
+/// The `sock_common` endpoints (addresses, ports, family), which the accept() walk and every
+/// raw program read.
+pub const SOCK_COMMON: &str = "sock_common endpoints";
 
 /// `struct.member` with the byte size the kernel programs read it as.
 fn member(btf: &Btf, strukt: &str, member: &str, size: u32) -> Result<u32, String> {
@@ -22,19 +67,32 @@ fn member(btf: &Btf, strukt: &str, member: &str, size: u32) -> Result<u32, Strin
 
 /// Offsets from `/sys/kernel/btf/vmlinux`; one warning per feature that cannot have them.
 pub fn kernel_offsets(warnings: &mut Vec<String>) -> KernelOffsets {
-    match Btf::from_sys_fs() {
-        Ok(btf) => from_btf(&btf, warnings),
+    read(Btf::for_netwatch().as_ref(), warnings).offsets
+}
+
+/// Offsets from `btf` (or why there is none); one warning per feature that cannot have them.
+pub fn read(btf: Result<&Btf, &BtfError>, warnings: &mut Vec<String>) -> Offsets {
+    match btf {
+        Ok(btf) => from_btf(btf, warnings),
         Err(e) => {
             warnings.push(format!(
                 "no kernel BTF ({e}): bytes, RTT and accept() owners are not reported"
             ));
-            KernelOffsets::NONE
+            let why = format!("no kernel BTF ({e})");
+            Offsets {
+                offsets: KernelOffsets::NONE,
+                missing: std::iter::once(SOCK_COMMON)
+                    .chain(RAW_MEMBERS.iter().map(|(m, _, _)| *m))
+                    .map(|m| (m, why.clone()))
+                    .collect(),
+            }
         }
     }
 }
 
-fn from_btf(btf: &Btf, warnings: &mut Vec<String>) -> KernelOffsets {
+fn from_btf(btf: &Btf, warnings: &mut Vec<String>) -> Offsets {
     let mut o = KernelOffsets::NONE;
+    let mut missing = Vec::new();
     let tcp = (|| -> Result<[u32; 3], String> {
         Ok([
             member(btf, "tcp_sock", "bytes_acked", 8)?,
@@ -46,14 +104,8 @@ fn from_btf(btf: &Btf, warnings: &mut Vec<String>) -> KernelOffsets {
         Ok([a, r, s]) => (o.tcp_bytes_acked, o.tcp_bytes_received, o.tcp_srtt_us) = (a, r, s),
         Err(e) => warnings.push(format!("{e}: bytes and RTT at close are not reported")),
     }
-    let accept = (|| -> Result<[u32; 13], String> {
+    let endpoints = (|| -> Result<[u32; 7], String> {
         Ok([
-            member(btf, "task_struct", "files", 8)?,
-            member(btf, "files_struct", "fdt", 8)?,
-            member(btf, "fdtable", "fd", 8)?,
-            member(btf, "fdtable", "max_fds", 4)?,
-            member(btf, "file", "private_data", 8)?,
-            member(btf, "socket", "sk", 8)?,
             member(btf, "sock_common", "skc_daddr", 4)?,
             member(btf, "sock_common", "skc_rcv_saddr", 4)?,
             member(btf, "sock_common", "skc_dport", 2)?,
@@ -63,25 +115,47 @@ fn from_btf(btf: &Btf, warnings: &mut Vec<String>) -> KernelOffsets {
             member(btf, "sock_common", "skc_v6_rcv_saddr", 16)?,
         ])
     })();
-    match accept {
-        Ok(v) => {
+    let walk = (|| -> Result<[u32; 6], String> {
+        Ok([
+            member(btf, "task_struct", "files", 8)?,
+            member(btf, "files_struct", "fdt", 8)?,
+            member(btf, "fdtable", "fd", 8)?,
+            member(btf, "fdtable", "max_fds", 4)?,
+            member(btf, "file", "private_data", 8)?,
+            member(btf, "socket", "sk", 8)?,
+        ])
+    })();
+    if let Ok(v) = endpoints {
+        o.skc_daddr = v[0];
+        o.skc_rcv_saddr = v[1];
+        o.skc_dport = v[2];
+        o.skc_num = v[3];
+        o.skc_family = v[4];
+        o.skc_v6_daddr = v[5];
+        o.skc_v6_rcv_saddr = v[6];
+    }
+    match (&endpoints, &walk) {
+        (Ok(_), Ok(v)) => {
             o.task_files = v[0];
             o.files_fdt = v[1];
             o.fdt_fd = v[2];
             o.fdt_max_fds = v[3];
             o.file_private_data = v[4];
             o.socket_sk = v[5];
-            o.skc_daddr = v[6];
-            o.skc_rcv_saddr = v[7];
-            o.skc_dport = v[8];
-            o.skc_num = v[9];
-            o.skc_family = v[10];
-            o.skc_v6_daddr = v[11];
-            o.skc_v6_rcv_saddr = v[12];
         }
-        Err(e) => warnings.push(format!(
+        (Err(e), _) | (_, Err(e)) => warnings.push(format!(
             "{e}: owners of accepted sockets are not known until close()"
         )),
+    }
+    if let Err(e) = endpoints {
+        missing.push((SOCK_COMMON, e));
+    }
+    for (path, size, slot) in RAW_MEMBERS {
+        let (strukt, field) = path.split_once('.').unwrap_or((path, ""));
+        match member(btf, strukt, field, size) {
+            Ok(off) => *slot(&mut o) = off,
+            Err(e) => missing.push((path, e)),
+        }
     }
     let netns = (|| -> Result<[u32; 2], String> {
         Ok([
@@ -110,7 +184,10 @@ fn from_btf(btf: &Btf, warnings: &mut Vec<String>) -> KernelOffsets {
             "{e}: code paths at accept() may miss the function that called accept()"
         )),
     }
-    o
+    Offsets {
+        offsets: o,
+        missing,
+    }
 }
 
 /// The kernel that brought `bpf_task_pt_regs` (and, before it, `bpf_get_current_task_btf`
@@ -130,8 +207,17 @@ mod tests {
             return;
         };
         let mut warnings = Vec::new();
-        let o = from_btf(&btf, &mut warnings);
+        let Offsets {
+            offsets: o,
+            missing,
+        } = from_btf(&btf, &mut warnings);
         assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(missing.is_empty(), "{missing:?}");
+        assert!(o.skc_family != ABSENT32 && o.skc_v6_daddr != ABSENT32);
+        // struct sock_common: skc_family (2 bytes) at 16, then skc_state (1 byte) at 18.
+        assert_eq!((o.skc_family, o.skc_state), (16, 18));
+        // struct inet_sock starts with the struct sock it extends, so its own members follow.
+        assert!(o.inet_sport > o.sk_protocol && o.inet_saddr > o.sk_protocol);
         // struct sock_common (include/net/sock.h) starts with the address pair (skc_daddr 0,
         // skc_rcv_saddr 4), then the 4-byte skc_hash union, then the port pair (skc_dport 12,
         // skc_num 14).

@@ -1,6 +1,15 @@
 //! Loads netwatch's kernel programs, hands them the running kernel's field layouts, attaches
 //! them, and exposes the ring buffer and the kernel-side counters.
 //!
+//! Each TCP tracepoint has two programs: a raw tracepoint program, which reads the socket its
+//! arguments point at (struct offsets from BTF), and a classic one, which copies the record
+//! the kernel formats first (field offsets from tracefs). The raw one costs less, because the
+//! kernel formats no record for it; it is attached wherever the kernel takes it, and the
+//! classic one where it does not (no BTF, an argument list or a struct member netwatch does
+//! not know, a verifier or attach refusal), with one warning line saying why.
+//! `NETWATCH_TRACEPOINTS=classic` uses the classic programs only (`raw`: the raw ones or
+//! nothing), for tests and comparisons.
+//!
 //! A tracepoint missing on this kernel (or with a layout the program cannot read) switches off
 //! only what needs it, with a one-line warning; netwatch runs on with the rest.
 use std::path::{Path, PathBuf};
@@ -9,13 +18,17 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{TracePoint, trace_point::TracePointLinkId},
+    programs::{
+        ProgramError, RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId,
+        trace_point::TracePointLinkId,
+    },
 };
-use netwatch_common::{KernelFilter, KernelOffsets, TpFields, names, stat};
+use netwatch_common::{KernelFilter, KernelOffsets, RawArgs, TpFields, names, stat};
 
 use crate::{
+    kernel::btf::Btf,
     kernel::layout::{self, LayoutError},
-    kernel::offsets,
+    kernel::offsets::{self, Offsets, SOCK_COMMON},
     kernel::privileges,
     kernel::tracefs::{self, EventFormat},
     model::event::DecodeContext,
@@ -42,7 +55,31 @@ pub struct ProgramSpec {
     pub required: bool,
     /// In which runs it is attached.
     pub when: When,
+    /// The raw tracepoint program for the same tracepoint, when there is one.
+    pub raw: Option<RawSpec>,
 }
+
+/// A raw tracepoint program: its name, the arguments it reads and the struct members it
+/// reads through them, checked against the running kernel's BTF before it is tried.
+#[derive(Debug)]
+pub struct RawSpec {
+    /// The program's name in the object (at most 15 characters, as the kernel shows it).
+    pub program: &'static str,
+    /// The `TP_PROTO` arguments it reads, as BTF spells them without `const`.
+    args: &'static [&'static str],
+    /// Arguments some kernels add after `args`, which the program reads only where the
+    /// kernel has them (the `RAW_ARGS` global says how many there are).
+    optional: &'static [&'static str],
+    /// Struct members it reads ([`offsets::RAW_MEMBERS`] names, or [`SOCK_COMMON`]).
+    members: &'static [&'static str],
+    /// Members it reads too when the optional arguments are there.
+    members_with_optional: &'static [&'static str],
+}
+
+/// What the programs that report a socket's endpoints read, as its classic record has them.
+const ENDPOINTS: [&str; 3] = [SOCK_COMMON, "inet_sock.inet_sport", "inet_sock.inet_saddr"];
+const SOCK: &str = "struct sock *";
+const SKB: &str = "struct sk_buff *";
 
 /// Which runs attach a program: accepted sockets get their owner either at accept() (a
 /// `syscalls:*` tracepoint, which slows every syscall of every process on the host, so only
@@ -76,6 +113,18 @@ pub const PROGRAM_SPECS: &[ProgramSpec] = &[
         feature: "state transitions",
         required: true,
         when: When::Always,
+        raw: Some(RawSpec {
+            program: "nwr_set_state",
+            args: &[SOCK, "int", "int"],
+            optional: &[],
+            members: &[
+                SOCK_COMMON,
+                "inet_sock.inet_sport",
+                "inet_sock.inet_saddr",
+                "sock.sk_protocol",
+            ],
+            members_with_optional: &[],
+        }),
     },
     ProgramSpec {
         program: "nw_retransmit",
@@ -86,6 +135,18 @@ pub const PROGRAM_SPECS: &[ProgramSpec] = &[
         feature: "retransmissions",
         required: false,
         when: When::Always,
+        raw: Some(RawSpec {
+            program: "nwr_retransmit",
+            args: &[SOCK, SKB],
+            optional: &["int"],
+            members: &[
+                SOCK_COMMON,
+                "inet_sock.inet_sport",
+                "inet_sock.inet_saddr",
+                "sock_common.skc_state",
+            ],
+            members_with_optional: &[],
+        }),
     },
     ProgramSpec {
         program: "nw_synack_rtx",
@@ -96,6 +157,13 @@ pub const PROGRAM_SPECS: &[ProgramSpec] = &[
         feature: "SYN-ACK retransmits",
         required: false,
         when: When::Always,
+        raw: Some(RawSpec {
+            program: "nwr_synack_rtx",
+            args: &[SOCK, "struct request_sock *"],
+            optional: &[],
+            members: &[SOCK_COMMON],
+            members_with_optional: &[],
+        }),
     },
     ProgramSpec {
         program: "nw_recv_reset",
@@ -106,6 +174,13 @@ pub const PROGRAM_SPECS: &[ProgramSpec] = &[
         feature: "resets received",
         required: false,
         when: When::Always,
+        raw: Some(RawSpec {
+            program: "nwr_recv_reset",
+            args: &[SOCK],
+            optional: &[],
+            members: &ENDPOINTS,
+            members_with_optional: &[],
+        }),
     },
     ProgramSpec {
         program: "nw_send_reset",
@@ -116,6 +191,26 @@ pub const PROGRAM_SPECS: &[ProgramSpec] = &[
         feature: "resets sent",
         required: false,
         when: When::Always,
+        raw: Some(RawSpec {
+            program: "nwr_send_reset",
+            args: &[SOCK, SKB],
+            optional: &["enum sk_rst_reason"],
+            members: &[
+                SOCK_COMMON,
+                "inet_sock.inet_sport",
+                "inet_sock.inet_saddr",
+                "sock_common.skc_state",
+            ],
+            // Since 6.10: an IPv6 socket's source from inet6_sk(sk)->saddr, and the endpoints
+            // of the segment when there is no full socket.
+            members_with_optional: &[
+                "inet_sock.pinet6",
+                "ipv6_pinfo.saddr",
+                "sk_buff.head",
+                "sk_buff.data",
+                "sk_buff.network_header",
+            ],
+        }),
     },
     ProgramSpec {
         program: "nw_destroy_sock",
@@ -126,6 +221,13 @@ pub const PROGRAM_SPECS: &[ProgramSpec] = &[
         feature: "socket destructions",
         required: false,
         when: When::Always,
+        raw: Some(RawSpec {
+            program: "nwr_destroy_sk",
+            args: &[SOCK],
+            optional: &[],
+            members: &ENDPOINTS,
+            members_with_optional: &[],
+        }),
     },
     ProgramSpec {
         program: "nw_accept",
@@ -136,6 +238,8 @@ pub const PROGRAM_SPECS: &[ProgramSpec] = &[
         feature: "owners of sockets accepted with accept4()",
         required: false,
         when: When::OwnersAtAccept,
+        // A raw program on `sys_exit` would run at every syscall of every process.
+        raw: None,
     },
     ProgramSpec {
         program: "nw_accept",
@@ -146,6 +250,7 @@ pub const PROGRAM_SPECS: &[ProgramSpec] = &[
         feature: "owners of sockets accepted with accept()",
         required: false,
         when: When::OwnersAtAccept,
+        raw: None,
     },
     ProgramSpec {
         program: "nw_first_read",
@@ -156,6 +261,15 @@ pub const PROGRAM_SPECS: &[ProgramSpec] = &[
         feature: "owners of accepted sockets (learnt at their first read)",
         required: false,
         when: When::OwnersAtFirstRead,
+        raw: Some(RawSpec {
+            program: "nwr_first_read",
+            args: &[SOCK],
+            optional: &[],
+            // The owner's endpoints, as at accept(); the accept() walk's offsets are checked
+            // for both paths (`Unusable::NoOffsets`).
+            members: &[SOCK_COMMON],
+            members_with_optional: &[],
+        }),
     },
 ];
 
@@ -183,6 +297,8 @@ pub struct ProbeConfig {
     /// Entries of the kernel's per-socket map (`--max-sockets`): live sockets attributed at
     /// once, preallocated.
     pub max_sockets: u32,
+    /// Raw or classic tracepoint programs (`NETWATCH_TRACEPOINTS`).
+    pub tracepoints: TracepointMode,
 }
 
 impl Default for ProbeConfig {
@@ -193,6 +309,7 @@ impl Default for ProbeConfig {
             capture_stacks: true,
             owners_at_accept: false,
             max_sockets: crate::model::tracker::DEFAULT_MAX_SOCKETS as u32,
+            tracepoints: TracepointMode::Auto,
         }
     }
 }
@@ -201,6 +318,70 @@ impl ProbeConfig {
     /// Whether to capture user stacks: yes unless `NETWATCH_STACKS=0`.
     pub fn stacks_from_env() -> bool {
         std::env::var_os("NETWATCH_STACKS").is_none_or(|v| v != "0")
+    }
+}
+
+/// Which programs a TCP tracepoint gets, from `NETWATCH_TRACEPOINTS`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TracepointMode {
+    /// The raw program where the kernel takes it, else the classic one (the default).
+    #[default]
+    Auto,
+    /// Raw programs only: netwatch stops, saying why, where the kernel refuses one.
+    Raw,
+    /// Classic programs only (to compare, or to rule the raw path out).
+    Classic,
+}
+
+/// The variable that chooses the [`TracepointMode`].
+pub const TRACEPOINTS_ENV: &str = "NETWATCH_TRACEPOINTS";
+
+impl TracepointMode {
+    /// `auto` (or unset), `raw` or `classic`.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "" | "auto" => Ok(Self::Auto),
+            "raw" => Ok(Self::Raw),
+            "classic" => Ok(Self::Classic),
+            other => Err(format!(
+                "{TRACEPOINTS_ENV}={other}: expected auto, raw or classic"
+            )),
+        }
+    }
+
+    /// From `NETWATCH_TRACEPOINTS`.
+    pub fn from_env() -> anyhow::Result<Self> {
+        match std::env::var(TRACEPOINTS_ENV) {
+            Ok(v) => Self::parse(&v).map_err(|e| anyhow!(e)),
+            Err(std::env::VarError::NotPresent) => Ok(Self::Auto),
+            Err(e) => bail!("{TRACEPOINTS_ENV}: {e}"),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Raw => "raw",
+            Self::Classic => "classic",
+        }
+    }
+}
+
+/// How a tracepoint's program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TracepointPath {
+    /// `BPF_PROG_TYPE_RAW_TRACEPOINT`: the program gets the tracepoint's arguments.
+    Raw,
+    /// `BPF_PROG_TYPE_TRACEPOINT`: the kernel formats the record first.
+    Classic,
+}
+
+impl TracepointPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Classic => "classic",
+        }
     }
 }
 
@@ -238,10 +419,18 @@ pub struct KernelStats {
     pub missed: u64,
 }
 
+/// One attached program.
+enum Link {
+    Classic(&'static str, TracePointLinkId),
+    Raw(&'static str, RawTracePointLinkId),
+}
+
 /// The loaded and attached programs.
 pub struct Probe {
     ebpf: Ebpf,
-    links: Vec<(&'static str, TracePointLinkId)>,
+    links: Vec<Link>,
+    /// How each attached tracepoint's program is attached.
+    paths: Vec<(&'static ProgramSpec, TracepointPath)>,
     /// Decoding needs from the kernel (reset reason names).
     pub decode: DecodeContext,
     /// One line per feature switched off on this kernel.
@@ -287,10 +476,40 @@ impl std::fmt::Display for Unusable {
 #[derive(Debug)]
 pub struct Tracepoint {
     pub spec: &'static ProgramSpec,
-    /// The offsets its program reads, or why it is not attached.
+    /// The offsets its classic program reads, or why that program is not attached.
     pub fields: Result<TpFields, Unusable>,
-    /// What a user loses, in one line, when it is not usable.
+    /// What a user loses, in one line, when its classic program cannot be attached.
     pub warning: Option<String>,
+    /// Whether its raw program may be tried here (the verifier has the last word): `None`
+    /// when it has none, else why not (no BTF, an argument list or a struct member netwatch
+    /// does not know). Independent of [`TracepointMode`].
+    pub raw: Option<Result<(), String>>,
+}
+
+impl Tracepoint {
+    /// The tracepoint exists on this kernel (its format file says so); only then is either
+    /// program attached.
+    pub fn exists(&self) -> bool {
+        !matches!(
+            self.fields,
+            Err(Unusable::Missing | Unusable::Unreadable(_))
+        )
+    }
+
+    /// The raw program to try first under `mode`, or why the classic one is used: `Ok(None)`
+    /// when there is no raw program or the mode asks for classic ones.
+    pub fn raw_choice(&self, mode: TracepointMode) -> Result<Option<&'static str>, String> {
+        let (Some(raw), Some(status)) = (&self.spec.raw, &self.raw) else {
+            return Ok(None);
+        };
+        if mode == TracepointMode::Classic || !self.exists() {
+            return Ok(None);
+        }
+        match status {
+            Ok(()) => Ok(Some(raw.program)),
+            Err(why) => Err(why.clone()),
+        }
+    }
 }
 
 /// Everything the programs are loaded with on this kernel, read once from tracefs and BTF.
@@ -302,6 +521,8 @@ pub struct KernelLayouts {
     globals: Vec<(&'static str, TpFields)>,
     /// Struct offsets from BTF (`ABSENT32` where unknown).
     pub offsets: KernelOffsets,
+    /// The raw tracepoints' argument counts, where they differ between kernels.
+    pub raw_args: RawArgs,
     /// Decoding needs from the kernel (reset reason names).
     pub decode: DecodeContext,
     /// One line per feature switched off on this kernel that no single tracepoint explains
@@ -355,6 +576,7 @@ impl KernelLayouts {
                 spec,
                 fields,
                 warning,
+                raw: None,
             });
         }
 
@@ -375,43 +597,84 @@ impl KernelLayouts {
                 None => globals.push((tp.spec.global, fields)),
             }
         }
-        let offsets = offsets::kernel_offsets(&mut warnings);
-        if offsets.task_files == netwatch_common::ABSENT32 {
-            for tp in &mut tracepoints {
-                if matches!(tp.spec.program, "nw_accept" | "nw_first_read") && tp.fields.is_ok() {
-                    tp.fields = Err(Unusable::NoOffsets);
-                }
+        let btf = Btf::for_netwatch();
+        let offsets = offsets::read(btf.as_ref(), &mut warnings);
+        let no_walk = offsets.offsets.task_files == netwatch_common::ABSENT32;
+        let mut raw_args = RawArgs::OLDEST;
+        for tp in &mut tracepoints {
+            let owner_walk = matches!(tp.spec.program, "nw_accept" | "nw_first_read");
+            if owner_walk && no_walk && tp.fields.is_ok() {
+                tp.fields = Err(Unusable::NoOffsets);
             }
+            let Some(raw) = &tp.spec.raw else { continue };
+            let status = if owner_walk && no_walk {
+                Err(Unusable::NoOffsets.to_string())
+            } else {
+                raw_status(raw, tp.spec.event, btf.as_ref().ok(), &offsets)
+            };
+            match (tp.spec.event, &status) {
+                ("tcp_send_reset", Ok(n)) => raw_args.send_reset = *n,
+                ("tcp_retransmit_skb", Ok(n)) => raw_args.retransmit_skb = *n,
+                _ => {}
+            }
+            tp.raw = Some(status.map(|_| ()));
         }
         Self {
             tracepoints,
             globals,
-            offsets,
+            offsets: offsets.offsets,
+            raw_args,
             decode,
             warnings,
         }
     }
+}
 
-    /// The warnings that matter to a run with `config`: the general ones, and those of the
-    /// tracepoints it would attach.
-    pub fn warnings_for(&self, config: &ProbeConfig) -> Vec<String> {
-        let mut out = self.warnings.clone();
-        out.extend(
-            self.tracepoints
-                .iter()
-                .filter(|tp| tp.spec.when.applies(config))
-                .filter_map(|tp| tp.warning.clone()),
-        );
-        out
-    }
-
-    /// The tracepoints whose programs can be loaded and attached.
-    pub fn usable(&self) -> impl Iterator<Item = &'static ProgramSpec> + '_ {
-        self.tracepoints
+/// Whether `raw`'s program can read the tracepoint `event` on this kernel: the arguments it
+/// reads are the ones BTF's `btf_trace_<event>` prototype has, and BTF gave every struct
+/// member it reads through them. `Ok` holds how many arguments the tracepoint takes.
+fn raw_status(
+    raw: &RawSpec,
+    event: &str,
+    btf: Option<&Btf>,
+    offsets: &Offsets,
+) -> Result<u32, String> {
+    let btf = btf.ok_or_else(|| "the kernel has no BTF".to_owned())?;
+    let args = btf.tracepoint_args(event).map_err(|e| e.to_string())?;
+    let unqualified: Vec<String> = args
+        .iter()
+        .map(|a| a.replace("const ", "").replace("volatile ", ""))
+        .collect();
+    let known = raw.args.len() + raw.optional.len();
+    let matches = unqualified.len() >= raw.args.len()
+        && unqualified
             .iter()
-            .filter(|tp| tp.fields.is_ok())
-            .map(|tp| tp.spec)
+            .take(known)
+            .zip(raw.args.iter().chain(raw.optional))
+            .all(|(have, want)| have == want);
+    if !matches {
+        return Err(format!(
+            "its arguments here are ({}), not the ({}) {} reads",
+            args.join(", "),
+            raw.args.join(", "),
+            raw.program
+        ));
     }
+    let with_optional = unqualified.len() > raw.args.len();
+    let members: Vec<&str> = raw
+        .members
+        .iter()
+        .chain(if with_optional {
+            raw.members_with_optional
+        } else {
+            &[]
+        })
+        .copied()
+        .collect();
+    if let Some(missing) = offsets.first_missing(&members) {
+        return Err(format!("BTF does not give {missing}"));
+    }
+    Ok(u32::try_from(args.len()).unwrap_or(u32::MAX))
 }
 
 /// Builds the loader with this kernel's layouts and offsets and the run's settings, and loads
@@ -426,6 +689,7 @@ pub fn load_object(config: &ProbeConfig, layouts: &KernelLayouts) -> anyhow::Res
         .map_max_entries(names::SOCKETS, config.max_sockets)
         .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
         .override_global(names::KERNEL_OFFSETS, &layouts.offsets, true)
+        .override_global(names::RAW_ARGS, &layouts.raw_args, true)
         .override_global(names::FILTER, &config.filter, true)
         .override_global(names::CAPTURE_STACKS, &capture_stacks, true);
     for (global, fields) in &layouts.globals {
@@ -451,11 +715,10 @@ impl Probe {
                 bail!("reading {}:{}: {e}", tp.spec.system, tp.spec.event);
             }
         }
-        if let Some(tp) = layouts
-            .tracepoints
-            .iter()
-            .find(|tp| tp.spec.required && tp.fields.is_err())
-        {
+        let mode = config.tracepoints;
+        if let Some(tp) = layouts.tracepoints.iter().find(|tp| {
+            tp.spec.required && tp.fields.is_err() && !matches!(tp.raw_choice(mode), Ok(Some(_)))
+        }) {
             bail!(
                 "{}:{} {}; netwatch needs it (Linux 4.16 or later)",
                 tp.spec.system,
@@ -467,14 +730,71 @@ impl Probe {
             );
         }
         let mut ebpf = load_object(config, &layouts)?;
-        let usable: Vec<&ProgramSpec> = layouts
-            .usable()
-            .filter(|spec| spec.when.applies(config))
-            .collect();
-        let mut warnings = layouts.warnings_for(config);
-        let KernelLayouts { decode, .. } = layouts;
+        let mut warnings = layouts.warnings.clone();
         let mut links = Vec::new();
-        for spec in usable {
+        let mut paths = Vec::new();
+        for tp in &layouts.tracepoints {
+            let spec = tp.spec;
+            if !spec.when.applies(config) {
+                continue;
+            }
+            if !tp.exists() {
+                warnings.extend(tp.warning.clone());
+                continue;
+            }
+            // The raw program first, where there is one and the mode allows it.
+            let why_not_raw = match tp.raw_choice(mode) {
+                Ok(None) => None,
+                Ok(Some(program)) => match attach_raw(&mut ebpf, program, spec.event) {
+                    Ok(link) => {
+                        links.push(Link::Raw(program, link));
+                        paths.push((spec, TracepointPath::Raw));
+                        continue;
+                    }
+                    Err(e) => Some(e),
+                },
+                Err(why) => Some(anyhow!(why)),
+            };
+            if let Some(why) = &why_not_raw
+                && mode == TracepointMode::Raw
+            {
+                bail!(
+                    "{TRACEPOINTS_ENV}=raw, but {}:{} cannot have its raw tracepoint program: \
+                     {why:#}",
+                    spec.system,
+                    spec.event
+                );
+            }
+            let tracepoint = format!("{}:{}", spec.system, spec.event);
+            if tp.fields.is_err() {
+                if matches!(tp.fields, Err(Unusable::NoOffsets)) {
+                    // Both programs need the accept() walk's offsets: the general BTF warning
+                    // says what is lost.
+                    continue;
+                }
+                // The classic program cannot run either: one line for both.
+                match (&why_not_raw, &tp.warning) {
+                    (Some(why), _) => warnings.push(format!(
+                        "{tracepoint}: its raw tracepoint program is refused ({}) and its \
+                         classic one {}: {} are not traced",
+                        first_line(why),
+                        tp.fields
+                            .as_ref()
+                            .err()
+                            .map_or(String::new(), ToString::to_string),
+                        spec.feature
+                    )),
+                    (None, warning) => warnings.extend(warning.clone()),
+                }
+                continue;
+            }
+            if let Some(why) = &why_not_raw {
+                warnings.push(format!(
+                    "{tracepoint}: the classic tracepoint is used, which costs more per event: \
+                     the raw one is refused ({})",
+                    first_line(why)
+                ));
+            }
             let program: &mut TracePoint = ebpf
                 .program_mut(spec.program)
                 .ok_or_else(|| anyhow!("program {} missing from the object", spec.program))?
@@ -486,16 +806,21 @@ impl Probe {
                     .with_context(|| format!("verifier rejected {}", spec.program))?;
             }
             match program.attach(spec.system, spec.event) {
-                Ok(link) => links.push((spec.program, link)),
+                Ok(link) => {
+                    links.push(Link::Classic(spec.program, link));
+                    paths.push((spec, TracepointPath::Classic));
+                }
                 Err(e) => warnings.push(format!(
-                    "cannot attach to {}:{} ({e}): {} are not traced",
-                    spec.system, spec.event, spec.feature
+                    "cannot attach to {tracepoint} ({e}): {} are not traced",
+                    spec.feature
                 )),
             }
         }
+        let KernelLayouts { decode, .. } = layouts;
         Ok(Self {
             ebpf,
             links,
+            paths,
             decode,
             warnings,
             capture_stacks: config.capture_stacks,
@@ -552,19 +877,81 @@ impl Probe {
         self.links.len()
     }
 
+    /// How each attached tracepoint's program is attached, in [`PROGRAM_SPECS`] order.
+    pub fn paths(&self) -> &[(&'static ProgramSpec, TracepointPath)] {
+        &self.paths
+    }
+
     /// Detaches every program: no event is produced after this returns.
     pub fn detach(&mut self) {
-        for (name, link) in self.links.drain(..) {
-            let detached = self
-                .ebpf
-                .program_mut(name)
-                .and_then(|p| <&mut TracePoint>::try_from(p).ok())
-                .map(|p| p.detach(link));
+        for link in self.links.drain(..) {
+            let (name, detached) = match link {
+                Link::Classic(name, link) => (
+                    name,
+                    self.ebpf
+                        .program_mut(name)
+                        .and_then(|p| <&mut TracePoint>::try_from(p).ok())
+                        .map(|p| p.detach(link)),
+                ),
+                Link::Raw(name, link) => (
+                    name,
+                    self.ebpf
+                        .program_mut(name)
+                        .and_then(|p| <&mut RawTracePoint>::try_from(p).ok())
+                        .map(|p| p.detach(link)),
+                ),
+            };
             if let Some(Err(e)) = detached {
                 log::warn!("detaching {name}: {e}");
             }
         }
     }
+}
+
+/// Loads the raw program `program` and attaches it to the raw tracepoint `event`; the error
+/// says which step failed, the load's in the verifier's words.
+fn attach_raw(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    event: &str,
+) -> anyhow::Result<RawTracePointLinkId> {
+    let raw: &mut RawTracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("program {program} missing from the object"))?
+        .try_into()
+        .with_context(|| format!("{program} is not a raw tracepoint program"))?;
+    if raw.fd().is_err() {
+        raw.load().map_err(|e| load_error(program, e))?;
+    }
+    raw.attach(event)
+        .with_context(|| format!("attaching {program} to the raw tracepoint {event}"))
+}
+
+/// A refused load: the verifier's explanation first (one line), its whole log after.
+pub fn load_error(program: &str, e: ProgramError) -> anyhow::Error {
+    let summary = crate::kernel::verifier::refusal(&e);
+    anyhow::Error::new(e).context(format!("{program}: {summary}"))
+}
+
+/// An error chain on one line, without the verifier's whole log (the summary [`load_error`]
+/// put in front of it says what the log says).
+fn first_line(e: &anyhow::Error) -> String {
+    let parts: Vec<String> = e
+        .chain()
+        .take_while(|cause| {
+            !matches!(
+                cause.downcast_ref::<ProgramError>(),
+                Some(ProgramError::LoadError { .. })
+            )
+        })
+        .map(ToString::to_string)
+        .collect();
+    parts
+        .join(": ")
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// A second handle on the kernel counters of [`Probe::stats`] (a duplicate of the map's fd),
@@ -643,5 +1030,85 @@ impl Probe {
 impl Drop for Probe {
     fn drop(&mut self) {
         self.detach();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracepoint_modes_parse_and_refuse_the_unknown() {
+        assert_eq!(TracepointMode::parse(""), Ok(TracepointMode::Auto));
+        assert_eq!(TracepointMode::parse("auto"), Ok(TracepointMode::Auto));
+        assert_eq!(TracepointMode::parse("raw"), Ok(TracepointMode::Raw));
+        assert_eq!(
+            TracepointMode::parse("classic"),
+            Ok(TracepointMode::Classic)
+        );
+        let e = TracepointMode::parse("Classic").unwrap_err();
+        assert!(e.contains("expected auto, raw or classic"), "{e}");
+    }
+
+    fn raw_of(event: &str) -> &'static RawSpec {
+        PROGRAM_SPECS
+            .iter()
+            .find(|s| s.event == event)
+            .and_then(|s| s.raw.as_ref())
+            .unwrap_or_else(|| panic!("no raw program for {event}"))
+    }
+
+    #[test]
+    fn every_raw_program_fits_this_kernels_btf_and_misfits_are_named() {
+        let Ok(btf) = Btf::from_sys_fs() else {
+            crate::host::skip::skip("no /sys/kernel/btf/vmlinux here");
+            return;
+        };
+        let mut warnings = Vec::new();
+        let offsets = offsets::read(Ok(&btf), &mut warnings);
+        for spec in PROGRAM_SPECS {
+            if let Some(raw) = &spec.raw {
+                let n = raw_status(raw, spec.event, Some(&btf), &offsets)
+                    .unwrap_or_else(|e| panic!("{}: {e}", raw.program));
+                assert!(n as usize >= raw.args.len(), "{}: {n}", raw.program);
+            }
+        }
+        // Arguments other than the program reads: refused, both lists named.
+        let wrong = RawSpec {
+            program: "nwr_wrong",
+            args: &["struct sk_buff *"],
+            optional: &[],
+            members: &[],
+            members_with_optional: &[],
+        };
+        let e = raw_status(&wrong, "tcp_destroy_sock", Some(&btf), &offsets).unwrap_err();
+        assert!(
+            e.contains("(struct sock *)") && e.contains("(struct sk_buff *) nwr_wrong reads"),
+            "{e}"
+        );
+        // A struct member BTF did not give: refused, the member named.
+        let without = Offsets {
+            missing: vec![("sock.sk_protocol", "gone".to_owned())],
+            ..offsets.clone()
+        };
+        let e = raw_status(
+            raw_of("inet_sock_set_state"),
+            "inet_sock_set_state",
+            Some(&btf),
+            &without,
+        )
+        .unwrap_err();
+        assert_eq!(e, "BTF does not give sock.sk_protocol: gone");
+        // No BTF at all.
+        assert_eq!(
+            raw_status(
+                raw_of("tcp_destroy_sock"),
+                "tcp_destroy_sock",
+                None,
+                &offsets
+            )
+            .unwrap_err(),
+            "the kernel has no BTF"
+        );
     }
 }

@@ -14,13 +14,13 @@ use crate::{
     },
     kernel::{
         privileges,
-        probe::{KernelStats, Probe, ProbeConfig},
+        probe::{KernelStats, Probe, ProbeConfig, ProgramSpec, TracepointPath},
     },
     pipeline::{
         record::{self, Item, Recorder, Replay},
         session::{Header, StopReason, Summary},
         sink::Sink,
-        stream,
+        stream::{self, Stops},
     },
 };
 
@@ -59,6 +59,21 @@ pub fn broken_pipe_ok(r: io::Result<()>) -> anyhow::Result<()> {
     }
 }
 
+/// How the attached tracepoints' programs are attached: `: 7 raw`, `: 6 raw, 2 classic`.
+fn paths_summary(paths: &[(&'static ProgramSpec, TracepointPath)]) -> String {
+    let count = |path| paths.iter().filter(|(_, p)| *p == path).count();
+    let parts: Vec<String> = [TracepointPath::Raw, TracepointPath::Classic]
+        .into_iter()
+        .filter(|&path| count(path) > 0)
+        .map(|path| format!("{} {}", count(path), path.as_str()))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", parts.join(", "))
+    }
+}
+
 /// Attaches, streams into `make(header)` until stopped, then prints the summary line and the
 /// sink's ending.
 pub async fn live(live: Live, make: impl FnOnce(&Header) -> Box<dyn Sink>) -> anyhow::Result<()> {
@@ -74,19 +89,27 @@ pub async fn live(live: Live, make: impl FnOnce(&Header) -> Box<dyn Sink>) -> an
         filter: live.filter.clone(),
     };
     let listen_before = netstat::listen_counters();
+    // Before the line that says netwatch is tracing (which tests and scripts wait for):
+    // signals are caught from here on, and a sink that shows TIME_WAIT has every namespace's
+    // timewait list (and overflow counter) as it was before any traffic that follows.
+    let stops = Stops::install()?;
     let mut output = make(&header);
     output.attach(&probe)?;
-    eprintln!(
-        "netwatch: tracing TCP events ({} of {} tracepoints attached); Ctrl-C to stop",
+    let tracing = format!(
+        "netwatch: tracing TCP events ({} of {} tracepoints attached{}); Ctrl-C to stop",
         probe.attached(),
-        probe.tracepoints_wanted()
+        probe.tracepoints_wanted(),
+        paths_summary(probe.paths())
     );
     let (output, summary) = match &live.record {
         Some(path) => {
             let mut rec = Recorder::create(path, &header, output)
                 .with_context(|| format!("creating the recording {}", path.display()))?;
             drop_privileges(live.keep_caps)?;
-            let (stats, stop) = stream_all(&mut probe, &mut rec, live.duration).await?;
+            let feed = start_feed(&mut rec)?;
+            eprintln!("{tracing}");
+            let (stats, stop) =
+                stream_all(&mut probe, &mut rec, live.duration, feed, stops).await?;
             rec.stopped(stop);
             let summary = summarize(&stats.kernel, listen_before);
             eprintln!("{}", stats.line());
@@ -98,7 +121,10 @@ pub async fn live(live: Live, make: impl FnOnce(&Header) -> Box<dyn Sink>) -> an
         None => {
             let mut output = output;
             drop_privileges(live.keep_caps)?;
-            let (stats, stop) = stream_all(&mut probe, &mut output, live.duration).await?;
+            let feed = start_feed(output.as_mut())?;
+            eprintln!("{tracing}");
+            let (stats, stop) =
+                stream_all(&mut probe, output.as_mut(), live.duration, feed, stops).await?;
             output.stopped(stop);
             eprintln!("{}", stats.line());
             (output, summarize(&stats.kernel, listen_before))
@@ -108,25 +134,30 @@ pub async fn live(live: Live, make: impl FnOnce(&Header) -> Box<dyn Sink>) -> an
     broken_pipe_ok(output.finish(&header, &summary))
 }
 
-/// Streams into `sink`; for a sink that shows TIME_WAIT, with the kernel's timewait lists too:
-/// every namespace's before the first event, every few seconds while it runs, and once more
-/// after the last event, so the population at the end is the kernel's.
+/// For a sink that shows TIME_WAIT, the kernel's timewait lists: every namespace's now (handed
+/// to the sink at once), then every few seconds while it runs.
+fn start_feed(sink: &mut dyn Sink) -> anyhow::Result<Option<TimeWaitFeed>> {
+    if !sink.wants_time_waits() {
+        return Ok(None);
+    }
+    let (feed, first) = TimeWaitFeed::start();
+    for obs in &first {
+        sink.time_waits(obs)?;
+    }
+    Ok(Some(feed))
+}
+
+/// Streams into `sink`; with a TIME_WAIT feed, hands it the kernel's lists once more after the
+/// last event, so the population at the end is the kernel's.
 async fn stream_all(
     probe: &mut Probe,
     sink: &mut dyn Sink,
     duration: Option<Duration>,
+    feed: Option<TimeWaitFeed>,
+    stops: Stops,
 ) -> anyhow::Result<(stream::StreamStats, StopReason)> {
-    let feed = if sink.wants_time_waits() {
-        let (feed, first) = TimeWaitFeed::start();
-        for obs in &first {
-            sink.time_waits(obs)?;
-        }
-        Some(feed)
-    } else {
-        None
-    };
     let reconciling = feed.is_some();
-    let stopped = stream::run(probe, sink, duration, feed).await?;
+    let stopped = stream::run(probe, sink, duration, feed, stops).await?;
     if reconciling {
         for obs in timewait_feed::dump_all() {
             sink.time_waits(&obs)?;

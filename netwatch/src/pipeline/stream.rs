@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
     time::{Instant, MissedTickBehavior, interval, sleep_until},
 };
 
@@ -142,12 +142,30 @@ fn output_closed(e: &io::Error) -> bool {
     )
 }
 
+/// Ctrl-C and SIGTERM, caught from the moment this is made. Made before netwatch says it is
+/// tracing: a stop that comes right after that line then stops it cleanly (detached, counted,
+/// summary printed) instead of killing it.
+pub struct Stops {
+    sigint: Signal,
+    sigterm: Signal,
+}
+
+impl Stops {
+    pub fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            sigint: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            sigterm: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+        })
+    }
+}
+
 /// Streams events into `sink` until a signal, `deadline`, or a closed output.
 pub async fn run(
     probe: &mut Probe,
     sink: &mut dyn Sink,
     deadline: Option<Duration>,
     feed: Option<TimeWaitFeed>,
+    stops: Stops,
 ) -> anyhow::Result<(StreamStats, StopReason)> {
     let ring = probe.take_ring()?;
     let fd = ring.as_raw_fd();
@@ -156,8 +174,10 @@ pub async fn run(
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .with_context(|| format!("registering ring buffer fd {fd} with epoll"))?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let Stops {
+        mut sigint,
+        mut sigterm,
+    } = stops;
     let mut tick = interval(DRAIN_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let end = deadline.map(|d| Instant::now() + d);

@@ -8,7 +8,13 @@
 //! this namespace), every owner with the pid the workload's processes printed. Only events of
 //! this namespace count (by its inode), so other traffic on the host cannot disturb the checks.
 //!
-//! Output: one line per check, `vmcheck [KERNEL] PASS|FAIL name: detail`, then
+//! All of it runs twice, once per way of attaching the TCP programs
+//! (`NETWATCH_TRACEPOINTS=raw`, then `classic`): doctor must say every TCP tracepoint gets
+//! that path, and every check must pass on both. The second run starts in a network
+//! namespace of its own, so that nothing of the first (its leak's sockets closing, its
+//! counters) reaches it.
+//!
+//! Output: one line per check, `vmcheck [KERNEL] PASS|FAIL mode/name: detail`, then
 //! `vmcheck [KERNEL] RESULT passed=N failed=M`. Exit status 0 when nothing failed. The kernel
 //! release is in every line because the serial console of several VMs ends up in one log.
 //!
@@ -33,6 +39,65 @@ const P_REFUSED: u16 = 20102;
 const P_LEAK: u16 = 20103;
 /// Generous: under qemu without KVM everything runs ten times slower.
 const BOUND: Duration = Duration::from_secs(90);
+/// The ways of attaching the TCP programs, each checked in full (`NETWATCH_TRACEPOINTS`).
+const MODES: [&str; 2] = ["raw", "classic"];
+/// The tracepoints that have a raw program as well as a classic one.
+const TCP_TRACEPOINTS: [&str; 7] = [
+    "sock:inet_sock_set_state",
+    "tcp:tcp_retransmit_skb",
+    "tcp:tcp_retransmit_synack",
+    "tcp:tcp_receive_reset",
+    "tcp:tcp_send_reset",
+    "tcp:tcp_destroy_sock",
+    "tcp:tcp_rcv_space_adjust",
+];
+
+/// Moves vmcheck (the main thread, which `/proc/self/net` and `/proc/self/ns/net` follow)
+/// and every child it starts from now on into a new network namespace, with `lo` up.
+fn fresh_netns() -> Result<(), String> {
+    // SAFETY: unshare has no memory effects; it changes which network namespace this thread
+    // and its future children are in.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(format!(
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: a plain socket call; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    if fd < 0 {
+        return Err(format!("socket: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: ifreq is plain data, for which all zeroes is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name from and writes the flags into `ifr`, which lives
+    // across the call; the fd is ours.
+    let mut up = unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) };
+    if up == 0 {
+        // SAFETY: the union member SIOCGIFFLAGS just filled.
+        unsafe { ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+        // SAFETY: SIOCSIFFLAGS only reads `ifr`; the fd is ours.
+        up = unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr) };
+    }
+    let err = std::io::Error::last_os_error();
+    // SAFETY: the fd is ours and closed once.
+    unsafe { libc::close(fd) };
+    if up == 0 {
+        Ok(())
+    } else {
+        Err(format!("bringing lo up: {err}"))
+    }
+}
+
+/// `netwatch ARGS` with `NETWATCH_TRACEPOINTS=mode`, once its programs are attached.
+fn start(mode: &str, args: &[&str]) -> Tracer {
+    Tracer::start_with(args, |c| {
+        c.env("NETWATCH_TRACEPOINTS", mode);
+    })
+}
 
 fn main() {
     let kernel = kernel_release();
@@ -43,18 +108,27 @@ fn main() {
     };
     // A panic is a failed check; its message is printed by the check's FAIL line.
     std::panic::set_hook(Box::new(|_| {}));
-    checks.run("doctor", doctor);
-    match catch_unwind(run_workload) {
-        Ok(run) => {
-            checks.run("trace-counts", || trace_counts(&run));
-            checks.run("trace-owners", || trace_owners(&run));
-            checks.run("life", || life(&run));
-            checks.run("report", || report(&run));
-            checks.run("leaks", || leaks(&run));
-            checks.run("kernel-filter", || kernel_filter(&run));
-            checks.run("nothing-lost", || nothing_lost(&run));
+    for (i, mode) in MODES.into_iter().enumerate() {
+        let name = |check: &str| format!("{mode}/{check}");
+        if i > 0
+            && let Err(why) = fresh_netns()
+        {
+            checks.fail(&name("netns"), &why);
+            continue;
         }
-        Err(panic) => checks.fail("workload", &panic_text(&*panic)),
+        checks.run(&name("doctor"), || doctor(mode));
+        match catch_unwind(|| run_workload(mode)) {
+            Ok(run) => {
+                checks.run(&name("trace-counts"), || trace_counts(&run));
+                checks.run(&name("trace-owners"), || trace_owners(&run));
+                checks.run(&name("life"), || life(&run));
+                checks.run(&name("report"), || report(&run));
+                checks.run(&name("leaks"), || leaks(&run));
+                checks.run(&name("kernel-filter"), || kernel_filter(&run));
+                checks.run(&name("nothing-lost"), || nothing_lost(&run));
+            }
+            Err(panic) => checks.fail(&name("workload"), &panic_text(&*panic)),
+        }
     }
     println!(
         "vmcheck [{}] RESULT passed={} failed={}",
@@ -106,11 +180,13 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".to_string())
 }
 
-/// `netwatch doctor --json`: every program passes this kernel's verifier. A rejection fails
-/// with the verifier's own words.
-fn doctor() -> Result<String, String> {
+/// `netwatch doctor --json` in `mode`: every program passes this kernel's verifier (a
+/// rejection fails with the verifier's own words), and every TCP tracepoint gets its program
+/// the way `mode` asks.
+fn doctor(mode: &str) -> Result<String, String> {
     let mut cmd = Command::new(netwatch_bin());
-    cmd.args(["doctor", "--json"]);
+    cmd.args(["doctor", "--json"])
+        .env("NETWATCH_TRACEPOINTS", mode);
     let out = output_with_timeout(cmd, BOUND.as_secs());
     let text = String::from_utf8_lossy(&out.stdout);
     let report: Value = serde_json::from_str(&text).map_err(|e| {
@@ -119,7 +195,36 @@ fn doctor() -> Result<String, String> {
             String::from_utf8_lossy(&out.stderr)
         )
     })?;
-    judge_doctor(&report, out.status.success())
+    let verdict = judge_doctor(&report, out.status.success())?;
+    let paths = judge_paths(&report, mode)?;
+    Ok(format!("{verdict}; {paths}"))
+}
+
+/// Every TCP tracepoint's line names a program attached the way `mode` asks (`path`).
+fn judge_paths(report: &Value, mode: &str) -> Result<String, String> {
+    let checks = report["checks"].as_array().ok_or("doctor: no checks")?;
+    let mut wrong = Vec::new();
+    for tracepoint in TCP_TRACEPOINTS {
+        let line = checks
+            .iter()
+            .find(|c| c["kind"] == "tracepoint" && c["name"] == tracepoint);
+        match line {
+            Some(c) if c["path"] == mode => {}
+            Some(c) => wrong.push(format!(
+                "{tracepoint}: path {}, want {mode}: {}",
+                c["path"], c["detail"]
+            )),
+            None => wrong.push(format!("{tracepoint}: no line")),
+        }
+    }
+    if wrong.is_empty() {
+        Ok(format!(
+            "the {} TCP tracepoints get their {mode} programs",
+            TCP_TRACEPOINTS.len()
+        ))
+    } else {
+        Err(wrong.join("\n"))
+    }
 }
 
 /// Passes when doctor says ok and every program passed the verifier; otherwise fails with
@@ -171,15 +276,23 @@ struct Run {
     filtered: Finished,
 }
 
-fn run_workload() -> Run {
+fn run_workload(mode: &str) -> Run {
     let netns = std::fs::metadata("/proc/self/ns/net")
         .expect("/proc/self/ns/net")
         .ino();
-    let trace = Tracer::start(&["trace", "--json"]);
-    let life = Tracer::start(&["life", "--json"]);
-    let report = Tracer::start(&["report", "--json", "--close-wait-age", "1s"]);
-    let mut leaks = Tracer::start(&["leaks", "--json", "--min-age", "0s", "--interval", "1s"]);
-    let filtered = Tracer::start(&["trace", "--json", "-D", &P_OK.to_string()]);
+    let trace = start(mode, &["trace", "--json"]);
+    let started = trace.stderr_lines().join("\n");
+    assert!(
+        started.contains(&format!("tracepoints attached: 7 {mode})")),
+        "trace did not attach every tracepoint the {mode} way: {started}"
+    );
+    let life = start(mode, &["life", "--json"]);
+    let report = start(mode, &["report", "--json", "--close-wait-age", "1s"]);
+    let mut leaks = start(
+        mode,
+        &["leaks", "--json", "--min-age", "0s", "--interval", "1s"],
+    );
+    let filtered = start(mode, &["trace", "--json", "-D", &P_OK.to_string()]);
 
     let before = snmp();
     let at = |p: u16| format!("127.0.0.1:{p}");
@@ -631,6 +744,28 @@ mod tests {
         assert!(!release_below("6.12.117+deb12-cloud-amd64", (6, 10)));
         assert!(!release_below("6.18.44-fc-v595", (6, 10)));
         assert!(!release_below("6.10.0", (6, 10)));
+    }
+
+    #[test]
+    fn every_tcp_tracepoint_must_take_the_asked_path() {
+        let lines = |path: &str| -> Vec<Value> {
+            TCP_TRACEPOINTS
+                .iter()
+                .map(|t| serde_json::json!({"kind": "tracepoint", "name": t, "path": path}))
+                .collect()
+        };
+        let raw = serde_json::json!({ "checks": lines("raw") });
+        assert!(judge_paths(&raw, "raw").is_ok());
+        let why = judge_paths(&raw, "classic").unwrap_err();
+        assert!(
+            why.contains("tcp:tcp_send_reset: path \"raw\", want classic"),
+            "{why}"
+        );
+        let mut some = lines("raw");
+        some[4]["path"] = "classic".into();
+        let mixed = serde_json::json!({ "checks": some });
+        let why = judge_paths(&mixed, "raw").unwrap_err();
+        assert_eq!(why.lines().count(), 1, "{why}");
     }
 
     #[test]

@@ -107,7 +107,8 @@ pub fn bpf_objects_of(pid: i32) -> (Vec<u32>, Vec<u32>) {
     (progs, maps)
 }
 
-/// The names of every netwatch program as the kernel shows them (at most 15 characters).
+/// The names of every netwatch program as the kernel shows them (at most 15 characters): each
+/// tracepoint's classic program (`nw_*`) and its raw twin (`nwr_*`; `nw_accept` has none).
 pub const NETWATCH_PROGRAMS: &[&str] = &[
     "nw_set_state",
     "nw_retransmit",
@@ -117,23 +118,60 @@ pub const NETWATCH_PROGRAMS: &[&str] = &[
     "nw_destroy_sock",
     "nw_accept",
     "nw_first_read",
+    "nwr_set_state",
+    "nwr_retransmit",
+    "nwr_synack_rtx",
+    "nwr_recv_reset",
+    "nwr_send_reset",
+    "nwr_destroy_sk",
+    "nwr_first_read",
 ];
 
-/// The programs one run loads: accepted sockets get their owner at accept() when the run shows
-/// code paths (`leaks`, `trace --stacks`: `nw_accept`, on a syscall tracepoint), else at their
-/// first read (`nw_first_read`), sorted.
+/// Which program each tracepoint gets on this kernel, in the `NETWATCH_TRACEPOINTS` mode the
+/// tests run in (the raw one where the kernel takes it, by default), as `netwatch doctor
+/// --json` says: (tracepoint, program), asked once.
+pub fn tracepoint_programs() -> &'static [(String, String)] {
+    static PROGRAMS: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    PROGRAMS.get_or_init(|| {
+        let mut cmd = Command::new(netwatch_tests::netwatch_bin());
+        cmd.args(["doctor", "--json"]);
+        let out = output_with_timeout(cmd, 60);
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "doctor --json: {e}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        report["checks"]
+            .as_array()
+            .expect("doctor's checks")
+            .iter()
+            .filter(|c| c["kind"] == "tracepoint")
+            .filter_map(|c| Some((c["name"].as_str()?.into(), c["program"].as_str()?.into())))
+            .collect()
+    })
+}
+
+/// The programs one run loads, sorted: accepted sockets get their owner at accept() when the
+/// run shows code paths (`leaks`, `trace --stacks`: `nw_accept`, on a syscall tracepoint), else
+/// at their first read (`tcp:tcp_rcv_space_adjust`); each tracepoint's program is the one
+/// [`tracepoint_programs`] names.
 pub fn programs_loaded(code_paths: bool) -> Vec<String> {
-    let other = if code_paths {
-        "nw_first_read"
-    } else {
-        "nw_accept"
+    let other = |tracepoint: &str| {
+        if code_paths {
+            tracepoint == "tcp:tcp_rcv_space_adjust"
+        } else {
+            tracepoint.starts_with("syscalls:sys_exit_accept")
+        }
     };
-    let mut names: Vec<String> = NETWATCH_PROGRAMS
+    let mut names: Vec<String> = tracepoint_programs()
         .iter()
-        .filter(|p| **p != other)
-        .map(|p| p.to_string())
+        .filter(|(tracepoint, _)| !other(tracepoint))
+        .map(|(_, program)| program.clone())
         .collect();
     names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 7, "one program per tracepoint: {names:?}");
     names
 }
 

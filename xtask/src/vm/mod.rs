@@ -2,9 +2,11 @@
 //!
 //! The same `vmcheck` binary (tests/src/bin/vmcheck.rs) runs on the host's own kernel, in a
 //! network namespace of its own, and as the init workload of a qemu VM for each kernel of the
-//! matrix ([`kernels::MATRIX`]: Debian 12's 6.1 flavours and bookworm's 6.12). Every line it
-//! prints names the kernel. A verifier rejection, a count that differs from the kernel's, a
-//! wrong owner or a VM that never reports fails the command.
+//! matrix ([`kernels::MATRIX`]: Debian 12's 6.1 flavours and bookworm's 6.12). vmcheck runs
+//! its checks twice, with the raw tracepoint programs and with the classic ones, and doctor
+//! must say each TCP tracepoint gets the asked kind. Every line it prints names the kernel. A
+//! verifier rejection, a count that differs from the kernel's, a wrong owner, a tracepoint on
+//! the wrong path or a VM that never reports fails the command.
 
 mod initramfs;
 mod kernels;
@@ -22,7 +24,8 @@ use crate::{
     sys::{self, command, fmt_duration, workspace_root},
 };
 
-/// One boot, checks included, under TCG: 6.1 takes about a minute; a hung VM is cut off here.
+/// One boot, checks included (both tracepoint paths), under TCG: 6.1 takes about two minutes;
+/// a hung VM is cut off here.
 const BOOT_BOUND: Duration = Duration::from_secs(420);
 
 /// What the user asked for.
