@@ -203,8 +203,11 @@ fn root_time_wait_forecast_predicts_real_exhaustion() {
     let port = unique_port();
     let addr = format!("{}:{port}", pair.server_v4());
     let nw = SocketAddr::from((Ipv4Addr::LOCALHOST, unique_port()));
-    let serve = Tracer::start(&["serve", "--listen", &nw.to_string()]);
-    let report = Tracer::start(&["report", "--json"]);
+    // Only this workload: other traffic on the host must not push its destination out of
+    // the exported ones.
+    let ours = format!("( sport = :{port} or dport = :{port} )");
+    let serve = Tracer::start(&["serve", "--listen", &nw.to_string(), &ours]);
+    let report = Tracer::start(&["report", "--json", &ours]);
     let _server =
         ReadyChild::spawn(pair.exec(Side::Server, &tcpdrive(), &["serve-forever", &addr]));
     let mut client = ReadyChild::spawn_background(pair.exec(
@@ -313,7 +316,8 @@ fn root_time_wait_overflow_is_counted_as_the_kernel_counts_it() {
     );
     let port = unique_port();
     let addr = format!("{}:{port}", pair.server_v4());
-    let tracer = Tracer::start(&["report", "--json"]);
+    let ours = format!("( sport = :{port} or dport = :{port} )");
+    let tracer = Tracer::start(&["report", "--json", &ours]);
     let before = pair.nstat(Side::Client);
     let _server = ReadyChild::spawn(pair.exec(
         Side::Server,

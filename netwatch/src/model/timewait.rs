@@ -217,6 +217,11 @@ struct DestStats {
     dest: Option<Destination>,
     /// [`Destination::label`], or [`OTHER_DESTINATIONS`].
     label: String,
+    /// The last birth or taken-over socket: a destination quiet for a minute with nothing
+    /// alive gives its slot back.
+    last_active_ns: u64,
+    /// A slot given back, waiting for a new destination.
+    free: bool,
     alive: u64,
     births: u64,
     first_birth_ns: Option<u64>,
@@ -235,6 +240,8 @@ impl DestStats {
                 .as_ref()
                 .map_or_else(|| OTHER_DESTINATIONS.to_string(), Destination::label),
             dest,
+            last_active_ns: 0,
+            free: false,
             alive: 0,
             births: 0,
             first_birth_ns: None,
@@ -246,6 +253,7 @@ impl DestStats {
 
     fn note_birth(&mut self, born_ns: u64, long_lived: bool) {
         self.births += 1;
+        self.last_active_ns = self.last_active_ns.max(born_ns);
         self.first_birth_ns = Some(self.first_birth_ns.map_or(born_ns, |f| f.min(born_ns)));
         let sec = born_ns / 1_000_000_000;
         let s = &mut self.seconds[(sec % 64) as usize];
@@ -432,6 +440,10 @@ pub struct TimeWaits<T> {
     pending_order: VecDeque<(u64, Tuple)>,
     dests: Vec<DestStats>,
     dest_ids: FastMap<Destination, u32>,
+    /// Slots of destinations that went quiet, for new ones.
+    free_dests: Vec<u32>,
+    /// The shared row past [`MAX_DESTINATIONS`], once made.
+    other_dest: Option<u32>,
     by_tag: FastMap<(u32, T), u64>,
     netns: HashMap<u32, NetnsStats>,
     default_settings: HostSettings,
@@ -451,6 +463,8 @@ impl<T: Clone + Eq + Hash + Default> TimeWaits<T> {
             pending_order: VecDeque::new(),
             dests: Vec::new(),
             dest_ids: FastMap::default(),
+            free_dests: Vec::new(),
+            other_dest: None,
             by_tag: FastMap::default(),
             netns: HashMap::new(),
             default_settings: settings,
@@ -594,6 +608,23 @@ impl<T: Clone + Eq + Hash + Default> TimeWaits<T> {
                     .push_back(u32::try_from(d.alive).unwrap_or(u32::MAX));
             }
             self.next_sample_ns += HISTORY_STEP_NS;
+            self.recycle_quiet_destinations(now_ns);
+        }
+    }
+
+    /// Gives back the slots of destinations with nothing alive and no birth for a minute, so
+    /// that a long run on a host where peers come and go never fills [`MAX_DESTINATIONS`].
+    fn recycle_quiet_destinations(&mut self, now_ns: u64) {
+        for (i, d) in self.dests.iter_mut().enumerate() {
+            if d.free || d.alive > 0 || now_ns.saturating_sub(d.last_active_ns) < TIME_WAIT_NS {
+                continue;
+            }
+            if let Some(dest) = d.dest.take() {
+                self.dest_ids.remove(&dest);
+                *d = DestStats::new(None);
+                d.free = true;
+                self.free_dests.push(i as u32);
+            }
         }
     }
 
@@ -629,6 +660,11 @@ impl<T: Clone + Eq + Hash + Default> TimeWaits<T> {
             return;
         }
         let started = self.started_ns.unwrap_or(0);
+        let (mut local_uses, mut remote_uses) = (FastMap::default(), FastMap::default());
+        for &(local, remote, _) in &obs.sockets {
+            *local_uses.entry(local.port()).or_insert(0u32) += 1;
+            *remote_uses.entry(remote.port()).or_insert(0u32) += 1;
+        }
         for &(local, remote, left_ms) in &obs.sockets {
             let tuple = Tuple::new(Some(obs.netns), local, remote);
             if self.alive.contains_key(&tuple) || self.pending.contains_key(&tuple) {
@@ -640,8 +676,24 @@ impl<T: Clone + Eq + Hash + Default> TimeWaits<T> {
             }
             let born_ns = expires_ns.saturating_sub(TIME_WAIT_NS);
             // A port in the ephemeral range is ours: we connected.
-            let active = obs.settings.in_ephemeral_range(local.port())
-                && !obs.settings.in_ephemeral_range(remote.port());
+            // Which side connected: the service's port is the one many of the namespace's
+            // timewait sockets share; when that does not tell, the one whose port is in the
+            // ephemeral range, or the higher port (services listen on low ones).
+            let (l, r) = (
+                local_uses.get(&local.port()).copied().unwrap_or(0),
+                remote_uses.get(&remote.port()).copied().unwrap_or(0),
+            );
+            let active = match (
+                l.cmp(&r),
+                obs.settings.in_ephemeral_range(local.port()),
+                obs.settings.in_ephemeral_range(remote.port()),
+            ) {
+                (std::cmp::Ordering::Less, _, _) => true,
+                (std::cmp::Ordering::Greater, _, _) => false,
+                (_, true, false) => true,
+                (_, false, true) => false,
+                _ => local.port() > remote.port(),
+            };
             let dest = self.dest_id(Destination {
                 netns: obs.netns,
                 active,
@@ -699,6 +751,7 @@ impl<T: Clone + Eq + Hash + Default> TimeWaits<T> {
         let mut out: Vec<DestinationView> = self
             .dests
             .iter()
+            .filter(|d| !d.free)
             .map(|d| {
                 let per_second = d.per_second(now);
                 let forecast = match &d.dest {
@@ -747,16 +800,19 @@ impl<T: Clone + Eq + Hash + Default> TimeWaits<T> {
         if let Some(&id) = self.dest_ids.get(&dest) {
             return id;
         }
-        if self.dests.len() >= MAX_DESTINATIONS {
-            // The shared row is the first one made past the cap.
-            if let Some(i) = self.dests.iter().position(|d| d.dest.is_none()) {
-                return i as u32;
-            }
-            self.dests.push(DestStats::new(None));
-            return (self.dests.len() - 1) as u32;
-        }
-        let id = self.dests.len() as u32;
-        self.dests.push(DestStats::new(Some(dest.clone())));
+        let id = if let Some(id) = self.free_dests.pop() {
+            self.dests[id as usize] = DestStats::new(Some(dest.clone()));
+            id
+        } else if self.dests.len() < MAX_DESTINATIONS {
+            self.dests.push(DestStats::new(Some(dest.clone())));
+            (self.dests.len() - 1) as u32
+        } else {
+            // Past the cap: one shared row.
+            return *self.other_dest.get_or_insert_with(|| {
+                self.dests.push(DestStats::new(None));
+                (self.dests.len() - 1) as u32
+            });
+        };
         self.dest_ids.insert(dest, id);
         id
     }
@@ -764,6 +820,7 @@ impl<T: Clone + Eq + Hash + Default> TimeWaits<T> {
     fn insert(&mut self, tuple: Tuple, born_ns: u64, expires_ns: u64, dest: u32, tag: T) {
         let d = &mut self.dests[dest as usize];
         d.alive += 1;
+        d.last_active_ns = d.last_active_ns.max(born_ns).max(self.now_ns);
         *d.local_addrs.entry(tuple.local.ip()).or_default() += 1;
         self.netns.entry(tuple.netns).or_default().alive += 1;
         *self.by_tag.entry((dest, tag.clone())).or_default() += 1;
@@ -1089,6 +1146,23 @@ mod tests {
         assert!(!s.tw_reuse_applies("127.0.0.1".parse().unwrap()));
         assert!(settings((1, 2), 2, None).tw_reuse_applies("127.0.0.1".parse().unwrap()));
         assert!(!settings((1, 2), 2, None).tw_reuse_applies("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_quiet_destination_gives_its_slot_back() {
+        let mut t = table(HostSettings::default());
+        t.born(&closed_first(2 * S, 40000, 1.0), ());
+        // Alive for 60 s, then a minute with nothing: the row goes, its slot is reused.
+        t.advance(100 * S);
+        assert_eq!(t.destinations().len(), 1, "quiet for less than a minute");
+        t.advance(125 * S);
+        assert!(t.destinations().is_empty());
+        let mut c = closed_first(126 * S, 40001, 1.0);
+        c.dport = 81;
+        t.born(&c, ());
+        let d = t.destinations();
+        assert_eq!((d.len(), d[0].destination.as_str()), (1, "10.0.0.2:81"));
+        assert_eq!(t.dests.len(), 1, "the slot was reused");
     }
 
     #[test]
