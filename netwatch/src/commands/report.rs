@@ -55,7 +55,6 @@ impl ReportSink {
             tracker,
             analysis,
             selection,
-            ..
         } = self;
         tracker.flush(&mut |Fact::Ended(c)| {
             if selection.connection(&c) {
@@ -80,7 +79,6 @@ impl Sink for ReportSink {
             tracker,
             analysis,
             selection,
-            ..
         } = self;
         analysis.on_stream_event(ev);
         if ev.owner_seen_here {
