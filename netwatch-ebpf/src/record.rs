@@ -110,6 +110,26 @@ impl Record {
         Some(unsafe { core::ptr::read_unaligned(self.buf.as_ptr().add(off) as *const T) })
     }
 
+    /// The 16-byte field at `off` (an IPv6 address) into `dst`, left as it is when the kernel
+    /// lacks the field. Byte by byte, unrolled: the field need not be aligned in the record,
+    /// and an array assignment compiles to a call of a `memmove` subprogram that loops per byte.
+    #[inline(always)]
+    fn addr16(&self, off: u16, dst: &mut [u8; 16]) {
+        let off = off as usize;
+        if off == ABSENT as usize || off + 16 > RECORD_COPY_LEN {
+            return;
+        }
+        let mut i = 0;
+        while i < 16 {
+            // SAFETY: the bounds check above keeps `off + i` inside `buf`; `i` is inside `dst`.
+            unsafe {
+                let b = core::ptr::read_volatile(self.buf.as_ptr().add(off + i));
+                core::ptr::write_volatile(dst.as_mut_ptr().add(i), b);
+            }
+            i += 1;
+        }
+    }
+
     /// Fills family, addresses and ports from the classic `family/sport/dport/saddr/daddr/
     /// saddr_v6/daddr_v6` fields, or from the sockaddr fields `tcp_send_reset` has on 6.10+.
     #[inline(always)]
@@ -123,12 +143,8 @@ impl Record {
         ev.sport = self.get::<u16>(f.sport).unwrap_or(0);
         ev.dport = self.get::<u16>(f.dport).unwrap_or(0);
         if ev.family == AF_INET6 {
-            if let Some(a) = self.get::<[u8; 16]>(f.saddr_v6) {
-                ev.saddr = a;
-            }
-            if let Some(a) = self.get::<[u8; 16]>(f.daddr_v6) {
-                ev.daddr = a;
-            }
+            self.addr16(f.saddr_v6, &mut ev.saddr);
+            self.addr16(f.daddr_v6, &mut ev.daddr);
         } else {
             if let Some(a) = self.get::<[u8; 4]>(f.saddr) {
                 ev.saddr[..4].copy_from_slice(&a);
@@ -149,9 +165,7 @@ impl Record {
         *family = fam;
         *port = u16::from_be(self.get::<u16>(off.wrapping_add(2)).unwrap_or(0));
         if fam == AF_INET6 {
-            if let Some(a) = self.get::<[u8; 16]>(off.wrapping_add(8)) {
-                *addr = a;
-            }
+            self.addr16(off.wrapping_add(8), addr);
         } else if fam == AF_INET
             && let Some(a) = self.get::<[u8; 4]>(off.wrapping_add(4))
         {

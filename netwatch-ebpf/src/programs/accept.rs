@@ -4,17 +4,19 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::bpf_get_current_task,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, generated::bpf_get_current_task,
     },
     macros::tracepoint,
     programs::{TracePointContext, tracing::StackIdContext},
 };
-use netwatch_common::{AF_INET6, COMM_LEN, RawEvent, SockInfo, event_flags, event_kind, stat};
+use netwatch_common::{AF_INET6, RawEvent, SockInfo, event_flags, event_kind, stat};
 
 use crate::{
     ACCEPT_FIELDS, KERNEL_OFFSETS, SOCKETS,
-    helpers::{count, emit, global, kread, reset_event, user_sp_word, user_stack_id},
+    helpers::{
+        copy_comm, count, current_comm, emit, global, kread, reset_event, user_sp_word,
+        user_stack_id,
+    },
     record::{Scratch, copy_record, with_scratch},
 };
 
@@ -63,7 +65,7 @@ pub(super) fn own<C: StackIdContext>(
     reset_event(ev, event_kind::ACCEPT, sk);
     ev.tgid = (pid_tgid >> 32) as u32;
     ev.tid = pid_tgid as u32;
-    ev.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    current_comm(&mut ev.comm);
     // SAFETY: a helper without arguments.
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     ev.flags |= event_flags::OWNER_CAPTURED;
@@ -79,7 +81,7 @@ pub(super) fn own<C: StackIdContext>(
         (*info).stack_id = ev.stack_id;
         (*info).tgid = ev.tgid;
         (*info).tid = ev.tid;
-        (*info).comm = ev.comm;
+        copy_comm(&mut (*info).comm, &ev.comm);
         (*info).cgroup_id = ev.cgroup_id;
         ev.new_state = (*info).state;
         ev.netns = (*info).netns;
@@ -89,8 +91,13 @@ pub(super) fn own<C: StackIdContext>(
     ev.sport = kread::<u16>(sk, global(&o.skc_num)).unwrap_or(0);
     ev.dport = u16::from_be(kread::<u16>(sk, global(&o.skc_dport)).unwrap_or(0));
     if family == AF_INET6 {
-        ev.saddr = kread::<[u8; 16]>(sk, global(&o.skc_v6_rcv_saddr)).unwrap_or([0; 16]);
-        ev.daddr = kread::<[u8; 16]>(sk, global(&o.skc_v6_daddr)).unwrap_or([0; 16]);
+        // `ev` is zeroed: an address that cannot be read stays all zeroes.
+        if let Some(a) = kread::<[u8; 16]>(sk, global(&o.skc_v6_rcv_saddr)) {
+            ev.saddr = a;
+        }
+        if let Some(a) = kread::<[u8; 16]>(sk, global(&o.skc_v6_daddr)) {
+            ev.daddr = a;
+        }
     } else {
         if let Some(a) = kread::<[u8; 4]>(sk, global(&o.skc_rcv_saddr)) {
             ev.saddr[..4].copy_from_slice(&a);

@@ -3,36 +3,26 @@
 //! captured at transitions only a syscall on that socket can cause (connect, listen,
 //! close/shutdown).
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid},
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext, tracing::StackIdContext},
 };
 use netwatch_common::{
-    COMM_LEN, IPPROTO_TCP, RawEvent, SockInfo, event_flags, event_kind, stat,
+    IPPROTO_TCP, RawEvent, SockInfo, event_flags, event_kind, stat,
     tcp_state::{CLOSE, SYN_SENT},
 };
 
 use crate::{
     SET_STATE_FIELDS, SOCKETS,
     helpers::{
-        count, current_task_owns, emit, global, owner_from, read_failed, reset_event, sock_netns,
-        starts_fresh, tcp_info, user_sp_word, user_stack_id,
+        copy_words, count, current_comm, current_task_owns, emit, global, owner_from, read_failed,
+        reset_event, sock_netns, starts_fresh, tcp_info, user_sp_word, user_stack_id, zero_words,
     },
     record::{Scratch, copy_record, with_scratch},
     sock,
-};
-
-const EMPTY_SOCK: SockInfo = SockInfo {
-    state_since_ns: 0,
-    cgroup_id: 0,
-    tgid: 0,
-    tid: 0,
-    comm: [0; COMM_LEN],
-    stack_id: -1,
-    netns: 0,
-    state: 0,
-    _pad: [0; 7],
 };
 
 /// `sock:inet_sock_set_state`, classic: every TCP state transition (`skaddr, oldstate,
@@ -101,10 +91,20 @@ fn transition<C: StackIdContext>(
 ) -> Option<()> {
     let fresh = starts_fresh(old, new);
     let existing = SOCKETS.get_ptr_mut(skaddr);
-    let mut info = match existing {
-        // SAFETY: the pointer comes from the map lookup and is valid for this program run.
-        Some(p) if !fresh => unsafe { *p },
-        _ => EMPTY_SOCK,
+    // Built on the stack without a struct literal: see `zero_words`.
+    let mut slot = MaybeUninit::<SockInfo>::uninit();
+    // SAFETY: `slot` is an 8-aligned `SockInfo` (it has u64 fields), all plain data, and is
+    // wholly written before `assume_init_mut`; `p` comes from the map lookup and is valid for
+    // this program run (map values are 8-aligned).
+    let info = unsafe {
+        match existing {
+            Some(p) if !fresh => copy_words(slot.as_mut_ptr(), p),
+            _ => {
+                zero_words(slot.as_mut_ptr());
+                (*slot.as_mut_ptr()).stack_id = -1;
+            }
+        }
+        slot.assume_init_mut()
     };
     if info.netns == 0 {
         info.netns = sock_netns(skaddr);
@@ -119,7 +119,7 @@ fn transition<C: StackIdContext>(
         if tgid != 0 {
             info.tgid = tgid;
             info.tid = pid_tgid as u32;
-            info.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+            current_comm(&mut info.comm);
             // SAFETY: a helper without arguments.
             info.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
             ev.flags |= event_flags::OWNER_CAPTURED;
@@ -132,7 +132,7 @@ fn transition<C: StackIdContext>(
             }
         }
     }
-    owner_from(&info, ev);
+    owner_from(info, ev);
     if new == CLOSE {
         tcp_info(skaddr, ev);
     }
@@ -145,9 +145,9 @@ fn transition<C: StackIdContext>(
     match existing {
         // Updating in place costs a store; an insert into the LRU map costs far more.
         // SAFETY: as above; the value is plain data and this program is its only writer.
-        Some(p) => unsafe { *p = info },
+        Some(p) => unsafe { copy_words(p, info) },
         None => {
-            if SOCKETS.insert(skaddr, info, 0).is_err() {
+            if SOCKETS.insert(skaddr, &*info, 0).is_err() {
                 count(stat::SOCKETS_FULL);
             }
         }
