@@ -183,8 +183,9 @@ impl Workload {
 pub enum Tracer {
     None,
     Trace,
-    /// `trace` with user-stack capture switched off in the kernel: what capture costs.
-    TraceNoStacks,
+    /// `trace --stacks`: asks for code paths (user stacks at connect() and accept(), owners at
+    /// accept()); what they cost beside plain `trace`.
+    TraceStacks,
     Report,
     /// `report` with the classic tracepoint programs (`NETWATCH_TRACEPOINTS=classic`): what
     /// the raw ones save.
@@ -194,8 +195,6 @@ pub enum Tracer {
     Tcplife,
     Bpftrace,
     // Only in the syscall-tax rows:
-    /// `trace --stacks`: asks for the code path that accepted a socket.
-    TraceStacks,
     Life,
     Top,
     /// Asks for code paths.
@@ -206,7 +205,7 @@ impl Tracer {
     pub const ALL: [Tracer; 9] = [
         Tracer::None,
         Tracer::Trace,
-        Tracer::TraceNoStacks,
+        Tracer::TraceStacks,
         Tracer::Report,
         Tracer::ReportClassic,
         Tracer::Serve,
@@ -232,9 +231,6 @@ impl Tracer {
         match self {
             Tracer::None => "none".into(),
             Tracer::Trace => "`netwatch trace --json > /dev/null`".into(),
-            Tracer::TraceNoStacks => {
-                "`NETWATCH_STACKS=0 netwatch trace --json > /dev/null` (no stack capture)".into()
-            }
             Tracer::Report => "`netwatch report > /dev/null`".into(),
             Tracer::ReportClassic => {
                 "`NETWATCH_TRACEPOINTS=classic netwatch report > /dev/null` (classic tracepoints)"
@@ -257,7 +253,6 @@ impl Tracer {
         match self {
             Tracer::None => "no tracer",
             Tracer::Trace => "netwatch trace --json",
-            Tracer::TraceNoStacks => "trace, stacks off",
             Tracer::Report => "netwatch report",
             Tracer::ReportClassic => "report, classic tracepoints",
             Tracer::Serve => "netwatch serve",
@@ -284,7 +279,7 @@ impl Tracer {
     /// The netwatch subcommand this row runs.
     fn subcommand(self) -> Option<&'static str> {
         match self {
-            Tracer::Trace | Tracer::TraceNoStacks | Tracer::TraceStacks => Some("trace"),
+            Tracer::Trace | Tracer::TraceStacks => Some("trace"),
             Tracer::Report | Tracer::ReportClassic => Some("report"),
             Tracer::Serve => Some("serve"),
             Tracer::Life => Some("life"),
@@ -300,11 +295,6 @@ impl Tracer {
             Tracer::Trace => {
                 let mut cmd = sys::command(netwatch);
                 cmd.args(["trace", "--json"]);
-                cmd
-            }
-            Tracer::TraceNoStacks => {
-                let mut cmd = sys::command(netwatch);
-                cmd.args(["trace", "--json"]).env("NETWATCH_STACKS", "0");
                 cmd
             }
             Tracer::Report => {

@@ -39,7 +39,8 @@ pub const DEFAULT_LABEL_TTL: Duration = Duration::from_secs(600);
         NETWATCH_TRACEPOINTS=classic  classic tracepoints only (default `auto`: raw tracepoints\n  \
         \x20                             where the kernel takes them, which cost less; `raw`: raw\n  \
         \x20                             ones or stop, saying why)\n  \
-        NETWATCH_STACKS=0             no user stacks at connect() and accept()"
+        NETWATCH_STACKS=0             no user stacks at connect() and accept() in the modes\n  \
+        \x20                             that show code paths (trace --stacks, leaks)"
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -50,9 +50,10 @@ fn stdout() -> Stdio {
 
 /// A live run as the command line asks for it, with the selection's kernel-side filter (the
 /// selection is returned beside it), and the filter stored for a recording.
-/// `code_paths`: the command shows the code path that accepted a socket, so owners are taken
-/// at accept() (a syscall tracepoint, which taxes every syscall on the host) rather than at
-/// the socket's first read.
+/// `code_paths`: the command shows the code path that opened a socket, so the kernel captures
+/// user stacks at connect() and accept(), and owners are taken at accept() (a syscall
+/// tracepoint, which taxes every syscall on the host) rather than at the socket's first read.
+/// Other commands pay for neither: a stack walk is the dearest part of a connect's event.
 /// `keep_caps`: the capabilities the run keeps once attached ([`NOTHING`] or
 /// [`privileges::INSPECTS_OTHERS`]).
 fn live_options(
@@ -67,7 +68,7 @@ fn live_options(
         config: ProbeConfig {
             ring_bytes: run.ring_size,
             filter: selection.kernel(),
-            capture_stacks: ProbeConfig::stacks_from_env(),
+            capture_stacks: code_paths && ProbeConfig::stacks_from_env(),
             owners_at_accept: code_paths,
             max_sockets: u32::try_from(tracker.max_sockets).unwrap_or(u32::MAX),
             tracepoints: TracepointMode::from_env()?,

@@ -288,8 +288,8 @@ pub struct ProbeConfig {
     pub ring_bytes: u32,
     /// What the kernel may drop before the ring buffer.
     pub filter: KernelFilter,
-    /// Capture the user stack at connect() and accept() (`NETWATCH_STACKS=0` switches it
-    /// off, to measure its cost).
+    /// Capture the user stack at connect() and accept(): only the modes that show code paths
+    /// ask for it (`NETWATCH_STACKS=0` switches it off there too).
     pub capture_stacks: bool,
     /// Learn the owner of an accepted socket at accept() itself, with its code path (`leaks`,
     /// `trace --stacks`), at the price of a syscall tracepoint; otherwise at its first read.
