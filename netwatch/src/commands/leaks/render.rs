@@ -44,6 +44,9 @@ fn block(out: &mut String, g: &Group) {
         }
         (None, _) => out.push_str("PID - (owner not known)"),
     }
+    if let Some(c) = &g.container {
+        let _ = write!(out, " (container: {})", c.label());
+    }
     if let Some(cg) = &g.cgroup {
         let _ = write!(out, " (cgroup: {cg})");
     }
@@ -149,6 +152,7 @@ mod tests {
             pid: Some(4242),
             comm: Some("leaky-server".into()),
             cgroup: Some("/system.slice/shop.service".into()),
+            container: None,
             netns: None,
             opened_by: Some(Opener::Accept),
             code_path_seen: !stack.is_empty(),
