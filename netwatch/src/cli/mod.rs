@@ -508,10 +508,10 @@ fn k8s_name(s: &str, max: usize, dots: bool, what: &str) -> Result<String, Strin
     if ok {
         return Ok(s.to_string());
     }
-    let allowed = if dots { "`-` and `.`" } else { "`-`" };
+    let allowed = if dots { ", `-` and `.`" } else { " and `-`" };
     Err(format!(
-        "`{s}` is not {what}: at most {max} lowercase letters, digits and {allowed}, \
-         starting and ending with a letter or digit"
+        "`{s}` is not {what}: at most {max} lowercase letters, digits{allowed}, starting and \
+         ending with a letter or digit"
     ))
 }
 
