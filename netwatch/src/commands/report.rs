@@ -461,6 +461,22 @@ pub fn render(r: &Report, style: &Style) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_rows_end_with_their_container_then_cgroup() {
+        let c = Container {
+            name: Some("web".into()),
+            pod: Some("shop-7f".into()),
+            namespace: Some("prod".into()),
+            ..Container::unnamed(&"ab".repeat(32))
+        };
+        assert_eq!(
+            cgroup_suffix(Some(&c), Some("/kubepods/x")),
+            "   container prod/shop-7f/web   cgroup /kubepods/x"
+        );
+        assert_eq!(cgroup_suffix(None, Some("/")), "   cgroup /");
+        assert_eq!(cgroup_suffix(None, None), "");
+    }
     use crate::model::tracker::{Connection, End, Role};
 
     #[test]

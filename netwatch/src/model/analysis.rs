@@ -1030,6 +1030,58 @@ mod tests {
     }
 
     #[test]
+    fn process_rows_name_their_container() {
+        // A fake host: the owner in cgroup 77 runs in a pod's container.
+        struct Names;
+        impl OwnerNames for Names {
+            fn cgroup(&self, _id: Option<u64>, _pid: Option<u32>) -> Option<String> {
+                None
+            }
+            fn container(
+                &self,
+                id: Option<u64>,
+                _pid: Option<u32>,
+            ) -> Option<std::sync::Arc<Container>> {
+                (id == Some(77)).then(|| {
+                    std::sync::Arc::new(Container {
+                        name: Some("web".into()),
+                        pod: Some("shop-7f".into()),
+                        namespace: Some("prod".into()),
+                        ..Container::unnamed(&"ab".repeat(32))
+                    })
+                })
+            }
+        }
+        let mut a = Analysis::new(HostSettings::default(), Thresholds::default());
+        let mut c = tw_conn(1_000_000_000, "10.0.0.9", 80);
+        (c.pid, c.closer_pid, c.cgroup_id) = (Some(4242), Some(4242), Some(77));
+        a.on_connection(&c);
+        let r = a.report(
+            &Tracker::new(10),
+            2_000_000_000,
+            Losses::default(),
+            None,
+            &|_| true,
+            &Names,
+        );
+        let row = r
+            .connects_by_process
+            .iter()
+            .find(|r| r.key == "client[4242]");
+        let container = row.unwrap().container.as_ref().unwrap();
+        assert_eq!(container.label(), "prod/shop-7f/web");
+        assert!(r.connects_by_destination[0].container.is_none());
+        let json = serde_json::to_value(&r).unwrap();
+        let row = &json["connects_by_process"][0];
+        assert_eq!(
+            (&row["pod"], &row["namespace"]),
+            (&"shop-7f".into(), &"prod".into()),
+            "{row}"
+        );
+        assert!(json["connects_by_destination"][0].get("pod").is_none());
+    }
+
+    #[test]
     fn lost_events_come_first() {
         let mut a = Analysis::new(HostSettings::default(), Thresholds::default());
         let r = a.report(
