@@ -198,6 +198,36 @@ mod tests {
     }
 
     #[test]
+    fn a_group_in_a_container_names_it_before_the_cgroup() {
+        let mut g = group(vec![], vec![5]);
+        g.container = Some(crate::model::names::Container {
+            name: Some("web".into()),
+            pod: Some("shop-7f".into()),
+            namespace: Some("prod".into()),
+            ..crate::model::names::Container::unnamed(&"ab".repeat(32))
+        });
+        let s = Snapshot {
+            at: "t".into(),
+            watched_ms: 0.0,
+            min_age_ms: 0.0,
+            groups: vec![g],
+            warnings: vec![],
+        };
+        let text = render(&s);
+        assert!(
+            text.contains(
+                "PID 4242 leaky-server (container: prod/shop-7f/web) (cgroup: /system.slice/shop.service)\n"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&s.groups[0]).unwrap();
+        assert_eq!(
+            (&json["pod"], &json["container"]),
+            (&"shop-7f".into(), &"web".into())
+        );
+    }
+
+    #[test]
     fn an_unseen_code_path_says_so() {
         let s = Snapshot {
             at: "t".into(),
