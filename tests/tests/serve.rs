@@ -44,7 +44,7 @@ fn urlencode(s: &str) -> String {
 }
 
 /// Polls `f` every 200 ms until it returns `Some`, at most `bound`.
-fn poll<T>(bound: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+pub(crate) fn poll<T>(bound: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + bound;
     loop {
         if let Some(v) = f() {
@@ -59,7 +59,7 @@ fn poll<T>(bound: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
 
 /// A Prometheus server on loopback with a private config and TSDB; killed and its directory
 /// removed on drop.
-struct Prometheus {
+pub(crate) struct Prometheus {
     child: Child,
     dir: PathBuf,
     addr: SocketAddr,
@@ -67,7 +67,7 @@ struct Prometheus {
 
 impl Prometheus {
     /// Starts it scraping `target` every second and waits (bounded) until it is ready.
-    fn start(target: SocketAddr) -> Prometheus {
+    pub(crate) fn start(target: SocketAddr) -> Prometheus {
         Self::start_job(target, "")
     }
 
@@ -140,7 +140,7 @@ impl Prometheus {
     }
 
     /// An instant PromQL query: each series' labels and value.
-    fn query(&self, expr: &str) -> Vec<(HashMap<String, String>, f64)> {
+    pub(crate) fn query(&self, expr: &str) -> Vec<(HashMap<String, String>, f64)> {
         let v = self.api(&format!("query?query={}", urlencode(expr)));
         v["data"]["result"]
             .as_array()
@@ -169,7 +169,7 @@ impl Prometheus {
     /// [`Prometheus::value`] of `expr`, polled (every 200 ms, at most 30 s) until it is
     /// `expected`; returns the last value, for the caller to assert. Why: what Prometheus has
     /// lags netwatch by a scrape or two, and netwatch lags the kernel.
-    fn wait_value(&self, expr: &str, expected: f64) -> f64 {
+    pub(crate) fn wait_value(&self, expr: &str, expected: f64) -> f64 {
         let mut last = self.value(expr);
         poll(Duration::from_secs(30), || {
             last = self.value(expr);
@@ -201,7 +201,7 @@ impl Drop for Prometheus {
 
 /// Server ports for this test's workloads: above both the ephemeral range (32768-60999) and
 /// the ports other test binaries take ([`unique_port`], below 60000), distinct per process.
-fn server_ports<const K: usize>() -> [u16; K] {
+pub(crate) fn server_ports<const K: usize>() -> [u16; K] {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let base = 61_000 + (std::process::id() % 400) as u16 * 10;
     [(); K].map(|_| base + NEXT.fetch_add(1, Ordering::Relaxed) % 10)
@@ -211,7 +211,7 @@ fn server_ports<const K: usize>() -> [u16; K] {
 /// namespaces (other test processes may use the same /24 in their own namespaces) and one of
 /// `ports` on the server side, local or remote. Neither Prometheus's scrapes nor anything else
 /// on the machine counts; the port bounds are decided in the kernel.
-fn workload_filter(pair: &NetPair, ports: &[u16]) -> Vec<String> {
+pub(crate) fn workload_filter(pair: &NetPair, ports: &[u16]) -> Vec<String> {
     let [a, b, c, _] = pair.client_v4().octets();
     let (lo, hi) = (ports.iter().min().unwrap(), ports.iter().max().unwrap());
     format!(
@@ -223,7 +223,7 @@ fn workload_filter(pair: &NetPair, ports: &[u16]) -> Vec<String> {
 }
 
 /// `netwatch <args> <filter>`.
-fn with_filter<'a>(args: &[&'a str], filter: &'a [String]) -> Vec<&'a str> {
+pub(crate) fn with_filter<'a>(args: &[&'a str], filter: &'a [String]) -> Vec<&'a str> {
     args.iter()
         .copied()
         .chain(filter.iter().map(String::as_str))

@@ -6,6 +6,9 @@
 // What the modules share: the tracer harness, known workloads, /proc and BPF look-ups.
 mod support;
 
+// Real podman containers, one with Kubernetes labels: trace, life, leaks, Prometheus and a
+// replay name their pod, namespace and container.
+mod containers;
 // Filters (-p, -L, a bad expression) act in the kernel and equal filtering afterwards.
 mod filters;
 // `leaks` finds forgotten sockets, live and --once, with the real holder, fds, code path, cgroup.

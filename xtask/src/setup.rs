@@ -76,7 +76,18 @@ const DEB_PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "busybox-static",
-        "the VM's userland in `cargo xtask vm-test`",
+        "the VM's userland in `cargo xtask vm-test`, and the containers' in the tests",
+    ),
+    // tests/tests/containers.rs starts real containers from a busybox root directory (no
+    // image registry) with podman, on runc: crun, podman's default, fails on setrlimit here.
+    // Its `podman system service` serves the Docker API netwatch asks for names and labels.
+    (
+        "podman",
+        "real containers with labels in the containers test",
+    ),
+    (
+        "runc",
+        "the OCI runtime podman runs the test containers with",
     ),
 ];
 

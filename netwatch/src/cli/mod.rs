@@ -4,7 +4,11 @@ use std::{ops::RangeInclusive, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::kernel::probe::{DEFAULT_RING_BYTES, check_ring_bytes};
-use crate::model::{event::Family, filter, selection::Selection};
+use crate::model::{
+    event::Family,
+    filter,
+    selection::{ContainerSelection, Selection},
+};
 
 /// Distinct peers labelled by default (`--max-peers`).
 pub const DEFAULT_MAX_PEERS: usize = 100;
@@ -352,6 +356,18 @@ pub struct FilterArgs {
     /// Only sockets whose owner is in this cgroup (v2 path, e.g. /system.slice/nginx.service)
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<std::path::PathBuf>,
+    /// Only sockets whose owner runs in a pod of this Kubernetes namespace (the
+    /// io.kubernetes.pod.namespace label); decided in user space
+    #[arg(long = "k8s-namespace", value_name = "NAMESPACE", value_parser = parse_k8s_namespace)]
+    pub k8s_namespace: Option<String>,
+    /// Only sockets whose owner runs in this Kubernetes pod (io.kubernetes.pod.name);
+    /// decided in user space
+    #[arg(long, value_name = "POD", value_parser = parse_pod)]
+    pub pod: Option<String>,
+    /// Only sockets whose owner runs in this container: its name (Kubernetes' container name
+    /// in a pod), or its id (12 or more digits); decided in user space
+    #[arg(long, value_name = "NAME|ID", value_parser = parse_container)]
+    pub container: Option<String>,
     /// An ss-style filter: state close-wait '( dport = :80 or dport = :443 )' dst 10.0.0.0/8
     #[arg(
         value_name = "FILTER",
@@ -471,6 +487,52 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
 }
 
 /// `80`, `8000-8080`, `22,443,8000-8080`.
+/// A Kubernetes namespace (an RFC 1123 label: at most 63 lowercase letters, digits and `-`,
+/// starting and ending with a letter or digit).
+pub fn parse_k8s_namespace(s: &str) -> Result<String, String> {
+    k8s_name(s, 63, false, "a Kubernetes namespace")
+}
+
+/// A Kubernetes pod name (an RFC 1123 subdomain: at most 253 lowercase letters, digits, `-`
+/// and `.`, starting and ending with a letter or digit).
+pub fn parse_pod(s: &str) -> Result<String, String> {
+    k8s_name(s, 253, true, "a Kubernetes pod name")
+}
+
+fn k8s_name(s: &str, max: usize, dots: bool, what: &str) -> Result<String, String> {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let ok = !s.is_empty()
+        && s.len() <= max
+        && s.chars().all(|c| alnum(c) || c == '-' || dots && c == '.')
+        && s.starts_with(alnum)
+        && s.ends_with(alnum);
+    if ok {
+        return Ok(s.to_string());
+    }
+    let allowed = if dots { ", `-` and `.`" } else { " and `-`" };
+    Err(format!(
+        "`{s}` is not {what}: at most {max} lowercase letters, digits{allowed}, starting and \
+         ending with a letter or digit"
+    ))
+}
+
+/// A container name (Docker's and podman's rule, which Kubernetes' names also follow:
+/// letters, digits, `_`, `.` and `-`, starting with a letter or digit) or id.
+pub fn parse_container(s: &str) -> Result<String, String> {
+    let ok = s.len() <= 253
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "`{s}` is not a container name or id: letters, digits, `_`, `.` and `-`, \
+             starting with a letter or digit"
+        ))
+    }
+}
+
 pub fn parse_ports(s: &str) -> Result<Vec<RangeInclusive<u16>>, String> {
     s.split(',')
         .map(|part| {
@@ -537,6 +599,15 @@ impl FilterArgs {
         if let Some(c) = &self.cgroup {
             out.extend(["--cgroup".to_string(), c.display().to_string()]);
         }
+        for (flag, value) in [
+            ("--k8s-namespace", &self.k8s_namespace),
+            ("--pod", &self.pod),
+            ("--container", &self.container),
+        ] {
+            if let Some(v) = value {
+                out.extend([flag.to_string(), v.clone()]);
+            }
+        }
         out.extend(self.filter.iter().cloned());
         out
     }
@@ -588,6 +659,15 @@ impl FilterArgs {
                 .map(crate::host::cgroup::id_of_path)
                 .transpose()
                 .map_err(anyhow::Error::msg)?,
+            containers: (self.k8s_namespace.is_some()
+                || self.pod.is_some()
+                || self.container.is_some())
+            .then(|| ContainerSelection {
+                namespace: self.k8s_namespace.clone(),
+                pod: self.pod.clone(),
+                container: self.container.clone(),
+                names: crate::host::containers::owner_container,
+            }),
             expr: filter::parse_args(&self.filter)?,
         })
     }
@@ -775,6 +855,12 @@ mod tests {
             "nginx",
             "--cgroup",
             "/a.slice",
+            "--k8s-namespace",
+            "prod",
+            "--pod",
+            "shop-7f",
+            "--container",
+            "web",
             "state",
             "close-wait",
         ])
@@ -788,8 +874,65 @@ mod tests {
         assert_eq!(back.pids, [7, 8]);
         assert_eq!(back.local_ports, vec![vec![80..=80, 8000..=8080]]);
         assert_eq!(back.filter, ["state", "close-wait"]);
+        assert_eq!(
+            (
+                back.k8s_namespace.as_deref(),
+                back.pod.as_deref(),
+                back.container.as_deref()
+            ),
+            (Some("prod"), Some("shop-7f"), Some("web"))
+        );
         assert!(!back.is_empty());
         assert!(FilterArgs::default().is_empty());
+    }
+
+    #[test]
+    fn container_flags_take_kubernetes_names_and_name_a_bad_token() {
+        use clap::Parser as _;
+        let s = sel(&[
+            "--k8s-namespace",
+            "prod",
+            "--pod",
+            "shop-7f.v2",
+            "--container",
+            "web_1",
+        ]);
+        let c = s.containers.expect("container flags select");
+        assert_eq!(
+            (
+                c.namespace.as_deref(),
+                c.pod.as_deref(),
+                c.container.as_deref()
+            ),
+            (Some("prod"), Some("shop-7f.v2"), Some("web_1"))
+        );
+        assert!(sel(&[]).containers.is_none());
+        for (flag, bad) in [
+            ("--k8s-namespace", "Prod"),
+            ("--k8s-namespace", "a.b"),
+            ("--k8s-namespace", "-x"),
+            ("--k8s-namespace", ""),
+            ("--pod", "shop_7f"),
+            ("--pod", "shop-"),
+            ("--container", "we b"),
+            ("--container", "-web"),
+            ("--container", ""),
+        ] {
+            let err = Cli::try_parse_from(["netwatch", "life", flag, bad])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("'{bad}'")), "{flag} {bad}: {err}");
+            assert!(err.contains(flag), "{flag} {bad}: {err}");
+            if !bad.is_empty() {
+                assert!(
+                    err.contains(&format!("`{bad}` is not")),
+                    "{flag} {bad}: {err}"
+                );
+            }
+        }
+        let long = "a".repeat(64);
+        assert!(parse_k8s_namespace(&long).is_err());
+        assert!(parse_pod(&long).is_ok());
     }
 
     #[test]

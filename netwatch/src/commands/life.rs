@@ -1,5 +1,6 @@
 //! `netwatch life`: one line per connection when it ends (tcplife's columns, plus ROLE and END;
-//! with `-w` also CGROUP), or its full record as JSON (plus `cgroup`).
+//! with `-w` also CONTAINER and CGROUP), or its full record as JSON (plus `cgroup` and the
+//! container's `container_id`, `container`, `pod` and `namespace`).
 use std::io::{self, Write};
 
 use serde::Serialize;
@@ -7,6 +8,7 @@ use serde::Serialize;
 use crate::{
     host::clock::WallClock,
     model::event::Event,
+    model::names::Container,
     model::selection::Selection,
     model::tracker::{Connection, Fact, Tracker},
     pipeline::sink::{QuietNote, Sink},
@@ -21,6 +23,9 @@ struct Row<'a> {
     connection: &'a Connection,
     #[serde(skip_serializing_if = "Option::is_none")]
     cgroup: Option<String>,
+    /// The owner's container (see [`crate::host::containers::owner_container`]).
+    #[serde(flatten)]
+    container: Option<&'a Container>,
 }
 
 fn kb(bytes: Option<u64>) -> String {
@@ -30,6 +35,9 @@ fn kb(bytes: Option<u64>) -> String {
 /// Width of `-w`'s CGROUP column. A longer path keeps its end (the most specific part: the
 /// service or container), after a `…`, so that END stays in line.
 const CGROUP_WIDTH: usize = 32;
+
+/// Width of `-w`'s CONTAINER column; a longer name keeps its end (the container's name).
+const CONTAINER_WIDTH: usize = 32;
 
 /// `s` if it fits in `width` characters, else `…` and its last `width - 1` characters.
 fn tail(s: &str, width: usize) -> std::borrow::Cow<'_, str> {
@@ -90,7 +98,7 @@ impl<W: Write> LifeSink<W> {
         let aw = if self.wide { 39 } else { 15 };
         writeln!(
             self.out,
-            "{}{:>7} {:<15} {:<aw$} {:>5} {:<aw$} {:>5} {:>6} {:>6} {:>10} {:<7} {}END",
+            "{}{:>7} {:<15} {:<aw$} {:>5} {:<aw$} {:>5} {:>6} {:>6} {:>10} {:<7} {}{}END",
             self.time_column(None),
             "PID",
             "COMM",
@@ -102,6 +110,7 @@ impl<W: Write> LifeSink<W> {
             "RX_KB",
             "MS",
             "ROLE",
+            self.container_column(Some("CONTAINER")),
             self.cgroup_column(Some("CGROUP"))
         )
     }
@@ -113,10 +122,14 @@ impl<W: Write> LifeSink<W> {
         let cgroup = (self.json || self.wide)
             .then(|| crate::host::cgroup::owner_cgroup(c.cgroup_id, c.pid))
             .flatten();
+        let container = (self.json || self.wide)
+            .then(|| crate::host::containers::owner_container(c.cgroup_id, c.pid))
+            .flatten();
         if self.json {
             let row = Row {
                 connection: c,
                 cgroup,
+                container: container.as_deref(),
             };
             serde_json::to_writer(&mut self.out, &row)?;
             return self.out.write_all(b"\n");
@@ -130,7 +143,7 @@ impl<W: Write> LifeSink<W> {
         };
         writeln!(
             self.out,
-            "{}{:>7} {:<15} {:<aw$} {:>5} {:<aw$} {:>5} {:>6} {:>6} {:>10} {:<7} {}{}",
+            "{}{:>7} {:<15} {:<aw$} {:>5} {:<aw$} {:>5} {:>6} {:>6} {:>10} {:<7} {}{}{}",
             self.time_column(Some(c.end_ns)),
             c.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
             c.comm.as_deref().unwrap_or("-"),
@@ -142,6 +155,7 @@ impl<W: Write> LifeSink<W> {
             kb(c.bytes_received),
             c.ms.map_or_else(|| "-".to_string(), |ms| format!("{ms:.3}")),
             role,
+            self.container_column(container.map(|c| c.label()).as_deref()),
             self.cgroup_column(cgroup.as_deref()),
             c.end.label()
         )
@@ -154,6 +168,19 @@ impl<W: Write> LifeSink<W> {
             format!(
                 "{:<CGROUP_WIDTH$} ",
                 tail(cgroup.unwrap_or("-"), CGROUP_WIDTH)
+            )
+        } else {
+            String::new()
+        }
+    }
+
+    /// The CONTAINER column with its separator under `-w` (`namespace/pod/container`, see
+    /// [`Container::label`]; `-` outside containers), else nothing.
+    fn container_column(&self, container: Option<&str>) -> String {
+        if self.wide {
+            format!(
+                "{:<CONTAINER_WIDTH$} ",
+                tail(container.unwrap_or("-"), CONTAINER_WIDTH)
             )
         } else {
             String::new()
@@ -204,6 +231,8 @@ impl<W: Write> Sink for LifeSink<W> {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         if ev.owner_seen_here && (self.json || self.wide) {
             crate::host::cgroup::note_owner(ev.cgroup_id, ev.pid);
+            // Asks the runtime now about a container it does not know yet.
+            crate::host::containers::owner_container(ev.cgroup_id, ev.pid);
         }
         let mut done = Vec::new();
         self.tracker
@@ -289,10 +318,44 @@ mod tests {
             .lines()
             .map(|l| l.split_whitespace().collect())
             .collect();
-        assert_eq!(lines[0][10..], ["CGROUP", "END"]);
-        assert_eq!(lines[1][10], "/");
+        assert_eq!(lines[0][10..], ["CONTAINER", "CGROUP", "END"]);
+        assert_eq!(lines[1][10..12], ["-", "/"]);
         let narrow = print(false, false);
         assert!(!narrow.contains("CGROUP"), "{narrow}");
+        assert!(!narrow.contains("CONTAINER"), "{narrow}");
+    }
+
+    #[test]
+    fn rows_show_the_owner_container() {
+        // What a recording says: cgroup id 0xc0ffee is a pod's container.
+        let id = "ef".repeat(32);
+        let path = format!("/kubepods/burstable/pod1/{id}");
+        crate::host::cgroup::learn_owner_cgroup(Some(0xc0ffee), None, Some(&path));
+        crate::host::containers::learn(Some(Container {
+            name: Some("web".into()),
+            pod: Some("shop-7f".into()),
+            namespace: Some("prod".into()),
+            ..Container::unnamed(&id)
+        }));
+        let mut c = replay().remove(0);
+        (c.pid, c.cgroup_id) = (None, Some(0xc0ffee));
+        let print = |json: bool, wide: bool| {
+            let mut sink = LifeSink::new(Vec::new(), json, wide, 10, Selection::default());
+            sink.print(&c).unwrap();
+            String::from_utf8(sink.out).unwrap()
+        };
+        let v: serde_json::Value = serde_json::from_str(&print(true, false)).unwrap();
+        assert_eq!(v["cgroup"], path.as_str(), "{v}");
+        assert_eq!(v["container_id"], id.as_str(), "{v}");
+        assert_eq!(
+            (&v["container"], &v["pod"], &v["namespace"]),
+            (&"web".into(), &"shop-7f".into(), &"prod".into()),
+            "{v}"
+        );
+        let text = print(false, true);
+        let row: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(row[10], "prod/shop-7f/web", "{text}");
+        assert!(row[11].ends_with(&id[id.len() - 20..]), "{text}");
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! Labels are bounded, whatever the host does: per-process labels are `comm` and `cgroup`
 //! (never a pid; `cgroup` is the owner's cgroup path, see [`cgroup_label`]), at most
 //! `max_processes` distinct pairs, later ones count as
-//! `comm="other",cgroup="other"`; peers (`peer`, the remote address) are opt-in and at most
+//! `comm="other",cgroup="other"`. An owner in a container has its `namespace`, `pod` and
+//! `container` labels too (each when the runtime names it): they follow from the cgroup, so
+//! they add no series beyond the cap, and they expire with it; peers (`peer`, the remote address) are opt-in and at most
 //! `max_peers` distinct, later ones count as `peer="other"`; states and reset reasons are the
 //! kernel's finite sets.
 //!
@@ -37,6 +39,7 @@ use prometheus_client::{
 };
 
 use crate::cli::{DEFAULT_LABEL_TTL, DEFAULT_MAX_PEERS, DEFAULT_MAX_PROCESSES};
+use crate::model::names::Container;
 use crate::{
     commands::http::{Response, Route},
     host::clock::monotonic_ns,
@@ -351,13 +354,18 @@ fn cgroup_label(lookup: CgroupLookup, cgroup_id: Option<u64>, pid: Option<u32>) 
         .unwrap_or_else(|| "-".to_string())
 }
 
+/// What an owner's series are labelled by: `comm`, `cgroup`, and the container's names (as
+/// known when the series was made: a container named later gets new series, and its unnamed
+/// ones expire with the label lifetime).
+type ProcessKey = (String, String, Option<Arc<Container>>);
+
 /// Interned (comm, cgroup) label pairs, at most `cap` live ones plus [`OTHER`]. A pair is
 /// live while it is seen: an event of its process concluded, or a socket of it counted in a
 /// gauge. A pair unseen for the label lifetime is expired: its series are removed and its
 /// place under the cap is free again, so the cap counts what is alive, not what ever was.
 struct Processes {
-    ids: HashMap<(String, String), u32>,
-    names: HashMap<u32, (String, String)>,
+    ids: HashMap<ProcessKey, u32>,
+    names: HashMap<u32, ProcessKey>,
     /// When each id was last seen (monotonic ns).
     last_seen: HashMap<u32, u64>,
     next: u32,
@@ -383,7 +391,7 @@ impl Processes {
         }
     }
 
-    fn fresh(&mut self, key: (String, String)) -> u32 {
+    fn fresh(&mut self, key: ProcessKey) -> u32 {
         let id = self.next;
         self.next = self.next.wrapping_add(1);
         self.names.insert(id, key);
@@ -392,16 +400,15 @@ impl Processes {
 
     /// The label pair of the owner `pid` (named `comm`, in cgroup `cgroup`), seen now.
     fn id(&mut self, comm: Option<&str>, pid: Option<u32>, cgroup: Option<u64>) -> u32 {
-        let key = (
-            comm.unwrap_or("-").to_string(),
-            cgroup_label(self.lookup, cgroup, pid),
-        );
+        let cgroup = cgroup_label(self.lookup, cgroup, pid);
+        let container = crate::host::containers::container_of_path(&cgroup);
+        let key = (comm.unwrap_or("-").to_string(), cgroup, container);
         let id = match self.ids.get(&key) {
             Some(&id) => id,
             None if self.ids.len() >= self.cap => match self.other {
                 Some(id) => id,
                 None => {
-                    let id = self.fresh((OTHER.to_string(), OTHER.to_string()));
+                    let id = self.fresh((OTHER.to_string(), OTHER.to_string(), None));
                     self.other = Some(id);
                     id
                 }
@@ -449,11 +456,19 @@ impl Processes {
     }
 
     fn labels(&self, id: u32) -> Labels {
-        let (comm, cgroup) = self
-            .names
-            .get(&id)
-            .map_or(("-", "-"), |(c, g)| (c.as_str(), g.as_str()));
-        vec![("comm", comm.to_string()), ("cgroup", cgroup.to_string())]
+        let Some((comm, cgroup, container)) = self.names.get(&id) else {
+            return vec![("comm", "-".to_string()), ("cgroup", "-".to_string())];
+        };
+        let mut labels = vec![("comm", comm.clone()), ("cgroup", cgroup.clone())];
+        if let Some(c) = container {
+            let names = [
+                ("namespace", &c.namespace),
+                ("pod", &c.pod),
+                ("container", &c.name),
+            ];
+            labels.extend(names.into_iter().filter_map(|(k, v)| Some((k, v.clone()?))));
+        }
+        labels
     }
 }
 
@@ -1235,6 +1250,48 @@ mod tests {
         assert_eq!(births("b", "-"), Some(1.0), "{t}");
         assert_eq!(births("other", "other"), Some(2.0), "{t}");
         assert_eq!(births("c", "-"), None, "{t}");
+    }
+
+    #[test]
+    fn a_containers_series_carry_its_names_and_expire_with_it() {
+        let ttl = Duration::from_secs(600);
+        let mut s = Stream::new(LabelCaps {
+            label_ttl: ttl,
+            ..LabelCaps::default()
+        });
+        // cgroup 4343 is a pod's container, 4444 a plain one: their paths name their ids, and
+        // the runtime (here a recording's answer) their names.
+        let (pod_id, plain_id) = ("ab".repeat(32), "cd".repeat(32));
+        s.sink.processes.lookup = |id, _pid| match id {
+            Some(4343) => Some(format!("/libpod_parent/libpod-{}", "ab".repeat(32))),
+            Some(4444) => Some(format!("/system.slice/docker-{}.scope", "cd".repeat(32))),
+            _ => None,
+        };
+        crate::host::containers::learn(Some(Container {
+            name: Some("web".into()),
+            pod: Some("shop-7f".into()),
+            namespace: Some("prod".into()),
+            ..Container::unnamed(&pod_id)
+        }));
+        crate::host::containers::learn(Some(Container {
+            name: Some("redis".into()),
+            ..Container::unnamed(&plain_id)
+        }));
+        s.client_closes(1, "web", Some(4343), SERVER);
+        s.client_closes(2, "redis", Some(4444), SERVER);
+        let t = s.text(s.ts);
+        let pod = format!(
+            r#"netwatch_time_wait_births_total{{comm="web",cgroup="/libpod_parent/libpod-{pod_id}",namespace="prod",pod="shop-7f",container="web"}}"#
+        );
+        let plain = format!(
+            r#"netwatch_time_wait_births_total{{comm="redis",cgroup="/system.slice/docker-{plain_id}.scope",container="redis"}}"#
+        );
+        assert_eq!(value(&t, &pod), Some(1.0), "{t}");
+        assert_eq!(value(&t, &plain), Some(1.0), "{t}");
+        // Unseen for the label lifetime: gone, names and all.
+        let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap();
+        let t = s.text(s.ts + ttl_ns + 1_000_000_000);
+        assert!(!t.contains("shop-7f") && !t.contains("redis"), "{t}");
     }
 
     #[test]

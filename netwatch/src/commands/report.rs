@@ -13,6 +13,7 @@ use crate::{
         Analysis, ConnectOutcomes, CountRow, LifetimeRow, Losses, Percentiles, Report, Thresholds,
     },
     model::event::Event,
+    model::names::Container,
     model::selection::Selection,
     model::timewait::{Observed, Pattern},
     model::tracker::{Fact, Tracker},
@@ -84,6 +85,7 @@ impl Sink for ReportSink {
         if ev.owner_seen_here {
             // While the owner is alive: the report names cgroups at the end.
             crate::host::cgroup::note_owner(ev.cgroup_id, ev.pid);
+            crate::host::containers::owner_container(ev.cgroup_id, ev.pid);
         }
         if selection.event(ev) {
             analysis.on_event(ev);
@@ -128,10 +130,14 @@ fn pct(p: &Percentiles) -> String {
     )
 }
 
-/// A process row's cgroup, after its numbers: last, because a path can be of any length.
-/// (Resolved when the report was built, see [`crate::model::analysis`].)
-fn cgroup_suffix(cgroup: Option<&str>) -> String {
-    cgroup.map_or_else(String::new, |c| format!("   cgroup {c}"))
+/// A process row's container and cgroup, after its numbers: last, because a path can be of
+/// any length. (Resolved when the report was built, see [`crate::model::analysis`].)
+fn cgroup_suffix(container: Option<&Container>, cgroup: Option<&str>) -> String {
+    let mut s = container.map_or_else(String::new, |c| format!("   container {}", c.label()));
+    if let Some(c) = cgroup {
+        let _ = write!(s, "   cgroup {c}");
+    }
+    s
 }
 
 fn rows(out: &mut String, title: &str, rows: &[CountRow], kw: usize) {
@@ -141,7 +147,7 @@ fn rows(out: &mut String, title: &str, rows: &[CountRow], kw: usize) {
     }
     let _ = writeln!(out, "  {title}:");
     for r in rows {
-        let cgroup = cgroup_suffix(r.cgroup.as_deref());
+        let cgroup = cgroup_suffix(r.container.as_ref(), r.cgroup.as_deref());
         let _ = writeln!(out, "    {:<tw$} {:>8}{cgroup}", r.key, r.count);
     }
 }
@@ -166,7 +172,7 @@ fn outcomes(out: &mut String, title: &str, rows: &[ConnectOutcomes], kw: usize) 
             r.timeout,
             r.aborted,
             r.connect_ms.as_ref().map_or_else(|| "-".to_string(), pct),
-            cgroup_suffix(r.cgroup.as_deref())
+            cgroup_suffix(r.container.as_ref(), r.cgroup.as_deref())
         );
     }
 }
@@ -178,7 +184,7 @@ fn lifetimes(out: &mut String, title: &str, rows: &[LifetimeRow], kw: usize) {
     }
     let _ = writeln!(out, "  {title}:");
     for r in rows {
-        let cgroup = cgroup_suffix(r.cgroup.as_deref());
+        let cgroup = cgroup_suffix(r.container.as_ref(), r.cgroup.as_deref());
         let _ = writeln!(out, "    {:<tw$} {}{cgroup}", r.key, pct(&r.lifetime_ms));
     }
 }
@@ -392,13 +398,17 @@ pub fn render(r: &Report, style: &Style) -> String {
             .iter()
             .map(|p| format!("{} ({})", p.key, p.count))
             .collect();
+        let container = h
+            .container
+            .as_ref()
+            .map_or_else(String::new, |c| format!(", container {}", c.label()));
         let cgroup = h
             .cgroup
             .as_ref()
             .map_or_else(String::new, |c| format!(", cgroup {c}"));
         let _ = writeln!(
             out,
-            "    {:<kw$} {:>6} sockets, oldest {:.1} s{cgroup}, peers {}",
+            "    {:<kw$} {:>6} sockets, oldest {:.1} s{container}{cgroup}, peers {}",
             h.process,
             h.sockets,
             h.oldest_ms / 1000.0,
@@ -451,6 +461,22 @@ pub fn render(r: &Report, style: &Style) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_rows_end_with_their_container_then_cgroup() {
+        let c = Container {
+            name: Some("web".into()),
+            pod: Some("shop-7f".into()),
+            namespace: Some("prod".into()),
+            ..Container::unnamed(&"ab".repeat(32))
+        };
+        assert_eq!(
+            cgroup_suffix(Some(&c), Some("/kubepods/x")),
+            "   container prod/shop-7f/web   cgroup /kubepods/x"
+        );
+        assert_eq!(cgroup_suffix(None, Some("/")), "   cgroup /");
+        assert_eq!(cgroup_suffix(None, None), "");
+    }
     use crate::model::tracker::{Connection, End, Role};
 
     #[test]

@@ -386,12 +386,20 @@ fn id_in_hierarchy(mount: Option<&Path>, path: &Path) -> Result<u64, String> {
 }
 
 /// The host's answer to [`OwnerNames`]: [`owner_cgroup`], over the shared cache (which a
-/// replay fills with the paths its recording holds).
+/// replay fills with the paths its recording holds), and the container it names.
 pub struct HostNames;
 
 impl crate::model::names::OwnerNames for HostNames {
     fn cgroup(&self, cgroup_id: Option<u64>, pid: Option<u32>) -> Option<String> {
         owner_cgroup(cgroup_id, pid)
+    }
+
+    fn container(
+        &self,
+        cgroup_id: Option<u64>,
+        pid: Option<u32>,
+    ) -> Option<Arc<crate::model::names::Container>> {
+        crate::host::containers::owner_container(cgroup_id, pid)
     }
 }
 

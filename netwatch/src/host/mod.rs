@@ -1,11 +1,14 @@
-//! Questions about the machine: cgroups, network namespaces, sock_diag, /proc, listen
+//! Questions about the machine: cgroups, containers, network namespaces, sock_diag, /proc, listen
 //! counters, user stacks, clocks.
 
 pub mod cgroup;
 pub mod clock;
+pub mod container_id;
+pub mod containers;
 pub mod netns;
 pub mod netstat;
 pub mod procfd;
+pub mod runtime;
 #[cfg(test)]
 pub mod scratch;
 pub mod settings;

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::{
     model::event::{Event, EventKind, endpoint, state_label},
-    model::names::OwnerNames,
+    model::names::{Container, OwnerNames},
     model::timewait::{Binding, Counts, DestinationView, KernelOverflow, Pattern, TimeWaits},
     model::tracker::{CloseWaitSocket, Connection, End, Role, Tracker, TrackerStats},
 };
@@ -116,6 +116,9 @@ pub struct ConnectOutcomes {
     /// The process's cgroup path (rows keyed by process, when known).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// Its container (`container_id`, `container`, `pod`, `namespace`), when it runs in one.
+    #[serde(flatten)]
+    pub container: Option<Container>,
     pub established: u64,
     pub refused: u64,
     pub timeout: u64,
@@ -142,6 +145,9 @@ pub struct CountRow {
     /// The process's cgroup path (rows keyed by process, when known).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// Its container (`container_id`, `container`, `pod`, `namespace`), when it runs in one.
+    #[serde(flatten)]
+    pub container: Option<Container>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -158,6 +164,9 @@ pub struct CloseWaitHolder {
     /// Its cgroup path, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// Its container (`container_id`, `container`, `pod`, `namespace`), when it runs in one.
+    #[serde(flatten)]
+    pub container: Option<Container>,
     pub sockets: usize,
     pub oldest_ms: f64,
     pub peers: Vec<CountRow>,
@@ -169,6 +178,9 @@ pub struct LifetimeRow {
     /// The process's cgroup path (rows keyed by process, when known).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// Its container (`container_id`, `container`, `pod`, `namespace`), when it runs in one.
+    #[serde(flatten)]
+    pub container: Option<Container>,
     pub lifetime_ms: Percentiles,
 }
 
@@ -276,6 +288,7 @@ fn top<K: Clone>(map: &HashMap<String, K>, n: usize, count: impl Fn(&K) -> u64) 
             key: k.clone(),
             count: count(v),
             cgroup: None,
+            container: None,
         })
         .collect();
     rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
@@ -353,11 +366,18 @@ impl Analysis {
         names.cgroup(cgroup_id, pid)
     }
 
+    /// The container of the process keyed `who`, as [`Analysis::cgroup_of`] its cgroup.
+    fn container_of(&self, who: &str, names: &dyn OwnerNames) -> Option<Container> {
+        let &(pid, cgroup_id) = self.owners.get(who)?;
+        names.container(cgroup_id, pid).map(|c| c.as_ref().clone())
+    }
+
     /// Per-process count rows with their cgroups.
     fn process_rows(&self, map: &HashMap<String, u64>, names: &dyn OwnerNames) -> Vec<CountRow> {
         let mut rows = top(map, TOP, |v| *v);
         for r in &mut rows {
             r.cgroup = self.cgroup_of(&r.key, names);
+            r.container = self.container_of(&r.key, names);
         }
         rows
     }
@@ -643,14 +663,24 @@ impl Analysis {
             .into_iter()
             .filter(|c| c.age_ms >= self.thresholds.close_wait_age_ms && keep(c))
             .collect();
-        type Holder = (usize, f64, HashMap<String, u64>, Option<String>);
+        type Holder = (
+            usize,
+            f64,
+            HashMap<String, u64>,
+            Option<String>,
+            Option<Container>,
+        );
         let mut holders: HashMap<String, Holder> = HashMap::new();
         for c in &stuck {
             let h = holders
                 .entry(process(c.pid, c.comm.as_deref()))
                 .or_insert_with(|| {
                     let cgroup = c.pid.and_then(|_| names.cgroup(c.cgroup_id, c.pid));
-                    (0, 0.0, HashMap::new(), cgroup)
+                    let container = c
+                        .pid
+                        .and_then(|_| names.container(c.cgroup_id, c.pid))
+                        .map(|c| c.as_ref().clone());
+                    (0, 0.0, HashMap::new(), cgroup, container)
                 });
             h.0 += 1;
             h.1 = h.1.max(c.age_ms);
@@ -659,9 +689,10 @@ impl Analysis {
         let mut holders: Vec<CloseWaitHolder> = holders
             .into_iter()
             .map(
-                |(process, (sockets, oldest_ms, peers, cgroup))| CloseWaitHolder {
+                |(process, (sockets, oldest_ms, peers, cgroup, container))| CloseWaitHolder {
                     process,
                     cgroup,
+                    container,
                     sockets,
                     oldest_ms,
                     peers: top(&peers, 5, |v| *v),
@@ -679,10 +710,15 @@ impl Analysis {
             } else {
                 "notice"
             };
+            let container = h
+                .container
+                .as_ref()
+                .map_or_else(String::new, |c| format!(", container {}", c.label()));
             let cgroup = h
                 .cgroup
                 .as_ref()
                 .map_or_else(String::new, |c| format!(", cgroup {c}"));
+            let cgroup = format!("{container}{cgroup}");
             findings.push(Finding {
                 severity,
                 text: format!(
@@ -700,6 +736,7 @@ impl Analysis {
                 .map(|(k, (o, h))| ConnectOutcomes {
                     key: k.clone(),
                     cgroup: by_process.then(|| self.cgroup_of(k, names)).flatten(),
+                    container: by_process.then(|| self.container_of(k, names)).flatten(),
                     established: o.established,
                     refused: o.refused,
                     timeout: o.timeout,
@@ -751,6 +788,7 @@ impl Analysis {
                 .map(|(k, h)| LifetimeRow {
                     key: k.clone(),
                     cgroup: by_process.then(|| self.cgroup_of(k, names)).flatten(),
+                    container: by_process.then(|| self.container_of(k, names)).flatten(),
                     lifetime_ms: h.percentiles(),
                 })
                 .collect();
@@ -779,6 +817,7 @@ impl Analysis {
                     key: k.clone(),
                     count: *v,
                     cgroup: None,
+                    container: None,
                 })
                 .collect(),
             time_wait: TimeWaitSection {
@@ -988,6 +1027,58 @@ mod tests {
         let row = rows.iter().find(|r| r["key"] == client.as_str()).unwrap();
         assert_eq!(row["cgroup"], "/shop.slice/api.service");
         assert!(json["connects_by_destination"][0].get("cgroup").is_none());
+    }
+
+    #[test]
+    fn process_rows_name_their_container() {
+        // A fake host: the owner in cgroup 77 runs in a pod's container.
+        struct Names;
+        impl OwnerNames for Names {
+            fn cgroup(&self, _id: Option<u64>, _pid: Option<u32>) -> Option<String> {
+                None
+            }
+            fn container(
+                &self,
+                id: Option<u64>,
+                _pid: Option<u32>,
+            ) -> Option<std::sync::Arc<Container>> {
+                (id == Some(77)).then(|| {
+                    std::sync::Arc::new(Container {
+                        name: Some("web".into()),
+                        pod: Some("shop-7f".into()),
+                        namespace: Some("prod".into()),
+                        ..Container::unnamed(&"ab".repeat(32))
+                    })
+                })
+            }
+        }
+        let mut a = Analysis::new(HostSettings::default(), Thresholds::default());
+        let mut c = tw_conn(1_000_000_000, "10.0.0.9", 80);
+        (c.pid, c.closer_pid, c.cgroup_id) = (Some(4242), Some(4242), Some(77));
+        a.on_connection(&c);
+        let r = a.report(
+            &Tracker::new(10),
+            2_000_000_000,
+            Losses::default(),
+            None,
+            &|_| true,
+            &Names,
+        );
+        let row = r
+            .connects_by_process
+            .iter()
+            .find(|r| r.key == "client[4242]");
+        let container = row.unwrap().container.as_ref().unwrap();
+        assert_eq!(container.label(), "prod/shop-7f/web");
+        assert!(r.connects_by_destination[0].container.is_none());
+        let json = serde_json::to_value(&r).unwrap();
+        let row = &json["connects_by_process"][0];
+        assert_eq!(
+            (&row["pod"], &row["namespace"]),
+            (&"shop-7f".into(), &"prod".into()),
+            "{row}"
+        );
+        assert!(json["connects_by_destination"][0].get("pod").is_none());
     }
 
     #[test]

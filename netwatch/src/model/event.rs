@@ -9,6 +9,8 @@ use std::{
 use netwatch_common::{AF_INET6, RawEvent, event_flags, event_kind, tcp_state};
 use serde::{Deserialize, Serialize};
 
+use crate::model::names::{Container, RecordedOwner};
+
 /// A TCP state, named as `ss` and the kernel's tracepoints name it (without the `TCP_` prefix).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -178,7 +180,8 @@ impl EventKind {
 /// One TCP event with its socket, its owner and its endpoints.
 ///
 /// Its serde form is the JSON schema of `--json` and `--record`, less `cgroup` (the owner's
-/// cgroup path): that is not the kernel's, so the writers in `pipeline` add it from the host
+/// cgroup path) and the owner's container (`container_id`, `container`, `pod`, `namespace`):
+/// those are not the kernel's, so the writers in `pipeline` add them from the host
 /// (see `pipeline::sink::EventJson`), and [`Event::from_json_line`] hands it back separately.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -435,6 +438,16 @@ struct FlatEvent<'a> {
     /// The owner's cgroup path as the live run saw it (see [`crate::host::cgroup::owner_cgroup`]).
     #[serde(default, borrow)]
     cgroup: Option<std::borrow::Cow<'a, str>>,
+    /// The owner's container as the live run named it (see
+    /// [`crate::model::names::Container`]).
+    #[serde(default, borrow)]
+    container_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    container: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pod: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    namespace: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// Why a JSON line is not an event.
@@ -448,8 +461,8 @@ pub enum JsonEventError {
 
 impl Event {
     /// Parses one JSON line of the documented schema (what `--json` and `--record` write): the
-    /// event, and the owner's cgroup path the writer saw, when the line has one.
-    pub fn from_json_line(line: &[u8]) -> Result<(Event, Option<String>), JsonEventError> {
+    /// event, and the owner's cgroup path and container the writer saw, when the line has them.
+    pub fn from_json_line(line: &[u8]) -> Result<(Event, RecordedOwner), JsonEventError> {
         let f: FlatEvent<'_> = serde_json::from_slice(line)?;
         let bad = |field: &'static str, value: &str| JsonEventError::Field {
             field,
@@ -480,7 +493,16 @@ impl Event {
             "accept" => EventKind::Accept { state },
             other => return Err(bad("kind", other)),
         };
-        let cgroup = f.cgroup.map(|c| c.into_owned());
+        let owned = |c: Option<std::borrow::Cow<'_, str>>| c.map(|c| c.into_owned());
+        let owner = RecordedOwner {
+            cgroup: owned(f.cgroup),
+            container: f.container_id.map(|id| Container {
+                id: id.into_owned(),
+                name: owned(f.container),
+                pod: owned(f.pod),
+                namespace: owned(f.namespace),
+            }),
+        };
         let event = Event {
             ts_ns: f.ts_ns,
             sock,
@@ -500,7 +522,7 @@ impl Event {
             sp_word: None,
             kind,
         };
-        Ok((event, cgroup))
+        Ok((event, owner))
     }
 }
 
@@ -714,7 +736,7 @@ mod tests {
             let line = serde_json::to_string(&ev).unwrap();
             assert_eq!(
                 Event::from_json_line(line.as_bytes()).unwrap(),
-                (ev.clone(), None),
+                (ev.clone(), RecordedOwner::default()),
                 "{line}"
             );
             let derived: Event = serde_json::from_str(&line).unwrap();
@@ -734,12 +756,34 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_container_comes_back_beside_the_event() {
+        let ev = Event::decode(&raw(event_kind::STATE), &DecodeContext::default()).unwrap();
+        let mut json = serde_json::to_value(&ev).unwrap();
+        let id = "ab".repeat(32);
+        json["container_id"] = id.as_str().into();
+        let (_, owner) = Event::from_json_line(json.to_string().as_bytes()).unwrap();
+        assert_eq!(owner.container, Some(Container::unnamed(&id)));
+        json["container"] = "web".into();
+        json["pod"] = "shop-7f".into();
+        json["namespace"] = "prod".into();
+        let (back, owner) = Event::from_json_line(json.to_string().as_bytes()).unwrap();
+        assert_eq!(back, ev);
+        let c = owner.container.unwrap();
+        assert_eq!(c.label(), "prod/shop-7f/web");
+        // Names without an id are no container (no writer makes such a line).
+        json.as_object_mut().unwrap().remove("container_id");
+        let (_, owner) = Event::from_json_line(json.to_string().as_bytes()).unwrap();
+        assert_eq!(owner.container, None);
+    }
+
+    #[test]
     fn a_recorded_cgroup_comes_back_beside_the_event() {
         let ev = Event::decode(&raw(event_kind::STATE), &DecodeContext::default()).unwrap();
         let mut json = serde_json::to_value(&ev).unwrap();
         assert!(json.get("cgroup").is_none(), "{json}");
         json["cgroup"] = "/system.slice/shop.service".into();
-        let (back, cgroup) = Event::from_json_line(json.to_string().as_bytes()).unwrap();
+        let (back, owner) = Event::from_json_line(json.to_string().as_bytes()).unwrap();
+        let cgroup = owner.cgroup;
         assert_eq!(back, ev);
         assert_eq!(cgroup.as_deref(), Some("/system.slice/shop.service"));
         // The derived reader ignores the key.

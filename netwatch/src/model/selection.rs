@@ -1,14 +1,16 @@
 //! What the user asked to see: the BCC-style flags (`-p`, `-L`, `-D`, `-4`, `-6`, `--comm`,
-//! `--cgroup`) and an `ss`-style filter expression, applied to events, connections and stuck
+//! `--cgroup`), the container flags (`--k8s-namespace`, `--pod`, `--container`, decided in
+//! user space: the kernel knows no names) and an `ss`-style filter expression, applied to events, connections and stuck
 //! sockets, and the part of it the kernel can decide (pids, ports, family, cgroup), handed to
 //! the programs so filtered-out events never cost a ring-buffer slot.
-use std::{net::IpAddr, ops::RangeInclusive};
+use std::{net::IpAddr, ops::RangeInclusive, sync::Arc};
 
 use netwatch_common::{AF_INET, AF_INET6, FILTER_SLOTS, KernelFilter};
 
 use crate::{
     model::event::{Event, EventKind, Family, TcpState},
     model::filter::{Expr, Side, Subject, TcpStateName},
+    model::names::Container,
     model::tracker::{CloseWaitSocket, Connection, End, LiveSocket},
 };
 
@@ -27,8 +29,42 @@ pub struct Selection {
     pub comm: Option<String>,
     /// `--cgroup`, as the cgroup v2 id the kernel reports.
     pub cgroup_id: Option<u64>,
+    /// `--k8s-namespace`, `--pod`, `--container`.
+    pub containers: Option<ContainerSelection>,
     /// The ss-style expression.
     pub expr: Option<Expr>,
+}
+
+/// Names an owner's container from its cgroup id and pid (the host's lookup; tests fake it).
+pub type ContainerLookup = fn(Option<u64>, Option<u32>) -> Option<Arc<Container>>;
+
+/// The container flags: an owner passes when its container has every name asked for. An
+/// owner in no container, or in one whose names are not known (yet), does not.
+#[derive(Clone, Debug)]
+pub struct ContainerSelection {
+    /// `--k8s-namespace`: the pod's Kubernetes namespace.
+    pub namespace: Option<String>,
+    /// `--pod`: the Kubernetes pod name.
+    pub pod: Option<String>,
+    /// `--container`: the container's name, or its id (whole, or its first 12 or more digits).
+    pub container: Option<String>,
+    pub names: ContainerLookup,
+}
+
+impl ContainerSelection {
+    fn matches(&self, cgroup_id: Option<u64>, pid: Option<u32>) -> bool {
+        let Some(c) = (self.names)(cgroup_id, pid) else {
+            return false;
+        };
+        let same = |want: &Option<String>, have: &Option<String>| {
+            want.is_none() || want.as_deref() == have.as_deref()
+        };
+        same(&self.namespace, &c.namespace)
+            && same(&self.pod, &c.pod)
+            && self.container.as_deref().is_none_or(|want| {
+                c.name.as_deref() == Some(want) || want.len() >= 12 && c.id.starts_with(want)
+            })
+    }
 }
 
 fn in_ranges(port: u16, ranges: &[RangeInclusive<u16>]) -> bool {
@@ -128,6 +164,7 @@ impl Selection {
             && self.family.is_none()
             && self.comm.is_none()
             && self.cgroup_id.is_none()
+            && self.containers.is_none()
             && self.expr.is_none()
     }
 
@@ -135,6 +172,10 @@ impl Selection {
         (self.pids.is_empty() || pid.is_some_and(|p| self.pids.contains(&p)))
             && self.comm.as_deref().is_none_or(|c| comm == Some(c))
             && self.cgroup_id.is_none_or(|c| cgroup == Some(c))
+            && self
+                .containers
+                .as_ref()
+                .is_none_or(|c| c.matches(cgroup, pid))
     }
 
     fn endpoints_match(&self, local: (IpAddr, u16), remote: (IpAddr, u16)) -> bool {
@@ -276,5 +317,73 @@ pub(crate) mod tests {
             assert_eq!(flag.event(&ev), expr.event(&ev), "sport {sport} {state:?}");
             assert_eq!(flag.event(&ev), sport == 5000, "sport {sport} {state:?}");
         }
+    }
+
+    const WEB_ID: &str = "1872f01e81a5e66f8fe602936808abd0a650fa4c1eba45c4196e78ef05e32840";
+
+    /// A fake host: cgroup 1 is pod prod/shop-7f's `web`, cgroup 2 a plain container `redis`,
+    /// cgroup 3 a container not named yet; anything else runs in no container.
+    fn containers(cgroup_id: Option<u64>, _pid: Option<u32>) -> Option<Arc<Container>> {
+        let c = match cgroup_id? {
+            1 => Container {
+                name: Some("web".into()),
+                pod: Some("shop-7f".into()),
+                namespace: Some("prod".into()),
+                ..Container::unnamed(WEB_ID)
+            },
+            2 => Container {
+                name: Some("redis".into()),
+                ..Container::unnamed(&"2".repeat(64))
+            },
+            3 => Container::unnamed(&"3".repeat(64)),
+            _ => return None,
+        };
+        Some(Arc::new(c))
+    }
+
+    #[test]
+    fn container_flags_keep_the_owners_whose_container_has_every_name_asked() {
+        let sel = |ns: Option<&str>, pod: Option<&str>, container: Option<&str>| Selection {
+            containers: Some(ContainerSelection {
+                namespace: ns.map(str::to_string),
+                pod: pod.map(str::to_string),
+                container: container.map(str::to_string),
+                names: containers,
+            }),
+            ..Selection::default()
+        };
+        let kept = |s: &Selection| -> Vec<u64> {
+            (1..=4)
+                .filter(|&id| {
+                    let mut ev = event(7, 4000, 80, TcpState::Established);
+                    ev.cgroup_id = Some(id);
+                    s.event(&ev)
+                })
+                .collect()
+        };
+        assert!(!sel(None, None, None).is_empty());
+        assert_eq!(kept(&sel(Some("prod"), None, None)), [1]);
+        assert_eq!(kept(&sel(Some("prod"), Some("shop-7f"), Some("web"))), [1]);
+        assert_eq!(
+            kept(&sel(Some("dev"), Some("shop-7f"), None)),
+            [] as [u64; 0]
+        );
+        assert_eq!(kept(&sel(None, None, Some("redis"))), [2]);
+        // By id: whole, or its first 12 digits or more; a shorter prefix is no id.
+        assert_eq!(kept(&sel(None, None, Some(WEB_ID))), [1]);
+        assert_eq!(kept(&sel(None, None, Some(&WEB_ID[..12]))), [1]);
+        assert_eq!(kept(&sel(None, None, Some(&WEB_ID[..4]))), [] as [u64; 0]);
+        // Connections and stuck sockets are decided by their owner the same way.
+        use crate::model::tracker::{End, Role};
+        let mut c = Connection::test(5, "10.0.0.2", 80, End::Closed, Role::Active);
+        c.cgroup_id = Some(1);
+        assert!(sel(Some("prod"), None, None).connection(&c));
+        c.cgroup_id = Some(2);
+        assert!(!sel(Some("prod"), None, None).connection(&c));
+        // The kernel is not asked to decide any of it.
+        assert_eq!(
+            sel(Some("prod"), None, None).kernel(),
+            Selection::default().kernel()
+        );
     }
 }

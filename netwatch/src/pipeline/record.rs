@@ -225,9 +225,10 @@ impl Replay {
                 serde_json::from_slice(line).map_err(|e| self.corrupt(JsonEventError::Json(e)))?;
             return Ok(Item::TimeWaits(Box::new(t.netwatch_time_waits)));
         }
-        let (ev, cgroup) = Event::from_json_line(line).map_err(|e| self.corrupt(e))?;
-        // What the recording says, not what this host says now about its pids.
-        crate::host::cgroup::learn_owner_cgroup(ev.cgroup_id, ev.pid, cgroup.as_deref());
+        let (ev, owner) = Event::from_json_line(line).map_err(|e| self.corrupt(e))?;
+        // What the recording says, not what this host says now about its pids or containers.
+        crate::host::cgroup::learn_owner_cgroup(ev.cgroup_id, ev.pid, owner.cgroup.as_deref());
+        crate::host::containers::learn(owner.container);
         self.events += 1;
         Ok(Item::Event(Box::new(ev)))
     }

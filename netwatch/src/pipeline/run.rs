@@ -106,6 +106,8 @@ pub async fn live(live: Live, make: impl FnOnce(&Header) -> Box<dyn Sink>) -> an
             let mut rec = Recorder::create(path, &header, output)
                 .with_context(|| format!("creating the recording {}", path.display()))?;
             drop_privileges(live.keep_caps)?;
+            // After the drop: the lookup thread inherits the reduced set.
+            crate::host::containers::watch();
             let feed = start_feed(&mut rec)?;
             eprintln!("{tracing}");
             let (stats, stop) =
@@ -121,6 +123,8 @@ pub async fn live(live: Live, make: impl FnOnce(&Header) -> Box<dyn Sink>) -> an
         None => {
             let mut output = output;
             drop_privileges(live.keep_caps)?;
+            // After the drop: the lookup thread inherits the reduced set.
+            crate::host::containers::watch();
             let feed = start_feed(output.as_mut())?;
             eprintln!("{tracing}");
             let (stats, stop) =

@@ -11,6 +11,7 @@ use crate::{
     host::clock::WallClock,
     kernel::probe::Probe,
     model::event::{Event, EventKind, endpoint, state_label},
+    model::names::Container,
     model::selection::Selection,
     model::timewait::Observed,
     pipeline::session::{Header, StopReason, Summary},
@@ -194,6 +195,9 @@ impl<S: Sink> Sink for Filtered<S> {
     }
 }
 
+/// Width of `-w`'s CONTAINER column (`namespace/pod/container` pushes CGROUP out when longer).
+const CONTAINER_WIDTH: usize = 32;
+
 /// Width of the EVENT column: room for `RESET_SENT in SYN_RECV (TCP_ABORT_ON_DATA)`; a rarer,
 /// longer reset reason pushes the MS_IN_OLD column out by what it exceeds.
 const EVENT_WIDTH: usize = 42;
@@ -208,8 +212,10 @@ pub enum TimeStyle {
 }
 
 /// tcpstates-like columns: `TIME PID COMM LADDR:LPORT RADDR:RPORT EVENT MS_IN_OLD`, and with
-/// `-w` a last `CGROUP` column (the owner's, see [`crate::host::cgroup::owner_cgroup`]): last
-/// because its width is anything from `/` to a long container path.
+/// `-w` the owner's `CONTAINER` (`namespace/pod/container`, see
+/// [`crate::model::names::Container::label`]) and a last `CGROUP` column (see
+/// [`crate::host::cgroup::owner_cgroup`]): last because its width is anything from `/` to a
+/// long container path.
 pub struct TextSink<W: Write> {
     out: W,
     clock: WallClock,
@@ -244,13 +250,13 @@ impl<W: Write> TextSink<W> {
             "{time:<12} {:>7} {:<15} {:<w$} {:<w$} {:<EVENT_WIDTH$} {:>10}",
             "PID", "COMM", "LADDR:LPORT", "RADDR:RPORT", "EVENT", "MS_IN_OLD"
         )?;
-        self.end_line("CGROUP")
+        self.end_line("CONTAINER", "CGROUP")
     }
 
-    /// Ends a line, with `cgroup` as the last column under `-w`.
-    fn end_line(&mut self, cgroup: &str) -> io::Result<()> {
+    /// Ends a line, with `container` and `cgroup` as the last columns under `-w`.
+    fn end_line(&mut self, container: &str, cgroup: &str) -> io::Result<()> {
         if self.cgroup {
-            writeln!(self.out, " {cgroup}")
+            writeln!(self.out, " {container:<CONTAINER_WIDTH$} {cgroup}")
         } else {
             writeln!(self.out)
         }
@@ -325,12 +331,18 @@ impl<W: Write> Sink for TextSink<W> {
             endpoint(ev.daddr, ev.dport),
             describe(&ev.kind),
         )?;
-        let cgroup = if self.cgroup {
-            crate::host::cgroup::owner_cgroup(ev.cgroup_id, ev.pid)
+        let (container, cgroup) = if self.cgroup {
+            (
+                crate::host::containers::owner_container(ev.cgroup_id, ev.pid).map(|c| c.label()),
+                crate::host::cgroup::owner_cgroup(ev.cgroup_id, ev.pid),
+            )
         } else {
-            None
+            (None, None)
         };
-        self.end_line(cgroup.as_deref().unwrap_or("-"))
+        self.end_line(
+            container.as_deref().unwrap_or("-"),
+            cgroup.as_deref().unwrap_or("-"),
+        )
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -352,14 +364,17 @@ impl<W: Write> JsonSink<W> {
 }
 
 /// An event as `--json` and `--record` write it: its fields, plus `cgroup`, the owner's cgroup
-/// path as the host names it now (omitted when unknown). A recording thus keeps the path the
-/// live run saw, and a replay hands it back to the host's cache.
+/// path as the host names it now, and its container (`container_id`, `container`, `pod`,
+/// `namespace`), each omitted when unknown. A recording thus keeps the names the live run
+/// saw, and a replay hands them back to the host's caches.
 #[derive(Serialize)]
 pub struct EventJson<'a> {
     #[serde(flatten)]
     pub event: &'a Event,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<&'a str>,
+    #[serde(flatten)]
+    pub container: Option<&'a Container>,
 }
 
 impl EventJson<'_> {
@@ -367,9 +382,13 @@ impl EventJson<'_> {
     pub fn write(out: &mut impl Write, event: &Event, time: Option<String>) -> io::Result<()> {
         let cgroup: Option<Arc<str>> =
             crate::host::cgroup::owner_cgroup_shared(event.cgroup_id, event.pid);
+        let container = cgroup
+            .as_deref()
+            .and_then(crate::host::containers::container_of_path);
         let json = EventJson {
             event,
             cgroup: cgroup.as_deref(),
+            container: container.as_deref(),
         };
         match time {
             Some(time) => serde_json::to_writer(out, &JsonLine { time, event: json })?,

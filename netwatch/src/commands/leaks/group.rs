@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::merge::Stuck;
 use super::{Opener, StuckKind};
 use crate::model::event::endpoint;
+use crate::model::names::Container;
 
 /// What `netwatch leaks` prints at one moment (one JSON line with `--json`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -32,6 +33,10 @@ pub struct Group {
     pub comm: Option<String>,
     /// The owner's cgroup path: its container or service.
     pub cgroup: Option<String>,
+    /// The owner's container (`container_id`, `container`, `pod`, `namespace`), when it runs
+    /// in one: named by the cgroup path and the runtime.
+    #[serde(flatten)]
+    pub container: Option<Container>,
     /// Inode of the sockets' network namespace, when the kernel listed them.
     pub netns: Option<u64>,
     pub opened_by: Option<Opener>,
@@ -115,11 +120,16 @@ fn group(key: Key, mut members: Vec<Stuck>) -> Group {
     let mut fds: Vec<u32> = members.iter().flat_map(|m| m.fds.iter().copied()).collect();
     fds.sort_unstable();
     fds.dedup();
+    let container = cgroup
+        .as_deref()
+        .and_then(crate::host::containers::container_of_path)
+        .map(|c| c.as_ref().clone());
     Group {
         kind,
         pid,
         comm,
         cgroup,
+        container,
         netns,
         opened_by,
         code_path_seen: stack.is_some(),

@@ -44,6 +44,9 @@ fn block(out: &mut String, g: &Group) {
         }
         (None, _) => out.push_str("PID - (owner not known)"),
     }
+    if let Some(c) = &g.container {
+        let _ = write!(out, " (container: {})", c.label());
+    }
     if let Some(cg) = &g.cgroup {
         let _ = write!(out, " (cgroup: {cg})");
     }
@@ -149,6 +152,7 @@ mod tests {
             pid: Some(4242),
             comm: Some("leaky-server".into()),
             cgroup: Some("/system.slice/shop.service".into()),
+            container: None,
             netns: None,
             opened_by: Some(Opener::Accept),
             code_path_seen: !stack.is_empty(),
@@ -191,6 +195,36 @@ mod tests {
              handle_conn_forgets_close (src/server.c:88)\n  \
              fds: 7, 9, 11, 13, 15, 17, 19, 21, ... (37)\n";
         assert_eq!(text, want);
+    }
+
+    #[test]
+    fn a_group_in_a_container_names_it_before_the_cgroup() {
+        let mut g = group(vec![], vec![5]);
+        g.container = Some(crate::model::names::Container {
+            name: Some("web".into()),
+            pod: Some("shop-7f".into()),
+            namespace: Some("prod".into()),
+            ..crate::model::names::Container::unnamed(&"ab".repeat(32))
+        });
+        let s = Snapshot {
+            at: "t".into(),
+            watched_ms: 0.0,
+            min_age_ms: 0.0,
+            groups: vec![g],
+            warnings: vec![],
+        };
+        let text = render(&s);
+        assert!(
+            text.contains(
+                "PID 4242 leaky-server (container: prod/shop-7f/web) (cgroup: /system.slice/shop.service)\n"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&s.groups[0]).unwrap();
+        assert_eq!(
+            (&json["pod"], &json["container"]),
+            (&"shop-7f".into(), &"web".into())
+        );
     }
 
     #[test]

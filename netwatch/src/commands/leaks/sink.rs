@@ -178,6 +178,8 @@ fn print(out: &mut impl Write, s: &Snapshot, json: bool) -> io::Result<()> {
 /// `netwatch leaks --once`: the sockets stuck now, from the kernel's dump alone (no tracing,
 /// so no code paths; ages are lower bounds).
 pub fn once(out: &mut impl Write, style: &Style) -> io::Result<()> {
+    // One listing of the runtimes, waited for: nothing else waits on it here.
+    crate::host::containers::list_now();
     let s = snapshot(
         take_dump(),
         &[],

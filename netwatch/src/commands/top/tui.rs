@@ -285,11 +285,12 @@ pub fn render(f: &mut Frame, v: &View, ui: &UiState) {
         Constraint::Length(8),
         Constraint::Length(10),
         Constraint::Length(8),
+        Constraint::Min(12),
     ];
     f.render_widget(
         table(
             format!(" CLOSE_WAIT holders: {cw_total} sockets "),
-            &["PROCESS", " SOCKETS", "  OLDEST_S", &stuck],
+            &["PROCESS", " SOCKETS", "  OLDEST_S", &stuck, "CONTAINER"],
             &cw_widths,
             v.close_wait
                 .iter()
@@ -299,6 +300,7 @@ pub fn render(f: &mut Frame, v: &View, ui: &UiState) {
                         num(r.sockets),
                         format!("{:>10.1}", r.oldest_s),
                         num(r.stuck),
+                        r.container.clone().unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect(),
@@ -489,6 +491,7 @@ mod tests {
             close_wait: vec![CwRow {
                 process: "leaky[77]".into(),
                 cgroup: Some("/system.slice/leaky.service".into()),
+                container: Some("prod/shop-7f/web".into()),
                 sockets: 5,
                 oldest_s: 7.5,
                 stuck: 5,
@@ -511,6 +514,7 @@ mod tests {
         assert!(text.contains("20/1000"), "{text}");
         assert!(text.contains("▁▅█"), "{text}");
         assert!(text.contains("leaky[77]"), "{text}");
+        assert!(text.contains("prod/shop-7f/"), "{text}");
         assert!(text.contains("ports run out in ~46 s"), "{text}");
         assert!(text.contains("q quit"), "{text}");
         // A small terminal still draws (wrapped, cut), without panicking.

@@ -145,6 +145,8 @@ pub struct CwRow {
     pub process: String,
     /// The holder's cgroup path (its container or service), when known.
     pub cgroup: Option<String>,
+    /// The holder's container (`namespace/pod/container`), when it runs in one.
+    pub container: Option<String>,
     pub sockets: u64,
     pub oldest_s: f64,
     /// Older than `--close-wait-age`.
@@ -305,6 +307,8 @@ pub fn build(i: &Inputs, ui: &UiState) -> View {
             let row = cw.entry(process.clone()).or_insert_with(|| CwRow {
                 process,
                 cgroup: crate::host::cgroup::owner_cgroup(s.cgroup_id, s.pid),
+                container: crate::host::containers::owner_container(s.cgroup_id, s.pid)
+                    .map(|c| c.label()),
                 sockets: 0,
                 oldest_s: 0.0,
                 stuck: 0,
@@ -590,12 +594,15 @@ impl View {
                     .iter()
                     .take(ROWS)
                     .map(|r| format!(
-                        "{} {} sockets (oldest {:.1} s, {} older than {:.1} s{})",
+                        "{} {} sockets (oldest {:.1} s, {} older than {:.1} s{}{})",
                         r.process,
                         r.sockets,
                         r.oldest_s,
                         r.stuck,
                         self.close_wait_age_s,
+                        r.container
+                            .as_deref()
+                            .map_or_else(String::new, |c| format!(", container {c}")),
                         r.cgroup
                             .as_deref()
                             .map_or_else(String::new, |c| format!(", cgroup {c}"))
