@@ -297,6 +297,7 @@ fn root_family_comm_and_state_filters_on_life_and_report() {
     let v6_other = run(&["life", "--json", "-6", "--comm", "othercli"], &[]);
     let v4_time_wait = run(&["life", "--json", "-4"], &["state", "time-wait"]);
     let report = run(&["report", "--json", "-4", "--comm", "othercli"], &[]);
+    let report_tw = run(&["report", "--json", "-6"], &["state", "time-wait"]);
 
     let a4 = format!("{}:{p4}", pair.server_v4());
     let a6 = format!("[{}]:{p6}", pair.server_v6());
@@ -324,8 +325,13 @@ fn root_family_comm_and_state_filters_on_life_and_report() {
     }
     let server_pids: Vec<u64> = servers.iter().map(|s| u64::from(s.pid())).collect();
     let stop = |t| stop_after_quiet(t, &pair, Events::Unseen, Kept::NOTHING);
-    let (all, v6_other, v4_time_wait, report) =
-        (stop(all), stop(v6_other), stop(v4_time_wait), stop(report));
+    let (all, v6_other, v4_time_wait, report, report_tw) = (
+        stop(all),
+        stop(v6_other),
+        stop(v4_time_wait),
+        stop(report),
+        stop(report_tw),
+    );
 
     // Unfiltered: 4 client records and 4 server records of this pair.
     let ns = [Side::Client, Side::Server].map(|s| pair.netns_inode(s));
@@ -393,4 +399,29 @@ fn root_family_comm_and_state_filters_on_life_and_report() {
         .expect("lifetimes_by_process");
     assert_eq!(lifetimes.len(), 1, "{lifetimes:#?}");
     assert_eq!(lifetimes[0]["key"], want_key.as_str());
+
+    // report -6 state time-wait: the two IPv6 client connections (they closed first), one per
+    // connecting process; the servers' (ended `closed`) are left out.
+    let r: Value = serde_json::from_str(&report_tw.stdout)
+        .unwrap_or_else(|e| panic!("report is not JSON ({e}):\n{}", report_tw.stdout));
+    assert_eq!(r["connections_ended"], 2, "{r:#}");
+    assert_eq!(r["time_wait"]["births"], 2, "{:#}", r["time_wait"]);
+    let mut keys: Vec<&str> = r["connects_by_process"]
+        .as_array()
+        .expect("connects_by_process")
+        .iter()
+        .map(|c| c["key"].as_str().unwrap())
+        .collect();
+    keys.sort_unstable();
+    let mut want = vec![
+        format!("othercli[{}]", pids[&("othercli", true)]),
+        format!("tcpdrive[{}]", pids[&("tcpdrive", true)]),
+    ];
+    want.sort_unstable();
+    assert_eq!(keys, want, "{r:#}");
+    assert_eq!(
+        r["ends"],
+        serde_json::json!([{"key": "time-wait", "count": 2}]),
+        "{r:#}"
+    );
 }
