@@ -31,7 +31,7 @@ pub struct Tracer {
 pub struct Finished {
     /// Everything netwatch printed on stdout.
     pub stdout: String,
-    /// stdout parsed as JSON lines (empty when it is not JSON lines, e.g. a report).
+    /// stdout parsed as JSON lines (empty when it is not JSON lines: a report, text).
     pub events: Vec<Value>,
     pub stderr: String,
     pub produced: u64,
@@ -146,8 +146,9 @@ impl Tracer {
         );
         let text = fs::read_to_string(&self.stdout).expect("read stdout");
         let _ = fs::remove_dir_all(self.stdout.parent().expect("dir"));
-        let events = if text.starts_with("{\n") {
-            Vec::new() // one pretty-printed document (a report), not JSON lines
+        // One pretty-printed document (a report), or text (a header first): not JSON lines.
+        let events = if text.starts_with("{\n") || !(text.is_empty() || text.starts_with('{')) {
+            Vec::new()
         } else {
             json_lines(&text)
         };

@@ -251,3 +251,177 @@ fn root_cgroup_names_one_path_per_cgroup_and_selects_it_in_the_kernel() {
     }
     drop(srv);
 }
+
+/// Client ports of [`root_family_comm_and_state_filters_on_life_and_report`].
+const FAMILY_CLIENT_PORTS: (u16, u16) = (16000, 16999);
+
+/// A life record's identity: (local, remote, end).
+fn life_key(c: &Value) -> (String, String, String) {
+    let ep = |a: &str, p: &str| crate::support::endpoint(crate::support::ip(c, a), port(c, p));
+    (
+        ep("saddr", "sport"),
+        ep("daddr", "dport"),
+        c["end"].as_str().unwrap_or("?").to_string(),
+    )
+}
+
+/// `-4`/`-6`, `--comm` and a state expression on `life` and `report` (README, "Filters"): for
+/// `life` and `report` a connection's state is the one it ended in (`time-wait` for the side
+/// that closed first). Two clients with different command names each make one connection
+/// over IPv4 and one over IPv6; each filtered run must keep exactly the connections the
+/// workload says it should, and exactly what the unfiltered run's records filtered afterwards
+/// keep.
+#[test]
+fn root_family_comm_and_state_filters_on_life_and_report() {
+    if !require_root("root_family_comm_and_state_filters_on_life_and_report") {
+        return;
+    }
+    let scratch = crate::support::Scratch::new("comm");
+    // A second command name: the same driver under another file name.
+    let other = scratch.path("othercli");
+    std::fs::copy(tcpdrive(), &other).expect("copy tcpdrive");
+    let pair = NetPair::new();
+    let (p4, p6) = (unique_port(), unique_port());
+    let own = crate::support::own_traffic_only(&pair, FAMILY_CLIENT_PORTS, &[p4, p6], &[]);
+    // Options first, then the expression.
+    let run = |options: &[&str], expression: &[&str]| {
+        let a: Vec<&str> = options
+            .iter()
+            .copied()
+            .chain(own.iter().map(String::as_str))
+            .chain(expression.iter().copied())
+            .collect();
+        Tracer::start(&a)
+    };
+    let all = run(&["life", "--json"], &[]);
+    let v6_other = run(&["life", "--json", "-6", "--comm", "othercli"], &[]);
+    let v4_time_wait = run(&["life", "--json", "-4"], &["state", "time-wait"]);
+    let report = run(&["report", "--json", "-4", "--comm", "othercli"], &[]);
+    let report_tw = run(&["report", "--json", "-6"], &["state", "time-wait"]);
+
+    let a4 = format!("{}:{p4}", pair.server_v4());
+    let a6 = format!("[{}]:{p6}", pair.server_v6());
+    let mut servers: Vec<ReadyChild> = [&a4, &a6]
+        .iter()
+        .map(|a| {
+            ReadyChild::spawn(pair.exec(Side::Server, &tcpdrive(), &["serve", a, "--count", "2"]))
+        })
+        .collect();
+    // (binary's comm, address) -> client pid
+    let mut pids = std::collections::HashMap::new();
+    for (bin, comm) in [(tcpdrive(), "tcpdrive"), (other.clone(), "othercli")] {
+        for a in [&a4, &a6] {
+            let out = output_with_timeout(pair.exec(Side::Client, &bin, &["connect", a]), 20);
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(out.status.success(), "{stdout}");
+            let pid: u64 = netwatch_tests::find_line(&stdout, "DONE").expect("DONE")[1]
+                .parse()
+                .unwrap();
+            pids.insert((comm, a.as_str() == a6.as_str()), pid);
+        }
+    }
+    for s in &mut servers {
+        assert!(s.wait(20).success());
+    }
+    let server_pids: Vec<u64> = servers.iter().map(|s| u64::from(s.pid())).collect();
+    let stop = |t| stop_after_quiet(t, &pair, Events::Unseen, Kept::NOTHING);
+    let (all, v6_other, v4_time_wait, report, report_tw) = (
+        stop(all),
+        stop(v6_other),
+        stop(v4_time_wait),
+        stop(report),
+        stop(report_tw),
+    );
+
+    // Unfiltered: 4 client records and 4 server records of this pair.
+    let ns = [Side::Client, Side::Server].map(|s| pair.netns_inode(s));
+    let in_pair = |c: &&Value| c["netns"].as_u64().is_some_and(|n| ns.contains(&n));
+    let all: Vec<&Value> = all.events.iter().filter(in_pair).collect();
+    assert_eq!(all.len(), 8, "{all:#?}");
+    let keys =
+        |v: &[&Value]| -> std::collections::BTreeSet<_> { v.iter().map(|c| life_key(c)).collect() };
+
+    // -6 --comm othercli: othercli's IPv6 connection only.
+    let got: Vec<&Value> = v6_other.events.iter().filter(in_pair).collect();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(
+        got[0]["pid"].as_u64(),
+        Some(pids[&("othercli", true)]),
+        "{:#}",
+        got[0]
+    );
+    assert_eq!(got[0]["comm"], "othercli");
+    assert_eq!(
+        crate::support::ip(got[0], "daddr"),
+        IpAddr::from(pair.server_v6())
+    );
+    let expected: Vec<&Value> = all
+        .iter()
+        .copied()
+        .filter(|c| c["comm"] == "othercli" && c["daddr"].as_str().is_some_and(|a| a.contains(':')))
+        .collect();
+    assert_eq!(keys(&got), keys(&expected));
+
+    // -4 state time-wait: the two IPv4 client sockets (they closed first); the servers'
+    // sockets ended `closed` and are left out.
+    let got: Vec<&Value> = v4_time_wait.events.iter().filter(in_pair).collect();
+    assert_eq!(got.len(), 2, "{got:#?}");
+    let mut got_pids: Vec<u64> = got.iter().map(|c| c["pid"].as_u64().unwrap()).collect();
+    got_pids.sort_unstable();
+    let mut want = vec![pids[&("tcpdrive", false)], pids[&("othercli", false)]];
+    want.sort_unstable();
+    assert_eq!(got_pids, want, "{got:#?}");
+    for c in &got {
+        assert_eq!(c["end"], "time-wait", "{c:#}");
+        assert!(!server_pids.contains(&c["pid"].as_u64().unwrap()));
+    }
+    let expected: Vec<&Value> = all
+        .iter()
+        .copied()
+        .filter(|c| c["end"] == "time-wait" && !c["saddr"].as_str().unwrap().contains(':'))
+        .collect();
+    assert_eq!(keys(&got), keys(&expected));
+
+    // report -4 --comm othercli: one connecting process, one connection, one TIME_WAIT birth.
+    let r: Value = serde_json::from_str(&report.stdout)
+        .unwrap_or_else(|e| panic!("report is not JSON ({e}):\n{}", report.stdout));
+    let connects = r["connects_by_process"]
+        .as_array()
+        .expect("connects_by_process");
+    let want_key = format!("othercli[{}]", pids[&("othercli", false)]);
+    assert_eq!(connects.len(), 1, "{connects:#?}");
+    assert_eq!(connects[0]["key"], want_key.as_str());
+    assert_eq!(connects[0]["established"], 1);
+    assert_eq!(r["connections_ended"], 1, "{r:#}");
+    assert_eq!(r["time_wait"]["births"], 1, "{:#}", r["time_wait"]);
+    let lifetimes = r["lifetimes_by_process"]
+        .as_array()
+        .expect("lifetimes_by_process");
+    assert_eq!(lifetimes.len(), 1, "{lifetimes:#?}");
+    assert_eq!(lifetimes[0]["key"], want_key.as_str());
+
+    // report -6 state time-wait: the two IPv6 client connections (they closed first), one per
+    // connecting process; the servers' (ended `closed`) are left out.
+    let r: Value = serde_json::from_str(&report_tw.stdout)
+        .unwrap_or_else(|e| panic!("report is not JSON ({e}):\n{}", report_tw.stdout));
+    assert_eq!(r["connections_ended"], 2, "{r:#}");
+    assert_eq!(r["time_wait"]["births"], 2, "{:#}", r["time_wait"]);
+    let mut keys: Vec<&str> = r["connects_by_process"]
+        .as_array()
+        .expect("connects_by_process")
+        .iter()
+        .map(|c| c["key"].as_str().unwrap())
+        .collect();
+    keys.sort_unstable();
+    let mut want = vec![
+        format!("othercli[{}]", pids[&("othercli", true)]),
+        format!("tcpdrive[{}]", pids[&("tcpdrive", true)]),
+    ];
+    want.sort_unstable();
+    assert_eq!(keys, want, "{r:#}");
+    assert_eq!(
+        r["ends"],
+        serde_json::json!([{"key": "time-wait", "count": 2}]),
+        "{r:#}"
+    );
+}

@@ -1005,3 +1005,188 @@ fn root_leaks_attributes_each_socket_to_the_prefork_worker_that_accepted_it() {
     );
     drop(srv);
 }
+
+/// A socket handed on (README, "netwatch leaks": "if it handed the socket on (fd passing, fork
+/// then exit), the process holding it now"), over IPv6: a server accepts N connections, forks
+/// and exits; its child holds them in CLOSE_WAIT and must be the group's process, with its own
+/// fds. `--comm` then selects holders by command name: this server's group and not another
+/// leaker's, and the other way round.
+#[test]
+fn root_leaks_names_the_holder_of_a_handed_on_socket_and_comm_selects_over_ipv6() {
+    if !require_root("root_leaks_names_the_holder_of_a_handed_on_socket_and_comm_selects_over_ipv6")
+    {
+        return;
+    }
+    let bin = build_fixture("handoff_server");
+    let pair = NetPair::new();
+    let (port, other_port) = (unique_port(), unique_port());
+    let server_ip = pair.server_v6();
+    let addr = endpoint(IpAddr::V6(server_ip), port);
+    let mut tracer = Tracer::start(&["leaks", "--json", "--min-age", "1s", "--interval", "1s"]);
+    let mut srv = ReadyChild::spawn(pair.exec(
+        Side::Server,
+        &bin,
+        &[&server_ip.to_string(), &port.to_string(), &N.to_string()],
+    ));
+    let parent = srv.pid();
+    connect_close(&pair, &addr, N);
+    let mut holder = None;
+    let handed = eventually(STATE_BOUND, || {
+        holder = srv
+            .stdout_lines()
+            .iter()
+            .find_map(|l| l.strip_prefix("HOLDER "))
+            .and_then(|p| p.trim().parse::<u32>().ok());
+        holder.is_some()
+    });
+    assert!(handed, "no HOLDER line: {:?}", srv.stdout_lines());
+    let child = holder.unwrap();
+    let _child_guard = KillOnDrop(vec![child]);
+    assert!(srv.wait(10).success(), "the parent exits after the fork");
+    let fds = wait_fds_in_state(child, TCP_CLOSE_WAIT, N, STATE_BOUND);
+    // Another leaker, by another command name.
+    let (other, _) =
+        crate::support::leaked_connections(&pair, &endpoint(IpAddr::V6(server_ip), other_port), 2);
+
+    let (snap, g) = live_group(&mut tracer, "close_wait", child, 1000.0);
+    assert_eq!(g["comm"], "handoff_server", "{g:#}");
+    assert_eq!(u32s(&g["fds"]), fds, "the child's own fds: {g:#}");
+    assert_eq!(g["opened_by"], "accept", "{g:#}");
+    assert!(
+        groups(&snap)
+            .iter()
+            .all(|g| g["pid"].as_u64() != Some(u64::from(parent))),
+        "a group of the parent {parent}, which holds nothing since it exited: {snap:#}"
+    );
+    for d in g["detail"].as_array().expect("detail") {
+        assert_eq!(d["local"], addr.as_str(), "{d}");
+    }
+    let (status, _stdout, stderr) = tracer.stop_output();
+    assert!(status.success(), "{stderr}");
+
+    // --comm: each name keeps its own holder only.
+    for (comm, pid, n, not) in [
+        ("handoff_server", child, N, other.pid()),
+        ("tcpdrive", other.pid(), 2, child),
+    ] {
+        let text = leaks_once(&["--json", "--min-age", "0s", "--comm", comm]);
+        let snap: Value = serde_json::from_str(text.trim()).expect("one JSON snapshot");
+        assert!(
+            has_group(&snap, "close_wait", pid, n),
+            "--comm {comm}: {snap:#}"
+        );
+        for g in groups(&snap) {
+            assert_eq!(g["comm"], comm, "--comm {comm} kept another holder: {g:#}");
+            assert_ne!(g["pid"].as_u64(), Some(u64::from(not)), "{g:#}");
+        }
+    }
+    drop(other);
+}
+
+/// The number of snapshots a text `leaks` printed so far (each opens with its summary line).
+fn text_snapshots(tracer: &Tracer) -> usize {
+    tracer
+        .stdout_lines_so_far()
+        .iter()
+        .filter(|l| l.contains(" stuck sockets in "))
+        .count()
+}
+
+/// Text `leaks` prints a snapshot only when the groups change (README: "printed when the groups
+/// change"), not every interval; and without CAP_SYS_PTRACE a snapshot says so in `warnings`,
+/// naming the capability.
+#[test]
+fn root_leaks_text_is_quiet_while_groups_stay_and_warns_without_cap_sys_ptrace() {
+    if !require_root("root_leaks_text_is_quiet_while_groups_stay_and_warns_without_cap_sys_ptrace")
+    {
+        return;
+    }
+    const LEAKED: usize = 2;
+    let pair = NetPair::new();
+    let addr = endpoint(IpAddr::V4(pair.server_v4()), unique_port());
+    let mut leak = ReadyChild::spawn(pair.exec(
+        Side::Server,
+        &tcpdrive(),
+        &["serve-leak", &addr, "--count", &LEAKED.to_string()],
+    ));
+    let pid = leak.pid().to_string();
+    let tracer = Tracer::start(&[
+        "leaks",
+        "-p",
+        &pid,
+        "--min-age",
+        "0s",
+        "--interval",
+        "500ms",
+    ]);
+    let out = output_with_timeout(
+        pair.exec(
+            Side::Client,
+            &tcpdrive(),
+            &["connect", &addr, "--count", &LEAKED.to_string()],
+        ),
+        30,
+    );
+    assert!(out.status.success());
+    wait_fds_in_state(leak.pid(), TCP_CLOSE_WAIT, LEAKED, STATE_BOUND);
+    let leak_shown = eventually(SNAPSHOT_BOUND, || {
+        tracer
+            .stdout_lines_so_far()
+            .iter()
+            .any(|l| l.contains(&format!("{LEAKED} stuck sockets in 1 group")))
+    });
+    assert!(leak_shown, "{:?}", tracer.stdout_lines_so_far());
+    let shown = text_snapshots(&tracer);
+    // Six intervals with the same groups: no new snapshot.
+    let changed = eventually(Duration::from_secs(3), || text_snapshots(&tracer) != shown);
+    assert!(
+        !changed,
+        "a snapshot with the same groups: {:#?}",
+        tracer.stdout_lines_so_far()
+    );
+
+    // Without CAP_SYS_PTRACE (root keeps the rest): the warning names it.
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--bounding-set",
+        "-sys_ptrace",
+        "--inh-caps",
+        "-sys_ptrace",
+        "--",
+    ])
+    .arg(netwatch_bin())
+    .args(["leaks", "--once", "--json", "--min-age", "0s", "-p", &pid]);
+    let out = output_with_timeout(cmd, ONCE_TIMEOUT_SECS);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snap: Value = serde_json::from_str(stdout.trim()).expect("one JSON snapshot");
+    let warnings = strs(&snap["warnings"]);
+    assert!(
+        warnings.iter().any(|w| w.contains("CAP_SYS_PTRACE")),
+        "{snap:#}"
+    );
+    assert!(
+        warnings.iter().all(|w| !w.contains("CAP_SYS_ADMIN")),
+        "CAP_SYS_ADMIN was kept: {snap:#}"
+    );
+    // With every capability, no warning about one.
+    let snap: Value =
+        serde_json::from_str(leaks_once(&["--json", "--min-age", "0s", "-p", &pid]).trim())
+            .expect("one JSON snapshot");
+    assert!(
+        snap.get("warnings")
+            .is_none_or(|w| strs(w).iter().all(|w| !w.contains("CAP_"))),
+        "{snap:#}"
+    );
+
+    // The groups change (the leak is gone): a new snapshot.
+    leak.kill();
+    let changed = eventually(SNAPSHOT_BOUND, || text_snapshots(&tracer) > shown);
+    let (status, stdout, stderr) = tracer.stop_output();
+    assert!(status.success(), "{stderr}");
+    assert!(changed, "no snapshot after the leak ended:\n{stdout}");
+}

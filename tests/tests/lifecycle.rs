@@ -639,3 +639,212 @@ fn root_report_resets_retransmits_and_synack_sections_equal_the_kernel_ipv6() {
     }
     report_sections(true);
 }
+
+/// Client ports of [`root_report_connects_and_lifetimes_by_process_json_and_text`].
+const PROCESS_CLIENT_PORTS: (u16, u16) = (15000, 15999);
+
+/// The `key` row of a report table.
+fn row<'a>(rows: &'a Value, key: &str) -> &'a Value {
+    rows.as_array()
+        .unwrap_or_else(|| panic!("not rows: {rows}"))
+        .iter()
+        .find(|r| r["key"] == key)
+        .unwrap_or_else(|| panic!("no row {key} in {rows:#}"))
+}
+
+/// The text report's line under `section` (a line starting with it) whose first word is `key`,
+/// split into words.
+fn text_row<'a>(text: &'a str, section: &str, key: &str) -> Vec<&'a str> {
+    let start = text
+        .find(&format!("\n{section}"))
+        .unwrap_or_else(|| panic!("no section {section}:\n{text}"));
+    let rest = &text[start + 1..];
+    let end = rest[1..].find("\n\n").map_or(rest.len(), |e| e + 1);
+    rest[..end]
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|w| w.first() == Some(&key))
+        .unwrap_or_else(|| panic!("no row {key} in section {section}:\n{text}"))
+}
+
+/// `report`'s per-process tables (README, "netwatch report"): `connects_by_process` and
+/// `lifetimes_by_process` / `lifetimes_by_peer` in JSON, and the same in the text report,
+/// against a workload whose processes, counts and durations the test knows.
+#[test]
+fn root_report_connects_and_lifetimes_by_process_json_and_text() {
+    if !require_root("root_report_connects_and_lifetimes_by_process_json_and_text") {
+        return;
+    }
+    const OK: u64 = 3;
+    const REFUSED: u64 = 2;
+    let pair = NetPair::new();
+    let (client, server): (IpAddr, IpAddr) = (pair.client_v4().into(), pair.server_v4().into());
+    let (p_ok, p_refused) = (unique_port(), unique_port());
+    let filter =
+        crate::support::own_traffic_only(&pair, PROCESS_CLIENT_PORTS, &[p_ok, p_refused], &[]);
+    let args = |json: bool| -> Vec<String> {
+        let mut a = vec!["report".to_string()];
+        if json {
+            a.push("--json".into());
+        }
+        a.extend(filter.iter().cloned());
+        a
+    };
+    let (json_args, text_args) = (args(true), args(false));
+    let json_run = Tracer::start(&json_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let text_run = Tracer::start(&text_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let before = pair.nstat(Side::Client);
+
+    let addr = crate::support::endpoint(server, p_ok);
+    let mut srv = ReadyChild::spawn(pair.exec(
+        Side::Server,
+        &tcpdrive(),
+        &["serve", &addr, "--count", &OK.to_string()],
+    ));
+    let started = std::time::Instant::now();
+    let out = output_with_timeout(
+        pair.exec(
+            Side::Client,
+            &tcpdrive(),
+            &["connect", &addr, "--count", &OK.to_string()],
+        ),
+        30,
+    );
+    // Every connection of the client lived within its run.
+    let client_run_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}");
+    let client_pid = netwatch_tests::find_line(&stdout, "DONE").expect("DONE")[1].to_string();
+    assert!(srv.wait(20).success());
+    let server_pid = srv.pid().to_string();
+    let mut refusers = Vec::new();
+    for _ in 0..REFUSED {
+        let out = output_with_timeout(
+            pair.exec(
+                Side::Client,
+                &tcpdrive(),
+                &[
+                    "connect-expect-fail",
+                    &crate::support::endpoint(server, p_refused),
+                ],
+            ),
+            20,
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let failed = netwatch_tests::find_line(&stdout, "FAILED").expect("FAILED");
+        assert_eq!(failed[2], "ECONNREFUSED");
+        refusers.push(failed[1].to_string());
+    }
+    let json_done = stop_after_quiet(json_run, &pair, Events::Unseen, Kept::NOTHING);
+    let text_done = stop_after_quiet(text_run, &pair, Events::Unseen, Kept::NOTHING);
+    let dc = counter_delta(&before, &pair.nstat(Side::Client));
+    assert_eq!(dc["TcpActiveOpens"], OK + REFUSED);
+    assert_eq!(dc["TcpAttemptFails"], REFUSED);
+
+    let report: Value = serde_json::from_str(&json_done.stdout)
+        .unwrap_or_else(|e| panic!("report is not JSON ({e}):\n{}", json_done.stdout));
+    let key = |pid: &str| format!("tcpdrive[{pid}]");
+    let own_cgroup = crate::support::cgroup_v2_of(std::process::id()).expect("cgroup v2");
+    let c = row(&report["connects_by_process"], &key(&client_pid));
+    assert_eq!(
+        (
+            &c["established"],
+            &c["refused"],
+            &c["timeout"],
+            &c["aborted"]
+        ),
+        (&OK.into(), &0.into(), &0.into(), &0.into()),
+        "{c}"
+    );
+    assert_eq!(c["connect_ms"]["count"], OK, "{c}");
+    assert_eq!(c["cgroup"], own_cgroup.as_str(), "{c}");
+    for pid in &refusers {
+        let r = row(&report["connects_by_process"], &key(pid));
+        assert_eq!(
+            (&r["established"], &r["refused"]),
+            (&0.into(), &1.into()),
+            "{r}"
+        );
+    }
+    assert_eq!(
+        report["connects_by_process"].as_array().unwrap().len() as u64,
+        1 + REFUSED,
+        "one row per connecting process: {:#}",
+        report["connects_by_process"]
+    );
+    // Lifetimes: the client's and the server's OK connections each, within the client's run.
+    for (pid, n) in [(&client_pid, OK), (&server_pid, OK)] {
+        let l = &row(&report["lifetimes_by_process"], &key(pid))["lifetime_ms"];
+        assert_eq!(l["count"], n, "{l}");
+        let (p50, max) = (l["p50"].as_f64().unwrap(), l["max"].as_f64().unwrap());
+        assert!(
+            0.0 < p50 && p50 <= max && max <= client_run_ms * 1.01 + 1.0,
+            "{l} vs {client_run_ms} ms"
+        );
+    }
+    // By peer: the server's address (OK + refused connects) and the client's (accepted ones).
+    let by_peer = &report["lifetimes_by_peer"];
+    assert_eq!(
+        row(by_peer, &server.to_string())["lifetime_ms"]["count"],
+        OK + REFUSED
+    );
+    assert_eq!(
+        row(by_peer, &client.to_string())["lifetime_ms"]["count"],
+        OK
+    );
+
+    // The text report of the same run says the same.
+    let text = &text_done.stdout;
+    assert!(
+        text.starts_with("netwatch report: ")
+            && text
+                .lines()
+                .next()
+                .unwrap()
+                .contains(&format!(" {} connections ended", 2 * OK + REFUSED)),
+        "{text}"
+    );
+    let ends = text
+        .split("\nHow connections ended\n")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or_else(|| panic!("no ends line:\n{text}"));
+    for part in [
+        format!("closed {OK}"),
+        format!("refused {REFUSED}"),
+        format!("time-wait {OK}"),
+    ] {
+        assert!(ends.contains(&part), "{part} in {ends}");
+    }
+    let dest = crate::support::endpoint(server, p_ok);
+    assert_eq!(
+        text_row(text, "Connects (SYN_SENT outcomes)", &dest)[1..5],
+        [OK.to_string(), "0".into(), "0".into(), "0".into()]
+    );
+    let by_proc = text_row(text, "Connects (SYN_SENT outcomes)", &key(&client_pid));
+    assert_eq!(
+        by_proc[1..5],
+        [OK.to_string(), "0".into(), "0".into(), "0".into()]
+    );
+    assert_eq!(by_proc[5], format!("n={OK}"));
+    assert_eq!(
+        by_proc[by_proc.len() - 2..],
+        ["cgroup", own_cgroup.as_str()]
+    );
+    for pid in &refusers {
+        let r = text_row(text, "Connects (SYN_SENT outcomes)", &key(pid));
+        assert_eq!(r[1..6], ["0", "1", "0", "0", "-"], "{r:?}");
+    }
+    for pid in [&client_pid, &server_pid] {
+        let l = text_row(text, "Lifetimes", &key(pid));
+        assert_eq!(l[1], format!("n={OK}"), "{l:?}");
+    }
+    assert_eq!(
+        text_row(text, "Lifetimes", &server.to_string())[1],
+        format!("n={}", OK + REFUSED)
+    );
+    assert_eq!(
+        text_row(text, "Lifetimes", &client.to_string())[1],
+        format!("n={OK}")
+    );
+}

@@ -275,3 +275,84 @@ fn root_without_the_raw_tracepoints_btf_the_classic_ones_run_with_a_warning_each
         "{stderr}"
     );
 }
+
+/// No kernel BTF at all (`NETWATCH_BTF` naming a file that does not exist): netwatch runs
+/// degraded as the README says ("Kernels": "Without it those are left empty, with one warning,
+/// accepted sockets get their owner at `close()` instead, and every tracepoint gets its classic
+/// program"): one warning for the offsets, no network namespace, bytes or RTT on any event, no
+/// `accept` event, and the server's accepted socket named by the server at its close.
+#[test]
+fn root_without_kernel_btf_runs_degraded_with_one_warning() {
+    if !require_root("root_without_kernel_btf_runs_degraded_with_one_warning") {
+        return;
+    }
+    let missing = std::env::temp_dir().join(format!("netwatch-no-btf-{}", std::process::id()));
+    assert!(!missing.exists());
+    let pair = NetPair::new();
+    let server: IpAddr = pair.server_v4().into();
+    let port = unique_port();
+    let tracer = Tracer::start_with(&["trace", "--json"], |c| {
+        c.env("NETWATCH_BTF", &missing)
+            .env_remove("NETWATCH_TRACEPOINTS");
+    });
+    let addr = endpoint(server, port);
+    let mut srv = ReadyChild::spawn(pair.exec(Side::Server, &tcpdrive(), &["serve", &addr]));
+    let out = output_with_timeout(
+        pair.exec(Side::Client, &tcpdrive(), &["connect", &addr]),
+        20,
+    );
+    assert!(out.status.success());
+    assert!(srv.wait(20).success());
+    let server_pid = u64::from(srv.pid());
+    let done = stop_after_quiet(tracer, &pair, Events::Unseen, Kept::NOTHING);
+
+    let no_btf: Vec<&str> = done
+        .stderr
+        .lines()
+        .filter(|l| l.contains("no kernel BTF"))
+        .collect();
+    assert_eq!(
+        no_btf
+            .iter()
+            .filter(|l| l.contains("are not reported"))
+            .count(),
+        1,
+        "one warning for the offsets: {}",
+        done.stderr
+    );
+    assert!(
+        done.stderr
+            .contains("6 of 7 tracepoints attached: 6 classic"),
+        "{}",
+        done.stderr
+    );
+    // This workload's events: the server's port on one end.
+    let mine: Vec<&Value> = done
+        .events
+        .iter()
+        .filter(|e| {
+            e["sport"].as_u64() == Some(u64::from(port))
+                || e["dport"].as_u64() == Some(u64::from(port))
+        })
+        .filter(|e| e["saddr"] == server.to_string() || e["daddr"] == server.to_string())
+        .collect();
+    assert!(mine.len() >= 10, "{mine:#?}");
+    for e in &mine {
+        for field in ["netns", "bytes_sent", "bytes_received", "srtt_ms"] {
+            assert!(e.get(field).is_none(), "{field} without BTF: {e}");
+        }
+        assert_ne!(e["kind"], "accept", "an accept owner without BTF: {e}");
+    }
+    let last_ack = mine
+        .iter()
+        .find(|e| e["old_state"] == "CLOSE_WAIT" && e["new_state"] == "LAST_ACK")
+        .unwrap_or_else(|| panic!("no CLOSE_WAIT -> LAST_ACK: {mine:#?}"));
+    assert_eq!(last_ack["pid"].as_u64(), Some(server_pid), "{last_ack}");
+    assert_eq!(last_ack["owner_seen_here"], true, "{last_ack}");
+    // Before its close, the accepted socket had no owner.
+    let established = mine
+        .iter()
+        .find(|e| e["old_state"] == "SYN_RECV" && e["new_state"] == "ESTABLISHED")
+        .unwrap_or_else(|| panic!("no SYN_RECV -> ESTABLISHED: {mine:#?}"));
+    assert!(established["pid"].is_null(), "{established}");
+}

@@ -966,3 +966,215 @@ fn root_serve_takes_its_socket_from_systemd() {
         "{stderr}"
     );
 }
+
+/// The sum of the samples of metric `name` whose labels include every `labels` pair.
+fn sum_where(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for l in text.lines() {
+        let Some(rest) = l.strip_prefix(&format!("{name}{{")) else {
+            continue;
+        };
+        let Some((set, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        if labels
+            .iter()
+            .all(|(k, v)| set.split(',').any(|p| p == format!("{k}=\"{v}\"")))
+        {
+            let v: f64 = value.split_whitespace().next().unwrap().parse().unwrap();
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
+/// `ss`'s count of sockets in `state` (`close-wait`, ...) in `side` with local port `port`.
+fn ss_state_count(pair: &NetPair, side: Side, state: &str, port: u16) -> usize {
+    pair.run(
+        side,
+        &[
+            "ss",
+            "-Htan",
+            "state",
+            state,
+            "sport",
+            "=",
+            &format!(":{port}"),
+        ],
+    )
+    .lines()
+    .filter(|l| !l.trim().is_empty())
+    .count()
+}
+
+/// Client ports of [`root_serve_caps_labels_evicts_and_gauges_fall_to_zero_over_ipv6`].
+const CAPS_CLIENT_PORTS: (u16, u16) = (17000, 17999);
+
+/// Bounds and gauges of `serve` (README, "Prometheus and fleets"), over IPv6: with
+/// `--max-processes 1` a second (comm, cgroup) pair counts under `comm="other"`; with
+/// `--max-sockets 2` holding 12 sockets evicts and counts the evictions; the CLOSE_WAIT gauge
+/// follows `ss` up to the leak and back to 0 (kept, at 0) once the leaking server is gone; and
+/// `serve --record` writes a recording whose replay has every connection of the workload.
+#[test]
+fn root_serve_caps_labels_evicts_and_gauges_fall_to_zero_over_ipv6() {
+    if !require_root("root_serve_caps_labels_evicts_and_gauges_fall_to_zero_over_ipv6") {
+        return;
+    }
+    const LEAKS: u64 = 3;
+    const HELD: u64 = 6;
+    let scratch = crate::support::Scratch::new("serve-caps");
+    let other = scratch.path("othercli");
+    fs::copy(tcpdrive(), &other).expect("copy tcpdrive");
+    let recording = scratch.path("serve.jsonl");
+    let pair = NetPair::new();
+    let [p_leak, p_ok, p_hold] = [(); 3].map(|_| unique_port());
+    let at = |p: u16| format!("[{}]:{p}", pair.server_v6());
+    let own_a = crate::support::own_traffic_only(&pair, CAPS_CLIENT_PORTS, &[p_leak, p_ok], &[]);
+    let own_b = crate::support::own_traffic_only(&pair, CAPS_CLIENT_PORTS, &[p_hold], &[]);
+    let (nw_a, nw_b) = (
+        SocketAddr::from((Ipv4Addr::LOCALHOST, unique_port())),
+        SocketAddr::from((Ipv4Addr::LOCALHOST, unique_port())),
+    );
+    let (a_listen, b_listen) = (nw_a.to_string(), nw_b.to_string());
+    let mut a_args = vec![
+        "serve",
+        "--listen",
+        &a_listen,
+        "--max-processes",
+        "1",
+        "--record",
+        recording.to_str().unwrap(),
+    ];
+    a_args.extend(own_a.iter().map(String::as_str));
+    let mut b_args = vec!["serve", "--listen", &b_listen, "--max-sockets", "2"];
+    b_args.extend(own_b.iter().map(String::as_str));
+    let serve_a = Tracer::start(&a_args);
+    let serve_b = Tracer::start(&b_args);
+    let metrics = |nw: SocketAddr| {
+        let r = get(nw, "/metrics");
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body
+    };
+
+    // tcpdrive's L connections to a server that never closes them: the first pair labelled.
+    let (mut leak, _) = leaked_connections(&pair, &at(p_leak), LEAKS);
+    let cw = |text: &str| sum_where(text, "netwatch_close_wait_sockets", &[("comm", "tcpdrive")]);
+    let mut text = String::new();
+    let leaked = poll(Duration::from_secs(10), || {
+        text = metrics(nw_a);
+        (cw(&text) == Some(LEAKS as f64)).then_some(())
+    });
+    assert!(leaked.is_some(), "CLOSE_WAIT gauge never {LEAKS}:\n{text}");
+    assert_eq!(
+        ss_state_count(&pair, Side::Server, "close-wait", p_leak),
+        LEAKS as usize
+    );
+    // A second command name: past --max-processes 1, it counts as "other".
+    let mut srv = ReadyChild::spawn(pair.exec(Side::Server, &tcpdrive(), &["serve", &at(p_ok)]));
+    let out = netwatch_tests::output_with_timeout(
+        pair.exec(Side::Client, &other, &["connect", &at(p_ok)]),
+        20,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(srv.wait(20).success());
+    let established = |text: &str, comm: &str| {
+        sum_where(
+            text,
+            "netwatch_connects_total",
+            &[("outcome", "established"), ("comm", comm)],
+        )
+    };
+    let capped = poll(Duration::from_secs(10), || {
+        text = metrics(nw_a);
+        (established(&text, "other") == Some(1.0)).then_some(())
+    });
+    assert!(
+        capped.is_some(),
+        "othercli's connect not under comm=\"other\":\n{text}"
+    );
+    assert_eq!(established(&text, "tcpdrive"), Some(LEAKS as f64), "{text}");
+    assert_eq!(established(&text, "othercli"), None, "{text}");
+    assert_eq!(
+        sum_where(&text, "netwatch_connects_total", &[("cgroup", "other")]),
+        Some(1.0)
+    );
+    assert_eq!(sum_of(&text, "netwatch_process_label_sets"), 1.0, "{text}");
+
+    // The leaking server goes: its sockets close, and the gauge falls to 0 and stays, at 0.
+    leak.kill();
+    let gone = poll(Duration::from_secs(10), || {
+        text = metrics(nw_a);
+        (cw(&text) == Some(0.0)).then_some(())
+    });
+    assert!(gone.is_some(), "CLOSE_WAIT gauge not back to 0:\n{text}");
+    assert_eq!(ss_state_count(&pair, Side::Server, "close-wait", p_leak), 0);
+
+    // 12 live sockets (6 connected, 6 accepted) against a tracker of 2.
+    let hold = ReadyChild::spawn(pair.exec(
+        Side::Server,
+        &tcpdrive(),
+        &["hold-accept", &at(p_hold), "--count", &HELD.to_string()],
+    ));
+    let holders = ReadyChild::spawn_background(pair.exec(
+        Side::Client,
+        &tcpdrive(),
+        &["hold-connect", &at(p_hold), "--count", &HELD.to_string()],
+    ));
+    let all_held = eventually(Duration::from_secs(10), || {
+        hold.stdout_lines().iter().any(|l| l.starts_with("HELD"))
+            && holders.stdout_lines().iter().any(|l| l.starts_with("HELD"))
+    });
+    assert!(
+        all_held,
+        "{:?} {:?}",
+        hold.stdout_lines(),
+        holders.stdout_lines()
+    );
+    let evicted = poll(Duration::from_secs(10), || {
+        text = metrics(nw_b);
+        (sum_of(&text, "netwatch_tracker_evictions_total") >= (2 * HELD - 2) as f64).then_some(())
+    });
+    assert!(
+        evicted.is_some(),
+        "evictions below {}:\n{text}",
+        2 * HELD - 2
+    );
+    assert!(sum_of(&text, "netwatch_tracker_sockets") <= 2.0, "{text}");
+    drop((hold, holders));
+
+    let a = stop_after_quiet(serve_a, &pair, Events::Unseen, Kept::NOTHING);
+    let b = stop_after_quiet(serve_b, &pair, Events::Unseen, Kept::NOTHING);
+    assert_eq!((a.lost, b.lost), (0, 0), "{}\n{}", a.stderr, b.stderr);
+
+    // The recording replays to every connection of the workload, per process.
+    let mut cmd = Command::new(netwatch_tests::netwatch_bin());
+    cmd.arg("analyze")
+        .arg(&recording)
+        .args(["--report", "--json"]);
+    let out = netwatch_tests::output_with_timeout(cmd, 60);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report JSON");
+    let connects = report["connects_by_process"]
+        .as_array()
+        .expect("connects_by_process");
+    let by_comm = |comm: &str| -> u64 {
+        connects
+            .iter()
+            .filter(|r| r["key"].as_str().unwrap().starts_with(&format!("{comm}[")))
+            .map(|r| r["established"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        (by_comm("tcpdrive"), by_comm("othercli")),
+        (LEAKS, 1),
+        "{connects:#?}"
+    );
+}

@@ -104,3 +104,99 @@ fn root_accept_stack_names_the_function_and_line_that_accepted() {
         "stack on an event other than accept/connect"
     );
 }
+
+/// The `CLOSE -> SYN_SENT` events of process `pid` that `tracer` printed so far.
+fn connects_of(tracer: &Tracer, pid: u64) -> Vec<Value> {
+    tracer
+        .stdout_lines_so_far()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| {
+            e["pid"].as_u64() == Some(pid)
+                && e["kind"] == "state"
+                && e["old_state"] == "CLOSE"
+                && e["new_state"] == "SYN_SENT"
+        })
+        .collect()
+}
+
+/// The code path of a connecting client (`trace --json --stacks` on `CLOSE -> SYN_SENT`): the
+/// function that called connect() and its line, then its caller; and `NETWATCH_STACKS=0`
+/// switches capture off in the kernel: no event of the same workload carries a stack.
+#[test]
+fn root_connect_stack_names_the_connecting_function_and_stacks_0_captures_none() {
+    if !require_root("root_connect_stack_names_the_connecting_function_and_stacks_0_captures_none")
+    {
+        return;
+    }
+    let bin = build_fixture("leaky_client");
+    let connect_line = marked_line("leaky_client.c", "CONNECT_LINE");
+    let pair = NetPair::new();
+    let server = pair.server_v4().to_string();
+    let port = unique_port();
+    let addr = format!("{server}:{port}");
+    let with = Tracer::start(&["trace", "--json", "--stacks"]);
+    let without = Tracer::start_with(&["trace", "--json", "--stacks"], |c| {
+        c.env("NETWATCH_STACKS", "0");
+    });
+    let n = CONNECTIONS.to_string();
+    let _srv = ReadyChild::spawn(pair.exec(
+        Side::Server,
+        &tcpdrive(),
+        &["serve-leak", &addr, "--count", &n],
+    ));
+    let cli = ReadyChild::spawn(pair.exec(Side::Client, &bin, &[&server, &port.to_string(), &n]));
+    let pid = u64::from(cli.pid());
+    let all_traced = eventually(std::time::Duration::from_secs(10), || {
+        connects_of(&with, pid).len() >= CONNECTIONS
+            && connects_of(&without, pid).len() >= CONNECTIONS
+    });
+    let (with, without) = (with.stop(), without.stop());
+    drop(cli);
+    assert!(
+        all_traced,
+        "connects by pid {pid} within 10 s:\n{}\n{}",
+        with.stdout, without.stdout
+    );
+
+    let expected = format!("open_and_forget (leaky_client.c:{connect_line})");
+    let connects: Vec<&Value> = with
+        .events
+        .iter()
+        .filter(|e| {
+            e["pid"].as_u64() == Some(pid)
+                && e["old_state"] == "CLOSE"
+                && e["new_state"] == "SYN_SENT"
+        })
+        .collect();
+    assert_eq!(connects.len(), CONNECTIONS, "{}", with.stdout);
+    for ev in &connects {
+        assert!(ev["stack_id"].is_u64(), "no stack id: {ev}");
+        let f = frames(ev);
+        let open = f
+            .iter()
+            .position(|fr| *fr == expected)
+            .unwrap_or_else(|| panic!("{expected} not in {f:?}"));
+        let main = f
+            .iter()
+            .position(|fr| fr.starts_with("main (leaky_client.c:"))
+            .unwrap_or_else(|| panic!("main not in {f:?}"));
+        assert!(open < main, "innermost first: {f:?}");
+    }
+
+    let mine: Vec<&Value> = without
+        .events
+        .iter()
+        .filter(|e| e["pid"].as_u64() == Some(pid))
+        .collect();
+    assert!(
+        mine.len() >= CONNECTIONS * 2,
+        "the run without stacks still traced: {mine:#?}"
+    );
+    for ev in mine {
+        assert!(
+            ev.get("stack_id").is_none() && ev.get("stack").is_none(),
+            "a stack with NETWATCH_STACKS=0: {ev}"
+        );
+    }
+}

@@ -6,10 +6,13 @@
 // What the modules share: the tracer harness, known workloads, /proc and BPF look-ups.
 mod support;
 
+// `completions` for every shell the README names load or name every subcommand; the man page.
+mod completions;
 // Real podman containers, one with Kubernetes labels: trace, life, leaks, Prometheus and a
 // replay name their pod, namespace and container.
 mod containers;
-// Filters (-p, -L, a bad expression) act in the kernel and equal filtering afterwards.
+// Filters (-p, -L, -4/-6, --comm, states, a bad expression) act where they should and equal
+// filtering afterwards, on trace, life and report.
 mod filters;
 // `leaks` finds forgotten sockets, live and --once, with the real holder, fds, code path, cgroup.
 mod leaks;

@@ -742,3 +742,96 @@ fn root_top_last_summary_has_every_retransmit_the_kernel_counted() {
         "{last}"
     );
 }
+
+/// The CLOSE_WAIT holder row of `holder` (`comm[pid]`): (sockets, oldest seconds, older than
+/// `--close-wait-age`).
+fn holder_row(screen: &str, holder: &str) -> Option<(u64, f64, u64)> {
+    let line = screen.lines().find(|l| l.contains(holder))?;
+    let mut words = line
+        .split(|c: char| c.is_whitespace() || c == '\u{2502}')
+        .filter(|w| !w.is_empty());
+    words.find(|w| *w == holder)?;
+    Some((
+        words.next()?.parse().ok()?,
+        words.next()?.parse().ok()?,
+        words.next()?.parse().ok()?,
+    ))
+}
+
+/// Over IPv6: the CLOSE_WAIT holders' age column (`>2s` with `--close-wait-age 2s`, README:
+/// "`>5s` counts CLOSE_WAIT sockets older than `--close-wait-age`") counts the leak once it is
+/// older than that, the TIME_WAIT destination is the bracketed IPv6 endpoint, `ss` agrees, and
+/// Esc quits and gives the terminal back.
+#[test]
+fn root_top_ipv6_close_wait_age_column_and_esc_quits() {
+    if !require_root("root_top_ipv6_close_wait_age_column_and_esc_quits") {
+        return;
+    }
+    const LEAKED: u64 = 3;
+    let scratch = Scratch::new("top-v6");
+    let pair = NetPair::new();
+    let p_leak = unique_port();
+    let mut args: Vec<String> = ["top", "--interval", "500ms", "--close-wait-age", "2s"]
+        .map(String::from)
+        .to_vec();
+    args.extend(own_traffic_only(&pair, &[p_leak]));
+    let t = Tmux::start(&session_script(&scratch, &args));
+    t.wait_for("the live view", 60, view_is_up);
+    let at = format!("[{}]:{p_leak}", pair.server_v6());
+    let (leak, leaked_at) = crate::support::leaked_connections(&pair, &at, LEAKED);
+    let holder = format!("tcpdrive[{}]", leak.pid());
+
+    let screen = t.wait_for("the leak, every socket older than 2 s", 20, |s| {
+        s.contains(">2s")
+            && holder_row(s, &holder).is_some_and(|(n, _, old)| n == LEAKED && old == LEAKED)
+            && number_after(s, "STATES", "CLOSE_WAIT") == Some(LEAKED)
+    });
+    let (_, oldest, _) = holder_row(&screen, &holder).unwrap();
+    let held_s = leaked_at.elapsed().as_secs_f64();
+    assert!(
+        (2.0..=held_s + 1.0).contains(&oldest),
+        "OLDEST_S {oldest} vs leaked {held_s:.1} s ago:\n{screen}"
+    );
+    assert!(
+        flat(&screen).contains(&format!("{at} {LEAKED} ")),
+        "no TIME_WAIT row for the IPv6 destination {at}:\n{screen}"
+    );
+    assert_eq!(ss_count(&pair, Side::Server, &["close-wait"]), LEAKED);
+    assert_eq!(
+        ss_count(&pair, Side::Client, &["time-wait", "fin-wait-2"]),
+        LEAKED
+    );
+
+    t.keys(&["Escape"]);
+    let screen = t.wait_for("netwatch's exit and the tty line after it", 20, exited);
+    assert!(screen.contains("EXITED 0"), "{screen}");
+    assert!(
+        !screen.contains("netwatch report:"),
+        "Esc must not print the report:\n{screen}"
+    );
+    assert_terminal_restored(&t, &screen);
+    drop(leak);
+}
+
+/// `--duration` ends the live view by itself, no sooner, and gives the terminal back.
+#[test]
+fn root_top_duration_stops_by_itself() {
+    if !require_root("root_top_duration_stops_by_itself") {
+        return;
+    }
+    let scratch = Scratch::new("top-duration");
+    let args: Vec<String> = ["top", "--duration", "3s", "-L", "1", "-D", "1"]
+        .map(String::from)
+        .to_vec();
+    let started = Instant::now();
+    let t = Tmux::start(&session_script(&scratch, &args));
+    t.wait_for("the live view", 60, view_is_up);
+    let screen = t.wait_for("netwatch's exit by itself", 20, exited);
+    let ran = started.elapsed();
+    assert!(screen.contains("EXITED 0"), "{screen}");
+    assert!(
+        ran >= Duration::from_secs(3),
+        "stopped after {ran:?} of a 3 s run"
+    );
+    assert_terminal_restored(&t, &screen);
+}

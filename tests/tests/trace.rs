@@ -7,7 +7,8 @@
 use std::{net::IpAddr, time::Duration};
 
 use crate::support::{
-    Events, Finished, Kept, Scratch, Tracer, endpoint, ip, port, step, stop_after_quiet, tcpdrive,
+    Events, Finished, Kept, Scratch, Tracer, endpoint, eventually, ip, port, step,
+    stop_after_quiet, tcpdrive,
 };
 use netwatch_tests::{
     NetPair, ReadyChild, Side, counter_delta, drop_data_ruleset, find_line, output_with_timeout,
@@ -717,4 +718,346 @@ fn root_a_quiet_trace_prints_its_header_at_once_and_says_it_is_watching() {
     assert!(status.success(), "{stderr}");
     assert!(noted, "no quiet note on stderr:\n{stderr}");
     assert_eq!(lines.len(), 1, "only the header: {lines:?}");
+}
+
+/// One line of `trace`'s text output, split into its columns.
+#[derive(Debug)]
+struct TextLine {
+    time: String,
+    pid: String,
+    comm: String,
+    laddr: String,
+    raddr: String,
+    event: String,
+    ms_in_old: String,
+    /// `-w` only.
+    cgroup: Option<String>,
+}
+
+/// Splits a text line: TIME PID COMM LADDR:LPORT RADDR:RPORT EVENT (several words) MS_IN_OLD
+/// [CGROUP]. None of this test's columns but EVENT holds a space.
+fn text_line(line: &str, wide: bool) -> TextLine {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let tail = if wide { 2 } else { 1 };
+    assert!(f.len() >= 6 + tail, "too few columns: {line}");
+    let end = f.len() - tail;
+    TextLine {
+        time: f[0].into(),
+        pid: f[1].into(),
+        comm: f[2].into(),
+        laddr: f[3].into(),
+        raddr: f[4].into(),
+        event: f[5..end].join(" "),
+        ms_in_old: f[end].into(),
+        cgroup: wide.then(|| f[f.len() - 1].to_string()),
+    }
+}
+
+/// `HH:MM:SS.mmm` as milliseconds of the day.
+fn ms_of_day(hms: &str) -> u64 {
+    let (hms, ms) = hms
+        .split_once('.')
+        .unwrap_or_else(|| panic!("no .mmm: {hms}"));
+    assert_eq!(ms.len(), 3, "milliseconds: {hms}.{ms}");
+    let parts: Vec<u64> = hms
+        .split(':')
+        .map(|p| p.parse().unwrap_or_else(|_| panic!("not HH:MM:SS: {hms}")))
+        .collect();
+    assert_eq!(parts.len(), 3, "not HH:MM:SS: {hms}");
+    ((parts[0] * 60 + parts[1]) * 60 + parts[2]) * 1000 + ms.parse::<u64>().unwrap()
+}
+
+/// Milliseconds of the current UTC day, from the system clock.
+fn now_ms_of_day() -> u64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    (since_epoch.as_millis() % 86_400_000) as u64
+}
+
+/// The text output (README, "What it shows"): the columns, `-T`'s wall-clock time, `-w`'s wide
+/// address columns and CGROUP, a `FIN_WAIT1 -> FIN_WAIT1` line where close() follows
+/// shutdown() before the FIN is acknowledged, and `SYNACK_RETRANSMIT` lines, one per SYN-ACK
+/// the kernel counted as sent again.
+#[test]
+fn root_trace_text_columns_time_wide_and_half_close() {
+    if !require_root("root_trace_text_columns_time_wide_and_half_close") {
+        return;
+    }
+    let pair = NetPair::new();
+    let (p_half, p_synack) = (unique_port(), unique_port());
+    let filter = crate::support::own_traffic_only(&pair, CLIENT_PORTS, &[p_half, p_synack], &[]);
+    let with = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = std::iter::once("trace".to_string())
+            .chain(extra.iter().map(|s| s.to_string()))
+            .collect();
+        a.extend(filter.iter().cloned());
+        a
+    };
+    let plain_args = with(&[]);
+    let wide_args = with(&["-T", "-w"]);
+    let start_ms = now_ms_of_day();
+    let plain = Tracer::start(&plain_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let wide = Tracer::start(&wide_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let before = [Side::Client, Side::Server].map(|s| pair.nstat(s));
+
+    // IPv6, close() right after shutdown(): the server's namespace drops the client's FIN
+    // until the client has exited, so the FIN is unacknowledged when close() comes.
+    let (c6, s6): (IpAddr, IpAddr) = (pair.client_v6().into(), pair.server_v6().into());
+    let half_addr = endpoint(s6, p_half);
+    let mut srv = ReadyChild::spawn(pair.exec(Side::Server, &tcpdrive(), &["serve", &half_addr]));
+    pair.nft(
+        Side::Server,
+        &format!(
+            "table inet nwfin {{\n  chain input {{\n    type filter hook input priority 0; \
+             policy accept;\n    tcp dport {p_half} tcp flags & fin == fin drop\n  }}\n}}\n"
+        ),
+    );
+    let out = output_with_timeout(
+        pair.exec(
+            Side::Client,
+            &tcpdrive(),
+            &["connect-half-close", &half_addr],
+        ),
+        20,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client_pid = find_line(&stdout, "DONE").expect("DONE")[1].to_string();
+    pair.nft(Side::Server, "delete table inet nwfin");
+    assert!(srv.wait(20).success(), "{:?}", srv.stdout_lines());
+    // The client's FIN is acknowledged once nothing but its timewait socket is left: its
+    // retransmissions are all counted.
+    let settled = eventually(Duration::from_secs(10), || {
+        pair.run(Side::Client, &["ss", "-Htan"])
+            .lines()
+            .all(|l| l.trim().is_empty() || l.starts_with("TIME-WAIT"))
+    });
+    assert!(settled, "{}", pair.run(Side::Client, &["ss", "-tan"]));
+    let half_rtx = counter_delta(&before[0], &pair.nstat(Side::Client))["TcpRetransSegs"];
+
+    // IPv4, SYN-ACKs sent again: the client's namespace drops them until its connect times out.
+    let (s4, c4): (IpAddr, IpAddr) = (pair.server_v4().into(), pair.client_v4().into());
+    let synack_addr = endpoint(s4, p_synack);
+    let mut listener =
+        ReadyChild::spawn(pair.exec(Side::Server, &tcpdrive(), &["listen-only", &synack_addr]));
+    pair.nft(
+        Side::Client,
+        &format!(
+            "table inet nwsynack {{\n  chain input {{\n    type filter hook input priority 0; \
+             policy accept;\n    tcp sport {p_synack} drop\n  }}\n}}\n"
+        ),
+    );
+    let out = output_with_timeout(
+        pair.exec(
+            Side::Client,
+            &tcpdrive(),
+            &["connect-expect-fail", &synack_addr, "--timeout-ms", "1500"],
+        ),
+        20,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(" ETIMEDOUT"), "{stdout}");
+    let listener_pid = listener.pid().to_string();
+    listener.kill();
+    pair.nft(Side::Client, "delete table inet nwsynack");
+
+    let kept = Kept {
+        states: &["SYN-RECV"],
+        sockets: 0,
+    };
+    let plain = stop_after_quiet(plain, &pair, Events::Unseen, Kept { ..kept });
+    let wide = stop_after_quiet(wide, &pair, Events::Unseen, kept);
+    let end_ms = now_ms_of_day();
+    let ds = counter_delta(&before[1], &pair.nstat(Side::Server));
+
+    for (out, wide_run) in [(&plain, false), (&wide, true)] {
+        let mut lines = out.stdout.lines();
+        let header: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
+        let mut expected = vec![
+            if wide_run { "TIME" } else { "TIME(s)" },
+            "PID",
+            "COMM",
+            "LADDR:LPORT",
+            "RADDR:RPORT",
+            "EVENT",
+            "MS_IN_OLD",
+        ];
+        if wide_run {
+            expected.push("CGROUP");
+        }
+        assert_eq!(header, expected, "{}", out.stdout);
+        let header_line = out.stdout.lines().next().unwrap();
+        let raddr_at = header_line.find("RADDR:RPORT").unwrap();
+        // 21 characters per address column, 47 with -w (any IPv6 address and port).
+        assert_eq!(
+            raddr_at,
+            12 + 1 + 7 + 1 + 15 + 1 + if wide_run { 47 } else { 21 } + 1
+        );
+        let rows: Vec<(String, TextLine)> = lines
+            .map(|l| (l.to_string(), text_line(l, wide_run)))
+            .collect();
+        assert!(!rows.is_empty(), "no lines: {}", out.stdout);
+        for (raw, row) in &rows {
+            assert_eq!(
+                raw.find(row.raddr.as_str()),
+                Some(raddr_at),
+                "RADDR:RPORT not under its header:\n{header_line}\n{raw}"
+            );
+            if wide_run {
+                let t = ms_of_day(&row.time);
+                assert!(
+                    t + 1000 >= start_ms && t <= end_ms + 1000,
+                    "time {} outside the run ({start_ms}..{end_ms} ms of the day): {raw}",
+                    row.time
+                );
+            } else {
+                let t: f64 = row
+                    .time
+                    .parse()
+                    .unwrap_or_else(|_| panic!("TIME(s): {raw}"));
+                let run_s = (end_ms.saturating_sub(start_ms)) as f64 / 1000.0;
+                assert!(
+                    (0.0..=run_s + 1.0).contains(&t),
+                    "TIME(s) {t} beyond {run_s} s: {raw}"
+                );
+            }
+        }
+
+        // The half-closed client socket: its transitions in order, owned by the client.
+        let client_laddr = format!("[{c6}]:");
+        let client: Vec<&TextLine> = rows
+            .iter()
+            .map(|(_, r)| r)
+            .filter(|r| r.laddr.starts_with(&client_laddr) && r.raddr == half_addr)
+            .collect();
+        let events: Vec<&str> = client.iter().map(|r| r.event.as_str()).collect();
+        let at = |e: &str| {
+            events
+                .iter()
+                .position(|x| *x == e)
+                .unwrap_or_else(|| panic!("no {e} line for the client: {client:#?}"))
+        };
+        assert_eq!(at("CLOSE -> SYN_SENT"), 0, "{client:#?}");
+        assert!(
+            at("SYN_SENT -> ESTABLISHED") < at("ESTABLISHED -> FIN_WAIT1")
+                && at("ESTABLISHED -> FIN_WAIT1") < at("FIN_WAIT1 -> FIN_WAIT1"),
+            "{client:#?}"
+        );
+        assert_eq!(events.last(), Some(&"DESTROY in CLOSE"), "{client:#?}");
+        let fw = client[at("FIN_WAIT1 -> FIN_WAIT1")];
+        assert_eq!(
+            (fw.pid.as_str(), fw.comm.as_str()),
+            (client_pid.as_str(), "tcpdrive")
+        );
+        let ms: f64 = fw.ms_in_old.parse().unwrap_or_else(|_| panic!("{fw:?}"));
+        assert!(ms >= 0.0, "{fw:?}");
+        for r in &client {
+            assert_eq!(
+                r.pid, client_pid,
+                "every client line names the client: {r:?}"
+            );
+        }
+        // Its FIN, dropped once and more, was sent again: one RETRANSMIT line per segment.
+        let rtx = events
+            .iter()
+            .filter(|e| e.starts_with("RETRANSMIT in "))
+            .count() as u64;
+        assert_eq!(rtx, half_rtx, "client retransmits: {client:#?}");
+        assert!(rtx >= 1, "the dropped FIN was never sent again");
+        if let Some(cg) = &client[0].cgroup {
+            let expected = crate::support::cgroup_v2_of(std::process::id()).expect("cgroup v2");
+            assert_eq!(
+                cg, &expected,
+                "CGROUP of the client (the test's own cgroup)"
+            );
+        }
+
+        // SYN-ACKs sent again, one line each, at the listener's address.
+        let synacks: Vec<&TextLine> = rows
+            .iter()
+            .map(|(_, r)| r)
+            .filter(|r| r.event.starts_with("SYNACK_RETRANSMIT in "))
+            .collect();
+        assert_eq!(
+            synacks.len() as u64,
+            ds["TcpExtTCPSynRetrans"],
+            "SYNACK_RETRANSMIT lines vs the server's TCPSynRetrans: {synacks:#?}"
+        );
+        assert!(!synacks.is_empty(), "no SYN-ACK was sent again");
+        for r in &synacks {
+            assert_eq!(r.laddr, synack_addr, "{r:?}");
+            assert!(r.raddr.starts_with(&format!("{c4}:")), "{r:?}");
+            assert!(r.pid == listener_pid || r.pid == "-", "{r:?}");
+        }
+    }
+}
+
+/// Text `trace --record` and text `analyze` (README, "Recording and replaying"): the replay
+/// prints, line for line, what the live text run printed, and that holds the workload's
+/// connections.
+#[test]
+fn root_text_trace_record_replays_to_the_same_lines() {
+    if !require_root("root_text_trace_record_replays_to_the_same_lines") {
+        return;
+    }
+    const CONNECTIONS: u64 = 2;
+    let pair = NetPair::new();
+    let port = unique_port();
+    let scratch = Scratch::new("text-replay");
+    let recording = scratch.path("events.jsonl");
+    let rec = recording.to_str().expect("UTF-8 path");
+    let mut args: Vec<String> = ["trace", "--record", rec].map(String::from).to_vec();
+    args.extend(crate::support::own_traffic_only(
+        &pair,
+        CLIENT_PORTS,
+        &[port],
+        &[],
+    ));
+    let tracer = Tracer::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let addr = endpoint(pair.server_v4().into(), port);
+    let mut srv = ReadyChild::spawn(pair.exec(
+        Side::Server,
+        &tcpdrive(),
+        &["serve", &addr, "--count", &CONNECTIONS.to_string()],
+    ));
+    let out = output_with_timeout(
+        pair.exec(
+            Side::Client,
+            &tcpdrive(),
+            &["connect", &addr, "--count", &CONNECTIONS.to_string()],
+        ),
+        20,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}");
+    let client_pid = find_line(&stdout, "DONE").expect("DONE")[1].to_string();
+    assert!(srv.wait(20).success());
+    let done = stop_after_quiet(tracer, &pair, Events::Recording(&recording), Kept::NOTHING);
+    let connects = done
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| text_line(l, false))
+        .filter(|r| r.pid == client_pid && r.event == "CLOSE -> SYN_SENT" && r.raddr == addr)
+        .count() as u64;
+    assert_eq!(connects, CONNECTIONS, "{}", done.stdout);
+
+    let mut cmd = std::process::Command::new(netwatch_tests::netwatch_bin());
+    cmd.args(["analyze", rec]);
+    let out = output_with_timeout(cmd, 60);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        done.stdout,
+        "the text replay differs from the live run"
+    );
 }

@@ -39,6 +39,9 @@ usage:
   tcpdrive serve-leak <addr:port> [--count N] [--backlog N]
       print READY <pid>; accept N connections, answer each, never close them (CLOSE_WAIT
       once the clients close); print LEAKING <pid> <N>, then wait to be killed.
+  tcpdrive connect-half-close <addr:port> [--count N] [--request BYTES] [--timeout-ms MS]
+      like connect, but each cycle shuts its side down (a FIN) right before close(): the
+      close() of a socket whose FIN is still unacknowledged (FIN_WAIT1 -> FIN_WAIT1).
   tcpdrive connect-close <addr:port> [--count N] [--timeout-ms MS]
       N sequential connects, each closed at once without sending anything (a FIN, for a
       server that never reads or answers); prints OPENED <pid> <local port> per connection,
@@ -194,6 +197,23 @@ fn run(args: &[String]) -> Result<i32, String> {
             let (mut ok, mut failed) = (0u64, 0u64);
             for _ in 0..o.num_or("count", 1)? {
                 match client_cycle(addr, &request, timeout, reset) {
+                    Ok(()) => ok += 1,
+                    Err(e) => {
+                        eprintln!("tcpdrive: connect {addr}: {e}");
+                        failed += 1;
+                    }
+                }
+            }
+            say(&format!("DONE {} {ok} {failed}", std::process::id()));
+            Ok(if failed == 0 { 0 } else { 1 })
+        }
+        "connect-half-close" => {
+            let o = Opts::parse(rest, &["count", "request", "timeout-ms"])?;
+            let request = message(b"ping", o.size_or("request", 5)?);
+            let timeout = o.millis_or("timeout-ms", 10_000)?;
+            let (mut ok, mut failed) = (0u64, 0u64);
+            for _ in 0..o.num_or("count", 1)? {
+                match half_close_cycle(addr, &request, timeout) {
                     Ok(()) => ok += 1,
                     Err(e) => {
                         eprintln!("tcpdrive: connect {addr}: {e}");
@@ -661,14 +681,29 @@ fn client_cycle(
     exchange(s, request, timeout, reset)
 }
 
+/// One connect, request and reply, then shutdown(SHUT_WR) and at once close(): the FIN is
+/// usually still unacknowledged at the close (always, when the peer drops it).
+fn half_close_cycle(addr: SocketAddr, request: &[u8], timeout: Duration) -> Result<(), String> {
+    let s = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("connect: {}", describe(&e)))?;
+    let s = exchange_open(s, request, timeout)?;
+    s.shutdown(Shutdown::Write)
+        .map_err(|e| format!("shutdown(SHUT_WR): {}", describe(&e)))
+}
+
 /// One request and reply on a connected socket, then the close (after the server's, for a
 /// reply that says it closes first).
-fn exchange(
-    mut s: TcpStream,
-    request: &[u8],
-    timeout: Duration,
-    reset: bool,
-) -> Result<(), String> {
+fn exchange(s: TcpStream, request: &[u8], timeout: Duration, reset: bool) -> Result<(), String> {
+    let s = exchange_open(s, request, timeout)?;
+    if reset {
+        set_linger_zero(&s).map_err(|e| format!("SO_LINGER: {}", describe(&e)))?;
+    }
+    Ok(())
+}
+
+/// The request and the whole reply (up to the server's close, for a reply that says it
+/// closes first); the socket is handed back open, for the caller to close as it means to.
+fn exchange_open(mut s: TcpStream, request: &[u8], timeout: Duration) -> Result<TcpStream, String> {
     let io = |what: &str, e: io::Error| format!("{what}: {}", describe(&e));
     s.set_read_timeout(Some(timeout))
         .map_err(|e| io("SO_RCVTIMEO", e))?;
@@ -686,10 +721,7 @@ fn exchange(
     if reply.first() == Some(&b'b') {
         read_to_eof(&mut s).map_err(|e| io("waiting for the server to close", e))?;
     }
-    if reset {
-        set_linger_zero(&s).map_err(|e| io("SO_LINGER", e))?;
-    }
-    Ok(())
+    Ok(s)
 }
 
 /// `count` cycles, the i-th started at i/rate seconds (a late one at once), until connect()
