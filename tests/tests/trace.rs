@@ -730,15 +730,16 @@ struct TextLine {
     raddr: String,
     event: String,
     ms_in_old: String,
-    /// `-w` only.
+    /// `-w` only: the container (`-` outside one) and the cgroup.
+    container: Option<String>,
     cgroup: Option<String>,
 }
 
 /// Splits a text line: TIME PID COMM LADDR:LPORT RADDR:RPORT EVENT (several words) MS_IN_OLD
-/// [CGROUP]. None of this test's columns but EVENT holds a space.
+/// [CONTAINER CGROUP]. None of this test's columns but EVENT holds a space.
 fn text_line(line: &str, wide: bool) -> TextLine {
     let f: Vec<&str> = line.split_whitespace().collect();
-    let tail = if wide { 2 } else { 1 };
+    let tail = if wide { 3 } else { 1 };
     assert!(f.len() >= 6 + tail, "too few columns: {line}");
     let end = f.len() - tail;
     TextLine {
@@ -749,6 +750,7 @@ fn text_line(line: &str, wide: bool) -> TextLine {
         raddr: f[4].into(),
         event: f[5..end].join(" "),
         ms_in_old: f[end].into(),
+        container: wide.then(|| f[f.len() - 2].to_string()),
         cgroup: wide.then(|| f[f.len() - 1].to_string()),
     }
 }
@@ -888,7 +890,7 @@ fn root_trace_text_columns_time_wide_and_half_close() {
             "MS_IN_OLD",
         ];
         if wide_run {
-            expected.push("CGROUP");
+            expected.extend(["CONTAINER", "CGROUP"]);
         }
         assert_eq!(header, expected, "{}", out.stdout);
         let header_line = out.stdout.lines().next().unwrap();
@@ -969,6 +971,9 @@ fn root_trace_text_columns_time_wide_and_half_close() {
             .count() as u64;
         assert_eq!(rtx, half_rtx, "client retransmits: {client:#?}");
         assert!(rtx >= 1, "the dropped FIN was never sent again");
+        if let Some(container) = &client[0].container {
+            assert_eq!(container, "-", "CONTAINER of the client, which runs in none");
+        }
         if let Some(cg) = &client[0].cgroup {
             let expected = crate::support::cgroup_v2_of(std::process::id()).expect("cgroup v2");
             assert_eq!(
