@@ -32,7 +32,8 @@ const EMPTY_SOCK: SockInfo = SockInfo {
     stack_id: -1,
     netns: 0,
     state: 0,
-    _pad: [0; 7],
+    used: 0,
+    _pad: [0; 6],
 };
 
 /// `sock:inet_sock_set_state`, classic: every TCP state transition (`skaddr, oldstate,

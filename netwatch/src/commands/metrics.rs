@@ -614,7 +614,7 @@ impl MetricsSink {
                     ])
                     .inc();
             }
-            EventKind::Destroy { .. } | EventKind::Accept { .. } => {}
+            EventKind::Destroy { .. } | EventKind::Accept { .. } | EventKind::FirstUse { .. } => {}
         }
     }
 

@@ -145,6 +145,21 @@ pub enum EventKind {
     Destroy { state: Option<TcpState> },
     /// A process accepted the socket (`syscalls:sys_exit_accept4`); it is the owner.
     Accept { state: Option<TcpState> },
+    /// The socket's first send or first receive (`sock:sock_send_length` /
+    /// `sock_recv_length`, code-path modes only), by the process and from the user stack
+    /// the event carries: the code that handles the connection.
+    FirstUse {
+        state: Option<TcpState>,
+        call: UseCall,
+    },
+}
+
+/// Which call a [`EventKind::FirstUse`] was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UseCall {
+    Send,
+    Recv,
 }
 
 impl EventKind {
@@ -171,6 +186,14 @@ impl EventKind {
             EventKind::ResetSent { .. } => "RESET_SENT",
             EventKind::Destroy { .. } => "DESTROY",
             EventKind::Accept { .. } => "ACCEPT",
+            EventKind::FirstUse {
+                call: UseCall::Send,
+                ..
+            } => "FIRST_SEND",
+            EventKind::FirstUse {
+                call: UseCall::Recv,
+                ..
+            } => "FIRST_RECV",
         }
     }
 }
@@ -294,6 +317,12 @@ impl Event {
         }
     }
 
+    /// Whether the kernel captured a user stack at this event: the opener's
+    /// ([`Event::opens_socket`]) or the first sender's or receiver's (`FirstUse`).
+    pub fn carries_stack(&self) -> bool {
+        self.opens_socket() || matches!(self.kind, EventKind::FirstUse { .. })
+    }
+
     /// Decodes one kernel record.
     pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Self, DecodeError> {
         let family = if raw.family == AF_INET6 {
@@ -329,6 +358,14 @@ impl Event {
             },
             event_kind::DESTROY => EventKind::Destroy { state },
             event_kind::ACCEPT => EventKind::Accept { state },
+            event_kind::FIRST_USE => EventKind::FirstUse {
+                state,
+                call: if raw.aux == netwatch_common::first_use::RECV {
+                    UseCall::Recv
+                } else {
+                    UseCall::Send
+                },
+            },
             other => return Err(DecodeError::Kind(other)),
         };
         let known = raw.tgid != 0;
@@ -429,6 +466,8 @@ struct FlatEvent<'a> {
     #[serde(default, borrow)]
     reason: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
+    call: Option<UseCall>,
+    #[serde(default)]
     stack_id: Option<u32>,
     #[serde(default)]
     stack: Vec<String>,
@@ -478,6 +517,10 @@ impl Event {
             },
             "destroy" => EventKind::Destroy { state },
             "accept" => EventKind::Accept { state },
+            "first_use" => EventKind::FirstUse {
+                state,
+                call: f.call.ok_or_else(|| bad("call", "missing"))?,
+            },
             other => return Err(bad("kind", other)),
         };
         let cgroup = f.cgroup.map(|c| c.into_owned());
