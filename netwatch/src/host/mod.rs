@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod clock;
 pub mod netns;
 pub mod netstat;
+pub mod perfmap;
 pub mod procfd;
 #[cfg(test)]
 pub mod scratch;

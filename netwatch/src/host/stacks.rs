@@ -11,6 +11,7 @@
 use std::{collections::HashMap, path::Path};
 
 use aya::maps::{MapData, StackTraceMap};
+use crate::host::perfmap::{self, PerfMap};
 use crate::model::frames::{
     Frame, Headline, Origin, Runtime, headline, module_runtime, why_not_shown,
 };
@@ -89,7 +90,7 @@ impl Stacks {
             if let Some(ret) = sp_word.filter(|&w| caller_return_address(pid, &addrs, w)) {
                 addrs.insert(1, ret);
             }
-            let perf_map = perf_map_mtime(pid);
+            let perf_map = perfmap::modified(pid);
             let path = std::sync::Arc::new(symbolize_path(&self.symbolizer, pid, &addrs));
             self.cache.insert(
                 key,
@@ -118,7 +119,7 @@ impl Stacks {
         if cached.path.headline.is_some() {
             return None;
         }
-        let now = perf_map_mtime(pid);
+        let now = perfmap::modified(pid);
         if now.is_none() || now == cached.perf_map {
             return None;
         }
@@ -130,21 +131,6 @@ impl Stacks {
         cached.path = std::sync::Arc::new(path);
         Some(cached.path.clone())
     }
-}
-
-/// The modification time of process `pid`'s perf map, as blazesym finds it: in the process's
-/// own `/tmp` (`/proc/PID/root/tmp`), named by the pid it sees itself as (its pid namespace).
-fn perf_map_mtime(pid: u32) -> Option<std::time::SystemTime> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let ns_pid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))
-        .and_then(|v| v.split_whitespace().last())
-        .and_then(|v| v.parse::<u32>().ok())
-        .unwrap_or(pid);
-    std::fs::metadata(format!("/proc/{pid}/root/tmp/perf-{ns_pid}.map"))
-        .and_then(|m| m.modified())
-        .ok()
 }
 
 /// Whether `word`, read at the user stack pointer when the syscall returned, is the return
@@ -166,9 +152,9 @@ fn caller_return_address(pid: u32, addrs: &[u64], word: u64) -> bool {
 }
 
 /// Symbolizes the user addresses `addrs` of process `pid`: one line per frame, and the
-/// application frame among them. Addresses in anonymous memory are looked up in the process's
-/// perf map (`/tmp/perf-PID.map` in its own root and pid namespace), where JIT runtimes name
-/// their code; such frames print as `name (perf map)`.
+/// application frame among them. Addresses no file backs are looked up in the process's perf
+/// map ([`perfmap`]), where JIT runtimes name their code; such frames print as
+/// `name (perf map)`.
 pub fn symbolize_path(symbolizer: &Symbolizer, pid: u32, addrs: &[u64]) -> CodePath {
     if addrs.is_empty() {
         return CodePath::default();
@@ -178,7 +164,11 @@ pub fn symbolize_path(symbolizer: &Symbolizer, pid: u32, addrs: &[u64]) -> CodeP
     // instruction, so the same holds for it.)
     let lookup: Vec<u64> = addrs.iter().map(|a| a.saturating_sub(1)).collect();
     let maps = Modules::read(pid);
-    let src = Source::Process(Process::new(pid.into()));
+    // Perf maps are read by `perfmap`, not by blazesym (which refuses the JVM's).
+    let mut process = Process::new(pid.into());
+    process.perf_map = false;
+    let src = Source::Process(process);
+    let mut perf_map: Option<Option<PerfMap>> = None;
     let symbolized = symbolizer
         .symbolize(&src, Input::AbsAddr(&lookup))
         .unwrap_or_else(|e| {
@@ -210,13 +200,27 @@ pub fn symbolize_path(symbolizer: &Symbolizer, pid: u32, addrs: &[u64]) -> CodeP
                     ),
                     (_, Some(m)) => format!("{} ({})", sym.name, base_name(Path::new(m))),
                     (_, None) if maps.is_empty() => format!("{} (process exited)", sym.name),
-                    (_, None) => format!("{} (perf map)", sym.name),
+                    (_, None) => format!("{} (?)", sym.name),
                 });
                 found.push((sym.name.to_string(), file, line, origin_module));
             }
             _ => {
-                lines.push(format!("{addr:#x} ({})", maps.module(addr)));
-                found.push((String::new(), None, None, mapped.map(str::to_string)));
+                // Code no file backs: the runtime's perf map may name it.
+                let jit = mapped
+                    .is_none()
+                    .then(|| perf_map.get_or_insert_with(|| PerfMap::read(pid)).as_ref())
+                    .flatten()
+                    .and_then(|m| m.lookup(lookup[i]));
+                match jit {
+                    Some(name) => {
+                        lines.push(format!("{name} (perf map)"));
+                        found.push((name.to_string(), None, None, None));
+                    }
+                    None => {
+                        lines.push(format!("{addr:#x} ({})", maps.module(addr)));
+                        found.push((String::new(), None, None, mapped.map(str::to_string)));
+                    }
+                }
             }
         }
     }
@@ -236,8 +240,15 @@ pub fn symbolize_path(symbolizer: &Symbolizer, pid: u32, addrs: &[u64]) -> CodeP
         // mappings still say what it runs on.
         runtimes.extend(maps.runtime());
     }
+    let why_not = match headline {
+        Some(_) => None,
+        None if maps.is_empty() => {
+            Some("the process exited before its code path could be symbolized".to_string())
+        }
+        None => Some(why_not_shown(&runtimes)),
+    };
     CodePath {
-        why_not: headline.is_none().then(|| why_not_shown(&runtimes)),
+        why_not,
         headline,
         frames: lines,
     }
@@ -337,8 +348,12 @@ mod tests {
     fn frames_of_a_process_that_is_gone_say_so() {
         // Pids are at most 2^22 on Linux: this one cannot exist.
         let path = symbolize_path(&Symbolizer::new(), 99_999_999, &[0x7f00_0000_1234]);
-        let frames = path.frames;
-        assert_eq!(frames, vec!["0x7f0000001234 (process exited)".to_string()]);
+        assert_eq!(path.frames, vec!["0x7f0000001234 (process exited)".to_string()]);
+        assert_eq!(path.headline, None);
+        assert_eq!(
+            path.why_not.as_deref(),
+            Some("the process exited before its code path could be symbolized")
+        );
         assert_eq!(Modules(vec![(1, 2, "m".into())]).module(5), "?");
     }
 
