@@ -6,6 +6,9 @@
 // What the modules share: the tracer harness, known workloads, /proc and BPF look-ups.
 mod support;
 
+// In Node, Java and Python servers and clients, `leaks` names the handler from the perf map
+// (first send or receive), or says why it cannot.
+mod codepaths;
 // Filters (-p, -L, a bad expression) act in the kernel and equal filtering afterwards.
 mod filters;
 // `leaks` finds forgotten sockets, live and --once, with the real holder, fds, code path, cgroup.
