@@ -65,12 +65,16 @@ pub fn path(pid: u32) -> Option<PathBuf> {
         .and_then(|v| v.split_whitespace().last())
         .and_then(|v| v.parse::<u32>().ok())
         .unwrap_or(pid);
-    Some(PathBuf::from(format!("/proc/{pid}/root/tmp/perf-{ns_pid}.map")))
+    Some(PathBuf::from(format!(
+        "/proc/{pid}/root/tmp/perf-{ns_pid}.map"
+    )))
 }
 
 /// When process `pid`'s perf map last changed; `None` when it has none.
 pub fn modified(pid: u32) -> Option<SystemTime> {
-    std::fs::metadata(path(pid)?).and_then(|m| m.modified()).ok()
+    std::fs::metadata(path(pid)?)
+        .and_then(|m| m.modified())
+        .ok()
 }
 
 #[cfg(test)]

@@ -10,11 +10,11 @@
 //! application frame (`model::frames`), the handler a leak is fixed in.
 use std::{collections::HashMap, path::Path};
 
-use aya::maps::{MapData, StackTraceMap};
 use crate::host::perfmap::{self, PerfMap};
 use crate::model::frames::{
     Frame, Headline, Origin, Runtime, headline, module_runtime, why_not_shown,
 };
+use aya::maps::{MapData, StackTraceMap};
 use blazesym::symbolize::{
     Input, Symbolized, Symbolizer,
     source::{Process, Source},
@@ -181,7 +181,10 @@ pub fn symbolize_path(symbolizer: &Symbolizer, pid: u32, addrs: &[u64]) -> CodeP
         let mapped = maps.path(addr);
         match symbolized.get(i) {
             Some(Symbolized::Sym(sym)) => {
-                let module = sym.module.as_deref().map(|m| m.to_string_lossy().into_owned());
+                let module = sym
+                    .module
+                    .as_deref()
+                    .map(|m| m.to_string_lossy().into_owned());
                 // blazesym looks in the perf map only for addresses no file backs.
                 let origin_module = module.clone().or_else(|| mapped.map(str::to_string));
                 let file = sym.code_info.as_ref().map(|ci| {
@@ -348,7 +351,10 @@ mod tests {
     fn frames_of_a_process_that_is_gone_say_so() {
         // Pids are at most 2^22 on Linux: this one cannot exist.
         let path = symbolize_path(&Symbolizer::new(), 99_999_999, &[0x7f00_0000_1234]);
-        assert_eq!(path.frames, vec!["0x7f0000001234 (process exited)".to_string()]);
+        assert_eq!(
+            path.frames,
+            vec!["0x7f0000001234 (process exited)".to_string()]
+        );
         assert_eq!(path.headline, None);
         assert_eq!(
             path.why_not.as_deref(),

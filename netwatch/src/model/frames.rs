@@ -95,7 +95,9 @@ pub fn classify(f: &Frame<'_>) -> Class {
 }
 
 /// The innermost application frame of `frames` (innermost first), and the runtimes seen.
-pub fn headline<'a>(frames: impl IntoIterator<Item = Frame<'a>>) -> (Option<Headline>, Vec<Runtime>) {
+pub fn headline<'a>(
+    frames: impl IntoIterator<Item = Frame<'a>>,
+) -> (Option<Headline>, Vec<Runtime>) {
     let mut runtimes = Vec::new();
     for f in frames {
         match classify(&f) {
@@ -166,8 +168,8 @@ fn is_shared_object(module: &str) -> bool {
 /// C library code linked into an executable (static builds): syscall wrappers and start-up.
 fn is_libc_symbol(name: &str) -> bool {
     const WRAPPERS: &[&str] = &[
-        "accept", "accept4", "connect", "send", "sendto", "sendmsg", "recv", "recvfrom",
-        "recvmsg", "read", "write", "readv", "writev", "close", "syscall", "_start",
+        "accept", "accept4", "connect", "send", "sendto", "sendmsg", "recv", "recvfrom", "recvmsg",
+        "read", "write", "readv", "writev", "close", "syscall", "_start",
     ];
     name.starts_with("__") || WRAPPERS.contains(&name)
 }
@@ -200,9 +202,16 @@ fn perf_map_frame(name: &str) -> Class {
     {
         return v8_function(rest);
     }
-    if ["Builtin:", "BytecodeHandler:", "Stub:", "Handler:", "RegExp:", "Builtins_"]
-        .iter()
-        .any(|p| name.starts_with(p))
+    if [
+        "Builtin:",
+        "BytecodeHandler:",
+        "Stub:",
+        "Handler:",
+        "RegExp:",
+        "Builtins_",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
     {
         return Class::Runtime(Some(Runtime::Node));
     }
@@ -260,7 +269,15 @@ fn python_function(rest: &str) -> Class {
 
 /// Packages whose methods are the platform's or a framework's, not the application's.
 const JVM_INTERNAL: &[&str] = &[
-    "java.", "javax.", "jdk.", "sun.", "com.sun.", "io.netty.", "kotlin.", "kotlinx.", "scala.",
+    "java.",
+    "javax.",
+    "jdk.",
+    "sun.",
+    "com.sun.",
+    "io.netty.",
+    "kotlin.",
+    "kotlinx.",
+    "scala.",
 ];
 
 /// A JVM perf map entry: `ReturnType pkg.Class.method(ArgTypes)` for a compiled method;
@@ -343,9 +360,18 @@ mod tests {
             ("uv__server_io", "/usr/bin/node"),
             ("node::StreamBase::WriteString", "/usr/bin/node"),
             ("uv__io_poll", "/usr/lib/x86_64-linux-gnu/libuv.so.1"),
-            ("JavaCalls::call_helper", "/usr/lib/jvm/java-17/lib/server/libjvm.so"),
-            ("Java_sun_nio_ch_SocketDispatcher_write0", "/usr/lib/jvm/x/lib/libnio.so"),
-            ("sock_accept", "/usr/lib/python3.11/lib-dynload/_socket.cpython-311-x86_64-linux-gnu.so"),
+            (
+                "JavaCalls::call_helper",
+                "/usr/lib/jvm/java-17/lib/server/libjvm.so",
+            ),
+            (
+                "Java_sun_nio_ch_SocketDispatcher_write0",
+                "/usr/lib/jvm/x/lib/libnio.so",
+            ),
+            (
+                "sock_accept",
+                "/usr/lib/python3.11/lib-dynload/_socket.cpython-311-x86_64-linux-gnu.so",
+            ),
             ("_PyEval_EvalFrameDefault", "/usr/bin/python3.11"),
             ("SSL_write", "/usr/lib/x86_64-linux-gnu/libssl.so.3"),
             ("", "[heap]"),
@@ -373,7 +399,9 @@ mod tests {
     #[test]
     fn node_functions_from_the_perf_map_are_the_application_unless_nodes_own() {
         assert_eq!(
-            classify(&jit("JS:~handleConnectionForgetsEnd /srv/app/server.js:12:36")),
+            classify(&jit(
+                "JS:~handleConnectionForgetsEnd /srv/app/server.js:12:36"
+            )),
             app("handleConnectionForgetsEnd", Some("server.js:12"))
         );
         // Optimized (`*`), and the older `LazyCompile:` prefix.
@@ -408,7 +436,9 @@ mod tests {
             app("LeakyPool.handleForgetsClose", None)
         );
         assert_eq!(
-            classify(&jit("int com.shop.orders.OrderClient.fetch(java.lang.String, int)")),
+            classify(&jit(
+                "int com.shop.orders.OrderClient.fetch(java.lang.String, int)"
+            )),
             app("OrderClient.fetch", None)
         );
         for runtime in [
@@ -472,7 +502,10 @@ mod tests {
         ]);
         assert_eq!(h, None);
         let why = why_not_shown(&runtimes);
-        assert!(why.contains("Python 3.12") && why.contains("-X perf"), "{why}");
+        assert!(
+            why.contains("Python 3.12") && why.contains("-X perf"),
+            "{why}"
+        );
         assert!(why_not_shown(&[]).contains("stripped binary"));
         assert!(why_not_shown(&[Runtime::Jvm]).contains("Compiler.perfmap"));
         assert!(why_not_shown(&[Runtime::Node]).contains("--perf-basic-prof"));

@@ -337,7 +337,9 @@ mod tests {
                 function: h.into(),
                 location: Some("server.js:12".into()),
             }),
-            why_not: handler.is_none().then(|| "no application frame".to_string()),
+            why_not: handler
+                .is_none()
+                .then(|| "no application frame".to_string()),
         })
     }
 
@@ -345,7 +347,13 @@ mod tests {
     fn sockets_of_one_handler_make_one_group_whatever_the_loop_did() {
         let mut members: Vec<Stuck> = (0..1000)
             .map(|i| {
-                let mut s = stuck(1, &format!("10.0.3.1:{}", 10_000 + i), 5000.0, 7 + i as u32, None);
+                let mut s = stuck(
+                    1,
+                    &format!("10.0.3.1:{}", 10_000 + i),
+                    5000.0,
+                    7 + i as u32,
+                    None,
+                );
                 s.stack = Some(through_loop(i % 7, None));
                 s.used = Some((UseCall::Send, through_loop(i % 5, Some("handleRequest"))));
                 s

@@ -443,7 +443,10 @@ mod tests {
             Some(vec!["f3 of 42".to_string()])
         );
         let (call, used) = s.used.as_ref().expect("first use of socket 77");
-        assert_eq!((*call, used.frames.clone()), (UseCall::Send, vec!["write".into()]));
+        assert_eq!(
+            (*call, used.frames.clone()),
+            (UseCall::Send, vec!["write".into()])
+        );
     }
 
     #[test]
@@ -617,7 +620,10 @@ mod tests {
             s.stack.as_ref().map(|p| p.frames.clone()),
             Some(vec!["f5 of 10".to_string()])
         );
-        assert!(s.used.is_none(), "a closed socket's address is not looked up");
+        assert!(
+            s.used.is_none(),
+            "a closed socket's address is not looked up"
+        );
         // In FIN_WAIT2 since 0.5 s before the close at 3 s: 1.5 s at 4 s, exactly.
         assert_eq!((s.age_ms, s.at_least), (1500.0, false));
         // Only connections this host closed first can leave an orphan.
