@@ -17,7 +17,8 @@ use std::{
 };
 
 use crate::support::{
-    TCP_CLOSE_WAIT, Tracer, endpoint, eventually, marked_line, tcpdrive, wait_fds_in_state,
+    Scratch, TCP_CLOSE_WAIT, Tracer, build_fixture, endpoint, eventually, marked_line, tcpdrive,
+    wait_fds_in_state,
 };
 use netwatch_tests::{
     NetPair, ReadyChild, Side, find_line, output_with_timeout, require_root, unique_port,
@@ -61,6 +62,17 @@ fn fixture(name: &str) -> String {
         .to_string()
 }
 
+/// `node` with the flags that name its JavaScript frames, in `side`'s namespace, run from
+/// `scratch` (with these flags V8 also writes an `isolate-*-v8.log` into its working
+/// directory).
+fn node_cmd(pair: &NetPair, side: Side, node: &Path, scratch: &Scratch, args: &[&str]) -> Command {
+    let mut all = vec!["--perf-basic-prof", "--interpreted-frames-native-stack"];
+    all.extend_from_slice(args);
+    let mut cmd = pair.exec(side, node, &all);
+    cmd.current_dir(scratch.path("."));
+    cmd
+}
+
 /// The groups of pid `pid` in `snap`.
 fn groups_of(snap: &Value, pid: u32) -> Vec<&Value> {
     snap["groups"]
@@ -77,13 +89,23 @@ fn strs(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap_or_else(|| panic!("not an array: {v}"))
         .iter()
-        .map(|s| s.as_str().unwrap_or_else(|| panic!("not a string: {s}")).to_string())
+        .map(|s| {
+            s.as_str()
+                .unwrap_or_else(|| panic!("not a string: {s}"))
+                .to_string()
+        })
         .collect()
 }
 
 /// Waits for a snapshot where pid `pid` has exactly one CLOSE_WAIT group, of `n` sockets, that
 /// satisfies `done`; returns that group. Panics with the last snapshot seen otherwise.
-fn wait_group(tracer: &mut Tracer, pid: u32, n: usize, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+fn wait_group(
+    tracer: &mut Tracer,
+    pid: u32,
+    n: usize,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let snap = tracer.wait_for_json_line(what, SNAPSHOT_BOUND, |s| {
         let gs = groups_of(s, pid);
         gs.len() == 1
@@ -140,9 +162,10 @@ fn check_handler_group(g: &Value, pid: u32, fds: &[u32], function: &str, locatio
     assert_eq!(g["first_used_by"], "send", "{g:#}");
     let used = strs(&g["first_used_at"]);
     assert!(
-        used.iter()
-            .any(|f| f.contains(function.rsplit('.').next().unwrap_or(function))
-                && f.ends_with("(perf map)")),
+        used.iter().any(
+            |f| f.contains(function.rsplit('.').next().unwrap_or(function))
+                && f.ends_with("(perf map)")
+        ),
         "the first use's stack has the handler's perf-map frame: {used:#?}"
     );
 }
@@ -161,12 +184,13 @@ fn root_leaks_names_the_node_handler_that_never_ends_its_sockets() {
     let (ip, port) = (pair.server_v4(), unique_port());
     let addr = endpoint(IpAddr::V4(ip), port);
     let mut tracer = Tracer::start(LEAKS);
-    let srv = ReadyChild::spawn(pair.exec(
+    let scratch = Scratch::new("node-server");
+    let srv = ReadyChild::spawn(node_cmd(
+        &pair,
         Side::Server,
         &node,
+        &scratch,
         &[
-            "--perf-basic-prof",
-            "--interpreted-frames-native-stack",
             &fixture("leaky_server.js"),
             &ip.to_string(),
             &port.to_string(),
@@ -190,13 +214,18 @@ fn root_leaks_names_the_node_handler_that_never_ends_its_sockets() {
         "accept() from libuv's loop: {opened:#?}"
     );
     assert!(
-        !opened.iter().any(|f| f.contains("handleConnectionForgetsEnd")),
+        !opened
+            .iter()
+            .any(|f| f.contains("handleConnectionForgetsEnd")),
         "{opened:#?}"
     );
 
     // The text form leads with the handler.
     let (status, stdout, stderr) = tracer.stop_output();
-    assert!(status.success(), "netwatch leaks exited {status}:\n{stderr}");
+    assert!(
+        status.success(),
+        "netwatch leaks exited {status}:\n{stderr}"
+    );
     assert!(stdout.contains("\"leaked_by\""), "{stdout}");
     drop(srv);
 }
@@ -215,12 +244,13 @@ fn root_leaks_text_leads_with_the_node_handler() {
     let (ip, port) = (pair.server_v4(), unique_port());
     let addr = endpoint(IpAddr::V4(ip), port);
     let tracer = Tracer::start(&["leaks", "--min-age", "1s", "--interval", "1s"]);
-    let srv = ReadyChild::spawn(pair.exec(
+    let scratch = Scratch::new("node-server");
+    let srv = ReadyChild::spawn(node_cmd(
+        &pair,
         Side::Server,
         &node,
+        &scratch,
         &[
-            "--perf-basic-prof",
-            "--interpreted-frames-native-stack",
             &fixture("leaky_server.js"),
             &ip.to_string(),
             &port.to_string(),
@@ -238,8 +268,14 @@ fn root_leaks_text_leads_with_the_node_handler() {
             .any(|l| l.trim() == want)
     });
     let (status, stdout, stderr) = tracer.stop_output();
-    assert!(shown, "no `{want}` within {SNAPSHOT_BOUND:?}:\n{stdout}\n{stderr}");
-    assert!(status.success(), "netwatch leaks exited {status}:\n{stderr}");
+    assert!(
+        shown,
+        "no `{want}` within {SNAPSHOT_BOUND:?}:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        status.success(),
+        "netwatch leaks exited {status}:\n{stderr}"
+    );
     // In the block of the server's group: its header, the headline, both code paths.
     let block = stdout
         .split("\n\n")
@@ -247,7 +283,10 @@ fn root_leaks_text_leads_with_the_node_handler() {
         .last()
         .unwrap_or_else(|| panic!("no block for {header}:\n{stdout}"));
     let lines: Vec<&str> = block.lines().collect();
-    assert!(lines[1].contains(&format!("{N} sockets in CLOSE_WAIT")), "{block}");
+    assert!(
+        lines[1].contains(&format!("{N} sockets in CLOSE_WAIT")),
+        "{block}"
+    );
     assert_eq!(lines[2], format!("  {want}"), "{block}");
     assert_eq!(lines[3], "  opened by accept() at:", "{block}");
     assert!(block.contains("\n  first used by a send at:\n"), "{block}");
@@ -274,12 +313,13 @@ fn root_leaks_names_the_node_client_that_never_reads_its_replies() {
         &["serve-close-first", &addr, "--count", &N.to_string()],
     ));
     let mut tracer = Tracer::start(LEAKS);
-    let client = ReadyChild::spawn(pair.exec(
+    let scratch = Scratch::new("node-client");
+    let client = ReadyChild::spawn(node_cmd(
+        &pair,
         Side::Client,
         &node,
+        &scratch,
         &[
-            "--perf-basic-prof",
-            "--interpreted-frames-native-stack",
             &fixture("leaky_client.js"),
             &ip.to_string(),
             &port.to_string(),
@@ -409,7 +449,11 @@ fn root_leaks_says_python_311_frames_cannot_be_shown() {
     let srv = ReadyChild::spawn(pair.exec(
         Side::Server,
         &python,
-        &[&fixture("leaky_server.py"), &ip.to_string(), &port.to_string()],
+        &[
+            &fixture("leaky_server.py"),
+            &ip.to_string(),
+            &port.to_string(),
+        ],
     ));
     let pid = srv.pid();
     request_and_close(&pair, &addr, N);
@@ -457,5 +501,93 @@ fn root_leaks_says_python_311_frames_cannot_be_shown() {
             "{opened:#?}"
         );
     }
+    drop(srv);
+}
+
+/// A tracefs view with every tracepoint netwatch uses but the first-use ones, as on Linux 6.1
+/// (`sock_send_length` and `sock_recv_length` came in 6.3).
+fn tracefs_without_first_use(scratch: &Scratch) -> PathBuf {
+    let fake = scratch.path("tracefs");
+    // Starting netwatch once mounts tracefs if needed.
+    Tracer::start(&["trace", "--json", "--duration", "1s"]).wait_exit();
+    let events = Path::new("/sys/kernel/tracing/events");
+    for event in [
+        "sock/inet_sock_set_state",
+        "tcp/tcp_retransmit_skb",
+        "tcp/tcp_retransmit_synack",
+        "tcp/tcp_receive_reset",
+        "tcp/tcp_send_reset",
+        "tcp/tcp_destroy_sock",
+        "tcp/tcp_rcv_space_adjust",
+        "syscalls/sys_exit_accept4",
+        "syscalls/sys_exit_accept",
+    ] {
+        let dir = fake.join("events").join(event);
+        std::fs::create_dir_all(&dir).expect("fake tracefs");
+        let format = std::fs::read(events.join(event).join("format"))
+            .unwrap_or_else(|e| panic!("{event}: {e}"));
+        std::fs::write(dir.join("format"), format).expect("fake format");
+    }
+    fake
+}
+
+#[test]
+fn root_leaks_without_the_first_use_tracepoints_warns_and_shows_the_opening() {
+    let test = "root_leaks_without_the_first_use_tracepoints_warns_and_shows_the_opening";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new("no-first-use");
+    let fake = tracefs_without_first_use(&scratch);
+    let pair = NetPair::new();
+    let (ip, port) = (pair.server_v4(), unique_port());
+    let addr = endpoint(IpAddr::V4(ip), port);
+    let mut tracer = Tracer::start_with(LEAKS, |c| {
+        c.env("NETWATCH_TRACEFS", &fake);
+    });
+    let srv = ReadyChild::spawn(pair.exec(
+        Side::Server,
+        &build_fixture("leaky_server"),
+        &[&ip.to_string(), &port.to_string()],
+    ));
+    let pid = srv.pid();
+    let out = output_with_timeout(
+        pair.exec(
+            Side::Client,
+            &tcpdrive(),
+            &["connect-close", &addr, "--count", &N.to_string()],
+        ),
+        30,
+    );
+    assert!(out.status.success(), "connect-close {addr}");
+    wait_fds_in_state(pid, TCP_CLOSE_WAIT, N, STATE_BOUND);
+    let g = wait_group(&mut tracer, pid, N, "the C server's group", |g| {
+        g["code_path_seen"] == true
+    });
+    // The opening's code path names the handler; the first use is not seen, and says so.
+    assert_eq!(
+        g["leaked_by"]["function"], "handle_conn_forgets_close",
+        "{g:#}"
+    );
+    assert_eq!(g["first_use_seen"], false, "{g:#}");
+    assert!(strs(&g["first_used_at"]).is_empty(), "{g:#}");
+    let stderr = tracer.stderr_lines().join("\n");
+    for event in ["sock:sock_send_length", "sock:sock_recv_length"] {
+        assert!(
+            stderr.contains(&format!(
+                "warn: tracepoint {event} does not exist on this kernel"
+            )),
+            "a warning for {event}:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("(8 of 10 tracepoints attached"),
+        "the other eight attach:\n{stderr}"
+    );
+    let (status, _, stderr) = tracer.stop_output();
+    assert!(
+        status.success(),
+        "netwatch leaks exited {status}:\n{stderr}"
+    );
     drop(srv);
 }
