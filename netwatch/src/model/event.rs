@@ -744,11 +744,38 @@ mod tests {
     }
 
     #[test]
+    fn first_use_events_decode_their_call_and_carry_a_stack() {
+        let mut r = raw(event_kind::FIRST_USE);
+        r.flags = event_flags::OWNER_CAPTURED | event_flags::AUX_VALID | event_flags::STACK_VALID;
+        r.stack_id = 12;
+        r.aux = netwatch_common::first_use::RECV;
+        let ev = Event::decode(&r, &DecodeContext::default()).unwrap();
+        assert_eq!(
+            ev.kind,
+            EventKind::FirstUse {
+                state: Some(TcpState::Established),
+                call: UseCall::Recv
+            }
+        );
+        assert_eq!((ev.kind.label(), ev.stack_id), ("FIRST_RECV", Some(12)));
+        assert!(ev.carries_stack() && !ev.opens_socket());
+        r.aux = netwatch_common::first_use::SEND;
+        let ev = Event::decode(&r, &DecodeContext::default()).unwrap();
+        assert_eq!(ev.kind.label(), "FIRST_SEND");
+        let line = serde_json::to_string(&ev).unwrap();
+        assert!(line.contains(r#""kind":"first_use""#) && line.contains(r#""call":"send""#));
+        // A first_use line without its call is refused, naming the field.
+        let bad = line.replace(r#","call":"send""#, "");
+        let e = Event::from_json_line(bad.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("`call`"), "{e}");
+    }
+
+    #[test]
     fn the_fast_reader_reads_every_kind_like_the_derived_one() {
         let cx = DecodeContext {
             reset_reasons: vec![(1, "NO_SOCKET".into())],
         };
-        for kind in 1..=7 {
+        for kind in 1..=8 {
             let mut r = raw(kind);
             r.flags = event_flags::AUX_VALID | event_flags::TCP_INFO | event_flags::DWELL_KNOWN;
             r.aux = 1;
