@@ -44,6 +44,20 @@ pub mod event_kind {
     /// `syscalls:sys_exit_accept4` / `sys_exit_accept`: a process accepted this socket; the
     /// owner is that process.
     pub const ACCEPT: u8 = 7;
+    /// `sock:sock_send_length` / `sock:sock_recv_length`: the first send (`aux` = 0) or the
+    /// first receive (`aux` = 1) on this socket, in the calling task's context; `stack_id` is
+    /// that task's user stack there (the code that uses the socket).
+    pub const FIRST_USE: u8 = 8;
+}
+
+/// [`RawEvent::aux`] of a `FIRST_USE` event, and the bits of [`SockInfo::used`].
+pub mod first_use {
+    pub const SEND: u32 = 0;
+    pub const RECV: u32 = 1;
+    /// `SockInfo::used` bit: the first send was captured.
+    pub const SENT: u8 = 1;
+    /// `SockInfo::used` bit: the first receive was captured.
+    pub const RECEIVED: u8 = 2;
 }
 
 /// Bits of [`RawEvent::flags`].
@@ -135,7 +149,10 @@ pub struct SockInfo {
     /// Inode of the socket's network namespace; 0 = not read (yet).
     pub netns: u32,
     pub state: u8,
-    pub _pad: [u8; 7],
+    /// `first_use::SENT` / `RECEIVED`: the first send / receive was captured (code-path modes
+    /// only); 0 again when the address starts a new socket.
+    pub used: u8,
+    pub _pad: [u8; 6],
 }
 
 /// Offset of a tracepoint field that the running kernel does not have.
@@ -385,6 +402,8 @@ pub mod names {
     pub const DESTROY_FIELDS: &str = "DESTROY_FIELDS";
     pub const ACCEPT_FIELDS: &str = "ACCEPT_FIELDS";
     pub const FIRST_READ_FIELDS: &str = "FIRST_READ_FIELDS";
+    /// Layout of `sock:sock_send_length` and `sock:sock_recv_length` (the same format).
+    pub const FIRST_USE_FIELDS: &str = "FIRST_USE_FIELDS";
     pub const KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
     /// Global [`RawArgs`](super::RawArgs): argument counts of the raw tracepoints.
     pub const RAW_ARGS: &str = "RAW_ARGS";

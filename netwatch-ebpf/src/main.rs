@@ -107,6 +107,8 @@ static DESTROY_FIELDS: TpFields = TpFields::NONE;
 static ACCEPT_FIELDS: TpFields = TpFields::NONE;
 #[unsafe(no_mangle)]
 static FIRST_READ_FIELDS: TpFields = TpFields::NONE;
+#[unsafe(no_mangle)]
+static FIRST_USE_FIELDS: TpFields = TpFields::NONE;
 /// What to drop before the ring buffer (`--pid`, ports, family, cgroup).
 #[unsafe(no_mangle)]
 static FILTER: KernelFilter = KernelFilter::ANY;

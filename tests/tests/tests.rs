@@ -6,6 +6,9 @@
 // What the modules share: the tracer harness, known workloads, /proc and BPF look-ups.
 mod support;
 
+// In Node, Java and Python servers and clients, `leaks` names the handler from the perf map
+// (first send or receive), or says why it cannot.
+mod codepaths;
 // `completions` for every shell the README names load or name every subcommand; the man page.
 mod completions;
 // Real podman containers, one with Kubernetes labels: trace, life, leaks, Prometheus and a

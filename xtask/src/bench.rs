@@ -30,6 +30,7 @@
 //! `not built yet` (found by `netwatch <sub> --help`), so the table's shape stays stable while
 //! they are being written.
 
+mod bulk;
 mod kernel;
 mod netns;
 mod proc;
@@ -524,6 +525,8 @@ pub struct Results {
     /// Replay speed and tracker memory, when `analyze` is built.
     pub offline: Option<replay::Offline>,
     pub tax: tax::SyscallTax,
+    /// Bulk transfer untraced, with `report` and with `leaks` (the first-send programs).
+    pub bulk: bulk::Bulk,
     pub took: Duration,
 }
 
@@ -646,11 +649,24 @@ pub fn bench(opts: Options) -> Result<()> {
         .iter()
         .filter(|(_, a)| *a == Availability::Ready)
         .count();
+    let bulk_ready = bulk::TRACERS.iter().all(|t| {
+        *t == Tracer::None
+            || tracers
+                .iter()
+                .chain(&tax_tracers)
+                .any(|k| *k == (*t, Availability::Ready))
+    });
+    let bulk_rounds = plan.runs.max(3);
     let mut progress = Progress {
         step: 0,
         total: Workload::ALL.len() * (1 + plan.runs as usize * runnable)
             + plan.rate_steps.len()
-            + plan.tax_rounds as usize * tax_runnable,
+            + plan.tax_rounds as usize * tax_runnable
+            + if bulk_ready {
+                bulk_rounds as usize * bulk::TRACERS.len()
+            } else {
+                0
+            },
     };
 
     let mut counts = Vec::new();
@@ -692,6 +708,14 @@ pub fn bench(opts: Options) -> Result<()> {
     } else {
         None
     };
+    let bulk = if bulk_ready {
+        bulk::measure(&env, bulk_rounds, &mut progress)?
+    } else {
+        bulk::Bulk {
+            skipped: Some("`netwatch report` or `netwatch leaks` is not available".into()),
+            ..bulk::Bulk::default()
+        }
+    };
     // Namespaces deleted and bpf_stats_enabled restored before the report is written, and
     // before the syscall tax, which needs neither: `dd` runs as on a machine nobody benches.
     let netwatch = env.netwatch.clone();
@@ -712,6 +736,7 @@ pub fn bench(opts: Options) -> Result<()> {
         rate,
         offline,
         tax,
+        bulk,
         took: started.elapsed(),
     };
     let markdown = table::render(&results);

@@ -62,6 +62,20 @@ const DEB_PACKAGES: &[(&str, &str)] = &[
         "systemd",
         "systemd-socket-activate, passing serve its socket in the tests",
     ),
+    // The code-path tests of `netwatch leaks` run real runtimes: a Node server and client
+    // (--perf-basic-prof), a Java thread pool (jcmd Compiler.perfmap), a Python 3.11 server.
+    (
+        "nodejs",
+        "Node servers and clients whose handlers `leaks` names, in the tests",
+    ),
+    (
+        "openjdk-17-jdk-headless",
+        "java, javac and jcmd: a Java pool server whose handler `leaks` names, in the tests",
+    ),
+    (
+        "python3.11",
+        "a Python 3.11 server whose frames `leaks` cannot name, in the tests",
+    ),
     // The live view's tests drive `netwatch top` in a detached tmux (send-keys, capture-pane).
     ("tmux", "driving `netwatch top` in a terminal in the tests"),
     // `cargo xtask vm-test` boots Debian's kernels: qemu, an initramfs packed with cpio,

@@ -14,11 +14,14 @@
 //!   syscall), where the accepting process becomes the new socket's owner;
 //! - [`first_read`]: `nw_first_read`/`nwr_first_read`, the same owner learnt at the first read,
 //!   for the modes that do not pay for a syscall tracepoint;
+//! - [`first_use`]: `nw_first_send`/`nwr_first_send` and `nw_first_recv`/`nwr_first_recv`,
+//!   the user stack at a socket's first send and first receive (code-path modes only);
 //! - [`simple`]: retransmits, SYN-ACK retransmits, resets received and sent, destruction
 //!   (`nw_retransmit`, `nw_synack_rtx`, `nw_recv_reset`, `nw_send_reset`, `nw_destroy_sock`,
 //!   and `nwr_*` for each): one event each, with the owner remembered in `SOCKETS`.
 
 mod accept;
 mod first_read;
+mod first_use;
 mod set_state;
 mod simple;

@@ -895,15 +895,15 @@ mod tests {
         let auto = names(TracepointMode::Auto);
         assert_eq!(auto[..2], ["nw_set_state", "nwr_set_state"]);
         assert_eq!(auto.iter().filter(|n| **n == "nw_accept").count(), 1);
-        assert_eq!(auto.len(), 15, "{auto:?}");
+        assert_eq!(auto.len(), 19, "{auto:?}");
         assert!(required("nw_set_state") && required("nwr_set_state") && !required("nw_accept"));
         // Forced paths: only their programs, and accept() always classic.
         let classic = names(TracepointMode::Classic);
-        assert_eq!(classic.len(), 8, "{classic:?}");
+        assert_eq!(classic.len(), 10, "{classic:?}");
         assert!(classic.iter().all(|n| n.starts_with("nw_")));
         let raw = names(TracepointMode::Raw);
-        assert_eq!(raw.len(), 8, "{raw:?}");
-        assert_eq!(raw.iter().filter(|n| n.starts_with("nwr_")).count(), 7);
+        assert_eq!(raw.len(), 10, "{raw:?}");
+        assert_eq!(raw.iter().filter(|n| n.starts_with("nwr_")).count(), 9);
         assert!(raw.contains(&"nw_accept"));
     }
 

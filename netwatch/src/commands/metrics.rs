@@ -629,7 +629,7 @@ impl MetricsSink {
                     ])
                     .inc();
             }
-            EventKind::Destroy { .. } | EventKind::Accept { .. } => {}
+            EventKind::Destroy { .. } | EventKind::Accept { .. } | EventKind::FirstUse { .. } => {}
         }
     }
 

@@ -61,7 +61,7 @@ impl Sink for TraceSink {
 
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         match (&mut self.stacks, ev.pid, ev.stack_id) {
-            (Some(stacks), Some(pid), Some(id)) if ev.opens_socket() => {
+            (Some(stacks), Some(pid), Some(id)) if ev.carries_stack() => {
                 let mut ev = ev.clone();
                 ev.stack = stacks.frames(pid, id, ev.sp_word).to_vec();
                 self.inner.event(&ev)

@@ -7,6 +7,7 @@ pub mod container_id;
 pub mod containers;
 pub mod netns;
 pub mod netstat;
+pub mod perfmap;
 pub mod procfd;
 pub mod runtime;
 #[cfg(test)]

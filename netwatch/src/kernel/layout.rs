@@ -98,6 +98,16 @@ fn fields(fmt: &EventFormat) -> Result<TpFields, LayoutError> {
     Ok(f)
 }
 
+/// The offsets of `sock:sock_send_length` / `sock_recv_length`: only `sk` (called `sk`, not
+/// `skaddr`, there; its `ret` is an `int`, not a syscall's `long`, so [`fields`] does not fit).
+pub fn sock_length_fields(fmt: &EventFormat) -> Result<TpFields, LayoutError> {
+    let f = TpFields {
+        skaddr: offset(fmt, "sk", &[8])?,
+        ..TpFields::NONE
+    };
+    require(f, &[("sk", f.skaddr)])
+}
+
 /// `fields`, plus the fields without which a state transition means nothing.
 pub fn set_state_fields(fmt: &EventFormat) -> Result<TpFields, LayoutError> {
     let f = fields(fmt)?;
@@ -124,6 +134,24 @@ mod tests {
         );
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         parse_format(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn sock_length_layout_takes_sk_and_refuses_a_format_without_it() {
+        let text = "name: sock_send_length\nID: 2284\nformat:\n\
+            \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+            \tfield:void * sk;\toffset:8;\tsize:8;\tsigned:0;\n\
+            \tfield:__u16 family;\toffset:16;\tsize:2;\tsigned:0;\n\
+            \tfield:__u16 protocol;\toffset:18;\tsize:2;\tsigned:0;\n\
+            \tfield:int ret;\toffset:20;\tsize:4;\tsigned:1;\n\
+            \tfield:int flags;\toffset:24;\tsize:4;\tsigned:1;\n\nprint fmt: \"x\"\n";
+        let f = sock_length_fields(&parse_format(text).unwrap()).unwrap();
+        assert_eq!((f.skaddr, f.ret, f.protocol), (8, ABSENT, ABSENT));
+        let without = text.replace("void * sk;", "void * skb;");
+        assert_eq!(
+            sock_length_fields(&parse_format(&without).unwrap()),
+            Err(LayoutError::Missing("sk"))
+        );
     }
 
     #[test]

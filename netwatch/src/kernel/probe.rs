@@ -91,13 +91,17 @@ pub enum When {
     OwnersAtAccept,
     /// Not [`ProbeConfig::owners_at_accept`].
     OwnersAtFirstRead,
+    /// The modes that ask for code paths (the same switch as [`When::OwnersAtAccept`]): the
+    /// stacks at a socket's first send and receive run at every send and receive of every
+    /// socket, so the other modes do not attach them.
+    CodePaths,
 }
 
 impl When {
     pub fn applies(self, config: &ProbeConfig) -> bool {
         match self {
             When::Always => true,
-            When::OwnersAtAccept => config.owners_at_accept,
+            When::OwnersAtAccept | When::CodePaths => config.owners_at_accept,
             When::OwnersAtFirstRead => !config.owners_at_accept,
         }
     }
@@ -268,6 +272,40 @@ pub const PROGRAM_SPECS: &[ProgramSpec] = &[
             // The owner's endpoints, as at accept(); the accept() walk's offsets are checked
             // for both paths (`Unusable::NoOffsets`).
             members: &[SOCK_COMMON],
+            members_with_optional: &[],
+        }),
+    },
+    ProgramSpec {
+        program: "nw_first_send",
+        system: "sock",
+        event: "sock_send_length",
+        global: names::FIRST_USE_FIELDS,
+        layout: layout::sock_length_fields,
+        feature: "code paths at a socket's first send (Linux 6.3+)",
+        required: false,
+        when: When::CodePaths,
+        raw: Some(RawSpec {
+            program: "nwr_first_send",
+            args: &[SOCK, "int", "int"],
+            optional: &[],
+            members: &ENDPOINTS,
+            members_with_optional: &[],
+        }),
+    },
+    ProgramSpec {
+        program: "nw_first_recv",
+        system: "sock",
+        event: "sock_recv_length",
+        global: names::FIRST_USE_FIELDS,
+        layout: layout::sock_length_fields,
+        feature: "code paths at a socket's first receive (Linux 6.3+)",
+        required: false,
+        when: When::CodePaths,
+        raw: Some(RawSpec {
+            program: "nwr_first_recv",
+            args: &[SOCK, "int", "int"],
+            optional: &[],
+            members: &ENDPOINTS,
             members_with_optional: &[],
         }),
     },

@@ -457,7 +457,10 @@ impl Analysis {
                     || 0,
                 ) += 1;
             }
-            EventKind::State { .. } | EventKind::Destroy { .. } | EventKind::Accept { .. } => {}
+            EventKind::State { .. }
+            | EventKind::Destroy { .. }
+            | EventKind::Accept { .. }
+            | EventKind::FirstUse { .. } => {}
         }
     }
 

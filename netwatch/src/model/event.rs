@@ -147,6 +147,21 @@ pub enum EventKind {
     Destroy { state: Option<TcpState> },
     /// A process accepted the socket (`syscalls:sys_exit_accept4`); it is the owner.
     Accept { state: Option<TcpState> },
+    /// The socket's first send or first receive (`sock:sock_send_length` /
+    /// `sock_recv_length`, code-path modes only), by the process and from the user stack
+    /// the event carries: the code that handles the connection.
+    FirstUse {
+        state: Option<TcpState>,
+        call: UseCall,
+    },
+}
+
+/// Which call a [`EventKind::FirstUse`] was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UseCall {
+    Send,
+    Recv,
 }
 
 impl EventKind {
@@ -173,6 +188,14 @@ impl EventKind {
             EventKind::ResetSent { .. } => "RESET_SENT",
             EventKind::Destroy { .. } => "DESTROY",
             EventKind::Accept { .. } => "ACCEPT",
+            EventKind::FirstUse {
+                call: UseCall::Send,
+                ..
+            } => "FIRST_SEND",
+            EventKind::FirstUse {
+                call: UseCall::Recv,
+                ..
+            } => "FIRST_RECV",
         }
     }
 }
@@ -297,6 +320,12 @@ impl Event {
         }
     }
 
+    /// Whether the kernel captured a user stack at this event: the opener's
+    /// ([`Event::opens_socket`]) or the first sender's or receiver's (`FirstUse`).
+    pub fn carries_stack(&self) -> bool {
+        self.opens_socket() || matches!(self.kind, EventKind::FirstUse { .. })
+    }
+
     /// Decodes one kernel record.
     pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Self, DecodeError> {
         let family = if raw.family == AF_INET6 {
@@ -332,6 +361,14 @@ impl Event {
             },
             event_kind::DESTROY => EventKind::Destroy { state },
             event_kind::ACCEPT => EventKind::Accept { state },
+            event_kind::FIRST_USE => EventKind::FirstUse {
+                state,
+                call: if raw.aux == netwatch_common::first_use::RECV {
+                    UseCall::Recv
+                } else {
+                    UseCall::Send
+                },
+            },
             other => return Err(DecodeError::Kind(other)),
         };
         let known = raw.tgid != 0;
@@ -432,6 +469,8 @@ struct FlatEvent<'a> {
     #[serde(default, borrow)]
     reason: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
+    call: Option<UseCall>,
+    #[serde(default)]
     stack_id: Option<u32>,
     #[serde(default)]
     stack: Vec<String>,
@@ -491,6 +530,10 @@ impl Event {
             },
             "destroy" => EventKind::Destroy { state },
             "accept" => EventKind::Accept { state },
+            "first_use" => EventKind::FirstUse {
+                state,
+                call: f.call.ok_or_else(|| bad("call", "missing"))?,
+            },
             other => return Err(bad("kind", other)),
         };
         let owned = |c: Option<std::borrow::Cow<'_, str>>| c.map(|c| c.into_owned());
@@ -723,11 +766,38 @@ mod tests {
     }
 
     #[test]
+    fn first_use_events_decode_their_call_and_carry_a_stack() {
+        let mut r = raw(event_kind::FIRST_USE);
+        r.flags = event_flags::OWNER_CAPTURED | event_flags::AUX_VALID | event_flags::STACK_VALID;
+        r.stack_id = 12;
+        r.aux = netwatch_common::first_use::RECV;
+        let ev = Event::decode(&r, &DecodeContext::default()).unwrap();
+        assert_eq!(
+            ev.kind,
+            EventKind::FirstUse {
+                state: Some(TcpState::Established),
+                call: UseCall::Recv
+            }
+        );
+        assert_eq!((ev.kind.label(), ev.stack_id), ("FIRST_RECV", Some(12)));
+        assert!(ev.carries_stack() && !ev.opens_socket());
+        r.aux = netwatch_common::first_use::SEND;
+        let ev = Event::decode(&r, &DecodeContext::default()).unwrap();
+        assert_eq!(ev.kind.label(), "FIRST_SEND");
+        let line = serde_json::to_string(&ev).unwrap();
+        assert!(line.contains(r#""kind":"first_use""#) && line.contains(r#""call":"send""#));
+        // A first_use line without its call is refused, naming the field.
+        let bad = line.replace(r#","call":"send""#, "");
+        let e = Event::from_json_line(bad.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("`call`"), "{e}");
+    }
+
+    #[test]
     fn the_fast_reader_reads_every_kind_like_the_derived_one() {
         let cx = DecodeContext {
             reset_reasons: vec![(1, "NO_SOCKET".into())],
         };
-        for kind in 1..=7 {
+        for kind in 1..=8 {
             let mut r = raw(kind);
             r.flags = event_flags::AUX_VALID | event_flags::TCP_INFO | event_flags::DWELL_KNOWN;
             r.aux = 1;

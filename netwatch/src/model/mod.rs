@@ -4,6 +4,7 @@
 pub mod analysis;
 pub mod event;
 pub mod filter;
+pub mod frames;
 pub mod names;
 pub mod selection;
 pub mod timewait;

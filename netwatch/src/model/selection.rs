@@ -87,7 +87,8 @@ impl Subject for EventSubject<'_> {
             | EventKind::ResetReceived { state }
             | EventKind::ResetSent { state, .. }
             | EventKind::Destroy { state }
-            | EventKind::Accept { state } => *state,
+            | EventKind::Accept { state }
+            | EventKind::FirstUse { state, .. } => *state,
         };
         s.and_then(state_name)
     }

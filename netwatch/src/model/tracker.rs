@@ -369,6 +369,8 @@ pub struct CloseWaitSocket {
 /// A tracked socket that is open now, as a live view (`netwatch top`) sees it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LiveSocket<'a> {
+    /// Its kernel address (unique while it lives).
+    pub sock: u64,
     pub state: TcpState,
     pub pid: Option<u32>,
     pub comm: Option<&'a str>,
@@ -486,7 +488,9 @@ impl Tracker {
                     e.reset_reason = e.reset_reason.take().or_else(|| reason.clone());
                 }
             }
-            EventKind::SynackRetransmit { .. } => {}
+            // The first send or receive changes nothing the tracker keeps (`leaks` keeps its
+            // code path).
+            EventKind::SynackRetransmit { .. } | EventKind::FirstUse { .. } => {}
             EventKind::Accept { .. } => {
                 // The accepting process owns the socket from now on.
                 if let Some(s) = self.socks.get_mut(&ev.sock) {
@@ -747,9 +751,10 @@ impl Tracker {
 
     /// Every tracked socket not closed yet, in its current state.
     pub fn live_sockets(&self) -> impl Iterator<Item = LiveSocket<'_>> {
-        self.socks.values().filter_map(|s| {
+        self.socks.iter().filter_map(|(&sock, s)| {
             let state = s.state.filter(|st| *st != TcpState::Close)?;
             Some(LiveSocket {
+                sock,
                 state,
                 pid: s.owner.map(|o| o.pid.get()),
                 comm: s.owner.as_ref().map(OwnerId::comm_str),

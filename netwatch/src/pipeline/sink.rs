@@ -275,7 +275,8 @@ pub fn describe(kind: &EventKind) -> String {
         | EventKind::SynackRetransmit { state }
         | EventKind::ResetReceived { state }
         | EventKind::Destroy { state }
-        | EventKind::Accept { state } => {
+        | EventKind::Accept { state }
+        | EventKind::FirstUse { state, .. } => {
             format!("{} in {}", kind.label(), state_label(*state))
         }
         EventKind::ResetSent { state, reason } => {

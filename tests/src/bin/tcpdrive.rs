@@ -72,6 +72,12 @@ usage:
       N connects kept open, sending nothing; print PORT <pid> <local port> for each, then
       HELD <pid> <N>, then wait to be killed.
       Both raise their open-file limit to the hard limit first.
+  tcpdrive bulk-sink <addr:port> [--backlog N]
+      print READY <pid>; accept forever, a thread per connection reading and discarding
+      everything until the client closes, then closing.
+  tcpdrive bulk <addr:port> --bytes N [--chunk BYTES] [--timeout-ms MS]
+      connect, write N bytes in writes of --chunk bytes (4096), shut down for writing, wait
+      for the server's close. Prints BULK <pid> <bytes> <elapsed_us> <writes>.
 Addresses: 10.0.0.2:8080 or [fd00::2]:8080. Timeouts default to 10000 ms (servers: 30000 ms
 per connection). Exit status: 0 success, 1 failure, 2 bad arguments.";
 
@@ -303,6 +309,16 @@ fn run(args: &[String]) -> Result<i32, String> {
                 .filter(|b| *b > 0)
                 .ok_or("--bytes must be at least 1")?;
             Ok(send_slow(addr, bytes, o.millis_or("timeout-ms", 20_000)?))
+        }
+        "bulk-sink" => {
+            let o = Opts::parse(rest, &["backlog"])?;
+            bulk_sink(addr, o.num_or("backlog", 128)? as i32)
+        }
+        "bulk" => {
+            let o = Opts::parse(rest, &["bytes", "chunk", "timeout-ms"])?;
+            let bytes = o.num("bytes")?.ok_or("bulk: --bytes N is required")?;
+            let chunk = o.size_or("chunk", 4096)?;
+            Ok(bulk(addr, bytes, chunk, o.millis_or("timeout-ms", 60_000)?))
         }
         "churn" => {
             let o = Opts::parse(rest, &["count", "parallel", "request", "timeout-ms"])?;
@@ -809,6 +825,67 @@ fn send_slow(addr: SocketAddr, bytes: usize, bound: Duration) -> i32 {
         start.elapsed().as_millis()
     ));
     if left == 0 { 0 } else { 1 }
+}
+
+/// Reads and discards each connection's bytes until the client closes: the receiving end of
+/// a bulk transfer, which costs as little as a reader can.
+fn bulk_sink(addr: SocketAddr, backlog: i32) -> ! {
+    let listener = listen(addr, backlog).unwrap_or_else(|e| die(&format!("listen {addr}"), &e));
+    ready();
+    loop {
+        match listener.accept() {
+            Ok((mut s, peer)) => {
+                let spawned = std::thread::Builder::new().spawn(move || {
+                    let mut buf = vec![0u8; 1 << 16];
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(_) => {}
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => {
+                                eprintln!("tcpdrive: bulk from {peer}: {}", describe(&e));
+                                break;
+                            }
+                        }
+                    }
+                });
+                if let Err(e) = spawned {
+                    eprintln!("tcpdrive: no thread for {peer}: {e}");
+                }
+            }
+            Err(e) => eprintln!("tcpdrive: accept on {addr}: {}", describe(&e)),
+        }
+    }
+}
+
+/// Writes `bytes` in writes of `chunk` bytes, then waits for the server's close: a bulk
+/// transfer whose every write is a `sendmsg` (what a tracer of sends pays for).
+fn bulk(addr: SocketAddr, bytes: u64, chunk: usize, bound: Duration) -> i32 {
+    let pid = std::process::id();
+    let start = Instant::now();
+    let mut s = TcpStream::connect_timeout(&addr, bound)
+        .unwrap_or_else(|e| die(&format!("connect {addr}"), &e));
+    let _ = s.set_write_timeout(Some(bound));
+    let _ = s.set_read_timeout(Some(bound));
+    let buf = vec![b'x'; chunk];
+    let (mut left, mut writes) = (bytes, 0u64);
+    while left > 0 {
+        let n = usize::try_from(left).map_or(chunk, |l| l.min(chunk));
+        if let Err(e) = s.write_all(&buf[..n]) {
+            eprintln!("tcpdrive: bulk write: {}", describe(&e));
+            return 1;
+        }
+        left -= n as u64;
+        writes += 1;
+    }
+    let _ = s.shutdown(Shutdown::Write);
+    let mut rest = [0u8; 64];
+    while matches!(s.read(&mut rest), Ok(n) if n > 0) {}
+    say(&format!(
+        "BULK {pid} {bytes} {} {writes}",
+        start.elapsed().as_micros()
+    ));
+    0
 }
 
 fn churn(addr: SocketAddr, count: u64, parallel: u64, request: Vec<u8>, timeout: Duration) -> i32 {

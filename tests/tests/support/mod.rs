@@ -154,14 +154,17 @@ pub fn tracepoint_programs() -> &'static [(String, String)] {
 
 /// The programs one run loads, sorted: accepted sockets get their owner at accept() when the
 /// run shows code paths (`leaks`, `trace --stacks`: `nw_accept`, on a syscall tracepoint), else
-/// at their first read (`tcp:tcp_rcv_space_adjust`); each tracepoint's program is the one
-/// [`tracepoint_programs`] names.
+/// at their first read (`tcp:tcp_rcv_space_adjust`); only runs that show code paths take the
+/// stacks at first sends and receives (`sock:sock_send_length`, `sock:sock_recv_length`); each
+/// tracepoint's program is the one [`tracepoint_programs`] names.
 pub fn programs_loaded(code_paths: bool) -> Vec<String> {
     let other = |tracepoint: &str| {
         if code_paths {
             tracepoint == "tcp:tcp_rcv_space_adjust"
         } else {
             tracepoint.starts_with("syscalls:sys_exit_accept")
+                || tracepoint == "sock:sock_send_length"
+                || tracepoint == "sock:sock_recv_length"
         }
     };
     let mut names: Vec<String> = tracepoint_programs()
@@ -171,7 +174,8 @@ pub fn programs_loaded(code_paths: bool) -> Vec<String> {
         .collect();
     names.sort();
     names.dedup();
-    assert_eq!(names.len(), 7, "one program per tracepoint: {names:?}");
+    let want = if code_paths { 9 } else { 7 };
+    assert_eq!(names.len(), want, "one program per tracepoint: {names:?}");
     names
 }
 

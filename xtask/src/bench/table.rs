@@ -8,7 +8,7 @@
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use super::{
-    Availability, Cell, Results, Tracer, Workload, fmt_int, fmt_rate, median_rate,
+    Availability, Cell, Results, Tracer, Workload, bulk, fmt_int, fmt_rate, median_rate,
     tax::{self, SyscallTax, TaxRow, Verdict},
 };
 use crate::sys::fmt_duration;
@@ -140,6 +140,7 @@ pub fn render(r: &Results) -> String {
     churn_table(&mut md, r);
     per_program(&mut md, r);
     syscall_tax(&mut md, r);
+    bulk_table(&mut md, r);
     rate_table(&mut md, r);
     replay(&mut md, r);
     notes(&mut md, r);
@@ -453,6 +454,58 @@ fn range_s(values: impl Iterator<Item = f64>) -> Option<String> {
     let min = v.iter().copied().reduce(f64::min)?;
     let max = v.iter().copied().reduce(f64::max)?;
     Some(format!("{min:.3}–{max:.3} s"))
+}
+
+fn bulk_table(md: &mut String, r: &Results) {
+    let b = &r.bulk;
+    let _ = writeln!(md, "## Bulk transfer\n");
+    let _ = writeln!(
+        md,
+        "One connection over loopback writing {} MiB in {} KiB writes (`tcpdrive bulk` to \
+         `tcpdrive bulk-sink`), untraced, with `netwatch report` and with `netwatch leaks`, \
+         interleaved round by round. `leaks` takes a user stack at each socket's first send and \
+         receive from programs on `sock:sock_send_length` / `sock_recv_length`, which run at \
+         every send and receive: this is where their cost per send would show. Modes without \
+         code paths do not attach them. Target: `leaks` keeps at least {:.0}% of untraced \
+         throughput.\n",
+        bulk::BYTES >> 20,
+        bulk::CHUNK >> 10,
+        bulk::TARGET * 100.0
+    );
+    if let Some(why) = &b.skipped {
+        let _ = writeln!(md, "Not measured: {}\n", escape(why));
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "| tracer | MB/s (median) | min–max | vs untraced | first-use programs in kernel |\n|---|---|---|---|---|"
+    );
+    for (tracer, row) in &b.rows {
+        let min = row.mb_per_s.iter().copied().reduce(f64::min);
+        let max = row.mb_per_s.iter().copied().reduce(f64::max);
+        let range = match (min, max) {
+            (Some(a), Some(z)) => format!("{a:.0}–{z:.0}"),
+            _ => "-".into(),
+        };
+        let (ns, runs) = row.first_use;
+        let kernel = if runs > 0 {
+            format!(
+                "{} runs, {:.0} ns/run",
+                fmt_int(runs),
+                ns as f64 / runs as f64
+            )
+        } else {
+            "not attached".into()
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {range} | {} | {kernel} |",
+            tax_mode(*tracer),
+            opt(b.median(*tracer), |v| format!("{v:.0}")),
+            opt(b.ratio(*tracer), |v| format!("{:.1}%", v * 100.0)),
+        );
+    }
+    md.push('\n');
 }
 
 fn syscall_tax(md: &mut String, r: &Results) {

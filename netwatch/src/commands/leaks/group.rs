@@ -1,4 +1,10 @@
-//! Stuck sockets grouped the way a leak is fixed: one process, one code path, one kind.
+//! Stuck sockets grouped the way a leak is fixed: one process, one handler (or, where no
+//! application frame is known, one code path), one kind.
+//!
+//! The handler is the innermost application frame (`model::frames`) of the socket's first
+//! send or receive, else of its opening: in an event loop or a pool the stacks around it
+//! differ from socket to socket (which poll iteration, which worker), but the handler that
+//! forgets to close them is one, and so is the group.
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
@@ -6,7 +12,8 @@ use serde::Serialize;
 
 use super::merge::Stuck;
 use super::{Opener, StuckKind};
-use crate::model::event::endpoint;
+use crate::model::event::{UseCall, endpoint};
+use crate::model::frames::Headline;
 use crate::model::names::Container;
 
 /// What `netwatch leaks` prints at one moment (one JSON line with `--json`).
@@ -45,6 +52,18 @@ pub struct Group {
     pub code_path_seen: bool,
     /// Symbolized user stack, innermost first; empty when not seen.
     pub stack: Vec<String>,
+    /// The application frame the group is known by: the handler that leaks them.
+    pub leaked_by: Option<Headline>,
+    /// Without `leaked_by` but with a code path: why no application frame is shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leaked_by_unknown: Option<String>,
+    /// Whether netwatch saw the first send or receive on them (code-path modes, Linux 6.3+).
+    pub first_use_seen: bool,
+    /// Which call that was.
+    pub first_used_by: Option<UseCall>,
+    /// Its symbolized user stack, innermost first (of the group's oldest socket when the
+    /// group is made by its handler); empty when not seen.
+    pub first_used_at: Vec<String>,
     pub sockets: usize,
     pub oldest_ms: f64,
     /// The oldest age is a lower bound (stuck before netwatch saw it).
@@ -84,8 +103,36 @@ type Key = (
     Option<String>,
     Option<u64>,
     Option<Opener>,
-    Option<Vec<String>>,
+    PathKey,
 );
+
+/// What makes one code path for grouping: the handler where one is known, else the stacks.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum PathKey {
+    Handler(Headline),
+    Stacks(Option<Vec<String>>, Option<Vec<String>>),
+}
+
+impl PathKey {
+    fn of(s: &Stuck) -> PathKey {
+        match leaked_by(s) {
+            Some(h) => PathKey::Handler(h.clone()),
+            None => PathKey::Stacks(
+                s.stack.as_ref().map(|p| p.frames.clone()),
+                s.used.as_ref().map(|(_, p)| p.frames.clone()),
+            ),
+        }
+    }
+}
+
+/// The handler of a stuck socket: the application frame of its first use, else of its
+/// opening.
+fn leaked_by(s: &Stuck) -> Option<&Headline> {
+    s.used
+        .as_ref()
+        .and_then(|(_, p)| p.headline.as_ref())
+        .or_else(|| s.stack.as_ref().and_then(|p| p.headline.as_ref()))
+}
 
 /// Groups the stuck sockets at least `min_age_ms` old, biggest group first (then oldest).
 pub fn groups(stuck: Vec<Stuck>, min_age_ms: f64) -> Vec<Group> {
@@ -98,7 +145,7 @@ pub fn groups(stuck: Vec<Stuck>, min_age_ms: f64) -> Vec<Group> {
             s.owner.as_ref().and_then(|o| o.cgroup.clone()),
             s.netns,
             s.opened_by,
-            s.stack.as_ref().map(|f| f.as_ref().clone()),
+            PathKey::of(&s),
         );
         by_key.entry(key).or_default().push(s);
     }
@@ -114,9 +161,19 @@ pub fn groups(stuck: Vec<Stuck>, min_age_ms: f64) -> Vec<Group> {
 }
 
 fn group(key: Key, mut members: Vec<Stuck>) -> Group {
-    let (kind, pid, comm, cgroup, netns, opened_by, stack) = key;
+    let (kind, pid, comm, cgroup, netns, opened_by, _) = key;
     members.sort_by(|a, b| b.age_ms.total_cmp(&a.age_ms).then(a.local.cmp(&b.local)));
     let oldest = &members[0];
+    // The stacks shown: the oldest member's (all members share them unless the group is
+    // made by its handler).
+    let stack = oldest.stack.as_ref();
+    let used = oldest.used.as_ref();
+    let leaked = leaked_by(oldest).cloned();
+    let why_not = match (&leaked, used, stack) {
+        (Some(_), _, _) => None,
+        (None, Some((_, p)), _) | (None, None, Some(p)) => p.why_not.clone(),
+        (None, None, None) => None,
+    };
     let mut fds: Vec<u32> = members.iter().flat_map(|m| m.fds.iter().copied()).collect();
     fds.sort_unstable();
     fds.dedup();
@@ -133,7 +190,12 @@ fn group(key: Key, mut members: Vec<Stuck>) -> Group {
         netns,
         opened_by,
         code_path_seen: stack.is_some(),
-        stack: stack.unwrap_or_default(),
+        stack: stack.map(|p| p.frames.clone()).unwrap_or_default(),
+        leaked_by: leaked,
+        leaked_by_unknown: why_not,
+        first_use_seen: used.is_some(),
+        first_used_by: used.map(|(call, _)| *call),
+        first_used_at: used.map(|(_, p)| p.frames.clone()).unwrap_or_default(),
         sockets: members.len(),
         oldest_ms: oldest.age_ms,
         oldest_at_least: oldest.at_least,
@@ -220,6 +282,7 @@ fn port_text(port: Option<u16>) -> String {
 mod tests {
     use super::*;
     use crate::commands::leaks::merge::Owner;
+    use crate::host::stacks::CodePath;
     use std::sync::Arc;
 
     fn stuck(pid: u32, remote: &str, age_ms: f64, fd: u32, stack: Option<&str>) -> Stuck {
@@ -237,7 +300,13 @@ mod tests {
             }),
             fds: vec![fd],
             opened_by: Some(Opener::Accept),
-            stack: stack.map(|f| Arc::new(vec![f.to_string()])),
+            stack: stack.map(|f| {
+                Arc::new(CodePath {
+                    frames: vec![f.to_string()],
+                    ..CodePath::default()
+                })
+            }),
+            used: None,
         }
     }
 
@@ -268,6 +337,66 @@ mod tests {
         assert_eq!(g[0].oldest_ms, 9000.0);
         assert_eq!(g[0].fds, vec![7, 9]);
         assert_eq!(g[0].detail[0].remote, "10.0.3.2:443");
+    }
+
+    /// A code path through an event loop: different loop frames each time, one handler.
+    fn through_loop(iteration: usize, handler: Option<&str>) -> Arc<CodePath> {
+        Arc::new(CodePath {
+            frames: vec![format!("uv__io_poll+{iteration} (node)")],
+            headline: handler.map(|h| Headline {
+                function: h.into(),
+                location: Some("server.js:12".into()),
+            }),
+            why_not: handler
+                .is_none()
+                .then(|| "no application frame".to_string()),
+        })
+    }
+
+    #[test]
+    fn sockets_of_one_handler_make_one_group_whatever_the_loop_did() {
+        let mut members: Vec<Stuck> = (0..1000)
+            .map(|i| {
+                let mut s = stuck(
+                    1,
+                    &format!("10.0.3.1:{}", 10_000 + i),
+                    5000.0,
+                    7 + i as u32,
+                    None,
+                );
+                s.stack = Some(through_loop(i % 7, None));
+                s.used = Some((UseCall::Send, through_loop(i % 5, Some("handleRequest"))));
+                s
+            })
+            .collect();
+        // Another handler of the same process, and a socket with no application frame at all.
+        let mut other = stuck(1, "10.0.3.9:1", 9000.0, 3, None);
+        other.used = Some((UseCall::Recv, through_loop(1, Some("pollFeed"))));
+        let mut unknown = stuck(1, "10.0.3.9:2", 9500.0, 4, None);
+        unknown.stack = Some(through_loop(3, None));
+        members.extend([other, unknown]);
+        let g = groups(members, 0.0);
+        let shape: Vec<_> = g
+            .iter()
+            .map(|g| {
+                (
+                    g.sockets,
+                    g.leaked_by.as_ref().map(|h| h.function.as_str()),
+                    g.first_used_by,
+                    g.leaked_by_unknown.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (1000, Some("handleRequest"), Some(UseCall::Send), false),
+                (1, None, None, true),
+                (1, Some("pollFeed"), Some(UseCall::Recv), false),
+            ]
+        );
+        assert!(g[0].first_use_seen && g[0].code_path_seen);
+        assert_eq!(g[0].first_used_at.len(), 1);
     }
 
     #[test]

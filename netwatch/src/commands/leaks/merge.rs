@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use crate::host::procfd::FdOwner;
 use crate::host::sockdiag::DiagSocket;
-use crate::model::event::TcpState;
+use crate::host::stacks::CodePath;
+use crate::model::event::{TcpState, UseCall};
 use crate::model::tracker::{Connection, End, LiveSocket, Role};
 
 use super::{Opener, StuckKind};
@@ -54,20 +55,29 @@ pub struct Stuck {
     pub fds: Vec<u32>,
     pub opened_by: Option<Opener>,
     /// Symbolized user stack at connect()/accept(), innermost first; `None`: not seen.
-    pub stack: Option<Arc<Vec<String>>>,
+    pub stack: Option<Arc<CodePath>>,
+    /// The code path of its first send or receive (the handler), and which call it was;
+    /// `None`: not seen.
+    pub used: Option<(UseCall, Arc<CodePath>)>,
 }
 
 /// How the merge finds names: the cgroup path of an owner, and the frames of a stack.
 pub trait Lookup {
     /// The cgroup path of process `pid` whose kernel cgroup id was `cgroup_id` (if known).
     fn cgroup(&mut self, cgroup_id: Option<u64>, pid: u32) -> Option<String>;
-    /// The frames of stack `stack_id` captured in process `pid`; `None` if never symbolized.
-    fn frames(&mut self, pid: u32, stack_id: u32) -> Option<Arc<Vec<String>>>;
+    /// The code path of stack `stack_id` captured in process `pid`; `None` if never
+    /// symbolized.
+    fn frames(&mut self, pid: u32, stack_id: u32) -> Option<Arc<CodePath>>;
+    /// The code path of the first send or receive on the live socket at kernel address
+    /// `sock`: the first of them with an application frame, else the first seen.
+    fn first_use(&mut self, sock: u64) -> Option<(UseCall, Arc<CodePath>)>;
 }
 
 /// A tracked socket with what the merge needs of it (owned: the tracker moves on).
 #[derive(Clone, Debug)]
 pub struct Tracked {
+    /// Its kernel address while it lives (`None` once closed: the address is reused).
+    pub sock: Option<u64>,
     pub state: TcpState,
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -95,6 +105,7 @@ impl Tracked {
         }
         let in_fin_wait2_ns = c.dwell_ms.fin_wait2.map_or(0, |ms| (ms * 1e6) as u64);
         Some(Tracked {
+            sock: None,
             state: TcpState::FinWait2,
             local: SocketAddr::new(c.saddr, c.sport),
             remote: SocketAddr::new(c.daddr, c.dport),
@@ -112,6 +123,7 @@ impl Tracked {
 
     pub fn of(s: &LiveSocket) -> Tracked {
         Tracked {
+            sock: Some(s.sock),
             state: s.state,
             local: SocketAddr::new(s.saddr, s.sport),
             remote: SocketAddr::new(s.daddr, s.dport),
@@ -232,6 +244,7 @@ pub fn merge(
             fds,
             opened_by: t.and_then(opener),
             stack: t.and_then(|t| lookup.frames(t.pid?, t.stack_id?)),
+            used: t.and_then(|t| lookup.first_use(t.sock?)),
         });
     }
     first_seen.keep_only(dump);
@@ -255,6 +268,7 @@ pub fn merge(
                 fds: Vec::new(),
                 opened_by: opener(t),
                 stack: t.pid.zip(t.stack_id).and_then(|(p, s)| lookup.frames(p, s)),
+                used: t.sock.and_then(|s| lookup.first_use(s)),
             });
         }
     }
@@ -322,8 +336,20 @@ mod tests {
         fn cgroup(&mut self, id: Option<u64>, pid: u32) -> Option<String> {
             Some(format!("/cg{}-{pid}", id.unwrap_or(0)))
         }
-        fn frames(&mut self, pid: u32, id: u32) -> Option<Arc<Vec<String>>> {
-            Some(Arc::new(vec![format!("f{id} of {pid}")]))
+        fn frames(&mut self, pid: u32, id: u32) -> Option<Arc<CodePath>> {
+            Some(Arc::new(CodePath {
+                frames: vec![format!("f{id} of {pid}")],
+                ..CodePath::default()
+            }))
+        }
+        fn first_use(&mut self, sock: u64) -> Option<(UseCall, Arc<CodePath>)> {
+            (sock == 77).then(|| {
+                let path = CodePath {
+                    frames: vec!["write".into()],
+                    ..CodePath::default()
+                };
+                (UseCall::Send, Arc::new(path))
+            })
         }
     }
 
@@ -345,6 +371,7 @@ mod tests {
 
     fn tracked(state: TcpState, local: &str, remote: &str, pid: u32) -> Tracked {
         Tracked {
+            sock: Some(77),
             state,
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),
@@ -411,7 +438,15 @@ mod tests {
         assert_eq!(s.fds, vec![7]);
         assert_eq!(s.netns, Some(11));
         assert_eq!(s.opened_by, Some(Opener::Accept));
-        assert_eq!(s.stack.as_deref(), Some(&vec!["f3 of 42".to_string()]));
+        assert_eq!(
+            s.stack.as_ref().map(|p| p.frames.clone()),
+            Some(vec!["f3 of 42".to_string()])
+        );
+        let (call, used) = s.used.as_ref().expect("first use of socket 77");
+        assert_eq!(
+            (*call, used.frames.clone()),
+            (UseCall::Send, vec!["write".into()])
+        );
     }
 
     #[test]
@@ -495,7 +530,7 @@ mod tests {
         );
         let stacks: Vec<_> = s
             .iter()
-            .map(|s| (s.netns, s.stack.as_deref().cloned()))
+            .map(|s| (s.netns, s.stack.as_ref().map(|p| p.frames.clone())))
             .collect();
         assert_eq!(
             stacks,
@@ -581,7 +616,14 @@ mod tests {
         assert_eq!(s.kind, StuckKind::OrphanFinWait2);
         assert_eq!(s.owner.as_ref().map(|o| o.pid), Some(10));
         assert_eq!((s.opened_by, s.fds.len()), (Some(Opener::Connect), 0));
-        assert_eq!(s.stack.as_deref(), Some(&vec!["f5 of 10".to_string()]));
+        assert_eq!(
+            s.stack.as_ref().map(|p| p.frames.clone()),
+            Some(vec!["f5 of 10".to_string()])
+        );
+        assert!(
+            s.used.is_none(),
+            "a closed socket's address is not looked up"
+        );
         // In FIN_WAIT2 since 0.5 s before the close at 3 s: 1.5 s at 4 s, exactly.
         assert_eq!((s.age_ms, s.at_least), (1500.0, false));
         // Only connections this host closed first can leave an orphan.

@@ -3,6 +3,7 @@ use std::fmt::Write as _;
 
 use super::group::{Group, Snapshot};
 use super::{Opener, StuckKind};
+use crate::model::event::UseCall;
 
 /// Peers and fds listed in full up to this many; then the first ones and the count.
 const LIST_MAX: usize = 8;
@@ -68,6 +69,15 @@ fn block(out: &mut String, g: &Group) {
                 .map(|p| format!("{} ({})", p.peer, p.sockets))
         ),
     );
+    match (&g.leaked_by, &g.leaked_by_unknown) {
+        (Some(h), _) => {
+            let _ = writeln!(out, "  leaked by {h}");
+        }
+        (None, Some(why)) => {
+            let _ = writeln!(out, "  leaked by: not shown: {why}");
+        }
+        (None, None) => {}
+    }
     if g.code_path_seen {
         let call = match g.opened_by {
             Some(Opener::Accept) => "accept()",
@@ -83,6 +93,22 @@ fn block(out: &mut String, g: &Group) {
         let _ = writeln!(
             out,
             "  code path not seen (opened before netwatch started, or stack capture was off)"
+        );
+    }
+    if g.first_use_seen {
+        let call = match g.first_used_by {
+            Some(UseCall::Recv) => "a receive",
+            _ => "a send",
+        };
+        let _ = writeln!(out, "  first used by {call} at:");
+        for frame in &g.first_used_at {
+            let _ = writeln!(out, "    {frame}");
+        }
+    } else if g.code_path_seen && g.kind != StuckKind::OrphanFinWait2 {
+        let _ = writeln!(
+            out,
+            "  first use not seen (no send or receive since netwatch started, or a kernel \
+             before 6.3)"
         );
     }
     if !g.fds.is_empty() {
@@ -157,6 +183,11 @@ mod tests {
             opened_by: Some(Opener::Accept),
             code_path_seen: !stack.is_empty(),
             stack,
+            leaked_by: None,
+            leaked_by_unknown: None,
+            first_use_seen: false,
+            first_used_by: None,
+            first_used_at: vec![],
             sockets: fds.len(),
             oldest_ms: 842_000.0,
             oldest_at_least: false,
@@ -193,8 +224,44 @@ mod tests {
              37 sockets in CLOSE_WAIT (the peer closed, this process never did), oldest 14m02s, peers 10.0.3.0/24:443 (37)\n  \
              opened by accept() at:\n    \
              handle_conn_forgets_close (src/server.c:88)\n  \
+             first use not seen (no send or receive since netwatch started, or a kernel before 6.3)\n  \
              fds: 7, 9, 11, 13, 15, 17, 19, 21, ... (37)\n";
         assert_eq!(text, want);
+
+        // With the handler and the first use: the headline first, then both paths.
+        let mut g = s.groups[0].clone();
+        g.leaked_by = Some(crate::model::frames::Headline {
+            function: "handleConnectionForgetsEnd".into(),
+            location: Some("server.js:12".into()),
+        });
+        g.first_use_seen = true;
+        g.first_used_by = Some(UseCall::Send);
+        g.first_used_at = vec![
+            "__GI___write (libc.so.6)".into(),
+            "JS:~handleConnectionForgetsEnd /srv/server.js:12:36 (perf map)".into(),
+        ];
+        let mut out = String::new();
+        block(&mut out, &g);
+        assert!(
+            out.contains(
+                "  leaked by `handleConnectionForgetsEnd` (server.js:12)\n  opened by accept() at:\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("  first used by a send at:\n    __GI___write (libc.so.6)\n    JS:~"),
+            "{out}"
+        );
+        // No application frame: says why, and shows what there is.
+        g.leaked_by = None;
+        g.leaked_by_unknown = Some("no application frame in this code path; Python: ...".into());
+        let mut out = String::new();
+        block(&mut out, &g);
+        assert!(
+            out.contains("  leaked by: not shown: no application frame in this code path; Python"),
+            "{out}"
+        );
+        assert!(out.contains("first used by a send at:"), "{out}");
     }
 
     #[test]

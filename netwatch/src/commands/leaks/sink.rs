@@ -11,8 +11,8 @@ use super::merge::{Dump, FirstSeen, Lookup, Stuck, Tracked, merge};
 use super::render::render;
 use crate::host::clock::{WallClock, monotonic_ns};
 use crate::host::sockdiag::{self, SockDiagError, StateMask};
-use crate::host::stacks::Stacks;
-use crate::model::event::{Event, TcpState};
+use crate::host::stacks::{CodePath, Stacks};
+use crate::model::event::{Event, EventKind, TcpState, UseCall};
 use crate::model::tracker::{Fact, Tracker};
 use crate::pipeline::sink::Sink;
 use crate::{host::cgroup, host::netns, host::procfd, kernel::privileges};
@@ -104,9 +104,18 @@ pub fn take_dump() -> Dump {
     dump
 }
 
+/// Code paths symbolized while the stream ran, by (pid, stack id), with the word at the user
+/// stack pointer they were symbolized with.
+type Paths = HashMap<(u32, u32), (Option<u64>, Arc<CodePath>)>;
+
+/// The first send and receive of each live socket netwatch saw, by kernel address, in the
+/// order seen: (pid, stack id) in [`Paths`].
+type Uses = HashMap<u64, Vec<(UseCall, (u32, u32))>>;
+
 /// Names from this host: cgroup paths, and the code paths symbolized while the stream ran.
 struct HostNames<'a> {
-    frames: &'a HashMap<(u32, u32), Arc<Vec<String>>>,
+    frames: &'a Paths,
+    uses: &'a Uses,
 }
 
 impl Lookup for HostNames<'_> {
@@ -114,8 +123,19 @@ impl Lookup for HostNames<'_> {
         cgroup::owner_cgroup(cgroup_id, Some(pid))
     }
 
-    fn frames(&mut self, pid: u32, stack_id: u32) -> Option<Arc<Vec<String>>> {
-        self.frames.get(&(pid, stack_id)).cloned()
+    fn frames(&mut self, pid: u32, stack_id: u32) -> Option<Arc<CodePath>> {
+        self.frames.get(&(pid, stack_id)).map(|(_, p)| p.clone())
+    }
+
+    fn first_use(&mut self, sock: u64) -> Option<(UseCall, Arc<CodePath>)> {
+        let seen: Vec<(UseCall, Arc<CodePath>)> = self
+            .uses
+            .get(&sock)?
+            .iter()
+            .filter_map(|(call, key)| Some((*call, self.frames.get(key)?.1.clone())))
+            .collect();
+        let first_named = seen.iter().position(|(_, p)| p.headline.is_some());
+        seen.into_iter().nth(first_named.unwrap_or(0))
     }
 }
 
@@ -147,12 +167,18 @@ fn snapshot(
     dump: Dump,
     tracked: &[Tracked],
     first_seen: &mut FirstSeen,
-    frames: &HashMap<(u32, u32), Arc<Vec<String>>>,
+    (frames, uses): (&Paths, &Uses),
     watched_ns: u64,
     style: &Style,
 ) -> Snapshot {
     let now = monotonic_ns();
-    let mut stuck = merge(&dump, tracked, now, first_seen, &mut HostNames { frames });
+    let mut stuck = merge(
+        &dump,
+        tracked,
+        now,
+        first_seen,
+        &mut HostNames { frames, uses },
+    );
     stuck.retain(|s| style.keeps(s));
     let mut warnings = dump.warnings;
     warnings.extend(privileges::missing_inspection_caps());
@@ -184,7 +210,7 @@ pub fn once(out: &mut impl Write, style: &Style) -> io::Result<()> {
         take_dump(),
         &[],
         &mut FirstSeen::default(),
-        &HashMap::new(),
+        (&HashMap::new(), &HashMap::new()),
         0,
         style,
     );
@@ -199,9 +225,11 @@ pub struct LeaksSink<W: Write> {
     interval_ns: u64,
     tracker: Tracker,
     stacks: Option<Stacks>,
-    /// (pid, stack id) -> frames, symbolized at connect()/accept() time: a process that exits
-    /// keeps its code paths.
-    frames: HashMap<(u32, u32), Arc<Vec<String>>>,
+    /// (pid, stack id) -> code path, symbolized when the kernel reported it (connect(),
+    /// accept(), a first send or receive): a process that exits keeps its code paths.
+    frames: Paths,
+    /// Live sockets' first send and receive.
+    uses: Uses,
     first_seen: FirstSeen,
     closed_first: ClosedFirst,
     started_ns: u64,
@@ -240,6 +268,7 @@ impl<W: Write> LeaksSink<W> {
             tracker: Tracker::new(max_sockets),
             stacks: None,
             frames: HashMap::new(),
+            uses: HashMap::new(),
             first_seen: FirstSeen::default(),
             closed_first: ClosedFirst::default(),
             started_ns: now,
@@ -251,23 +280,64 @@ impl<W: Write> LeaksSink<W> {
 
     /// Where code paths come from (the probe's stack map); without it none are shown.
     fn remember_code_path(&mut self, ev: &Event) {
+        // A new socket at this address, or the end of one: its first uses are not ours.
+        let fresh = ev.opens_socket()
+            || matches!(
+                ev.kind,
+                EventKind::State {
+                    old_state: Some(TcpState::Close | TcpState::Listen),
+                    ..
+                } | EventKind::Destroy { .. }
+            );
+        if fresh {
+            self.uses.remove(&ev.sock);
+        }
         let (Some(stacks), Some(pid), Some(id)) = (self.stacks.as_mut(), ev.pid, ev.stack_id)
         else {
             return;
         };
-        if !ev.opens_socket() || self.frames.contains_key(&(pid, id)) {
+        if !ev.carries_stack() {
+            return;
+        }
+        if let EventKind::FirstUse { call, .. } = ev.kind {
+            if self.uses.len() >= MAX_CODE_PATHS {
+                self.uses.clear();
+            }
+            let seen = self.uses.entry(ev.sock).or_default();
+            if !seen.iter().any(|(c, _)| *c == call) {
+                seen.push((call, (pid, id)));
+            }
+        }
+        if self.frames.contains_key(&(pid, id)) {
             return;
         }
         if self.frames.len() >= MAX_CODE_PATHS {
             self.frames.clear();
         }
-        let frames = stacks.frames(pid, id, ev.sp_word).to_vec();
-        self.frames.insert((pid, id), Arc::new(frames));
+        let path = stacks.code_path(pid, id, ev.sp_word);
+        self.frames.insert((pid, id), (ev.sp_word, path));
+    }
+
+    /// Symbolizes again the code paths without an application frame whose process has
+    /// written (more of) its perf map since: a JVM writes it when asked (`jcmd PID
+    /// Compiler.perfmap`), after the sockets were opened and used.
+    fn refresh_code_paths(&mut self) {
+        let Some(stacks) = self.stacks.as_mut() else {
+            return;
+        };
+        for ((pid, id), (sp_word, path)) in &mut self.frames {
+            if path.headline.is_none()
+                && let Some(newer) = stacks.refreshed(*pid, *id, *sp_word)
+            {
+                *path = newer;
+            }
+        }
     }
 
     /// Merges `dump` with what the tracker knows now and prints the snapshot (text: only when
     /// the groups changed, unless `always`).
     fn report(&mut self, dump: Dump, always: bool) -> io::Result<()> {
+        self.refresh_code_paths();
         let now = monotonic_ns();
         let closed_first = &mut self.closed_first;
         self.tracker
@@ -302,7 +372,7 @@ impl<W: Write> LeaksSink<W> {
             dump,
             &tracked,
             &mut self.first_seen,
-            &self.frames,
+            (&self.frames, &self.uses),
             now.saturating_sub(self.started_ns),
             &self.style,
         );
@@ -314,7 +384,10 @@ impl<W: Write> LeaksSink<W> {
             .iter()
             .map(|g| {
                 (
-                    format!("{:?}{:?}{:?}{:?}", g.kind, g.pid, g.stack, g.cgroup),
+                    format!(
+                        "{:?}{:?}{:?}{:?}{:?}{:?}",
+                        g.kind, g.pid, g.stack, g.cgroup, g.leaked_by, g.first_used_at
+                    ),
                     g.sockets,
                 )
             })
@@ -403,6 +476,7 @@ mod tests {
             fds: vec![],
             opened_by: None,
             stack: None,
+            used: None,
         }
     }
 
