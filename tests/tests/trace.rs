@@ -972,7 +972,10 @@ fn root_trace_text_columns_time_wide_and_half_close() {
         assert_eq!(rtx, half_rtx, "client retransmits: {client:#?}");
         assert!(rtx >= 1, "the dropped FIN was never sent again");
         if let Some(container) = &client[0].container {
-            assert_eq!(container, "-", "CONTAINER of the client, which runs in none");
+            assert_eq!(
+                container, "-",
+                "CONTAINER of the client, which runs in none"
+            );
         }
         if let Some(cg) = &client[0].cgroup {
             let expected = crate::support::cgroup_v2_of(std::process::id()).expect("cgroup v2");
