@@ -18,15 +18,15 @@
 //! warns and the other code path (at accept()/connect()) is still shown.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid},
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext, tracing::StackIdContext},
 };
-use netwatch_common::{ABSENT, COMM_LEN, event_flags, event_kind, first_use};
+use netwatch_common::{ABSENT, event_flags, event_kind, first_use};
 
 use crate::{
     FIRST_USE_FIELDS, SOCKETS,
-    helpers::{emit, global, read_failed, reset_event, user_stack_id},
+    helpers::{current_comm, emit, global, read_failed, reset_event, user_stack_id},
     record::with_scratch,
     sock,
 };
@@ -99,7 +99,7 @@ fn first_use<C: StackIdContext>(ctx: &C, sk: u64, bit: u8) -> Option<()> {
         let pid_tgid = bpf_get_current_pid_tgid();
         ev.tgid = (pid_tgid >> 32) as u32;
         ev.tid = pid_tgid as u32;
-        ev.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        current_comm(&mut ev.comm);
         // SAFETY: a helper without arguments.
         ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
         ev.flags |= event_flags::OWNER_CAPTURED | event_flags::AUX_VALID;
