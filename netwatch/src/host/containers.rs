@@ -12,7 +12,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, LazyLock, OnceLock, RwLock,
+        Arc, LazyLock, Mutex, OnceLock, RwLock,
         atomic::{AtomicBool, Ordering},
         mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel},
     },
@@ -146,10 +146,55 @@ pub fn container_of_path(path: &str) -> Option<Arc<Container>> {
     Some(container)
 }
 
-/// The container of a socket's owner (by its cgroup, see [`cgroup::owner_cgroup`]); `None`
-/// when it runs in none that a cgroup path shows.
+/// The container of a socket's owner: by its cgroup v2 path ([`cgroup::owner_cgroup`]), else,
+/// while the process lives, by a cgroup v1 line of its `/proc/<pid>/cgroup`; `None` when it
+/// runs in none that a cgroup path shows.
+///
+/// Why the v1 lines too: on a host without cgroup v2 (or a hybrid one whose runtime places
+/// containers in the v1 hierarchies only) the v2 path names no container. The owner's cgroup
+/// stays its v2 path (one name per cgroup, see [`cgroup::owner_cgroup`]); only the container
+/// is read from v1, so a process that is gone before its first lookup has none there.
 pub fn owner_container(cgroup_id: Option<u64>, pid: Option<u32>) -> Option<Arc<Container>> {
-    container_of_path(&cgroup::owner_cgroup_shared(cgroup_id, pid)?)
+    if let Some(c) =
+        cgroup::owner_cgroup_shared(cgroup_id, pid).and_then(|path| container_of_path(&path))
+    {
+        return Some(c);
+    }
+    // A replay's pids are of another moment: its containers come from the recording.
+    if RECORDED.load(Ordering::Relaxed) {
+        return None;
+    }
+    container_of_path(&v1_container_path_of(pid?)?)
+}
+
+/// Pids whose v1 container path was looked up, kept; past it the cache starts again.
+const MAX_V1_PIDS: usize = 4096;
+
+/// [`v1_container_path`] of a pid's `/proc/<pid>/cgroup`, cached per pid (also the pids in no
+/// container: most owners, asked about at every event).
+fn v1_container_path_of(pid: u32) -> Option<Arc<str>> {
+    static V1: LazyLock<Mutex<HashMap<u32, Option<Arc<str>>>>> = LazyLock::new(Mutex::default);
+    let mut cache = V1.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(hit) = cache.get(&pid) {
+        return hit.clone();
+    }
+    let found = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()
+        .and_then(|text| v1_container_path(&text).map(Arc::from));
+    if cache.len() >= MAX_V1_PIDS {
+        cache.clear();
+    }
+    cache.insert(pid, found.clone());
+    found
+}
+
+/// The path of the first cgroup v1 line (`4:memory:/docker/<id>`) of a `/proc/<pid>/cgroup`
+/// text that names a container.
+fn v1_container_path(text: &str) -> Option<&str> {
+    text.lines()
+        .filter(|line| !line.starts_with("0::"))
+        .filter_map(|line| line.splitn(3, ':').nth(2))
+        .find(|path| container_id(path).is_some())
 }
 
 /// Takes what a recording's line says about its owner's container: from then on, names come
@@ -207,6 +252,23 @@ mod tests {
         )]));
         assert_eq!(known.named.len(), 1);
         assert!(known.named.contains_key(&id(MAX_CONTAINERS)));
+    }
+
+    #[test]
+    fn a_container_only_a_v1_hierarchy_names_is_found_in_its_line() {
+        // A host without cgroup v2 (no `0::` line), Docker with the cgroupfs driver.
+        let v1_only =
+            format!("12:pids:/docker/{ID}\n11:memory:/docker/{ID}\n1:name=systemd:/docker/{ID}\n");
+        assert_eq!(
+            v1_container_path(&v1_only),
+            Some(format!("/docker/{ID}").as_str())
+        );
+        // Hybrid, the container in v1 only: the v2 root line is passed over.
+        let hybrid = format!("4:memory:/libpod_parent/libpod-{ID}\n0::/\n");
+        assert_eq!(v1_container_path(&hybrid).and_then(container_id), Some(ID));
+        // No container anywhere: a service on a hybrid host.
+        let none = "4:memory:/system.slice/ssh.service\n0::/system.slice/ssh.service\n";
+        assert_eq!(v1_container_path(none), None);
     }
 
     #[test]
