@@ -113,7 +113,7 @@ pub(crate) fn read_failed<T>() -> Option<T> {
 /// `dst` must be valid for writes of a `T`, 8-aligned, and zero must be a valid `T`.
 #[inline(always)]
 pub(crate) unsafe fn zero_words<T>(dst: *mut T) {
-    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() >= 8) };
+    const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() >= 8) };
     let d = dst.cast::<u64>();
     let mut i = 0;
     while i < size_of::<T>() / 8 {
@@ -130,7 +130,7 @@ pub(crate) unsafe fn zero_words<T>(dst: *mut T) {
 /// `src` must be valid for reads and `dst` for writes of a `T`, both 8-aligned.
 #[inline(always)]
 pub(crate) unsafe fn copy_words<T: Copy>(dst: *mut T, src: *const T) {
-    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() >= 8) };
+    const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() >= 8) };
     let (d, s) = (dst.cast::<u64>(), src.cast::<u64>());
     let mut i = 0;
     while i < size_of::<T>() / 8 {

@@ -147,7 +147,7 @@ fn transition<C: StackIdContext>(
         // SAFETY: as above; the value is plain data and this program is its only writer.
         Some(p) => unsafe { copy_words(p, info) },
         None => {
-            if SOCKETS.insert(skaddr, &*info, 0).is_err() {
+            if SOCKETS.insert(skaddr, info, 0).is_err() {
                 count(stat::SOCKETS_FULL);
             }
         }
