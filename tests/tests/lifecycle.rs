@@ -233,24 +233,43 @@ fn root_report_counts_equal_the_kernel_counters() {
         .lines()
         .filter(|l| !l.trim().is_empty())
         .count() as u64;
-    let estimated: u64 = report["time_wait"]["by_destination"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| {
-            d["destination"]
-                .as_str()
-                .unwrap()
-                .starts_with(&format!("{server}:"))
-        })
-        .map(|d| d["population"].as_u64().unwrap())
-        .sum();
+    let to_server = |report: &Value| -> Option<u64> {
+        let rows = report["time_wait"]["by_destination"].as_array().unwrap();
+        let ours: Vec<u64> = rows
+            .iter()
+            .filter(|d| {
+                d["destination"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("{server}:"))
+            })
+            .map(|d| d["population"].as_u64().unwrap())
+            .collect();
+        (!ours.is_empty()).then(|| ours.iter().sum())
+    };
     assert_eq!(
         ss_count,
         N + L,
         "ss -tan state time-wait state fin-wait-2:\n{ss_time_wait}"
     );
-    assert_eq!(estimated, ss_count, "{}", report["time_wait"]);
+    // The report lists the top destinations of the whole host, where other work may hold
+    // more TIME_WAITs than this test: the same recording replayed for this destination alone
+    // (the replay reconciles with the dumps the live run made) must find them all, and the
+    // live report, where it lists this destination, the same.
+    let replayed: Value = serde_json::from_str(&analyze(
+        &recording,
+        &["--report", "--json", "dst", &server.to_string()],
+    ))
+    .expect("replayed report is JSON");
+    assert_eq!(
+        to_server(&replayed),
+        Some(ss_count),
+        "{}",
+        replayed["time_wait"]
+    );
+    if let Some(live) = to_server(&report) {
+        assert_eq!(live, ss_count, "{}", report["time_wait"]);
+    }
 
     // The leaking server is named, with its L sockets.
     let holders = report["close_wait"]["holders"].as_array().unwrap();
