@@ -848,7 +848,7 @@ mod tests {
             self.ts += ms * 1_000_000;
             let mut ev = Event::test_state(self.ts);
             (ev.sock, ev.pid, ev.tid) = (sock, pid, pid);
-            ev.comm = pid.map(|p| format!("proc{p}"));
+            ev.comm = pid.map(|p| format!("proc{p}").into());
             (ev.saddr, ev.sport) = (local.0.parse().unwrap(), local.1);
             (ev.daddr, ev.dport) = (remote.0.parse().unwrap(), remote.1);
             ev.kind = kind;
