@@ -81,11 +81,6 @@ impl End {
             End::Aborted => "aborted",
         }
     }
-
-    /// The text-column form: the name, with our reset's reason: `reset-by-us (NO_SOCKET)`.
-    pub fn label(&self) -> String {
-        self.to_string()
-    }
 }
 
 /// The text-column form: the name, with our reset's reason: `reset-by-us (NO_SOCKET)`.
