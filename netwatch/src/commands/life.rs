@@ -28,8 +28,21 @@ struct Row<'a> {
     container: Option<&'a Container>,
 }
 
-fn kb(bytes: Option<u64>) -> String {
-    bytes.map_or_else(|| "-".to_string(), |b| (b / 1024).to_string())
+fn kb(bytes: Option<u64>) -> OrDash<u64> {
+    OrDash(bytes.map(|b| b / 1024))
+}
+
+/// A value as its column shows it, `-` when unknown, in the column's width and precision:
+/// a row is written without a string per column.
+struct OrDash<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.pad("-"),
+        }
+    }
 }
 
 /// Width of `-w`'s CGROUP column. A longer path keeps its end (the most specific part: the
@@ -143,21 +156,21 @@ impl<W: Write> LifeSink<W> {
         };
         writeln!(
             self.out,
-            "{}{:>7} {:<15} {:<aw$} {:>5} {:<aw$} {:>5} {:>6} {:>6} {:>10} {:<7} {}{}{}",
+            "{}{:>7} {:<15} {:<aw$} {:>5} {:<aw$} {:>5} {:>6} {:>6} {:>10.3} {:<7} {}{}{}",
             self.time_column(Some(c.end_ns)),
-            c.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
+            OrDash(c.pid),
             c.comm.as_deref().unwrap_or("-"),
-            c.saddr.to_string(),
+            c.saddr,
             c.sport,
-            c.daddr.to_string(),
+            c.daddr,
             c.dport,
             kb(c.bytes_sent),
             kb(c.bytes_received),
-            c.ms.map_or_else(|| "-".to_string(), |ms| format!("{ms:.3}")),
+            OrDash(c.ms),
             role,
             self.container_column(container.map(|c| c.label()).as_deref()),
             self.cgroup_column(cgroup.as_deref()),
-            c.end.label()
+            c.end
         )
     }
 
@@ -368,7 +381,7 @@ mod tests {
             } else {
                 c.sport
             };
-            *by_end.entry((port, c.role, c.end.label())).or_default() += 1;
+            *by_end.entry((port, c.role, c.end.to_string())).or_default() += 1;
         }
         let expected: BTreeMap<_, _> = [
             ((8080, Role::Active, "time-wait".to_string()), 3),

@@ -942,7 +942,7 @@ mod tests {
             self.ts += 1_000_000;
             let mut ev = Event::test_state(self.ts);
             (ev.sock, ev.pid, ev.tid) = (sock, pid, pid);
-            (ev.comm, ev.cgroup_id) = (pid.map(|_| comm.to_string()), cgroup);
+            (ev.comm, ev.cgroup_id) = (pid.map(|_| comm.into()), cgroup);
             (ev.saddr, ev.sport) = (local.0.parse().unwrap(), local.1);
             (ev.daddr, ev.dport) = (remote.0.parse().unwrap(), remote.1);
             ev.kind = kind;

@@ -215,6 +215,8 @@ impl Owners {
     fn insert(&mut self, key: OwnerKey, value: Option<Arc<str>>) {
         if self.cache.len() >= MAX_OWNERS && !self.cache.contains_key(&key) {
             self.cache.clear();
+            // What threads remember learning is gone from the cache: they must learn it again.
+            GENERATION.fetch_add(1, Ordering::Release);
         }
         self.cache.insert(key, value);
     }
@@ -240,6 +242,8 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     static RECENT: RefCell<Recent> = RefCell::default();
+    /// The last answers this thread took from a recording ([`learn_owner_cgroup`]).
+    static LEARNT: RefCell<Recent> = RefCell::default();
 }
 
 /// The last [`RECENT_OWNERS`] answers of this thread, valid for one [`GENERATION`].
@@ -317,16 +321,37 @@ pub fn owner_cgroup_shared(cgroup_id: Option<u64>, pid: Option<u32>) -> Option<A
 /// that outputs printed later (a connection's end, the report) name the cgroup it had while
 /// alive: short-lived clients are often gone by then. The answer is kept in the cache.
 pub fn note_owner(cgroup_id: Option<u64>, pid: Option<u32>) {
-    owner_cgroup(cgroup_id, pid);
+    owner_cgroup_shared(cgroup_id, pid);
 }
 
 /// Remembers the owner's cgroup as a recording holds it (`None`: the live run knew none), so
 /// that `analyze` prints what the live run printed rather than asking this host about pids
 /// of the past; from then on this process asks `/proc` about no pid.
+///
+/// Every event of a replay comes here: an answer this thread learnt last (in the same
+/// [`GENERATION`]) is not learnt again, so a replay takes the shared cache's lock only when an
+/// owner or its path changes, not once per event.
 pub fn learn_owner_cgroup(cgroup_id: Option<u64>, pid: Option<u32>, path: Option<&str>) {
-    if cgroup_id.is_some() || pid.is_some() {
-        owners().learn((pid, cgroup_id), path);
+    if cgroup_id.is_none() && pid.is_none() {
+        return;
     }
+    let key = (pid, cgroup_id);
+    let generation = GENERATION.load(Ordering::Acquire);
+    let known = LEARNT.with_borrow_mut(|r| r.get(key, generation));
+    if known.is_some_and(|answer| answer.as_deref() == path) {
+        return;
+    }
+    // Every change of generation happens under the lock: read there, it is the one the cache
+    // holds this answer in.
+    let generation = {
+        let mut owners = owners();
+        owners.learn(key, path);
+        GENERATION.load(Ordering::Acquire)
+    };
+    LEARNT.with_borrow_mut(|r| {
+        r.get(key, generation);
+        r.put(key, path.map(Arc::from));
+    });
 }
 
 /// The cgroup v2 id (the inode the kernel reports) of a path given with `--cgroup`: a path in

@@ -6,13 +6,18 @@
 //! Per-process rows carry the owner's `cgroup` path, resolved when the report is built through
 //! the [`OwnerNames`] the caller passes in (the host's, which a replay fills with the paths its
 //! recording holds; a fake in tests).
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::IpAddr,
+};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::{
-    model::event::{Event, EventKind, endpoint, state_label},
+    model::comm::Comm,
+    model::event::{Event, EventKind, TcpState, state_label},
     model::names::{Container, OwnerNames},
     model::timewait::{Binding, Counts, DestinationView, KernelOverflow, Pattern, TimeWaits},
     model::tracker::{CloseWaitSocket, Connection, End, Role, Tracker, TrackerStats},
@@ -51,11 +56,49 @@ impl Default for Thresholds {
     }
 }
 
+/// What a row of a per-process or per-peer table is keyed by, kept as the values it is made
+/// of and written out ([`Key`]'s `Display`) only when the report is built: formatting a key
+/// for every event and connection cost more than the rest of the replay. Two keys are equal
+/// exactly when their texts are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    /// `comm[pid]` (`?` for an unknown name).
+    Process(u32, Comm),
+    /// An owner netwatch does not know: `-`.
+    NoProcess,
+    /// A peer's address.
+    Peer(IpAddr),
+    /// `addr:port`, with brackets for IPv6 (see [`crate::model::event::endpoint`]).
+    Endpoint(IpAddr, u16),
+    /// [`OTHER`]: every new key once a table is full.
+    Other,
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::Process(pid, comm) => write!(f, "{}[{pid}]", comm.as_str()),
+            Key::NoProcess => f.write_str("-"),
+            Key::Peer(addr) => write!(f, "{addr}"),
+            Key::Endpoint(IpAddr::V4(a), port) => write!(f, "{a}:{port}"),
+            Key::Endpoint(IpAddr::V6(a), port) => write!(f, "[{a}]:{port}"),
+            Key::Other => f.write_str(OTHER),
+        }
+    }
+}
+
+/// A table with a seeded fast hasher (foldhash) rather than SipHash: its keys are the host's
+/// own processes, peers and fixed names, and every event or connection hashes one.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A table keyed by [`Key`].
+type KeyMap<V> = FastMap<Key, V>;
+
 /// `comm[pid]`, or `-` when unknown: how processes are keyed in every table.
-fn process(pid: Option<u32>, comm: Option<&str>) -> String {
+fn process(pid: Option<u32>, comm: Option<Comm>) -> Key {
     match pid {
-        Some(p) => format!("{}[{p}]", comm.unwrap_or("?")),
-        None => "-".to_string(),
+        Some(p) => Key::Process(p, comm.unwrap_or_else(|| Comm::new("?"))),
+        None => Key::NoProcess,
     }
 }
 
@@ -259,41 +302,48 @@ pub struct Analysis {
     events: u64,
     /// Every timewait socket alive, by 4-tuple.
     time_waits: TimeWaits<()>,
-    tw_by_process: HashMap<String, u64>,
+    tw_by_process: KeyMap<u64>,
     /// Destination -> (first EADDRNOTAVAIL, count).
-    no_port: HashMap<String, (u64, u64)>,
-    ends: HashMap<String, u64>,
+    no_port: KeyMap<(u64, u64)>,
+    /// By [`End::name`].
+    ends: FastMap<&'static str, u64>,
     ended: u64,
-    connects_by_dest: HashMap<String, (Outcomes, Hist)>,
-    connects_by_process: HashMap<String, (Outcomes, Hist)>,
-    resets: HashMap<(&'static str, String, String), u64>,
-    resets_by_process: HashMap<String, u64>,
-    resets_by_peer: HashMap<String, u64>,
+    connects_by_dest: KeyMap<(Outcomes, Hist)>,
+    connects_by_process: KeyMap<(Outcomes, Hist)>,
+    /// (direction, state) -> reason (`-` when none) -> count.
+    resets: FastMap<(&'static str, &'static str), HashMap<String, u64>>,
+    resets_by_process: KeyMap<u64>,
+    resets_by_peer: KeyMap<u64>,
     resets_sent: u64,
     resets_received: u64,
-    retransmits_by_peer: HashMap<String, u64>,
-    synack_by_listener: HashMap<String, u64>,
+    retransmits_by_peer: KeyMap<u64>,
+    synack_by_listener: KeyMap<u64>,
     close_wait_dwell: Hist,
-    life_by_process: HashMap<String, Hist>,
-    life_by_peer: HashMap<String, Hist>,
+    life_by_process: KeyMap<Hist>,
+    life_by_peer: KeyMap<Hist>,
     /// Process key (`comm[pid]`) -> (pid, cgroup id) of the first owner seen under it, to name
     /// its cgroup when the report is built.
-    owners: HashMap<String, (Option<u32>, Option<u64>)>,
+    owners: KeyMap<(Option<u32>, Option<u64>)>,
 }
 
-fn top<K: Clone>(map: &HashMap<String, K>, n: usize, count: impl Fn(&K) -> u64) -> Vec<CountRow> {
-    let mut rows: Vec<_> = map
-        .iter()
-        .map(|(k, v)| CountRow {
-            key: k.clone(),
+/// The `n` largest counts of `map`, largest first, ties in the order of their keys' text.
+fn ranked<V>(map: &KeyMap<V>, n: usize, count: impl Fn(&V) -> u64) -> Vec<(Key, String, &V)> {
+    let mut rows: Vec<_> = map.iter().map(|(k, v)| (*k, k.to_string(), v)).collect();
+    rows.sort_by(|a, b| count(b.2).cmp(&count(a.2)).then_with(|| a.1.cmp(&b.1)));
+    rows.truncate(n);
+    rows
+}
+
+fn top<V>(map: &KeyMap<V>, n: usize, count: impl Fn(&V) -> u64) -> Vec<CountRow> {
+    ranked(map, n, &count)
+        .into_iter()
+        .map(|(_, key, v)| CountRow {
+            key,
             count: count(v),
             cgroup: None,
             container: None,
         })
-        .collect();
-    rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
-    rows.truncate(n);
-    rows
+        .collect()
 }
 
 /// Rows kept in each table.
@@ -309,14 +359,9 @@ const OTHER: &str = "(other)";
 const MAX_OWNERS: usize = 2 * MAX_KEYS + 2 * MAX_HIST_KEYS;
 
 /// The value for `key`, or for [`OTHER`] once `map` holds `cap` keys.
-fn capped<V>(
-    map: &mut HashMap<String, V>,
-    key: String,
-    cap: usize,
-    make: impl FnOnce() -> V,
-) -> &mut V {
+fn capped<V>(map: &mut KeyMap<V>, key: Key, cap: usize, make: impl FnOnce() -> V) -> &mut V {
     let key = if map.len() >= cap && !map.contains_key(&key) {
-        OTHER.to_string()
+        Key::Other
     } else {
         key
     };
@@ -332,54 +377,57 @@ impl Analysis {
             first_ns: None,
             last_ns: 0,
             events: 0,
-            tw_by_process: HashMap::new(),
-            no_port: HashMap::new(),
-            ends: HashMap::new(),
+            tw_by_process: KeyMap::default(),
+            no_port: KeyMap::default(),
+            ends: HashMap::default(),
             ended: 0,
-            connects_by_dest: HashMap::new(),
-            connects_by_process: HashMap::new(),
-            resets: HashMap::new(),
-            resets_by_process: HashMap::new(),
-            resets_by_peer: HashMap::new(),
+            connects_by_dest: KeyMap::default(),
+            connects_by_process: KeyMap::default(),
+            resets: HashMap::default(),
+            resets_by_process: KeyMap::default(),
+            resets_by_peer: KeyMap::default(),
             resets_sent: 0,
             resets_received: 0,
-            retransmits_by_peer: HashMap::new(),
-            synack_by_listener: HashMap::new(),
+            retransmits_by_peer: KeyMap::default(),
+            synack_by_listener: KeyMap::default(),
             close_wait_dwell: Hist::new(),
-            life_by_process: HashMap::new(),
-            life_by_peer: HashMap::new(),
-            owners: HashMap::new(),
+            life_by_process: KeyMap::default(),
+            life_by_peer: KeyMap::default(),
+            owners: KeyMap::default(),
         }
     }
 
     /// Remembers who process key `who` is, so the report can name its cgroup.
-    fn note_owner(&mut self, who: &str, pid: Option<u32>, cgroup_id: Option<u64>) {
-        if pid.is_some() && self.owners.len() < MAX_OWNERS && !self.owners.contains_key(who) {
-            self.owners.insert(who.to_string(), (pid, cgroup_id));
+    fn note_owner(&mut self, who: Key, pid: Option<u32>, cgroup_id: Option<u64>) {
+        if pid.is_some() && self.owners.len() < MAX_OWNERS {
+            self.owners.entry(who).or_insert((pid, cgroup_id));
         }
     }
 
     /// The cgroup path of the process keyed `who`, when known; `None` for keys that are not
     /// a process (`-`, [`OTHER`], peers). Resolved now, when the report is built.
-    fn cgroup_of(&self, who: &str, names: &dyn OwnerNames) -> Option<String> {
+    fn cgroup_of(&self, who: &Key, names: &dyn OwnerNames) -> Option<String> {
         let &(pid, cgroup_id) = self.owners.get(who)?;
         names.cgroup(cgroup_id, pid)
     }
 
     /// The container of the process keyed `who`, as [`Analysis::cgroup_of`] its cgroup.
-    fn container_of(&self, who: &str, names: &dyn OwnerNames) -> Option<Container> {
+    fn container_of(&self, who: &Key, names: &dyn OwnerNames) -> Option<Container> {
         let &(pid, cgroup_id) = self.owners.get(who)?;
         names.container(cgroup_id, pid).map(|c| c.as_ref().clone())
     }
 
     /// Per-process count rows with their cgroups.
-    fn process_rows(&self, map: &HashMap<String, u64>, names: &dyn OwnerNames) -> Vec<CountRow> {
-        let mut rows = top(map, TOP, |v| *v);
-        for r in &mut rows {
-            r.cgroup = self.cgroup_of(&r.key, names);
-            r.container = self.container_of(&r.key, names);
-        }
-        rows
+    fn process_rows(&self, map: &KeyMap<u64>, names: &dyn OwnerNames) -> Vec<CountRow> {
+        ranked(map, TOP, |v| *v)
+            .into_iter()
+            .map(|(who, key, count)| CountRow {
+                key,
+                count: *count,
+                cgroup: self.cgroup_of(&who, names),
+                container: self.container_of(&who, names),
+            })
+            .collect()
     }
 
     /// Measures the duration from `started_ns` (when tracing began) rather than the first event.
@@ -404,39 +452,32 @@ impl Analysis {
         self.events += 1;
         self.first_ns.get_or_insert(ev.ts_ns);
         self.last_ns = self.last_ns.max(ev.ts_ns);
-        let who = process(ev.pid, ev.comm.as_deref());
+        let who = process(ev.pid, ev.comm);
         if matches!(
             ev.kind,
             EventKind::ResetSent { .. } | EventKind::ResetReceived { .. }
         ) {
-            self.note_owner(&who, ev.pid, ev.cgroup_id);
+            self.note_owner(who, ev.pid, ev.cgroup_id);
         }
         match &ev.kind {
             EventKind::ResetSent { state, reason } => {
                 self.resets_sent += 1;
-                let reason = reason.clone().unwrap_or_else(|| "-".into());
-                *self
-                    .resets
-                    .entry(("sent", reason, state_label(*state).to_string()))
-                    .or_default() += 1;
+                self.count_reset("sent", reason.as_deref(), *state);
                 *capped(&mut self.resets_by_process, who, MAX_KEYS, || 0) += 1;
                 *capped(
                     &mut self.resets_by_peer,
-                    ev.daddr.to_string(),
+                    Key::Peer(ev.daddr),
                     MAX_KEYS,
                     || 0,
                 ) += 1;
             }
             EventKind::ResetReceived { state } => {
                 self.resets_received += 1;
-                *self
-                    .resets
-                    .entry(("received", "-".into(), state_label(*state).to_string()))
-                    .or_default() += 1;
+                self.count_reset("received", None, *state);
                 *capped(&mut self.resets_by_process, who, MAX_KEYS, || 0) += 1;
                 *capped(
                     &mut self.resets_by_peer,
-                    ev.daddr.to_string(),
+                    Key::Peer(ev.daddr),
                     MAX_KEYS,
                     || 0,
                 ) += 1;
@@ -444,7 +485,7 @@ impl Analysis {
             EventKind::Retransmit { .. } => {
                 *capped(
                     &mut self.retransmits_by_peer,
-                    ev.daddr.to_string(),
+                    Key::Peer(ev.daddr),
                     MAX_KEYS,
                     || 0,
                 ) += 1;
@@ -452,7 +493,7 @@ impl Analysis {
             EventKind::SynackRetransmit { .. } => {
                 *capped(
                     &mut self.synack_by_listener,
-                    endpoint(ev.saddr, ev.sport),
+                    Key::Endpoint(ev.saddr, ev.sport),
                     MAX_KEYS,
                     || 0,
                 ) += 1;
@@ -464,35 +505,52 @@ impl Analysis {
         }
     }
 
+    /// Counts a reset by direction, reason (`-` for none) and state, allocating only for a
+    /// reason not seen before.
+    fn count_reset(
+        &mut self,
+        direction: &'static str,
+        reason: Option<&str>,
+        state: Option<TcpState>,
+    ) {
+        let by_reason = self
+            .resets
+            .entry((direction, state_label(state)))
+            .or_default();
+        let reason = reason.unwrap_or("-");
+        match by_reason.get_mut(reason) {
+            Some(n) => *n += 1,
+            None => {
+                by_reason.insert(reason.to_string(), 1);
+            }
+        }
+    }
+
     /// Counts a finished connection.
     pub fn on_connection(&mut self, c: &Connection) {
         self.ended += 1;
-        let end_key = match &c.end {
-            End::ResetByUs { .. } => "reset-by-us".to_string(),
-            e => e.label(),
-        };
-        *self.ends.entry(end_key).or_default() += 1;
-        let who = process(c.pid, c.comm.as_deref());
-        self.note_owner(&who, c.pid, c.cgroup_id);
-        let dest = endpoint(c.daddr, c.dport);
+        *self.ends.entry(c.end.name()).or_default() += 1;
+        let who = process(c.pid, c.comm);
+        self.note_owner(who, c.pid, c.cgroup_id);
+        let dest = Key::Endpoint(c.daddr, c.dport);
         if c.end == End::TimeWait {
             let closer_pid = c.closer_pid.or(c.pid);
-            let closer = process(closer_pid, c.closer_comm.as_deref().or(c.comm.as_deref()));
+            let closer = process(closer_pid, c.closer_comm.or(c.comm));
             // The cgroup id is the owner's: only the owner's when it closed.
             let closer_cgroup = c.cgroup_id.filter(|_| closer_pid == c.pid);
-            self.note_owner(&closer, closer_pid, closer_cgroup);
+            self.note_owner(closer, closer_pid, closer_cgroup);
             *capped(&mut self.tw_by_process, closer, MAX_KEYS, || 0) += 1;
             self.time_waits.born(c, ());
         }
         if c.ports_exhausted() {
-            let e = capped(&mut self.no_port, dest.clone(), MAX_KEYS, || (c.end_ns, 0));
+            let e = capped(&mut self.no_port, dest, MAX_KEYS, || (c.end_ns, 0));
             e.0 = e.0.min(c.end_ns);
             e.1 += 1;
         }
         if c.role == Role::Active {
             for (key, table) in [
-                (dest.clone(), &mut self.connects_by_dest),
-                (who.clone(), &mut self.connects_by_process),
+                (dest, &mut self.connects_by_dest),
+                (who, &mut self.connects_by_process),
             ] {
                 let (o, h) = capped(table, key, MAX_HIST_KEYS, || {
                     (Outcomes::default(), Hist::new())
@@ -517,7 +575,7 @@ impl Analysis {
             capped(&mut self.life_by_process, who, MAX_HIST_KEYS, Hist::new).record_ms(ms);
             capped(
                 &mut self.life_by_peer,
-                c.daddr.to_string(),
+                Key::Peer(c.daddr),
                 MAX_HIST_KEYS,
                 Hist::new,
             )
@@ -612,7 +670,7 @@ impl Analysis {
             .no_port
             .iter()
             .map(|(dest, (first_ns, n))| PortsExhausted {
-                destination: dest.clone(),
+                destination: dest.to_string(),
                 first_ns: *first_ns,
                 after_s: first_ns.saturating_sub(self.first_ns.unwrap_or(*first_ns)) as f64 / 1e9,
                 failed_connects: *n,
@@ -666,28 +724,22 @@ impl Analysis {
             .into_iter()
             .filter(|c| c.age_ms >= self.thresholds.close_wait_age_ms && keep(c))
             .collect();
-        type Holder = (
-            usize,
-            f64,
-            HashMap<String, u64>,
-            Option<String>,
-            Option<Container>,
-        );
+        type Holder = (usize, f64, KeyMap<u64>, Option<String>, Option<Container>);
         let mut holders: HashMap<String, Holder> = HashMap::new();
         for c in &stuck {
             let h = holders
-                .entry(process(c.pid, c.comm.as_deref()))
+                .entry(process(c.pid, c.comm.as_deref().map(Comm::new)).to_string())
                 .or_insert_with(|| {
                     let cgroup = c.pid.and_then(|_| names.cgroup(c.cgroup_id, c.pid));
                     let container = c
                         .pid
                         .and_then(|_| names.container(c.cgroup_id, c.pid))
                         .map(|c| c.as_ref().clone());
-                    (0, 0.0, HashMap::new(), cgroup, container)
+                    (0, 0.0, KeyMap::default(), cgroup, container)
                 });
             h.0 += 1;
             h.1 = h.1.max(c.age_ms);
-            *h.2.entry(endpoint(c.daddr, c.dport)).or_default() += 1;
+            *h.2.entry(Key::Endpoint(c.daddr, c.dport)).or_default() += 1;
         }
         let mut holders: Vec<CloseWaitHolder> = holders
             .into_iter()
@@ -733,11 +785,11 @@ impl Analysis {
             });
         }
 
-        let outcomes = |table: &HashMap<String, (Outcomes, Hist)>, by_process: bool| {
+        let outcomes = |table: &KeyMap<(Outcomes, Hist)>, by_process: bool| {
             let mut rows: Vec<ConnectOutcomes> = table
                 .iter()
                 .map(|(k, (o, h))| ConnectOutcomes {
-                    key: k.clone(),
+                    key: k.to_string(),
                     cgroup: by_process.then(|| self.cgroup_of(k, names)).flatten(),
                     container: by_process.then(|| self.container_of(k, names)).flatten(),
                     established: o.established,
@@ -772,11 +824,13 @@ impl Analysis {
         let mut by_reason_and_state: Vec<ResetRow> = self
             .resets
             .iter()
-            .map(|((direction, reason, state), count)| ResetRow {
-                direction,
-                reason: reason.clone(),
-                state: state.clone(),
-                count: *count,
+            .flat_map(|(&(direction, state), by_reason)| {
+                by_reason.iter().map(move |(reason, count)| ResetRow {
+                    direction,
+                    reason: reason.clone(),
+                    state: state.to_string(),
+                    count: *count,
+                })
             })
             .collect();
         by_reason_and_state.sort_by(|a, b| {
@@ -785,11 +839,11 @@ impl Analysis {
             })
         });
 
-        let lifetimes = |m: &HashMap<String, Hist>, by_process: bool| {
+        let lifetimes = |m: &KeyMap<Hist>, by_process: bool| {
             let mut rows: Vec<LifetimeRow> = m
                 .iter()
                 .map(|(k, h)| LifetimeRow {
-                    key: k.clone(),
+                    key: k.to_string(),
                     cgroup: by_process.then(|| self.cgroup_of(k, names)).flatten(),
                     container: by_process.then(|| self.container_of(k, names)).flatten(),
                     lifetime_ms: h.percentiles(),
@@ -817,7 +871,7 @@ impl Analysis {
             ends: ends
                 .into_iter()
                 .map(|(k, v)| CountRow {
-                    key: k.clone(),
+                    key: k.to_string(),
                     count: *v,
                     cgroup: None,
                     container: None,
@@ -977,7 +1031,7 @@ mod tests {
         assert_eq!(a.life_by_process.len(), MAX_HIST_KEYS + 1);
         assert_eq!(a.connects_by_process.len(), MAX_HIST_KEYS + 1);
         assert_eq!(a.tw_by_process.len(), MAX_KEYS + 1);
-        let other = a.tw_by_process[OTHER];
+        let other = a.tw_by_process[&Key::Other];
         assert_eq!(
             other,
             5_000 - MAX_KEYS as u64,

@@ -9,7 +9,10 @@ use std::{
 use netwatch_common::{AF_INET6, RawEvent, event_flags, event_kind, tcp_state};
 use serde::{Deserialize, Serialize};
 
-use crate::model::names::{Container, RecordedOwner};
+use crate::model::{
+    comm::Comm,
+    names::{Container, RecordedOwner},
+};
 
 /// A TCP state, named as `ss` and the kernel's tracepoints name it (without the `TCP_` prefix).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -216,7 +219,8 @@ pub struct Event {
     /// Owner process (tgid); `None` when not known. Never a softirq bystander.
     pub pid: Option<u32>,
     pub tid: Option<u32>,
-    pub comm: Option<String>,
+    /// The owner's command name, inline (no allocation per event).
+    pub comm: Option<Comm>,
     /// True when the owner was read at this event (connect, listen, close, shutdown), false
     /// when it was remembered from an earlier one.
     #[serde(default)]
@@ -291,11 +295,6 @@ pub fn raw_from_bytes(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
     // #[repr(C)] plain integers (aya::Pod), valid for any bit pattern; read_unaligned makes no
     // alignment assumption about the ring buffer's memory.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RawEvent>()) })
-}
-
-fn comm_string(comm: &[u8]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
 fn addr(family: Family, bytes: &[u8; 16]) -> IpAddr {
@@ -377,7 +376,7 @@ impl Event {
             sock: raw.skaddr,
             pid: known.then_some(raw.tgid),
             tid: known.then_some(raw.tid),
-            comm: known.then(|| comm_string(&raw.comm)),
+            comm: known.then(|| Comm::from_kernel(&raw.comm)),
             owner_seen_here: known && raw.flags & event_flags::OWNER_CAPTURED != 0,
             cgroup_id: (raw.cgroup_id != 0).then_some(raw.cgroup_id),
             netns: (raw.netns != 0).then_some(raw.netns),
@@ -433,8 +432,7 @@ struct FlatEvent<'a> {
     sock: &'a str,
     pid: Option<u32>,
     tid: Option<u32>,
-    #[serde(borrow)]
-    comm: Option<std::borrow::Cow<'a, str>>,
+    comm: Option<Comm>,
     #[serde(default)]
     owner_seen_here: bool,
     #[serde(default)]
@@ -551,7 +549,7 @@ impl Event {
             sock,
             pid: f.pid,
             tid: f.tid,
-            comm: f.comm.map(|c| c.into_owned()),
+            comm: f.comm,
             owner_seen_here: f.owner_seen_here,
             cgroup_id: f.cgroup_id,
             netns: f.netns,

@@ -2,6 +2,7 @@
 //! tested from synthetic and recorded streams without root.
 
 pub mod analysis;
+pub mod comm;
 pub mod event;
 pub mod filter;
 pub mod frames;

@@ -1,7 +1,8 @@
 //! Where events go: text columns for people, JSON lines for jq and for machines.
 use std::{
-    fmt::Write as _,
+    fmt::{self, Write as _},
     io::{self, Write},
+    net::IpAddr,
     sync::Arc,
 };
 
@@ -10,7 +11,7 @@ use serde::Serialize;
 use crate::{
     host::clock::WallClock,
     kernel::probe::Probe,
-    model::event::{Event, EventKind, endpoint, state_label},
+    model::event::{Event, EventKind, state_label},
     model::names::Container,
     model::selection::Selection,
     model::timewait::Observed,
@@ -224,6 +225,8 @@ pub struct TextSink<W: Write> {
     /// `-w`: the CGROUP column too.
     cgroup: bool,
     header_done: bool,
+    /// The line being written, kept between events: a line costs no allocation.
+    line: String,
 }
 
 impl<W: Write> TextSink<W> {
@@ -236,6 +239,7 @@ impl<W: Write> TextSink<W> {
             addr_width: if wide { 47 } else { 21 },
             cgroup: wide,
             header_done: false,
+            line: String::new(),
         }
     }
 
@@ -264,28 +268,74 @@ impl<W: Write> TextSink<W> {
 }
 
 /// The EVENT column: `OLD -> NEW` for transitions, the kind and state for the rest.
-pub fn describe(kind: &EventKind) -> String {
-    match kind {
-        EventKind::State {
-            old_state,
-            new_state,
-            ..
-        } => format!("{} -> {}", state_label(*old_state), state_label(*new_state)),
-        EventKind::Retransmit { state, .. }
-        | EventKind::SynackRetransmit { state }
-        | EventKind::ResetReceived { state }
-        | EventKind::Destroy { state }
-        | EventKind::Accept { state }
-        | EventKind::FirstUse { state, .. } => {
-            format!("{} in {}", kind.label(), state_label(*state))
-        }
-        EventKind::ResetSent { state, reason } => {
-            let mut s = format!("{} in {}", kind.label(), state_label(*state));
-            if let Some(r) = reason {
-                let _ = write!(s, " ({r})");
+struct Describe<'a>(&'a EventKind);
+
+impl fmt::Display for Describe<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = self.0;
+        match kind {
+            EventKind::State {
+                old_state,
+                new_state,
+                ..
+            } => write!(
+                f,
+                "{} -> {}",
+                state_label(*old_state),
+                state_label(*new_state)
+            ),
+            EventKind::Retransmit { state, .. }
+            | EventKind::SynackRetransmit { state }
+            | EventKind::ResetReceived { state }
+            | EventKind::Destroy { state }
+            | EventKind::Accept { state }
+            | EventKind::FirstUse { state, .. } => {
+                write!(f, "{} in {}", kind.label(), state_label(*state))
             }
-            s
+            EventKind::ResetSent { state, reason } => {
+                write!(f, "{} in {}", kind.label(), state_label(*state))?;
+                match reason {
+                    Some(r) => write!(f, " ({r})"),
+                    None => Ok(()),
+                }
+            }
         }
+    }
+}
+
+/// `addr:port`, with brackets for IPv6, as [`crate::model::event::endpoint`] writes it.
+struct Endpoint(IpAddr, u16);
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V4(a) => write!(f, "{a}:{}", self.1),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}", self.1),
+        }
+    }
+}
+
+/// Appends `value` to `line` in at least `width` characters, left-aligned (`<`) or right-
+/// aligned (`>`), as `format!("{:<width$}", value.to_string())` would, without the string.
+fn push_aligned(line: &mut String, width: usize, right: bool, value: impl fmt::Display) {
+    const SPACES: &str = "                                                ";
+    let start = line.len();
+    let _ = write!(line, "{value}");
+    let written = &line[start..];
+    let chars = if written.is_ascii() {
+        written.len()
+    } else {
+        written.chars().count()
+    };
+    let mut pad = width.saturating_sub(chars);
+    while pad > 0 {
+        let n = pad.min(SPACES.len());
+        if right {
+            line.insert_str(start, &SPACES[..n]);
+        } else {
+            line.push_str(&SPACES[..n]);
+        }
+        pad -= n;
     }
 }
 
@@ -309,29 +359,38 @@ impl<W: Write> Sink for TextSink<W> {
 
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         self.header_once()?;
-        let time = match self.time {
+        let line = &mut self.line;
+        line.clear();
+        match self.time {
             TimeStyle::Relative { start_ns } => {
-                format!("{:.3}", ev.ts_ns.saturating_sub(start_ns) as f64 / 1e9)
+                let s = ev.ts_ns.saturating_sub(start_ns) as f64 / 1e9;
+                push_aligned(line, 12, false, format_args!("{s:.3}"));
             }
-            TimeStyle::Wall => self.clock.hms(ev.ts_ns),
-        };
-        let pid = ev.pid.map_or_else(|| "-".to_string(), |p| p.to_string());
-        let comm = ev.comm.as_deref().unwrap_or("-");
-        let ms = match ev.kind {
+            TimeStyle::Wall => push_aligned(line, 12, false, self.clock.hms(ev.ts_ns)),
+        }
+        line.push(' ');
+        match ev.pid {
+            Some(pid) => push_aligned(line, 7, true, pid),
+            None => push_aligned(line, 7, true, "-"),
+        }
+        line.push(' ');
+        push_aligned(line, 15, false, ev.comm.as_deref().unwrap_or("-"));
+        line.push(' ');
+        let w = self.addr_width;
+        push_aligned(line, w, false, Endpoint(ev.saddr, ev.sport));
+        line.push(' ');
+        push_aligned(line, w, false, Endpoint(ev.daddr, ev.dport));
+        line.push(' ');
+        push_aligned(line, EVENT_WIDTH, false, Describe(&ev.kind));
+        line.push(' ');
+        match ev.kind {
             EventKind::State {
                 ms_in_old: Some(ms),
                 ..
-            } => format!("{ms:.3}"),
-            _ => "-".to_string(),
-        };
-        let w = self.addr_width;
-        write!(
-            self.out,
-            "{time:<12} {pid:>7} {comm:<15} {:<w$} {:<w$} {:<EVENT_WIDTH$} {ms:>10}",
-            endpoint(ev.saddr, ev.sport),
-            endpoint(ev.daddr, ev.dport),
-            describe(&ev.kind),
-        )?;
+            } => push_aligned(line, 10, true, format_args!("{ms:.3}")),
+            _ => push_aligned(line, 10, true, "-"),
+        }
+        self.out.write_all(line.as_bytes())?;
         let (container, cgroup) = if self.cgroup {
             (
                 crate::host::containers::owner_container(ev.cgroup_id, ev.pid).map(|c| c.label()),

@@ -303,9 +303,9 @@ fn targets(md: &mut String, r: &Results) {
         Some(o) => {
             let _ = writeln!(
                 md,
-                "| `netwatch analyze` replay speed, one core | ≥ 5 M events/s | {} events/s | {} |",
+                "| `netwatch analyze` replay speed, one core | ≥ 10 M events/s | {} events/s | {} |",
                 fmt_int(o.events_per_sec() as u64),
-                check(o.events_per_sec() >= 5e6)
+                check(o.events_per_sec() >= 10e6)
             );
             let _ = writeln!(
                 md,
@@ -318,7 +318,7 @@ fn targets(md: &mut String, r: &Results) {
         None => {
             let _ = writeln!(
                 md,
-                "| `netwatch analyze` replay speed, one core | ≥ 5 M events/s | not built yet | – |"
+                "| `netwatch analyze` replay speed, one core | ≥ 10 M events/s | not built yet | – |"
             );
             let _ = writeln!(
                 md,

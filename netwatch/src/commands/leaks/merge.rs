@@ -110,7 +110,7 @@ impl Tracked {
             local: SocketAddr::new(c.saddr, c.sport),
             remote: SocketAddr::new(c.daddr, c.dport),
             pid: c.pid,
-            comm: c.comm.clone(),
+            comm: c.comm.map(|c| c.to_string()),
             cgroup_id: c.cgroup_id,
             netns: c.netns,
             since_ns: c.end_ns.saturating_sub(in_fin_wait2_ns),
