@@ -8,7 +8,7 @@
 //! drain interval), and the ring buffer is read on as usual meanwhile.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
     io,
     time::{Duration, Instant},
 };
@@ -24,6 +24,9 @@ pub const MAX_HOLD: Duration = Duration::from_secs(1);
 /// Events held at most; past it the oldest are passed on unnamed rather than kept in memory.
 const MAX_HELD: usize = 1 << 16;
 
+/// Owners remembered as never waiting; past it the memory starts again.
+const MAX_SETTLED: usize = 1 << 13;
+
 /// What the stream hands a sink, held in order.
 enum Held {
     Event(Event),
@@ -35,6 +38,10 @@ pub struct Pending {
     held: VecDeque<(Instant, Held)>,
     /// Whether an event of this owner waits for its container's names.
     awaited: fn(&Event) -> bool,
+    /// Owners (pid, cgroup id) whose events were found not to wait: once the runtimes have
+    /// answered about a container (or an owner is in none), its events never wait again, so
+    /// the question, a few lookups under locks, is asked once per owner rather than per event.
+    settled: HashSet<(Option<u32>, Option<u64>)>,
 }
 
 impl Pending {
@@ -44,13 +51,14 @@ impl Pending {
         Pending {
             held: VecDeque::new(),
             awaited,
+            settled: HashSet::new(),
         }
     }
 
     /// Passes `ev` on now, or holds it: when it waits for its container, or when an earlier
     /// item is held.
     pub fn event(&mut self, ev: Event, sink: &mut dyn Sink, now: Instant) -> io::Result<()> {
-        if self.held.is_empty() && !(self.awaited)(&ev) {
+        if self.held.is_empty() && !waits(&mut self.settled, self.awaited, &ev) {
             return sink.event(&ev);
         }
         self.held.push_back((now, Held::Event(ev)));
@@ -79,7 +87,7 @@ impl Pending {
                 Held::Event(ev) => {
                     self.held.len() <= MAX_HELD
                         && now.duration_since(*since) < MAX_HOLD
-                        && (self.awaited)(ev)
+                        && waits(&mut self.settled, self.awaited, ev)
                 }
                 Held::TimeWaits(_) => false,
             };
@@ -100,6 +108,27 @@ impl Pending {
         }
         Ok(())
     }
+}
+
+/// Whether `ev` waits for its container's names: asks `awaited` unless its owner is
+/// `settled`, and remembers the owners found not to wait (see [`Pending`]'s `settled`).
+fn waits(
+    settled: &mut HashSet<(Option<u32>, Option<u64>)>,
+    awaited: fn(&Event) -> bool,
+    ev: &Event,
+) -> bool {
+    let owner = (ev.pid, ev.cgroup_id);
+    if settled.contains(&owner) {
+        return false;
+    }
+    let waits = awaited(ev);
+    if !waits {
+        if settled.len() >= MAX_SETTLED {
+            settled.clear();
+        }
+        settled.insert(owner);
+    }
+    waits
 }
 
 fn pass(held: Held, sink: &mut dyn Sink) -> io::Result<()> {
@@ -229,5 +258,27 @@ mod tests {
         }
         assert_eq!(pending.held.len(), MAX_HELD);
         assert_eq!(sink.0, [100]);
+    }
+
+    #[test]
+    fn an_owner_found_not_to_wait_is_not_asked_again() {
+        let (mut pending, mut sink, t0) =
+            (Pending::new(|_| false), Seen::default(), Instant::now());
+        pending.event(ev(1), &mut sink, t0).unwrap();
+        // Everyone asked would wait from now on: 1 is not asked.
+        pending.awaited = |_| true;
+        pending.event(ev(1), &mut sink, t0).unwrap();
+        pending.event(ev(100), &mut sink, t0).unwrap();
+        assert_eq!(sink.0, [1, 1], "100 was asked, and waits");
+        pending.awaited = |_| false;
+        pending.release(&mut sink, t0).unwrap();
+        pending.awaited = |_| true;
+        pending.event(ev(100), &mut sink, t0).unwrap();
+        pending.event(ev(1), &mut sink, t0).unwrap();
+        assert_eq!(
+            sink.0,
+            [1, 1, 100, 100, 1],
+            "both settled: never held again"
+        );
     }
 }
