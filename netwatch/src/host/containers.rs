@@ -193,7 +193,14 @@ fn resolve(rt: &tokio::runtime::Runtime, sources: &Sources, wakes: &Receiver<()>
         if asked.is_empty() {
             continue;
         }
+        let started = Instant::now();
         let found = rt.block_on(sources.lookup(&asked));
+        log::debug!(
+            "container names: the runtimes named {} of {} new containers in {:?}",
+            found.len(),
+            asked.len(),
+            started.elapsed()
+        );
         known_mut().answer(&asked, found);
     }
 }
