@@ -93,11 +93,6 @@ impl std::fmt::Debug for WebConfig {
 }
 
 impl WebConfig {
-    /// Reads the file at `path`.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        Self::from_text(path, &read_text(path)?)
-    }
-
     /// Reads `text`, the file at `path`'s.
     fn from_text(path: &Path, text: &str) -> anyhow::Result<Self> {
         let dir = path.parent().unwrap_or(Path::new("."));
@@ -423,10 +418,10 @@ impl Read {
 impl WebConfigFile {
     /// The file at `path`, read now: an error here stops `serve` from starting.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        let config = WebConfig::load(path)?;
-        let mut read = Read::now(path);
-        // What was just checked, even if the file changed since: the next connection sees it.
-        read.config = Ok(config);
+        let read = Read::now(path);
+        if let Err(e) = &read.config {
+            anyhow::bail!("{e}");
+        }
         Ok(Self {
             path: Some(Arc::new(path.to_path_buf())),
             last: Arc::new(Mutex::new(read)),
