@@ -1,6 +1,5 @@
 //! Real containers, as root: podman (Debian's package) runs them on runc from a root directory
-//! the test makes (busybox and the tests' `tcpdrive` with its shared libraries: no image, no
-//! registry), in the test's own network namespaces (`--network ns:/run/netns/NAME`), one with
+//! the test makes (the tests' `tcpdrive` with its shared libraries: no image, no registry), in the test's own network namespaces (`--network ns:/run/netns/NAME`), one with
 //! the labels the kubelet sets (`io.kubernetes.pod.name` ...), one plain. netwatch must name
 //! the pod, namespace and container of their sockets in `trace` (JSON and `-w`), `life`,
 //! `leaks`, the metrics a real Prometheus scrapes from `serve`, and a replay of `--record`
@@ -32,7 +31,6 @@ use serde_json::Value;
 const PODMAN_SOCKET: &str = "/run/podman/podman.sock";
 /// crun, podman's default runtime, fails on setrlimit on these machines.
 const RUNC: &str = "/usr/sbin/runc";
-const BUSYBOX: &str = "/bin/busybox";
 
 /// Connections the plain container makes, and sockets the pod's container leaks.
 const N: u64 = 6;
@@ -163,17 +161,12 @@ impl Drop for Container {
     }
 }
 
-/// A root directory for the containers: busybox (`sh`, `sleep`, `[`) and `tcpdrive` with the
-/// shared libraries `ldd` names, at their paths.
+/// A root directory for the containers: `tcpdrive` with the shared libraries `ldd` names, at
+/// their paths.
 fn rootfs(dir: &Path) -> PathBuf {
     let root = dir.join("rootfs");
     let bin = root.join("bin");
     fs::create_dir_all(&bin).expect("rootfs/bin");
-    fs::copy(BUSYBOX, bin.join("busybox"))
-        .unwrap_or_else(|e| panic!("{BUSYBOX} ({e}): `cargo xtask setup` installs busybox-static"));
-    for applet in ["sh", "sleep", "["] {
-        std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet link");
-    }
     fs::copy(tcpdrive(), bin.join("tcpdrive")).expect("copy tcpdrive");
     let mut ldd = Command::new("ldd");
     ldd.arg(tcpdrive());
