@@ -1,10 +1,11 @@
 //! Real containers, as root: podman (Debian's package) runs them on runc from a root directory
-//! the test makes (busybox and the tests' `tcpdrive` with its shared libraries: no image, no
-//! registry), in the test's own network namespaces (`--network ns:/run/netns/NAME`), one with
+//! the test makes (the tests' `tcpdrive` with its shared libraries: no image, no registry), in the test's own network namespaces (`--network ns:/run/netns/NAME`), one with
 //! the labels the kubelet sets (`io.kubernetes.pod.name` ...), one plain. netwatch must name
 //! the pod, namespace and container of their sockets in `trace` (JSON and `-w`), `life`,
 //! `leaks`, the metrics a real Prometheus scrapes from `serve`, and a replay of `--record`
-//! after the containers and the runtime's API are gone.
+//! after the containers and the runtime's API are gone. The containers connect the moment
+//! they start, before any listing of the runtime could have named them: netwatch holds their
+//! first events until the runtime answers about them, so those are named too.
 //!
 //! The names come from the Docker-compatible API of `podman system service` on
 //! `/run/podman/podman.sock` (what the `podman.socket` unit serves): started by the test when
@@ -30,15 +31,10 @@ use serde_json::Value;
 const PODMAN_SOCKET: &str = "/run/podman/podman.sock";
 /// crun, podman's default runtime, fails on setrlimit on these machines.
 const RUNC: &str = "/usr/sbin/runc";
-const BUSYBOX: &str = "/bin/busybox";
 
 /// Connections the plain container makes, and sockets the pod's container leaks.
 const N: u64 = 6;
 const L: u64 = 4;
-
-/// How long netwatch may take to name a container its runtime lists: it lists the runtimes
-/// every second (`LIST_INTERVAL` in `host/containers.rs`), plus an answer's time.
-const NAMING_BOUND: Duration = Duration::from_secs(2);
 
 /// `podman system service` on [`PODMAN_SOCKET`], when the test had to start it.
 struct PodmanApi {
@@ -102,70 +98,57 @@ fn api_get(path: &str) -> Option<String> {
 /// A container started by `podman run`, removed on drop.
 struct Container {
     name: String,
+    /// Where podman writes its id when it creates it.
+    cidfile: PathBuf,
     run: ReadyChild,
 }
 
 impl Container {
-    /// `podman run` of `argv` in `rootfs`, in network namespace `netns`, with `labels`; it
-    /// starts `argv` only once the test creates `<go>/<name>` (mounted at `/go`).
+    /// `podman run` of `argv` in `rootfs`, in network namespace `netns`, with `labels`: `argv`
+    /// runs at once.
     fn start(
         name: &str,
         rootfs: &Path,
-        go: &Path,
+        scratch: &Path,
         netns: &str,
         labels: &[(&str, &str)],
         argv: &[&str],
     ) -> Container {
+        let cidfile = scratch.join(format!("{name}.cid"));
         let mut cmd = Command::new("podman");
         cmd.args(["--runtime", RUNC, "run", "--rm", "--name", name])
+            .arg(format!("--cidfile={}", cidfile.display()))
             .args([
                 "--ulimit",
                 "nofile=1024:1024",
                 "--ulimit",
                 "nproc=1024:1024",
             ])
-            .arg(format!("--network=ns:/run/netns/{netns}"))
-            .arg(format!("--volume={}:/go", go.display()));
+            .arg(format!("--network=ns:/run/netns/{netns}"));
         for (k, v) in labels {
             cmd.arg(format!("--label={k}={v}"));
         }
-        let wait_then_exec = format!(
-            "while [ ! -e /go/{name} ]; do sleep 0.1; done; exec {}",
-            argv.join(" ")
-        );
-        cmd.arg("--rootfs")
-            .arg(rootfs)
-            .args(["/bin/sh", "-c", &wait_then_exec]);
+        cmd.arg("--rootfs").arg(rootfs).args(argv);
         Container {
             name: name.to_string(),
+            cidfile,
             run: ReadyChild::spawn_background(cmd),
         }
     }
 
-    /// Its full id, once the runtime lists it running (bounded).
+    /// Its full id, from the file podman writes when it creates it (bounded).
     fn id(&self) -> String {
         let id = poll(Duration::from_secs(30), || {
-            let list: Value = serde_json::from_str(&api_get("/containers/json")?).ok()?;
-            list.as_array()?.iter().find_map(|c| {
-                let named = c["Names"]
-                    .as_array()?
-                    .iter()
-                    .any(|n| n.as_str().map(|n| n.trim_start_matches('/')) == Some(&self.name));
-                named.then(|| c["Id"].as_str().map(str::to_string))?
-            })
+            let id = fs::read_to_string(&self.cidfile).ok()?;
+            (id.trim().len() == 64).then(|| id.trim().to_string())
         });
         id.unwrap_or_else(|| {
             panic!(
-                "podman does not list {} after 30 s; it printed: {:?}",
+                "podman wrote no id for {} in 30 s; it printed: {:?}",
                 self.name,
                 self.run.stdout_lines()
             )
         })
-    }
-
-    /// Lets its command run.
-    fn go(&self, go: &Path) {
-        fs::write(go.join(&self.name), "").expect("go file");
     }
 }
 
@@ -178,17 +161,12 @@ impl Drop for Container {
     }
 }
 
-/// A root directory for the containers: busybox (`sh`, `sleep`, `[`) and `tcpdrive` with the
-/// shared libraries `ldd` names, at their paths.
+/// A root directory for the containers: `tcpdrive` with the shared libraries `ldd` names, at
+/// their paths.
 fn rootfs(dir: &Path) -> PathBuf {
     let root = dir.join("rootfs");
     let bin = root.join("bin");
     fs::create_dir_all(&bin).expect("rootfs/bin");
-    fs::copy(BUSYBOX, bin.join("busybox"))
-        .unwrap_or_else(|e| panic!("{BUSYBOX} ({e}): `cargo xtask setup` installs busybox-static"));
-    for applet in ["sh", "sleep", "["] {
-        std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet link");
-    }
     fs::copy(tcpdrive(), bin.join("tcpdrive")).expect("copy tcpdrive");
     let mut ldd = Command::new("ldd");
     ldd.arg(tcpdrive());
@@ -254,8 +232,6 @@ fn root_containers_are_named_by_pod_namespace_and_container() {
     let filter = workload_filter(&pair, &[p_leak, p_plain]);
     let scratch = Scratch::new("containers");
     let root = rootfs(&scratch.path(""));
-    let go = scratch.path("go");
-    fs::create_dir_all(&go).expect("go dir");
     let recording = scratch.path("trace.rec");
 
     let nw = SocketAddr::from((Ipv4Addr::LOCALHOST, unique_port()));
@@ -269,12 +245,13 @@ fn root_containers_are_named_by_pod_namespace_and_container() {
     let prom = Prometheus::start(nw);
 
     // The pod's container leaks L accepted sockets in CLOSE_WAIT; the plain one makes N
-    // orderly connections to a server outside any container.
+    // orderly connections to a server outside any container. Both start their work the
+    // moment they start: no wait for netwatch to have heard of them.
     let tag = std::process::id();
     let web = Container::start(
         &format!("netwatch-test-web-{tag}"),
         &root,
-        &go,
+        &scratch.path(""),
         pair.ns(Side::Server),
         &[
             ("io.kubernetes.pod.name", "shop-7f"),
@@ -289,11 +266,21 @@ fn root_containers_are_named_by_pod_namespace_and_container() {
             &L.to_string(),
         ],
     );
+    let mut plain_server = ReadyChild::spawn(pair.exec(
+        Side::Server,
+        &tcpdrive(),
+        &[
+            "serve",
+            &format!("{server}:{p_plain}"),
+            "--count",
+            &N.to_string(),
+        ],
+    ));
     let plain_name = format!("netwatch-test-plain-{tag}");
-    let plain = Container::start(
+    let mut plain = Container::start(
         &plain_name,
         &root,
-        &go,
+        &scratch.path(""),
         pair.ns(Side::Client),
         &[],
         &[
@@ -305,10 +292,6 @@ fn root_containers_are_named_by_pod_namespace_and_container() {
         ],
     );
     let (web_id, plain_id) = (web.id(), plain.id());
-    // Both are listed by the runtime: netwatch, which lists it every second, knows them
-    // within the bound; their commands start only then.
-    std::thread::sleep(NAMING_BOUND);
-    web.go(&go);
     assert!(
         eventually(Duration::from_secs(10), || {
             web.run
@@ -337,18 +320,6 @@ fn root_containers_are_named_by_pod_namespace_and_container() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut plain_server = ReadyChild::spawn(pair.exec(
-        Side::Server,
-        &tcpdrive(),
-        &[
-            "serve",
-            &format!("{server}:{p_plain}"),
-            "--count",
-            &N.to_string(),
-        ],
-    ));
-    plain.go(&go);
-    let mut plain = plain;
     assert!(
         plain.run.wait(60).success(),
         "{:?}",

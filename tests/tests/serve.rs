@@ -743,7 +743,8 @@ fn root_serve_rejects_bad_requests_without_slowing_tracing() {
 }
 
 /// A CA and a server certificate it signed for 127.0.0.1 and `localhost`, written to `dir`:
-/// (ca.pem, server.pem, server.key).
+/// (ca.pem, server.pem, server.key); and a client certificate it signed, `client.pem` and
+/// `client.key` in `dir`.
 fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     fs::create_dir_all(dir).unwrap();
@@ -770,6 +771,14 @@ fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     fs::write(&paths.0, ca.pem()).unwrap();
     fs::write(&paths.1, cert.pem()).unwrap();
     fs::write(&paths.2, key.serialize_pem()).unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+    client
+        .distinguished_name
+        .push(DnType::CommonName, "prometheus");
+    let client = client.signed_by(&client_key, &issuer).unwrap();
+    fs::write(dir.join("client.pem"), client.pem()).unwrap();
+    fs::write(dir.join("client.key"), client_key.serialize_pem()).unwrap();
     paths
 }
 
@@ -929,6 +938,78 @@ fn root_serve_over_tls_with_basic_auth_and_least_privilege() {
     let caps = caps_settle(trace.pid(), 0);
     assert!(caps.iter().all(|&c| c == (0, 0)), "{caps:x?}");
     drop(trace);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn root_serve_rereads_its_web_config_and_verifies_client_certificates() {
+    if !require_root("root_serve_rereads_its_web_config_and_verifies_client_certificates") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("netwatch-serve-mtls-{}", std::process::id()));
+    let (ca, cert, key) = certificates(&dir);
+    // Another CA, and a client certificate it signed.
+    let other = dir.join("other");
+    certificates(&other);
+    let config = dir.join("web-config.yml");
+    let write = |password: &str| {
+        let hash = bcrypt::hash(password, 4).unwrap();
+        fs::write(
+            &config,
+            format!(
+                "tls_server_config:\n  cert_file: {}\n  key_file: {}\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {}\nbasic_auth_users:\n  prometheus: '{hash}'\n",
+                cert.display(),
+                key.display(),
+                ca.display()
+            ),
+        )
+        .unwrap();
+    };
+    write("first");
+    let nw = SocketAddr::from((Ipv4Addr::LOCALHOST, unique_port()));
+    let listen = nw.to_string();
+    let serve = Tracer::start(&[
+        "serve",
+        "--web.listen-address",
+        &listen,
+        "--web.config.file",
+        config.to_str().unwrap(),
+    ]);
+    let url = format!("https://{nw}/metrics");
+    let ca = ca.to_str().unwrap();
+    let with_cert_of = |dir: &Path, password: &str| {
+        let (cert, key) = (dir.join("client.pem"), dir.join("client.key"));
+        let user = format!("prometheus:{password}");
+        let args = [
+            "--cacert",
+            ca,
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "-u",
+            &user,
+            &url,
+        ];
+        curl(&args)
+    };
+
+    // A certificate the configured CA signed is served; none, or another CA's, is refused in
+    // the handshake (no HTTP answer).
+    assert_eq!(
+        with_cert_of(&dir, "first"),
+        (200, 0),
+        "{}",
+        serve.stderr_lines().join("\n")
+    );
+    assert_eq!(curl(&["--cacert", ca, "-u", "prometheus:first", &url]).0, 0);
+    assert_eq!(with_cert_of(&other, "first").0, 0);
+
+    // A password changed in the file applies to the next request, without a restart.
+    write("second");
+    assert_eq!(with_cert_of(&dir, "first").0, 401);
+    assert_eq!(with_cert_of(&dir, "second"), (200, 0));
+    drop(serve);
     let _ = fs::remove_dir_all(&dir);
 }
 

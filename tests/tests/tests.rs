@@ -12,7 +12,7 @@ mod codepaths;
 // `completions` for every shell the README names load or name every subcommand; the man page.
 mod completions;
 // Real podman containers, one with Kubernetes labels: trace, life, leaks, Prometheus and a
-// replay name their pod, namespace and container.
+// replay name their pod, namespace and container, from the first event of each.
 mod containers;
 // Filters (-p, -L, -4/-6, --comm, states, a bad expression) act where they should and equal
 // filtering afterwards, on trace, life and report.
@@ -29,7 +29,8 @@ mod robustness;
 // 200,000 live sockets at once, every one attributed to the process that held it.
 mod scale;
 // `serve`'s metrics, scraped by Prometheus, equal a known workload; bad requests get answers;
-// TLS and basic auth from a web config; the capabilities kept after attach.
+// TLS, client certificates and basic auth from a web config, read again when it changes; the
+// capabilities kept after attach.
 mod serve;
 // The stack captured at accept() names the accepting function, its source line and callers.
 mod stacks;

@@ -1,6 +1,7 @@
 //! The HTTP server of `netwatch serve`, on hyper: GET only, one request per connection
 //! (`Connection: close`), one task per connection on the caller's tokio runtime, over TLS and
-//! behind basic authentication when the web config asks ([`WebConfig`]).
+//! behind basic authentication when the web config asks ([`WebConfig`]), as its file says
+//! when the connection comes ([`WebConfigFile`]).
 //!
 //! It is built to stay out of the event stream's way: every read and write is asynchronous
 //! and bounded in time ([`Limits::read_timeout`]) and size ([`Limits::max_header_bytes`]),
@@ -37,7 +38,7 @@ use tokio::{
     time::timeout,
 };
 
-use crate::commands::web_config::WebConfig;
+use crate::commands::web_config::{WebConfig, WebConfigFile};
 
 /// What the server tolerates.
 #[derive(Clone, Copy, Debug)]
@@ -224,7 +225,7 @@ async fn open(stream: TcpStream, web: &WebConfig) -> Option<Box<dyn Stream>> {
 }
 
 /// Accepts connections until the task is aborted; never returns.
-pub async fn serve(listener: TcpListener, route: Route, limits: Limits, web: WebConfig) {
+pub async fn serve(listener: TcpListener, route: Route, limits: Limits, web: WebConfigFile) {
     serve_counted(listener, route, limits, web, Arc::default()).await;
 }
 
@@ -233,7 +234,7 @@ async fn serve_counted(
     listener: TcpListener,
     route: Route,
     limits: Limits,
-    web: WebConfig,
+    web: WebConfigFile,
     active: Arc<AtomicUsize>,
 ) {
     let rejecting = Arc::new(AtomicUsize::new(0));
@@ -251,7 +252,10 @@ async fn serve_counted(
         if let Some(slot) = Slot::take(&active, limits.max_connections) {
             let (route, web) = (Arc::clone(&route), web.clone());
             tokio::spawn(async move {
-                if let Ok(Some(stream)) = timeout(limits.read_timeout, open(stream, &web)).await {
+                // The config as its file says now (a broken file: closed unanswered).
+                if let Some(web) = web.current().await
+                    && let Ok(Some(stream)) = timeout(limits.read_timeout, open(stream, &web)).await
+                {
                     handle(stream, route, web, limits).await;
                 }
                 drop(slot);
@@ -260,14 +264,16 @@ async fn serve_counted(
             let web = web.clone();
             tokio::spawn(async move {
                 let _ = timeout(limits.read_timeout, async {
-                    if let Some(stream) = open(stream, &web).await {
+                    if let Some(web) = web.current().await
+                        && let Some(stream) = open(stream, &web).await
+                    {
                         finish(stream, Some(&Response::plain(503)), limits).await;
                     }
                 })
                 .await;
                 drop(slot);
             });
-        } else if web.tls.is_none() {
+        } else if web.last_read().is_some_and(|w| w.tls.is_none()) {
             // Too many even to turn away politely: the 503 goes into the fresh socket's empty
             // send buffer without waiting, and the close follows at once.
             log::debug!("metrics server: too many connections: one turned away at once");
@@ -346,11 +352,11 @@ mod tests {
     /// Runs the server on a loopback port in a thread; returns its address and its count of
     /// connections being served.
     fn start(limits: Limits) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-        start_with(limits, WebConfig::default())
+        start_with(limits, WebConfigFile::fixed(WebConfig::default()))
     }
 
     /// [`start`] with a web config.
-    fn start_with(limits: Limits, web: WebConfig) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    fn start_with(limits: Limits, web: WebConfigFile) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -453,7 +459,8 @@ mod tests {
     }
 
     /// A CA, and a certificate it signed for `localhost` and 127.0.0.1, as PEM files in
-    /// `dir`: (CA certificate, server certificate, server key).
+    /// `dir`: (CA certificate, server certificate, server key). Also in `dir`: `ca.pem`, and a
+    /// client certificate the CA signed, `client.pem` and `client.key`.
     fn certificates(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path::PathBuf) {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
         let ca_key = KeyPair::generate().unwrap();
@@ -475,7 +482,43 @@ mod tests {
         let (cert_file, key_file) = (dir.join("server.pem"), dir.join("server.key"));
         std::fs::write(&cert_file, cert.pem()).unwrap();
         std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        let client_key = KeyPair::generate().unwrap();
+        let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+        client
+            .distinguished_name
+            .push(DnType::CommonName, "prometheus");
+        let client = client.signed_by(&client_key, &issuer).unwrap();
+        std::fs::write(dir.join("client.pem"), client.pem()).unwrap();
+        std::fs::write(dir.join("client.key"), client_key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
         (ca.pem(), cert_file, key_file)
+    }
+
+    /// A TLS client that trusts only `ca_pem` and shows the client certificate of `dir` (see
+    /// [`certificates`]).
+    fn tls_client_with_cert(ca_pem: &str, dir: &std::path::Path) -> tokio_rustls::TlsConnector {
+        use tokio_rustls::rustls::{
+            self, RootCertStore,
+            pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+        };
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let certs = CertificateDer::pem_file_iter(dir.join("client.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(dir.join("client.key")).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
     }
 
     /// A TLS client that trusts only `ca_pem`.
@@ -531,7 +574,7 @@ mod tests {
         )
         .unwrap();
         assert!(cert_file.exists());
-        let web = WebConfig::load(&config).unwrap();
+        let web = WebConfigFile::open(&config).unwrap();
         let (addr, _) = start_with(Limits::default(), web);
         let client = tls_client(&ca);
         let get = |path: &str, user: &str, password: &str| {
@@ -585,6 +628,106 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("certificate"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Whether the server answered `request` with `status` over this client's TLS; a refused
+    /// handshake (or a connection closed unanswered) is no answer.
+    async fn answers(
+        addr: std::net::SocketAddr,
+        client: &tokio_rustls::TlsConnector,
+        request: &str,
+    ) -> Option<u16> {
+        let answer = tls_exchange(addr, client, request).await.ok()?;
+        answer.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+    }
+
+    #[tokio::test]
+    async fn client_certificates_are_verified_and_a_changed_file_applies_to_the_next_connection() {
+        use base64::Engine as _;
+        let dir = std::env::temp_dir().join(format!("netwatch-mtls-{}", std::process::id()));
+        let (ca, _, _) = certificates(&dir);
+        let (other_ca, _, _) = certificates(&dir.join("other"));
+        let config = dir.join("web.yml");
+        let write = |client_auth: &str, password: &str| {
+            let hash = bcrypt::hash(password, 4).unwrap();
+            std::fs::write(
+                &config,
+                format!(
+                    "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n{client_auth}basic_auth_users:\n  prometheus: '{hash}'\n"
+                ),
+            )
+            .unwrap();
+        };
+        let required = "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n";
+        write(required, "old");
+        let (addr, _) = start_with(Limits::default(), WebConfigFile::open(&config).unwrap());
+        let get = |password: &str| {
+            format!(
+                "GET /metrics HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {}\r\n\r\n",
+                base64::engine::general_purpose::STANDARD.encode(format!("prometheus:{password}"))
+            )
+        };
+        let with_cert = tls_client_with_cert(&ca, &dir);
+        let without_cert = tls_client(&ca);
+        // The other CA's client certificate is not one the server's CA signed.
+        let stranger = tls_client_with_cert(&ca, &dir.join("other"));
+        assert_eq!(answers(addr, &with_cert, &get("old")).await, Some(200));
+        assert_eq!(answers(addr, &without_cert, &get("old")).await, None);
+        assert_eq!(answers(addr, &stranger, &get("old")).await, None);
+        drop(other_ca);
+
+        // A new password applies to the next request; the old one is refused.
+        write(required, "new");
+        assert_eq!(answers(addr, &with_cert, &get("old")).await, Some(401));
+        assert_eq!(answers(addr, &with_cert, &get("new")).await, Some(200));
+
+        // Certificates only if given: none is fine, a stranger's is not.
+        write(
+            "  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca.pem\n",
+            "new",
+        );
+        assert_eq!(answers(addr, &without_cert, &get("new")).await, Some(200));
+        assert_eq!(answers(addr, &stranger, &get("new")).await, None);
+        // Any certificate, required but not verified: the stranger's will do, none will not.
+        write("  client_auth_type: RequireAnyClientCert\n", "new");
+        assert_eq!(answers(addr, &stranger, &get("new")).await, Some(200));
+        assert_eq!(answers(addr, &without_cert, &get("new")).await, None);
+
+        // A broken file closes connections until it is fixed (never the old config).
+        std::fs::write(&config, "tls_server_config: [").unwrap();
+        assert_eq!(answers(addr, &with_cert, &get("new")).await, None);
+        write("", "fixed");
+        assert_eq!(answers(addr, &without_cert, &get("fixed")).await, Some(200));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn client_auth_settings_are_refused_by_name_when_wrong() {
+        let dir = std::env::temp_dir().join(format!("netwatch-mtls-bad-{}", std::process::id()));
+        certificates(&dir);
+        let tls = |extra: &str| {
+            let text = format!(
+                "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n{extra}"
+            );
+            WebConfig::parse(&text, &dir)
+                .map(|_| ())
+                .map_err(|e| format!("{e:#}"))
+        };
+        assert_eq!(tls(""), Ok(()));
+        let unknown = tls("  client_auth_type: RequireClientCert\n").unwrap_err();
+        assert!(
+            unknown.contains("RequireClientCert") && unknown.contains("RequireAndVerifyClientCert"),
+            "{unknown}"
+        );
+        let no_ca = tls("  client_auth_type: RequireAndVerifyClientCert\n").unwrap_err();
+        assert!(no_ca.contains("client_ca_file"), "{no_ca}");
+        let no_mode = tls("  client_ca_file: ca.pem\n").unwrap_err();
+        assert!(no_mode.contains("NoClientCert"), "{no_mode}");
+        let missing =
+            tls("  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: none.pem\n")
+                .unwrap_err();
+        assert!(missing.contains("none.pem"), "{missing}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -112,10 +112,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         &args.tracker,
         INSPECTS_OTHERS,
     )?;
-    let web = match &args.web_config_file {
-        Some(path) => web_config::WebConfig::load(path)?,
-        None => web_config::WebConfig::default(),
+    let web_file = match &args.web_config_file {
+        Some(path) => web_config::WebConfigFile::open(path)?,
+        None => web_config::WebConfigFile::fixed(web_config::WebConfig::default()),
     };
+    let web = web_file.last_read().unwrap_or_default();
     let listener = if args.systemd_socket {
         let std = crate::host::systemd::listener()
             .context("--web.systemd-socket: taking the socket systemd passed")?;
@@ -139,7 +140,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listener,
         exporter.routes(),
         http::Limits::default(),
-        web,
+        web_file,
     ));
     eprintln!("netwatch: serving {scheme}://{addr}/metrics and /healthz{auth}");
     let caps = metrics::LabelCaps {

@@ -3,13 +3,19 @@
 //! every exporter on a node.
 //!
 //! Read: `tls_server_config` with `cert_file` and `key_file` (PEM; relative paths are relative
-//! to the file's directory), and `basic_auth_users`, user names to bcrypt hashes. Any other
-//! key (client certificates, cipher choices, `http_server_config`) is refused by name rather
-//! than silently ignored. The file is read once, at start.
+//! to the file's directory), `client_auth_type` and `client_ca_file` (client certificates), and
+//! `basic_auth_users`, user names to bcrypt hashes. Any other key (cipher choices,
+//! `http_server_config`, ...) or value is refused by name rather than silently ignored.
+//!
+//! Like exporter-toolkit, the file is read again when it changes ([`WebConfigFile`]): a new
+//! password or a renewed certificate applies to the next connection, without a restart that
+//! would lose the tracker's state.
 use std::{
     collections::HashMap,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -18,8 +24,14 @@ use serde::Deserialize;
 use tokio_rustls::{
     TlsAcceptor,
     rustls::{
-        self,
-        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+        self, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+        client::danger::HandshakeSignatureValid,
+        crypto::CryptoProvider,
+        pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject as _},
+        server::{
+            WebPkiClientVerifier,
+            danger::{ClientCertVerified, ClientCertVerifier},
+        },
     },
 };
 
@@ -36,12 +48,34 @@ struct File {
 struct TlsFile {
     cert_file: PathBuf,
     key_file: PathBuf,
+    #[serde(default)]
+    client_auth_type: ClientAuth,
+    /// The CA certificates (PEM) client certificates are verified against.
+    client_ca_file: Option<PathBuf>,
+}
+
+/// `client_auth_type`: Go's `tls.ClientAuthType` names, as exporter-toolkit takes them.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+enum ClientAuth {
+    /// No client certificate is asked for.
+    #[default]
+    NoClientCert,
+    /// One is asked for, not required, not verified.
+    RequestClientCert,
+    /// One is required, not verified.
+    RequireAnyClientCert,
+    /// One is asked for, not required; when given, it must be signed by `client_ca_file`.
+    VerifyClientCertIfGiven,
+    /// One signed by `client_ca_file` is required.
+    RequireAndVerifyClientCert,
 }
 
 /// What the server does with a connection and a request: TLS or not, and who may ask.
 #[derive(Clone, Default)]
 pub struct WebConfig {
     pub tls: Option<TlsAcceptor>,
+    /// The files the config names (certificates, keys), as read.
+    files: Vec<PathBuf>,
     /// User name to bcrypt hash; empty: no authentication.
     users: Arc<HashMap<String, String>>,
     /// Compared against when the user is unknown, so that a wrong user takes as long as a
@@ -59,15 +93,13 @@ impl std::fmt::Debug for WebConfig {
 }
 
 impl WebConfig {
-    /// Reads the file at `path`.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the web config {}", path.display()))?;
+    /// Reads `text`, the file at `path`'s.
+    fn from_text(path: &Path, text: &str) -> anyhow::Result<Self> {
         let dir = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, dir).with_context(|| {
+        Self::parse(text, dir).with_context(|| {
             format!(
-                "web config {}: netwatch reads tls_server_config (cert_file, key_file) and \
-                 basic_auth_users",
+                "web config {}: netwatch reads tls_server_config (cert_file, key_file, \
+                 client_auth_type, client_ca_file) and basic_auth_users",
                 path.display()
             )
         })
@@ -91,12 +123,21 @@ impl WebConfig {
             Some(cost) => bcrypt::hash("netwatch", cost)?,
             None => String::new(),
         };
+        let mut files = Vec::new();
         let tls = match file.tls_server_config {
             None => None,
-            Some(t) => Some(acceptor(&dir.join(t.cert_file), &dir.join(t.key_file))?),
+            Some(t) => {
+                let (cert, key) = (dir.join(t.cert_file), dir.join(t.key_file));
+                let client_ca = t.client_ca_file.map(|ca| dir.join(ca));
+                let tls = acceptor(&cert, &key, t.client_auth_type, client_ca.as_deref())?;
+                files.extend([cert, key]);
+                files.extend(client_ca);
+                Some(tls)
+            }
         };
         Ok(Self {
             tls,
+            files,
             users: Arc::new(file.basic_auth_users),
             dummy: Arc::new(dummy),
         })
@@ -143,9 +184,14 @@ fn basic_credentials(value: &[u8]) -> Option<(String, String)> {
     Some((user.to_string(), password.to_string()))
 }
 
-/// A TLS acceptor with the certificate chain and key of these PEM files (HTTP/1.1 offered by
-/// ALPN; TLS 1.2 and 1.3).
-fn acceptor(cert_file: &Path, key_file: &Path) -> anyhow::Result<TlsAcceptor> {
+/// A TLS acceptor with the certificate chain and key of these PEM files, asking clients for
+/// certificates as `client_auth` says (HTTP/1.1 offered by ALPN; TLS 1.2 and 1.3).
+fn acceptor(
+    cert_file: &Path,
+    key_file: &Path,
+    client_auth: ClientAuth,
+    client_ca_file: Option<&Path>,
+) -> anyhow::Result<TlsAcceptor> {
     let certs = CertificateDer::pem_file_iter(cert_file)
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(|e| anyhow::anyhow!("cert_file {}: {e}", cert_file.display()))?;
@@ -157,13 +203,286 @@ fn acceptor(cert_file: &Path, key_file: &Path) -> anyhow::Result<TlsAcceptor> {
     let key = PrivateKeyDer::from_pem_file(key_file)
         .map_err(|e| anyhow::anyhow!("key_file {}: {e}", key_file.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
+    let verifier = client_verifier(client_auth, client_ca_file, &provider)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?;
+    let builder = match verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
         .with_single_cert(certs, key)
         .context("the certificate and key do not make a TLS identity")?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// How client certificates are checked; `None`: none is asked for. As exporter-toolkit, a
+/// `client_ca_file` without a mode that asks for certificates is an error, not ignored.
+fn client_verifier(
+    auth: ClientAuth,
+    ca_file: Option<&Path>,
+    provider: &Arc<CryptoProvider>,
+) -> anyhow::Result<Option<Arc<dyn ClientCertVerifier>>> {
+    let verified = |ca_file: Option<&Path>| {
+        let ca_file = ca_file.ok_or_else(|| {
+            anyhow::anyhow!(
+                "client_auth_type {auth:?} verifies client certificates: set client_ca_file \
+                 to the CA certificates (PEM) that sign them"
+            )
+        })?;
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca_file)
+            .map_err(|e| anyhow::anyhow!("client_ca_file {}: {e}", ca_file.display()))?
+        {
+            let cert =
+                cert.map_err(|e| anyhow::anyhow!("client_ca_file {}: {e}", ca_file.display()))?;
+            roots.add(cert).with_context(|| {
+                format!("client_ca_file {}: not a CA certificate", ca_file.display())
+            })?;
+        }
+        anyhow::ensure!(
+            !roots.is_empty(),
+            "client_ca_file {}: no certificate in it",
+            ca_file.display()
+        );
+        Ok::<_, anyhow::Error>(WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        ))
+    };
+    Ok(Some(match auth {
+        ClientAuth::NoClientCert => {
+            anyhow::ensure!(
+                ca_file.is_none(),
+                "client_ca_file is set but client_auth_type is NoClientCert: set \
+                 client_auth_type (RequireAndVerifyClientCert or VerifyClientCertIfGiven) or \
+                 remove client_ca_file"
+            );
+            return Ok(None);
+        }
+        ClientAuth::RequestClientCert | ClientAuth::RequireAnyClientCert => {
+            Arc::new(AnyClientCert {
+                provider: provider.clone(),
+                required: auth == ClientAuth::RequireAnyClientCert,
+            })
+        }
+        ClientAuth::VerifyClientCertIfGiven => verified(ca_file)?
+            .allow_unauthenticated()
+            .build()
+            .context("client_ca_file")?,
+        ClientAuth::RequireAndVerifyClientCert => {
+            verified(ca_file)?.build().context("client_ca_file")?
+        }
+    }))
+}
+
+/// `RequestClientCert` and `RequireAnyClientCert`: any certificate is taken unverified (what
+/// those modes mean); the client still proves it holds the certificate's key.
+#[derive(Debug)]
+struct AnyClientCert {
+    provider: Arc<CryptoProvider>,
+    required: bool,
+}
+
+impl ClientCertVerifier for AnyClientCert {
+    fn client_auth_mandatory(&self) -> bool {
+        self.required
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The text of the web config file at `path`.
+fn read_text(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("reading the web config {}", path.display()))
+}
+
+/// What identifies one state of a file: device, inode, modification time, size; `None` when
+/// it cannot be read. A new inode catches a file replaced by rename (a Kubernetes secret's
+/// symlink swap).
+type Stamp = Option<(u64, u64, i64, i64, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.size()))
+}
+
+/// The web config as its file says now: read again, on the blocking pool, when the file's
+/// text or a file it names (certificate, key, CA) has changed since it was last read. The
+/// file's text is compared, not its time: a password changed twice within a clock tick has
+/// the same modification time. While the file is broken, connections are closed unanswered
+/// (as exporter-toolkit does): a password being revoked must not stay valid because of a
+/// typo. Without a file, the fixed config it holds.
+#[derive(Clone)]
+pub struct WebConfigFile {
+    path: Option<Arc<PathBuf>>,
+    last: Arc<Mutex<Read>>,
+}
+
+/// The last reading of the file.
+struct Read {
+    /// The file's text (`None`: unreadable).
+    text: Option<String>,
+    /// Of the files the config named.
+    stamps: Vec<Stamp>,
+    config: Result<WebConfig, String>,
+    at: Instant,
+}
+
+/// How often a broken file is read again although it did not change: what is wrong may be
+/// in a file it names that it could not read (a certificate not there yet).
+const BROKEN_RETRY: Duration = Duration::from_secs(1);
+
+impl Read {
+    /// Reads the file at `path`.
+    fn now(path: &Path) -> Read {
+        let text = read_text(path);
+        let config = text
+            .as_ref()
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|text| WebConfig::from_text(path, text).map_err(|e| format!("{e:#}")));
+        let stamps = match &config {
+            Ok(config) => config.files.iter().map(|f| stamp(f)).collect(),
+            Err(_) => Vec::new(),
+        };
+        Read {
+            text: text.ok(),
+            stamps,
+            config,
+            at: Instant::now(),
+        }
+    }
+
+    /// Whether the file should be read again: it, or a file it names, changed, or it is
+    /// broken and was last read [`BROKEN_RETRY`] ago.
+    fn stale(&self, path: &Path) -> bool {
+        let files_changed = match &self.config {
+            Ok(config) => config
+                .files
+                .iter()
+                .map(|f| stamp(f))
+                .ne(self.stamps.iter().copied()),
+            Err(_) => self.at.elapsed() >= BROKEN_RETRY,
+        };
+        files_changed || std::fs::read_to_string(path).ok() != self.text
+    }
+}
+
+impl WebConfigFile {
+    /// The file at `path`, read now: an error here stops `serve` from starting.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let read = Read::now(path);
+        if let Err(e) = &read.config {
+            anyhow::bail!("{e}");
+        }
+        Ok(Self {
+            path: Some(Arc::new(path.to_path_buf())),
+            last: Arc::new(Mutex::new(read)),
+        })
+    }
+
+    /// A config that never changes (no `--web.config.file`: plain HTTP, no users).
+    pub fn fixed(config: WebConfig) -> Self {
+        Self {
+            path: None,
+            last: Arc::new(Mutex::new(Read {
+                text: None,
+                stamps: Vec::new(),
+                config: Ok(config),
+                at: Instant::now(),
+            })),
+        }
+    }
+
+    fn last(&self) -> std::sync::MutexGuard<'_, Read> {
+        self.last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The config as last read, not read again: `None` while the file is broken.
+    pub fn last_read(&self) -> Option<WebConfig> {
+        self.last().config.as_ref().ok().cloned()
+    }
+
+    /// The config for a new connection: read again first if it changed; `None` while the
+    /// file is broken.
+    pub async fn current(&self) -> Option<WebConfig> {
+        let Some(path) = &self.path else {
+            return self.last_read();
+        };
+        let was_broken = {
+            let last = self.last();
+            if !last.stale(path) {
+                return last.config.as_ref().ok().cloned();
+            }
+            last.config.is_err()
+        };
+        let path = Arc::clone(path);
+        let read = tokio::task::spawn_blocking(move || Read::now(&path))
+            .await
+            .ok()?;
+        let shown = self.path.as_deref().map(|p| p.display().to_string());
+        let shown = shown.unwrap_or_default();
+        match &read.config {
+            Ok(_) => log::info!("web config {shown}: read again"),
+            // Said once per breakage, not at every retry.
+            Err(e) if was_broken => log::debug!("web config {shown}: {e}"),
+            Err(e) => {
+                log::warn!("web config {shown}: {e}; connections are closed until it is fixed")
+            }
+        }
+        let config = read.config.as_ref().ok().cloned();
+        *self.last() = read;
+        config
+    }
 }
 
 #[cfg(test)]

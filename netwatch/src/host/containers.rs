@@ -1,11 +1,19 @@
 //! The container of a socket's owner, named: its id from the owner's cgroup path, its names
 //! from the container runtime, cached per container id.
 //!
-//! Why a thread of its own: asking a runtime's API takes milliseconds, and an event waits for
-//! nothing. A resolver thread lists the runtimes' containers when a run starts, every
-//! [`LIST_INTERVAL`] after, and at once (at most every [`MIN_GAP`]) when an event names a
-//! container it does not know. An owner whose container is not named yet shows its id only:
-//! a container that connects within its first second may have its first events unnamed.
+//! Why a thread of its own: asking a runtime's API takes milliseconds, and the ring buffer's
+//! reader must not wait for it. A resolver thread lists the runtimes' running containers when a
+//! run starts; after that it asks them only about the ids events name and it does not know:
+//! each id once, and one that no runtime named again no sooner than [`RETRY_UNNAMED`]. A node
+//! where no new container appears is not polled at all.
+//!
+//! Why events wait for that answer: a container connects milliseconds after it starts, before
+//! any listing could have named it. While the runtimes are asked about an id for the first time,
+//! [`awaited`] says so, and the stream holds the events from then on back, in order
+//! ([`crate::pipeline::pending`], at most [`crate::pipeline::pending::MAX_HOLD`]): every output,
+//! and a recording, names a container from its first event. Listening to the runtimes' event
+//! streams instead would not spare the wait (a container's `start` event comes after its process
+//! runs) and would add one client per runtime.
 //!
 //! A replay asks no runtime: it takes the names its recording holds ([`learn`]).
 
@@ -14,9 +22,9 @@ use std::{
     sync::{
         Arc, LazyLock, Mutex, OnceLock, RwLock,
         atomic::{AtomicBool, Ordering},
-        mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel},
+        mpsc::{Receiver, SyncSender, sync_channel},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crate::{
@@ -24,35 +32,81 @@ use crate::{
     model::names::Container,
 };
 
-/// How often the runtimes are listed while nothing asks.
-const LIST_INTERVAL: Duration = Duration::from_secs(1);
-/// The least time between two listings, however often events ask.
-const MIN_GAP: Duration = Duration::from_millis(200);
-/// Containers kept; past it only those the runtimes still list are.
+/// How long an id no runtime named stays unnamed before the runtimes are asked again (a
+/// runtime that was down, or an API that timed out, gets another chance; a container no
+/// runtime knows costs one question per this).
+const RETRY_UNNAMED: Duration = Duration::from_secs(10);
+/// Named containers kept; past it the cache starts again (the ones still seen are asked
+/// about once more).
 const MAX_CONTAINERS: usize = 4096;
 
-/// Named containers by id.
+/// What is known about the containers, by id.
 #[derive(Debug, Default)]
 struct Known {
     named: HashMap<String, Arc<Container>>,
+    /// Ids no runtime has named (yet): when they were last asked about, and whether an answer
+    /// to the first question came.
+    unnamed: HashMap<String, Asked>,
+    /// Ids for the resolver's next question.
+    to_ask: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Asked {
+    at: Instant,
+    answered: bool,
 }
 
 impl Known {
-    /// The container `id`: named if known, else by its id alone (and then whether to ask a
-    /// runtime: not in a replay).
-    fn get(&self, id: &str, recorded: bool) -> (Arc<Container>, bool) {
-        match self.named.get(id) {
-            Some(c) => (c.clone(), false),
-            None => (Arc::new(Container::unnamed(id)), !recorded),
-        }
+    /// Whether the runtimes should be asked about `id` now: never asked, or left unnamed by an
+    /// answer at least [`RETRY_UNNAMED`] old.
+    fn should_ask(&self, id: &str, now: Instant) -> bool {
+        !self.named.contains_key(id)
+            && self
+                .unnamed
+                .get(id)
+                .is_none_or(|a| a.answered && now.duration_since(a.at) >= RETRY_UNNAMED)
     }
 
-    /// Takes a listing's answers; past [`MAX_CONTAINERS`] forgets what is no longer listed.
-    fn merge(&mut self, listed: HashMap<String, Container>) {
-        if self.named.len() + listed.len() > MAX_CONTAINERS {
-            self.named.retain(|id, _| listed.contains_key(id));
+    /// Queues `id` for the resolver when [`Known::should_ask`]; whether it did.
+    fn ask(&mut self, id: &str, now: Instant) -> bool {
+        if !self.should_ask(id, now) {
+            return false;
         }
-        for (id, c) in listed {
+        if self.unnamed.len() >= MAX_CONTAINERS {
+            self.unnamed.retain(|_, a| !a.answered);
+        }
+        // A second question is asked in the background: its events do not wait again.
+        let answered = self.unnamed.get(id).is_some_and(|a| a.answered);
+        self.unnamed
+            .insert(id.to_string(), Asked { at: now, answered });
+        self.to_ask.push(id.to_string());
+        true
+    }
+
+    /// Whether the runtimes' first answer about `id` is still awaited.
+    fn awaited(&self, id: &str) -> bool {
+        self.unnamed.get(id).is_some_and(|a| !a.answered)
+    }
+
+    /// Takes the runtimes' answer to a question about `asked`: `found` is what they named (an
+    /// asked id absent from it is unnamed until asked again).
+    fn answer(&mut self, asked: &[String], found: HashMap<String, Container>) {
+        for id in asked {
+            if let Some(a) = self.unnamed.get_mut(id) {
+                a.answered = true;
+            }
+        }
+        self.merge(found);
+    }
+
+    /// Takes what the runtimes named; past [`MAX_CONTAINERS`] forgets the rest.
+    fn merge(&mut self, found: HashMap<String, Container>) {
+        if self.named.len() + found.len() > MAX_CONTAINERS {
+            self.named.clear();
+        }
+        for (id, c) in found {
+            self.unnamed.remove(&id);
             if self.named.get(&id).map(|k| k.as_ref()) != Some(&c) {
                 self.named.insert(id, Arc::new(c));
             }
@@ -65,8 +119,9 @@ static KNOWN: LazyLock<RwLock<Known>> = LazyLock::new(RwLock::default);
 /// Set by a replay: names come from the recording only.
 static RECORDED: AtomicBool = AtomicBool::new(false);
 
-/// Wakes the resolver thread (which [`watch`] starts).
-static RESOLVER: OnceLock<SyncSender<()>> = OnceLock::new();
+/// Wakes the resolver thread (which [`watch`] starts) when there are ids to ask about; `None`
+/// when it could not start.
+static RESOLVER: OnceLock<Option<SyncSender<()>>> = OnceLock::new();
 
 fn known() -> std::sync::RwLockReadGuard<'static, Known> {
     KNOWN
@@ -80,19 +135,26 @@ fn known_mut() -> std::sync::RwLockWriteGuard<'static, Known> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Starts listing this host's runtimes in the background (once per process). A live run
+/// Starts asking this host's runtimes in the background (once per process). A live run
 /// calls it once it has dropped its privileges (the thread inherits the reduced set).
 pub fn watch() {
     RESOLVER.get_or_init(|| {
+        let rt = runtime()
+            .map_err(|e| log::warn!("container names: no runtime lookup ({e})"))
+            .ok()?;
         let (wake, wakes) = sync_channel(1);
-        let started = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("netwatch-runtimes".into())
-            .spawn(move || resolve(&Sources::host(), &wakes));
-        if let Err(e) = started {
-            log::warn!("container names: cannot start the runtime lookup thread: {e}");
-        }
-        wake
+            .spawn(move || resolve(&rt, &Sources::host(), &wakes))
+            .map_err(|e| log::warn!("container names: cannot start the runtime lookup thread: {e}"))
+            .ok()?;
+        Some(wake)
     });
+}
+
+/// The resolver's wakeup, when one runs.
+fn resolver() -> Option<&'static SyncSender<()>> {
+    RESOLVER.get()?.as_ref()
 }
 
 /// Lists the runtimes once, now, on this thread: for a one-shot command (`leaks --once`)
@@ -115,35 +177,61 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// The resolver: lists the runtimes, merges what they say, and waits for the next round.
-fn resolve(sources: &Sources, wakes: &Receiver<()>) {
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            log::warn!("container names: no runtime lookup ({e})");
-            return;
+/// The resolver: lists the runtimes once, then answers the questions events raise, in
+/// batches (the ids that came up while it was asking go in the next one).
+fn resolve(rt: &tokio::runtime::Runtime, sources: &Sources, wakes: &Receiver<()>) {
+    let listed = rt.block_on(sources.list(&|id| known().named.contains_key(id)));
+    known_mut().merge(listed);
+    while wakes.recv().is_ok() {
+        let asked = {
+            let mut known = known_mut();
+            let mut asked = std::mem::take(&mut known.to_ask);
+            // Named meanwhile (by the listing at start): nothing to ask.
+            asked.retain(|id| !known.named.contains_key(id));
+            asked
+        };
+        if asked.is_empty() {
+            continue;
         }
-    };
-    loop {
-        let listed = rt.block_on(sources.list(&|id| known().named.contains_key(id)));
-        known_mut().merge(listed);
-        std::thread::sleep(MIN_GAP);
-        match wakes.recv_timeout(LIST_INTERVAL - MIN_GAP) {
-            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
-        }
+        let started = Instant::now();
+        let found = rt.block_on(sources.lookup(&asked));
+        log::debug!(
+            "container names: the runtimes named {} of {} new containers in {:?}",
+            found.len(),
+            asked.len(),
+            started.elapsed()
+        );
+        known_mut().answer(&asked, found);
     }
 }
 
-/// The container a cgroup path names, with the names known now (see the module's doc).
+/// The container a cgroup path names, with the names known now; an id not known yet is
+/// asked about (see the module's doc).
 pub fn container_of_path(path: &str) -> Option<Arc<Container>> {
     let id = container_id(path)?;
-    let (container, ask) = known().get(id, RECORDED.load(Ordering::Relaxed));
-    if ask && let Some(wake) = RESOLVER.get() {
-        // A wakeup already pending is as good as this one; a resolver gone asks nothing.
-        let _ = wake.try_send(());
+    if let Some(c) = known().named.get(id) {
+        return Some(c.clone());
     }
-    Some(container)
+    if !RECORDED.load(Ordering::Relaxed)
+        && let Some(wake) = resolver()
+    {
+        let now = Instant::now();
+        let ask = known().should_ask(id, now);
+        if ask && known_mut().ask(id, now) {
+            // A wakeup already pending is as good as this one; a resolver gone asks nothing.
+            let _ = wake.try_send(());
+        }
+    }
+    Some(Arc::new(Container::unnamed(id)))
+}
+
+/// Whether an event of this owner should wait: its container is being asked about for the
+/// first time (see the module's doc). Asks about a container it meets for the first time.
+pub fn awaited(cgroup_id: Option<u64>, pid: Option<u32>) -> bool {
+    if resolver().is_none() {
+        return false;
+    }
+    owner_container(cgroup_id, pid).is_some_and(|c| known().awaited(&c.id))
 }
 
 /// The container of a socket's owner: by its cgroup v2 path ([`cgroup::owner_cgroup`]), else,
@@ -223,19 +311,44 @@ mod tests {
     }
 
     #[test]
-    fn unknown_containers_are_their_id_and_asked_about_until_a_replay() {
+    fn an_unknown_container_is_asked_about_once_and_awaited_until_answered() {
         let mut known = Known::default();
-        let (c, ask) = known.get(ID, false);
-        assert_eq!((c.as_ref(), ask), (&Container::unnamed(ID), true));
-        known.merge(HashMap::from([(ID.to_string(), named(ID, "web"))]));
-        let (c, ask) = known.get(ID, false);
-        assert_eq!((c.name.as_deref(), ask), (Some("web"), false));
-        let other = "0".repeat(64);
-        assert!(!known.get(&other, true).1, "a replay asks no runtime");
+        let t0 = Instant::now();
+        assert!(known.ask(ID, t0));
+        assert!(known.awaited(ID), "its events wait for the first answer");
+        assert!(!known.ask(ID, t0), "asked once");
+        assert_eq!(std::mem::take(&mut known.to_ask), [ID]);
+        known.answer(
+            &[ID.to_string()],
+            HashMap::from([(ID.to_string(), named(ID, "web"))]),
+        );
+        assert!(!known.awaited(ID));
+        assert_eq!(known.named[ID].name.as_deref(), Some("web"));
+        assert!(
+            !known.should_ask(ID, t0 + RETRY_UNNAMED),
+            "named: never asked again"
+        );
     }
 
     #[test]
-    fn the_cache_is_bounded_by_what_runtimes_still_list() {
+    fn a_container_no_runtime_names_is_not_awaited_again_and_asked_again_later() {
+        let mut known = Known::default();
+        let t0 = Instant::now();
+        assert!(known.ask(ID, t0));
+        known.answer(&[ID.to_string()], HashMap::new());
+        assert!(!known.awaited(ID), "answered: its events pass");
+        assert!(known.named.is_empty());
+        assert!(!known.ask(ID, t0 + RETRY_UNNAMED / 2));
+        assert!(
+            known.ask(ID, t0 + RETRY_UNNAMED),
+            "asked again in the background"
+        );
+        assert!(!known.awaited(ID), "a second question holds nothing");
+        assert_eq!(known.to_ask, [ID, ID]);
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
         let mut known = Known::default();
         let id = |n: usize| format!("{n:064x}");
         known.merge(
@@ -245,13 +358,23 @@ mod tests {
         );
         assert_eq!(known.named.len(), MAX_CONTAINERS);
         // Gone containers stay named (a connection may end after its container) until the
-        // cap is reached; then only listed ones stay.
+        // cap is reached; then the cache starts again.
         known.merge(HashMap::from([(
             id(MAX_CONTAINERS),
             named(&id(MAX_CONTAINERS), "y"),
         )]));
         assert_eq!(known.named.len(), 1);
         assert!(known.named.contains_key(&id(MAX_CONTAINERS)));
+        let t0 = Instant::now();
+        for n in 0..=MAX_CONTAINERS {
+            known.ask(&id(n + 1), t0);
+            known.answer(&[id(n + 1)], HashMap::new());
+        }
+        assert!(
+            known.unnamed.len() <= MAX_CONTAINERS,
+            "{}",
+            known.unnamed.len()
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!   `…sandbox-name`, `…sandbox-namespace`; CRI-O: the kubelet's labels
 //!   `io.kubernetes.container.name`, `io.kubernetes.pod.name`, `io.kubernetes.pod.namespace`);
 //! - Docker and podman answer the Docker API on a unix socket (`GET /containers/json`: every
-//!   running container's names and labels in one answer). podman's own on-disk state (a
+//!   running container's names and labels in one answer; with `all` and an `id` filter, those
+//!   of the containers asked about, whatever their state). podman's own on-disk state (a
 //!   BoltDB file) is not read: `podman system service` (the `podman.socket` unit) serves the
 //!   API at `/run/podman/podman.sock`.
 //!
@@ -54,23 +55,33 @@ impl Sources {
         }
     }
 
-    /// Every container the runtimes know now, by id, with what they say about it; `known`
+    /// Every container the runtimes run now, by id, with what they say about it; `known`
     /// (ids already named) are not read from disk again. A runtime that is absent or does
     /// not answer gives nothing.
     pub async fn list(&self, known: &dyn Fn(&str) -> bool) -> HashMap<String, Container> {
+        self.ask(known, "/containers/json").await
+    }
+
+    /// What the runtimes say about the containers `ids`, running or not (one that has just
+    /// started may not be running yet in its runtime's eyes). Ids no runtime names are absent.
+    pub async fn lookup(&self, ids: &[String]) -> HashMap<String, Container> {
+        self.ask(&|id| !ids.iter().any(|i| i == id), &api_query(ids))
+            .await
+    }
+
+    /// The bundles on disk but those `skip` says, and the APIs' answers to `GET path`.
+    async fn ask(&self, skip: &dyn Fn(&str) -> bool, path: &str) -> HashMap<String, Container> {
         let mut found = HashMap::new();
-        for (id, c) in bundles(&self.containerd_tasks, 2, known).chain(bundles(
-            &self.crio_containers,
-            1,
-            known,
-        )) {
+        for (id, c) in
+            bundles(&self.containerd_tasks, 2, skip).chain(bundles(&self.crio_containers, 1, skip))
+        {
             found.insert(id, c);
         }
         for socket in &self.api_sockets {
             if !socket.exists() {
                 continue;
             }
-            match tokio::time::timeout(API_TIMEOUT, api_list(socket)).await {
+            match tokio::time::timeout(API_TIMEOUT, api_list(socket, path)).await {
                 Ok(Ok(list)) => {
                     for c in list {
                         // The API's names win over a bundle's without any.
@@ -83,6 +94,17 @@ impl Sources {
         }
         found
     }
+}
+
+/// `GET /containers/json?all=true&filters={"id":[...]}`, the filter URL-encoded: the Docker
+/// API's listing of these containers in any state (`all`: a container is listed from its
+/// creation, before its process runs).
+fn api_query(ids: &[String]) -> String {
+    let quoted: Vec<String> = ids.iter().map(|id| format!("%22{id}%22")).collect();
+    format!(
+        "/containers/json?all=true&filters=%7B%22id%22%3A%5B{}%5D%7D",
+        quoted.join("%2C")
+    )
 }
 
 /// The containers of the OCI bundles under `root`: `<root>/<id>/userdata/config.json`
@@ -179,8 +201,8 @@ pub fn from_api_list(answer: &Value) -> Vec<Container> {
         .collect()
 }
 
-/// Asks the Docker API on `socket` for its running containers.
-async fn api_list(socket: &Path) -> Result<Vec<Container>, String> {
+/// Asks the Docker API on `socket` for the containers `GET path` lists.
+async fn api_list(socket: &Path, path: &str) -> Result<Vec<Container>, String> {
     use http_body_util::{BodyExt as _, Empty};
     use hyper::body::Bytes;
 
@@ -192,24 +214,24 @@ async fn api_list(socket: &Path) -> Result<Vec<Container>, String> {
             .await
             .map_err(|e| format!("handshake: {e}"))?;
     let conn = tokio::spawn(conn);
-    let request = hyper::Request::get("/containers/json")
+    let request = hyper::Request::get(path)
         .header(hyper::header::HOST, "localhost")
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     let response = sender
         .send_request(request)
         .await
-        .map_err(|e| format!("GET /containers/json: {e}"))?;
+        .map_err(|e| format!("GET {path}: {e}"))?;
     let status = response.status();
     let body = response
         .into_body()
         .collect()
         .await
-        .map_err(|e| format!("GET /containers/json: {e}"))?
+        .map_err(|e| format!("GET {path}: {e}"))?
         .to_bytes();
     conn.abort();
     if !status.is_success() {
-        return Err(format!("GET /containers/json: {status}"));
+        return Err(format!("GET {path}: {status}"));
     }
     let json: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
     Ok(from_api_list(&json))
@@ -342,6 +364,8 @@ mod tests {
         assert_eq!(found[ID2].pod.as_deref(), Some("pg-0"));
         let found = rt.block_on(sources.list(&|id| id == ID));
         assert_eq!(found.keys().collect::<Vec<_>>(), [ID2]);
+        let found = rt.block_on(sources.lookup(&[ID.to_string()]));
+        assert_eq!(found.keys().collect::<Vec<_>>(), [ID]);
     }
 
     #[test]
@@ -377,13 +401,24 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let list = rt.block_on(api_list(&socket)).unwrap();
-        assert_eq!(server.join().unwrap(), "GET /containers/json HTTP/1.1\r\n");
-        assert_eq!(list.len(), 1);
-        assert_eq!(list[0].name.as_deref(), Some("nw"));
-        assert_eq!(list[0].pod.as_deref(), Some("shop-7f"));
+        let sources = Sources {
+            containerd_tasks: scratch.path("no-containerd"),
+            crio_containers: scratch.path("no-crio"),
+            api_sockets: vec![socket],
+        };
+        let found = rt.block_on(sources.lookup(&[ID.to_string()]));
+        // The filter is `{"id":["<ID>"]}`, URL-encoded.
+        assert_eq!(
+            server.join().unwrap(),
+            format!(
+                "GET /containers/json?all=true&filters=%7B%22id%22%3A%5B%22{ID}%22%5D%7D HTTP/1.1\r\n"
+            )
+        );
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[ID].name.as_deref(), Some("nw"));
+        assert_eq!(found[ID].pod.as_deref(), Some("shop-7f"));
         let err = rt
-            .block_on(api_list(&scratch.path("none.sock")))
+            .block_on(api_list(&scratch.path("none.sock"), "/containers/json"))
             .unwrap_err();
         assert!(err.starts_with("connect: "), "{err}");
     }

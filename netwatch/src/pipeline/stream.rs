@@ -3,7 +3,8 @@
 //!
 //! The kernel wakes this reader only when a quarter of the ring is full; otherwise a timer
 //! collects what waits every [`DRAIN_INTERVAL`]: one wakeup per batch instead of per event,
-//! and an event waits at most that long before it is printed.
+//! and an event waits at most that long before it is printed (the events from a new
+//! container's first one on, up to [`crate::pipeline::pending::MAX_HOLD`] more, for its names).
 use std::{io, os::fd::AsRawFd as _, time::Duration};
 
 use anyhow::Context as _;
@@ -18,7 +19,7 @@ use crate::{
     host::timewait_feed::TimeWaitFeed,
     kernel::probe::{KernelStats, Probe},
     model::event::{DecodeContext, Event, raw_from_bytes},
-    pipeline::{session::StopReason, sink::Sink},
+    pipeline::{pending::Pending, session::StopReason, sink::Sink},
 };
 
 /// The longest an event waits in the ring buffer before user space reads it.
@@ -102,11 +103,14 @@ struct Reader<'a> {
     summary: StreamStats,
     /// The kernel's timewait lists, for a sink that wants them.
     feed: Option<TimeWaitFeed>,
+    /// What waits for a new container's names before the sink sees it.
+    pending: Pending,
 }
 
 impl Reader<'_> {
     /// Reads everything waiting in the ring; `Err` only when the output is gone.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
+        let now = std::time::Instant::now();
         let mut result = Ok(());
         while let Some(item) = ring.next() {
             self.summary.delivered += 1;
@@ -114,7 +118,7 @@ impl Reader<'_> {
                 continue; // keep consuming so the kernel's ring does not stay full
             }
             match raw_from_bytes(&item).and_then(|raw| Event::decode(&raw, &self.decode)) {
-                Ok(ev) => result = self.sink.event(&ev),
+                Ok(ev) => result = self.pending.event(ev, self.sink, now),
                 Err(e) => {
                     self.summary.undecodable += 1;
                     log::debug!("undecodable record: {e}");
@@ -123,13 +127,15 @@ impl Reader<'_> {
         }
         if let (Ok(()), Some(feed)) = (&result, &mut self.feed) {
             for obs in feed.ready() {
-                result = self.sink.time_waits(&obs);
+                result = self.pending.time_waits(obs, self.sink, now);
                 if result.is_err() {
                     break;
                 }
             }
         }
-        result.and_then(|()| self.sink.flush())
+        result
+            .and_then(|()| self.pending.release(self.sink, now))
+            .and_then(|()| self.sink.flush())
     }
 }
 
@@ -188,6 +194,7 @@ pub async fn run(
         sink,
         summary: StreamStats::default(),
         feed,
+        pending: Pending::new(|ev| crate::host::containers::awaited(ev.cgroup_id, ev.pid)),
     };
     let stop = loop {
         let drained = tokio::select! {
@@ -223,6 +230,14 @@ pub async fn run(
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if let Err(e) = reader
+        .pending
+        .release_all(reader.sink)
+        .and_then(|()| reader.sink.flush())
+        && !output_closed(&e)
+    {
+        return Err(e).context("writing output");
     }
     Ok((reader.summary, stop))
 }
