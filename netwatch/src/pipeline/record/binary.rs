@@ -70,8 +70,9 @@ pub const BLOCK_AGE: Duration = Duration::from_secs(1);
 /// No frame is larger (a length past it is damage, not a frame to allocate for).
 const MAX_FRAME: u32 = 16 << 20;
 
-/// zstd's level: 1 is its fastest, and on recordings compresses within a few percent of 3
-/// (see the README, "Recording and replaying").
+/// zstd's level: 1 is its fastest, and on recordings as small as any: the 17 blocks of a live
+/// loopback churn (63,376 events, 3.7 MB uncompressed) took 546 KB at level 1, 581 KB at 3 and
+/// 556 KB at 6.
 const ZSTD_LEVEL: i32 = 1;
 
 /// What a file's `HEADER` frame holds.
@@ -129,6 +130,10 @@ impl FileHeader {
 
 /// One record of a block.
 #[derive(Serialize, Deserialize)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made for one record and serialized at once, never stored: boxing would allocate per event"
+)]
 enum Record<'a> {
     Event(Compact),
     /// A namespace's timewait list (JSON of [`Observed`]), where the live run applied it.

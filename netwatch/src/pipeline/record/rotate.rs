@@ -268,7 +268,7 @@ pub fn run_of(path: &Path) -> Option<&str> {
 /// `1 GiB`, `64 MiB`, `512 KiB`, or bytes.
 pub fn bytes(n: u64) -> String {
     for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if n >= 1 << shift && n % (1 << shift) == 0 {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
             return format!("{} {unit}", n >> shift);
         }
     }
