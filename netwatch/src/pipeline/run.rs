@@ -195,13 +195,19 @@ pub fn replay(
 ) -> anyhow::Result<()> {
     let header = replay.header.clone();
     let origin = FileHeader::rewritten(&header, replay.origin.as_ref());
-    let output = make(&header);
-    let mut output: Box<dyn Sink> = match record {
-        Some(target) => Box::new(Rerecorded(Some(
-            Recorder::create(target, &origin, output)
+    let mut output = make(&header);
+    let mut rec = match record {
+        Some(target) => Some(
+            Recorder::create(target, &origin, Nowhere)
                 .with_context(|| format!("creating the recording {}", target.path().display()))?,
-        ))),
-        None => output,
+        ),
+        None => None,
+    };
+    let rewriting = |r: io::Result<()>| -> anyhow::Result<()> {
+        r.with_context(|| {
+            let out = record.map(|t| t.path().display().to_string());
+            format!("writing the recording {}", out.unwrap_or_default())
+        })
     };
     let mut events = 0u64;
     let mut last_ns = header.started_ns;
@@ -210,11 +216,17 @@ pub fn replay(
             Ok(Item::Event(ev)) => {
                 events += 1;
                 last_ns = last_ns.max(ev.ts_ns);
+                if let Some(r) = &mut rec {
+                    rewriting(r.event(&ev))?;
+                }
                 if let Err(e) = output.event(&ev) {
                     return broken_pipe_ok(Err(e));
                 }
             }
             Ok(Item::TimeWaits(obs)) => {
+                if let Some(r) = &mut rec {
+                    rewriting(r.time_waits(&obs))?;
+                }
                 if let Err(e) = output.time_waits(&obs) {
                     return broken_pipe_ok(Err(e));
                 }
@@ -225,6 +237,9 @@ pub fn replay(
     };
     match outcome {
         Ok(summary) => {
+            if let Some(r) = rec {
+                rewriting(r.finish(&mut summary.clone()).map(drop))?;
+            }
             broken_pipe_ok(output.finish(&header, &summary))?;
             let size = match replay.sizes() {
                 Some(s) if events > 0 => format!(
@@ -243,6 +258,10 @@ pub fn replay(
             Ok(())
         }
         Err(e) => {
+            // Rewritten, it is cut as the source was: no summary.
+            if let Some(r) = rec {
+                rewriting(r.abandon())?;
+            }
             // What was read is still worth printing; the stop time is the last event's.
             let partial = Summary {
                 stopped_ns: last_ns,
@@ -254,33 +273,16 @@ pub fn replay(
     }
 }
 
-/// A replay's sink that also writes the recording again (`analyze FILE --record OUT`): the
-/// recording is finished with the summary the replay ends with.
-struct Rerecorded(Option<Recorder<Box<dyn Sink>>>);
+/// Where a rewritten recording's events go besides the file: nowhere (the replay's own
+/// output gets them).
+struct Nowhere;
 
-impl Rerecorded {
-    fn rec(&mut self) -> &mut Recorder<Box<dyn Sink>> {
-        self.0.as_mut().expect("finished only once, at the end")
-    }
-}
-
-impl Sink for Rerecorded {
-    fn event(&mut self, ev: &crate::model::event::Event) -> io::Result<()> {
-        self.rec().event(ev)
+impl Sink for Nowhere {
+    fn event(&mut self, _ev: &crate::model::event::Event) -> io::Result<()> {
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.rec().flush()
-    }
-
-    fn time_waits(&mut self, obs: &crate::model::timewait::Observed) -> io::Result<()> {
-        self.rec().time_waits(obs)
-    }
-
-    fn finish(mut self: Box<Self>, header: &Header, summary: &Summary) -> io::Result<()> {
-        let rec = self.0.take().expect("finished only once");
-        let mut summary = summary.clone();
-        let inner = rec.finish(&mut summary)?;
-        inner.finish(header, &summary)
+        Ok(())
     }
 }

@@ -206,6 +206,21 @@ impl<S: Sink> Recorder<S> {
     }
 }
 
+impl<S: Sink> Recorder<S> {
+    /// Writes what it holds and ends without a summary: the recording it rewrites was cut
+    /// short, and so is this one.
+    pub fn abandon(mut self) -> io::Result<()> {
+        self.write_block()?;
+        match &mut self.dest {
+            Dest::File(f) => f.flush(),
+            Dest::Dir(d) => {
+                d.flush();
+                Ok(())
+            }
+        }
+    }
+}
+
 impl<S: Sink> Sink for Recorder<S> {
     fn attach(&mut self, probe: &crate::kernel::probe::Probe) -> anyhow::Result<()> {
         self.inner.attach(probe)
@@ -1020,6 +1035,27 @@ mod tests {
         let (evs, back) = read_all(&out);
         assert_eq!(evs, events);
         assert_eq!(back.unwrap(), end);
+    }
+
+    #[test]
+    fn a_cut_recording_rewritten_is_cut_too() {
+        // `analyze cut.jsonl --record out.nwr`: the events read, and no summary.
+        let (_scratch, path) = tmp("abandon");
+        let events = churn(100);
+        let mut rec = Recorder::create(
+            &Target::File(path.clone()),
+            &FileHeader::here(&header()),
+            Collect(vec![]),
+        )
+        .unwrap();
+        for ev in &events {
+            rec.event(ev).unwrap();
+        }
+        rec.abandon().unwrap();
+        let (evs, end) = read_all(&path);
+        assert_eq!(evs, events);
+        let msg = end.unwrap_err().to_string();
+        assert!(msg.contains("truncated"), "{msg}");
     }
 
     #[test]
