@@ -81,7 +81,7 @@ fn life_records(v6: bool) {
     let [p_client_first, p_server_first, p_reset, p_drop] = [(); 4].map(|_| unique_port());
     let at = |p: u16| endpoint(server_ip, p);
     let scratch = Scratch::new("life");
-    let recording = scratch.path("life.jsonl");
+    let recording = scratch.path("life.nwr");
     // No kernel-side filter: `-D` would also drop the destroy event of the socket the client
     // aborts, whose remote port the kernel has zeroed by then (a filter on ports keeps what
     // has those ports), and the run would not know when that socket is gone.

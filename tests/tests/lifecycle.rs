@@ -46,7 +46,7 @@ fn root_report_counts_equal_the_kernel_counters() {
     let [p_ok, p_refused, p_drop, p_reset, p_leak] = [(); 5].map(|_| unique_port());
     let at = |p: u16| format!("{server}:{p}");
     let scratch = Scratch::new("lifecycle");
-    let recording = scratch.path("events.jsonl");
+    let recording = scratch.path("events.nwr");
     let rec = recording.to_str().expect("UTF-8 path").to_string();
 
     let before_c = pair.nstat(Side::Client);
@@ -307,15 +307,15 @@ fn root_report_counts_equal_the_kernel_counters() {
 }
 
 #[test]
-fn root_analyze_of_a_cut_recording_names_the_line() {
-    if !require_root("root_analyze_of_a_cut_recording_names_the_line") {
+fn root_analyze_of_a_cut_recording_names_the_offset() {
+    if !require_root("root_analyze_of_a_cut_recording_names_the_offset") {
         return;
     }
     let pair = NetPair::new();
     let server: IpAddr = pair.server_v4().into();
     let p = unique_port();
     let scratch = Scratch::new("cut");
-    let file = scratch.path("life.jsonl");
+    let file = scratch.path("life.nwr");
     let tracer = Tracer::start(&["life", "--json", "--record", file.to_str().unwrap()]);
     let mut srv = ReadyChild::spawn(pair.exec(
         Side::Server,
@@ -380,33 +380,59 @@ fn root_analyze_of_a_cut_recording_names_the_line() {
             .all(|c| port(c, "dport") == p || port(c, "sport") == p)
     );
 
-    // Cut the file in the middle of its third line.
-    let text = std::fs::read_to_string(&file).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    assert!(lines.len() > 4);
-    std::fs::write(
-        &file,
-        format!(
-            "{}\n{}\n{}",
-            lines[0],
-            lines[1],
-            &lines[2][..lines[2].len() / 2]
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(netwatch_bin());
-    cmd.arg("analyze").arg(&file).arg("--json");
-    let out = output_with_timeout(cmd, 30);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    // The frames of the file (magic and version, then kind, length, CRC-32, payload): a
+    // header, the blocks, the summary.
+    let whole = std::fs::read(&file).unwrap();
+    assert!(whole.starts_with(b"\x89NWREC\r\n"), "a binary recording");
+    let mut frames = Vec::new();
+    let mut at = 12;
+    while at < whole.len() {
+        let len = u32::from_le_bytes(whole[at + 1..at + 5].try_into().unwrap()) as usize;
+        frames.push((at, whole[at]));
+        at += 9 + len;
+    }
+    assert_eq!(at, whole.len(), "whole frames: {frames:?}");
+    let (summary_at, kind) = *frames.last().unwrap();
+    assert_eq!(kind, 4, "a summary frame last: {frames:?}");
+    let analyze_cut = |bytes: &[u8]| {
+        std::fs::write(&file, bytes).unwrap();
+        let mut cmd = Command::new(netwatch_bin());
+        cmd.arg("analyze").arg(&file).args(["--life", "--json"]);
+        let out = output_with_timeout(cmd, 30);
+        assert!(!out.status.success());
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Cut in the summary: every connection is still printed, then the offset of the cut frame.
+    let (stdout, stderr) = analyze_cut(&whole[..summary_at + 5]);
+    assert_eq!(
+        stdout, done.stdout,
+        "what was read before the cut is printed"
+    );
     assert!(
-        stderr.contains(":3: corrupt record") || stderr.contains("line 3: corrupt record"),
+        stderr.contains(&format!(
+            "byte offset {summary_at}: corrupt record: the frame head ends early"
+        )),
         "{stderr}"
     );
-    // What was read before the damage is still printed.
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).lines().count(),
-        1,
+    // A damaged first block: nothing to print, and its offset.
+    let first_block = frames[1].0;
+    let mut damaged = whole.clone();
+    damaged[first_block + 20] ^= 0xff;
+    let (stdout, stderr) = analyze_cut(&damaged);
+    assert_eq!(stdout, "", "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "byte offset {first_block}: corrupt record: the checksum"
+        )),
+        "{stderr}"
+    );
+    // Not a recording at all.
+    let (_, stderr) = analyze_cut(b"GIF89a....");
+    assert!(
+        stderr.contains("byte offset 0: not a netwatch recording"),
         "{stderr}"
     );
 }

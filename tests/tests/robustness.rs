@@ -234,7 +234,7 @@ fn root_slow_consumer_recovers_and_keeps_owners() {
         return;
     }
     let scratch = Scratch::new("slow");
-    let (report_path, recording) = (scratch.path("report.json"), scratch.path("events.jsonl"));
+    let (report_path, recording) = (scratch.path("report.json"), scratch.path("events.nwr"));
     let pair = NetPair::new();
     let (client, server): (IpAddr, IpAddr) = (pair.client_v4().into(), pair.server_v4().into());
     let (port1, port2, marker_port) = (unique_port(), unique_port(), unique_port());
@@ -301,8 +301,13 @@ fn root_slow_consumer_recovers_and_keeps_owners() {
             20,
         );
         assert!(out.status.success(), "marker connection: {out:?}");
-        fs::read_to_string(&recording)
-            .unwrap_or_default()
+        // The recording so far (its complete blocks: the replay ends with an error at the
+        // block being written), as JSON lines.
+        let mut cmd = Command::new(netwatch_bin());
+        cmd.arg("analyze")
+            .arg(&recording)
+            .args(["--json", "sport >= 0"]);
+        String::from_utf8_lossy(&output_with_timeout(cmd, 60).stdout)
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .any(|e| e["netns"] == client_ns && e["dport"] == marker_port)
@@ -474,7 +479,7 @@ fn root_soak_report_rss_flat_and_counts_match_kernel() {
     const RSS_GROWTH_BOUND_KIB: u64 = 8 * 1024;
 
     let scratch = Scratch::new("soak");
-    let (report_path, recording) = (scratch.path("report.json"), scratch.path("events.jsonl"));
+    let (report_path, recording) = (scratch.path("report.json"), scratch.path("events.nwr"));
     let pair = NetPair::new();
     let (client, server): (IpAddr, IpAddr) = (pair.client_v4().into(), pair.server_v4().into());
     let srv_port = unique_port();

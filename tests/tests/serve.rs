@@ -1112,7 +1112,7 @@ fn root_serve_caps_labels_evicts_and_gauges_fall_to_zero_over_ipv6() {
     let scratch = crate::support::Scratch::new("serve-caps");
     let other = scratch.path("othercli");
     fs::copy(tcpdrive(), &other).expect("copy tcpdrive");
-    let recording = scratch.path("serve.jsonl");
+    let recording = scratch.path("serve.nwr");
     let pair = NetPair::new();
     let [p_leak, p_ok, p_hold] = [(); 3].map(|_| unique_port());
     let at = |p: u16| format!("[{}]:{p}", pair.server_v6());

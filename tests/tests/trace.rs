@@ -620,7 +620,7 @@ fn root_a_replay_prints_what_the_filtered_live_run_printed() {
     let server: IpAddr = pair.server_v4().into();
     let (kept_port, other_port) = (unique_port(), unique_port());
     let scratch = Scratch::new("replay-filter");
-    let recording = scratch.path("events.jsonl");
+    let recording = scratch.path("events.nwr");
     let rec = recording.to_str().expect("UTF-8 path");
     // The expression's state test is decided in user space: the recording holds more.
     let filter = format!("state established and ( sport = :{kept_port} or dport = :{kept_port} )");
@@ -662,9 +662,17 @@ fn root_a_replay_prints_what_the_filtered_live_run_printed() {
         "the live run printed what the filter keeps: {:#?}",
         done.events
     );
-    let recorded = std::fs::read_to_string(&recording).expect("recording");
+    // Every event the recording holds, with a filter that keeps all.
+    let mut cmd = std::process::Command::new(netwatch_tests::netwatch_bin());
+    cmd.args(["analyze", rec, "--json", "sport >= 0"]);
+    let all = output_with_timeout(cmd, 60);
     assert!(
-        recorded.lines().count() > done.events.len() + 2,
+        all.status.success(),
+        "{}",
+        String::from_utf8_lossy(&all.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&all.stdout).lines().count() > done.events.len(),
         "the recording holds more than the printed lines"
     );
     let mut cmd = std::process::Command::new(netwatch_tests::netwatch_bin());
@@ -1017,7 +1025,7 @@ fn root_text_trace_record_replays_to_the_same_lines() {
     let pair = NetPair::new();
     let port = unique_port();
     let scratch = Scratch::new("text-replay");
-    let recording = scratch.path("events.jsonl");
+    let recording = scratch.path("events.nwr");
     let rec = recording.to_str().expect("UTF-8 path");
     let mut args: Vec<String> = ["trace", "--record", rec].map(String::from).to_vec();
     args.extend(crate::support::own_traffic_only(
@@ -1068,4 +1076,137 @@ fn root_text_trace_record_replays_to_the_same_lines() {
         done.stdout,
         "the text replay differs from the live run"
     );
+}
+
+/// The files of a `trace --json --record-dir` run, by name.
+fn recordings(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("the recording directory")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "nwr"))
+        .map(|p| {
+            let len = p.metadata().expect("metadata").len();
+            (p, len)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// `netwatch analyze ARGS` (stdout, stderr), whatever its status.
+fn analyze_output(args: &[&std::ffi::OsStr]) -> (String, String, bool) {
+    let mut cmd = std::process::Command::new(netwatch_tests::netwatch_bin());
+    cmd.arg("analyze").args(args);
+    let out = output_with_timeout(cmd, 60);
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    )
+}
+
+/// `--record-dir` (README, "Recording and replaying"): rotated by age, the files of a run
+/// replay, as a directory, to exactly what the live `trace --json` printed, and a file alone
+/// to its first lines; under a total cap it stops recording, keeps every file under the cap, counts what
+/// it left out, and what it kept replays to the live run's first lines.
+#[test]
+fn root_trace_record_dir_rotates_and_replays_to_the_same_lines() {
+    if !require_root("root_trace_record_dir_rotates_and_replays_to_the_same_lines") {
+        return;
+    }
+    let pair = NetPair::new();
+    let port = unique_port();
+    let addr = endpoint(pair.server_v4().into(), port);
+    let scratch = Scratch::new("record-dir");
+    let filter = crate::support::own_traffic_only(&pair, CLIENT_PORTS, &[port], &[]);
+    // Rounds of connections 1.5 s apart, so that 1 s rotation makes several files.
+    let run = |dir: &std::path::Path, limits: &[&str], rounds: u32| -> Finished {
+        let mut args: Vec<String> = ["trace", "--json", "--record-dir"]
+            .map(String::from)
+            .to_vec();
+        args.push(dir.to_str().expect("UTF-8 path").to_string());
+        args.extend(limits.iter().map(|s| s.to_string()));
+        args.extend(filter.iter().cloned());
+        let tracer = Tracer::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut srv = ReadyChild::spawn(pair.exec(
+            Side::Server,
+            &tcpdrive(),
+            &["serve", &addr, "--count", &(rounds * 10).to_string()],
+        ));
+        for round in 0..rounds {
+            if round > 0 {
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+            let out = output_with_timeout(
+                pair.exec(
+                    Side::Client,
+                    &tcpdrive(),
+                    &["connect", &addr, "--count", "10"],
+                ),
+                20,
+            );
+            assert!(out.status.success(), "{out:?}");
+        }
+        assert!(srv.wait(20).success());
+        stop_after_quiet(tracer, &pair, Events::Stdout, Kept::NOTHING)
+    };
+
+    let dir = scratch.path("rotated");
+    let done = run(&dir, &["--record-max-age", "1s"], 4);
+    let files = recordings(&dir);
+    assert!(files.len() >= 2, "rotated by age: {files:?}");
+    assert!(
+        done.stdout.lines().count() >= 4 * 10 * 2 * 5,
+        "{}",
+        done.stdout
+    );
+    let (stdout, stderr, ok) = analyze_output(&[dir.as_os_str(), "--json".as_ref()]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, done.stdout, "the replay of the directory differs");
+    // One file alone: its events, then where the rest is.
+    let (stdout, stderr, ok) = analyze_output(&[files[0].0.as_os_str(), "--json".as_ref()]);
+    assert!(
+        !ok && stderr.contains("continues in a later file"),
+        "{stderr}"
+    );
+    assert!(
+        done.stdout.starts_with(&stdout),
+        "a part replays to the run's first lines"
+    );
+
+    // Capped at 6 KiB (4 KiB of it kept for the summary): some events fit, the rest are
+    // counted.
+    const CAP: u64 = 6 * 1024;
+    let capped = scratch.path("capped");
+    let done = run(&capped, &["--record-max-total", "6KiB"], 3);
+    let files = recordings(&capped);
+    let total: u64 = files.iter().map(|f| f.1).sum();
+    assert!(total <= CAP, "{total} bytes: {files:?}");
+    assert!(
+        done.stderr.contains("netwatch: recording stopped: ")
+            && done.stderr.contains("reached --record-max-total 6 KiB"),
+        "{}",
+        done.stderr
+    );
+    let unrecorded: usize = done
+        .stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("netwatch: ")?
+                .split_once(" events were not recorded")
+                .and_then(|(n, _)| n.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no count of unrecorded events: {}", done.stderr));
+    assert!(unrecorded > 0);
+    let (stdout, stderr, ok) = analyze_output(&[capped.as_os_str(), "--json".as_ref()]);
+    assert!(ok, "{stderr}");
+    let live: Vec<&str> = done.stdout.lines().collect();
+    let kept: Vec<&str> = stdout.lines().collect();
+    assert!(!kept.is_empty(), "{stderr}");
+    assert_eq!(
+        kept[..],
+        live[..kept.len()],
+        "the kept events are the first ones"
+    );
+    assert_eq!(kept.len() + unrecorded, live.len(), "{}", done.stderr);
 }

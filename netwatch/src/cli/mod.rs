@@ -9,6 +9,10 @@ use crate::model::{
     filter,
     selection::{ContainerSelection, Selection},
 };
+use crate::pipeline::record::{
+    Target,
+    rotate::{self, Limits},
+};
 
 /// Distinct peers labelled by default (`--max-peers`).
 pub const DEFAULT_MAX_PEERS: usize = 100;
@@ -82,7 +86,7 @@ pub enum Command {
         netwatch life\n  \
         netwatch life --json | jq 'select(.end == \"refused\")'\n  \
         netwatch life state time-wait '( dport = :5432 )'\n  \
-        netwatch life --record events.jsonl --duration 5m"
+        netwatch life --record events.nwr --duration 5m"
     )]
     Life(LifeArgs),
     /// Watch for a while, then diagnose: TIME_WAIT churn and port exhaustion, CLOSE_WAIT leaks,
@@ -133,10 +137,12 @@ pub enum Command {
     Leaks(LeaksArgs),
     /// Replay a recording (from --record) offline, without root: the same output the live run gave
     #[command(after_help = "Examples:\n  \
-        netwatch trace --record events.jsonl --duration 1m   # on the host, as root\n  \
-        netwatch analyze events.jsonl                       # anywhere: the trace again\n  \
-        netwatch analyze events.jsonl --life\n  \
-        netwatch analyze events.jsonl --report --json")]
+        netwatch trace --record events.nwr --duration 1m   # on the host, as root\n  \
+        netwatch analyze events.nwr                       # anywhere: the trace again\n  \
+        netwatch analyze events.nwr --life\n  \
+        netwatch analyze events.nwr --json                # the events as JSON lines\n  \
+        netwatch analyze /var/lib/netwatch --report       # a --record-dir directory\n  \
+        netwatch analyze old.jsonl --record old.nwr       # rewrite an older recording")]
     Analyze(AnalyzeArgs),
     /// What this kernel lets netwatch do: kernel, BTF, tracefs, tracepoints, map types, and the
     /// verifier's answer on each program
@@ -261,8 +267,13 @@ pub struct ServeArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct AnalyzeArgs {
-    /// A recording written by `--record`
+    /// A recording written by `--record`, or a `--record-dir` directory (one run's files)
+    #[arg(value_name = "FILE|DIR")]
     pub file: std::path::PathBuf,
+    /// Write the replayed recording to FILE, in the current binary format (converts a
+    /// JSON-lines recording)
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<std::path::PathBuf>,
     /// Print connection lines, as `netwatch life` does
     #[arg(long, conflicts_with = "report")]
     pub life: bool,
@@ -429,19 +440,83 @@ pub struct RunArgs {
     /// Ring-buffer size in bytes (power of two); larger survives longer stalls
     #[arg(long, default_value_t = DEFAULT_RING_BYTES, value_parser = parse_ring_size)]
     pub ring_size: u32,
-    /// Also write the raw event stream to FILE, for `netwatch analyze`
-    #[arg(long, value_name = "FILE")]
+    /// Also write the raw event stream to FILE (compact binary), for `netwatch analyze`
+    #[arg(long, value_name = "FILE", conflicts_with = "record_dir")]
     pub record: Option<std::path::PathBuf>,
+    /// Record into files in DIR, rotated by size and age, stopping (never deleting) at
+    /// --record-max-total
+    #[arg(long, value_name = "DIR")]
+    pub record_dir: Option<std::path::PathBuf>,
+    /// --record-dir: open the next file before one passes this size (e.g. 64MiB; at least 1MiB)
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_file_size, requires = "record_dir")]
+    pub record_max_file_size: u64,
+    /// --record-dir: open the next file once one is this old
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration, requires = "record_dir")]
+    pub record_max_age: Duration,
+    /// --record-dir: stop recording (the run goes on, counting what it leaves out) before the
+    /// directory's recordings, older runs' included, pass this size
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size, requires = "record_dir")]
+    pub record_max_total: u64,
 }
 
 impl Default for RunArgs {
     fn default() -> Self {
+        let limits = Limits::default();
         Self {
             duration: None,
             ring_size: DEFAULT_RING_BYTES,
             record: None,
+            record_dir: None,
+            record_max_file_size: limits.max_file,
+            record_max_age: limits.max_age,
+            record_max_total: limits.max_total,
         }
     }
+}
+
+impl RunArgs {
+    /// Where `--record` or `--record-dir` write, if anywhere.
+    pub fn record_target(&self) -> Option<Target> {
+        if let Some(file) = &self.record {
+            return Some(Target::File(file.clone()));
+        }
+        self.record_dir.as_ref().map(|dir| Target::Dir {
+            dir: dir.clone(),
+            limits: Limits {
+                max_file: self.record_max_file_size,
+                max_age: self.record_max_age,
+                max_total: self.record_max_total,
+            },
+        })
+    }
+}
+
+/// `64MiB`, `1GiB`, `500KiB`, `1G`, `10MB`, or plain bytes: binary multiples either way.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("`{s}` is not a size (e.g. 64MiB, 1GiB, 4194304)");
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift).ok_or_else(bad)
+}
+
+fn parse_file_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n < rotate::MIN_FILE {
+        return Err(format!(
+            "{s} is smaller than a file's largest block and its end: use at least 1MiB"
+        ));
+    }
+    Ok(n)
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {

@@ -31,7 +31,7 @@ use crate::{
     },
     model::selection::Selection,
     pipeline::{
-        record::Replay,
+        record::{Replay, Target},
         run::{self, Live, broken_pipe_ok},
     },
 };
@@ -74,7 +74,7 @@ fn live_options(
             tracepoints: TracepointMode::from_env()?,
         },
         duration: run.duration,
-        record: run.record.clone(),
+        record: run.record_target(),
         filter: filter.to_args(),
         keep_caps: Some(keep_caps),
     };
@@ -224,10 +224,23 @@ pub async fn report(args: ReportArgs) -> anyhow::Result<()> {
     .await
 }
 
-/// Replays a recording into the output the live run had; a damaged file still prints what was
-/// read, then fails naming the line.
+/// Replays a recording into the output the live run had (with `--record`, writes it again in
+/// the current format); a damaged file still prints what was read, then fails naming the line
+/// or byte offset.
 pub fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
     let replay = Replay::open(&args.file)?;
+    if let Some(o) = &replay.origin {
+        let unknown = || "an unknown host".to_string();
+        eprintln!(
+            "netwatch: a recording made on {}{} by netwatch {}",
+            o.host.clone().unwrap_or_else(unknown),
+            o.kernel
+                .as_deref()
+                .map(|k| format!(" (Linux {k})"))
+                .unwrap_or_default(),
+            o.netwatch
+        );
+    }
     let recorded = &replay.header.filter;
     let selection = if args.filter.is_empty() && !recorded.is_empty() {
         eprintln!(
@@ -239,7 +252,8 @@ pub fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
         args.filter.selection()?
     };
     let max = args.tracker.max_sockets;
-    run::replay(replay, &args.file, |header| {
+    let target = args.record.clone().map(Target::File);
+    run::replay(replay, &args.file, target.as_ref(), |header| {
         if args.report {
             report::output(&args.thresholds, selection, max, &args.output, header)
         } else if args.life {

@@ -2,7 +2,7 @@
 //! sink's ending (with `--record`, write the recording beside it); or replay a recording into
 //! the same sink. It never names a command: what differs between them lives in their sinks.
 
-use std::{io, path::PathBuf, time::Duration};
+use std::{io, time::Duration};
 
 use anyhow::Context as _;
 
@@ -17,7 +17,7 @@ use crate::{
         probe::{KernelStats, Probe, ProbeConfig, ProgramSpec, TracepointPath},
     },
     pipeline::{
-        record::{self, Item, Recorder, Replay},
+        record::{self, Item, Recorder, Replay, Target, binary::FileHeader},
         session::{Header, StopReason, Summary},
         sink::Sink,
         stream::{self, Stops},
@@ -29,8 +29,8 @@ pub struct Live {
     pub config: ProbeConfig,
     /// Stop by itself after this long (`--duration`).
     pub duration: Option<Duration>,
-    /// Write every event that reached user space here too (`--record`).
-    pub record: Option<PathBuf>,
+    /// Write every event that reached user space here too (`--record`, `--record-dir`).
+    pub record: Option<Target>,
     /// The filter as command-line words, stored in the recording's header.
     pub filter: Vec<String>,
     /// The capabilities kept once the programs are attached (the rest are given up);
@@ -102,8 +102,9 @@ pub async fn live(live: Live, make: impl FnOnce(&Header) -> Box<dyn Sink>) -> an
         paths_summary(probe.paths())
     );
     let (output, summary) = match &live.record {
-        Some(path) => {
-            let mut rec = Recorder::create(path, &header, output)
+        Some(target) => {
+            let path = target.path();
+            let mut rec = Recorder::create(target, &FileHeader::here(&header), output)
                 .with_context(|| format!("creating the recording {}", path.display()))?;
             drop_privileges(live.keep_caps)?;
             // After the drop: the lookup thread inherits the reduced set.
@@ -113,10 +114,10 @@ pub async fn live(live: Live, make: impl FnOnce(&Header) -> Box<dyn Sink>) -> an
             let (stats, stop) =
                 stream_all(&mut probe, &mut rec, live.duration, feed, stops).await?;
             rec.stopped(stop);
-            let summary = summarize(&stats.kernel, listen_before);
+            let mut summary = summarize(&stats.kernel, listen_before);
             eprintln!("{}", stats.line());
             let output = rec
-                .finish(summary.clone())
+                .finish(&mut summary)
                 .with_context(|| format!("finishing the recording {}", path.display()))?;
             (output, summary)
         }
@@ -180,18 +181,34 @@ fn summarize(kernel: &KernelStats, listen_before: Option<(u64, u64)>) -> Summary
         missed: kernel.missed,
         listen_overflows: listen.map(|l| l.0),
         listen_drops: listen.map(|l| l.1),
+        unrecorded: 0,
     }
 }
 
-/// Replays a recording into `make(header)`; a damaged file still prints what was read, then
-/// fails naming the line.
+/// Replays a recording into `make(header)` (and, with `record`, writes it again in the current
+/// format); a damaged file still prints what was read, then fails naming the line or offset.
 pub fn replay(
     mut replay: Replay,
     file: &std::path::Path,
+    record: Option<&Target>,
     make: impl FnOnce(&Header) -> Box<dyn Sink>,
 ) -> anyhow::Result<()> {
     let header = replay.header.clone();
+    let origin = FileHeader::rewritten(&header, replay.origin.as_ref());
     let mut output = make(&header);
+    let mut rec = match record {
+        Some(target) => Some(
+            Recorder::create(target, &origin, Nowhere)
+                .with_context(|| format!("creating the recording {}", target.path().display()))?,
+        ),
+        None => None,
+    };
+    let rewriting = |r: io::Result<()>| -> anyhow::Result<()> {
+        r.with_context(|| {
+            let out = record.map(|t| t.path().display().to_string());
+            format!("writing the recording {}", out.unwrap_or_default())
+        })
+    };
     let mut events = 0u64;
     let mut last_ns = header.started_ns;
     let outcome = loop {
@@ -199,11 +216,17 @@ pub fn replay(
             Ok(Item::Event(ev)) => {
                 events += 1;
                 last_ns = last_ns.max(ev.ts_ns);
+                if let Some(r) = &mut rec {
+                    rewriting(r.event(&ev))?;
+                }
                 if let Err(e) = output.event(&ev) {
                     return broken_pipe_ok(Err(e));
                 }
             }
             Ok(Item::TimeWaits(obs)) => {
+                if let Some(r) = &mut rec {
+                    rewriting(r.time_waits(&obs))?;
+                }
                 if let Err(e) = output.time_waits(&obs) {
                     return broken_pipe_ok(Err(e));
                 }
@@ -214,15 +237,31 @@ pub fn replay(
     };
     match outcome {
         Ok(summary) => {
+            if let Some(r) = rec {
+                rewriting(r.finish(&mut summary.clone()).map(drop))?;
+            }
             broken_pipe_ok(output.finish(&header, &summary))?;
+            let size = match replay.sizes() {
+                Some(s) if events > 0 => format!(
+                    "; {} bytes, {:.1} bytes/event, {:.1} uncompressed",
+                    s.stored,
+                    s.stored as f64 / events as f64,
+                    s.uncompressed as f64 / events as f64
+                ),
+                _ => String::new(),
+            };
             eprintln!(
-                "netwatch: replayed {events} events from {} ({} were lost in the live run)",
+                "netwatch: replayed {events} events from {} ({} were lost in the live run{size})",
                 file.display(),
                 summary.lost
             );
             Ok(())
         }
         Err(e) => {
+            // Rewritten, it is cut as the source was: no summary.
+            if let Some(r) = rec {
+                rewriting(r.abandon())?;
+            }
             // What was read is still worth printing; the stop time is the last event's.
             let partial = Summary {
                 stopped_ns: last_ns,
@@ -231,5 +270,19 @@ pub fn replay(
             broken_pipe_ok(output.finish(&header, &partial))?;
             Err(e).with_context(|| format!("replayed {events} events before the error"))
         }
+    }
+}
+
+/// Where a rewritten recording's events go besides the file: nowhere (the replay's own
+/// output gets them).
+struct Nowhere;
+
+impl Sink for Nowhere {
+    fn event(&mut self, _ev: &crate::model::event::Event) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

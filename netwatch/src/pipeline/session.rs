@@ -33,6 +33,13 @@ pub struct Summary {
     /// Deltas of the namespace's ListenOverflows and ListenDrops over the run.
     pub listen_overflows: Option<u64>,
     pub listen_drops: Option<u64>,
+    /// Events the recording left out: `--record-dir` stopped at its cap (or at a failed write).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unrecorded: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Summary {

@@ -568,20 +568,41 @@ impl OpenSockets {
         }
     }
 
-    /// Reads the complete lines written since the last call.
+    /// Reads the complete lines written since the last call; of a binary recording, every
+    /// event it holds so far (`netwatch analyze FILE --json`, with a filter that keeps all).
     fn follow(&mut self, path: &Path) {
         use std::io::{Read as _, Seek as _, SeekFrom};
         let Ok(mut file) = fs::File::open(path) else {
             return; // not created yet
         };
-        let mut buf = Vec::new();
-        file.seek(SeekFrom::Start(self.offset))
-            .and_then(|_| file.read_to_end(&mut buf))
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
-            return;
+        let mut first = [0u8; 1];
+        if file.read(&mut first).unwrap_or(0) == 0 {
+            return; // nothing written yet
+        }
+        let buf = if first[0] == 0x89 {
+            // The binary format's magic: complete blocks only, the replay stops (with an
+            // error) at the one being written.
+            let out = Command::new(netwatch_tests::netwatch_bin())
+                .arg("analyze")
+                .arg(path)
+                .args(["--json", "sport >= 0"])
+                .output()
+                .expect("running netwatch analyze");
+            self.last.clear();
+            out.stdout
+        } else {
+            let mut buf = Vec::new();
+            file.seek(SeekFrom::Start(self.offset))
+                .and_then(|_| file.read_to_end(&mut buf))
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
+                return;
+            };
+            self.offset += end as u64 + 1;
+            buf.truncate(end);
+            buf
         };
-        self.offset += end as u64 + 1;
+        let end = buf.len();
         for line in String::from_utf8_lossy(&buf[..end]).lines() {
             if line.is_empty() {
                 continue;

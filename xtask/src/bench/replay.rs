@@ -1,7 +1,8 @@
-//! Offline costs: how fast `netwatch analyze` replays a recording on one core, and how much
-//! memory the tracker spends per live socket. Both run on recordings this module writes
-//! (synthetic but in the exact format `--record` writes), so they need no root and no load
-//! generator, and repeat exactly.
+//! Offline costs: how fast `netwatch analyze` replays a recording on one core, how many bytes
+//! a recording takes per event, and how much memory the tracker spends per live socket. All
+//! run on recordings this module writes (synthetic JSON lines, in the format older netwatch
+//! recorded, which `netwatch analyze FILE --record OUT` rewrites in the binary format
+//! `--record` writes now), so they need no root and no load generator, and repeat exactly.
 use std::{
     fs,
     io::{BufWriter, Write as _},
@@ -18,6 +19,11 @@ pub struct Offline {
     pub replay_cpu_s: f64,
     pub live_sockets: u64,
     pub bytes_per_socket: f64,
+    /// The churn recording's size per event: JSON lines, and the binary format as stored
+    /// (zstd) and uncompressed (what `analyze` reports on its last line).
+    pub json_bytes_per_event: f64,
+    pub bytes_per_event: f64,
+    pub raw_bytes_per_event: f64,
 }
 
 impl Offline {
@@ -213,16 +219,52 @@ fn timed_analyze(netwatch: &Path, args: &[&str]) -> Result<(f64, u64)> {
     }
 }
 
-/// Writes the two recordings into `dir`, measures, deletes them.
+/// `netwatch analyze JSONL --record OUT`: the recording in the binary format, as netwatch's own
+/// writer makes it; and the bytes per event `analyze OUT` reports (stored, uncompressed).
+fn rerecord(netwatch: &Path, jsonl: &Path, out: &Path) -> Result<(f64, f64)> {
+    let run = |args: &[&std::ffi::OsStr]| -> Result<String> {
+        let o = Command::new(netwatch)
+            .arg("analyze")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .output()
+            .context("running netwatch analyze")?;
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        if !o.status.success() {
+            bail!("netwatch analyze {args:?} failed: {stderr}");
+        }
+        Ok(stderr)
+    };
+    run(&[jsonl.as_os_str(), "--record".as_ref(), out.as_os_str()])?;
+    let stderr = run(&[out.as_os_str()])?;
+    // `...; 1234 bytes, 21.3 bytes/event, 48.0 uncompressed)`
+    let figures = stderr
+        .lines()
+        .find_map(|l| l.split_once(" bytes, ").map(|(_, r)| r.to_string()))
+        .and_then(|r| {
+            let (stored, rest) = r.split_once(" bytes/event, ")?;
+            let raw = rest.split_whitespace().next()?;
+            Some((stored.parse().ok()?, raw.parse().ok()?))
+        });
+    figures.with_context(|| format!("no size in `netwatch analyze`'s last line: {stderr}"))
+}
+
+/// Writes the recordings into `dir`, measures, deletes them.
 pub fn measure(netwatch: &Path, dir: &Path, quick: bool) -> Result<Offline> {
     fs::create_dir_all(dir)?;
     let churn: PathBuf = dir.join("churn.jsonl");
+    let churn_bin: PathBuf = dir.join("churn.nwr");
     let live = dir.join("live.jsonl");
     let empty = dir.join("empty.jsonl");
     let result = (|| -> Result<Offline> {
         let connections = if quick { 20_000 } else { 160_000 };
         let events = write_churn(&churn, connections)?;
-        let (cpu, _) = timed_analyze(netwatch, &[churn.to_str().unwrap_or_default(), "--report"])?;
+        let json_bytes = fs::metadata(&churn)?.len();
+        let (bytes_per_event, raw_bytes_per_event) = rerecord(netwatch, &churn, &churn_bin)?;
+        let (cpu, _) = timed_analyze(
+            netwatch,
+            &[churn_bin.to_str().unwrap_or_default(), "--report"],
+        )?;
         let sockets: u64 = if quick { 200_000 } else { 1_000_000 };
         write_live(&live, sockets)?;
         fs::write(&empty, format!("{HEADER}\n{}\n", summary(2)))?;
@@ -242,9 +284,12 @@ pub fn measure(netwatch: &Path, dir: &Path, quick: bool) -> Result<Offline> {
             replay_cpu_s: cpu,
             live_sockets: sockets,
             bytes_per_socket: (rss.saturating_sub(base) * 1024) as f64 / sockets as f64,
+            json_bytes_per_event: json_bytes as f64 / events as f64,
+            bytes_per_event,
+            raw_bytes_per_event,
         })
     })();
-    for f in [&churn, &live, &empty] {
+    for f in [&churn, &churn_bin, &live, &empty] {
         let _ = fs::remove_file(f);
     }
     result

@@ -309,6 +309,18 @@ fn targets(md: &mut String, r: &Results) {
             );
             let _ = writeln!(
                 md,
+                "| recording size per event, zstd (churn) | ≤ 40 B | {:.1} B | {} |",
+                o.bytes_per_event,
+                check(o.bytes_per_event <= 40.0)
+            );
+            let _ = writeln!(
+                md,
+                "| recording size per event, uncompressed (churn) | ≤ 100 B | {:.1} B | {} |",
+                o.raw_bytes_per_event,
+                check(o.raw_bytes_per_event <= 100.0)
+            );
+            let _ = writeln!(
+                md,
                 "| tracker memory per live socket ({} simulated) | ≤ 200 B | {:.0} B | {} |\n",
                 fmt_int(o.live_sockets),
                 o.bytes_per_socket,
@@ -319,6 +331,14 @@ fn targets(md: &mut String, r: &Results) {
             let _ = writeln!(
                 md,
                 "| `netwatch analyze` replay speed, one core | ≥ 10 M events/s | not built yet | – |"
+            );
+            let _ = writeln!(
+                md,
+                "| recording size per event, zstd (churn) | ≤ 40 B | not built yet | – |"
+            );
+            let _ = writeln!(
+                md,
+                "| recording size per event, uncompressed (churn) | ≤ 100 B | not built yet | – |"
             );
             let _ = writeln!(
                 md,
@@ -764,7 +784,12 @@ fn replay(md: &mut String, r: &Results) {
         Some(o) => {
             let _ = writeln!(
                 md,
-                "| `netwatch analyze --report` replay speed | {} events in {:.2} CPU s = {} events/s |",
+                "| recording size (churn) | {:.1} B/event in the binary format as `--record` writes it (zstd), {:.1} B/event uncompressed; {:.1} B/event as JSON lines |",
+                o.bytes_per_event, o.raw_bytes_per_event, o.json_bytes_per_event
+            );
+            let _ = writeln!(
+                md,
+                "| `netwatch analyze --report` replay speed (binary recording) | {} events in {:.2} CPU s = {} events/s |",
                 fmt_int(o.replay_events),
                 o.replay_cpu_s,
                 fmt_int(o.events_per_sec() as u64)
@@ -777,9 +802,10 @@ fn replay(md: &mut String, r: &Results) {
             );
             let _ = writeln!(
                 md,
-                "Both use synthetic recordings in the `--record` format (13 events per \
-                 client-closes-first connection; open connections of 2 events each), so they \
-                 repeat exactly and need no root.\n"
+                "All use synthetic recordings (13 events per client-closes-first connection; \
+                 open connections of 2 events each), written as JSON lines and, for the churn, \
+                 rewritten by `netwatch analyze churn.jsonl --record churn.nwr` in the binary \
+                 format `--record` writes, so they repeat exactly and need no root.\n"
             );
         }
         None => {

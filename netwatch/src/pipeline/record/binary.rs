@@ -1,0 +1,587 @@
+//! The binary recording format: what `--record` writes.
+//!
+//! ```text
+//! file   = MAGIC (8 bytes) version (u32 LE) frame*
+//! frame  = kind (u8) length (u32 LE) crc32 of payload (u32 LE) payload
+//! ```
+//!
+//! Frames, in order: one `HEADER` (JSON: the run's [`Header`], netwatch's version, the kernel
+//! release, the host name, the part number), then `BLOCK`s, then one `SUMMARY` (JSON, at a
+//! clean stop) or `CONTINUED` (rotation closed the file; the run goes on in the next one). A
+//! file without either was cut short.
+//!
+//! A block holds up to [`BLOCK_BYTES`] of records: first its string table (postcard
+//! `Vec<&str>`: every comm, cgroup path, container name, stack frame and reset reason its
+//! events use, each once), then the records (postcard [`Record`]s: events in their
+//! [`Compact`] form, and the kernel's timewait lists). `BLOCK_ZSTD` is the same, compressed
+//! with zstd (its payload starts with the uncompressed length, u32 LE). Each block stands
+//! alone (its own strings, differences from its own first event), so a rotated file and the
+//! blocks after a damaged one need nothing from before them.
+//!
+//! Header, summary and timewait lists are JSON inside their frames: they are rare, and JSON
+//! lets a later netwatch add fields to them without a new format version. Events are postcard:
+//! they are the bulk of the file, and the hot path of a replay.
+use std::{
+    fs::File,
+    io::{self, BufReader, BufWriter, Read, Write},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    At, Item, Next, RecordError,
+    compact::{Compact, Previous, Strings},
+};
+use crate::{
+    model::{event::Event, names::Container, timewait::Observed},
+    pipeline::session::{Header, Summary},
+};
+
+/// The first bytes of a binary recording. As PNG's: the high byte catches a 7-bit transfer,
+/// the CR LF a newline conversion.
+pub const MAGIC: [u8; 8] = *b"\x89NWREC\r\n";
+
+/// The binary format's version, after the magic. Readers read every version up to theirs.
+pub const VERSION: u32 = 1;
+
+/// Frame kinds.
+pub mod frame {
+    pub const HEADER: u8 = 1;
+    pub const BLOCK: u8 = 2;
+    pub const BLOCK_ZSTD: u8 = 3;
+    pub const SUMMARY: u8 = 4;
+    pub const CONTINUED: u8 = 5;
+}
+
+/// Kind, length and checksum before each frame's payload.
+const FRAME_HEAD: usize = 9;
+
+/// A block is closed once its records reach this many bytes (before compression): large
+/// enough for zstd to find the repetition of a churn, small enough that a reader's buffer
+/// and a damaged block stay small.
+pub const BLOCK_BYTES: usize = 256 * 1024;
+
+/// A block is also closed at the first flush after it is this old, so that a file followed
+/// while it is written, and a run killed without a clean stop, lose at most this much.
+pub const BLOCK_AGE: Duration = Duration::from_secs(1);
+
+/// No frame is larger (a length past it is damage, not a frame to allocate for).
+const MAX_FRAME: u32 = 16 << 20;
+
+/// zstd's level: 1 is its fastest, and on recordings as small as any: the 17 blocks of a live
+/// loopback churn (63,376 events, 3.7 MB uncompressed) took 546 KB at level 1, 581 KB at 3 and
+/// 556 KB at 6.
+const ZSTD_LEVEL: i32 = 1;
+
+/// What a file's `HEADER` frame holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileHeader {
+    /// How the run started (start time, wall-clock offset, host settings, filter).
+    pub run: Header,
+    /// The version of the netwatch that wrote the file.
+    pub netwatch: String,
+    /// The release of the kernel the run traced (`uname -r`).
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// The host's name.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// 0 for a run's first file; rotation numbers the files after it 1, 2, ...
+    #[serde(default)]
+    pub part: u32,
+}
+
+impl FileHeader {
+    /// The header of a run recorded on this host by this netwatch.
+    pub fn here(run: &Header) -> FileHeader {
+        FileHeader {
+            run: run.clone(),
+            netwatch: env!("CARGO_PKG_VERSION").to_string(),
+            kernel: crate::kernel::release::running().ok(),
+            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string()),
+            part: 0,
+        }
+    }
+
+    /// The header of a replayed recording written again (`analyze FILE --record OUT`): the
+    /// kernel and host it was recorded on, when its header says (a JSON-lines file does not).
+    pub fn rewritten(run: &Header, source: Option<&FileHeader>) -> FileHeader {
+        FileHeader {
+            run: run.clone(),
+            netwatch: env!("CARGO_PKG_VERSION").to_string(),
+            kernel: source.and_then(|s| s.kernel.clone()),
+            host: source.and_then(|s| s.host.clone()),
+            part: 0,
+        }
+    }
+
+    /// The same run's header for file `part` of a recording directory.
+    pub fn part(&self, part: u32) -> FileHeader {
+        FileHeader {
+            part,
+            ..self.clone()
+        }
+    }
+}
+
+/// One record of a block.
+#[derive(Serialize, Deserialize)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made for one record and serialized at once, never stored: boxing would allocate per event"
+)]
+enum Record<'a> {
+    Event(Compact),
+    /// A namespace's timewait list (JSON of [`Observed`]), where the live run applied it.
+    TimeWaits(&'a str),
+}
+
+/// A whole frame: head and payload.
+fn frame_bytes(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME_HEAD + payload.len());
+    out.push(kind);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+/// The `HEADER` frame of a file.
+pub fn header_frame(header: &FileHeader) -> io::Result<Vec<u8>> {
+    Ok(frame_bytes(frame::HEADER, &serde_json::to_vec(header)?))
+}
+
+/// The `SUMMARY` frame: the run stopped cleanly.
+pub fn summary_frame(summary: &Summary) -> io::Result<Vec<u8>> {
+    Ok(frame_bytes(frame::SUMMARY, &serde_json::to_vec(summary)?))
+}
+
+/// The `CONTINUED` frame: the run goes on in the next file.
+pub fn continued_frame() -> Vec<u8> {
+    frame_bytes(frame::CONTINUED, &[])
+}
+
+/// The records of the block being filled.
+pub struct Block {
+    strings: Strings,
+    records: Vec<u8>,
+    prev: Previous,
+    events: u64,
+    opened: Option<Instant>,
+    zstd: zstd::bulk::Compressor<'static>,
+}
+
+impl Block {
+    pub fn new() -> io::Result<Block> {
+        Ok(Block {
+            strings: Strings::default(),
+            records: Vec::with_capacity(BLOCK_BYTES + 4096),
+            prev: Previous::default(),
+            events: 0,
+            opened: None,
+            zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL)?,
+        })
+    }
+
+    fn push(&mut self, record: &Record<'_>) -> io::Result<()> {
+        self.opened.get_or_insert_with(Instant::now);
+        let records = std::mem::take(&mut self.records);
+        self.records = postcard::to_extend(record, records).map_err(invalid)?;
+        Ok(())
+    }
+
+    /// `ev`, with its owner's names as the host knows them now.
+    pub fn event(
+        &mut self,
+        ev: &Event,
+        cgroup: Option<&str>,
+        container: Option<&Container>,
+    ) -> io::Result<()> {
+        let compact = Compact::encode(ev, cgroup, container, &mut self.strings, &mut self.prev);
+        self.events += 1;
+        self.push(&Record::Event(compact))
+    }
+
+    pub fn time_waits(&mut self, obs: &Observed) -> io::Result<()> {
+        let json = serde_json::to_string(obs)?;
+        self.push(&Record::TimeWaits(&json))
+    }
+
+    /// Events in the block.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.opened.is_none()
+    }
+
+    /// Full: close it now.
+    pub fn is_full(&self) -> bool {
+        self.records.len() >= BLOCK_BYTES
+    }
+
+    /// Open for [`BLOCK_AGE`] already: close it at this flush.
+    pub fn is_old(&self) -> bool {
+        self.opened.is_some_and(|t| t.elapsed() >= BLOCK_AGE)
+    }
+
+    /// The block as a frame (compressed when that makes it smaller), and a fresh block.
+    pub fn take_frame(&mut self) -> io::Result<Vec<u8>> {
+        let mut raw = postcard::to_stdvec(self.strings.list()).map_err(invalid)?;
+        raw.extend_from_slice(&self.records);
+        self.strings.clear();
+        self.records.clear();
+        self.prev = Previous::default();
+        self.events = 0;
+        self.opened = None;
+        let packed = self.zstd.compress(&raw)?;
+        Ok(if packed.len() + 4 < raw.len() {
+            let mut payload = Vec::with_capacity(4 + packed.len());
+            payload.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+            payload.extend_from_slice(&packed);
+            frame_bytes(frame::BLOCK_ZSTD, &payload)
+        } else {
+            frame_bytes(frame::BLOCK, &raw)
+        })
+    }
+}
+
+/// One binary file being written: magic, version, header, then whole frames.
+pub struct FileWriter {
+    out: BufWriter<File>,
+    len: u64,
+    header_len: u64,
+}
+
+impl FileWriter {
+    /// Creates (or empties) `path` and writes the start of the file.
+    pub fn create(path: &Path, header: &FileHeader) -> io::Result<FileWriter> {
+        Self::start(File::create(path)?, header)
+    }
+
+    /// As [`FileWriter::create`], but never over an existing file.
+    pub fn create_new(path: &Path, header: &FileHeader) -> io::Result<FileWriter> {
+        let file = File::options().write(true).create_new(true).open(path)?;
+        Self::start(file, header)
+    }
+
+    fn start(file: File, header: &FileHeader) -> io::Result<FileWriter> {
+        let mut w = FileWriter {
+            out: BufWriter::with_capacity(256 * 1024, file),
+            len: 0,
+            header_len: 0,
+        };
+        let mut start = MAGIC.to_vec();
+        start.extend_from_slice(&VERSION.to_le_bytes());
+        w.write(&start)?;
+        w.write(&header_frame(header)?)?;
+        w.header_len = w.len;
+        Ok(w)
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.out.write_all(bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Bytes of the file's start: magic, version, header frame.
+    pub fn header_len(&self) -> u64 {
+        self.header_len
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Reads a binary recording frame by frame, record by record.
+pub struct BinaryReader {
+    path: PathBuf,
+    file: BufReader<File>,
+    /// Where the next frame starts.
+    offset: u64,
+    /// The block being read (uncompressed), how far, and where its frame starts.
+    block: Vec<u8>,
+    pos: usize,
+    block_at: u64,
+    strings: Vec<String>,
+    prev: Previous,
+    zstd: zstd::bulk::Decompressor<'static>,
+    pub header: FileHeader,
+    pub events: u64,
+    /// Bytes of the file read, and what its blocks hold uncompressed.
+    pub stored_bytes: u64,
+    pub raw_bytes: u64,
+}
+
+impl BinaryReader {
+    /// Reads the magic, the version and the header frame.
+    pub fn open(path: &Path, file: BufReader<File>) -> Result<BinaryReader, RecordError> {
+        let mut r = BinaryReader {
+            path: path.to_path_buf(),
+            file,
+            offset: 0,
+            block: Vec::new(),
+            pos: 0,
+            block_at: 0,
+            strings: Vec::new(),
+            prev: Previous::default(),
+            zstd: zstd::bulk::Decompressor::new().map_err(|source| RecordError::Read {
+                path: path.to_path_buf(),
+                at: At::Offset(0),
+                source,
+            })?,
+            header: FileHeader {
+                run: Header {
+                    netwatch_record: 0,
+                    started_ns: 0,
+                    wall_offset_ns: 0,
+                    settings: Default::default(),
+                    filter: Vec::new(),
+                },
+                netwatch: String::new(),
+                kernel: None,
+                host: None,
+                part: 0,
+            },
+            events: 0,
+            stored_bytes: 0,
+            raw_bytes: 0,
+        };
+        let mut start = [0u8; 12];
+        r.read_exact(&mut start, "the file header")?;
+        let version = u32::from_le_bytes([start[8], start[9], start[10], start[11]]);
+        if version == 0 || version > VERSION {
+            return Err(RecordError::Version {
+                path: path.to_path_buf(),
+                at: At::Offset(8),
+                version,
+                reads: format!("binary versions 1 to {VERSION}"),
+            });
+        }
+        let (kind, payload) = r.frame()?.ok_or_else(|| r.corrupt(12, "no header frame"))?;
+        if kind != frame::HEADER {
+            return Err(r.corrupt(
+                12,
+                format!("the first frame is of kind {kind}, not a header"),
+            ));
+        }
+        r.header = serde_json::from_slice(&payload)
+            .map_err(|e| r.corrupt(12, format!("the header frame does not parse: {e}")))?;
+        Ok(r)
+    }
+
+    fn corrupt(&self, at: u64, detail: impl Into<String>) -> RecordError {
+        RecordError::Corrupt {
+            path: self.path.clone(),
+            at: At::Offset(at),
+            detail: detail.into(),
+        }
+    }
+
+    /// Reads exactly `buf.len()` bytes at the current offset; the end of the file before
+    /// that is an error naming where the cut is.
+    fn read_exact(&mut self, buf: &mut [u8], what: &str) -> Result<(), RecordError> {
+        let at = self.offset;
+        let mut got = 0;
+        while got < buf.len() {
+            match self.file.read(&mut buf[got..]) {
+                Ok(0) => {
+                    return Err(self.corrupt(
+                        at,
+                        format!(
+                            "{what} ends early ({got} of {} bytes); the file was cut short",
+                            buf.len()
+                        ),
+                    ));
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(RecordError::Read {
+                        path: self.path.clone(),
+                        at: At::Offset(at),
+                        source,
+                    });
+                }
+            }
+        }
+        self.offset += buf.len() as u64;
+        self.stored_bytes += buf.len() as u64;
+        Ok(())
+    }
+
+    /// The next frame's kind and payload, checked; `None` at the end of the file.
+    fn frame(&mut self) -> Result<Option<(u8, Vec<u8>)>, RecordError> {
+        let at = self.offset;
+        let mut head = [0u8; FRAME_HEAD];
+        // The end of the file between frames is not damage: the caller decides what it means.
+        let mut first = [0u8; 1];
+        loop {
+            match self.file.read(&mut first) {
+                Ok(0) => return Ok(None),
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(RecordError::Read {
+                        path: self.path.clone(),
+                        at: At::Offset(at),
+                        source,
+                    });
+                }
+            }
+        }
+        head[0] = first[0];
+        self.offset += 1;
+        self.stored_bytes += 1;
+        let mut rest = [0u8; FRAME_HEAD - 1];
+        self.read_exact(&mut rest, "the frame head")
+            .map_err(|e| with_frame_start(e, at))?;
+        head[1..].copy_from_slice(&rest);
+        let kind = head[0];
+        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+        let crc = u32::from_le_bytes([head[5], head[6], head[7], head[8]]);
+        if !(frame::HEADER..=frame::CONTINUED).contains(&kind) {
+            return Err(self.corrupt(
+                at,
+                format!(
+                    "unknown frame kind {kind} (a damaged file, or one a later netwatch wrote)"
+                ),
+            ));
+        }
+        if len > MAX_FRAME {
+            return Err(self.corrupt(at, format!("a frame of {len} bytes: the length is damaged")));
+        }
+        let mut payload = vec![0u8; len as usize];
+        self.read_exact(&mut payload, "the frame")
+            .map_err(|e| with_frame_start(e, at))?;
+        if crc32fast::hash(&payload) != crc {
+            return Err(self.corrupt(
+                at,
+                format!(
+                    "the checksum of this {len}-byte frame does not match: the file is damaged"
+                ),
+            ));
+        }
+        Ok(Some((kind, payload)))
+    }
+
+    /// The next event, timewait list, or end.
+    pub fn next_item(&mut self) -> Result<Next, RecordError> {
+        loop {
+            if self.pos < self.block.len() {
+                return self.next_record().map(Next::Item);
+            }
+            let at = self.offset;
+            let Some((kind, payload)) = self.frame()? else {
+                return Err(RecordError::Truncated {
+                    path: self.path.clone(),
+                    at: At::Offset(at),
+                    events: self.events,
+                    missing: "summary frame",
+                });
+            };
+            match kind {
+                frame::BLOCK | frame::BLOCK_ZSTD => self.start_block(kind, payload, at)?,
+                frame::SUMMARY => {
+                    let summary = serde_json::from_slice(&payload).map_err(|e| {
+                        self.corrupt(at, format!("the summary frame does not parse: {e}"))
+                    })?;
+                    return Ok(Next::Item(Item::End(summary)));
+                }
+                frame::CONTINUED => return Ok(Next::Continued),
+                _ => return Err(self.corrupt(at, "a second header frame")),
+            }
+        }
+    }
+
+    fn start_block(&mut self, kind: u8, payload: Vec<u8>, at: u64) -> Result<(), RecordError> {
+        let raw = if kind == frame::BLOCK_ZSTD {
+            let Some((len, packed)) = payload.split_first_chunk::<4>() else {
+                return Err(self.corrupt(at, "a compressed block without its length"));
+            };
+            let len = u32::from_le_bytes(*len) as usize;
+            if len > MAX_FRAME as usize {
+                return Err(self.corrupt(at, format!("a block of {len} bytes: damaged")));
+            }
+            self.zstd
+                .decompress(packed, len)
+                .map_err(|e| self.corrupt(at, format!("the block does not decompress: {e}")))?
+        } else {
+            payload
+        };
+        let (strings, records): (Vec<&str>, &[u8]) = postcard::take_from_bytes(&raw)
+            .map_err(|e| self.corrupt(at, format!("the block's string table: {e}")))?;
+        self.strings = strings.into_iter().map(String::from).collect();
+        self.raw_bytes += raw.len() as u64;
+        self.pos = raw.len() - records.len();
+        self.block = raw;
+        self.block_at = at;
+        self.prev = Previous::default();
+        Ok(())
+    }
+
+    fn next_record(&mut self) -> Result<Item, RecordError> {
+        let at = self.block_at;
+        let (record, rest): (Record<'_>, &[u8]) =
+            postcard::take_from_bytes(&self.block[self.pos..]).map_err(|e| {
+                self.corrupt(
+                    at,
+                    format!("a record at byte {} of the block: {e}", self.pos),
+                )
+            })?;
+        let pos = self.block.len() - rest.len();
+        let item = match record {
+            Record::Event(c) => {
+                let (ev, owner) =
+                    c.decode(&self.strings, &mut self.prev)
+                        .map_err(|e| RecordError::Corrupt {
+                            path: self.path.clone(),
+                            at: At::Offset(at),
+                            detail: format!("a record at byte {} of the block: {e}", self.pos),
+                        })?;
+                self.events += 1;
+                super::learn_owner(&ev, owner);
+                Item::Event(Box::new(ev))
+            }
+            Record::TimeWaits(json) => {
+                let obs: Observed =
+                    serde_json::from_str(json).map_err(|e| RecordError::Corrupt {
+                        path: self.path.clone(),
+                        at: At::Offset(at),
+                        detail: format!("a timewait list at byte {} of the block: {e}", self.pos),
+                    })?;
+                Item::TimeWaits(Box::new(obs))
+            }
+        };
+        self.pos = pos;
+        Ok(item)
+    }
+}
+
+/// A cut found while reading a frame is at the frame's start, not inside it.
+fn with_frame_start(e: RecordError, start: u64) -> RecordError {
+    match e {
+        RecordError::Corrupt { path, detail, .. } => RecordError::Corrupt {
+            path,
+            at: At::Offset(start),
+            detail,
+        },
+        e => e,
+    }
+}

@@ -1,0 +1,538 @@
+//! One event as a binary recording stores it: postcard (varints, no field names), every string
+//! (comm, cgroup path, container names, stack frames, reset reasons) replaced by its index in
+//! the block's string table, and the timestamp and socket address stored as differences from
+//! the block's previous event (a churn's events are microseconds and a few slab objects
+//! apart). Lossless: a block decodes to the very [`Event`] and owner names that were written.
+//!
+//! The encoding is part of the file format ([`super::binary::VERSION`]): a change to these
+//! types (field order, variant order) needs a new version and a reader for the old one. The
+//! test `an_event_encodes_to_these_bytes` pins it.
+use std::{collections::HashMap, net::IpAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    comm::Comm,
+    event::{Event, EventKind, Family, TcpState, UseCall},
+    names::{Container, RecordedOwner},
+};
+
+/// A state as the kernel numbers it (`include/net/tcp_states.h`), 0 when unknown: numbers
+/// the kernel fixed, rather than the order of an enum in this crate.
+type StateNo = u8;
+
+fn state_no(s: Option<TcpState>) -> StateNo {
+    s.map_or(0, TcpState::kernel_number)
+}
+
+/// Milliseconds as the kernel's integer they were made from, when that gives the same
+/// float back (a dwell in ns, an RTT in µs): 1 to 5 bytes rather than 8.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+enum Millis {
+    Unknown,
+    Nanos(u64),
+    Micros(u64),
+    Exact(f64),
+}
+
+impl Millis {
+    fn of(ms: Option<f64>) -> Millis {
+        let Some(ms) = ms else {
+            return Millis::Unknown;
+        };
+        if ms.is_finite() && (0.0..1e12).contains(&ms) {
+            let ns = (ms * 1e6).round() as u64;
+            if (ns as f64 / 1e6).to_bits() == ms.to_bits() {
+                return Millis::Nanos(ns);
+            }
+            let us = (ms * 1e3).round() as u64;
+            if (us as f64 / 1e3).to_bits() == ms.to_bits() {
+                return Millis::Micros(us);
+            }
+        }
+        Millis::Exact(ms)
+    }
+
+    fn ms(self) -> Option<f64> {
+        match self {
+            Millis::Unknown => None,
+            Millis::Nanos(ns) => Some(ns as f64 / 1e6),
+            Millis::Micros(us) => Some(us as f64 / 1e3),
+            Millis::Exact(ms) => Some(ms),
+        }
+    }
+}
+
+/// [`EventKind`] with states as kernel numbers and the reset reason as a string index.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+enum Kind {
+    State {
+        old: StateNo,
+        new: StateNo,
+        ms_in_old: Millis,
+        bytes_sent: Option<u64>,
+        bytes_received: Option<u64>,
+        srtt_ms: Millis,
+    },
+    Retransmit {
+        state: StateNo,
+        err: Option<i32>,
+    },
+    SynackRetransmit {
+        state: StateNo,
+    },
+    ResetReceived {
+        state: StateNo,
+    },
+    ResetSent {
+        state: StateNo,
+        reason: Option<u32>,
+    },
+    Destroy {
+        state: StateNo,
+    },
+    Accept {
+        state: StateNo,
+    },
+    FirstUse {
+        state: StateNo,
+        call: UseCall,
+    },
+}
+
+/// The owner's container, its names as string indexes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct ContainerRef {
+    id: u32,
+    name: Option<u32>,
+    pod: Option<u32>,
+    namespace: Option<u32>,
+}
+
+/// One event and its owner's names, as a block stores it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Compact {
+    /// `ts_ns` minus the previous event's in the block (wrapping; the first: minus 0).
+    ts: i64,
+    /// `sock` minus the previous event's in the block (wrapping).
+    sock: i64,
+    pid: Option<u32>,
+    tid: Option<u32>,
+    comm: Option<u32>,
+    owner_seen_here: bool,
+    cgroup_id: Option<u64>,
+    netns: Option<u32>,
+    family: Family,
+    saddr: IpAddr,
+    sport: u16,
+    daddr: IpAddr,
+    dport: u16,
+    stack_id: Option<u32>,
+    stack: Vec<u32>,
+    kind: Kind,
+    /// The owner's cgroup path as the live run named it.
+    cgroup: Option<u32>,
+    container: Option<ContainerRef>,
+}
+
+/// A block's strings, as the writer collects them: each stored once, in order of first use.
+#[derive(Default)]
+pub struct Strings {
+    index: HashMap<String, u32>,
+    list: Vec<String>,
+}
+
+impl Strings {
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.index.get(s) {
+            return i;
+        }
+        let i = self.list.len() as u32;
+        self.index.insert(s.to_string(), i);
+        self.list.push(s.to_string());
+        i
+    }
+
+    pub fn list(&self) -> &[String] {
+        &self.list
+    }
+
+    pub fn clear(&mut self) {
+        self.index.clear();
+        self.list.clear();
+    }
+}
+
+/// What the previous event of a block left for the next one's differences.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Previous {
+    ts_ns: u64,
+    sock: u64,
+}
+
+impl Compact {
+    /// `ev` and its owner's names (cgroup path, container), with its strings put into
+    /// `strings`.
+    pub fn encode(
+        ev: &Event,
+        cgroup: Option<&str>,
+        container: Option<&Container>,
+        strings: &mut Strings,
+        prev: &mut Previous,
+    ) -> Compact {
+        let mut s = |v: &str| strings.intern(v);
+        let kind = match &ev.kind {
+            EventKind::State {
+                old_state,
+                new_state,
+                ms_in_old,
+                bytes_sent,
+                bytes_received,
+                srtt_ms,
+            } => Kind::State {
+                old: state_no(*old_state),
+                new: state_no(*new_state),
+                ms_in_old: Millis::of(*ms_in_old),
+                bytes_sent: *bytes_sent,
+                bytes_received: *bytes_received,
+                srtt_ms: Millis::of(*srtt_ms),
+            },
+            EventKind::Retransmit { state, err } => Kind::Retransmit {
+                state: state_no(*state),
+                err: *err,
+            },
+            EventKind::SynackRetransmit { state } => Kind::SynackRetransmit {
+                state: state_no(*state),
+            },
+            EventKind::ResetReceived { state } => Kind::ResetReceived {
+                state: state_no(*state),
+            },
+            EventKind::ResetSent { state, reason } => Kind::ResetSent {
+                state: state_no(*state),
+                reason: reason.as_deref().map(&mut s),
+            },
+            EventKind::Destroy { state } => Kind::Destroy {
+                state: state_no(*state),
+            },
+            EventKind::Accept { state } => Kind::Accept {
+                state: state_no(*state),
+            },
+            EventKind::FirstUse { state, call } => Kind::FirstUse {
+                state: state_no(*state),
+                call: *call,
+            },
+        };
+        let compact = Compact {
+            ts: ev.ts_ns.wrapping_sub(prev.ts_ns) as i64,
+            sock: ev.sock.wrapping_sub(prev.sock) as i64,
+            pid: ev.pid,
+            tid: ev.tid,
+            comm: ev.comm.as_deref().map(&mut s),
+            owner_seen_here: ev.owner_seen_here,
+            cgroup_id: ev.cgroup_id,
+            netns: ev.netns,
+            family: ev.family,
+            saddr: ev.saddr,
+            sport: ev.sport,
+            daddr: ev.daddr,
+            dport: ev.dport,
+            stack_id: ev.stack_id,
+            stack: ev.stack.iter().map(|f| s(f)).collect(),
+            kind,
+            cgroup: cgroup.map(&mut s),
+            container: container.map(|c| ContainerRef {
+                id: s(&c.id),
+                name: c.name.as_deref().map(&mut s),
+                pod: c.pod.as_deref().map(&mut s),
+                namespace: c.namespace.as_deref().map(&mut s),
+            }),
+        };
+        *prev = Previous {
+            ts_ns: ev.ts_ns,
+            sock: ev.sock,
+        };
+        compact
+    }
+
+    /// The event and its owner's names back; an error names the index or number that does
+    /// not fit.
+    pub fn decode(
+        &self,
+        strings: &[String],
+        prev: &mut Previous,
+    ) -> Result<(Event, RecordedOwner), String> {
+        let s = |i: u32| -> Result<String, String> {
+            strings.get(i as usize).cloned().ok_or_else(|| {
+                format!(
+                    "string {i} is not in the block's table of {}",
+                    strings.len()
+                )
+            })
+        };
+        let opt = |i: Option<u32>| i.map(s).transpose();
+        // The task name is inline in the event: read from the table without a String.
+        let comm = |i: Option<u32>| -> Result<Option<Comm>, String> {
+            i.map(|i| {
+                strings
+                    .get(i as usize)
+                    .map(|n| Comm::new(n))
+                    .ok_or_else(|| {
+                        format!(
+                            "string {i} is not in the block's table of {}",
+                            strings.len()
+                        )
+                    })
+            })
+            .transpose()
+        };
+        let st = |n: StateNo| -> Result<Option<TcpState>, String> {
+            match n {
+                0 => Ok(None),
+                n => TcpState::from_kernel(n)
+                    .map(Some)
+                    .ok_or_else(|| format!("unknown TCP state {n}")),
+            }
+        };
+        let kind = match &self.kind {
+            Kind::State {
+                old,
+                new,
+                ms_in_old,
+                bytes_sent,
+                bytes_received,
+                srtt_ms,
+            } => EventKind::State {
+                old_state: st(*old)?,
+                new_state: st(*new)?,
+                ms_in_old: ms_in_old.ms(),
+                bytes_sent: *bytes_sent,
+                bytes_received: *bytes_received,
+                srtt_ms: srtt_ms.ms(),
+            },
+            Kind::Retransmit { state, err } => EventKind::Retransmit {
+                state: st(*state)?,
+                err: *err,
+            },
+            Kind::SynackRetransmit { state } => EventKind::SynackRetransmit { state: st(*state)? },
+            Kind::ResetReceived { state } => EventKind::ResetReceived { state: st(*state)? },
+            Kind::ResetSent { state, reason } => EventKind::ResetSent {
+                state: st(*state)?,
+                reason: opt(*reason)?,
+            },
+            Kind::Destroy { state } => EventKind::Destroy { state: st(*state)? },
+            Kind::Accept { state } => EventKind::Accept { state: st(*state)? },
+            Kind::FirstUse { state, call } => EventKind::FirstUse {
+                state: st(*state)?,
+                call: *call,
+            },
+        };
+        let ts_ns = prev.ts_ns.wrapping_add(self.ts as u64);
+        let sock = prev.sock.wrapping_add(self.sock as u64);
+        *prev = Previous { ts_ns, sock };
+        let container = match &self.container {
+            None => None,
+            Some(c) => Some(Container {
+                id: s(c.id)?,
+                name: opt(c.name)?,
+                pod: opt(c.pod)?,
+                namespace: opt(c.namespace)?,
+            }),
+        };
+        let owner = RecordedOwner {
+            cgroup: opt(self.cgroup)?,
+            container,
+        };
+        let ev = Event {
+            ts_ns,
+            sock,
+            pid: self.pid,
+            tid: self.tid,
+            comm: comm(self.comm)?,
+            owner_seen_here: self.owner_seen_here,
+            cgroup_id: self.cgroup_id,
+            netns: self.netns,
+            family: self.family,
+            saddr: self.saddr,
+            sport: self.sport,
+            daddr: self.daddr,
+            dport: self.dport,
+            stack_id: self.stack_id,
+            stack: self.stack.iter().map(|&i| s(i)).collect::<Result<_, _>>()?,
+            sp_word: None,
+            kind,
+        };
+        Ok((ev, owner))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(events: &[(Event, RecordedOwner)]) -> Vec<(Event, RecordedOwner)> {
+        let mut strings = Strings::default();
+        let mut prev = Previous::default();
+        let compact: Vec<Compact> = events
+            .iter()
+            .map(|(ev, owner)| {
+                Compact::encode(
+                    ev,
+                    owner.cgroup.as_deref(),
+                    owner.container.as_ref(),
+                    &mut strings,
+                    &mut prev,
+                )
+            })
+            .collect();
+        let mut prev = Previous::default();
+        compact
+            .iter()
+            .map(|c| {
+                let bytes = postcard::to_stdvec(c).unwrap();
+                let back: Compact = postcard::from_bytes(&bytes).unwrap();
+                back.decode(strings.list(), &mut prev).unwrap()
+            })
+            .collect()
+    }
+
+    fn every_kind() -> Vec<EventKind> {
+        let st = Some(TcpState::Established);
+        vec![
+            EventKind::State {
+                old_state: Some(TcpState::SynSent),
+                new_state: Some(TcpState::Established),
+                ms_in_old: Some(1_234_567.0 / 1e6),
+                bytes_sent: Some(1 << 40),
+                bytes_received: Some(0),
+                srtt_ms: Some(f64::from(2500u32) / 1000.0),
+            },
+            EventKind::State {
+                old_state: None,
+                new_state: Some(TcpState::Close),
+                ms_in_old: Some(0.1 + 0.2),
+                bytes_sent: None,
+                bytes_received: None,
+                srtt_ms: Some(-0.0),
+            },
+            EventKind::Retransmit {
+                state: st,
+                err: Some(-11),
+            },
+            EventKind::SynackRetransmit { state: None },
+            EventKind::ResetReceived { state: st },
+            EventKind::ResetSent {
+                state: st,
+                reason: Some("NO_SOCKET".into()),
+            },
+            EventKind::Destroy {
+                state: Some(TcpState::Close),
+            },
+            EventKind::Accept { state: st },
+            EventKind::FirstUse {
+                state: st,
+                call: UseCall::Recv,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_kind_and_field_comes_back_the_same() {
+        let mut events = Vec::new();
+        for (i, kind) in every_kind().into_iter().enumerate() {
+            let mut ev = Event::test_state(5_000_000_000 - i as u64 * 7);
+            ev.kind = kind;
+            ev.sock = 0xffff_8881_0000_0000 + (i as u64 % 3) * 4096;
+            if i % 2 == 0 {
+                (ev.pid, ev.tid, ev.comm) = (Some(42), Some(43), Some("curl".into()));
+                (ev.cgroup_id, ev.netns) = (Some(77), Some(4_026_531_840));
+                ev.owner_seen_here = true;
+                ev.stack_id = Some(9);
+                ev.stack = vec!["main (a.c:1)".into(), "start".into()];
+            }
+            if i % 3 == 0 {
+                ev.family = Family::Ipv6;
+                ev.saddr = "fd31::1".parse().unwrap();
+                ev.daddr = "fd31::2".parse().unwrap();
+            }
+            (ev.sport, ev.dport) = (40000 + i as u16, 80);
+            let owner = RecordedOwner {
+                cgroup: (i % 2 == 0).then(|| "/system.slice/shop.service".to_string()),
+                container: (i % 4 == 0).then(|| Container {
+                    name: Some("web".into()),
+                    pod: Some("shop-7f".into()),
+                    namespace: Some("prod".into()),
+                    ..Container::unnamed(&"ab".repeat(32))
+                }),
+            };
+            events.push((ev, owner));
+        }
+        let back = round_trip(&events);
+        assert_eq!(back.len(), events.len());
+        for (a, b) in events.iter().zip(&back) {
+            assert_eq!(a, b);
+            // Floats bit for bit (PartialEq would take -0.0 for 0.0).
+            assert_eq!(
+                serde_json::to_string(&a.0).unwrap(),
+                serde_json::to_string(&b.0).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn kernel_made_milliseconds_are_stored_as_integers() {
+        assert_eq!(
+            Millis::of(Some(1_500_000.0 / 1e6)),
+            Millis::Nanos(1_500_000)
+        );
+        assert_eq!(Millis::of(None), Millis::Unknown);
+        assert!(matches!(Millis::of(Some(f64::NAN)), Millis::Exact(_)));
+        assert!(matches!(Millis::of(Some(-1.0)), Millis::Exact(_)));
+        for ms in [0.0, 0.064396, 2.5, 1e-7, 123_456.789_012, 0.1 + 0.2] {
+            assert_eq!(
+                Millis::of(Some(ms)).ms().unwrap().to_bits(),
+                f64::to_bits(ms)
+            );
+        }
+    }
+
+    #[test]
+    fn an_index_past_the_table_is_an_error_not_a_panic() {
+        let mut strings = Strings::default();
+        let mut ev = Event::test_state(1);
+        ev.comm = Some("curl".into());
+        let c = Compact::encode(&ev, None, None, &mut strings, &mut Previous::default());
+        let err = c.decode(&[], &mut Previous::default()).unwrap_err();
+        assert_eq!(err, "string 0 is not in the block's table of 0");
+    }
+
+    /// The bytes of one event: a change here breaks every recording already written, so it
+    /// needs a new format version (and the old reader kept).
+    #[test]
+    fn an_event_encodes_to_these_bytes() {
+        let mut ev = Event::test_state(1_000);
+        (ev.sock, ev.pid, ev.tid, ev.comm) = (0x1000, Some(300), Some(300), Some("a".into()));
+        (ev.saddr, ev.sport) = ("10.0.0.1".parse().unwrap(), 80);
+        let mut strings = Strings::default();
+        let c = Compact::encode(&ev, None, None, &mut strings, &mut Previous::default());
+        let bytes = postcard::to_stdvec(&c).unwrap();
+        assert_eq!(
+            bytes,
+            [
+                0xd0, 0x0f, // ts 1000, zigzag varint
+                0x80, 0x40, // sock 0x1000, zigzag varint
+                1, 0xac, 0x02, // pid Some(300)
+                1, 0xac, 0x02, // tid
+                1, 0, // comm: string 0
+                0, // owner_seen_here
+                0, 0, // cgroup_id, netns
+                0, // family ipv4
+                0, 10, 0, 0, 1, 80, // saddr, sport
+                0, 0, 0, 0, 0, 0, // daddr, dport
+                0, 0, // stack_id, stack
+                0, 7, 2, 0, 0, 0, 0, // State CLOSE -> SYN_SENT, nothing else known
+                0, 0, // cgroup, container
+            ]
+        );
+        assert_eq!(strings.list(), ["a"]);
+    }
+}

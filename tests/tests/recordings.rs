@@ -1,0 +1,53 @@
+//! Recordings older versions wrote still replay to what those versions printed; no root needed.
+//!
+//! `tests/fixtures/recordings/report-0.1.jsonl` is a `netwatch report --record` file in the
+//! JSON-lines format of netwatch 0.1.0 (before the binary format), and `report-0.1.*.json`
+//! what that netwatch's `analyze` printed from it (see `tests/fixtures/README.md`).
+//! `report-0.1.nwr` is the same recording in the first binary format version.
+
+use std::{path::PathBuf, process::Command};
+
+use netwatch_tests::{netwatch_bin, output_with_timeout, workspace_root};
+
+fn fixture(name: &str) -> PathBuf {
+    workspace_root()
+        .join("tests/fixtures/recordings")
+        .join(name)
+}
+
+fn analyze(file: &str, args: &[&str]) -> String {
+    let mut cmd = Command::new(netwatch_bin());
+    cmd.arg("analyze").arg(fixture(file)).args(args);
+    let out = output_with_timeout(cmd, 60);
+    assert!(
+        out.status.success(),
+        "analyze {file} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+fn expected(name: &str) -> String {
+    std::fs::read_to_string(fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn a_json_lines_recording_of_0_1_replays_to_what_0_1_printed() {
+    for file in ["report-0.1.jsonl", "report-0.1.nwr"] {
+        assert_eq!(
+            analyze(file, &["--report", "--json"]),
+            expected("report-0.1.report.json"),
+            "{file}: report"
+        );
+        assert_eq!(
+            analyze(file, &["--life", "--json"]),
+            expected("report-0.1.life.json"),
+            "{file}: life"
+        );
+        assert_eq!(
+            analyze(file, &["--json"]),
+            expected("report-0.1.trace.json"),
+            "{file}: events as JSON lines"
+        );
+    }
+}
