@@ -188,6 +188,8 @@ pub enum Tracer {
     /// accept()); what they cost beside plain `trace`.
     TraceStacks,
     Report,
+    /// `report --record-dir`: what always-on recording costs beside plain `report`.
+    ReportRecord,
     /// `report` with the classic tracepoint programs (`NETWATCH_TRACEPOINTS=classic`): what
     /// the raw ones save.
     ReportClassic,
@@ -203,11 +205,12 @@ pub enum Tracer {
 }
 
 impl Tracer {
-    pub const ALL: [Tracer; 9] = [
+    pub const ALL: [Tracer; 10] = [
         Tracer::None,
         Tracer::Trace,
         Tracer::TraceStacks,
         Tracer::Report,
+        Tracer::ReportRecord,
         Tracer::ReportClassic,
         Tracer::Serve,
         Tracer::Tcpstates,
@@ -233,6 +236,7 @@ impl Tracer {
             Tracer::None => "none".into(),
             Tracer::Trace => "`netwatch trace --json > /dev/null`".into(),
             Tracer::Report => "`netwatch report > /dev/null`".into(),
+            Tracer::ReportRecord => "`netwatch report --record-dir DIR > /dev/null`".into(),
             Tracer::ReportClassic => {
                 "`NETWATCH_TRACEPOINTS=classic netwatch report > /dev/null` (classic tracepoints)"
                     .into()
@@ -255,6 +259,7 @@ impl Tracer {
             Tracer::None => "no tracer",
             Tracer::Trace => "netwatch trace --json",
             Tracer::Report => "netwatch report",
+            Tracer::ReportRecord => "report --record-dir",
             Tracer::ReportClassic => "report, classic tracepoints",
             Tracer::Serve => "netwatch serve",
             Tracer::Tcpstates => "tcpstates",
@@ -281,7 +286,7 @@ impl Tracer {
     fn subcommand(self) -> Option<&'static str> {
         match self {
             Tracer::Trace | Tracer::TraceStacks => Some("trace"),
-            Tracer::Report | Tracer::ReportClassic => Some("report"),
+            Tracer::Report | Tracer::ReportRecord | Tracer::ReportClassic => Some("report"),
             Tracer::Serve => Some("serve"),
             Tracer::Life => Some("life"),
             Tracer::Top => Some("top"),
@@ -301,6 +306,14 @@ impl Tracer {
             Tracer::Report => {
                 let mut cmd = sys::command(netwatch);
                 cmd.arg("report");
+                cmd
+            }
+            Tracer::ReportRecord => {
+                // A fresh directory each run: the total cap counts what a directory holds.
+                let dir = std::env::temp_dir().join("netwatch-bench-record");
+                let _ = std::fs::remove_dir_all(&dir);
+                let mut cmd = sys::command(netwatch);
+                cmd.arg("report").arg("--record-dir").arg(dir);
                 cmd
             }
             Tracer::ReportClassic => {
