@@ -274,6 +274,11 @@ fn root_containers_are_named_by_pod_namespace_and_container() {
             &format!("{server}:{p_plain}"),
             "--count",
             &N.to_string(),
+            // Each connect waits for the last one's hold: the plain container lives about
+            // N x 200 ms, longer than its runtime takes to answer about it. (One that is gone
+            // and removed before that answer keeps its id only: see the README.)
+            "--hold-ms",
+            "200",
         ],
     ));
     let plain_name = format!("netwatch-test-plain-{tag}");

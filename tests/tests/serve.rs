@@ -222,6 +222,20 @@ pub(crate) fn workload_filter(pair: &NetPair, ports: &[u16]) -> Vec<String> {
     .collect()
 }
 
+/// `netwatch serve` on a fresh loopback port with the web config file `config`.
+fn serve_with_web_config(config: &Path) -> (Tracer, SocketAddr) {
+    let nw = SocketAddr::from((Ipv4Addr::LOCALHOST, unique_port()));
+    let listen = nw.to_string();
+    let serve = Tracer::start(&[
+        "serve",
+        "--web.listen-address",
+        &listen,
+        "--web.config.file",
+        config.to_str().unwrap(),
+    ]);
+    (serve, nw)
+}
+
 /// `netwatch <args> <filter>`.
 pub(crate) fn with_filter<'a>(args: &[&'a str], filter: &'a [String]) -> Vec<&'a str> {
     args.iter()
@@ -855,15 +869,7 @@ fn root_serve_over_tls_with_basic_auth_and_least_privilege() {
         ),
     )
     .unwrap();
-    let nw = SocketAddr::from((Ipv4Addr::LOCALHOST, unique_port()));
-    let listen = nw.to_string();
-    let serve = Tracer::start(&[
-        "serve",
-        "--web.listen-address",
-        &listen,
-        "--web.config.file",
-        config.to_str().unwrap(),
-    ]);
+    let (serve, nw) = serve_with_web_config(&config);
 
     // Once attached, serve holds CAP_SYS_PTRACE and CAP_SYS_ADMIN (TIME_WAIT reconciliation
     // in every namespace), and nothing else, on every thread.
@@ -966,15 +972,7 @@ fn root_serve_rereads_its_web_config_and_verifies_client_certificates() {
         .unwrap();
     };
     write("first");
-    let nw = SocketAddr::from((Ipv4Addr::LOCALHOST, unique_port()));
-    let listen = nw.to_string();
-    let serve = Tracer::start(&[
-        "serve",
-        "--web.listen-address",
-        &listen,
-        "--web.config.file",
-        config.to_str().unwrap(),
-    ]);
+    let (serve, nw) = serve_with_web_config(&config);
     let url = format!("https://{nw}/metrics");
     let ca = ca.to_str().unwrap();
     let with_cert_of = |dir: &Path, password: &str| {

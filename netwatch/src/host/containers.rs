@@ -196,7 +196,7 @@ fn resolve(rt: &tokio::runtime::Runtime, sources: &Sources, wakes: &Receiver<()>
         let started = Instant::now();
         let found = rt.block_on(sources.lookup(&asked));
         log::debug!(
-            "container names: the runtimes named {} of {} new containers in {:?}",
+            "container names: the runtimes named {} of {} new containers in {:?} (asked {asked:?})",
             found.len(),
             asked.len(),
             started.elapsed()
