@@ -735,7 +735,8 @@ fn root_top_last_summary_has_every_retransmit_the_kernel_counted() {
             && count_of(&client.to_string()) == Some(synacks),
         "the kernel retransmitted {syns} SYNs to {server} and {synacks} SYN-ACKs to {client} \
          (the SIGTERM came {stopped_after:?} after a summary); the last summary:\n{last}\n\
-         all:\n{text}"
+         netwatch's stderr (program runs the kernel skipped, if any):\n{}\nall:\n{text}",
+        done.stderr
     );
     assert!(
         last.contains("connect failures: 0 refused, 2 timed out, 0 aborted"),
