@@ -32,6 +32,10 @@ use crate::{
     model::names::Container,
 };
 
+/// The longest an event is held for its container's names (see the module's doc): also how
+/// long after the first question a container's events still wait for its answer.
+pub const MAX_HOLD: Duration = Duration::from_secs(1);
+
 /// How long an id no runtime named stays unnamed before the runtimes are asked again (a
 /// runtime that was down, or an API that timed out, gets another chance; a container no
 /// runtime knows costs one question per this).
@@ -84,9 +88,13 @@ impl Known {
         true
     }
 
-    /// Whether the runtimes' first answer about `id` is still awaited.
-    fn awaited(&self, id: &str) -> bool {
-        self.unnamed.get(id).is_some_and(|a| !a.answered)
+    /// Whether the runtimes' first answer about `id` is still awaited, and for less than
+    /// [`MAX_HOLD`] since it was asked: a slow runtime holds a container's first events, not
+    /// every later one again.
+    fn awaited(&self, id: &str, now: Instant) -> bool {
+        self.unnamed
+            .get(id)
+            .is_some_and(|a| !a.answered && now.duration_since(a.at) < MAX_HOLD)
     }
 
     /// Takes the runtimes' answer to a question about `asked`: `found` is what they named (an
@@ -231,7 +239,7 @@ pub fn awaited(cgroup_id: Option<u64>, pid: Option<u32>) -> bool {
     if resolver().is_none() {
         return false;
     }
-    owner_container(cgroup_id, pid).is_some_and(|c| known().awaited(&c.id))
+    owner_container(cgroup_id, pid).is_some_and(|c| known().awaited(&c.id, Instant::now()))
 }
 
 /// The container of a socket's owner: by its cgroup v2 path ([`cgroup::owner_cgroup`]), else,
@@ -315,14 +323,21 @@ mod tests {
         let mut known = Known::default();
         let t0 = Instant::now();
         assert!(known.ask(ID, t0));
-        assert!(known.awaited(ID), "its events wait for the first answer");
+        assert!(
+            known.awaited(ID, t0),
+            "its events wait for the first answer"
+        );
+        assert!(
+            !known.awaited(ID, t0 + MAX_HOLD),
+            "no longer than MAX_HOLD after the question, however slow the answer"
+        );
         assert!(!known.ask(ID, t0), "asked once");
         assert_eq!(std::mem::take(&mut known.to_ask), [ID]);
         known.answer(
             &[ID.to_string()],
             HashMap::from([(ID.to_string(), named(ID, "web"))]),
         );
-        assert!(!known.awaited(ID));
+        assert!(!known.awaited(ID, t0));
         assert_eq!(known.named[ID].name.as_deref(), Some("web"));
         assert!(
             !known.should_ask(ID, t0 + RETRY_UNNAMED),
@@ -336,14 +351,17 @@ mod tests {
         let t0 = Instant::now();
         assert!(known.ask(ID, t0));
         known.answer(&[ID.to_string()], HashMap::new());
-        assert!(!known.awaited(ID), "answered: its events pass");
+        assert!(!known.awaited(ID, t0), "answered: its events pass");
         assert!(known.named.is_empty());
         assert!(!known.ask(ID, t0 + RETRY_UNNAMED / 2));
         assert!(
             known.ask(ID, t0 + RETRY_UNNAMED),
             "asked again in the background"
         );
-        assert!(!known.awaited(ID), "a second question holds nothing");
+        assert!(
+            !known.awaited(ID, t0 + RETRY_UNNAMED),
+            "a second question holds nothing"
+        );
         assert_eq!(known.to_ask, [ID, ID]);
     }
 

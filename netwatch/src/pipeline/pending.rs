@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// The longest an event is held for its container's names.
-pub const MAX_HOLD: Duration = Duration::from_secs(1);
+pub const MAX_HOLD: Duration = crate::host::containers::MAX_HOLD;
 
 /// Events held at most; past it the oldest are passed on unnamed rather than kept in memory.
 const MAX_HELD: usize = 1 << 16;
@@ -58,7 +58,10 @@ impl Pending {
     /// Passes `ev` on now, or holds it: when it waits for its container, or when an earlier
     /// item is held.
     pub fn event(&mut self, ev: Event, sink: &mut dyn Sink, now: Instant) -> io::Result<()> {
-        if self.held.is_empty() && !waits(&mut self.settled, self.awaited, &ev) {
+        // Asked even behind held events: a second new container's question goes out now, not
+        // once the first one's answer came.
+        let waits_now = waits(&mut self.settled, self.awaited, &ev);
+        if self.held.is_empty() && !waits_now {
             return sink.event(&ev);
         }
         self.held.push_back((now, Held::Event(ev)));
