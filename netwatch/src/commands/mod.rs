@@ -224,10 +224,48 @@ pub async fn report(args: ReportArgs) -> anyhow::Result<()> {
     .await
 }
 
+/// `analyze IN --record OUT` must not truncate what it is about to read: OUT may not be IN
+/// (the same file by another name too), nor a file in the directory IN.
+fn refuse_to_overwrite_the_input(
+    input: &std::path::Path,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let id = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.dev(), m.ino(), m.is_dir()))
+    };
+    // An input that cannot be read is for the replay to report.
+    let Some((dev, ino, input_is_dir)) = id(input) else {
+        return Ok(());
+    };
+    let same = |p: &std::path::Path| id(p).is_some_and(|(d, i, _)| (d, i) == (dev, ino));
+    if same(out) {
+        anyhow::bail!(
+            "--record {}: it is the recording being replayed, which writing would destroy; \
+             write to another file",
+            out.display()
+        );
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+    if input_is_dir && same(parent.unwrap_or(std::path::Path::new("."))) {
+        anyhow::bail!(
+            "--record {}: it is inside the recording directory being replayed; write it \
+             elsewhere",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 /// Replays a recording into the output the live run had (with `--record`, writes it again in
 /// the current format); a damaged file still prints what was read, then fails naming the line
 /// or byte offset.
 pub fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
+    if let Some(out) = &args.record {
+        refuse_to_overwrite_the_input(&args.file, out)?;
+    }
     let replay = Replay::open(&args.file)?;
     if let Some(o) = &replay.origin {
         let unknown = || "an unknown host".to_string();
@@ -311,4 +349,43 @@ pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
     );
     io::stdout().write_all(&script)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refuse_to_overwrite_the_input;
+    use crate::host::scratch::Scratch;
+
+    #[test]
+    fn analyze_never_records_over_what_it_replays() {
+        let scratch = Scratch::new("analyze-record-over-input");
+        let (file, dir) = (scratch.path("in.nwr"), scratch.path("run"));
+        std::fs::write(&file, b"x").unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        let link = scratch.path("link.nwr");
+        std::fs::hard_link(&file, &link).unwrap();
+
+        let err = |i: &std::path::Path, o: &std::path::Path| {
+            refuse_to_overwrite_the_input(i, o)
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert!(err(&file, &file).unwrap().contains("being replayed"));
+        assert!(
+            err(&file, &link).unwrap().contains("being replayed"),
+            "another name"
+        );
+        assert!(
+            err(&dir, &dir.join("new.nwr"))
+                .unwrap()
+                .contains("inside the recording directory")
+        );
+        assert_eq!(err(&file, &scratch.path("out.nwr")), None);
+        assert_eq!(err(&dir, &scratch.path("out.nwr")), None);
+        assert_eq!(
+            err(&scratch.path("missing"), &file),
+            None,
+            "the replay reports it"
+        );
+    }
 }

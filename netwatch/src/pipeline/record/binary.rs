@@ -67,8 +67,10 @@ pub const BLOCK_BYTES: usize = 256 * 1024;
 /// while it is written, and a run killed without a clean stop, lose at most this much.
 pub const BLOCK_AGE: Duration = Duration::from_secs(1);
 
-/// No frame is larger (a length past it is damage, not a frame to allocate for).
-const MAX_FRAME: u32 = 16 << 20;
+/// No frame is larger (a length past it is damage, not a frame to allocate for). Sized for the
+/// largest frame a writer makes: one namespace's timewait list, which holds up to
+/// `tcp_max_tw_buckets` sockets (262,144 on a large host) at about 100 bytes of JSON each.
+const MAX_FRAME: u32 = 256 << 20;
 
 /// zstd's level: 1 is its fastest, and on recordings as small as any: the 17 blocks of a live
 /// loopback churn (63,376 events, 3.7 MB uncompressed) took 546 KB at level 1, 581 KB at 3 and
