@@ -365,16 +365,25 @@ pub fn awaited(cgroup_id: Option<u64>, pid: Option<u32>) -> bool {
 /// stays its v2 path (one name per cgroup, see [`cgroup::owner_cgroup`]); only the container
 /// is read from v1, so a process that is gone before its first lookup has none there.
 pub fn owner_container(cgroup_id: Option<u64>, pid: Option<u32>) -> Option<Arc<Container>> {
-    if let Some(c) =
-        cgroup::owner_cgroup_shared(cgroup_id, pid).and_then(|path| container_of_path(&path))
-    {
-        return Some(c);
-    }
-    // A replay's pids are of another moment: its containers come from the recording.
-    if RECORDED.load(Ordering::Relaxed) {
-        return None;
-    }
-    container_of_path(&v1_container_path_of(pid?)?)
+    owner_names(cgroup_id, pid).1
+}
+
+/// A socket's owner's cgroup path ([`cgroup::owner_cgroup_shared`]) and its container
+/// ([`owner_container`]): for the outputs that write both (`--json`, a recording), one lookup
+/// of the cgroup.
+pub fn owner_names(
+    cgroup_id: Option<u64>,
+    pid: Option<u32>,
+) -> (Option<Arc<str>>, Option<Arc<Container>>) {
+    let cgroup = cgroup::owner_cgroup_shared(cgroup_id, pid);
+    let container = cgroup.as_deref().and_then(container_of_path).or_else(|| {
+        // A replay's pids are of another moment: its containers come from the recording.
+        if RECORDED.load(Ordering::Relaxed) {
+            return None;
+        }
+        container_of_path(&v1_container_path_of(pid?)?)
+    });
+    (cgroup, container)
 }
 
 /// Pids whose v1 container path was looked up, kept; past it the cache starts again.
