@@ -346,7 +346,8 @@ pub fn container_of_path(path: &str) -> Option<Arc<Container>> {
 }
 
 /// Whether an event of this owner should wait: its container is being asked about for the
-/// first time (see the module's doc). Asks about a container it meets for the first time.
+/// first time, or an event stream runs and has not named it yet, for at most [`MAX_HOLD`]
+/// (see the module's doc). Asks about a container it meets for the first time.
 pub fn awaited(cgroup_id: Option<u64>, pid: Option<u32>) -> bool {
     if resolver().is_none() {
         return false;
