@@ -14,8 +14,11 @@ use std::{
     collections::HashMap,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context as _;
@@ -349,27 +352,41 @@ fn read_text(path: &Path) -> anyhow::Result<String> {
 /// symlink swap).
 type Stamp = Option<(u64, u64, i64, i64, u64)>;
 
-fn stamp(path: &Path) -> Stamp {
+fn stamp_of(path: &Path) -> Stamp {
     let m = std::fs::metadata(path).ok()?;
     Some((m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.size()))
 }
 
-/// The web config as its file says now: read again, on the blocking pool, when the file's
-/// text or a file it names (certificate, key, CA) has changed since it was last read. The
-/// file's text is compared, not its time: a password changed twice within a clock tick has
-/// the same modification time. While the file is broken, connections are closed unanswered
-/// (as exporter-toolkit does): a password being revoked must not stay valid because of a
-/// typo. Without a file, the fixed config it holds.
+/// The web config as its file says now: read again, on the blocking pool, when the file or a
+/// file it names (certificate, key, CA) has changed since it was last read. While the file is
+/// broken, connections are closed unanswered (as exporter-toolkit does): a password being
+/// revoked must not stay valid because of a typo. Without a file, the fixed config it holds.
+///
+/// Why metadata first: every new connection asks, and reading the file each time costs a
+/// read under a lock that every connection takes. Device, inode, modification time and size
+/// ([`Stamp`]) say whether it changed, except for a write in the same tick of the file
+/// system's clock as the one before it: while the last reading is that close to the file's
+/// modification time ([`RACY`]), its text is compared too (git's "racily clean" files).
+///
+/// Why one reload at a time: connections that come while the file is read again use the
+/// config as it was, rather than each reading and parsing the file (a config with users
+/// hashes a password at every reading) and racing to store what it read.
 #[derive(Clone)]
 pub struct WebConfigFile {
     path: Option<Arc<PathBuf>>,
     last: Arc<Mutex<Read>>,
+    /// Set while a reload runs.
+    reloading: Arc<AtomicBool>,
 }
 
 /// The last reading of the file.
 struct Read {
     /// The file's text (`None`: unreadable).
     text: Option<String>,
+    /// The file's, taken before its text was read.
+    stamp: Stamp,
+    /// When its text was last read (or found unchanged).
+    checked: SystemTime,
     /// Of the files the config named.
     stamps: Vec<Stamp>,
     config: Result<WebConfig, String>,
@@ -380,38 +397,93 @@ struct Read {
 /// in a file it names that it could not read (a certificate not there yet).
 const BROKEN_RETRY: Duration = Duration::from_secs(1);
 
+/// How close to the file's modification time a reading is too close for the time to tell a
+/// later write (file systems keep times to a clock tick, some to 1 or 2 s).
+const RACY: Duration = Duration::from_secs(2);
+
+/// What a reload found.
+enum Reread {
+    /// The same text, and the files it names unchanged: the file's stamp as now.
+    Same(Stamp),
+    Changed(Read),
+}
+
 impl Read {
     /// Reads the file at `path`.
     fn now(path: &Path) -> Read {
-        let text = read_text(path);
+        let stamp = stamp_of(path);
+        Self::of_text(path, stamp, read_text(path))
+    }
+
+    /// The reading of `text`, the file at `path`'s when it had `stamp`.
+    fn of_text(path: &Path, stamp: Stamp, text: anyhow::Result<String>) -> Read {
         let config = text
             .as_ref()
             .map_err(|e| format!("{e:#}"))
             .and_then(|text| WebConfig::from_text(path, text).map_err(|e| format!("{e:#}")));
         let stamps = match &config {
-            Ok(config) => config.files.iter().map(|f| stamp(f)).collect(),
+            Ok(config) => config.files.iter().map(|f| stamp_of(f)).collect(),
             Err(_) => Vec::new(),
         };
         Read {
             text: text.ok(),
+            stamp,
+            checked: SystemTime::now(),
             stamps,
             config,
             at: Instant::now(),
         }
     }
 
-    /// Whether the file should be read again: it, or a file it names, changed, or it is
-    /// broken and was last read [`BROKEN_RETRY`] ago.
-    fn stale(&self, path: &Path) -> bool {
-        let files_changed = match &self.config {
+    /// Whether a file the config names changed since it was read.
+    fn files_changed(&self) -> bool {
+        match &self.config {
             Ok(config) => config
                 .files
                 .iter()
-                .map(|f| stamp(f))
+                .map(|f| stamp_of(f))
                 .ne(self.stamps.iter().copied()),
-            Err(_) => self.at.elapsed() >= BROKEN_RETRY,
+            Err(_) => false,
+        }
+    }
+
+    /// Whether the file should be read again, by metadata (see [`WebConfigFile`]): it, or a
+    /// file it names, changed; its last reading was too close to its modification to tell; or
+    /// it is broken and was last read [`BROKEN_RETRY`] ago.
+    fn stale(&self, path: &Path) -> bool {
+        let broken_retry = self.config.is_err() && self.at.elapsed() >= BROKEN_RETRY;
+        broken_retry || self.racy() || stamp_of(path) != self.stamp || self.files_changed()
+    }
+
+    /// Whether the last check of the text came within [`RACY`] of the file's modification.
+    fn racy(&self) -> bool {
+        let Some((_, _, secs, nanos, _)) = self.stamp else {
+            return false;
         };
-        files_changed || std::fs::read_to_string(path).ok() != self.text
+        let modified = u64::try_from(secs)
+            .ok()
+            .map(|s| UNIX_EPOCH + Duration::new(s, u32::try_from(nanos).unwrap_or(0)));
+        modified.is_none_or(|m| self.checked.duration_since(m).unwrap_or_default() < RACY)
+    }
+
+    /// Reads the file at `path` again: [`Reread::Same`] when its text is `self`'s and nothing
+    /// it names changed (no parsing, no password hashed), else the new reading.
+    fn reread(text: Option<String>, files_changed: bool, broken: bool, path: &Path) -> Reread {
+        let stamp = stamp_of(path);
+        let now = read_text(path);
+        if !broken && !files_changed && now.as_ref().ok() == text.as_ref() {
+            return Reread::Same(stamp);
+        }
+        Reread::Changed(Self::of_text(path, stamp, now))
+    }
+}
+
+/// Clears the reload flag when the reload ends, however it ends.
+struct Reloading<'a>(&'a AtomicBool);
+
+impl Drop for Reloading<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -425,6 +497,7 @@ impl WebConfigFile {
         Ok(Self {
             path: Some(Arc::new(path.to_path_buf())),
             last: Arc::new(Mutex::new(read)),
+            reloading: Arc::default(),
         })
     }
 
@@ -434,10 +507,13 @@ impl WebConfigFile {
             path: None,
             last: Arc::new(Mutex::new(Read {
                 text: None,
+                stamp: None,
+                checked: SystemTime::now(),
                 stamps: Vec::new(),
                 config: Ok(config),
                 at: Instant::now(),
             })),
+            reloading: Arc::default(),
         }
     }
 
@@ -452,23 +528,43 @@ impl WebConfigFile {
         self.last().config.as_ref().ok().cloned()
     }
 
-    /// The config for a new connection: read again first if it changed; `None` while the
+    /// The config for a new connection: read again first if it changed, unless another
+    /// connection is reading it (this one then takes the config as it is); `None` while the
     /// file is broken.
     pub async fn current(&self) -> Option<WebConfig> {
         let Some(path) = &self.path else {
             return self.last_read();
         };
-        let was_broken = {
+        let (text, files_changed, was_broken) = {
             let last = self.last();
             if !last.stale(path) {
                 return last.config.as_ref().ok().cloned();
             }
-            last.config.is_err()
+            if self.reloading.swap(true, Ordering::Acquire) {
+                return last.config.as_ref().ok().cloned();
+            }
+            (
+                last.text.clone(),
+                last.files_changed(),
+                last.config.is_err(),
+            )
         };
+        let _reloading = Reloading(&self.reloading);
         let path = Arc::clone(path);
-        let read = tokio::task::spawn_blocking(move || Read::now(&path))
-            .await
-            .ok()?;
+        let reread = tokio::task::spawn_blocking(move || {
+            Read::reread(text, files_changed, was_broken, &path)
+        })
+        .await
+        .ok()?;
+        let read = match reread {
+            Reread::Same(stamp) => {
+                let mut last = self.last();
+                last.stamp = stamp;
+                last.checked = SystemTime::now();
+                return last.config.as_ref().ok().cloned();
+            }
+            Reread::Changed(read) => read,
+        };
         let shown = self.path.as_deref().map(|p| p.display().to_string());
         let shown = shown.unwrap_or_default();
         match &read.config {
@@ -555,5 +651,88 @@ mod tests {
         );
         assert!(!c.authorized(None).await);
         assert!(WebConfig::default().authorized(None).await);
+    }
+
+    /// A web config naming one user (`a` or `b`: the same length), its hash `hash`.
+    fn users_file(user: &str, hash: &str) -> String {
+        format!("basic_auth_users:\n  {user}: '{hash}'\n")
+    }
+
+    fn user_of(config: Option<WebConfig>) -> Vec<String> {
+        config.unwrap().users.keys().cloned().collect()
+    }
+
+    /// Rewrites `path` in place with `text` (the same length), then sets its modification
+    /// time back: device, inode, time and size as before.
+    fn rewrite_keeping_stamp(path: &Path, text: &str) {
+        let modified = std::fs::metadata(path).unwrap().modified().unwrap();
+        std::fs::write(path, text).unwrap();
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(modified).unwrap();
+        drop(file);
+        assert_eq!(
+            std::fs::metadata(path).unwrap().modified().unwrap(),
+            modified
+        );
+    }
+
+    #[tokio::test]
+    async fn the_file_is_read_again_when_its_metadata_changed_or_cannot_tell() {
+        let hash = bcrypt::hash("secret", 4).unwrap();
+        let scratch = crate::host::scratch::Scratch::new("web-config-stamp");
+        let path = scratch.path("web-config.yml");
+        std::fs::write(&path, users_file("a", &hash)).unwrap();
+        // Modified long before it is read: its metadata tells every later change.
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(SystemTime::now() - Duration::from_secs(60))
+            .unwrap();
+        drop(file);
+        let web = WebConfigFile::open(&path).unwrap();
+        assert!(!web.last().racy());
+        rewrite_keeping_stamp(&path, &users_file("b", &hash));
+        assert_eq!(
+            user_of(web.current().await),
+            ["a"],
+            "same metadata: the file is not read"
+        );
+        std::fs::write(&path, users_file("b", &hash)).unwrap();
+        assert_eq!(user_of(web.current().await), ["b"], "a new time: read");
+
+        // Read right after a write: a second write in the same clock tick keeps the time, so
+        // the text is compared as long as the reading is that close to it.
+        std::fs::write(&path, users_file("a", &hash)).unwrap();
+        let web = WebConfigFile::open(&path).unwrap();
+        assert!(web.last().racy());
+        rewrite_keeping_stamp(&path, &users_file("b", &hash));
+        assert_eq!(user_of(web.current().await), ["b"]);
+    }
+
+    #[tokio::test]
+    async fn a_connection_during_a_reload_takes_the_config_as_it_is() {
+        let hash = bcrypt::hash("secret", 4).unwrap();
+        let scratch = crate::host::scratch::Scratch::new("web-config-reload");
+        let path = scratch.path("web-config.yml");
+        std::fs::write(&path, users_file("a", &hash)).unwrap();
+        let web = WebConfigFile::open(&path).unwrap();
+        std::fs::write(&path, users_file("b", &hash)).unwrap();
+        // Another connection's reload is running.
+        web.reloading.store(true, Ordering::Release);
+        assert_eq!(user_of(web.current().await), ["a"]);
+        assert_eq!(
+            user_of(web.clone().current().await),
+            ["a"],
+            "clones share it"
+        );
+        web.reloading.store(false, Ordering::Release);
+        assert_eq!(user_of(web.current().await), ["b"]);
+        assert!(
+            !web.reloading.load(Ordering::Acquire),
+            "the flag is cleared when a reload ends"
+        );
+        // Broken: connections get nothing, and the next reload reads it again.
+        std::fs::write(&path, "basic_auth_users: [").unwrap();
+        assert!(web.current().await.is_none());
+        std::fs::write(&path, users_file("a", &hash)).unwrap();
+        assert_eq!(user_of(web.current().await), ["a"]);
     }
 }

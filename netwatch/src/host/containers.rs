@@ -1,19 +1,25 @@
 //! The container of a socket's owner, named: its id from the owner's cgroup path, its names
 //! from the container runtime, cached per container id.
 //!
-//! Why a thread of its own: asking a runtime's API takes milliseconds, and the ring buffer's
-//! reader must not wait for it. A resolver thread lists the runtimes' running containers when a
-//! run starts; after that it asks them only about the ids events name and it does not know:
-//! each id once, and one that no runtime named again no sooner than [`RETRY_UNNAMED`]. A node
-//! where no new container appears is not polled at all.
+//! Names are learned two ways, both into one table:
+//! - the Docker API's event streams (Docker, podman; [`crate::host::runtime_events`]) say a
+//!   container's names when it is created, before its process runs, and when it is removed;
+//! - a resolver thread lists the runtimes' running containers when a run starts; after that it
+//!   asks them only about the ids events name and it does not know: each id once, and one that
+//!   no runtime named again no sooner than [`RETRY_UNNAMED`]. This is how containerd's and
+//!   CRI-O's containers are named (they serve no Docker API), and the fallback for a stream
+//!   that is down. A node where no new container appears is not polled at all.
 //!
-//! Why events wait for that answer: a container connects milliseconds after it starts, before
-//! any listing could have named it. While the runtimes are asked about an id for the first time,
-//! [`awaited`] says so, and the stream holds the events from then on back, in order
-//! ([`crate::pipeline::pending`], at most [`crate::pipeline::pending::MAX_HOLD`]): every output,
-//! and a recording, names a container from its first event. Listening to the runtimes' event
-//! streams instead would not spare the wait (a container's `start` event comes after its process
-//! runs) and would add one client per runtime.
+//! Why a thread of its own: asking a runtime's API takes milliseconds, and the ring buffer's
+//! reader must not wait for it.
+//!
+//! Why events wait: a container connects milliseconds after it starts, and its runtime's answer,
+//! or its `create` event (podman sends it some 100-200 ms late), may come after that. While the
+//! runtimes are asked about an id for the first time, or while an event stream runs and has not
+//! named it yet, for at most [`MAX_HOLD`] from its first question, [`awaited`] says so, and the
+//! stream holds the events from then on back, in order ([`crate::pipeline::pending`]): every
+//! output, and a recording, names a container from its first event, also one that is gone and
+//! removed before its runtime could answer a question about it.
 //!
 //! A replay asks no runtime: it takes the names its recording holds ([`learn`]).
 
@@ -21,14 +27,19 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, LazyLock, Mutex, OnceLock, RwLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         mpsc::{Receiver, SyncSender, sync_channel},
     },
     time::{Duration, Instant},
 };
 
 use crate::{
-    host::{cgroup, container_id::container_id, runtime::Sources},
+    host::{
+        cgroup,
+        container_id::container_id,
+        runtime::{API_SOCKETS, Sources},
+        runtime_events::{self, Update},
+    },
     model::names::Container,
 };
 
@@ -40,14 +51,54 @@ pub const MAX_HOLD: Duration = Duration::from_secs(1);
 /// runtime that was down, or an API that timed out, gets another chance; a container no
 /// runtime knows costs one question per this).
 const RETRY_UNNAMED: Duration = Duration::from_secs(10);
-/// Named containers kept; past it the cache starts again (the ones still seen are asked
-/// about once more).
+/// Named containers kept; past it those the runtimes said were removed, then those unused the
+/// longest, are forgotten (down to 7/8 of it, so that this happens once per many new ones).
 const MAX_CONTAINERS: usize = 4096;
+
+/// Event streams running now ([`crate::host::runtime_events`]): while one runs, a container no
+/// answer named may still be named by its `create`.
+static STREAMING: AtomicUsize = AtomicUsize::new(0);
+
+/// How long a run waits at its start for the event streams to open.
+const STREAMS_SETTLE: Duration = Duration::from_millis(500);
+
+/// The order of uses of named containers: the least recently used one is forgotten first.
+static USES: AtomicU64 = AtomicU64::new(0);
+
+fn next_use() -> u64 {
+    USES.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A named container, and what decides when it is forgotten.
+#[derive(Debug)]
+struct Named {
+    container: Arc<Container>,
+    /// Its last use ([`next_use`]), set under the table's read lock.
+    used: AtomicU64,
+    /// Whether its runtime said it was removed (its connections may still end later).
+    removed: bool,
+}
+
+impl Named {
+    fn new(container: Container) -> Named {
+        Named {
+            container: Arc::new(container),
+            used: AtomicU64::new(next_use()),
+            removed: false,
+        }
+    }
+
+    /// The container, its use noted.
+    fn used(&self) -> Arc<Container> {
+        self.used.store(next_use(), Ordering::Relaxed);
+        self.container.clone()
+    }
+}
 
 /// What is known about the containers, by id.
 #[derive(Debug, Default)]
 struct Known {
-    named: HashMap<String, Arc<Container>>,
+    named: HashMap<String, Named>,
     /// Ids no runtime has named (yet): when they were last asked about, and whether an answer
     /// to the first question came.
     unnamed: HashMap<String, Asked>,
@@ -57,6 +108,9 @@ struct Known {
 
 #[derive(Clone, Copy, Debug)]
 struct Asked {
+    /// The first question: a container's events wait no longer than [`MAX_HOLD`] from it.
+    first: Instant,
+    /// The last question.
     at: Instant,
     answered: bool,
 }
@@ -81,20 +135,30 @@ impl Known {
             self.unnamed.retain(|_, a| !a.answered);
         }
         // A second question is asked in the background: its events do not wait again.
-        let answered = self.unnamed.get(id).is_some_and(|a| a.answered);
-        self.unnamed
-            .insert(id.to_string(), Asked { at: now, answered });
+        let (first, answered) = self
+            .unnamed
+            .get(id)
+            .map_or((now, false), |a| (a.first, a.answered));
+        self.unnamed.insert(
+            id.to_string(),
+            Asked {
+                first,
+                at: now,
+                answered,
+            },
+        );
         self.to_ask.push(id.to_string());
         true
     }
 
-    /// Whether the runtimes' first answer about `id` is still awaited, and for less than
-    /// [`MAX_HOLD`] since it was asked: a slow runtime holds a container's first events, not
-    /// every later one again.
-    fn awaited(&self, id: &str, now: Instant) -> bool {
+    /// Whether names for `id` are still awaited, for less than [`MAX_HOLD`] since it was first
+    /// asked about: the runtimes' first answer, or, while an event stream runs (`streaming`),
+    /// its `create` (an answer that named nothing may have come after the container was
+    /// removed). A slow runtime holds a container's first events, not every later one again.
+    fn awaited(&self, id: &str, now: Instant, streaming: bool) -> bool {
         self.unnamed
             .get(id)
-            .is_some_and(|a| !a.answered && now.duration_since(a.at) < MAX_HOLD)
+            .is_some_and(|a| (!a.answered || streaming) && now.duration_since(a.first) < MAX_HOLD)
     }
 
     /// Takes the runtimes' answer to a question about `asked`: `found` is what they named (an
@@ -108,16 +172,43 @@ impl Known {
         self.merge(found);
     }
 
-    /// Takes what the runtimes named; past [`MAX_CONTAINERS`] forgets the rest.
+    /// Takes what the runtimes named; past [`MAX_CONTAINERS`] forgets some (see there).
     fn merge(&mut self, found: HashMap<String, Container>) {
-        if self.named.len() + found.len() > MAX_CONTAINERS {
-            self.named.clear();
-        }
         for (id, c) in found {
             self.unnamed.remove(&id);
-            if self.named.get(&id).map(|k| k.as_ref()) != Some(&c) {
-                self.named.insert(id, Arc::new(c));
+            if self.named.get(&id).map(|k| k.container.as_ref()) != Some(&c) {
+                self.named.insert(id, Named::new(c));
             }
+        }
+        self.trim();
+    }
+
+    /// Notes that the runtime removed container `id`: it is forgotten first.
+    fn removed(&mut self, id: &str) {
+        if let Some(n) = self.named.get_mut(id) {
+            n.removed = true;
+        }
+    }
+
+    /// Past [`MAX_CONTAINERS`], forgets the containers removed, then those unused the longest,
+    /// down to 7/8 of it.
+    fn trim(&mut self) {
+        if self.named.len() <= MAX_CONTAINERS {
+            return;
+        }
+        let keep = MAX_CONTAINERS - MAX_CONTAINERS / 8;
+        let mut order: Vec<(bool, u64, &String)> = self
+            .named
+            .iter()
+            .map(|(id, n)| (!n.removed, n.used.load(Ordering::Relaxed), id))
+            .collect();
+        order.sort_unstable();
+        let forget: Vec<String> = order[..self.named.len() - keep]
+            .iter()
+            .map(|(_, _, id)| (*id).clone())
+            .collect();
+        for id in forget {
+            self.named.remove(&id);
         }
     }
 }
@@ -143,10 +234,14 @@ fn known_mut() -> std::sync::RwLockWriteGuard<'static, Known> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Starts asking this host's runtimes in the background (once per process). A live run
-/// calls it once it has dropped its privileges (the thread inherits the reduced set).
+/// Starts following this host's runtimes' event streams and asking them in the background
+/// (once per process). A live run calls it once it has dropped its privileges (the threads
+/// inherit the reduced set).
 pub fn watch() {
     RESOLVER.get_or_init(|| {
+        // Before the listing: a container created meanwhile is in one or the other.
+        let sockets: Vec<std::path::PathBuf> = API_SOCKETS.iter().map(Into::into).collect();
+        runtime_events::follow(&sockets, Arc::new(heard), STREAMS_SETTLE);
         let rt = runtime()
             .map_err(|e| log::warn!("container names: no runtime lookup ({e})"))
             .ok()?;
@@ -158,6 +253,23 @@ pub fn watch() {
             .ok()?;
         Some(wake)
     });
+}
+
+/// Takes what an event stream tells.
+fn heard(update: Update) {
+    match update {
+        Update::Created(c) => {
+            log::debug!("container names: {} created", c.id);
+            known_mut().merge(HashMap::from([(c.id.clone(), c)]));
+        }
+        Update::Removed(id) => known_mut().removed(&id),
+        Update::Streaming(true) => {
+            STREAMING.fetch_add(1, Ordering::Relaxed);
+        }
+        Update::Streaming(false) => {
+            STREAMING.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The resolver's wakeup, when one runs.
@@ -217,8 +329,8 @@ fn resolve(rt: &tokio::runtime::Runtime, sources: &Sources, wakes: &Receiver<()>
 /// asked about (see the module's doc).
 pub fn container_of_path(path: &str) -> Option<Arc<Container>> {
     let id = container_id(path)?;
-    if let Some(c) = known().named.get(id) {
-        return Some(c.clone());
+    if let Some(n) = known().named.get(id) {
+        return Some(n.used());
     }
     if !RECORDED.load(Ordering::Relaxed)
         && let Some(wake) = resolver()
@@ -234,12 +346,15 @@ pub fn container_of_path(path: &str) -> Option<Arc<Container>> {
 }
 
 /// Whether an event of this owner should wait: its container is being asked about for the
-/// first time (see the module's doc). Asks about a container it meets for the first time.
+/// first time, or an event stream runs and has not named it yet, for at most [`MAX_HOLD`]
+/// (see the module's doc). Asks about a container it meets for the first time.
 pub fn awaited(cgroup_id: Option<u64>, pid: Option<u32>) -> bool {
     if resolver().is_none() {
         return false;
     }
-    owner_container(cgroup_id, pid).is_some_and(|c| known().awaited(&c.id, Instant::now()))
+    let streaming = STREAMING.load(Ordering::Relaxed) > 0;
+    owner_container(cgroup_id, pid)
+        .is_some_and(|c| known().awaited(&c.id, Instant::now(), streaming))
 }
 
 /// The container of a socket's owner: by its cgroup v2 path ([`cgroup::owner_cgroup`]), else,
@@ -251,16 +366,25 @@ pub fn awaited(cgroup_id: Option<u64>, pid: Option<u32>) -> bool {
 /// stays its v2 path (one name per cgroup, see [`cgroup::owner_cgroup`]); only the container
 /// is read from v1, so a process that is gone before its first lookup has none there.
 pub fn owner_container(cgroup_id: Option<u64>, pid: Option<u32>) -> Option<Arc<Container>> {
-    if let Some(c) =
-        cgroup::owner_cgroup_shared(cgroup_id, pid).and_then(|path| container_of_path(&path))
-    {
-        return Some(c);
-    }
-    // A replay's pids are of another moment: its containers come from the recording.
-    if RECORDED.load(Ordering::Relaxed) {
-        return None;
-    }
-    container_of_path(&v1_container_path_of(pid?)?)
+    owner_names(cgroup_id, pid).1
+}
+
+/// A socket's owner's cgroup path ([`cgroup::owner_cgroup_shared`]) and its container
+/// ([`owner_container`]): for the outputs that write both (`--json`, a recording), one lookup
+/// of the cgroup.
+pub fn owner_names(
+    cgroup_id: Option<u64>,
+    pid: Option<u32>,
+) -> (Option<Arc<str>>, Option<Arc<Container>>) {
+    let cgroup = cgroup::owner_cgroup_shared(cgroup_id, pid);
+    let container = cgroup.as_deref().and_then(container_of_path).or_else(|| {
+        // A replay's pids are of another moment: its containers come from the recording.
+        if RECORDED.load(Ordering::Relaxed) {
+            return None;
+        }
+        container_of_path(&v1_container_path_of(pid?)?)
+    });
+    (cgroup, container)
 }
 
 /// Pids whose v1 container path was looked up, kept; past it the cache starts again.
@@ -299,9 +423,9 @@ pub fn learn(container: Option<Container>) {
     RECORDED.store(true, Ordering::Relaxed);
     // Every line of a recording comes here: the write lock only for what is new.
     if let Some(c) = container
-        && known().named.get(&c.id).map(|k| k.as_ref()) != Some(&c)
+        && known().named.get(&c.id).map(|k| k.container.as_ref()) != Some(&c)
     {
-        known_mut().named.insert(c.id.clone(), Arc::new(c));
+        known_mut().merge(HashMap::from([(c.id.clone(), c)]));
     }
 }
 
@@ -324,11 +448,11 @@ mod tests {
         let t0 = Instant::now();
         assert!(known.ask(ID, t0));
         assert!(
-            known.awaited(ID, t0),
+            known.awaited(ID, t0, false),
             "its events wait for the first answer"
         );
         assert!(
-            !known.awaited(ID, t0 + MAX_HOLD),
+            !known.awaited(ID, t0 + MAX_HOLD, false),
             "no longer than MAX_HOLD after the question, however slow the answer"
         );
         assert!(!known.ask(ID, t0), "asked once");
@@ -337,8 +461,8 @@ mod tests {
             &[ID.to_string()],
             HashMap::from([(ID.to_string(), named(ID, "web"))]),
         );
-        assert!(!known.awaited(ID, t0));
-        assert_eq!(known.named[ID].name.as_deref(), Some("web"));
+        assert!(!known.awaited(ID, t0, false));
+        assert_eq!(known.named[ID].container.name.as_deref(), Some("web"));
         assert!(
             !known.should_ask(ID, t0 + RETRY_UNNAMED),
             "named: never asked again"
@@ -351,7 +475,7 @@ mod tests {
         let t0 = Instant::now();
         assert!(known.ask(ID, t0));
         known.answer(&[ID.to_string()], HashMap::new());
-        assert!(!known.awaited(ID, t0), "answered: its events pass");
+        assert!(!known.awaited(ID, t0, false), "answered: its events pass");
         assert!(known.named.is_empty());
         assert!(!known.ask(ID, t0 + RETRY_UNNAMED / 2));
         assert!(
@@ -359,30 +483,66 @@ mod tests {
             "asked again in the background"
         );
         assert!(
-            !known.awaited(ID, t0 + RETRY_UNNAMED),
+            !known.awaited(ID, t0 + RETRY_UNNAMED, false),
             "a second question holds nothing"
         );
         assert_eq!(known.to_ask, [ID, ID]);
     }
 
     #[test]
-    fn the_cache_is_bounded() {
+    fn while_a_stream_runs_an_answer_that_named_nothing_still_holds_until_max_hold() {
+        let mut known = Known::default();
+        let t0 = Instant::now();
+        assert!(known.ask(ID, t0));
+        // Removed before the runtime answered: the listing no longer has it.
+        known.answer(&[ID.to_string()], HashMap::new());
+        assert!(
+            !known.awaited(ID, t0, false),
+            "no stream: nothing else will name it"
+        );
+        assert!(known.awaited(ID, t0, true), "its `create` may still come");
+        assert!(
+            !known.awaited(ID, t0 + MAX_HOLD, true),
+            "no longer than MAX_HOLD"
+        );
+        // The `create` comes.
+        known.merge(HashMap::from([(ID.to_string(), named(ID, "web"))]));
+        assert!(!known.awaited(ID, t0, true));
+        // A second question, later, holds nothing, stream or not.
+        let mut known = Known::default();
+        assert!(known.ask(ID, t0));
+        known.answer(&[ID.to_string()], HashMap::new());
+        assert!(known.ask(ID, t0 + RETRY_UNNAMED));
+        assert!(!known.awaited(ID, t0 + RETRY_UNNAMED, true));
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_forgets_removed_then_least_used_containers() {
         let mut known = Known::default();
         let id = |n: usize| format!("{n:064x}");
-        known.merge(
-            (0..MAX_CONTAINERS)
-                .map(|n| (id(n), named(&id(n), "x")))
-                .collect(),
-        );
+        // One after the other, as their `create`s come: container n used before n + 1.
+        for n in 0..MAX_CONTAINERS {
+            known.merge(HashMap::from([(id(n), named(&id(n), "x"))]));
+        }
         assert_eq!(known.named.len(), MAX_CONTAINERS);
         // Gone containers stay named (a connection may end after its container) until the
-        // cap is reached; then the cache starts again.
+        // cap is reached.
+        known.removed(&id(MAX_CONTAINERS - 1));
+        // Container 0 is still in use; the others since 1 are not.
+        let _ = known.named[&id(0)].used();
         known.merge(HashMap::from([(
             id(MAX_CONTAINERS),
             named(&id(MAX_CONTAINERS), "y"),
         )]));
-        assert_eq!(known.named.len(), 1);
-        assert!(known.named.contains_key(&id(MAX_CONTAINERS)));
+        assert_eq!(known.named.len(), MAX_CONTAINERS - MAX_CONTAINERS / 8);
+        assert!(known.named.contains_key(&id(MAX_CONTAINERS)), "the new one");
+        assert!(known.named.contains_key(&id(0)), "the one in use");
+        assert!(
+            !known.named.contains_key(&id(MAX_CONTAINERS - 1)),
+            "the removed one goes first, though used after the others"
+        );
+        assert!(!known.named.contains_key(&id(1)), "the least recently used");
+        assert!(known.named.contains_key(&id(MAX_CONTAINERS - 2)));
         let t0 = Instant::now();
         for n in 0..=MAX_CONTAINERS {
             known.ask(&id(n + 1), t0);

@@ -10,6 +10,7 @@ pub mod netstat;
 pub mod perfmap;
 pub mod procfd;
 pub mod runtime;
+pub mod runtime_events;
 #[cfg(test)]
 pub mod scratch;
 pub mod settings;

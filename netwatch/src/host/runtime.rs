@@ -11,7 +11,8 @@
 //!   running container's names and labels in one answer; with `all` and an `id` filter, those
 //!   of the containers asked about, whatever their state). podman's own on-disk state (a
 //!   BoltDB file) is not read: `podman system service` (the `podman.socket` unit) serves the
-//!   API at `/run/podman/podman.sock`.
+//!   API at `/run/podman/podman.sock`. The same API's event stream names a container when
+//!   it is created ([`crate::host::runtime_events`]).
 //!
 //! The Kubernetes names come from the kubelet's labels; a plain container has its name only.
 

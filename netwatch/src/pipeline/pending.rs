@@ -1,6 +1,6 @@
 //! Events held back, in order, while the runtimes are asked about a container seen for the
-//! first time, so that outputs name a new container from its first event (see
-//! [`crate::host::containers`]).
+//! first time (or, while their event streams run, until one names it), so that outputs name a
+//! new container from its first event (see [`crate::host::containers`]).
 //!
 //! Why hold every event behind the first held one, not only that container's: outputs, the
 //! trackers and a recording read events in the kernel's order. Why a bound: a runtime that is

@@ -3,7 +3,6 @@ use std::{
     fmt::{self, Write as _},
     io::{self, Write},
     net::IpAddr,
-    sync::Arc,
 };
 
 use serde::Serialize;
@@ -440,11 +439,7 @@ pub struct EventJson<'a> {
 impl EventJson<'_> {
     /// Writes `event` as one JSON object, with its owner's cgroup path from the host.
     pub fn write(out: &mut impl Write, event: &Event, time: Option<String>) -> io::Result<()> {
-        let cgroup: Option<Arc<str>> =
-            crate::host::cgroup::owner_cgroup_shared(event.cgroup_id, event.pid);
-        let container = cgroup
-            .as_deref()
-            .and_then(crate::host::containers::container_of_path);
+        let (cgroup, container) = crate::host::containers::owner_names(event.cgroup_id, event.pid);
         let json = EventJson {
             event,
             cgroup: cgroup.as_deref(),

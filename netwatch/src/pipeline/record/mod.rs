@@ -236,10 +236,8 @@ impl<S: Sink> Sink for Recorder<S> {
             Dest::Dir(d) if d.stopped() => d.unrecorded += 1,
             _ => {
                 // The owner's names as the live run knows them, so a replay names the same.
-                let cgroup = crate::host::cgroup::owner_cgroup_shared(ev.cgroup_id, ev.pid);
-                let container = cgroup
-                    .as_deref()
-                    .and_then(crate::host::containers::container_of_path);
+                let (cgroup, container) =
+                    crate::host::containers::owner_names(ev.cgroup_id, ev.pid);
                 self.block
                     .event(ev, cgroup.as_deref(), container.as_deref())?;
                 if self.block.is_full() {
