@@ -169,9 +169,16 @@ impl Selection {
             && self.expr.is_none()
     }
 
-    fn owner_matches(&self, pid: Option<u32>, comm: Option<&str>, cgroup: Option<u64>) -> bool {
+    /// `comm` is asked for only when `--comm` is given: reading a task name as text costs
+    /// a UTF-8 check, and every event passes here.
+    fn owner_matches<'a>(
+        &self,
+        pid: Option<u32>,
+        comm: impl FnOnce() -> Option<&'a str>,
+        cgroup: Option<u64>,
+    ) -> bool {
         (self.pids.is_empty() || pid.is_some_and(|p| self.pids.contains(&p)))
-            && self.comm.as_deref().is_none_or(|c| comm == Some(c))
+            && self.comm.as_deref().is_none_or(|c| comm() == Some(c))
             && self.cgroup_id.is_none_or(|c| cgroup == Some(c))
             && self
                 .containers
@@ -188,7 +195,7 @@ impl Selection {
     }
 
     pub fn event(&self, ev: &Event) -> bool {
-        self.owner_matches(ev.pid, ev.comm.as_deref(), ev.cgroup_id)
+        self.owner_matches(ev.pid, || ev.comm.as_deref(), ev.cgroup_id)
             && self.endpoints_match((ev.saddr, ev.sport), (ev.daddr, ev.dport))
             && self.family.is_none_or(|f| ev.family == f)
             && self
@@ -198,7 +205,7 @@ impl Selection {
     }
 
     pub fn connection(&self, c: &Connection) -> bool {
-        self.owner_matches(c.pid, c.comm.as_deref(), c.cgroup_id)
+        self.owner_matches(c.pid, || c.comm.as_deref(), c.cgroup_id)
             && self.endpoints_match((c.saddr, c.sport), (c.daddr, c.dport))
             && self
                 .expr
@@ -207,7 +214,7 @@ impl Selection {
     }
 
     pub fn close_wait(&self, c: &CloseWaitSocket) -> bool {
-        self.owner_matches(c.pid, c.comm.as_deref(), c.cgroup_id)
+        self.owner_matches(c.pid, || c.comm.as_deref(), c.cgroup_id)
             && self.endpoints_match((c.saddr, c.sport), (c.daddr, c.dport))
             && self
                 .expr
@@ -217,7 +224,7 @@ impl Selection {
 
     /// An open socket, in the state it is in now.
     pub fn socket(&self, s: &LiveSocket) -> bool {
-        self.owner_matches(s.pid, s.comm, s.cgroup_id)
+        self.owner_matches(s.pid, || s.comm, s.cgroup_id)
             && self.endpoints_match((s.saddr, s.sport), (s.daddr, s.dport))
             && self
                 .expr

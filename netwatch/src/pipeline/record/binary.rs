@@ -32,7 +32,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     At, Item, Next, RecordError,
-    compact::{Compact, Previous, Strings},
+    compact::{Compact, OwnerRefs, Previous, Strings, Table},
+    wire::Wire,
 };
 use crate::{
     model::{event::Event, names::Container, timewait::Observed},
@@ -311,6 +312,12 @@ impl FileWriter {
     }
 }
 
+/// The variant index of [`Record::Event`] on the wire.
+const RECORD_EVENT: u32 = 0;
+
+/// How many of a block's last owners a reader remembers having learnt.
+const LEARNT: usize = 4;
+
 /// Reads a binary recording frame by frame, record by record.
 pub struct BinaryReader {
     path: PathBuf,
@@ -321,7 +328,11 @@ pub struct BinaryReader {
     block: Vec<u8>,
     pos: usize,
     block_at: u64,
-    strings: Vec<String>,
+    table: Table,
+    /// The owners this block named last: learnt once while they repeat, not once per event
+    /// (a churn's events alternate between a few owners).
+    learnt: [Option<OwnerRefs>; LEARNT],
+    next_learnt: usize,
     prev: Previous,
     zstd: zstd::bulk::Decompressor<'static>,
     pub header: FileHeader,
@@ -341,7 +352,9 @@ impl BinaryReader {
             block: Vec::new(),
             pos: 0,
             block_at: 0,
-            strings: Vec::new(),
+            table: Table::default(),
+            learnt: [None; LEARNT],
+            next_learnt: 0,
             prev: Previous::default(),
             zstd: zstd::bulk::Decompressor::new().map_err(|source| RecordError::Read {
                 path: path.to_path_buf(),
@@ -529,7 +542,8 @@ impl BinaryReader {
         };
         let (strings, records): (Vec<&str>, &[u8]) = postcard::take_from_bytes(&raw)
             .map_err(|e| self.corrupt(at, format!("the block's string table: {e}")))?;
-        self.strings = strings.into_iter().map(String::from).collect();
+        self.table = Table::new(strings.into_iter().map(String::from).collect());
+        self.learnt = [None; LEARNT];
         self.raw_bytes += raw.len() as u64;
         self.pos = raw.len() - records.len();
         self.block = raw;
@@ -540,27 +554,38 @@ impl BinaryReader {
 
     fn next_record(&mut self) -> Result<Item, RecordError> {
         let at = self.block_at;
+        let corrupt = |pos: usize, e: String| RecordError::Corrupt {
+            path: self.path.clone(),
+            at: At::Offset(at),
+            detail: format!("a record at byte {pos} of the block: {e}"),
+        };
+        // Events, nearly every record, are read by hand ([`wire`]); the rest through serde.
+        let mut wire = Wire::new(&self.block[self.pos..]);
+        if wire.variant() == Ok(RECORD_EVENT) {
+            let c = wire
+                .compact()
+                .map_err(|e| corrupt(self.pos, e.to_string()))?;
+            let (ev, owner) = c
+                .decode(&self.table, &mut self.prev)
+                .map_err(|e| corrupt(self.pos, e))?;
+            if !self.learnt.contains(&Some(owner)) {
+                super::learn_owner(
+                    &ev,
+                    owner.names(&self.table).map_err(|e| corrupt(self.pos, e))?,
+                );
+                self.learnt[self.next_learnt] = Some(owner);
+                self.next_learnt = (self.next_learnt + 1) % LEARNT;
+            }
+            self.events += 1;
+            self.pos += wire.pos();
+            return Ok(Item::Event(ev));
+        }
         let (record, rest): (Record<'_>, &[u8]) =
-            postcard::take_from_bytes(&self.block[self.pos..]).map_err(|e| {
-                self.corrupt(
-                    at,
-                    format!("a record at byte {} of the block: {e}", self.pos),
-                )
-            })?;
+            postcard::take_from_bytes(&self.block[self.pos..])
+                .map_err(|e| corrupt(self.pos, e.to_string()))?;
         let pos = self.block.len() - rest.len();
         let item = match record {
-            Record::Event(c) => {
-                let (ev, owner) =
-                    c.decode(&self.strings, &mut self.prev)
-                        .map_err(|e| RecordError::Corrupt {
-                            path: self.path.clone(),
-                            at: At::Offset(at),
-                            detail: format!("a record at byte {} of the block: {e}", self.pos),
-                        })?;
-                self.events += 1;
-                super::learn_owner(&ev, owner);
-                Item::Event(Box::new(ev))
-            }
+            Record::Event(_) => unreachable!("events are read by hand above"),
             Record::TimeWaits(json) => {
                 let obs: Observed =
                     serde_json::from_str(json).map_err(|e| RecordError::Corrupt {

@@ -28,7 +28,7 @@ fn state_no(s: Option<TcpState>) -> StateNo {
 /// Milliseconds as the kernel's integer they were made from, when that gives the same
 /// float back (a dwell in ns, an RTT in µs): 1 to 5 bytes rather than 8.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-enum Millis {
+pub(super) enum Millis {
     Unknown,
     Nanos(u64),
     Micros(u64),
@@ -65,7 +65,7 @@ impl Millis {
 
 /// [`EventKind`] with states as kernel numbers and the reset reason as a string index.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-enum Kind {
+pub(super) enum Kind {
     State {
         old: StateNo,
         new: StateNo,
@@ -101,38 +101,38 @@ enum Kind {
 }
 
 /// The owner's container, its names as string indexes.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct ContainerRef {
-    id: u32,
-    name: Option<u32>,
-    pod: Option<u32>,
-    namespace: Option<u32>,
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct ContainerRef {
+    pub(super) id: u32,
+    pub(super) name: Option<u32>,
+    pub(super) pod: Option<u32>,
+    pub(super) namespace: Option<u32>,
 }
 
 /// One event and its owner's names, as a block stores it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Compact {
     /// `ts_ns` minus the previous event's in the block (wrapping; the first: minus 0).
-    ts: i64,
+    pub(super) ts: i64,
     /// `sock` minus the previous event's in the block (wrapping).
-    sock: i64,
-    pid: Option<u32>,
-    tid: Option<u32>,
-    comm: Option<u32>,
-    owner_seen_here: bool,
-    cgroup_id: Option<u64>,
-    netns: Option<u32>,
-    family: Family,
-    saddr: IpAddr,
-    sport: u16,
-    daddr: IpAddr,
-    dport: u16,
-    stack_id: Option<u32>,
-    stack: Vec<u32>,
-    kind: Kind,
+    pub(super) sock: i64,
+    pub(super) pid: Option<u32>,
+    pub(super) tid: Option<u32>,
+    pub(super) comm: Option<u32>,
+    pub(super) owner_seen_here: bool,
+    pub(super) cgroup_id: Option<u64>,
+    pub(super) netns: Option<u32>,
+    pub(super) family: Family,
+    pub(super) saddr: IpAddr,
+    pub(super) sport: u16,
+    pub(super) daddr: IpAddr,
+    pub(super) dport: u16,
+    pub(super) stack_id: Option<u32>,
+    pub(super) stack: Vec<u32>,
+    pub(super) kind: Kind,
     /// The owner's cgroup path as the live run named it.
-    cgroup: Option<u32>,
-    container: Option<ContainerRef>,
+    pub(super) cgroup: Option<u32>,
+    pub(super) container: Option<ContainerRef>,
 }
 
 /// A block's strings, as the writer collects them: each stored once, in order of first use.
@@ -254,37 +254,10 @@ impl Compact {
         compact
     }
 
-    /// The event and its owner's names back; an error names the index or number that does
-    /// not fit.
-    pub fn decode(
-        &self,
-        strings: &[String],
-        prev: &mut Previous,
-    ) -> Result<(Event, RecordedOwner), String> {
-        let s = |i: u32| -> Result<String, String> {
-            strings.get(i as usize).cloned().ok_or_else(|| {
-                format!(
-                    "string {i} is not in the block's table of {}",
-                    strings.len()
-                )
-            })
-        };
-        let opt = |i: Option<u32>| i.map(s).transpose();
-        // The task name is inline in the event: read from the table without a String.
-        let comm = |i: Option<u32>| -> Result<Option<Comm>, String> {
-            i.map(|i| {
-                strings
-                    .get(i as usize)
-                    .map(|n| Comm::new(n))
-                    .ok_or_else(|| {
-                        format!(
-                            "string {i} is not in the block's table of {}",
-                            strings.len()
-                        )
-                    })
-            })
-            .transpose()
-        };
+    /// The event back, and where its owner's names are in the block's string table (see
+    /// [`OwnerRefs::names`]: a replay reads them only when they change); an error names the
+    /// index or number that does not fit.
+    pub fn decode(&self, table: &Table, prev: &mut Previous) -> Result<(Event, OwnerRefs), String> {
         let st = |n: StateNo| -> Result<Option<TcpState>, String> {
             match n {
                 0 => Ok(None),
@@ -317,7 +290,7 @@ impl Compact {
             Kind::ResetReceived { state } => EventKind::ResetReceived { state: st(*state)? },
             Kind::ResetSent { state, reason } => EventKind::ResetSent {
                 state: st(*state)?,
-                reason: opt(*reason)?,
+                reason: table.opt(*reason)?,
             },
             Kind::Destroy { state } => EventKind::Destroy { state: st(*state)? },
             Kind::Accept { state } => EventKind::Accept { state: st(*state)? },
@@ -329,25 +302,12 @@ impl Compact {
         let ts_ns = prev.ts_ns.wrapping_add(self.ts as u64);
         let sock = prev.sock.wrapping_add(self.sock as u64);
         *prev = Previous { ts_ns, sock };
-        let container = match &self.container {
-            None => None,
-            Some(c) => Some(Container {
-                id: s(c.id)?,
-                name: opt(c.name)?,
-                pod: opt(c.pod)?,
-                namespace: opt(c.namespace)?,
-            }),
-        };
-        let owner = RecordedOwner {
-            cgroup: opt(self.cgroup)?,
-            container,
-        };
         let ev = Event {
             ts_ns,
             sock,
             pid: self.pid,
             tid: self.tid,
-            comm: comm(self.comm)?,
+            comm: self.comm.map(|i| table.comm(i)).transpose()?,
             owner_seen_here: self.owner_seen_here,
             cgroup_id: self.cgroup_id,
             netns: self.netns,
@@ -357,17 +317,97 @@ impl Compact {
             daddr: self.daddr,
             dport: self.dport,
             stack_id: self.stack_id,
-            stack: self.stack.iter().map(|&i| s(i)).collect::<Result<_, _>>()?,
+            stack: if self.stack.is_empty() {
+                Vec::new()
+            } else {
+                self.stack
+                    .iter()
+                    .map(|&i| table.string(i))
+                    .collect::<Result<_, _>>()?
+            },
             sp_word: None,
             kind,
         };
+        let owner = OwnerRefs {
+            pid: self.pid,
+            cgroup_id: self.cgroup_id,
+            cgroup: self.cgroup,
+            container: self.container,
+        };
         Ok((ev, owner))
+    }
+}
+
+/// A block's string table as a reader holds it, with each string also as a task name: an
+/// event holds its task name inline, made once per block rather than once per event.
+#[derive(Default)]
+pub struct Table {
+    strings: Vec<String>,
+    comms: Vec<Comm>,
+}
+
+impl Table {
+    pub fn new(strings: Vec<String>) -> Table {
+        let comms = strings.iter().map(|s| Comm::new(s)).collect();
+        Table { strings, comms }
+    }
+
+    fn get(&self, i: u32) -> Result<&String, String> {
+        self.strings.get(i as usize).ok_or_else(|| {
+            format!(
+                "string {i} is not in the block's table of {}",
+                self.strings.len()
+            )
+        })
+    }
+
+    fn string(&self, i: u32) -> Result<String, String> {
+        self.get(i).cloned()
+    }
+
+    fn opt(&self, i: Option<u32>) -> Result<Option<String>, String> {
+        i.map(|i| self.string(i)).transpose()
+    }
+
+    fn comm(&self, i: u32) -> Result<Comm, String> {
+        self.get(i)?;
+        Ok(self.comms[i as usize])
+    }
+}
+
+/// Where an event's owner's names are in its block's string table, with the owner they name:
+/// equal refs in one block are equal names, so a replay learns each owner once per block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnerRefs {
+    pid: Option<u32>,
+    cgroup_id: Option<u64>,
+    cgroup: Option<u32>,
+    container: Option<ContainerRef>,
+}
+
+impl OwnerRefs {
+    /// The owner's names.
+    pub fn names(&self, table: &Table) -> Result<RecordedOwner, String> {
+        let container = match &self.container {
+            None => None,
+            Some(c) => Some(Container {
+                id: table.string(c.id)?,
+                name: table.opt(c.name)?,
+                pod: table.opt(c.pod)?,
+                namespace: table.opt(c.namespace)?,
+            }),
+        };
+        Ok(RecordedOwner {
+            cgroup: table.opt(self.cgroup)?,
+            container,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::record::wire::Wire;
 
     fn round_trip(events: &[(Event, RecordedOwner)]) -> Vec<(Event, RecordedOwner)> {
         let mut strings = Strings::default();
@@ -385,12 +425,18 @@ mod tests {
             })
             .collect();
         let mut prev = Previous::default();
+        let table = Table::new(strings.list().to_vec());
         compact
             .iter()
             .map(|c| {
                 let bytes = postcard::to_stdvec(c).unwrap();
                 let back: Compact = postcard::from_bytes(&bytes).unwrap();
-                back.decode(strings.list(), &mut prev).unwrap()
+                // The replay's own reader takes the same bytes to the same record.
+                let mut wire = Wire::new(&bytes);
+                assert_eq!(wire.compact().unwrap(), back);
+                assert_eq!(wire.pos(), bytes.len());
+                let (ev, owner) = back.decode(&table, &mut prev).unwrap();
+                (ev, owner.names(&table).unwrap())
             })
             .collect()
     }
@@ -501,7 +547,9 @@ mod tests {
         let mut ev = Event::test_state(1);
         ev.comm = Some("curl".into());
         let c = Compact::encode(&ev, None, None, &mut strings, &mut Previous::default());
-        let err = c.decode(&[], &mut Previous::default()).unwrap_err();
+        let err = c
+            .decode(&Table::default(), &mut Previous::default())
+            .unwrap_err();
         assert_eq!(err, "string 0 is not in the block's table of 0");
     }
 
@@ -534,5 +582,27 @@ mod tests {
             ]
         );
         assert_eq!(strings.list(), ["a"]);
+    }
+
+    /// Damage in a record is an error of the hand reader, never a panic, at every cut.
+    #[test]
+    fn a_cut_record_is_an_error_at_every_length() {
+        let mut ev = Event::test_state(123_456_789);
+        (ev.pid, ev.comm, ev.stack) = (Some(7), Some("x".into()), vec!["f".into()]);
+        let c = Compact::encode(
+            &ev,
+            Some("/"),
+            None,
+            &mut Strings::default(),
+            &mut Previous::default(),
+        );
+        let bytes = postcard::to_stdvec(&c).unwrap();
+        for cut in 0..bytes.len() {
+            assert!(Wire::new(&bytes[..cut]).compact().is_err(), "cut at {cut}");
+        }
+        let mut long = bytes.clone();
+        long[0] |= 0x80;
+        long.splice(1..1, [0xff; 12]);
+        assert!(Wire::new(&long).compact().is_err());
     }
 }

@@ -105,7 +105,7 @@ impl JsonReader {
         let (ev, owner) = Event::from_json_line(line).map_err(|e| self.corrupt(e))?;
         super::learn_owner(&ev, owner);
         self.events += 1;
-        Ok(Item::Event(Box::new(ev)))
+        Ok(Item::Event(ev))
     }
 
     fn corrupt(&self, e: JsonEventError) -> RecordError {

@@ -15,6 +15,7 @@ pub mod binary;
 mod compact;
 pub mod jsonl;
 pub mod rotate;
+pub(crate) mod wire;
 
 use std::{
     collections::VecDeque,
@@ -286,13 +287,17 @@ fn learn_owner(ev: &Event, owner: RecordedOwner) {
 
 /// What [`Replay::next_item`] found.
 pub enum Item {
-    Event(Box<Event>),
+    Event(Event),
     /// A namespace's timewait list, applied here in the live run.
     TimeWaits(Box<Observed>),
     End(Summary),
 }
 
 /// What a file's reader found: an item, or the end of a file that rotation closed.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once per event and matched at once: boxing would allocate per event"
+)]
 pub enum Next {
     Item(Item),
     Continued,
@@ -586,7 +591,7 @@ mod tests {
         let mut evs = vec![];
         loop {
             match r.next_item() {
-                Ok(Item::Event(e)) => evs.push(*e),
+                Ok(Item::Event(e)) => evs.push(e),
                 Ok(Item::TimeWaits(_)) => {}
                 Ok(Item::End(s)) => return (evs, Ok(s)),
                 Err(e) => return (evs, Err(e)),
