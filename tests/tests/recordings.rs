@@ -51,3 +51,20 @@ fn a_json_lines_recording_of_0_1_replays_to_what_0_1_printed() {
         );
     }
 }
+
+#[test]
+fn a_recording_without_leaks_snapshots_says_which_command_records_them() {
+    for file in ["report-0.1.jsonl", "report-0.1.nwr"] {
+        let mut cmd = Command::new(netwatch_bin());
+        cmd.arg("analyze").arg(fixture(file)).arg("--leaks");
+        let out = output_with_timeout(cmd, 60);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{file}: exited 0:\n{stderr}");
+        assert!(
+            stderr.contains("holds no leaks snapshots")
+                && stderr.contains("netwatch leaks --record FILE"),
+            "{file}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{file}: printed a snapshot");
+    }
+}

@@ -17,7 +17,8 @@ mod containers;
 // Filters (-p, -L, -4/-6, --comm, states, a bad expression) act where they should and equal
 // filtering afterwards, on trace, life and report.
 mod filters;
-// `leaks` finds forgotten sockets, live and --once, with the real holder, fds, code path, cgroup.
+// `leaks` finds forgotten sockets, live and --once, with the real holder, fds, code path, cgroup;
+// a `leaks --record` run replays byte for byte.
 mod leaks;
 // `report`, `life` and `analyze` counts equal the kernel's counters; a replay equals the run.
 mod lifecycle;
