@@ -1226,6 +1226,13 @@ fn root_leaks_recorded_replays_byte_identical_after_the_leaker_is_gone() {
     wait_fds_in_state(pid, TCP_CLOSE_WAIT, N, STATE_BOUND);
     let (_, g) = live_group(&mut json, "close_wait", pid, 1000.0);
     assert_eq!(g["code_path_seen"], true, "{g:#}");
+    let (json_status, json_live, json_err) = json.stop_output();
+    assert!(
+        json_status.success(),
+        "leaks --json exited {json_status}:\n{json_err}"
+    );
+    // One run at a time. The text run starts after the leak: its sockets are "at least" as
+    // old as the kernel says, then as its watch says, snapshot after snapshot.
     let header = format!("PID {pid} leaky_server");
     let text = Tracer::start(&[&["leaks", "--record-dir", &dir_arg][..], &live[..]].concat());
     let deadline = Instant::now() + SNAPSHOT_BOUND;
@@ -1236,17 +1243,13 @@ fn root_leaks_recorded_replays_byte_identical_after_the_leaker_is_gone() {
     {
         assert!(
             Instant::now() < deadline,
-            "no `{header}` line within {SNAPSHOT_BOUND:?}:\n{}",
-            text.stdout_lines_so_far().join("\n")
+            "no `{header}` line within {SNAPSHOT_BOUND:?}:\n{}\nstderr:\n{}",
+            text.stdout_lines_so_far().join("\n"),
+            text.stderr_lines().join("\n")
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (json_status, json_live, json_err) = json.stop_output();
     let (text_status, text_live, text_err) = text.stop_output();
-    assert!(
-        json_status.success(),
-        "leaks --json exited {json_status}:\n{json_err}"
-    );
     assert!(
         text_status.success(),
         "leaks exited {text_status}:\n{text_err}"
@@ -1281,4 +1284,18 @@ fn root_leaks_recorded_replays_byte_identical_after_the_leaker_is_gone() {
     let young = crate::support::json_lines(&young);
     assert_eq!(young.len(), snaps.len());
     assert!(young.iter().all(|s| groups(s).is_empty()), "{young:?}");
+    let only = analyze_leaks(&file, &["--json", "-p", &pid.to_string()]);
+    let only = crate::support::json_lines(&only);
+    assert!(
+        only.iter()
+            .flat_map(groups)
+            .all(|g| g["pid"].as_u64() == Some(u64::from(pid))),
+        "{only:?}"
+    );
+    assert!(has_group(
+        only.last().expect("snapshots"),
+        "close_wait",
+        pid,
+        N
+    ));
 }

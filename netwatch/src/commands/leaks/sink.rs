@@ -4,10 +4,9 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
-
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::group::{Snapshot, groups};
 use super::merge::{Dump, FirstSeen, Lookup, Stuck, Tracked, merge};
@@ -344,6 +343,8 @@ fn dump_in_background() -> mpsc::Receiver<Dump> {
 }
 
 impl Live {
+    /// Symbolizes the code path `ev` carries (connect(), accept(), a first send or receive)
+    /// once per (pid, stack id), while its process is alive; remembers a socket's first uses.
     fn remember_code_path(&mut self, ev: &Event) {
         // A new socket at this address, or the end of one: its first uses are not ours.
         let fresh = ev.opens_socket()
