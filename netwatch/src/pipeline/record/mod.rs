@@ -851,6 +851,13 @@ mod tests {
             ]
         );
         // Compressed: 3,000 sockets take far less than their JSON.
+        let sizes = r.sizes().unwrap();
+        let per = |b: u64| b as f64 / 9_000.0;
+        eprintln!(
+            "snapshots: {:.1} bytes/stuck socket stored, {:.1} as JSON",
+            per(sizes.stored),
+            per(sizes.uncompressed)
+        );
         assert!(bytes.len() < 200_000, "{} bytes", bytes.len());
         // A version-1 file cannot hold one: there, the frame is damage (or a later format).
         let mut old = bytes.clone();
