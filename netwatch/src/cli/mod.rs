@@ -1030,6 +1030,27 @@ mod tests {
     }
 
     #[test]
+    fn analyze_leaks_takes_min_age_and_holders_and_no_other_view() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from([&["netwatch", "analyze", "f.nwr"][..], args].concat())
+        };
+        let Command::Analyze(a) = parse(&["--leaks", "--min-age", "5m", "-p", "7"])
+            .expect("parses")
+            .command
+            .expect("a command")
+        else {
+            panic!("not analyze")
+        };
+        assert!(a.leaks);
+        assert_eq!(a.min_age, Some(Duration::from_secs(300)));
+        assert_eq!(a.filter.pids, [7]);
+        assert!(parse(&["--leaks", "--life"]).is_err());
+        assert!(parse(&["--leaks", "--report"]).is_err());
+        let err = parse(&["--min-age", "5m"]).unwrap_err().to_string();
+        assert!(err.contains("--leaks"), "{err}");
+    }
+
+    #[test]
     fn intervals_are_at_least_the_drain_interval() {
         assert_eq!(parse_interval("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_interval("50ms"), Ok(Duration::from_millis(50)));
