@@ -4,6 +4,8 @@
 //! JSON-lines format of netwatch 0.1.0 (before the binary format), and `report-0.1.*.json`
 //! what that netwatch's `analyze` printed from it (see `tests/fixtures/README.md`).
 //! `report-0.1.nwr` is the same recording in the first binary format version.
+//! `leaks-v2.nwr` is a `netwatch leaks --json --record` file in the second, and
+//! `leaks-v2.leaks.json` what that live run printed.
 
 use std::{path::PathBuf, process::Command};
 
@@ -50,6 +52,14 @@ fn a_json_lines_recording_of_0_1_replays_to_what_0_1_printed() {
             "{file}: events as JSON lines"
         );
     }
+}
+
+#[test]
+fn a_leaks_recording_of_format_2_replays_to_what_its_live_run_printed() {
+    assert_eq!(
+        analyze("leaks-v2.nwr", &["--leaks", "--json"]),
+        expected("leaks-v2.leaks.json")
+    );
 }
 
 #[test]

@@ -25,8 +25,8 @@ mod lifecycle;
 // Raw and classic tracepoint programs give the same events; without what raw ones need,
 // the classic ones run, with a warning each.
 mod paths;
-// Recordings earlier versions wrote (JSON lines, the first binary format) replay to what
-// those versions printed.
+// Recordings earlier versions wrote (JSON lines, the first binary format, a `leaks` recording
+// of the second) replay to what those versions printed.
 mod recordings;
 // Under load: a stopped reader recovers, a soak stays flat and exact, stops leave nothing.
 mod robustness;
