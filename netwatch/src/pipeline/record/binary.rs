@@ -182,8 +182,8 @@ pub fn continued_frame() -> Vec<u8> {
 }
 
 /// A `SNAPSHOT` frame: `snapshot` as zstd-compressed JSON. A snapshot too large for a frame
-/// (hundreds of thousands of stuck sockets) is refused, saying so: a recording that left it
-/// out would replay to another output without a word.
+/// (about 190 bytes of JSON per stuck socket: over a million of them) is refused, saying so: a
+/// recording that left it out would replay to another output without a word.
 pub fn snapshot_frame(snapshot: &HostSnapshot) -> io::Result<Vec<u8>> {
     let json = serde_json::to_vec(snapshot)?;
     if json.len() > MAX_FRAME as usize {
