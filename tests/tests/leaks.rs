@@ -1190,3 +1190,112 @@ fn root_leaks_text_is_quiet_while_groups_stay_and_warns_without_cap_sys_ptrace()
     assert!(status.success(), "{stderr}");
     assert!(changed, "no snapshot after the leak ended:\n{stdout}");
 }
+
+/// `netwatch analyze FILE --leaks`: must exit 0; returns stdout.
+fn analyze_leaks(file: &std::path::Path, args: &[&str]) -> String {
+    let mut cmd = Command::new(netwatch_bin());
+    cmd.arg("analyze").arg(file).arg("--leaks").args(args);
+    let out = output_with_timeout(cmd, ONCE_TIMEOUT_SECS);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "netwatch analyze {} --leaks {args:?} exited {}; stdout:\n{stdout}\nstderr:\n{}",
+        file.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn root_leaks_recorded_replays_byte_identical_after_the_leaker_is_gone() {
+    if !require_root("root_leaks_recorded_replays_byte_identical_after_the_leaker_is_gone") {
+        return;
+    }
+    let accept_line = marked_line("leaky_server.c", "ACCEPT_LINE");
+    let scratch = crate::support::Scratch::new("leaks-record");
+    let (file, dir) = (scratch.path("leaks.nwr"), scratch.path("leaks-dir"));
+    let (file_arg, dir_arg) = (file.to_string_lossy(), dir.to_string_lossy());
+    let live = ["--min-age", "1s", "--interval", "1s"];
+    let mut json =
+        Tracer::start(&[&["leaks", "--json", "--record", &file_arg][..], &live[..]].concat());
+    let pair = NetPair::new();
+    let (srv, addr) = start_leaky_server(&pair);
+    let pid = srv.pid();
+    connect_close(&pair, &addr, N);
+    wait_fds_in_state(pid, TCP_CLOSE_WAIT, N, STATE_BOUND);
+    let (_, g) = live_group(&mut json, "close_wait", pid, 1000.0);
+    assert_eq!(g["code_path_seen"], true, "{g:#}");
+    let (json_status, json_live, json_err) = json.stop_output();
+    assert!(
+        json_status.success(),
+        "leaks --json exited {json_status}:\n{json_err}"
+    );
+    // One run at a time. The text run starts after the leak: its sockets are "at least" as
+    // old as the kernel says, then as its watch says, snapshot after snapshot.
+    let header = format!("PID {pid} leaky_server");
+    let text = Tracer::start(&[&["leaks", "--record-dir", &dir_arg][..], &live[..]].concat());
+    let deadline = Instant::now() + SNAPSHOT_BOUND;
+    while !text
+        .stdout_lines_so_far()
+        .iter()
+        .any(|l| l.trim_start().starts_with(&header))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no `{header}` line within {SNAPSHOT_BOUND:?}:\n{}\nstderr:\n{}",
+            text.stdout_lines_so_far().join("\n"),
+            text.stderr_lines().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (text_status, text_live, text_err) = text.stop_output();
+    assert!(
+        text_status.success(),
+        "leaks exited {text_status}:\n{text_err}"
+    );
+    // Gone before the replay: a replay that asked this host would name nothing.
+    drop(srv);
+
+    let json_replayed = analyze_leaks(&file, &["--json"]);
+    assert_eq!(
+        json_replayed, json_live,
+        "analyze --leaks --json vs the live run"
+    );
+    let text_replayed = analyze_leaks(&dir, &[]);
+    assert_eq!(
+        text_replayed, text_live,
+        "analyze --leaks (text) vs the live run"
+    );
+    // What made them equal is the recorded snapshots, code path included.
+    let snaps = crate::support::json_lines(&json_replayed);
+    let last = snaps.last().expect("snapshots");
+    let g = the_group(last, "close_wait", pid);
+    assert_frames_in_order(
+        &strs(&g["stack"]),
+        "leaky_server.c",
+        &[
+            ("handle_conn_forgets_close", Some(accept_line)),
+            ("main", None),
+        ],
+    );
+    // The replay can show another cut of the same snapshots: here, none old enough.
+    let young = analyze_leaks(&file, &["--json", "--min-age", "1h"]);
+    let young = crate::support::json_lines(&young);
+    assert_eq!(young.len(), snaps.len());
+    assert!(young.iter().all(|s| groups(s).is_empty()), "{young:?}");
+    let only = analyze_leaks(&file, &["--json", "-p", &pid.to_string()]);
+    let only = crate::support::json_lines(&only);
+    assert!(
+        only.iter()
+            .flat_map(groups)
+            .all(|g| g["pid"].as_u64() == Some(u64::from(pid))),
+        "{only:?}"
+    );
+    assert!(has_group(
+        only.last().expect("snapshots"),
+        "close_wait",
+        pid,
+        N
+    ));
+}

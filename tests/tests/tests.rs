@@ -17,15 +17,16 @@ mod containers;
 // Filters (-p, -L, -4/-6, --comm, states, a bad expression) act where they should and equal
 // filtering afterwards, on trace, life and report.
 mod filters;
-// `leaks` finds forgotten sockets, live and --once, with the real holder, fds, code path, cgroup.
+// `leaks` finds forgotten sockets, live and --once, with the real holder, fds, code path, cgroup;
+// a `leaks --record` run replays byte for byte.
 mod leaks;
 // `report`, `life` and `analyze` counts equal the kernel's counters; a replay equals the run.
 mod lifecycle;
 // Raw and classic tracepoint programs give the same events; without what raw ones need,
 // the classic ones run, with a warning each.
 mod paths;
-// Recordings earlier versions wrote (JSON lines, the first binary format) replay to what
-// those versions printed.
+// Recordings earlier versions wrote (JSON lines, the first binary format, a `leaks` recording
+// of the second) replay to what those versions printed.
 mod recordings;
 // Under load: a stopped reader recovers, a soak stays flat and exact, stops leave nothing.
 mod robustness;

@@ -131,6 +131,7 @@ pub enum Command {
         netwatch leaks                        # live: a snapshot whenever the groups change\n  \
         netwatch leaks --once                 # what is stuck now, then exit (no tracing)\n  \
         netwatch leaks --min-age 2m --interval 30s\n  \
+        netwatch leaks --record leaks.nwr     # replay later: netwatch analyze leaks.nwr --leaks\n  \
         netwatch leaks --once -p 4242 --min-age 0s\n  \
         netwatch leaks --json | jq '.groups[] | select(.sockets > 10) | {pid, comm, stack}'"
     )]
@@ -142,6 +143,8 @@ pub enum Command {
         netwatch analyze events.nwr --life\n  \
         netwatch analyze events.nwr --json                # the events as JSON lines\n  \
         netwatch analyze /var/lib/netwatch --report       # a --record-dir directory\n  \
+        netwatch leaks --record leaks.nwr --duration 10m  # stuck sockets, with their snapshots\n  \
+        netwatch analyze leaks.nwr --leaks --json         # the snapshots leaks printed\n  \
         netwatch analyze old.jsonl --record old.nwr       # rewrite an older recording")]
     Analyze(AnalyzeArgs),
     /// What this kernel lets netwatch do: kernel, BTF, tracefs, tracepoints, map types, and the
@@ -280,6 +283,13 @@ pub struct AnalyzeArgs {
     /// Print the diagnosis, as `netwatch report` does
     #[arg(long)]
     pub report: bool,
+    /// Print the stuck-socket snapshots a `netwatch leaks --record` run took, as it printed
+    /// them (-p and --comm select holders, as in `leaks`)
+    #[arg(long, conflicts_with_all = ["life", "report"])]
+    pub leaks: bool,
+    /// With --leaks: show sockets stuck at least this long (default: what the live run showed)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "leaks")]
+    pub min_age: Option<Duration>,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]
@@ -1017,6 +1027,27 @@ mod tests {
             .to_string();
         assert!(err.contains("'-L'"), "{err}");
         assert!(Cli::try_parse_from(["netwatch", "leaks", "-p", "7", "--comm", "nginx"]).is_ok());
+    }
+
+    #[test]
+    fn analyze_leaks_takes_min_age_and_holders_and_no_other_view() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from([&["netwatch", "analyze", "f.nwr"][..], args].concat())
+        };
+        let Command::Analyze(a) = parse(&["--leaks", "--min-age", "5m", "-p", "7"])
+            .expect("parses")
+            .command
+            .expect("a command")
+        else {
+            panic!("not analyze")
+        };
+        assert!(a.leaks);
+        assert_eq!(a.min_age, Some(Duration::from_secs(300)));
+        assert_eq!(a.filter.pids, [7]);
+        assert!(parse(&["--leaks", "--life"]).is_err());
+        assert!(parse(&["--leaks", "--report"]).is_err());
+        let err = parse(&["--min-age", "5m"]).unwrap_err().to_string();
+        assert!(err.contains("--leaks"), "{err}");
     }
 
     #[test]

@@ -9,10 +9,11 @@
 //! only the first view and show an age of "at least".
 mod group;
 mod merge;
+mod recorded;
 mod render;
 mod sink;
 
-pub use sink::{LeaksSink, Style, once};
+pub use sink::{LeaksSink, Replaying, Style, once};
 
 use serde::Serialize;
 

@@ -206,6 +206,13 @@ pub async fn leaks(args: LeaksArgs) -> anyhow::Result<()> {
 
 /// `netwatch leaks --once`: what is stuck now, from the kernel's socket list alone.
 pub fn leaks_once(args: &LeaksArgs) -> anyhow::Result<()> {
+    if let Some(target) = args.run.record_target() {
+        anyhow::bail!(
+            "--once traces nothing, so there is nothing to record in {}; record a live run \
+             (`netwatch leaks --record FILE`) and replay it with `netwatch analyze FILE --leaks`",
+            target.path().display()
+        );
+    }
     broken_pipe_ok(leaks::once(&mut stdout(), &leaks_style(args)))
 }
 
@@ -279,6 +286,9 @@ pub fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
             o.netwatch
         );
     }
+    if args.leaks {
+        return analyze_leaks(args, replay);
+    }
     let recorded = &replay.header.filter;
     let selection = if args.filter.is_empty() && !recorded.is_empty() {
         eprintln!(
@@ -300,6 +310,44 @@ pub fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
             trace::output(&args.output, false, selection, header)
         }
     })
+}
+
+/// `analyze --leaks`: the snapshots a `leaks --record` run took, printed again from the
+/// recorded stream and the host side of each snapshot.
+fn analyze_leaks(args: AnalyzeArgs, replay: Replay) -> anyhow::Result<()> {
+    // `-p` and `--comm` select holders, as in `leaks`; the stream itself is never filtered
+    // (the live run's was not: its tracker saw every socket).
+    let holders = FilterArgs {
+        pids: args.filter.pids.clone(),
+        comm: args.filter.comm.clone(),
+        ..FilterArgs::default()
+    };
+    if args.filter.to_args() != holders.to_args() {
+        anyhow::bail!(
+            "analyze --leaks selects holders with -p and --comm only, as `netwatch leaks` does; \
+             drop the other filters"
+        );
+    }
+    let replayed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let replaying = leaks::Replaying {
+        min_age: args.min_age,
+        pids: args.filter.pids.clone(),
+        comm: args.filter.comm.clone(),
+        replayed: replayed.clone(),
+    };
+    let (json, max) = (args.output.json, args.tracker.max_sockets);
+    let target = args.record.clone().map(Target::File);
+    run::replay(replay, &args.file, target.as_ref(), |_| {
+        Box::new(LeaksSink::replay(stdout(), json, replaying, max))
+    })?;
+    if replayed.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        anyhow::bail!(
+            "{} holds no leaks snapshots: only `netwatch leaks --record FILE` (or --record-dir) \
+             records them; replay this recording without --leaks (or with --life, --report)",
+            args.file.display()
+        );
+    }
+    Ok(())
 }
 
 /// `netwatch help [TOPIC]`: a subcommand's help, or the filter grammar.

@@ -18,5 +18,6 @@ pub mod settings;
 pub mod skip;
 pub mod sockdiag;
 pub mod stacks;
+pub mod stuck;
 pub mod systemd;
 pub mod timewait_feed;

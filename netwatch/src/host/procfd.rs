@@ -9,7 +9,7 @@ use std::fs;
 use std::path::Path;
 
 /// One fd that refers to a socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FdOwner {
     /// Process (thread group) id.
     pub pid: u32,

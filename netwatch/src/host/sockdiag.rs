@@ -83,7 +83,7 @@ impl StateMask {
 }
 
 /// One socket of a dump: the fields of `inet_diag_msg` that identify it and its owner.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiagSocket {
     /// `AF_INET` or `AF_INET6`.
     pub family: u8,

@@ -24,7 +24,7 @@ use blazesym::symbolize::{
 const MAX_CACHED: usize = 16_384;
 
 /// A symbolized code path: its frames as printed, and the application frame it is known by.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CodePath {
     /// One line per frame, innermost first.
     pub frames: Vec<String>,

@@ -23,7 +23,7 @@
 //! any address that could not be symbolized.
 //!
 //! Pure functions over what the symbolizer found: no I/O (see `host::stacks`).
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Where the symbolizer found a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,7 +48,7 @@ pub struct Frame<'a> {
 }
 
 /// The application frame a code path is known by.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Headline {
     /// The function or method (`handleConnectionForgetsEnd`, `LeakyPool.handle`).
     pub function: String,

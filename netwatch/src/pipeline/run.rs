@@ -231,6 +231,14 @@ pub fn replay(
                     return broken_pipe_ok(Err(e));
                 }
             }
+            Ok(Item::HostSnapshot(snapshot)) => {
+                if let Some(r) = &mut rec {
+                    rewriting(r.host_snapshot(&snapshot))?;
+                }
+                if let Err(e) = output.host_snapshot(&snapshot) {
+                    return broken_pipe_ok(Err(e));
+                }
+            }
             Ok(Item::End(summary)) => break Ok(summary),
             Err(e) => break Err(e),
         }

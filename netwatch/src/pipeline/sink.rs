@@ -8,7 +8,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    host::clock::WallClock,
+    host::{clock::WallClock, stuck::HostSnapshot},
     kernel::probe::Probe,
     model::event::{Event, EventKind, state_label},
     model::names::Container,
@@ -45,7 +45,24 @@ pub trait Sink {
         Ok(())
     }
 
-    /// The stream stopped: a live view gives the terminal back before the summary line.
+    /// A recording asks for what each snapshot takes from the host (`leaks`): from now on,
+    /// keep it for [`Sink::take_host_snapshots`].
+    fn record_host_snapshots(&mut self) {}
+
+    /// The host's side of the snapshots taken since the last call, oldest first: a recording
+    /// writes them after the events the sink had seen when it took them.
+    fn take_host_snapshots(&mut self) -> Vec<HostSnapshot> {
+        Vec::new()
+    }
+
+    /// A snapshot's host side, read back from a recording at the same place in the stream:
+    /// take the snapshot from it, asking this host nothing.
+    fn host_snapshot(&mut self, _snapshot: &HostSnapshot) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// The stream stopped: a live view gives the terminal back before the summary line; a
+    /// sink that takes snapshots takes its last one (before a recording writes its summary).
     fn stopped(&mut self, _stop: StopReason) {}
 
     /// Prints what is printed at the end of a run.
@@ -73,6 +90,18 @@ impl Sink for Box<dyn Sink> {
 
     fn time_waits(&mut self, obs: &Observed) -> io::Result<()> {
         (**self).time_waits(obs)
+    }
+
+    fn record_host_snapshots(&mut self) {
+        (**self).record_host_snapshots()
+    }
+
+    fn take_host_snapshots(&mut self) -> Vec<HostSnapshot> {
+        (**self).take_host_snapshots()
+    }
+
+    fn host_snapshot(&mut self, snapshot: &HostSnapshot) -> io::Result<()> {
+        (**self).host_snapshot(snapshot)
     }
 
     fn stopped(&mut self, stop: StopReason) {
@@ -143,6 +172,18 @@ impl<S: Sink> Sink for QuietNote<S> {
         self.inner.time_waits(obs)
     }
 
+    fn record_host_snapshots(&mut self) {
+        self.inner.record_host_snapshots()
+    }
+
+    fn take_host_snapshots(&mut self) -> Vec<HostSnapshot> {
+        self.inner.take_host_snapshots()
+    }
+
+    fn host_snapshot(&mut self, snapshot: &HostSnapshot) -> io::Result<()> {
+        self.inner.host_snapshot(snapshot)
+    }
+
     fn stopped(&mut self, stop: StopReason) {
         self.inner.stopped(stop)
     }
@@ -184,6 +225,18 @@ impl<S: Sink> Sink for Filtered<S> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+
+    fn record_host_snapshots(&mut self) {
+        self.inner.record_host_snapshots()
+    }
+
+    fn take_host_snapshots(&mut self) -> Vec<HostSnapshot> {
+        self.inner.take_host_snapshots()
+    }
+
+    fn host_snapshot(&mut self, snapshot: &HostSnapshot) -> io::Result<()> {
+        self.inner.host_snapshot(snapshot)
     }
 
     fn stopped(&mut self, stop: StopReason) {

@@ -9,26 +9,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::host::procfd::FdOwner;
-use crate::host::sockdiag::DiagSocket;
 use crate::host::stacks::CodePath;
+pub use crate::host::stuck::Dump;
 use crate::model::event::{TcpState, UseCall};
 use crate::model::tracker::{Connection, End, LiveSocket, Role};
 
 use super::{Opener, StuckKind};
-
-/// What the kernel listed at one moment.
-#[derive(Debug, Default)]
-pub struct Dump {
-    /// Stuck sockets, each with the inode of its network namespace.
-    pub sockets: Vec<(u64, DiagSocket)>,
-    /// Socket inode -> the fds that hold it (`/proc/*/fd`).
-    pub holders: HashMap<u64, Vec<FdOwner>>,
-    /// Whether every namespace was listed: then a socket the tracker believes stuck but the
-    /// dump lacks is gone (its closing events were lost), not hidden.
-    pub complete: bool,
-    /// Namespaces that could not be listed, and why.
-    pub warnings: Vec<String>,
-}
 
 /// The owner as a snapshot shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -328,6 +314,7 @@ fn ms(ns: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::sockdiag::DiagSocket;
     use netwatch_common::tcp_state::{CLOSE_WAIT, ESTABLISHED, FIN_WAIT2};
 
     struct Names;

@@ -1,24 +1,24 @@
-//! Taking snapshots: once from the kernel's dump alone (`--once`), or every interval while the
-//! stream feeds the tracker and the code paths (live).
+//! Taking snapshots: once from the kernel's dump alone (`--once`), every interval while the
+//! stream feeds the tracker and the code paths (live), or where a recording holds them
+//! (`analyze --leaks`: the live run's dumps and names, merged with the replayed stream).
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use super::group::{Snapshot, groups};
 use super::merge::{Dump, FirstSeen, Lookup, Stuck, Tracked, merge};
+use super::recorded::{Answering, Recorded};
 use super::render::render;
 use crate::host::clock::{WallClock, monotonic_ns};
-use crate::host::sockdiag::{self, SockDiagError, StateMask};
 use crate::host::stacks::{CodePath, Stacks};
+use crate::host::stuck::{HostSnapshot, take_dump};
 use crate::model::event::{Event, EventKind, TcpState, UseCall};
 use crate::model::tracker::{Fact, Tracker};
 use crate::pipeline::sink::Sink;
-use crate::{host::cgroup, host::netns, host::procfd, kernel::privileges};
-
-/// The states a leak sits in.
-const STUCK: StateMask = StateMask::CLOSE_WAIT.union(StateMask::FIN_WAIT2);
+use crate::{host::cgroup, kernel::privileges};
 
 /// Most symbolized code paths kept; past it the table starts over (bounded memory).
 const MAX_CODE_PATHS: usize = 65_536;
@@ -73,35 +73,6 @@ impl ClosedFirst {
             }
         }
     }
-}
-
-/// Lists the stuck sockets of every network namespace, and their holders.
-pub fn take_dump() -> Dump {
-    let mut dump = Dump {
-        complete: true,
-        ..Dump::default()
-    };
-    let own = netns::own();
-    for ns in netns::all() {
-        let path = (Some(ns.inode) != own).then_some(ns.path.as_path());
-        match sockdiag::tcp_sockets(STUCK, path) {
-            Ok(socks) => dump
-                .sockets
-                .extend(socks.into_iter().map(|s| (ns.inode, s))),
-            // Its last process exited between the listing and now: nothing left to see.
-            Err(SockDiagError::Netns { source, .. })
-                if source.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => {
-                dump.complete = false;
-                dump.warnings
-                    .push(format!("network namespace {}: {e}", ns.inode));
-            }
-        }
-    }
-    if dump.sockets.iter().any(|(_, s)| s.inode != 0) {
-        dump.holders = procfd::socket_owners();
-    }
-    dump
 }
 
 /// Code paths symbolized while the stream ran, by (pid, stack id), with the word at the user
@@ -163,31 +134,84 @@ impl Style {
     }
 }
 
-fn snapshot(
-    dump: Dump,
-    tracked: &[Tracked],
-    first_seen: &mut FirstSeen,
-    (frames, uses): (&Paths, &Uses),
+/// When a snapshot is taken: its monotonic time, the wall clock then, and how long the run had
+/// watched the stream.
+struct Moment {
+    now_ns: u64,
+    clock: WallClock,
     watched_ns: u64,
-    style: &Style,
-) -> Snapshot {
-    let now = monotonic_ns();
-    let mut stuck = merge(
-        &dump,
-        tracked,
-        now,
-        first_seen,
-        &mut HostNames { frames, uses },
-    );
-    stuck.retain(|s| style.keeps(s));
-    let mut warnings = dump.warnings;
-    warnings.extend(privileges::missing_inspection_caps());
-    Snapshot {
-        at: WallClock::now().rfc3339(now),
-        watched_ms: watched_ns as f64 / 1e6,
-        min_age_ms: style.min_age.as_secs_f64() * 1000.0,
-        groups: groups(stuck, style.min_age.as_secs_f64() * 1000.0),
-        warnings,
+}
+
+/// What snapshots carry from one to the next: the tracker the stream feeds, the connections
+/// closed first here, and when each untracked stuck socket was first listed.
+struct Memory {
+    tracker: Tracker,
+    closed_first: ClosedFirst,
+    first_seen: FirstSeen,
+}
+
+impl Memory {
+    fn new(max_sockets: usize) -> Self {
+        Self {
+            tracker: Tracker::new(max_sockets),
+            closed_first: ClosedFirst::default(),
+            first_seen: FirstSeen::default(),
+        }
+    }
+
+    fn on_event(&mut self, ev: &Event) {
+        let closed_first = &mut self.closed_first;
+        self.tracker
+            .on_event(ev, &mut |fact| closed_first.remember(fact));
+    }
+
+    /// Merges `dump` with what the tracker knows at `at`, naming through `lookup`.
+    fn snapshot(
+        &mut self,
+        dump: &Dump,
+        at: &Moment,
+        lookup: &mut dyn Lookup,
+        style: &Style,
+    ) -> Snapshot {
+        let now = at.now_ns;
+        let closed_first = &mut self.closed_first;
+        self.tracker
+            .finish_until(now, &mut |fact| closed_first.remember(fact));
+        closed_first.expire(now);
+        // The tracked sockets the dump lists, whatever state the tracker believes (it may have
+        // lost the transition); when the dump is partial, also those the tracker finds stuck.
+        let listed: HashSet<(SocketAddr, SocketAddr)> =
+            dump.sockets.iter().map(|(_, d)| (d.src, d.dst)).collect();
+        let tracked: Vec<Tracked> = self
+            .tracker
+            .live_sockets()
+            .filter(|s| {
+                let tuple = (
+                    SocketAddr::new(s.saddr, s.sport),
+                    SocketAddr::new(s.daddr, s.dport),
+                );
+                listed.contains(&tuple)
+                    || (!dump.complete
+                        && matches!(s.state, TcpState::CloseWait | TcpState::FinWait2))
+            })
+            .map(|s| Tracked::of(&s))
+            .chain(
+                self.closed_first
+                    .by_key
+                    .values()
+                    .filter(|(t, _)| listed.contains(&(t.local, t.remote)))
+                    .map(|(t, _)| t.clone()),
+            )
+            .collect();
+        let mut stuck = merge(dump, &tracked, now, &mut self.first_seen, lookup);
+        stuck.retain(|s| style.keeps(s));
+        Snapshot {
+            at: at.clock.rfc3339(now),
+            watched_ms: at.watched_ns as f64 / 1e6,
+            min_age_ms: style.min_age.as_secs_f64() * 1000.0,
+            groups: groups(stuck, style.min_age.as_secs_f64() * 1000.0),
+            warnings: dump.warnings.clone(),
+        }
     }
 }
 
@@ -201,44 +225,104 @@ fn print(out: &mut impl Write, s: &Snapshot, json: bool) -> io::Result<()> {
     out.flush()
 }
 
+/// The dump's reasons the picture may be partial, and the capabilities netwatch lacks to see
+/// every process's fds.
+fn with_missing_caps(mut dump: Dump) -> Dump {
+    dump.warnings.extend(privileges::missing_inspection_caps());
+    dump
+}
+
 /// `netwatch leaks --once`: the sockets stuck now, from the kernel's dump alone (no tracing,
 /// so no code paths; ages are lower bounds).
 pub fn once(out: &mut impl Write, style: &Style) -> io::Result<()> {
     // One listing of the runtimes, waited for: nothing else waits on it here.
     crate::host::containers::list_now();
-    let s = snapshot(
-        take_dump(),
-        &[],
-        &mut FirstSeen::default(),
-        (&HashMap::new(), &HashMap::new()),
-        0,
-        style,
-    );
+    let dump = with_missing_caps(take_dump());
+    let at = Moment {
+        now_ns: monotonic_ns(),
+        clock: WallClock::now(),
+        watched_ns: 0,
+    };
+    let (frames, uses) = (HashMap::new(), HashMap::new());
+    let mut host = HostNames {
+        frames: &frames,
+        uses: &uses,
+    };
+    let s = Memory::new(1).snapshot(&dump, &at, &mut host, style);
     print(out, &s, style.json)
 }
 
-/// Live `netwatch leaks`: feeds the tracker and symbolizes each new code path while its
-/// process is alive; every interval merges that with a fresh dump and prints.
-pub struct LeaksSink<W: Write> {
-    out: W,
-    style: Style,
+/// The live side of `netwatch leaks`: the code paths it symbolizes, the dumps it takes, and
+/// (recording) the host side of each snapshot until the recording takes it.
+struct Live {
     interval_ns: u64,
-    tracker: Tracker,
     stacks: Option<Stacks>,
     /// (pid, stack id) -> code path, symbolized when the kernel reported it (connect(),
     /// accept(), a first send or receive): a process that exits keeps its code paths.
     frames: Paths,
     /// Live sockets' first send and receive.
     uses: Uses,
-    first_seen: FirstSeen,
-    closed_first: ClosedFirst,
     started_ns: u64,
     next_ns: u64,
     /// A dump being taken on a thread of its own: reading `/proc/*/fd` on a busy host takes
     /// long enough to fill the ring buffer if the stream waited for it.
     pending: Option<mpsc::Receiver<Dump>>,
+    /// With `--record`: each snapshot's host side, until the recording takes it (at the next
+    /// flush, so at most the snapshots of one batch).
+    recording: Option<Vec<HostSnapshot>>,
+    /// The last snapshot is taken (the stream stopped).
+    ended: bool,
+}
+
+/// `analyze --leaks`: the snapshots come from the recording; what shows may differ from the
+/// live run's only where asked.
+pub struct Replaying {
+    /// `--min-age`, else the live run's.
+    pub min_age: Option<Duration>,
+    /// `-p`, else (empty) the live run's.
+    pub pids: Vec<u32>,
+    /// `--comm`, else the live run's.
+    pub comm: Option<String>,
+    /// Snapshots replayed, counted for the caller (a recording may hold none).
+    pub replayed: Arc<AtomicU64>,
+}
+
+impl Replaying {
+    /// The live run's style as `snapshot` recorded it, with what the replay overrides.
+    fn style(&self, snapshot: &HostSnapshot, json: bool) -> Style {
+        Style {
+            json,
+            min_age: self
+                .min_age
+                .unwrap_or(Duration::from_nanos(snapshot.min_age_ns)),
+            pids: if self.pids.is_empty() {
+                snapshot.pids.clone()
+            } else {
+                self.pids.clone()
+            },
+            comm: self.comm.clone().or_else(|| snapshot.comm.clone()),
+        }
+    }
+}
+
+enum Source {
+    Live(Box<Live>),
+    Replay(Replaying),
+}
+
+/// `netwatch leaks`, live or replayed: feeds the tracker; live, symbolizes each new code path
+/// while its process is alive and every interval merges that with a fresh dump; replayed,
+/// merges each recorded snapshot's dump and names at its place in the stream. Either prints.
+pub struct LeaksSink<W: Write> {
+    out: W,
+    style: Style,
+    memory: Memory,
+    source: Source,
     /// Text output prints only when the groups change; this is what was printed last.
     last_shape: Option<Vec<(String, usize)>>,
+    /// Why printing the last snapshot failed (it is taken when the stream stops, which cannot
+    /// fail; `finish` returns it).
+    end_error: Option<io::Error>,
 }
 
 /// Takes a dump on a new thread; the receiver gets it when done. If no thread can be
@@ -258,27 +342,9 @@ fn dump_in_background() -> mpsc::Receiver<Dump> {
     rx
 }
 
-impl<W: Write> LeaksSink<W> {
-    pub fn new(out: W, style: Style, interval: Duration, max_sockets: usize) -> Self {
-        let now = monotonic_ns();
-        Self {
-            out,
-            style,
-            interval_ns: interval.as_nanos().max(1) as u64,
-            tracker: Tracker::new(max_sockets),
-            stacks: None,
-            frames: HashMap::new(),
-            uses: HashMap::new(),
-            first_seen: FirstSeen::default(),
-            closed_first: ClosedFirst::default(),
-            started_ns: now,
-            next_ns: now,
-            pending: None,
-            last_shape: None,
-        }
-    }
-
-    /// Where code paths come from (the probe's stack map); without it none are shown.
+impl Live {
+    /// Symbolizes the code path `ev` carries (connect(), accept(), a first send or receive)
+    /// once per (pid, stack id), while its process is alive; remembers a socket's first uses.
     fn remember_code_path(&mut self, ev: &Event) {
         // A new socket at this address, or the end of one: its first uses are not ours.
         let fresh = ev.opens_socket()
@@ -333,51 +399,96 @@ impl<W: Write> LeaksSink<W> {
             }
         }
     }
+}
+
+impl<W: Write> LeaksSink<W> {
+    /// Live `netwatch leaks`.
+    pub fn new(out: W, style: Style, interval: Duration, max_sockets: usize) -> Self {
+        let now = monotonic_ns();
+        let live = Live {
+            interval_ns: interval.as_nanos().max(1) as u64,
+            stacks: None,
+            frames: HashMap::new(),
+            uses: HashMap::new(),
+            started_ns: now,
+            next_ns: now,
+            pending: None,
+            recording: None,
+            ended: false,
+        };
+        Self::with_source(out, style, max_sockets, Source::Live(Box::new(live)))
+    }
+
+    /// `analyze --leaks`: the recorded snapshots, printed as `json` says.
+    pub fn replay(out: W, json: bool, replaying: Replaying, max_sockets: usize) -> Self {
+        let style = Style {
+            json,
+            min_age: Duration::ZERO,
+            pids: Vec::new(),
+            comm: None,
+        };
+        Self::with_source(out, style, max_sockets, Source::Replay(replaying))
+    }
+
+    fn with_source(out: W, style: Style, max_sockets: usize, source: Source) -> Self {
+        Self {
+            out,
+            style,
+            memory: Memory::new(max_sockets),
+            source,
+            last_shape: None,
+            end_error: None,
+        }
+    }
 
     /// Merges `dump` with what the tracker knows now and prints the snapshot (text: only when
-    /// the groups changed, unless `always`).
-    fn report(&mut self, dump: Dump, always: bool) -> io::Result<()> {
-        self.refresh_code_paths();
+    /// the groups changed, unless `last`); recording, keeps what it took from the host.
+    fn report(&mut self, dump: Dump, last: bool) -> io::Result<()> {
+        let Source::Live(live) = &mut self.source else {
+            return Ok(());
+        };
+        live.refresh_code_paths();
         let now = monotonic_ns();
-        let closed_first = &mut self.closed_first;
-        self.tracker
-            .finish_until(now, &mut |fact| closed_first.remember(fact));
-        closed_first.expire(now);
-        // The tracked sockets the dump lists, whatever state the tracker believes (it may have
-        // lost the transition); when the dump is partial, also those the tracker finds stuck.
-        let listed: HashSet<(SocketAddr, SocketAddr)> =
-            dump.sockets.iter().map(|(_, d)| (d.src, d.dst)).collect();
-        let tracked: Vec<Tracked> = self
-            .tracker
-            .live_sockets()
-            .filter(|s| {
-                let tuple = (
-                    SocketAddr::new(s.saddr, s.sport),
-                    SocketAddr::new(s.daddr, s.dport),
-                );
-                listed.contains(&tuple)
-                    || (!dump.complete
-                        && matches!(s.state, TcpState::CloseWait | TcpState::FinWait2))
-            })
-            .map(|s| Tracked::of(&s))
-            .chain(
-                self.closed_first
-                    .by_key
-                    .values()
-                    .filter(|(t, _)| listed.contains(&(t.local, t.remote)))
-                    .map(|(t, _)| t.clone()),
-            )
-            .collect();
-        let s = snapshot(
-            dump,
-            &tracked,
-            &mut self.first_seen,
-            (&self.frames, &self.uses),
-            now.saturating_sub(self.started_ns),
-            &self.style,
-        );
+        let at = Moment {
+            now_ns: now,
+            clock: WallClock::now(),
+            watched_ns: now.saturating_sub(live.started_ns),
+        };
+        let dump = with_missing_caps(dump);
+        let mut host = HostNames {
+            frames: &live.frames,
+            uses: &live.uses,
+        };
+        let s = match &mut live.recording {
+            None => self.memory.snapshot(&dump, &at, &mut host, &self.style),
+            Some(taken) => {
+                let mut inputs = HostSnapshot {
+                    taken_ns: now,
+                    wall_offset_ns: at.clock.offset_ns(),
+                    watched_ns: at.watched_ns,
+                    last,
+                    min_age_ns: u64::try_from(self.style.min_age.as_nanos()).unwrap_or(u64::MAX),
+                    pids: self.style.pids.clone(),
+                    comm: self.style.comm.clone(),
+                    ..HostSnapshot::default()
+                };
+                let mut answering = Answering::new(&mut host, &mut inputs);
+                let s = self
+                    .memory
+                    .snapshot(&dump, &at, &mut answering, &self.style);
+                answering.name_containers();
+                inputs.dump = dump;
+                taken.push(inputs);
+                s
+            }
+        };
+        self.show(&s, last)
+    }
+
+    /// Prints `s` (text: only when the groups changed, unless `always`).
+    fn show(&mut self, s: &Snapshot, always: bool) -> io::Result<()> {
         if self.style.json {
-            return print(&mut self.out, &s, true);
+            return print(&mut self.out, s, true);
         }
         let shape: Vec<(String, usize)> = s
             .groups
@@ -394,14 +505,21 @@ impl<W: Write> LeaksSink<W> {
             .collect();
         if always || self.last_shape.as_ref() != Some(&shape) {
             self.last_shape = Some(shape);
-            print(&mut self.out, &s, false)?;
+            print(&mut self.out, s, false)?;
         }
         Ok(())
     }
 
-    /// The last snapshot, printed whatever changed (from the dump in flight, if any).
-    fn print_end(mut self) -> io::Result<()> {
-        let dump = self
+    /// Live: the last snapshot, printed whatever changed (from the dump in flight, if any).
+    fn report_end(&mut self) -> io::Result<()> {
+        let Source::Live(live) = &mut self.source else {
+            return Ok(());
+        };
+        if live.ended {
+            return Ok(());
+        }
+        live.ended = true;
+        let dump = live
             .pending
             .take()
             .and_then(|rx| rx.recv().ok())
@@ -412,45 +530,98 @@ impl<W: Write> LeaksSink<W> {
 
 impl<W: Write> Sink for LeaksSink<W> {
     fn attach(&mut self, probe: &crate::kernel::probe::Probe) -> anyhow::Result<()> {
-        if probe.captures_stacks() {
-            self.stacks = Some(Stacks::new(probe.stack_map()?));
+        if let Source::Live(live) = &mut self.source
+            && probe.captures_stacks()
+        {
+            live.stacks = Some(Stacks::new(probe.stack_map()?));
         }
         Ok(())
     }
 
+    fn stopped(&mut self, _stop: crate::pipeline::session::StopReason) {
+        // Taken here, not in `finish`, so that a recording holds it before its summary.
+        if let Err(e) = self.report_end() {
+            self.end_error = Some(e);
+        }
+    }
+
     fn finish(
-        self: Box<Self>,
+        mut self: Box<Self>,
         _header: &crate::pipeline::session::Header,
         _summary: &crate::pipeline::session::Summary,
     ) -> io::Result<()> {
-        (*self).print_end()
+        if let Some(e) = self.end_error.take() {
+            return Err(e);
+        }
+        self.report_end()
     }
 
     fn event(&mut self, ev: &Event) -> io::Result<()> {
-        self.remember_code_path(ev);
-        let closed_first = &mut self.closed_first;
-        self.tracker
-            .on_event(ev, &mut |fact| closed_first.remember(fact));
+        if let Source::Live(live) = &mut self.source {
+            live.remember_code_path(ev);
+        }
+        self.memory.on_event(ev);
         Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if let Some(rx) = &self.pending {
+        let Source::Live(live) = &mut self.source else {
+            return Ok(());
+        };
+        if let Some(rx) = &live.pending {
             match rx.try_recv() {
                 Ok(dump) => {
-                    self.pending = None;
+                    live.pending = None;
                     self.report(dump, false)?;
                 }
                 Err(mpsc::TryRecvError::Empty) => {}
-                Err(mpsc::TryRecvError::Disconnected) => self.pending = None,
+                Err(mpsc::TryRecvError::Disconnected) => live.pending = None,
             }
         }
+        let Source::Live(live) = &mut self.source else {
+            return Ok(());
+        };
         let now = monotonic_ns();
-        if self.pending.is_none() && now >= self.next_ns {
-            self.pending = Some(dump_in_background());
-            self.next_ns = now + self.interval_ns;
+        if live.pending.is_none() && now >= live.next_ns {
+            live.pending = Some(dump_in_background());
+            live.next_ns = now + live.interval_ns;
         }
         Ok(())
+    }
+
+    fn record_host_snapshots(&mut self) {
+        if let Source::Live(live) = &mut self.source {
+            live.recording = Some(Vec::new());
+        }
+    }
+
+    fn take_host_snapshots(&mut self) -> Vec<HostSnapshot> {
+        match &mut self.source {
+            Source::Live(live) => live
+                .recording
+                .as_mut()
+                .map(std::mem::take)
+                .unwrap_or_default(),
+            Source::Replay(_) => Vec::new(),
+        }
+    }
+
+    fn host_snapshot(&mut self, snapshot: &HostSnapshot) -> io::Result<()> {
+        let Source::Replay(replaying) = &self.source else {
+            return Ok(());
+        };
+        replaying.replayed.fetch_add(1, Ordering::Relaxed);
+        let style = replaying.style(snapshot, self.style.json);
+        let at = Moment {
+            now_ns: snapshot.taken_ns,
+            clock: WallClock::from_offset(snapshot.wall_offset_ns),
+            watched_ns: snapshot.watched_ns,
+        };
+        let mut names = Recorded::of(snapshot);
+        let s = self
+            .memory
+            .snapshot(&snapshot.dump, &at, &mut names, &style);
+        self.show(&s, snapshot.last)
     }
 }
 

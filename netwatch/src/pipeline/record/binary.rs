@@ -6,9 +6,15 @@
 //! ```
 //!
 //! Frames, in order: one `HEADER` (JSON: the run's [`Header`], netwatch's version, the kernel
-//! release, the host name, the part number), then `BLOCK`s, then one `SUMMARY` (JSON, at a
-//! clean stop) or `CONTINUED` (rotation closed the file; the run goes on in the next one). A
-//! file without either was cut short.
+//! release, the host name, the part number), then `BLOCK`s and `SNAPSHOT`s, then one `SUMMARY`
+//! (JSON, at a clean stop) or `CONTINUED` (rotation closed the file; the run goes on in the
+//! next one). A file without either was cut short.
+//!
+//! A `SNAPSHOT` (version 2 on) holds what one `leaks` snapshot took from the host
+//! ([`HostSnapshot`]: the kernel's stuck sockets, their holders, the time, the names looked
+//! up), as JSON compressed with zstd (its payload starts with the uncompressed length, u32 LE),
+//! after the block that holds the events before it: a replay merges it at the same place in
+//! the stream.
 //!
 //! A block holds up to [`BLOCK_BYTES`] of records: first its string table (postcard
 //! `Vec<&str>`: every comm, cgroup path, container name, stack frame and reset reason its
@@ -36,6 +42,7 @@ use super::{
     wire::Wire,
 };
 use crate::{
+    host::stuck::HostSnapshot,
     model::{event::Event, names::Container, timewait::Observed},
     pipeline::session::{Header, Summary},
 };
@@ -45,7 +52,8 @@ use crate::{
 pub const MAGIC: [u8; 8] = *b"\x89NWREC\r\n";
 
 /// The binary format's version, after the magic. Readers read every version up to theirs.
-pub const VERSION: u32 = 1;
+/// 2: `SNAPSHOT` frames (a netwatch that reads only 1 refuses the file, naming its version).
+pub const VERSION: u32 = 2;
 
 /// Frame kinds.
 pub mod frame {
@@ -54,6 +62,8 @@ pub mod frame {
     pub const BLOCK_ZSTD: u8 = 3;
     pub const SUMMARY: u8 = 4;
     pub const CONTINUED: u8 = 5;
+    /// Version 2 on.
+    pub const SNAPSHOT: u8 = 6;
 }
 
 /// Kind, length and checksum before each frame's payload.
@@ -170,6 +180,27 @@ pub fn summary_frame(summary: &Summary) -> io::Result<Vec<u8>> {
 /// The `CONTINUED` frame: the run goes on in the next file.
 pub fn continued_frame() -> Vec<u8> {
     frame_bytes(frame::CONTINUED, &[])
+}
+
+/// A `SNAPSHOT` frame: `snapshot` as zstd-compressed JSON. A snapshot too large for a frame
+/// (about 190 bytes of JSON per stuck socket: over a million of them) is refused, saying so: a
+/// recording that left it out would replay to another output without a word.
+pub fn snapshot_frame(snapshot: &HostSnapshot) -> io::Result<Vec<u8>> {
+    let json = serde_json::to_vec(snapshot)?;
+    if json.len() > MAX_FRAME as usize {
+        return Err(io::Error::other(format!(
+            "a leaks snapshot of {} stuck sockets takes {} bytes, past the recording format's \
+             {} per frame: this host has too many to record; run leaks without --record",
+            snapshot.dump.sockets.len(),
+            json.len(),
+            MAX_FRAME
+        )));
+    }
+    let packed = zstd::bulk::compress(&json, ZSTD_LEVEL)?;
+    let mut payload = Vec::with_capacity(4 + packed.len());
+    payload.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    payload.extend_from_slice(&packed);
+    Ok(frame_bytes(frame::SNAPSHOT, &payload))
 }
 
 /// The records of the block being filled.
@@ -335,6 +366,8 @@ pub struct BinaryReader {
     next_learnt: usize,
     prev: Previous,
     zstd: zstd::bulk::Decompressor<'static>,
+    /// The file's format version: which frame kinds it may hold.
+    version: u32,
     pub header: FileHeader,
     pub events: u64,
     /// Bytes of the file read, and what its blocks hold uncompressed.
@@ -361,6 +394,7 @@ impl BinaryReader {
                 at: At::Offset(0),
                 source,
             })?,
+            version: 0,
             header: FileHeader {
                 run: Header {
                     netwatch_record: 0,
@@ -389,6 +423,7 @@ impl BinaryReader {
                 reads: format!("binary versions 1 to {VERSION}"),
             });
         }
+        r.version = version;
         let (kind, payload) = r.frame()?.ok_or_else(|| r.corrupt(12, "no header frame"))?;
         if kind != frame::HEADER {
             return Err(r.corrupt(
@@ -471,7 +506,12 @@ impl BinaryReader {
         let kind = head[0];
         let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
         let crc = u32::from_le_bytes([head[5], head[6], head[7], head[8]]);
-        if !(frame::HEADER..=frame::CONTINUED).contains(&kind) {
+        let last_kind = if self.version >= 2 {
+            frame::SNAPSHOT
+        } else {
+            frame::CONTINUED
+        };
+        if !(frame::HEADER..=last_kind).contains(&kind) {
             return Err(self.corrupt(
                 at,
                 format!(
@@ -520,9 +560,30 @@ impl BinaryReader {
                     return Ok(Next::Item(Item::End(summary)));
                 }
                 frame::CONTINUED => return Ok(Next::Continued),
+                frame::SNAPSHOT => {
+                    return self.snapshot(&payload, at).map(Next::Item);
+                }
                 _ => return Err(self.corrupt(at, "a second header frame")),
             }
         }
+    }
+
+    fn snapshot(&mut self, payload: &[u8], at: u64) -> Result<Item, RecordError> {
+        let Some((len, packed)) = payload.split_first_chunk::<4>() else {
+            return Err(self.corrupt(at, "a snapshot frame without its length"));
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        if len > MAX_FRAME as usize {
+            return Err(self.corrupt(at, format!("a snapshot of {len} bytes: damaged")));
+        }
+        let json = self
+            .zstd
+            .decompress(packed, len)
+            .map_err(|e| self.corrupt(at, format!("the snapshot does not decompress: {e}")))?;
+        self.raw_bytes += json.len() as u64;
+        let snapshot = serde_json::from_slice(&json)
+            .map_err(|e| self.corrupt(at, format!("the snapshot frame does not parse: {e}")))?;
+        Ok(Item::HostSnapshot(Box::new(snapshot)))
     }
 
     fn start_block(&mut self, kind: u8, payload: Vec<u8>, at: u64) -> Result<(), RecordError> {

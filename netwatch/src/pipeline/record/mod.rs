@@ -4,7 +4,8 @@
 //! `--record FILE` writes one file, `--record-dir DIR` a directory of rotated files
 //! ([`rotate`]), both in the binary format ([`binary`]): a header (start time, clock offset,
 //! host settings, filter, kernel, host, netwatch's version), blocks of events with their
-//! owners' names, the kernel's timewait lists where the live run applied them, and a summary
+//! owners' names, the kernel's timewait lists where the live run applied them, what each
+//! `leaks` snapshot took from the host (its stuck sockets, holders, time and names), and a summary
 //! at a clean stop (lost events, kernel counter deltas, stop time). A file without its
 //! summary was cut short, and `analyze` says so, naming the byte offset, after replaying what
 //! it read.
@@ -26,6 +27,7 @@ use std::{
 };
 
 use crate::{
+    host::stuck::HostSnapshot,
     model::{event::Event, names::RecordedOwner, timewait::Observed},
     pipeline::{
         session::{Header, Summary},
@@ -154,12 +156,15 @@ pub struct Recorder<S> {
     block: Block,
     dest: Dest,
     inner: S,
+    /// Snapshots the sink took when the stream stopped, written before the summary.
+    last_snapshots: Vec<HostSnapshot>,
 }
 
 impl<S: Sink> Recorder<S> {
     /// Starts the recording of a run: `origin` says which ([`Header`]), where, and by which
     /// netwatch ([`FileHeader::here`] for a live run).
-    pub fn create(target: &Target, origin: &FileHeader, inner: S) -> io::Result<Self> {
+    pub fn create(target: &Target, origin: &FileHeader, mut inner: S) -> io::Result<Self> {
+        inner.record_host_snapshots();
         let dest = match target {
             Target::File(path) => Dest::File(FileWriter::create(path, origin)?),
             Target::Dir { dir, limits } => {
@@ -170,7 +175,29 @@ impl<S: Sink> Recorder<S> {
             block: Block::new()?,
             dest,
             inner,
+            last_snapshots: Vec::new(),
         })
+    }
+
+    /// Writes a snapshot's host side after the events before it (the block being filled).
+    fn write_snapshot(&mut self, snapshot: &HostSnapshot) -> io::Result<()> {
+        self.write_block()?;
+        let frame = binary::snapshot_frame(snapshot)?;
+        match &mut self.dest {
+            Dest::File(f) => f.write(&frame),
+            Dest::Dir(d) => {
+                d.write_block(&frame, 0);
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes the snapshots the sink took since the last call.
+    fn write_snapshots(&mut self) -> io::Result<()> {
+        for s in self.inner.take_host_snapshots() {
+            self.write_snapshot(&s)?;
+        }
+        Ok(())
     }
 
     /// Writes the block being filled.
@@ -193,6 +220,9 @@ impl<S: Sink> Recorder<S> {
     /// recording directory left out), and returns the live sink.
     pub fn finish(mut self, summary: &mut Summary) -> io::Result<S> {
         self.write_block()?;
+        for s in std::mem::take(&mut self.last_snapshots) {
+            self.write_snapshot(&s)?;
+        }
         match self.dest {
             Dest::File(mut f) => {
                 f.write(&binary::summary_frame(summary)?)?;
@@ -228,7 +258,14 @@ impl<S: Sink> Sink for Recorder<S> {
     }
 
     fn stopped(&mut self, stop: crate::pipeline::session::StopReason) {
-        self.inner.stopped(stop)
+        self.inner.stopped(stop);
+        // Written by `finish`, which can say when that fails.
+        self.last_snapshots = self.inner.take_host_snapshots();
+    }
+
+    fn host_snapshot(&mut self, snapshot: &HostSnapshot) -> io::Result<()> {
+        self.write_snapshot(snapshot)?;
+        self.inner.host_snapshot(snapshot)
     }
 
     fn event(&mut self, ev: &Event) -> io::Result<()> {
@@ -253,14 +290,17 @@ impl<S: Sink> Sink for Recorder<S> {
         if self.block.is_old() {
             self.write_block()?;
         }
+        // The sink may take a snapshot now: it follows every event written so far.
+        self.inner.flush()?;
+        self.write_snapshots()?;
         match &mut self.dest {
-            Dest::File(f) => f.flush()?,
+            Dest::File(f) => f.flush(),
             Dest::Dir(d) => {
                 d.flush();
                 d.rotate_if_old();
+                Ok(())
             }
         }
-        self.inner.flush()
     }
 
     fn wants_time_waits(&self) -> bool {
@@ -290,6 +330,8 @@ pub enum Item {
     Event(Event),
     /// A namespace's timewait list, applied here in the live run.
     TimeWaits(Box<Observed>),
+    /// What a `leaks` snapshot took from the host, here in the live run.
+    HostSnapshot(Box<HostSnapshot>),
     End(Summary),
 }
 
@@ -592,7 +634,7 @@ mod tests {
         loop {
             match r.next_item() {
                 Ok(Item::Event(e)) => evs.push(e),
-                Ok(Item::TimeWaits(_)) => {}
+                Ok(Item::TimeWaits(_) | Item::HostSnapshot(_)) => {}
                 Ok(Item::End(s)) => return (evs, Ok(s)),
                 Err(e) => return (evs, Err(e)),
             }
@@ -674,10 +716,165 @@ mod tests {
                     assert_eq!(*t, obs);
                     seen.push("time_waits".into());
                 }
+                Item::HostSnapshot(_) => seen.push("snapshot".into()),
                 Item::End(_) => break,
             }
         }
         assert_eq!(seen, ["event 1", "time_waits", "event 2"]);
+    }
+
+    /// Takes a leaks-like snapshot at every flush and at the stop, once a recording asks.
+    #[derive(Default)]
+    struct Snapper {
+        asked: bool,
+        taken: Vec<HostSnapshot>,
+        flushes: u64,
+    }
+
+    impl Snapper {
+        fn snapshot(&mut self, last: bool) {
+            if !self.asked {
+                return;
+            }
+            self.flushes += 1;
+            let sockets = (0..3_000u64)
+                .map(|i| {
+                    let socket = crate::host::sockdiag::DiagSocket {
+                        family: libc::AF_INET as u8,
+                        state: 8,
+                        src: "10.0.0.1:80".parse().unwrap(),
+                        dst: format!("10.0.{}.{}:40000", i / 250, i % 250)
+                            .parse()
+                            .unwrap(),
+                        inode: 1000 + i,
+                        uid: 0,
+                        cookie: i,
+                        last_ack_recv_ms: Some(1500),
+                        expires_ms: 0,
+                        fin_timeout_ms: Some(60_000),
+                        timer: 0,
+                    };
+                    (4_026_531_840, socket)
+                })
+                .collect();
+            self.taken.push(HostSnapshot {
+                taken_ns: self.flushes,
+                last,
+                dump: crate::host::stuck::Dump {
+                    sockets,
+                    complete: true,
+                    ..Default::default()
+                },
+                paths: vec![crate::host::stacks::CodePath {
+                    frames: vec!["handle (srv.c:12)".into()],
+                    ..Default::default()
+                }],
+                stacks: vec![(42, 3, Some(0))],
+                ..HostSnapshot::default()
+            });
+        }
+    }
+
+    impl Sink for Snapper {
+        fn event(&mut self, _ev: &Event) -> io::Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.snapshot(false);
+            Ok(())
+        }
+        fn stopped(&mut self, _stop: crate::pipeline::session::StopReason) {
+            self.snapshot(true);
+        }
+        fn record_host_snapshots(&mut self) {
+            self.asked = true;
+        }
+        fn take_host_snapshots(&mut self) -> Vec<HostSnapshot> {
+            std::mem::take(&mut self.taken)
+        }
+    }
+
+    #[test]
+    fn leaks_snapshots_come_back_after_the_events_before_them_and_before_the_summary() {
+        let (_scratch, path) = tmp("snapshots");
+        let mut rec = Recorder::create(
+            &Target::File(path.clone()),
+            &FileHeader::here(&header()),
+            Snapper::default(),
+        )
+        .unwrap();
+        rec.event(&Event::test_state(1)).unwrap();
+        rec.flush().unwrap();
+        rec.event(&Event::test_state(2)).unwrap();
+        rec.event(&Event::test_state(3)).unwrap();
+        rec.flush().unwrap();
+        rec.event(&Event::test_state(4)).unwrap();
+        rec.stopped(crate::pipeline::session::StopReason::Signal);
+        let mut s = summary();
+        let snapper = rec.finish(&mut s).unwrap();
+        assert!(
+            snapper.taken.is_empty(),
+            "the recording took every snapshot"
+        );
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            frames(&bytes)
+                .iter()
+                .any(|(_, k)| *k == binary::frame::SNAPSHOT),
+            "a snapshot frame of its own"
+        );
+        assert_eq!(&bytes[8..12], &binary::VERSION.to_le_bytes());
+        let mut r = Replay::open(&path).unwrap();
+        let mut seen = vec![];
+        loop {
+            match r.next_item().unwrap() {
+                Item::Event(e) => seen.push(format!("event {}", e.ts_ns)),
+                Item::TimeWaits(_) => seen.push("time_waits".into()),
+                Item::HostSnapshot(h) => {
+                    assert_eq!(h.dump.sockets.len(), 3_000);
+                    assert_eq!(h.paths[0].frames, ["handle (srv.c:12)"]);
+                    seen.push(format!("snapshot {} last {}", h.taken_ns, h.last));
+                }
+                Item::End(end) => {
+                    assert_eq!(end, s);
+                    break;
+                }
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                "event 1",
+                "snapshot 1 last false",
+                "event 2",
+                "event 3",
+                "snapshot 2 last false",
+                "event 4",
+                "snapshot 3 last true"
+            ]
+        );
+        // Compressed: 3,000 sockets take far less than their JSON.
+        let sizes = r.sizes().unwrap();
+        let per = |b: u64| b as f64 / 9_000.0;
+        eprintln!(
+            "snapshots: {:.1} bytes/stuck socket stored, {:.1} as JSON",
+            per(sizes.stored),
+            per(sizes.uncompressed)
+        );
+        assert!(bytes.len() < 200_000, "{} bytes", bytes.len());
+        // A version-1 file cannot hold one: there, the frame is damage (or a later format).
+        let mut old = bytes.clone();
+        old[8..12].copy_from_slice(&1u32.to_le_bytes());
+        std::fs::write(&path, &old).unwrap();
+        let mut r = Replay::open(&path).unwrap();
+        let msg = loop {
+            match r.next_item() {
+                Ok(Item::End(_)) => panic!("read a snapshot frame in a version-1 file"),
+                Ok(_) => {}
+                Err(e) => break e.to_string(),
+            }
+        };
+        assert!(msg.contains("unknown frame kind 6"), "{msg}");
     }
 
     /// The size of a churn's events on disk, compressed and not (the bench measures the same
@@ -820,7 +1017,7 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let msg = Replay::open(&path).err().unwrap().to_string();
         assert!(
-            msg.contains(": byte offset 8: unsupported recording version 99 (this netwatch reads binary versions 1 to 1)"),
+            msg.contains(": byte offset 8: unsupported recording version 99 (this netwatch reads binary versions 1 to 2)"),
             "{msg}"
         );
     }
@@ -1031,6 +1228,7 @@ mod tests {
             match replay.next_item().unwrap() {
                 Item::Event(e) => rec.event(&e).unwrap(),
                 Item::TimeWaits(t) => rec.time_waits(&t).unwrap(),
+                Item::HostSnapshot(h) => rec.host_snapshot(&h).unwrap(),
                 Item::End(s) => break s,
             }
         };
