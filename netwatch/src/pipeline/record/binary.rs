@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     At, Item, Next, RecordError,
     compact::{Compact, OwnerRefs, Previous, Strings, Table},
-    wire::Wire,
+    wire::{self, Wire},
 };
 use crate::{
     host::stuck::HostSnapshot,
@@ -241,7 +241,11 @@ impl Block {
     ) -> io::Result<()> {
         let compact = Compact::encode(ev, cgroup, container, &mut self.strings, &mut self.prev);
         self.events += 1;
-        self.push(&Record::Event(compact))
+        self.opened.get_or_insert_with(Instant::now);
+        // By hand, as serde would write `Record::Event(compact)` ([`wire`]).
+        self.records.push(RECORD_EVENT as u8);
+        wire::put_compact(&mut self.records, &compact);
+        Ok(())
     }
 
     pub fn time_waits(&mut self, obs: &Observed) -> io::Result<()> {

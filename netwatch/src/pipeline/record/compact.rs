@@ -138,7 +138,8 @@ pub struct Compact {
 /// A block's strings, as the writer collects them: each stored once, in order of first use.
 #[derive(Default)]
 pub struct Strings {
-    index: HashMap<String, u32>,
+    /// foldhash rather than SipHash: every event looks up its task name here.
+    index: HashMap<String, u32, foldhash::fast::RandomState>,
     list: Vec<String>,
 }
 
@@ -407,7 +408,7 @@ impl OwnerRefs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::record::wire::Wire;
+    use crate::pipeline::record::wire::{Wire, put_compact};
 
     fn round_trip(events: &[(Event, RecordedOwner)]) -> Vec<(Event, RecordedOwner)> {
         let mut strings = Strings::default();
@@ -430,6 +431,10 @@ mod tests {
             .iter()
             .map(|c| {
                 let bytes = postcard::to_stdvec(c).unwrap();
+                // The recorder's own writer makes serde's bytes.
+                let mut by_hand = Vec::new();
+                put_compact(&mut by_hand, c);
+                assert_eq!(by_hand, bytes);
                 let back: Compact = postcard::from_bytes(&bytes).unwrap();
                 // The replay's own reader takes the same bytes to the same record.
                 let mut wire = Wire::new(&bytes);
