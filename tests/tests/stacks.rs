@@ -3,7 +3,7 @@
 //! accept() must name the server's accept-calling function with its source line, and its
 //! callers.
 
-use crate::support::{Tracer, build_fixture, eventually, marked_line, tcpdrive};
+use crate::support::{Scratch, Tracer, build_fixture, eventually, marked_line, tcpdrive};
 use netwatch_tests::{NetPair, ReadyChild, Side, output_with_timeout, require_root, unique_port};
 use serde_json::Value;
 
@@ -26,7 +26,11 @@ fn root_accept_stack_names_the_function_and_line_that_accepted() {
     let pair = NetPair::new();
     let server = pair.server_v4().to_string();
     let port = unique_port();
-    let tracer = Tracer::start(&["trace", "--json", "--stacks"]);
+    // Recorded too: a replay has no process to symbolize, so the stacks must be in the file.
+    let scratch = Scratch::new("stacks-replay");
+    let recording = scratch.path("stacks.nwr");
+    let rec = recording.to_str().expect("UTF-8 path");
+    let tracer = Tracer::start(&["trace", "--json", "--stacks", "--record", rec]);
     let srv = ReadyChild::spawn(pair.exec(Side::Server, &bin, &[&server, &port.to_string()]));
     for _ in 0..CONNECTIONS {
         // The server never answers: a connect that "unexpectedly" succeeds is what we want.
@@ -102,6 +106,19 @@ fn root_accept_stack_names_the_function_and_line_that_accepted() {
             .filter(|e| e["kind"] == "destroy" || e["kind"] == "retransmit")
             .all(|e| e.get("stack").is_none()),
         "stack on an event other than accept/connect"
+    );
+
+    let mut cmd = std::process::Command::new(netwatch_tests::netwatch_bin());
+    cmd.args(["analyze", rec, "--json"]);
+    let out = output_with_timeout(cmd, 60);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout) == done.stdout,
+        "the replay of `trace --json --stacks` differs from the live run (stacks not recorded?)"
     );
 }
 

@@ -1,7 +1,7 @@
 //! `netwatch trace`: one line per event, text columns or JSON lines; with `--stacks`, the
 //! code path of every accept and connect, symbolized as the event passes.
 
-use std::io;
+use std::{borrow::Cow, io};
 
 use crate::{
     cli::OutputArgs,
@@ -59,15 +59,20 @@ impl Sink for TraceSink {
         self.inner.attach(probe)
     }
 
-    fn event(&mut self, ev: &Event) -> io::Result<()> {
+    fn completed<'e>(&mut self, ev: &'e Event) -> Cow<'e, Event> {
         match (&mut self.stacks, ev.pid, ev.stack_id) {
-            (Some(stacks), Some(pid), Some(id)) if ev.carries_stack() => {
+            (Some(stacks), Some(pid), Some(id)) if ev.carries_stack() && ev.stack.is_empty() => {
                 let mut ev = ev.clone();
                 ev.stack = stacks.frames(pid, id, ev.sp_word).to_vec();
-                self.inner.event(&ev)
+                Cow::Owned(ev)
             }
-            _ => self.inner.event(ev),
+            _ => Cow::Borrowed(ev),
         }
+    }
+
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        let ev = self.completed(ev);
+        self.inner.event(&ev)
     }
 
     fn flush(&mut self) -> io::Result<()> {

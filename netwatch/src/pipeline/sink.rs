@@ -1,5 +1,6 @@
 //! Where events go: text columns for people, JSON lines for jq and for machines.
 use std::{
+    borrow::Cow,
     fmt::{self, Write as _},
     io::{self, Write},
     net::IpAddr,
@@ -29,6 +30,13 @@ pub trait Sink {
     }
 
     fn event(&mut self, ev: &Event) -> io::Result<()>;
+
+    /// `ev` with what only the live host can add before this sink shows it (`trace --stacks`:
+    /// its user stack, symbolized), for a recording to store: a replay has no process to
+    /// symbolize. Passed back to [`Sink::event`] as it is.
+    fn completed<'e>(&mut self, ev: &'e Event) -> Cow<'e, Event> {
+        Cow::Borrowed(ev)
+    }
 
     fn flush(&mut self) -> io::Result<()>;
 
@@ -78,6 +86,10 @@ impl Sink for Box<dyn Sink> {
 
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         (**self).event(ev)
+    }
+
+    fn completed<'e>(&mut self, ev: &'e Event) -> Cow<'e, Event> {
+        (**self).completed(ev)
     }
 
     fn flush(&mut self) -> io::Result<()> {

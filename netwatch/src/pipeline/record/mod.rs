@@ -269,6 +269,10 @@ impl<S: Sink> Sink for Recorder<S> {
     }
 
     fn event(&mut self, ev: &Event) -> io::Result<()> {
+        // What only this host can add (`trace --stacks`: the symbolized stack) is recorded
+        // too, so that a replay shows it.
+        let ev = self.inner.completed(ev);
+        let ev = ev.as_ref();
         match &mut self.dest {
             // Stopped at its cap: counted, not encoded.
             Dest::Dir(d) if d.stopped() => d.unrecorded += 1,
