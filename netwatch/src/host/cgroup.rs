@@ -240,6 +240,12 @@ const RECENT_OWNERS: usize = 4;
 /// outlive it.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
+/// The cache's [`GENERATION`]: an answer derived from [`owner_cgroup_shared`] and kept
+/// elsewhere is still right while this has not changed.
+pub fn generation() -> u64 {
+    GENERATION.load(Ordering::Acquire)
+}
+
 thread_local! {
     static RECENT: RefCell<Recent> = RefCell::default();
     /// The last answers this thread took from a recording ([`learn_owner_cgroup`]).

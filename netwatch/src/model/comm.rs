@@ -17,8 +17,10 @@ impl Comm {
     /// `name`, cut at the last character boundary that fits [`COMM_BYTES`] (the kernel never
     /// writes a longer one), and at a NUL, which ends a name.
     pub fn new(name: &str) -> Comm {
-        let name = name.split('\0').next().unwrap_or_default();
-        let mut end = name.len().min(COMM_BYTES);
+        // Only the bytes that can be kept are searched for a NUL (an ASCII byte, so always
+        // at a character boundary): every event of the stream makes one.
+        let head = &name.as_bytes()[..name.len().min(COMM_BYTES)];
+        let mut end = head.iter().position(|&b| b == 0).unwrap_or(head.len());
         while !name.is_char_boundary(end) {
             end -= 1;
         }

@@ -18,6 +18,10 @@ use crate::{
     pipeline::sink::Sink,
 };
 
+/// Owners whose events pass without waiting: looked up at every event, so foldhash rather
+/// than SipHash.
+type Settled = HashSet<(Option<u32>, Option<u64>), foldhash::fast::RandomState>;
+
 /// The longest an event is held for its container's names.
 pub const MAX_HOLD: Duration = crate::host::containers::MAX_HOLD;
 
@@ -41,7 +45,7 @@ pub struct Pending {
     /// Owners (pid, cgroup id) whose events were found not to wait: once the runtimes have
     /// answered about a container (or an owner is in none), its events never wait again, so
     /// the question, a few lookups under locks, is asked once per owner rather than per event.
-    settled: HashSet<(Option<u32>, Option<u64>)>,
+    settled: Settled,
 }
 
 impl Pending {
@@ -51,7 +55,7 @@ impl Pending {
         Pending {
             held: VecDeque::new(),
             awaited,
-            settled: HashSet::new(),
+            settled: Settled::default(),
         }
     }
 
@@ -115,11 +119,7 @@ impl Pending {
 
 /// Whether `ev` waits for its container's names: asks `awaited` unless its owner is
 /// `settled`, and remembers the owners found not to wait (see [`Pending`]'s `settled`).
-fn waits(
-    settled: &mut HashSet<(Option<u32>, Option<u64>)>,
-    awaited: fn(&Event) -> bool,
-    ev: &Event,
-) -> bool {
+fn waits(settled: &mut Settled, awaited: fn(&Event) -> bool, ev: &Event) -> bool {
     let owner = (ev.pid, ev.cgroup_id);
     if settled.contains(&owner) {
         return false;
