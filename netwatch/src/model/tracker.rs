@@ -236,16 +236,35 @@ struct OwnerId {
     names: u32,
 }
 
-/// Every (command name, cgroup id) pair the tracked sockets' owners have had, each stored once:
-/// a socket keeps a 4-byte index instead of 24 bytes. A host runs few distinct pairs (they
-/// change with a new program or a new container, not with a new pid or connection), so the
-/// table stays small; it is never emptied, as sockets may refer to any entry.
-#[derive(Default)]
+/// How many (command name, cgroup id) pairs [`Names`] holds before it drops those no tracked
+/// socket refers to any more; it then waits until it holds twice what it kept.
+const NAMES_SWEEP_AT: usize = 4096;
+
+/// The (command name, cgroup id) pairs the tracked sockets' owners have, each stored once: a
+/// socket keeps a 4-byte index instead of 24 bytes. Pairs change with a new program or a new
+/// container, not with a new pid or connection, but a long-running host sees new containers
+/// all the time: past [`NAMES_SWEEP_AT`] (and twice what the last sweep kept), the pairs no
+/// tracked socket refers to are dropped (see [`Tracker::sweep_names`]). A sweep walks every
+/// socket once, and the threshold doubling with what it keeps spreads that over at least as
+/// many new pairs, so a pair costs a flat amount however long netwatch runs.
 struct Names {
     list: Vec<(Comm, u64)>,
     index: HashMap<(Comm, u64), u32, foldhash::fast::RandomState>,
     /// The last pair asked for: events come in runs of one owner.
     last: Option<((Comm, u64), u32)>,
+    /// The table's size at which the next sweep runs.
+    sweep_at: usize,
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Self {
+            list: Vec::new(),
+            index: HashMap::default(),
+            last: None,
+            sweep_at: NAMES_SWEEP_AT,
+        }
+    }
 }
 
 impl Names {
@@ -262,6 +281,31 @@ impl Names {
         }
         self.last = Some((pair, id));
         id
+    }
+
+    fn needs_sweep(&self) -> bool {
+        self.list.len() >= self.sweep_at
+    }
+
+    /// Keeps only the pairs `ids` holds, renumbering them: `ids` are every id in use, and each
+    /// is rewritten to its pair's new id.
+    fn keep_only<'a>(&mut self, ids: impl Iterator<Item = &'a mut u32>) {
+        let mut renumbered = vec![u32::MAX; self.list.len()];
+        let mut kept = Vec::new();
+        for id in ids {
+            let new = &mut renumbered[*id as usize];
+            if *new == u32::MAX {
+                *new = kept.len() as u32;
+                kept.push(self.list[*id as usize]);
+            }
+            *id = *new;
+        }
+        self.index.clear();
+        self.index
+            .extend(kept.iter().enumerate().map(|(i, &pair)| (pair, i as u32)));
+        self.list = kept;
+        self.last = None;
+        self.sweep_at = NAMES_SWEEP_AT.max(2 * self.list.len());
     }
 
     fn comm(&self, owner: &OwnerId) -> Comm {
@@ -598,6 +642,9 @@ impl Tracker {
     pub fn on_event(&mut self, ev: &Event, out: &mut impl FnMut(Fact)) {
         self.latest_ns = self.latest_ns.max(ev.ts_ns);
         self.finish_due(ev.ts_ns, out);
+        if self.names.needs_sweep() {
+            self.sweep_names();
+        }
         match &ev.kind {
             EventKind::State {
                 old_state,
@@ -656,6 +703,20 @@ impl Tracker {
                 }
             }
         }
+    }
+
+    /// Drops the owner names no tracked socket refers to. Run between events only: an event
+    /// holds at most the one [`OwnerId`] it is about to store, made after this.
+    fn sweep_names(&mut self) {
+        let ids = self.socks.slots.iter_mut().flatten().flat_map(|s| {
+            let closer = s.late.as_mut().and_then(|late| late.closer.as_mut());
+            s.owner
+                .as_mut()
+                .into_iter()
+                .chain(closer)
+                .map(|o| &mut o.names)
+        });
+        self.names.keep_only(ids);
     }
 
     /// The owner an event names, its name and cgroup kept in [`Names`].
@@ -1341,6 +1402,61 @@ mod tests {
         let (_, t) = s.run(4);
         assert_eq!(t.stats().sockets, 4);
         assert_eq!(t.stats().evicted, 6);
+    }
+
+    /// A host that starts a new container per connection: the owner names table keeps only
+    /// what live sockets refer to, and they still read their own names after every sweep.
+    #[test]
+    fn owner_names_stay_bounded_under_churn_of_distinct_owners() {
+        let mut s = Stream::new();
+        let r = (SERVER, 80);
+        s.state(0, 0x1, Some(1), (CLIENT, 0), r, Close, SynSent);
+        s.state(1, 0x1, Some(1), (CLIENT, 4000), r, SynSent, Established);
+        s.state(1, 0x1, Some(1), (CLIENT, 4000), r, Established, CloseWait);
+        s.events.last_mut().expect("pushed").cgroup_id = Some(7);
+        let churn = 5 * NAMES_SWEEP_AT as u64;
+        let mut t = Tracker::new(1000);
+        let mut ended = vec![];
+        let mut most_names = 0;
+        for ev in &s.events {
+            t.on_event(ev, &mut |_| {});
+        }
+        for i in 0..churn {
+            let sock = 0x1000 + i;
+            let mut life = Stream::new();
+            life.ts = s.ts + i * 10_000_000;
+            let pid = Some(100 + i as u32);
+            let l = (CLIENT, 5000 + (i % 1000) as u16);
+            life.state(0, sock, pid, (CLIENT, 0), r, Close, SynSent);
+            life.state(1, sock, pid, l, r, SynSent, Established);
+            life.state(1, sock, pid, l, r, Established, FinWait1);
+            life.state(1, sock, pid, l, r, FinWait1, Close);
+            life.push(0, sock, pid, l, r, EventKind::Destroy { state: None });
+            for ev in &mut life.events {
+                ev.cgroup_id = Some(1000 + i);
+                t.on_event(ev, &mut |Fact::Ended(c)| ended.push(*c));
+            }
+            most_names = most_names.max(t.names.list.len());
+        }
+        assert_eq!(ended.len() as u64, churn);
+        assert!(
+            ended
+                .iter()
+                .enumerate()
+                .all(|(i, c)| c.cgroup_id == Some(1000 + i as u64)
+                    && c.comm.as_deref() == Some(format!("proc{}", 100 + i).as_str())
+                    && c.closer_comm == c.comm),
+            "each connection keeps its own owner's names"
+        );
+        assert!(
+            most_names <= NAMES_SWEEP_AT + 1,
+            "the table grew to {most_names} names"
+        );
+        let keeper = t
+            .live_sockets()
+            .find(|l| l.sock == 0x1)
+            .expect("still open");
+        assert_eq!((keeper.comm, keeper.cgroup_id), (Some("proc1"), Some(7)));
     }
 
     #[test]
