@@ -458,27 +458,38 @@ impl Socks {
         self.slot(sock).is_some()
     }
 
-    /// Adds `s`, replacing a socket tracked at its address.
-    fn insert(&mut self, s: Sock) {
-        self.remove(s.sock);
+    /// Adds `s`, replacing and returning a socket tracked at its address: one hash lookup.
+    fn insert(&mut self, s: Sock) -> Option<Sock> {
+        use hashbrown::hash_table::Entry;
         let hash = self.hash(s.sock);
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = Some(s);
-                i
-            }
-            None => {
-                self.slots.push(Some(s));
-                (self.slots.len() - 1) as u32
-            }
-        };
         let (slots, hasher) = (&self.slots, &self.hasher);
-        self.index.insert_unique(hash, i, |&j| {
-            use std::hash::BuildHasher as _;
-            slots[j as usize]
-                .as_ref()
-                .map_or(0, |s| hasher.hash_one(s.sock))
-        });
+        let entry = self.index.entry(
+            hash,
+            |&i| slots[i as usize].as_ref().is_some_and(|t| t.sock == s.sock),
+            |&j| {
+                use std::hash::BuildHasher as _;
+                slots[j as usize]
+                    .as_ref()
+                    .map_or(0, |t| hasher.hash_one(t.sock))
+            },
+        );
+        match entry {
+            Entry::Occupied(tracked) => self.slots[*tracked.get() as usize].replace(s),
+            Entry::Vacant(room) => {
+                let i = match self.free.pop() {
+                    Some(i) => {
+                        self.slots[i as usize] = Some(s);
+                        i
+                    }
+                    None => {
+                        self.slots.push(Some(s));
+                        (self.slots.len() - 1) as u32
+                    }
+                };
+                room.insert(i);
+                None
+            }
+        }
     }
 
     fn remove(&mut self, sock: u64) -> Option<Sock> {
@@ -766,7 +777,7 @@ impl Tracker {
         self.make_room(out);
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
-        self.socks.insert(Sock {
+        let replaced = self.socks.insert(Sock {
             sock: ev.sock,
             first_ns: ev.ts_ns,
             last_ns: ev.ts_ns,
@@ -792,6 +803,10 @@ impl Tracker {
             born: born && ev.ts_ns != 0,
             listener,
         });
+        // Callers insert only where nothing is tracked; were something there, it ends here.
+        if let Some(prev) = replaced {
+            self.end(prev, out);
+        }
     }
 
     fn on_transition(
