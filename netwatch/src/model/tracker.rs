@@ -283,6 +283,17 @@ impl Names {
         id
     }
 
+    /// The owner `ev` names: a lookup (usually of the last pair asked for), no allocation.
+    fn owner(&mut self, ev: &Event) -> Option<OwnerId> {
+        let pid = NonZeroU32::new(ev.pid?)?;
+        let comm = ev.comm.unwrap_or(Comm::EMPTY);
+        Some(OwnerId {
+            pid,
+            tid: ev.tid.unwrap_or(0),
+            names: self.id((comm, ev.cgroup_id.unwrap_or(0))),
+        })
+    }
+
     fn needs_sweep(&self) -> bool {
         self.list.len() >= self.sweep_at
     }
@@ -732,33 +743,31 @@ impl Tracker {
 
     /// The owner an event names, its name and cgroup kept in [`Names`].
     fn owner_of(&mut self, ev: &Event) -> Option<OwnerId> {
-        let pid = NonZeroU32::new(ev.pid?)?;
-        let comm = ev.comm.unwrap_or_else(|| Comm::new(""));
-        Some(OwnerId {
-            pid,
-            tid: ev.tid.unwrap_or(0),
-            names: self.names.id((comm, ev.cgroup_id.unwrap_or(0))),
-        })
+        self.names.owner(ev)
     }
 
-    /// The socket of a non-transition event, if netwatch tracks it.
     /// The socket of a retransmission or reset. One older than the trace, seen first here, is
     /// followed from now on (in `state`), so that its end is classified by what was seen: a
-    /// reset from the peer makes it `reset-by-peer`, not `aborted`.
+    /// reset from the peer makes it `reset-by-peer`, not `aborted`. Called for every such
+    /// event: a tracked socket with an owner costs one hash lookup.
     fn known(
         &mut self,
         ev: &Event,
         state: Option<TcpState>,
         out: &mut impl FnMut(Fact),
     ) -> Option<&mut Sock> {
-        if ev.sock != 0 && !self.socks.contains(ev.sock) {
-            self.insert(ev, Role::Unknown, false, state, false, out);
-        }
-        let owner = self.owner_of(ev);
-        let s = self.socks.get_mut(ev.sock)?;
+        let slot = match self.socks.slot(ev.sock) {
+            Some(slot) => slot,
+            None if ev.sock != 0 => {
+                self.insert(ev, Role::Unknown, false, state, false, out);
+                self.socks.slot(ev.sock)?
+            }
+            None => return None,
+        };
+        let s = self.socks.slots[slot as usize].as_mut()?;
         s.last_ns = ev.ts_ns;
         if s.owner.is_none() {
-            s.owner = owner;
+            s.owner = self.names.owner(ev);
         }
         Some(s)
     }
@@ -1417,6 +1426,31 @@ mod tests {
         let (_, t) = s.run(4);
         assert_eq!(t.stats().sockets, 4);
         assert_eq!(t.stats().evicted, 6);
+    }
+
+    /// A retransmission of a socket that has an owner names no one new: the pid it carries is
+    /// whoever the softirq interrupted, and its name is not even looked up.
+    #[test]
+    fn retransmits_of_an_owned_socket_look_up_no_owner() {
+        let mut s = Stream::new();
+        let (l, r) = ((CLIENT, 4000), (SERVER, 80));
+        s.state(0, 0x1, Some(1), (CLIENT, 0), r, Close, SynSent);
+        s.state(1, 0x1, Some(1), l, r, SynSent, Established);
+        for bystander in 2..10 {
+            let kind = EventKind::Retransmit {
+                state: Some(Established),
+                err: Some(0),
+            };
+            s.push(1, 0x1, Some(bystander), l, r, kind);
+        }
+        let mut t = Tracker::new(16);
+        for ev in &s.events {
+            t.on_event(ev, &mut |_| {});
+        }
+        assert_eq!(t.names.list.len(), 1, "only the owner's name");
+        let sock = t.socks.get(0x1).expect("tracked");
+        assert_eq!(sock.retransmits, 8);
+        assert_eq!(sock.owner.map(|o| o.pid.get()), Some(1));
     }
 
     /// A host that starts a new container per connection: the owner names table keeps only
