@@ -14,8 +14,9 @@
 //! the same order as the live run did.
 //!
 //! Memory is bounded by `max_sockets`; past it the socket least recently heard from is evicted,
-//! and evictions are counted and reported, never silent. A tracked socket costs about 160
-//! bytes at a million of them (see [`Socks`] and [`Sock`]).
+//! and evictions are counted and reported, never silent. A tracked socket costs about 160 bytes
+//! at a million of them (see [`Socks`] and [`Sock`]); the owner names they refer to are
+//! bounded with them (see [`Names`]).
 use std::{
     collections::{HashMap, VecDeque},
     net::{IpAddr, Ipv4Addr},
@@ -516,6 +517,15 @@ impl Socks {
     fn iter(&self) -> impl Iterator<Item = &Sock> {
         self.slots.iter().flatten()
     }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Sock> {
+        self.slots.iter_mut().flatten()
+    }
+
+    /// The socket in `slot`, as [`Socks::slot`] found it.
+    fn at_mut(&mut self, slot: u32) -> Option<&mut Sock> {
+        self.slots.get_mut(slot as usize)?.as_mut()
+    }
 }
 
 /// An event's stack id as [`Sock::stack`] keeps it (id + 1).
@@ -730,7 +740,7 @@ impl Tracker {
     /// Drops the owner names no tracked socket refers to. Run between events only: an event
     /// holds at most the one [`OwnerId`] it is about to store, made after this.
     fn sweep_names(&mut self) {
-        let ids = self.socks.slots.iter_mut().flatten().flat_map(|s| {
+        let ids = self.socks.iter_mut().flat_map(|s| {
             let closer = s.late.as_mut().and_then(|late| late.closer.as_mut());
             s.owner
                 .as_mut()
@@ -764,7 +774,7 @@ impl Tracker {
             }
             None => return None,
         };
-        let s = self.socks.slots[slot as usize].as_mut()?;
+        let s = self.socks.at_mut(slot)?;
         s.last_ns = ev.ts_ns;
         if s.owner.is_none() {
             s.owner = self.names.owner(ev);
