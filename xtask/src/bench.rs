@@ -309,11 +309,8 @@ impl Tracer {
                 cmd
             }
             Tracer::ReportRecord => {
-                // A fresh directory each run: the total cap counts what a directory holds.
-                let dir = std::env::temp_dir().join("netwatch-bench-record");
-                let _ = std::fs::remove_dir_all(&dir);
                 let mut cmd = sys::command(netwatch);
-                cmd.arg("report").arg("--record-dir").arg(dir);
+                cmd.arg("report").arg("--record-dir").arg(RecordDir::path());
                 cmd
             }
             Tracer::ReportClassic => {
@@ -368,6 +365,41 @@ impl Tracer {
                     Availability::NotBuilt
                 }
             }
+        }
+    }
+}
+
+/// The directory the `report --record-dir` row records into, empty at the start of each run
+/// (the total cap counts what a directory holds) and removed when the run ends, however it
+/// ends: the bench leaves no recording behind.
+struct RecordDir(PathBuf);
+
+impl RecordDir {
+    /// One per bench process: two benches on one machine do not remove each other's.
+    fn path() -> PathBuf {
+        std::env::temp_dir().join(format!("netwatch-bench-record-{}", std::process::id()))
+    }
+
+    /// Empties the directory a run of `tracer` records into, if it records.
+    fn for_run(tracer: Tracer) -> Option<RecordDir> {
+        (tracer == Tracer::ReportRecord).then(|| RecordDir::at(Self::path()))
+    }
+
+    fn at(dir: PathBuf) -> RecordDir {
+        let _ = std::fs::remove_dir_all(&dir);
+        RecordDir(dir)
+    }
+}
+
+impl Drop for RecordDir {
+    fn drop(&mut self) {
+        if let Err(err) = std::fs::remove_dir_all(&self.0)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!(
+                "bench: could not remove the recording in {}: {err}; remove it by hand",
+                self.0.display()
+            );
         }
     }
 }
@@ -874,6 +906,9 @@ fn start_tracer(netwatch: &Path, tracer: Tracer) -> Result<Proc> {
 /// snapshot again, read its peak RSS, stop it, read its CPU time and summary.
 fn measured_run(env: &Env, w: Workload, tracer: Tracer, count: u64) -> Result<Run> {
     env.stats.ensure()?;
+    // Made before the tracer, so dropped after it has been stopped (or killed), on every way
+    // out of this run.
+    let _recording = RecordDir::for_run(tracer);
     let mut traced = match tracer {
         Tracer::None => None,
         _ => Some(start_tracer(&env.netwatch, tracer)?),
@@ -1181,6 +1216,21 @@ fn machine() -> Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The recording goes when its run ends, whatever it holds; a fresh one starts empty.
+    #[test]
+    fn a_record_dir_is_emptied_before_and_removed_after_its_run() {
+        let dir = std::env::temp_dir().join(format!("netwatch-bench-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/run-1.nwr"), b"left from before").unwrap();
+        let recording = RecordDir::at(dir.clone());
+        assert!(!dir.exists(), "emptied before the run");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("run-1.nwr"), b"this run").unwrap();
+        drop(recording);
+        assert!(!dir.exists(), "removed after the run");
+        assert!(RecordDir::for_run(Tracer::Report).is_none());
+    }
 
     #[test]
     fn parses_tcpdrive_and_netwatch_lines() {

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::{
     model::comm::Comm,
-    model::event::{Event, EventKind, TcpState, state_label},
+    model::event::{Endpoint, Event, EventKind, TcpState, state_label},
     model::names::{Container, OwnerNames},
     model::timewait::{Binding, Counts, DestinationView, KernelOverflow, Pattern, TimeWaits},
     model::tracker::{CloseWaitSocket, Connection, End, Role, Tracker, TrackerStats},
@@ -68,7 +68,7 @@ enum Key {
     NoProcess,
     /// A peer's address.
     Peer(IpAddr),
-    /// `addr:port`, with brackets for IPv6 (see [`crate::model::event::endpoint`]).
+    /// `addr:port`, with brackets for IPv6 (see [`Endpoint`]).
     Endpoint(IpAddr, u16),
     /// [`OTHER`]: every new key once a table is full.
     Other,
@@ -80,8 +80,7 @@ impl fmt::Display for Key {
             Key::Process(pid, comm) => write!(f, "{}[{pid}]", comm.as_str()),
             Key::NoProcess => f.write_str("-"),
             Key::Peer(addr) => write!(f, "{addr}"),
-            Key::Endpoint(IpAddr::V4(a), port) => write!(f, "{a}:{port}"),
-            Key::Endpoint(IpAddr::V6(a), port) => write!(f, "[{a}]:{port}"),
+            Key::Endpoint(addr, port) => write!(f, "{}", Endpoint(*addr, *port)),
             Key::Other => f.write_str(OTHER),
         }
     }

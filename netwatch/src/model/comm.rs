@@ -14,6 +14,9 @@ pub const COMM_BYTES: usize = 16;
 pub struct Comm([u8; COMM_BYTES]);
 
 impl Comm {
+    /// No name: what an owner whose name was not read is kept as.
+    pub const EMPTY: Comm = Comm([0; COMM_BYTES]);
+
     /// `name`, cut at the last character boundary that fits [`COMM_BYTES`] (the kernel never
     /// writes a longer one), and at a NUL, which ends a name.
     pub fn new(name: &str) -> Comm {
@@ -116,6 +119,7 @@ mod tests {
             assert_eq!(serde_json::from_str::<Comm>(&json).unwrap(), c);
         }
         assert_eq!(std::mem::size_of::<Comm>(), 16);
+        assert_eq!(Comm::EMPTY, Comm::new(""));
     }
 
     #[test]

@@ -104,11 +104,18 @@ pub fn state_label(s: Option<TcpState>) -> &'static str {
 }
 
 /// `addr:port`, with brackets for IPv6: how every output writes an endpoint (and how the
-/// report keys destinations).
-pub fn endpoint(addr: IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
+/// report keys destinations). Pads to a column's width (`{:<21}`). The port is anything that
+/// displays: `leaks` writes `*` for a peer's many ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint<P = u16>(pub IpAddr, pub P);
+
+impl<P: fmt::Display> fmt::Display for Endpoint<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Endpoint(addr, port) = self;
+        crate::model::pad::pad(f, |w| match addr {
+            IpAddr::V4(a) => write!(w, "{a}:{port}"),
+            IpAddr::V6(a) => write!(w, "[{a}]:{port}"),
+        })
     }
 }
 
@@ -586,6 +593,22 @@ mod tests {
     use netwatch_common::COMM_LEN;
 
     use super::*;
+
+    /// IPv6 in brackets, and padded to a column as the string it writes would be.
+    #[test]
+    fn endpoints_read_addr_port_and_fill_their_column() {
+        let v4 = Endpoint("10.0.0.1".parse().unwrap(), 80);
+        let v6 = Endpoint("2001:db8::1".parse().unwrap(), 443);
+        assert_eq!(v4.to_string(), "10.0.0.1:80");
+        assert_eq!(v6.to_string(), "[2001:db8::1]:443");
+        assert_eq!(
+            format!("{v4:<14}|{v6:>19}|"),
+            "10.0.0.1:80   |  [2001:db8::1]:443|"
+        );
+        assert_eq!(format!("{v6:<3}|"), "[2001:db8::1]:443|", "never cut");
+        let any_port = Endpoint(v4.0, "*");
+        assert_eq!(any_port.to_string(), "10.0.0.1:*");
+    }
 
     fn raw(kind: u8) -> RawEvent {
         let mut comm = [0u8; COMM_LEN];

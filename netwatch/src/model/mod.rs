@@ -7,6 +7,7 @@ pub mod event;
 pub mod filter;
 pub mod frames;
 pub mod names;
+pub mod pad;
 pub mod selection;
 pub mod timewait;
 pub mod tracker;

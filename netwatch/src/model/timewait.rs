@@ -25,7 +25,7 @@ use foldhash::fast::RandomState;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    event::{Event, EventKind, TcpState, endpoint},
+    event::{Endpoint, Event, EventKind, TcpState},
     tracker::{Connection, Role},
 };
 
@@ -157,7 +157,7 @@ pub struct Destination {
 
 impl Destination {
     pub fn label(&self) -> String {
-        let e = endpoint(self.endpoint.ip(), self.endpoint.port());
+        let e = Endpoint(self.endpoint.ip(), self.endpoint.port()).to_string();
         if self.active {
             e
         } else {

@@ -14,8 +14,9 @@
 //! the same order as the live run did.
 //!
 //! Memory is bounded by `max_sockets`; past it the socket least recently heard from is evicted,
-//! and evictions are counted and reported, never silent. A tracked socket costs about 160
-//! bytes at a million of them (see [`Socks`] and [`Sock`]).
+//! and evictions are counted and reported, never silent. A tracked socket costs about 160 bytes
+//! at a million of them (see [`Socks`] and [`Sock`]); the owner names they refer to are
+//! bounded with them (see [`Names`]).
 use std::{
     collections::{HashMap, VecDeque},
     net::{IpAddr, Ipv4Addr},
@@ -236,16 +237,35 @@ struct OwnerId {
     names: u32,
 }
 
-/// Every (command name, cgroup id) pair the tracked sockets' owners have had, each stored once:
-/// a socket keeps a 4-byte index instead of 24 bytes. A host runs few distinct pairs (they
-/// change with a new program or a new container, not with a new pid or connection), so the
-/// table stays small; it is never emptied, as sockets may refer to any entry.
-#[derive(Default)]
+/// How many (command name, cgroup id) pairs [`Names`] holds before it drops those no tracked
+/// socket refers to any more; it then waits until it holds twice what it kept.
+const NAMES_SWEEP_AT: usize = 4096;
+
+/// The (command name, cgroup id) pairs the tracked sockets' owners have, each stored once: a
+/// socket keeps a 4-byte index instead of 24 bytes. Pairs change with a new program or a new
+/// container, not with a new pid or connection, but a long-running host sees new containers
+/// all the time: past [`NAMES_SWEEP_AT`] (and twice what the last sweep kept), the pairs no
+/// tracked socket refers to are dropped (see [`Tracker::sweep_names`]). A sweep walks every
+/// socket once, and the threshold doubling with what it keeps spreads that over at least as
+/// many new pairs, so a pair costs a flat amount however long netwatch runs.
 struct Names {
     list: Vec<(Comm, u64)>,
     index: HashMap<(Comm, u64), u32, foldhash::fast::RandomState>,
     /// The last pair asked for: events come in runs of one owner.
     last: Option<((Comm, u64), u32)>,
+    /// The table's size at which the next sweep runs.
+    sweep_at: usize,
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Self {
+            list: Vec::new(),
+            index: HashMap::default(),
+            last: None,
+            sweep_at: NAMES_SWEEP_AT,
+        }
+    }
 }
 
 impl Names {
@@ -262,6 +282,42 @@ impl Names {
         }
         self.last = Some((pair, id));
         id
+    }
+
+    /// The owner `ev` names: a lookup (usually of the last pair asked for), no allocation.
+    fn owner(&mut self, ev: &Event) -> Option<OwnerId> {
+        let pid = NonZeroU32::new(ev.pid?)?;
+        let comm = ev.comm.unwrap_or(Comm::EMPTY);
+        Some(OwnerId {
+            pid,
+            tid: ev.tid.unwrap_or(0),
+            names: self.id((comm, ev.cgroup_id.unwrap_or(0))),
+        })
+    }
+
+    fn needs_sweep(&self) -> bool {
+        self.list.len() >= self.sweep_at
+    }
+
+    /// Keeps only the pairs `ids` holds, renumbering them: `ids` are every id in use, and each
+    /// is rewritten to its pair's new id.
+    fn keep_only<'a>(&mut self, ids: impl Iterator<Item = &'a mut u32>) {
+        let mut renumbered = vec![u32::MAX; self.list.len()];
+        let mut kept = Vec::new();
+        for id in ids {
+            let new = &mut renumbered[*id as usize];
+            if *new == u32::MAX {
+                *new = kept.len() as u32;
+                kept.push(self.list[*id as usize]);
+            }
+            *id = *new;
+        }
+        self.index.clear();
+        self.index
+            .extend(kept.iter().enumerate().map(|(i, &pair)| (pair, i as u32)));
+        self.list = kept;
+        self.last = None;
+        self.sweep_at = NAMES_SWEEP_AT.max(2 * self.list.len());
     }
 
     fn comm(&self, owner: &OwnerId) -> Comm {
@@ -414,27 +470,38 @@ impl Socks {
         self.slot(sock).is_some()
     }
 
-    /// Adds `s`, replacing a socket tracked at its address.
-    fn insert(&mut self, s: Sock) {
-        self.remove(s.sock);
+    /// Adds `s`, replacing and returning a socket tracked at its address: one hash lookup.
+    fn insert(&mut self, s: Sock) -> Option<Sock> {
+        use hashbrown::hash_table::Entry;
         let hash = self.hash(s.sock);
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = Some(s);
-                i
-            }
-            None => {
-                self.slots.push(Some(s));
-                (self.slots.len() - 1) as u32
-            }
-        };
         let (slots, hasher) = (&self.slots, &self.hasher);
-        self.index.insert_unique(hash, i, |&j| {
-            use std::hash::BuildHasher as _;
-            slots[j as usize]
-                .as_ref()
-                .map_or(0, |s| hasher.hash_one(s.sock))
-        });
+        let entry = self.index.entry(
+            hash,
+            |&i| slots[i as usize].as_ref().is_some_and(|t| t.sock == s.sock),
+            |&j| {
+                use std::hash::BuildHasher as _;
+                slots[j as usize]
+                    .as_ref()
+                    .map_or(0, |t| hasher.hash_one(t.sock))
+            },
+        );
+        match entry {
+            Entry::Occupied(tracked) => self.slots[*tracked.get() as usize].replace(s),
+            Entry::Vacant(room) => {
+                let i = match self.free.pop() {
+                    Some(i) => {
+                        self.slots[i as usize] = Some(s);
+                        i
+                    }
+                    None => {
+                        self.slots.push(Some(s));
+                        (self.slots.len() - 1) as u32
+                    }
+                };
+                room.insert(i);
+                None
+            }
+        }
     }
 
     fn remove(&mut self, sock: u64) -> Option<Sock> {
@@ -449,6 +516,15 @@ impl Socks {
 
     fn iter(&self) -> impl Iterator<Item = &Sock> {
         self.slots.iter().flatten()
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Sock> {
+        self.slots.iter_mut().flatten()
+    }
+
+    /// The socket in `slot`, as [`Socks::slot`] found it.
+    fn at_mut(&mut self, slot: u32) -> Option<&mut Sock> {
+        self.slots.get_mut(slot as usize)?.as_mut()
     }
 }
 
@@ -598,6 +674,9 @@ impl Tracker {
     pub fn on_event(&mut self, ev: &Event, out: &mut impl FnMut(Fact)) {
         self.latest_ns = self.latest_ns.max(ev.ts_ns);
         self.finish_due(ev.ts_ns, out);
+        if self.names.needs_sweep() {
+            self.sweep_names();
+        }
         match &ev.kind {
             EventKind::State {
                 old_state,
@@ -658,35 +737,47 @@ impl Tracker {
         }
     }
 
-    /// The owner an event names, its name and cgroup kept in [`Names`].
-    fn owner_of(&mut self, ev: &Event) -> Option<OwnerId> {
-        let pid = NonZeroU32::new(ev.pid?)?;
-        let comm = ev.comm.unwrap_or_else(|| Comm::new(""));
-        Some(OwnerId {
-            pid,
-            tid: ev.tid.unwrap_or(0),
-            names: self.names.id((comm, ev.cgroup_id.unwrap_or(0))),
-        })
+    /// Drops the owner names no tracked socket refers to. Run between events only: an event
+    /// holds at most the one [`OwnerId`] it is about to store, made after this.
+    fn sweep_names(&mut self) {
+        let ids = self.socks.iter_mut().flat_map(|s| {
+            let closer = s.late.as_mut().and_then(|late| late.closer.as_mut());
+            s.owner
+                .as_mut()
+                .into_iter()
+                .chain(closer)
+                .map(|o| &mut o.names)
+        });
+        self.names.keep_only(ids);
     }
 
-    /// The socket of a non-transition event, if netwatch tracks it.
+    /// The owner an event names, its name and cgroup kept in [`Names`].
+    fn owner_of(&mut self, ev: &Event) -> Option<OwnerId> {
+        self.names.owner(ev)
+    }
+
     /// The socket of a retransmission or reset. One older than the trace, seen first here, is
     /// followed from now on (in `state`), so that its end is classified by what was seen: a
-    /// reset from the peer makes it `reset-by-peer`, not `aborted`.
+    /// reset from the peer makes it `reset-by-peer`, not `aborted`. Called for every such
+    /// event: a tracked socket with an owner costs one hash lookup.
     fn known(
         &mut self,
         ev: &Event,
         state: Option<TcpState>,
         out: &mut impl FnMut(Fact),
     ) -> Option<&mut Sock> {
-        if ev.sock != 0 && !self.socks.contains(ev.sock) {
-            self.insert(ev, Role::Unknown, false, state, false, out);
-        }
-        let owner = self.owner_of(ev);
-        let s = self.socks.get_mut(ev.sock)?;
+        let slot = match self.socks.slot(ev.sock) {
+            Some(slot) => slot,
+            None if ev.sock != 0 => {
+                self.insert(ev, Role::Unknown, false, state, false, out);
+                self.socks.slot(ev.sock)?
+            }
+            None => return None,
+        };
+        let s = self.socks.at_mut(slot)?;
         s.last_ns = ev.ts_ns;
         if s.owner.is_none() {
-            s.owner = owner;
+            s.owner = self.names.owner(ev);
         }
         Some(s)
     }
@@ -705,7 +796,7 @@ impl Tracker {
         self.make_room(out);
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
-        self.socks.insert(Sock {
+        let replaced = self.socks.insert(Sock {
             sock: ev.sock,
             first_ns: ev.ts_ns,
             last_ns: ev.ts_ns,
@@ -731,6 +822,10 @@ impl Tracker {
             born: born && ev.ts_ns != 0,
             listener,
         });
+        // Callers insert only where nothing is tracked; were something there, it ends here.
+        if let Some(prev) = replaced {
+            self.end(prev, out);
+        }
     }
 
     fn on_transition(
@@ -1341,6 +1436,86 @@ mod tests {
         let (_, t) = s.run(4);
         assert_eq!(t.stats().sockets, 4);
         assert_eq!(t.stats().evicted, 6);
+    }
+
+    /// A retransmission of a socket that has an owner names no one new: the pid it carries is
+    /// whoever the softirq interrupted, and its name is not even looked up.
+    #[test]
+    fn retransmits_of_an_owned_socket_look_up_no_owner() {
+        let mut s = Stream::new();
+        let (l, r) = ((CLIENT, 4000), (SERVER, 80));
+        s.state(0, 0x1, Some(1), (CLIENT, 0), r, Close, SynSent);
+        s.state(1, 0x1, Some(1), l, r, SynSent, Established);
+        for bystander in 2..10 {
+            let kind = EventKind::Retransmit {
+                state: Some(Established),
+                err: Some(0),
+            };
+            s.push(1, 0x1, Some(bystander), l, r, kind);
+        }
+        let mut t = Tracker::new(16);
+        for ev in &s.events {
+            t.on_event(ev, &mut |_| {});
+        }
+        assert_eq!(t.names.list.len(), 1, "only the owner's name");
+        let sock = t.socks.get(0x1).expect("tracked");
+        assert_eq!(sock.retransmits, 8);
+        assert_eq!(sock.owner.map(|o| o.pid.get()), Some(1));
+    }
+
+    /// A host that starts a new container per connection: the owner names table keeps only
+    /// what live sockets refer to, and they still read their own names after every sweep.
+    #[test]
+    fn owner_names_stay_bounded_under_churn_of_distinct_owners() {
+        let mut s = Stream::new();
+        let r = (SERVER, 80);
+        s.state(0, 0x1, Some(1), (CLIENT, 0), r, Close, SynSent);
+        s.state(1, 0x1, Some(1), (CLIENT, 4000), r, SynSent, Established);
+        s.state(1, 0x1, Some(1), (CLIENT, 4000), r, Established, CloseWait);
+        s.events.last_mut().expect("pushed").cgroup_id = Some(7);
+        let churn = 5 * NAMES_SWEEP_AT as u64;
+        let mut t = Tracker::new(1000);
+        let mut ended = vec![];
+        let mut most_names = 0;
+        for ev in &s.events {
+            t.on_event(ev, &mut |_| {});
+        }
+        for i in 0..churn {
+            let sock = 0x1000 + i;
+            let mut life = Stream::new();
+            life.ts = s.ts + i * 10_000_000;
+            let pid = Some(100 + i as u32);
+            let l = (CLIENT, 5000 + (i % 1000) as u16);
+            life.state(0, sock, pid, (CLIENT, 0), r, Close, SynSent);
+            life.state(1, sock, pid, l, r, SynSent, Established);
+            life.state(1, sock, pid, l, r, Established, FinWait1);
+            life.state(1, sock, pid, l, r, FinWait1, Close);
+            life.push(0, sock, pid, l, r, EventKind::Destroy { state: None });
+            for ev in &mut life.events {
+                ev.cgroup_id = Some(1000 + i);
+                t.on_event(ev, &mut |Fact::Ended(c)| ended.push(*c));
+            }
+            most_names = most_names.max(t.names.list.len());
+        }
+        assert_eq!(ended.len() as u64, churn);
+        assert!(
+            ended
+                .iter()
+                .enumerate()
+                .all(|(i, c)| c.cgroup_id == Some(1000 + i as u64)
+                    && c.comm.as_deref() == Some(format!("proc{}", 100 + i).as_str())
+                    && c.closer_comm == c.comm),
+            "each connection keeps its own owner's names"
+        );
+        assert!(
+            most_names <= NAMES_SWEEP_AT + 1,
+            "the table grew to {most_names} names"
+        );
+        let keeper = t
+            .live_sockets()
+            .find(|l| l.sock == 0x1)
+            .expect("still open");
+        assert_eq!((keeper.comm, keeper.cgroup_id), (Some("proc1"), Some(7)));
     }
 
     #[test]

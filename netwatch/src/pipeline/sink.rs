@@ -3,7 +3,6 @@ use std::{
     borrow::Cow,
     fmt::{self, Write as _},
     io::{self, Write},
-    net::IpAddr,
 };
 
 use serde::Serialize;
@@ -11,8 +10,9 @@ use serde::Serialize;
 use crate::{
     host::{clock::WallClock, stuck::HostSnapshot},
     kernel::probe::Probe,
-    model::event::{Event, EventKind, state_label},
+    model::event::{Endpoint, Event, EventKind, state_label},
     model::names::Container,
+    model::pad::pad,
     model::selection::Selection,
     model::timewait::Observed,
     pipeline::session::{Header, StopReason, Summary},
@@ -336,6 +336,12 @@ struct Describe<'a>(&'a EventKind);
 
 impl fmt::Display for Describe<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        pad(f, |f| self.write(f))
+    }
+}
+
+impl Describe<'_> {
+    fn write(&self, f: &mut dyn fmt::Write) -> fmt::Result {
         let kind = self.0;
         match kind {
             EventKind::State {
@@ -367,42 +373,6 @@ impl fmt::Display for Describe<'_> {
     }
 }
 
-/// `addr:port`, with brackets for IPv6, as [`crate::model::event::endpoint`] writes it.
-struct Endpoint(IpAddr, u16);
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            IpAddr::V4(a) => write!(f, "{a}:{}", self.1),
-            IpAddr::V6(a) => write!(f, "[{a}]:{}", self.1),
-        }
-    }
-}
-
-/// Appends `value` to `line` in at least `width` characters, left-aligned (`<`) or right-
-/// aligned (`>`), as `format!("{:<width$}", value.to_string())` would, without the string.
-fn push_aligned(line: &mut String, width: usize, right: bool, value: impl fmt::Display) {
-    const SPACES: &str = "                                                ";
-    let start = line.len();
-    let _ = write!(line, "{value}");
-    let written = &line[start..];
-    let chars = if written.is_ascii() {
-        written.len()
-    } else {
-        written.chars().count()
-    };
-    let mut pad = width.saturating_sub(chars);
-    while pad > 0 {
-        let n = pad.min(SPACES.len());
-        if right {
-            line.insert_str(start, &SPACES[..n]);
-        } else {
-            line.push_str(&SPACES[..n]);
-        }
-        pad -= n;
-    }
-}
-
 impl<W: Write> TextSink<W> {
     fn header_once(&mut self) -> io::Result<()> {
         if !self.header_done {
@@ -425,35 +395,34 @@ impl<W: Write> Sink for TextSink<W> {
         self.header_once()?;
         let line = &mut self.line;
         line.clear();
-        match self.time {
+        // Writing to a `String` cannot fail.
+        let _ = match self.time {
             TimeStyle::Relative { start_ns } => {
                 let s = ev.ts_ns.saturating_sub(start_ns) as f64 / 1e9;
-                push_aligned(line, 12, false, format_args!("{s:.3}"));
+                write!(line, "{s:<12.3}")
             }
-            TimeStyle::Wall => push_aligned(line, 12, false, self.clock.hms(ev.ts_ns)),
-        }
-        line.push(' ');
-        match ev.pid {
-            Some(pid) => push_aligned(line, 7, true, pid),
-            None => push_aligned(line, 7, true, "-"),
-        }
-        line.push(' ');
-        push_aligned(line, 15, false, ev.comm.as_deref().unwrap_or("-"));
-        line.push(' ');
+            TimeStyle::Wall => write!(line, "{:<12}", self.clock.hms(ev.ts_ns)),
+        };
+        let _ = match ev.pid {
+            Some(pid) => write!(line, " {pid:>7}"),
+            None => write!(line, " {:>7}", "-"),
+        };
         let w = self.addr_width;
-        push_aligned(line, w, false, Endpoint(ev.saddr, ev.sport));
-        line.push(' ');
-        push_aligned(line, w, false, Endpoint(ev.daddr, ev.dport));
-        line.push(' ');
-        push_aligned(line, EVENT_WIDTH, false, Describe(&ev.kind));
-        line.push(' ');
-        match ev.kind {
+        let _ = write!(
+            line,
+            " {:<15} {:<w$} {:<w$} {:<EVENT_WIDTH$} ",
+            ev.comm.as_deref().unwrap_or("-"),
+            Endpoint(ev.saddr, ev.sport),
+            Endpoint(ev.daddr, ev.dport),
+            Describe(&ev.kind),
+        );
+        let _ = match ev.kind {
             EventKind::State {
                 ms_in_old: Some(ms),
                 ..
-            } => push_aligned(line, 10, true, format_args!("{ms:.3}")),
-            _ => push_aligned(line, 10, true, "-"),
-        }
+            } => write!(line, "{ms:>10.3}"),
+            _ => write!(line, "{:>10}", "-"),
+        };
         self.out.write_all(line.as_bytes())?;
         let (container, cgroup) = if self.cgroup {
             (

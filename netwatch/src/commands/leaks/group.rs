@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::merge::Stuck;
 use super::{Opener, StuckKind};
-use crate::model::event::{UseCall, endpoint};
+use crate::model::event::{Endpoint, UseCall};
 use crate::model::frames::Headline;
 use crate::model::names::Container;
 
@@ -204,8 +204,8 @@ fn group(key: Key, mut members: Vec<Stuck>) -> Group {
         detail: members
             .iter()
             .map(|m| Detail {
-                local: endpoint(m.local.ip(), m.local.port()),
-                remote: endpoint(m.remote.ip(), m.remote.port()),
+                local: Endpoint(m.local.ip(), m.local.port()).to_string(),
+                remote: Endpoint(m.remote.ip(), m.remote.port()).to_string(),
                 age_ms: m.age_ms,
                 at_least: m.at_least,
                 fds: m.fds.clone(),
@@ -263,10 +263,7 @@ fn peers(remotes: impl Iterator<Item = SocketAddr>) -> Vec<Peer> {
             .zip(folded)
             .filter(|(_, folded)| !folded)
             .map(|((ip, port, n), _)| Peer {
-                peer: match ip {
-                    IpAddr::V4(a) => format!("{a}:{}", port_text(*port)),
-                    IpAddr::V6(a) => format!("[{a}]:{}", port_text(*port)),
-                },
+                peer: Endpoint(*ip, port_text(*port)).to_string(),
                 sockets: *n,
             }),
     );

@@ -7,7 +7,7 @@
 use std::{collections::HashMap, hash::Hash};
 
 use crate::{
-    model::event::{Event, EventKind, TcpState, endpoint, state_label},
+    model::event::{Endpoint, Event, EventKind, TcpState, state_label},
     model::timewait::{HostSettings, TimeWaits},
     model::tracker::{Connection, End, Role},
 };
@@ -266,9 +266,9 @@ impl Stats {
             );
             let active = c.role != Role::Passive;
             let key = if active {
-                endpoint(c.daddr, c.dport)
+                Endpoint(c.daddr, c.dport).to_string()
             } else {
-                format!("{} (server side)", endpoint(c.saddr, c.sport))
+                format!("{} (server side)", Endpoint(c.saddr, c.sport))
             };
             let d = self.dest_id(key, active);
             *slot(&mut self.counters.time_wait, (closer, d), || (OTHER, 0)) += 1;
@@ -285,7 +285,7 @@ impl Stats {
             let p = self.procs.id(c.pid, c.comm.as_deref());
             slot(
                 &mut self.counters.failures,
-                (p, endpoint(c.daddr, c.dport)),
+                (p, Endpoint(c.daddr, c.dport).to_string()),
                 || (OTHER, OTHER_KEY.into()),
             )
             .add(&f);
