@@ -1,5 +1,7 @@
 //! Filters decided in the kernel, as root: what they drop never reaches user space (and is
 //! counted there), and what they keep equals the unfiltered stream filtered afterwards.
+//! The cgroups they select by have one name in every output, also a cgroup removed before its
+//! events are read.
 
 use std::{net::IpAddr, process::Command};
 
