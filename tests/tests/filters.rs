@@ -1,5 +1,7 @@
 //! Filters decided in the kernel, as root: what they drop never reaches user space (and is
 //! counted there), and what they keep equals the unfiltered stream filtered afterwards.
+//! The cgroups they select by have one name in every output, also a cgroup removed before its
+//! events are read.
 
 use std::{net::IpAddr, process::Command};
 
@@ -249,6 +251,84 @@ fn root_cgroup_names_one_path_per_cgroup_and_selects_it_in_the_kernel() {
             "{bad}: {stderr}"
         );
     }
+    drop(srv);
+}
+
+/// A cgroup that lives a few milliseconds (a `--rm` container's, a Job's, a transient scope's)
+/// is named by its path although it is removed before netwatch reads its first event: netwatch
+/// learns each cgroup's path when the cgroup is made (README, "Cgroups"). Each round makes a
+/// cgroup, connects once from a process in it, and removes it the moment the process exits,
+/// tens of milliseconds before the ring buffer is read: by then no walk of the hierarchy could
+/// find it.
+#[test]
+fn root_cgroups_removed_before_their_events_are_read_are_named() {
+    const TEST: &str = "root_cgroups_removed_before_their_events_are_read_are_named";
+    if !require_root(TEST) {
+        return;
+    }
+    let Some(mount) = cgroup2_mount_or_skip(TEST) else {
+        return;
+    };
+    const ROUNDS: usize = 5;
+    let pair = NetPair::new();
+    let server: IpAddr = pair.server_v4().into();
+    let p = unique_port();
+    let addr = format!("{server}:{p}");
+    let srv = ReadyChild::spawn(pair.exec(Side::Server, &tcpdrive(), &["serve-forever", &addr]));
+    let tracer = Tracer::start(&["trace", "--json", "dport", "=", &format!(":{p}")]);
+    let mut clients = Vec::new();
+    for round in 0..ROUNDS {
+        let cg = CgroupDir::create(
+            &mount,
+            &format!("netwatch-test-{}-gone-{round}", std::process::id()),
+        );
+        let mut cmd = pair.exec(
+            Side::Client,
+            &tcpdrive(),
+            &["connect", &addr, "--count", "1"],
+        );
+        cg.join_before_exec(&mut cmd);
+        let out = output_with_timeout(cmd, 30);
+        let rel = cg.rel.clone();
+        // Removed at once (the drop), the process being gone.
+        drop(cg);
+        assert!(
+            !mount.join(rel.trim_start_matches('/')).exists(),
+            "{rel} still there"
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pid: u64 = netwatch_tests::find_line(&String::from_utf8_lossy(&out.stdout), "DONE")
+            .and_then(|f| f.get(1)?.parse().ok())
+            .expect("DONE <pid>");
+        clients.push((pid, rel));
+    }
+    let done = stop_after_quiet(tracer, &pair, Events::Stdout, Kept::NOTHING);
+    let mut unnamed = Vec::new();
+    for (pid, rel) in &clients {
+        let connects: Vec<&Value> = done
+            .events
+            .iter()
+            .filter(|e| {
+                e["pid"].as_u64() == Some(*pid)
+                    && e["old_state"] == "CLOSE"
+                    && e["new_state"] == "SYN_SENT"
+            })
+            .collect();
+        assert_eq!(connects.len(), 1, "pid {pid}: {}", done.stdout);
+        if connects[0]["cgroup"] != rel.as_str() {
+            unnamed.push(format!("{rel} (removed): {}", connects[0]));
+        }
+    }
+    assert!(
+        unnamed.is_empty(),
+        "{} of {ROUNDS} connects not named by their cgroup:\n{}",
+        unnamed.len(),
+        unnamed.join("\n")
+    );
     drop(srv);
 }
 

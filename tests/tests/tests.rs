@@ -15,7 +15,8 @@ mod completions;
 // replay name their pod, namespace and container, from the first event of each.
 mod containers;
 // Filters (-p, -L, -4/-6, --comm, states, a bad expression) act where they should and equal
-// filtering afterwards, on trace, life and report.
+// filtering afterwards, on trace, life and report; cgroups removed before their events are
+// read are still named.
 mod filters;
 // `leaks` finds forgotten sockets, live and --once, with the real holder, fds, code path, cgroup;
 // a `leaks --record` run replays byte for byte.

@@ -74,6 +74,7 @@ enum Kind {
     Tracepoint,
     Map,
     Program,
+    Cgroup,
 }
 
 impl Kind {
@@ -85,6 +86,7 @@ impl Kind {
             Kind::Tracepoint => "tracepoint",
             Kind::Map => "map",
             Kind::Program => "program",
+            Kind::Cgroup => "cgroup",
         }
     }
 }
@@ -241,6 +243,7 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<bool> {
     }
     checks.extend(maps);
     checks.extend(programs);
+    checks.push(cgroup_check());
 
     let ok = !checks.iter().any(Check::fails);
     let report = Report {
@@ -303,6 +306,74 @@ fn print_text(
         "Everything netwatch needs is here: it can trace everything on this kernel.".to_owned()
     };
     writeln!(out, "{verdict}")
+}
+
+/// Whether owners get cgroup paths, also owners in cgroups removed before their first event
+/// is read: a live run watches every cgroup of the v2 hierarchy with inotify (see
+/// [`crate::host::cgroup::watch`]), one watch each.
+fn cgroup_check() -> Check {
+    let mount = crate::host::cgroup::cgroup2_mount();
+    let mut cgroups = 0;
+    if let Some(mount) = &mount {
+        crate::host::cgroup_watch::walk(mount, "", None, &mut |_, _| cgroups += 1);
+    }
+    let max_watches = fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let inotify = crate::host::cgroup_watch::Watcher::new(std::path::PathBuf::new())
+        .map(drop)
+        .map_err(|e| e.to_string());
+    cgroup_watch_check(mount.as_deref(), cgroups, max_watches, inotify)
+}
+
+/// [`cgroup_check`]'s line, from what it found: the hierarchy's mount, how many cgroups it
+/// holds, `fs.inotify.max_user_watches`, and whether an inotify instance could be made.
+fn cgroup_watch_check(
+    mount: Option<&std::path::Path>,
+    cgroups: u64,
+    max_watches: Option<u64>,
+    inotify: Result<(), String>,
+) -> Check {
+    let Some(mount) = mount else {
+        return Check::new(
+            Kind::Cgroup,
+            "cgroup2",
+            Status::Degraded,
+            "no cgroup v2 hierarchy is mounted: owners have no cgroup path, container or pod",
+        );
+    };
+    let name = mount.display().to_string();
+    match (inotify, max_watches) {
+        (Err(e), _) => Check::new(
+            Kind::Cgroup,
+            name,
+            Status::Degraded,
+            format!(
+                "no inotify instance ({e}; see fs.inotify.max_user_instances): a cgroup removed \
+                 before its first event is read stays unnamed"
+            ),
+        ),
+        (Ok(()), Some(max)) if cgroups >= max => Check::new(
+            Kind::Cgroup,
+            name,
+            Status::Degraded,
+            format!(
+                "{cgroups} cgroups, but fs.inotify.max_user_watches = {max}: a cgroup made under \
+                 an unwatched one and removed before its first event is read stays unnamed; \
+                 raise it (sysctl -w fs.inotify.max_user_watches=...)"
+            ),
+        ),
+        (Ok(()), max) => Check::new(
+            Kind::Cgroup,
+            name,
+            Status::Ok,
+            format!(
+                "{cgroups} cgroups, one inotify watch each (fs.inotify.max_user_watches = {}, \
+                 shared by the user's processes): each is named from when it is made",
+                max.map_or_else(|| "?".to_owned(), |m| m.to_string())
+            ),
+        ),
+    }
 }
 
 /// Whether the release is at or above [`FLOOR`]; `None` when it cannot be read.
@@ -862,6 +933,33 @@ mod tests {
         assert!(!c(Status::Missing, false).fails());
         assert!(c(Status::Missing, true).fails());
         assert!(c(Status::Rejected, false).fails());
+    }
+
+    #[test]
+    fn the_cgroup_line_says_what_short_lived_cgroups_need() {
+        let mount = std::path::Path::new("/sys/fs/cgroup");
+        let ok = cgroup_watch_check(Some(mount), 40, Some(8192), Ok(()));
+        assert_eq!((ok.kind, ok.status), (Kind::Cgroup, Status::Ok));
+        assert_eq!(ok.name, "/sys/fs/cgroup");
+        assert!(ok.detail.starts_with("40 cgroups"), "{}", ok.detail);
+        let short = cgroup_watch_check(Some(mount), 9000, Some(8192), Ok(()));
+        assert_eq!(short.status, Status::Degraded);
+        assert!(
+            short.detail.contains("fs.inotify.max_user_watches = 8192"),
+            "{}",
+            short.detail
+        );
+        let none = cgroup_watch_check(Some(mount), 40, Some(8192), Err("EMFILE".into()));
+        assert_eq!(none.status, Status::Degraded);
+        assert!(
+            none.detail.contains("max_user_instances"),
+            "{}",
+            none.detail
+        );
+        let v1 = cgroup_watch_check(None, 0, None, Ok(()));
+        assert_eq!(v1.status, Status::Degraded);
+        // netwatch runs without any of it.
+        assert!(![ok, short, none, v1].iter().any(Check::fails));
     }
 
     #[test]

@@ -4,19 +4,25 @@
 //! Why: the kernel programs record `bpf_get_current_cgroup_id()`, a number; users know
 //! `/system.slice/shop.service` or a container's cgroup. The id is the inode number of the
 //! cgroup's directory in the cgroup v2 hierarchy, so one walk of that hierarchy maps ids to
-//! paths; new cgroups are picked up by walking again when an id is not known.
+//! paths. A live run also watches every directory of the hierarchy ([`watch`]) and learns
+//! each new cgroup's id and path when it is made, so that one removed before its first event
+//! is read is still named; without watches, new cgroups are picked up by walking again when
+//! an id is not known. Removed cgroups stay named (ids are never reused), the last
+//! [`MAX_REMOVED`] of them.
 //!
 //! Only the cgroup v2 hierarchy names cgroups here, also on a hybrid host (v2 mounted beside
 //! the v1 hierarchies, e.g. at `/sys/fs/cgroup/unified`), where every process may sit at the
 //! v2 root: see [`owner_cgroup`] for why.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+
+use crate::host::cgroup_watch::{self, Change, Watcher};
 
 /// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup` on a pure v2 system,
 /// `/sys/fs/cgroup/unified` on a hybrid one (found in `/proc/self/mountinfo`).
@@ -62,17 +68,36 @@ fn unescape_octal(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Paths of removed cgroups kept, past which the longest removed is forgotten. They are wanted
+/// for events still on their way (the ring buffer, events held for a container's names: a
+/// second or so) and for sockets that outlive their cgroup (rare). A host making 100 cgroups a
+/// second (every job its own) keeps some 40 s of them, in about half a megabyte; cgroups that
+/// exist are never forgotten.
+const MAX_REMOVED: usize = 4096;
+
+/// A cgroup's path, and whether it was removed.
+#[derive(Debug)]
+struct Known {
+    path: String,
+    removed: bool,
+}
+
 /// Cgroup id -> path cache over one cgroup v2 hierarchy.
 #[derive(Debug)]
 pub struct CgroupPaths {
     /// Mount point of the hierarchy; `None` when no cgroup v2 is mounted (nothing resolves).
     root: Option<PathBuf>,
     /// Directory inode -> path relative to `root` (`/` for the root itself).
-    cache: HashMap<u64, String>,
+    cache: HashMap<u64, Known>,
+    /// Removed cgroups still in `cache`, the longest removed first.
+    removed: VecDeque<u64>,
     /// Ids that a walk did not find. Cgroup ids are never reused, so a cgroup that was not
     /// there when the hierarchy was walked after the id was seen is gone for good: asking
     /// again must not walk again.
     missed: HashSet<u64>,
+    /// Tells of cgroups as they are made (a live run: [`watch`]); each walk watches what it
+    /// finds.
+    watcher: Option<Arc<Watcher>>,
 }
 
 impl CgroupPaths {
@@ -85,74 +110,154 @@ impl CgroupPaths {
         CgroupPaths {
             root,
             cache: HashMap::new(),
+            removed: VecDeque::new(),
             missed: HashSet::new(),
+            watcher: None,
         }
     }
 
     /// The path of cgroup `id` relative to the hierarchy's mount point
     /// (`/system.slice/ssh.service`); walks the hierarchy again when `id` is new.
     pub fn resolve(&mut self, id: u64) -> Option<String> {
-        if let Some(path) = self.cache.get(&id) {
-            return Some(path.clone());
+        if let Some(known) = self.cache.get(&id) {
+            return Some(known.path.clone());
         }
         if self.missed.contains(&id) {
             return None;
         }
         self.refresh();
-        let found = self.cache.get(&id).cloned();
+        let found = self.cache.get(&id).map(|k| k.path.clone());
         if found.is_none() {
             self.missed.insert(id);
         }
         found
     }
 
-    /// Walks the whole hierarchy again, replacing the cache (removed cgroups disappear).
+    /// Walks the whole hierarchy again (watching each directory when there is a watcher):
+    /// what it finds is live, what it no longer finds was removed.
     pub fn refresh(&mut self) {
-        self.cache.clear();
-        if let Some(root) = &self.root {
-            walk(root, "", &mut self.cache);
+        let Some(root) = &self.root else {
+            return;
+        };
+        let mut found = HashMap::new();
+        cgroup_watch::walk(root, "", self.watcher.as_deref(), &mut |id, rel| {
+            found.insert(id, rel.to_string());
+        });
+        let gone: Vec<u64> = self
+            .cache
+            .iter()
+            .filter(|(id, k)| !k.removed && !found.contains_key(id))
+            .map(|(id, _)| *id)
+            .collect();
+        for (id, path) in found {
+            self.live(id, path);
+        }
+        for id in gone {
+            self.gone(id);
         }
     }
-}
 
-/// Records `dir` (at `rel`, "" for the root) and every directory below it. Directories that
-/// vanish or cannot be read are skipped; symlinks are not followed.
-fn walk(dir: &Path, rel: &str, cache: &mut HashMap<u64, String>) {
-    let Ok(meta) = fs::symlink_metadata(dir) else {
-        return;
-    };
-    if !meta.is_dir() {
-        return;
+    /// Takes what the watcher saw.
+    fn apply(&mut self, changes: Vec<Change>) {
+        for change in changes {
+            match change {
+                Change::Live(id, path) => self.live(id, path),
+                Change::Removed(id) => self.gone(id),
+                Change::Lost => self.refresh(),
+            }
+        }
     }
-    cache.insert(
-        meta.ino(),
-        if rel.is_empty() {
-            "/".into()
-        } else {
-            rel.into()
-        },
-    );
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            let child = format!("{rel}/{}", entry.file_name().to_string_lossy());
-            walk(&entry.path(), &child, cache);
+
+    /// Cgroup `id` is at `path`.
+    fn live(&mut self, id: u64, path: String) {
+        self.missed.remove(&id);
+        let removed = false;
+        if let Some(old) = self.cache.insert(id, Known { path, removed })
+            && old.removed
+        {
+            // Seen again (a walk racing a removal's event): no longer queued for forgetting.
+            self.removed.retain(|r| *r != id);
+        }
+    }
+
+    /// Cgroup `id` was removed: its path stays known, until [`MAX_REMOVED`] removed ones
+    /// after it.
+    fn gone(&mut self, id: u64) {
+        let Some(known) = self.cache.get_mut(&id) else {
+            return;
+        };
+        if known.removed {
+            return;
+        }
+        known.removed = true;
+        self.removed.push_back(id);
+        while self.removed.len() > MAX_REMOVED {
+            if let Some(oldest) = self.removed.pop_front() {
+                self.cache.remove(&oldest);
+            }
         }
     }
 }
 
 static PATHS: LazyLock<Mutex<CgroupPaths>> = LazyLock::new(|| Mutex::new(CgroupPaths::new()));
 
+fn paths() -> std::sync::MutexGuard<'static, CgroupPaths> {
+    PATHS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Starts learning cgroups as they are made (once per process), for a live run: walks the
+/// hierarchy now, watching every directory, then follows the watches on a thread of its own.
+/// Without inotify (or with no cgroup v2 hierarchy), paths are learned by walks only, as
+/// before. The thread never stops netwatch from exiting: it holds nothing but the watches,
+/// which die with the process.
+pub fn watch() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let mut guard = paths();
+        let Some(root) = guard.root.clone() else {
+            return;
+        };
+        let watcher = match Watcher::new(root) {
+            Ok(w) => Arc::new(w),
+            Err(e) => {
+                log::warn!(
+                    "cgroup paths: no inotify instance ({e}; fs.inotify.max_user_instances); \
+                     cgroups removed before their first event is read stay unnamed"
+                );
+                return;
+            }
+        };
+        guard.watcher = Some(watcher.clone());
+        // Every directory watched before the run says it is tracing.
+        guard.refresh();
+        drop(guard);
+        let spawned = std::thread::Builder::new()
+            .name("netwatch-cgroups".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match watcher.next(&mut buf) {
+                        Ok(changes) => paths().apply(changes),
+                        Err(e) => {
+                            log::warn!("cgroup paths: reading inotify events: {e}; new cgroups are learned by walks only from now on");
+                            return;
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("cgroup paths: cannot start the thread that watches cgroups: {e}");
+        }
+    });
+}
+
 /// The path of the cgroup v2 `id` (what `bpf_get_current_cgroup_id()` returns) relative to
 /// the hierarchy's mount point, e.g. `/system.slice/ssh.service`; `None` when the cgroup is
 /// gone or no cgroup v2 hierarchy is mounted. Cached process-wide.
 pub fn cgroup_path(id: u64) -> Option<String> {
-    PATHS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .resolve(id)
+    paths().resolve(id)
 }
 
 /// The cgroup v2 path in a `/proc/<pid>/cgroup` text: the path of its `0::` line (`None`
@@ -616,6 +721,57 @@ mod tests {
             Some("/user.slice")
         );
         assert_eq!(CgroupPaths::with_root(None).resolve(1), None);
+    }
+
+    #[test]
+    fn removed_cgroups_stay_named_the_last_max_removed_of_them() {
+        // No hierarchy: only what the watcher says is known.
+        let mut paths = CgroupPaths::with_root(None);
+        paths.apply(vec![Change::Live(10, "/kept.service".into())]);
+        let n = MAX_REMOVED as u64 + 5;
+        for id in 100..100 + n {
+            paths.apply(vec![
+                Change::Live(id, format!("/job-{id}")),
+                Change::Removed(id),
+            ]);
+        }
+        // The first five removed are forgotten, the rest still named; a live one never goes.
+        for id in 100..105 {
+            assert_eq!(paths.resolve(id), None, "{id}");
+        }
+        assert_eq!(paths.resolve(105).as_deref(), Some("/job-105"));
+        assert_eq!(
+            paths.resolve(100 + n - 1),
+            Some(format!("/job-{}", 100 + n - 1))
+        );
+        assert_eq!(paths.resolve(10).as_deref(), Some("/kept.service"));
+        assert_eq!(paths.removed.len(), MAX_REMOVED);
+        // Told twice (its watch's end, then a walk), a removal counts once.
+        paths.apply(vec![Change::Removed(105), Change::Removed(105)]);
+        assert_eq!(paths.removed.len(), MAX_REMOVED);
+        assert_eq!(paths.cache.len(), MAX_REMOVED + 1);
+    }
+
+    #[test]
+    fn a_walk_keeps_what_the_watcher_saw_of_removed_cgroups() {
+        let scratch = crate::host::scratch::Scratch::new("cgroup-removed");
+        let root = scratch.path("v2");
+        fs::create_dir_all(root.join("job")).unwrap();
+        let ino = |p: &str| fs::metadata(root.join(p)).unwrap().ino();
+        let job = ino("job");
+        let mut paths = CgroupPaths::with_root(Some(root.clone()));
+        paths.refresh();
+        // (Made before the removal: a test file system, unlike cgroupfs, reuses inodes.)
+        fs::create_dir(root.join("later")).unwrap();
+        fs::remove_dir(root.join("job")).unwrap();
+        // A miss walks again: the removed cgroup is still named, and queued to be forgotten.
+        assert_eq!(paths.resolve(ino("later")).as_deref(), Some("/later"));
+        assert_eq!(paths.resolve(job).as_deref(), Some("/job"));
+        assert_eq!(paths.removed, [job]);
+        // A cgroup a walk missed and the watcher then told of is named.
+        paths.missed.insert(7);
+        paths.apply(vec![Change::Live(7, "/quick".into())]);
+        assert_eq!(paths.resolve(7).as_deref(), Some("/quick"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! counters, user stacks, clocks.
 
 pub mod cgroup;
+pub mod cgroup_watch;
 pub mod clock;
 pub mod container_id;
 pub mod containers;

@@ -107,7 +107,8 @@ pub async fn live(live: Live, make: impl FnOnce(&Header) -> Box<dyn Sink>) -> an
             let mut rec = Recorder::create(target, &FileHeader::here(&header), output)
                 .with_context(|| format!("creating the recording {}", path.display()))?;
             drop_privileges(live.keep_caps)?;
-            // After the drop: the lookup thread inherits the reduced set.
+            // After the drop: the lookup threads inherit the reduced set.
+            crate::host::cgroup::watch();
             crate::host::containers::watch();
             let feed = start_feed(&mut rec)?;
             eprintln!("{tracing}");
@@ -124,7 +125,8 @@ pub async fn live(live: Live, make: impl FnOnce(&Header) -> Box<dyn Sink>) -> an
         None => {
             let mut output = output;
             drop_privileges(live.keep_caps)?;
-            // After the drop: the lookup thread inherits the reduced set.
+            // After the drop: the lookup threads inherit the reduced set.
+            crate::host::cgroup::watch();
             crate::host::containers::watch();
             let feed = start_feed(output.as_mut())?;
             eprintln!("{tracing}");
