@@ -335,12 +335,6 @@ fn owners() -> std::sync::MutexGuard<'static, Owners> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Answers each thread keeps in front of the shared cache. Every event written as JSON asks
-/// for its owner's cgroup, and events come in runs of a few owners (a client and a server):
-/// the shared cache costs a lock, a hash and a copy per event, enough to slow an unoptimised
-/// reader until the ring buffer overflows.
-const RECENT_OWNERS: usize = 4;
-
 /// Bumped whenever a recording changes a cached answer, so that no thread's recent answers
 /// outlive it.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
@@ -351,41 +345,13 @@ pub fn generation() -> u64 {
     GENERATION.load(Ordering::Acquire)
 }
 
+/// A thread's last answers of the shared cache ([`crate::host::recent`]).
+type Recent = crate::host::recent::Recent<OwnerKey, Option<Arc<str>>, u64>;
+
 thread_local! {
     static RECENT: RefCell<Recent> = RefCell::default();
     /// The last answers this thread took from a recording ([`learn_owner_cgroup`]).
     static LEARNT: RefCell<Recent> = RefCell::default();
-}
-
-/// The last [`RECENT_OWNERS`] answers of this thread, valid for one [`GENERATION`].
-#[derive(Default)]
-struct Recent {
-    generation: u64,
-    answers: [Option<(OwnerKey, Option<Arc<str>>)>; RECENT_OWNERS],
-    next: usize,
-}
-
-impl Recent {
-    /// The remembered answer for `key`, if any is still valid in `generation`.
-    fn get(&mut self, key: OwnerKey, generation: u64) -> Option<Option<Arc<str>>> {
-        if self.generation != generation {
-            *self = Recent {
-                generation,
-                ..Recent::default()
-            };
-            return None;
-        }
-        self.answers
-            .iter()
-            .flatten()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.clone())
-    }
-
-    fn put(&mut self, key: OwnerKey, answer: Option<Arc<str>>) {
-        self.answers[self.next] = Some((key, answer));
-        self.next = (self.next + 1) % RECENT_OWNERS;
-    }
 }
 
 /// The cgroup path to show for a socket's owner, by one rule whatever the process's lifetime:
@@ -418,7 +384,7 @@ pub fn owner_cgroup_shared(cgroup_id: Option<u64>, pid: Option<u32>) -> Option<A
     }
     let key = (pid, cgroup_id);
     let generation = GENERATION.load(Ordering::Acquire);
-    if let Some(answer) = RECENT.with_borrow_mut(|r| r.get(key, generation)) {
+    if let Some(answer) = RECENT.with_borrow_mut(|r| r.get(&key, generation)) {
         return answer;
     }
     let found = owners().lookup(key, cgroup_path, |pid| {
@@ -448,7 +414,7 @@ pub fn learn_owner_cgroup(cgroup_id: Option<u64>, pid: Option<u32>, path: Option
     }
     let key = (pid, cgroup_id);
     let generation = GENERATION.load(Ordering::Acquire);
-    let known = LEARNT.with_borrow_mut(|r| r.get(key, generation));
+    let known = LEARNT.with_borrow_mut(|r| r.get(&key, generation));
     if known.is_some_and(|answer| answer.as_deref() == path) {
         return;
     }
@@ -460,7 +426,7 @@ pub fn learn_owner_cgroup(cgroup_id: Option<u64>, pid: Option<u32>, path: Option
         GENERATION.load(Ordering::Acquire)
     };
     LEARNT.with_borrow_mut(|r| {
-        r.get(key, generation);
+        r.get(&key, generation);
         r.put(key, path.map(Arc::from));
     });
 }
@@ -542,27 +508,6 @@ impl crate::model::names::OwnerNames for HostNames {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn recent_answers_are_few_and_die_with_their_generation() {
-        let mut r = Recent::default();
-        let key = |pid| (Some(pid), None);
-        assert_eq!(r.get(key(1), 0), None);
-        r.put(key(1), Some(Arc::from("/a")));
-        assert_eq!(r.get(key(1), 0), Some(Some(Arc::from("/a"))));
-        for pid in 2..=RECENT_OWNERS as u32 {
-            r.put(key(pid), None);
-        }
-        assert_eq!(r.get(key(2), 0), Some(None), "a remembered 'none'");
-        r.put(key(99), None); // the oldest, pid 1, makes room
-        assert_eq!(r.get(key(1), 0), None);
-        assert_eq!(
-            r.get(key(2), 1),
-            None,
-            "a new generation forgets everything"
-        );
-        assert_eq!(r.get(key(99), 1), None);
-    }
 
     /// This host's kind of `/proc/<pid>/cgroup`: v2 at the root, v1 hierarchies below.
     const HYBRID: &str = "9:name=systemd:/\n8:pids:/\n4:memory:/process_api/abc\n\

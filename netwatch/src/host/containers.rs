@@ -245,42 +245,14 @@ type Names = (Option<Arc<str>>, Option<Arc<Container>>);
 /// Whom [`owner_names`] is asked about: (pid, cgroup v2 id).
 type Owner = (Option<u32>, Option<u64>);
 
-/// A thread's last answers of [`owner_names`], valid while neither the cgroup cache's nor the
-/// name table's generation changed. Why: every event written as JSON or recorded, and every
-/// event of an owner seen in `report`, asks for its owner's names, and events come in runs of
-/// a few owners; without this each asked for a lock and two SipHash lookups (the container
-/// table, the v1 pid cache), a tenth of `report`'s CPU under churn. (A container served from
-/// here is not marked used in the table: its stamp is that of its last lookup before the table
-/// last changed, so an eviction, past `MAX_CONTAINERS` only, may take a busy container for an
-/// idle one, whose events then wait for its names again.)
-#[derive(Default)]
-struct RecentNames {
-    generations: (u64, u64),
-    answers: [Option<(Owner, Names)>; 4],
-    next: usize,
-}
-
-impl RecentNames {
-    fn get(&mut self, key: Owner, generations: (u64, u64)) -> Option<Names> {
-        if self.generations != generations {
-            *self = RecentNames {
-                generations,
-                ..RecentNames::default()
-            };
-            return None;
-        }
-        self.answers
-            .iter()
-            .flatten()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.clone())
-    }
-
-    fn put(&mut self, key: Owner, names: Names) {
-        self.answers[self.next] = Some((key, names));
-        self.next = (self.next + 1) % self.answers.len();
-    }
-}
+/// A thread's last answers of [`owner_names`] ([`crate::host::recent`]), valid while neither
+/// the cgroup cache's nor the name table's generation changed: without it each event of an
+/// owner asked for a lock and two SipHash lookups (the container table, the v1 pid cache), a
+/// tenth of `report`'s CPU under churn. (A container served from here is not marked used in
+/// the table: its stamp is that of its last lookup before the table last changed, so an
+/// eviction, past `MAX_CONTAINERS` only, may take a busy container for an idle one, whose
+/// events then wait for its names again.)
+type RecentNames = crate::host::recent::Recent<Owner, Names, (u64, u64)>;
 
 thread_local! {
     static RECENT_NAMES: std::cell::RefCell<RecentNames> = std::cell::RefCell::default();
@@ -430,7 +402,7 @@ pub fn owner_names(cgroup_id: Option<u64>, pid: Option<u32>) -> Names {
         cgroup::generation(),
         NAMES_GENERATION.load(Ordering::Acquire),
     );
-    if let Some(names) = RECENT_NAMES.with_borrow_mut(|r| r.get(key, generations)) {
+    if let Some(names) = RECENT_NAMES.with_borrow_mut(|r| r.get(&key, generations)) {
         return names;
     }
     let names = look_up_names(cgroup_id, pid);
@@ -581,23 +553,6 @@ mod tests {
         known.answer(&[ID.to_string()], HashMap::new());
         assert!(known.ask(ID, t0 + RETRY_UNNAMED));
         assert!(!known.awaited(ID, t0 + RETRY_UNNAMED, true));
-    }
-
-    #[test]
-    fn a_thread_forgets_the_names_it_kept_when_a_table_changes() {
-        let mut recent = RecentNames::default();
-        let owner = (Some(7), Some(42));
-        let names: Names = (Some(Arc::from("/a")), Some(Arc::new(named(ID, "web"))));
-        assert!(recent.get(owner, (1, 1)).is_none());
-        recent.put(owner, names.clone());
-        assert_eq!(recent.get(owner, (1, 1)), Some(names.clone()));
-        assert!(recent.get((Some(8), Some(42)), (1, 1)).is_none());
-        // The name table changed (a container was named or forgotten): ask again.
-        assert!(recent.get(owner, (1, 2)).is_none());
-        assert!(recent.get(owner, (1, 2)).is_none());
-        recent.put(owner, names.clone());
-        // The cgroup cache changed.
-        assert!(recent.get(owner, (2, 2)).is_none());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod netns;
 pub mod netstat;
 pub mod perfmap;
 pub mod procfd;
+pub mod recent;
 pub mod runtime;
 pub mod runtime_events;
 #[cfg(test)]

@@ -204,7 +204,38 @@ pub fn from_api_list(answer: &Value) -> Vec<Container> {
 
 /// Asks the Docker API on `socket` for the containers `GET path` lists.
 async fn api_list(socket: &Path, path: &str) -> Result<Vec<Container>, String> {
-    use http_body_util::{BodyExt as _, Empty};
+    use http_body_util::BodyExt as _;
+
+    let (response, conn) = api_get(socket, path).await?;
+    let _conn = AbortOnDrop(conn);
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("GET {path}: {e}"))?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!("GET {path}: {status}"));
+    }
+    let json: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    Ok(from_api_list(&json))
+}
+
+/// `GET path` on the Docker API at the unix socket `socket`: the answer's head, with its body
+/// to read, and the task that drives the connection (abort it when done: [`AbortOnDrop`]).
+/// Shared by the listings and the event streams ([`crate::host::runtime_events`]).
+pub async fn api_get(
+    socket: &Path,
+    path: &str,
+) -> Result<
+    (
+        hyper::Response<hyper::body::Incoming>,
+        tokio::task::JoinHandle<hyper::Result<()>>,
+    ),
+    String,
+> {
+    use http_body_util::Empty;
     use hyper::body::Bytes;
 
     let stream = tokio::net::UnixStream::connect(socket)
@@ -223,19 +254,16 @@ async fn api_list(socket: &Path, path: &str) -> Result<Vec<Container>, String> {
         .send_request(request)
         .await
         .map_err(|e| format!("GET {path}: {e}"))?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("GET {path}: {e}"))?
-        .to_bytes();
-    conn.abort();
-    if !status.is_success() {
-        return Err(format!("GET {path}: {status}"));
+    Ok((response, conn))
+}
+
+/// Aborts a task when dropped: the connection of an answer read to its end, or given up.
+pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
-    let json: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-    Ok(from_api_list(&json))
 }
 
 #[cfg(test)]

@@ -24,7 +24,10 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    host::{container_id::container_id, runtime::from_labels},
+    host::{
+        container_id::container_id,
+        runtime::{AbortOnDrop, api_get, from_labels},
+    },
     model::names::Container,
 };
 
@@ -164,32 +167,13 @@ async fn stream(
     since: Option<u64>,
     heard: &mut (dyn FnMut(Update) + Send),
 ) -> Result<(), String> {
-    use http_body_util::{BodyExt as _, Empty};
-    use hyper::body::Bytes;
+    use http_body_util::BodyExt as _;
 
     let path = match since {
         Some(t) => format!("{EVENTS_PATH}&since={t}"),
         None => EVENTS_PATH.to_string(),
     };
-    let opened = async {
-        let stream = tokio::net::UnixStream::connect(socket)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-        let conn = tokio::spawn(conn);
-        let request = hyper::Request::get(&path)
-            .header(hyper::header::HOST, "localhost")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("GET {path}: {e}"))?;
-        Ok::<_, String>((response, conn))
-    };
+    let opened = api_get(socket, &path);
     let (response, conn) = tokio::time::timeout(CONNECT_TIMEOUT, opened)
         .await
         .map_err(|_| format!("no answer in {CONNECT_TIMEOUT:?}"))??;
@@ -215,15 +199,6 @@ async fn stream(
         }
     }
     Ok(())
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Hands `heard` the updates of the whole JSON values at the start of `pending` (a stream's
