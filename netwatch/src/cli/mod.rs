@@ -107,7 +107,8 @@ pub enum Command {
         Examples:\n  \
         netwatch top\n  \
         netwatch top --interval 2s -D 5432\n  \
-        netwatch top --duration 10s > summaries.txt   # not a terminal: plain text"
+        netwatch top --duration 10s > summaries.txt   # not a terminal: plain text\n  \
+        netwatch top --record top.nwr > summaries.txt # replay: netwatch analyze top.nwr --top"
     )]
     Top(TopArgs),
     /// Export Prometheus metrics (OpenMetrics text on /metrics, and /healthz) while tracing
@@ -145,6 +146,8 @@ pub enum Command {
         netwatch analyze /var/lib/netwatch --report       # a --record-dir directory\n  \
         netwatch leaks --record leaks.nwr --duration 10m  # stuck sockets, with their snapshots\n  \
         netwatch analyze leaks.nwr --leaks --json         # the snapshots leaks printed\n  \
+        netwatch top --record top.nwr > summaries.txt     # top's summaries, with their ticks\n  \
+        netwatch analyze top.nwr --top                    # the same summaries again\n  \
         netwatch analyze old.jsonl --record old.nwr       # rewrite an older recording")]
     Analyze(AnalyzeArgs),
     /// What this kernel lets netwatch do: kernel, BTF, tracefs, tracepoints, map types, and the
@@ -290,6 +293,10 @@ pub struct AnalyzeArgs {
     /// With --leaks: show sockets stuck at least this long (default: what the live run showed)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "leaks")]
     pub min_age: Option<Duration>,
+    /// Print the plain-text summaries a `netwatch top --record` run printed without a
+    /// terminal, at the moments it printed them (give the live run's verdict thresholds)
+    #[arg(long, conflicts_with_all = ["life", "report", "leaks", "json"])]
+    pub top: bool,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]
@@ -1048,6 +1055,17 @@ mod tests {
         assert!(parse(&["--leaks", "--report"]).is_err());
         let err = parse(&["--min-age", "5m"]).unwrap_err().to_string();
         assert!(err.contains("--leaks"), "{err}");
+    }
+
+    #[test]
+    fn analyze_top_is_a_view_of_its_own() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from([&["netwatch", "analyze", "f.nwr"][..], args].concat())
+        };
+        assert!(parse(&["--top", "-p", "7", "--close-wait-age", "2s"]).is_ok());
+        for other in ["--life", "--report", "--leaks", "--json"] {
+            assert!(parse(&["--top", other]).is_err(), "--top with {other}");
+        }
     }
 
     #[test]
