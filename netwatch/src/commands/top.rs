@@ -96,8 +96,8 @@ pub struct TopSink {
     printed: Option<(u64, u64)>,
     /// Where the summaries' moments come from.
     clock: Ticks,
-    /// Whether the report follows the summaries: live, how the run ended; replayed, what the
-    /// recording's last tick says.
+    /// Replayed: whether the report follows the summaries, as the recording's last tick says
+    /// (live, how the run ended says).
     report: bool,
 }
 
@@ -373,7 +373,11 @@ impl TopSink {
         if let Screen::Terminal(tui) = &mut self.screen {
             *tui = None;
         }
-        if self.report || self.quit == Some(Quit::Report) {
+        let report = match self.clock {
+            Ticks::Replay(_) => self.report,
+            _ => self.quit == Some(Quit::Report) || self.stop == Some(StopReason::Signal),
+        };
+        if report {
             let Self {
                 tracker,
                 analysis,
