@@ -116,7 +116,8 @@ pub enum Command {
         netwatch serve                               # http://127.0.0.1:9750/metrics\n  \
         netwatch serve --listen 0.0.0.0:9750         # for a Prometheus elsewhere\n  \
         netwatch serve --peer-labels --max-peers 50  # connects and retransmits by peer\n  \
-        netwatch serve -D 5432,6379\n\n\
+        netwatch serve -D 5432,6379\n  \
+        netwatch serve --record serve.nwr            # later: netwatch analyze serve.nwr --metrics\n\n\
         Labels are bounded: comm and cgroup per process (at most --max-processes pairs, then\n\
         comm=\"other\"), peers only with --peer-labels (at most --max-peers, then peer=\"other\").")]
     Serve(ServeArgs),
@@ -148,6 +149,7 @@ pub enum Command {
         netwatch analyze leaks.nwr --leaks --json         # the snapshots leaks printed\n  \
         netwatch top --record top.nwr > summaries.txt     # top's summaries, with their ticks\n  \
         netwatch analyze top.nwr --top                    # the same summaries again\n  \
+        netwatch analyze serve.nwr --metrics              # /metrics at the recording's end\n  \
         netwatch analyze old.jsonl --record old.nwr       # rewrite an older recording")]
     Analyze(AnalyzeArgs),
     /// What this kernel lets netwatch do: kernel, BTF, tracefs, tracepoints, map types, and the
@@ -297,6 +299,11 @@ pub struct AnalyzeArgs {
     /// terminal, at the moments it printed them (give the live run's verdict thresholds)
     #[arg(long, conflicts_with_all = ["life", "report", "leaks", "json"])]
     pub top: bool,
+    /// Print the Prometheus exposition a `netwatch serve --record` run's /metrics would have
+    /// answered at the recording's end, label caps at their defaults (netwatch_build_info names
+    /// this netwatch, not the live one)
+    #[arg(long, conflicts_with_all = ["life", "report", "leaks", "top", "json"])]
+    pub metrics: bool,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]
@@ -1063,9 +1070,10 @@ mod tests {
             Cli::try_parse_from([&["netwatch", "analyze", "f.nwr"][..], args].concat())
         };
         assert!(parse(&["--top", "-p", "7", "--close-wait-age", "2s"]).is_ok());
-        for other in ["--life", "--report", "--leaks", "--json"] {
+        for other in ["--life", "--report", "--leaks", "--json", "--metrics"] {
             assert!(parse(&["--top", other]).is_err(), "--top with {other}");
         }
+        assert!(parse(&["--metrics", "--report"]).is_err());
     }
 
     #[test]

@@ -305,6 +305,14 @@ pub fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
     if top {
         return analyze_top(args, replay, selection, target);
     }
+    if args.metrics {
+        return run::replay(replay, &args.file, target.as_ref(), |header| {
+            Box::new(
+                MetricsSink::replay(metrics::LabelCaps::default(), max, selection)
+                    .for_run(header.settings.clone(), header.started_ns),
+            )
+        });
+    }
     run::replay(replay, &args.file, target.as_ref(), |header| {
         if args.report {
             report::output(&args.thresholds, selection, max, &args.output, header)
