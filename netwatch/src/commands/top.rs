@@ -99,6 +99,9 @@ pub struct TopSink {
     /// Replayed: whether the report follows the summaries, as the recording's last tick says
     /// (live, how the run ended says).
     report: bool,
+    /// Printing the last summary failed when the stream stopped: `finish` says so (a closed
+    /// pipe is not an error there).
+    end_failed: Option<io::Error>,
 }
 
 /// Where a plain-text summary's moment comes from.
@@ -177,6 +180,7 @@ impl TopSink {
             printed: None,
             clock,
             report: false,
+            end_failed: None,
         }
     }
 
@@ -199,7 +203,8 @@ impl TopSink {
     }
 
     /// Brings everything up to `now_ns` and computes a frame; rates over the newest snapshot
-    /// at least half an interval old. Live, the kernel's lost count is read first.
+    /// at least half an interval old. The lost count is the caller's to set: read from the
+    /// kernel live, taken from the tick in a replay.
     fn frame(&mut self, now_ns: u64) -> View {
         let mut facts = Vec::new();
         self.tracker.finish_until(now_ns, &mut |f| facts.push(f));
@@ -367,11 +372,14 @@ impl TopSink {
         Ok(())
     }
 
-    /// After the stream: the terminal back; without one, a last summary. Ctrl-C (the key, or
-    /// SIGINT/SIGTERM) then prints the report.
+    /// After the stream: the terminal back (without one, the last summary was printed when
+    /// the stream stopped). Ctrl-C (the key, or SIGINT/SIGTERM) then prints the report.
     fn print_end(mut self, header: &Header, summary: &Summary) -> io::Result<()> {
         if let Screen::Terminal(tui) = &mut self.screen {
             *tui = None;
+        }
+        if let Some(e) = self.end_failed.take() {
+            return Err(e);
         }
         let report = match self.clock {
             Ticks::Replay(_) => self.report,
@@ -443,9 +451,7 @@ impl Sink for TopSink {
         self.on_stop(stop);
         if matches!(self.screen, Screen::Plain(_)) && !matches!(self.clock, Ticks::Replay(_)) {
             // Here, not in `finish`: a recording writes the last tick before its summary.
-            if let Err(e) = self.plain_end() {
-                log::warn!("printing the last summary: {e}");
-            }
+            self.end_failed = self.plain_end().err();
         }
     }
 
