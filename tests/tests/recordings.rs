@@ -78,3 +78,21 @@ fn a_recording_without_leaks_snapshots_says_which_command_records_them() {
         assert!(out.stdout.is_empty(), "{file}: printed a snapshot");
     }
 }
+
+/// `analyze --top` on recordings of other commands (a leaks recording holds snapshots, not
+/// ticks) fails, naming the command that records ticks, and prints no summary.
+#[test]
+fn a_recording_without_top_ticks_says_which_command_records_them() {
+    for file in ["report-0.1.jsonl", "report-0.1.nwr", "leaks-v2.nwr"] {
+        let mut cmd = Command::new(netwatch_bin());
+        cmd.arg("analyze").arg(fixture(file)).arg("--top");
+        let out = output_with_timeout(cmd, 60);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{file}: exited 0:\n{stderr}");
+        assert!(
+            stderr.contains("holds no top ticks") && stderr.contains("netwatch top --record FILE"),
+            "{file}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{file}: printed a summary");
+    }
+}

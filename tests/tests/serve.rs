@@ -1263,3 +1263,114 @@ fn root_serve_caps_labels_evicts_and_gauges_fall_to_zero_over_ipv6() {
         "{connects:#?}"
     );
 }
+
+/// Client ports of [`root_serve_record_replays_to_the_scrape_after_the_traffic`].
+const REPLAY_CLIENT_PORTS: (u16, u16) = (18000, 18999);
+
+/// An exposition's lines, sorted (a family's series come in hash order, which differs between
+/// two processes), without `netwatch_build_info`'s sample: it names the netwatch and kernel
+/// that answer, and a replay is another process.
+fn exposition_lines(text: &str) -> Vec<&str> {
+    let mut lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("netwatch_build_info{"))
+        .collect();
+    lines.sort_unstable();
+    lines
+}
+
+/// `serve --record` over orderly connections and a CLOSE_WAIT leak, scraped once the traffic
+/// is over and the exposition holds still across a refresh; then `analyze --metrics` prints
+/// the same exposition (but `netwatch_build_info`), the leaker still holding its sockets.
+#[test]
+fn root_serve_record_replays_to_the_scrape_after_the_traffic() {
+    if !require_root("root_serve_record_replays_to_the_scrape_after_the_traffic") {
+        return;
+    }
+    const ORDERLY: u64 = 8;
+    const LEAKS: u64 = 3;
+    let scratch = crate::support::Scratch::new("serve-replay");
+    let recording = scratch.path("serve.nwr");
+    let pair = NetPair::new();
+    let [p_ok, p_leak] = [(); 2].map(|_| unique_port());
+    let at = |p: u16| format!("{}:{p}", pair.server_v4());
+    let own = crate::support::own_traffic_only(&pair, REPLAY_CLIENT_PORTS, &[p_ok, p_leak], &[]);
+    let nw = SocketAddr::from((Ipv4Addr::LOCALHOST, unique_port()));
+    let listen = nw.to_string();
+    let mut args = vec![
+        "serve",
+        "--listen",
+        &listen,
+        "--record",
+        recording.to_str().unwrap(),
+    ];
+    args.extend(own.iter().map(String::as_str));
+    let serve = Tracer::start(&args);
+    orderly_connections(&pair, &at(p_ok), ORDERLY);
+    let (leak, _) = leaked_connections(&pair, &at(p_leak), LEAKS);
+
+    let metrics = || {
+        let r = get(nw, "/metrics");
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body
+    };
+    let whole = |text: &str| {
+        sum_where(text, "netwatch_close_wait_sockets", &[("comm", "tcpdrive")])
+            == Some(LEAKS as f64)
+            && sum_where(
+                text,
+                "netwatch_connects_total",
+                &[("outcome", "established")],
+            ) == Some((ORDERLY + LEAKS) as f64)
+    };
+    // The same answer twice, over a second apart (the gauges are refreshed every second).
+    let mut held: Option<(Instant, String)> = None;
+    let mut text = String::new();
+    let live = poll(Duration::from_secs(20), || {
+        text = metrics();
+        if !whole(&text) {
+            held = None;
+            return None;
+        }
+        match &held {
+            Some((since, before)) if *before == text => {
+                (since.elapsed() >= Duration::from_millis(1200)).then(|| text.clone())
+            }
+            _ => {
+                held = Some((Instant::now(), text.clone()));
+                None
+            }
+        }
+    });
+    let live = live.unwrap_or_else(|| {
+        panic!("no exposition with the whole workload, unchanged for 1.2 s, in 20 s:\n{text}")
+    });
+    let done = serve.stop();
+    assert_eq!(done.lost, 0, "{}", done.stderr);
+
+    let mut cmd = Command::new(netwatch_tests::netwatch_bin());
+    cmd.arg("analyze").arg(&recording).arg("--metrics");
+    let out = netwatch_tests::output_with_timeout(cmd, 60);
+    let replayed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "analyze --metrics exited {}:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(leak);
+    let (live_lines, replayed_lines) = (exposition_lines(&live), exposition_lines(&replayed));
+    let only_live: Vec<_> = live_lines
+        .iter()
+        .filter(|l| !replayed_lines.contains(l))
+        .collect();
+    let only_replayed: Vec<_> = replayed_lines
+        .iter()
+        .filter(|l| !live_lines.contains(l))
+        .collect();
+    assert!(
+        live_lines == replayed_lines,
+        "only in the live scrape: {only_live:#?}\nonly in the replay: {only_replayed:#?}"
+    );
+    assert!(whole(&replayed), "{replayed}");
+}

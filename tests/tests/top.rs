@@ -615,6 +615,75 @@ fn root_top_without_a_terminal_prints_plain_summaries() {
     assert!(f.contains("0 lost"), "{last}");
 }
 
+/// `top --record` without a terminal, then `analyze --top`: the same bytes (every summary at
+/// the interval it was printed, the report SIGTERM printed after them), with the workload's
+/// leaker and namespaces gone before the replay, so nothing the replay shows can come from
+/// this host. Without the recorded ticks the replay's rates, ages and "at" times would come
+/// from the events' timestamps or from now, and differ.
+#[test]
+fn root_top_record_replays_byte_identical_summaries() {
+    if !require_root("root_top_record_replays_byte_identical_summaries") {
+        return;
+    }
+    let scratch = Scratch::new("top-record");
+    let recording = scratch.path("top.nwr");
+    let pair = NetPair::new();
+    let mut work = Workload::ports();
+    let mut args: Vec<String> = ["top", "--interval", "1s", "--record"]
+        .map(String::from)
+        .to_vec();
+    args.push(recording.to_string_lossy().into_owned());
+    args.extend(own_traffic_only(&pair, &work.server_ports()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out_path = scratch.path("stdout");
+    let file = fs::File::create(&out_path).expect("stdout file");
+    let tracer = Tracer::start_with(&args, |cmd| {
+        cmd.stdout(file);
+    });
+    let leaker_pid = work.run(&pair);
+    let holder = format!("CLOSE_WAIT holders: tcpdrive[{leaker_pid}] {L} sockets");
+    // Two summaries at least, the last with the leak in it: the replay must place both.
+    let shown = eventually(Duration::from_secs(20), || {
+        let summaries = plain_summaries(&fs::read_to_string(&out_path).unwrap_or_default());
+        summaries.len() >= 2 && summaries.last().is_some_and(|s| flat(s).contains(&holder))
+    });
+    let done = tracer.stop();
+    let live = fs::read(&out_path).expect("stdout");
+    let text = String::from_utf8_lossy(&live).into_owned();
+    assert!(shown, "no two summaries, the last with `{holder}`:\n{text}");
+    assert!(
+        text.contains("netwatch report:"),
+        "SIGTERM prints the report after the summaries:\n{text}\n{}",
+        done.stderr
+    );
+    // Gone before the replay: it may not ask this host about them.
+    drop(work);
+    drop(pair);
+
+    let mut cmd = Command::new(netwatch_bin());
+    cmd.arg("analyze").arg(&recording).arg("--top");
+    let out = output_with_timeout(cmd, 60);
+    assert!(
+        out.status.success(),
+        "analyze --top exited {}:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.stdout != live {
+        let replayed = String::from_utf8_lossy(&out.stdout);
+        let first = text
+            .lines()
+            .zip(replayed.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(text.lines().count().min(replayed.lines().count()));
+        panic!(
+            "analyze --top differs from the live run from line {}:\nlive:\n{text}\n\
+             replayed:\n{replayed}",
+            first + 1
+        );
+    }
+}
+
 /// The plain summaries of a `top` output file, oldest first (the report SIGTERM prints after
 /// them left out).
 fn plain_summaries(text: &str) -> Vec<String> {

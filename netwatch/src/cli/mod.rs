@@ -107,7 +107,8 @@ pub enum Command {
         Examples:\n  \
         netwatch top\n  \
         netwatch top --interval 2s -D 5432\n  \
-        netwatch top --duration 10s > summaries.txt   # not a terminal: plain text"
+        netwatch top --duration 10s > summaries.txt   # not a terminal: plain text\n  \
+        netwatch top --record top.nwr > summaries.txt # replay: netwatch analyze top.nwr --top"
     )]
     Top(TopArgs),
     /// Export Prometheus metrics (OpenMetrics text on /metrics, and /healthz) while tracing
@@ -115,7 +116,8 @@ pub enum Command {
         netwatch serve                               # http://127.0.0.1:9750/metrics\n  \
         netwatch serve --listen 0.0.0.0:9750         # for a Prometheus elsewhere\n  \
         netwatch serve --peer-labels --max-peers 50  # connects and retransmits by peer\n  \
-        netwatch serve -D 5432,6379\n\n\
+        netwatch serve -D 5432,6379\n  \
+        netwatch serve --record serve.nwr            # later: netwatch analyze serve.nwr --metrics\n\n\
         Labels are bounded: comm and cgroup per process (at most --max-processes pairs, then\n\
         comm=\"other\"), peers only with --peer-labels (at most --max-peers, then peer=\"other\").")]
     Serve(ServeArgs),
@@ -145,6 +147,9 @@ pub enum Command {
         netwatch analyze /var/lib/netwatch --report       # a --record-dir directory\n  \
         netwatch leaks --record leaks.nwr --duration 10m  # stuck sockets, with their snapshots\n  \
         netwatch analyze leaks.nwr --leaks --json         # the snapshots leaks printed\n  \
+        netwatch top --record top.nwr > summaries.txt     # top's summaries, with their ticks\n  \
+        netwatch analyze top.nwr --top                    # the same summaries again\n  \
+        netwatch analyze serve.nwr --metrics              # /metrics at the recording's end\n  \
         netwatch analyze old.jsonl --record old.nwr       # rewrite an older recording")]
     Analyze(AnalyzeArgs),
     /// What this kernel lets netwatch do: kernel, BTF, tracefs, tracepoints, map types, and the
@@ -290,6 +295,15 @@ pub struct AnalyzeArgs {
     /// With --leaks: show sockets stuck at least this long (default: what the live run showed)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "leaks")]
     pub min_age: Option<Duration>,
+    /// Print the plain-text summaries a `netwatch top --record` run printed without a
+    /// terminal, at the moments it printed them (give the live run's verdict thresholds)
+    #[arg(long, conflicts_with_all = ["life", "report", "leaks", "json"])]
+    pub top: bool,
+    /// Print the Prometheus exposition a `netwatch serve --record` run's /metrics would have
+    /// answered at the recording's end, label caps at their defaults (netwatch_build_info names
+    /// this netwatch, not the live one)
+    #[arg(long, conflicts_with_all = ["life", "report", "leaks", "top", "json"])]
+    pub metrics: bool,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]
@@ -1048,6 +1062,18 @@ mod tests {
         assert!(parse(&["--leaks", "--report"]).is_err());
         let err = parse(&["--min-age", "5m"]).unwrap_err().to_string();
         assert!(err.contains("--leaks"), "{err}");
+    }
+
+    #[test]
+    fn analyze_top_is_a_view_of_its_own() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from([&["netwatch", "analyze", "f.nwr"][..], args].concat())
+        };
+        assert!(parse(&["--top", "-p", "7", "--close-wait-age", "2s"]).is_ok());
+        for other in ["--life", "--report", "--leaks", "--json", "--metrics"] {
+            assert!(parse(&["--top", other]).is_err(), "--top with {other}");
+        }
+        assert!(parse(&["--metrics", "--report"]).is_err());
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //! same lock the HTTP tasks take to encode, so a scrape never sees half a refresh.
 use std::{
     collections::{HashMap, HashSet},
-    io,
+    io::{self, Write as _},
     net::IpAddr,
     sync::{
         Arc, Mutex, MutexGuard,
@@ -48,6 +48,7 @@ use crate::{
     model::selection::Selection,
     model::timewait::{HostSettings, Observed, TimeWaits},
     model::tracker::{Connection, End, Fact, Role, Tracker},
+    pipeline::session::{Header, Summary},
     pipeline::sink::Sink,
 };
 
@@ -526,6 +527,8 @@ pub struct MetricsSink {
     missed_seen: u64,
     evicted_seen: u64,
     next_refresh_ns: u64,
+    /// Replaying a recording: refreshed and printed once, at its end.
+    replaying: bool,
 }
 
 impl MetricsSink {
@@ -561,7 +564,28 @@ impl MetricsSink {
             missed_seen: 0,
             evicted_seen: 0,
             next_refresh_ns: 0,
+            replaying: false,
         }
+    }
+
+    /// `analyze --metrics`: what `/metrics` would have answered at the recording's end, printed
+    /// at its end (see [`MetricsSink::print_at_end`]).
+    pub fn replay(caps: LabelCaps, max_sockets: usize, selection: Selection) -> Self {
+        let mut sink = Self::new(Exporter::new(), caps, max_sockets, selection);
+        sink.replaying = true;
+        sink
+    }
+
+    /// The exposition as of the recording's stop: the gauges recomputed then, the kernel's
+    /// lost and missed counts from its summary (the live run read them from the kernel).
+    fn print_at_end(&mut self, summary: &Summary) -> io::Result<()> {
+        self.refresh(summary.stopped_ns);
+        self.m.events_lost.inc_by(summary.lost);
+        self.m.events_missed.inc_by(summary.missed);
+        let text = self.exporter.encode().map_err(io::Error::other)?;
+        let mut out = io::stdout().lock();
+        out.write_all(text.as_bytes())?;
+        out.flush()
     }
 
     /// The run's settings and start, for the TIME_WAIT table.
@@ -889,7 +913,18 @@ impl Sink for MetricsSink {
         Ok(())
     }
 
+    fn finish(mut self: Box<Self>, _header: &Header, summary: &Summary) -> io::Result<()> {
+        if self.replaying {
+            self.print_at_end(summary)
+        } else {
+            self.flush()
+        }
+    }
+
     fn flush(&mut self) -> io::Result<()> {
+        if self.replaying {
+            return Ok(());
+        }
         let now = monotonic_ns();
         if now >= self.next_refresh_ns {
             self.refresh(now);

@@ -289,6 +289,7 @@ pub fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
     if args.leaks {
         return analyze_leaks(args, replay);
     }
+    let top = args.top;
     let recorded = &replay.header.filter;
     let selection = if args.filter.is_empty() && !recorded.is_empty() {
         eprintln!(
@@ -301,6 +302,17 @@ pub fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
     };
     let max = args.tracker.max_sockets;
     let target = args.record.clone().map(Target::File);
+    if top {
+        return analyze_top(args, replay, selection, target);
+    }
+    if args.metrics {
+        return run::replay(replay, &args.file, target.as_ref(), |header| {
+            Box::new(
+                MetricsSink::replay(metrics::LabelCaps::default(), max, selection)
+                    .for_run(header.settings.clone(), header.started_ns),
+            )
+        });
+    }
     run::replay(replay, &args.file, target.as_ref(), |header| {
         if args.report {
             report::output(&args.thresholds, selection, max, &args.output, header)
@@ -310,6 +322,34 @@ pub fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
             trace::output(&args.output, false, selection, header)
         }
     })
+}
+
+/// `analyze --top`: the plain-text summaries a `top --record` run printed, at its recorded
+/// ticks.
+fn analyze_top(
+    args: AnalyzeArgs,
+    replay: Replay,
+    selection: Selection,
+    target: Option<Target>,
+) -> anyhow::Result<()> {
+    let replayed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let top = TopArgs {
+        thresholds: args.thresholds.clone(),
+        tracker: args.tracker.clone(),
+        ..TopArgs::default()
+    };
+    run::replay(replay, &args.file, target.as_ref(), |header| {
+        Box::new(TopSink::replay(&top, selection, header, replayed.clone()))
+    })?;
+    if replayed.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        anyhow::bail!(
+            "{} holds no top ticks: only `netwatch top --record FILE` (or --record-dir), with \
+             stdout not a terminal, records them; replay this recording without --top (or with \
+             --life, --report)",
+            args.file.display()
+        );
+    }
+    Ok(())
 }
 
 /// `analyze --leaks`: the snapshots a `leaks --record` run took, printed again from the

@@ -18,6 +18,7 @@ pub mod scratch;
 pub mod settings;
 #[cfg(test)]
 pub mod skip;
+pub mod snapshot;
 pub mod sockdiag;
 pub mod stacks;
 pub mod stuck;

@@ -1,9 +1,9 @@
 //! The host's side of a `leaks` snapshot: the kernel's list of stuck sockets with their
 //! holders ([`take_dump`]), and everything else the snapshot asked of this host
-//! ([`HostSnapshot`]): when it was taken, and the names (cgroup paths, containers, code paths)
+//! ([`StuckSnapshot`]): when it was taken, and the names (cgroup paths, containers, code paths)
 //! it looked up.
 //!
-//! Why one recordable value: a recording keeps each snapshot's [`HostSnapshot`] beside the
+//! Why one recordable value: a recording keeps each snapshot's [`StuckSnapshot`] beside the
 //! event stream, so that a replay, on any machine, merges the same inputs at the same place in
 //! the stream and prints what the live run printed, without asking this host anything.
 use std::collections::{HashMap, HashSet};
@@ -74,7 +74,7 @@ pub fn take_dump() -> Dump {
 /// Everything one `leaks` snapshot took from this host, as the host answered: the dump, the
 /// clock, and each name the merge looked up (a recording's `SNAPSHOT` frame).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct HostSnapshot {
+pub struct StuckSnapshot {
     /// CLOCK_MONOTONIC ns of the snapshot: the ages it shows are up to this moment.
     pub taken_ns: u64,
     /// Unix-epoch ns minus monotonic ns at the snapshot (its wall-clock time).

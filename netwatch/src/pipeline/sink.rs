@@ -8,7 +8,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    host::{clock::WallClock, stuck::HostSnapshot},
+    host::{clock::WallClock, snapshot::HostSnapshot},
     kernel::probe::Probe,
     model::event::{Endpoint, Event, EventKind, state_label},
     model::names::Container,
@@ -53,8 +53,8 @@ pub trait Sink {
         Ok(())
     }
 
-    /// A recording asks for what each snapshot takes from the host (`leaks`): from now on,
-    /// keep it for [`Sink::take_host_snapshots`].
+    /// A recording asks for what each periodic output takes from the host (a `leaks`
+    /// snapshot, a `top` summary): from now on, keep it for [`Sink::take_host_snapshots`].
     fn record_host_snapshots(&mut self) {}
 
     /// The host's side of the snapshots taken since the last call, oldest first: a recording

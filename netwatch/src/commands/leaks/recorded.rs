@@ -1,24 +1,24 @@
 //! A snapshot's names, recorded and replayed: [`Answering`] asks the host and keeps every
-//! answer in the snapshot's [`HostSnapshot`]; [`Recorded`] answers from it, so a replay names
+//! answer in the snapshot's [`StuckSnapshot`]; [`Recorded`] answers from it, so a replay names
 //! what the live run named and never asks the machine it runs on.
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::merge::Lookup;
 use crate::host::stacks::CodePath;
-use crate::host::stuck::HostSnapshot;
+use crate::host::stuck::StuckSnapshot;
 use crate::model::event::UseCall;
 
 /// Asks `host` and writes each answer into `into` (code paths once each, by identity).
 pub struct Answering<'a> {
     pub host: &'a mut dyn Lookup,
-    pub into: &'a mut HostSnapshot,
+    pub into: &'a mut StuckSnapshot,
     /// Code paths already in `into.paths`, by address.
     indexes: HashMap<*const CodePath, u32>,
 }
 
 impl<'a> Answering<'a> {
-    pub fn new(host: &'a mut dyn Lookup, into: &'a mut HostSnapshot) -> Self {
+    pub fn new(host: &'a mut dyn Lookup, into: &'a mut StuckSnapshot) -> Self {
         Self {
             host,
             into,
@@ -84,7 +84,7 @@ pub struct Recorded {
 
 impl Recorded {
     /// The answers of `s`; its containers become what this process knows of them.
-    pub fn of(s: &HostSnapshot) -> Recorded {
+    pub fn of(s: &StuckSnapshot) -> Recorded {
         for c in &s.containers {
             crate::host::containers::learn(Some(c.clone()));
         }
@@ -150,7 +150,7 @@ mod tests {
             ..CodePath::default()
         });
         let mut host = Host(path.clone());
-        let mut snap = HostSnapshot::default();
+        let mut snap = StuckSnapshot::default();
         let mut live = Answering::new(&mut host, &mut snap);
         let asked = (
             live.cgroup(Some(7), 42),
@@ -163,7 +163,7 @@ mod tests {
         live.name_containers();
         assert_eq!(snap.paths.len(), 1, "one code path, recorded once");
         // Through the frame's JSON, as a recording holds it.
-        let back: HostSnapshot = serde_json::from_str(&serde_json::to_string(&snap).unwrap())
+        let back: StuckSnapshot = serde_json::from_str(&serde_json::to_string(&snap).unwrap())
             .expect("a snapshot reads back");
         assert_eq!(back, snap);
         let mut replay = Recorded::of(&back);

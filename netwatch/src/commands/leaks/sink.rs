@@ -13,8 +13,9 @@ use super::merge::{Dump, FirstSeen, Lookup, Stuck, Tracked, merge};
 use super::recorded::{Answering, Recorded};
 use super::render::render;
 use crate::host::clock::{WallClock, monotonic_ns};
+use crate::host::snapshot::HostSnapshot;
 use crate::host::stacks::{CodePath, Stacks};
-use crate::host::stuck::{HostSnapshot, take_dump};
+use crate::host::stuck::{StuckSnapshot, take_dump};
 use crate::model::event::{Event, EventKind, TcpState, UseCall};
 use crate::model::tracker::{Fact, Tracker};
 use crate::pipeline::sink::Sink;
@@ -269,7 +270,7 @@ struct Live {
     pending: Option<mpsc::Receiver<Dump>>,
     /// With `--record`: each snapshot's host side, until the recording takes it (at the next
     /// flush, so at most the snapshots of one batch).
-    recording: Option<Vec<HostSnapshot>>,
+    recording: Option<Vec<StuckSnapshot>>,
     /// The last snapshot is taken (the stream stopped).
     ended: bool,
 }
@@ -289,7 +290,7 @@ pub struct Replaying {
 
 impl Replaying {
     /// The live run's style as `snapshot` recorded it, with what the replay overrides.
-    fn style(&self, snapshot: &HostSnapshot, json: bool) -> Style {
+    fn style(&self, snapshot: &StuckSnapshot, json: bool) -> Style {
         Style {
             json,
             min_age: self
@@ -462,7 +463,7 @@ impl<W: Write> LeaksSink<W> {
         let s = match &mut live.recording {
             None => self.memory.snapshot(&dump, &at, &mut host, &self.style),
             Some(taken) => {
-                let mut inputs = HostSnapshot {
+                let mut inputs = StuckSnapshot {
                     taken_ns: now,
                     wall_offset_ns: at.clock.offset_ns(),
                     watched_ns: at.watched_ns,
@@ -470,7 +471,7 @@ impl<W: Write> LeaksSink<W> {
                     min_age_ns: u64::try_from(self.style.min_age.as_nanos()).unwrap_or(u64::MAX),
                     pids: self.style.pids.clone(),
                     comm: self.style.comm.clone(),
-                    ..HostSnapshot::default()
+                    ..StuckSnapshot::default()
                 };
                 let mut answering = Answering::new(&mut host, &mut inputs);
                 let s = self
@@ -601,13 +602,18 @@ impl<W: Write> Sink for LeaksSink<W> {
                 .recording
                 .as_mut()
                 .map(std::mem::take)
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| HostSnapshot::Stuck(Box::new(s)))
+                .collect(),
             Source::Replay(_) => Vec::new(),
         }
     }
 
+    /// A `top` recording's ticks are not this command's: nothing to show from them.
     fn host_snapshot(&mut self, snapshot: &HostSnapshot) -> io::Result<()> {
-        let Source::Replay(replaying) = &self.source else {
+        let (Source::Replay(replaying), HostSnapshot::Stuck(snapshot)) = (&self.source, snapshot)
+        else {
             return Ok(());
         };
         replaying.replayed.fetch_add(1, Ordering::Relaxed);

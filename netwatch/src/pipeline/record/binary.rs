@@ -6,15 +6,17 @@
 //! ```
 //!
 //! Frames, in order: one `HEADER` (JSON: the run's [`Header`], netwatch's version, the kernel
-//! release, the host name, the part number), then `BLOCK`s and `SNAPSHOT`s, then one `SUMMARY`
+//! release, the host name, the part number), then `BLOCK`s, `SNAPSHOT`s and `TICK`s, then one
+//! `SUMMARY`
 //! (JSON, at a clean stop) or `CONTINUED` (rotation closed the file; the run goes on in the
 //! next one). A file without either was cut short.
 //!
 //! A `SNAPSHOT` (version 2 on) holds what one `leaks` snapshot took from the host
-//! ([`HostSnapshot`]: the kernel's stuck sockets, their holders, the time, the names looked
+//! ([`StuckSnapshot`]: the kernel's stuck sockets, their holders, the time, the names looked
 //! up), as JSON compressed with zstd (its payload starts with the uncompressed length, u32 LE),
 //! after the block that holds the events before it: a replay merges it at the same place in
-//! the stream.
+//! the stream. A `TICK` (version 3 on) is the same for one `top` summary ([`TopTick`]: when it
+//! was printed and the kernel's lost count then), as plain JSON: a few dozen bytes.
 //!
 //! A block holds up to [`BLOCK_BYTES`] of records: first its string table (postcard
 //! `Vec<&str>`: every comm, cgroup path, container name, stack frame and reset reason its
@@ -42,7 +44,10 @@ use super::{
     wire::{self, Wire},
 };
 use crate::{
-    host::stuck::HostSnapshot,
+    host::{
+        snapshot::{HostSnapshot, TopTick},
+        stuck::StuckSnapshot,
+    },
     model::{event::Event, names::Container, timewait::Observed},
     pipeline::session::{Header, Summary},
 };
@@ -53,7 +58,9 @@ pub const MAGIC: [u8; 8] = *b"\x89NWREC\r\n";
 
 /// The binary format's version, after the magic. Readers read every version up to theirs.
 /// 2: `SNAPSHOT` frames (a netwatch that reads only 1 refuses the file, naming its version).
-pub const VERSION: u32 = 2;
+/// 3: `TICK` frames (likewise for a netwatch that reads up to 2; a tick in an older file is
+/// damage).
+pub const VERSION: u32 = 3;
 
 /// Frame kinds.
 pub mod frame {
@@ -64,6 +71,17 @@ pub mod frame {
     pub const CONTINUED: u8 = 5;
     /// Version 2 on.
     pub const SNAPSHOT: u8 = 6;
+    /// Version 3 on.
+    pub const TICK: u8 = 7;
+
+    /// The last frame kind a file of `version` may hold.
+    pub fn last_kind(version: u32) -> u8 {
+        match version {
+            1 => CONTINUED,
+            2 => SNAPSHOT,
+            _ => TICK,
+        }
+    }
 }
 
 /// Kind, length and checksum before each frame's payload.
@@ -182,10 +200,18 @@ pub fn continued_frame() -> Vec<u8> {
     frame_bytes(frame::CONTINUED, &[])
 }
 
+/// A `SNAPSHOT` frame for a `leaks` snapshot, a `TICK` frame for a `top` summary.
+pub fn snapshot_frame(snapshot: &HostSnapshot) -> io::Result<Vec<u8>> {
+    match snapshot {
+        HostSnapshot::Stuck(s) => stuck_frame(s),
+        HostSnapshot::Tick(t) => Ok(frame_bytes(frame::TICK, &serde_json::to_vec(t)?)),
+    }
+}
+
 /// A `SNAPSHOT` frame: `snapshot` as zstd-compressed JSON. A snapshot too large for a frame
 /// (about 190 bytes of JSON per stuck socket: over a million of them) is refused, saying so: a
 /// recording that left it out would replay to another output without a word.
-pub fn snapshot_frame(snapshot: &HostSnapshot) -> io::Result<Vec<u8>> {
+fn stuck_frame(snapshot: &StuckSnapshot) -> io::Result<Vec<u8>> {
     let json = serde_json::to_vec(snapshot)?;
     if json.len() > MAX_FRAME as usize {
         return Err(io::Error::other(format!(
@@ -510,11 +536,7 @@ impl BinaryReader {
         let kind = head[0];
         let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
         let crc = u32::from_le_bytes([head[5], head[6], head[7], head[8]]);
-        let last_kind = if self.version >= 2 {
-            frame::SNAPSHOT
-        } else {
-            frame::CONTINUED
-        };
+        let last_kind = frame::last_kind(self.version);
         if !(frame::HEADER..=last_kind).contains(&kind) {
             return Err(self.corrupt(
                 at,
@@ -567,6 +589,15 @@ impl BinaryReader {
                 frame::SNAPSHOT => {
                     return self.snapshot(&payload, at).map(Next::Item);
                 }
+                frame::TICK => {
+                    let tick: TopTick = serde_json::from_slice(&payload).map_err(|e| {
+                        self.corrupt(at, format!("the tick frame does not parse: {e}"))
+                    })?;
+                    self.raw_bytes += payload.len() as u64;
+                    return Ok(Next::Item(Item::HostSnapshot(Box::new(
+                        HostSnapshot::Tick(tick),
+                    ))));
+                }
                 _ => return Err(self.corrupt(at, "a second header frame")),
             }
         }
@@ -587,7 +618,9 @@ impl BinaryReader {
         self.raw_bytes += json.len() as u64;
         let snapshot = serde_json::from_slice(&json)
             .map_err(|e| self.corrupt(at, format!("the snapshot frame does not parse: {e}")))?;
-        Ok(Item::HostSnapshot(Box::new(snapshot)))
+        Ok(Item::HostSnapshot(Box::new(HostSnapshot::Stuck(Box::new(
+            snapshot,
+        )))))
     }
 
     fn start_block(&mut self, kind: u8, payload: Vec<u8>, at: u64) -> Result<(), RecordError> {

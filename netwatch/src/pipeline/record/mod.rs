@@ -27,7 +27,7 @@ use std::{
 };
 
 use crate::{
-    host::stuck::HostSnapshot,
+    host::snapshot::HostSnapshot,
     model::{event::Event, names::RecordedOwner, timewait::Observed},
     pipeline::{
         session::{Header, Summary},
@@ -530,7 +530,7 @@ impl Replay {
 mod tests {
     use super::*;
     use crate::{
-        host::scratch::Scratch,
+        host::{scratch::Scratch, snapshot::TopTick, stuck::StuckSnapshot},
         model::event::{EventKind, TcpState},
         pipeline::sink::EventJson,
     };
@@ -761,7 +761,7 @@ mod tests {
                     (4_026_531_840, socket)
                 })
                 .collect();
-            self.taken.push(HostSnapshot {
+            self.taken.push(HostSnapshot::Stuck(Box::new(StuckSnapshot {
                 taken_ns: self.flushes,
                 last,
                 dump: crate::host::stuck::Dump {
@@ -774,8 +774,8 @@ mod tests {
                     ..Default::default()
                 }],
                 stacks: vec![(42, 3, Some(0))],
-                ..HostSnapshot::default()
-            });
+                ..StuckSnapshot::default()
+            })));
         }
     }
 
@@ -835,6 +835,9 @@ mod tests {
                 Item::Event(e) => seen.push(format!("event {}", e.ts_ns)),
                 Item::TimeWaits(_) => seen.push("time_waits".into()),
                 Item::HostSnapshot(h) => {
+                    let HostSnapshot::Stuck(h) = *h else {
+                        panic!("a tick in a leaks recording: {h:?}")
+                    };
                     assert_eq!(h.dump.sockets.len(), 3_000);
                     assert_eq!(h.paths[0].frames, ["handle (srv.c:12)"]);
                     seen.push(format!("snapshot {} last {}", h.taken_ns, h.last));
@@ -879,6 +882,108 @@ mod tests {
             }
         };
         assert!(msg.contains("unknown frame kind 6"), "{msg}");
+    }
+
+    /// Prints a `top`-like summary at every flush and its end at the stop, once asked.
+    #[derive(Default)]
+    struct Ticker {
+        asked: bool,
+        taken: Vec<HostSnapshot>,
+        ticks: u64,
+    }
+
+    impl Ticker {
+        fn tick(&mut self, last: bool) {
+            if self.asked {
+                self.ticks += 1;
+                self.taken.push(HostSnapshot::Tick(TopTick {
+                    at_ns: self.ticks,
+                    lost: 7,
+                    interval_ns: 1_000_000_000,
+                    last,
+                    printed: last,
+                    report: last,
+                }));
+            }
+        }
+    }
+
+    impl Sink for Ticker {
+        fn event(&mut self, _ev: &Event) -> io::Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.tick(false);
+            Ok(())
+        }
+        fn stopped(&mut self, _stop: crate::pipeline::session::StopReason) {
+            self.tick(true);
+        }
+        fn record_host_snapshots(&mut self) {
+            self.asked = true;
+        }
+        fn take_host_snapshots(&mut self) -> Vec<HostSnapshot> {
+            std::mem::take(&mut self.taken)
+        }
+    }
+
+    #[test]
+    fn top_ticks_come_back_in_stream_order_and_a_version_2_file_cannot_hold_one() {
+        let (_scratch, path) = tmp("ticks");
+        let mut rec = Recorder::create(
+            &Target::File(path.clone()),
+            &FileHeader::here(&header()),
+            Ticker::default(),
+        )
+        .unwrap();
+        rec.event(&Event::test_state(1)).unwrap();
+        rec.flush().unwrap();
+        rec.event(&Event::test_state(2)).unwrap();
+        rec.stopped(crate::pipeline::session::StopReason::Signal);
+        rec.finish(&mut summary()).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let ticks = frames(&bytes)
+            .iter()
+            .filter(|(_, k)| *k == binary::frame::TICK)
+            .count();
+        assert_eq!(ticks, 2, "a tick frame each");
+        let mut r = Replay::open(&path).unwrap();
+        let mut seen = vec![];
+        loop {
+            match r.next_item().unwrap() {
+                Item::Event(e) => seen.push(format!("event {}", e.ts_ns)),
+                Item::HostSnapshot(h) => match *h {
+                    HostSnapshot::Tick(t) => {
+                        assert_eq!((t.lost, t.interval_ns), (7, 1_000_000_000));
+                        seen.push(format!("tick {} last {}", t.at_ns, t.last));
+                    }
+                    other => panic!("{other:?}"),
+                },
+                Item::TimeWaits(_) => seen.push("time_waits".into()),
+                Item::End(_) => break,
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                "event 1",
+                "tick 1 last false",
+                "event 2",
+                "tick 2 last true"
+            ]
+        );
+        let mut old = bytes.clone();
+        old[8..12].copy_from_slice(&2u32.to_le_bytes());
+        std::fs::write(&path, &old).unwrap();
+        let mut r = Replay::open(&path).unwrap();
+        let msg = loop {
+            match r.next_item() {
+                Ok(Item::End(_)) => panic!("read a tick frame in a version-2 file"),
+                Ok(_) => {}
+                Err(e) => break e.to_string(),
+            }
+        };
+        assert!(msg.contains("unknown frame kind 7"), "{msg}");
     }
 
     /// The size of a churn's events on disk, compressed and not (the bench measures the same
@@ -1021,7 +1126,7 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let msg = Replay::open(&path).err().unwrap().to_string();
         assert!(
-            msg.contains(": byte offset 8: unsupported recording version 99 (this netwatch reads binary versions 1 to 2)"),
+            msg.contains(": byte offset 8: unsupported recording version 99 (this netwatch reads binary versions 1 to 3)"),
             "{msg}"
         );
     }
