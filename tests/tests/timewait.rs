@@ -116,22 +116,30 @@ fn root_time_wait_population_equals_ss_under_port_reuse() {
     let started = Instant::now();
     let mut samples = Vec::new();
     // Two moments during the churn (after the ports went round), one after it. The gauges
-    // refresh every second: each sample is taken just after a refresh (the value changed),
-    // and ss right after it.
+    // refresh every second: each sample is taken just after a refresh, and ss right after
+    // it. A refresh shows as a change of the births counted (1,000 a second during the
+    // churn), not of the population, which port reuse holds steady and may leave unchanged.
     for at in [Duration::from_secs(4), Duration::from_secs(6)] {
         std::thread::sleep(at.saturating_sub(started.elapsed()));
-        let read = || series(&metrics(nw), &series_name).unwrap_or(0.0) as u64;
-        let mut last = read();
+        let read = || {
+            let text = metrics(nw);
+            let born = series(&text, "netwatch_time_wait_ends{kind=\"born\"}").unwrap_or(0.0);
+            (
+                born as u64,
+                series(&text, &series_name).unwrap_or(0.0) as u64,
+            )
+        };
+        let (mut last_born, _) = read();
         let mut sample = None;
         eventually(Duration::from_secs(3), || {
-            let now = read();
-            if now != last {
-                sample = Some((now, ss_time_waits(&pair, Side::Server, port)));
+            let (born, population) = read();
+            if born != last_born {
+                sample = Some((population, ss_time_waits(&pair, Side::Server, port)));
             }
-            last = now;
+            last_born = born;
             sample.is_some()
         });
-        samples.push(sample.expect("the gauge changes while the churn runs"));
+        samples.push(sample.expect("the births counted change while the churn runs"));
     }
     assert!(client.wait(60).success(), "{:?}", client.stdout_lines());
     // After the churn the population is still, and netwatch's gauge refreshes every second:
