@@ -23,10 +23,9 @@ use std::{
 };
 
 use crate::serve::{Prometheus, poll, server_ports, with_filter, workload_filter};
-use crate::support::{Scratch, Tracer, eventually, json_lines, tcpdrive};
+use crate::support::{Scratch, Tracer, analyze, eventually, json_lines, tcpdrive};
 use netwatch_tests::{
-    NetPair, ReadyChild, Side, netwatch_bin, output_with_timeout, require_root, unique_port,
-    wait_with_timeout,
+    NetPair, ReadyChild, Side, output_with_timeout, require_root, unique_port, wait_with_timeout,
 };
 use serde_json::Value;
 
@@ -191,19 +190,6 @@ fn of_container<'a>(lines: &'a [Value], id: &str) -> Vec<&'a Value> {
         .iter()
         .filter(|l| l["cgroup"] == cgroup.as_str())
         .collect()
-}
-
-/// `netwatch analyze FILE ARGS`: its stdout.
-fn analyze(file: &Path, args: &[&str]) -> String {
-    let mut cmd = Command::new(netwatch_bin());
-    cmd.arg("analyze").arg(file).args(args);
-    let out = output_with_timeout(cmd, 60);
-    assert!(
-        out.status.success(),
-        "analyze {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8")
 }
 
 /// Whether `line` names the pod's container as the kubelet's labels say, with its id.

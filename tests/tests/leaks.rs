@@ -1193,18 +1193,7 @@ fn root_leaks_text_is_quiet_while_groups_stay_and_warns_without_cap_sys_ptrace()
 
 /// `netwatch analyze FILE --leaks`: must exit 0; returns stdout.
 fn analyze_leaks(file: &std::path::Path, args: &[&str]) -> String {
-    let mut cmd = Command::new(netwatch_bin());
-    cmd.arg("analyze").arg(file).arg("--leaks").args(args);
-    let out = output_with_timeout(cmd, ONCE_TIMEOUT_SECS);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "netwatch analyze {} --leaks {args:?} exited {}; stdout:\n{stdout}\nstderr:\n{}",
-        file.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    crate::support::analyze(file, &[&["--leaks"], args].concat())
 }
 
 #[test]

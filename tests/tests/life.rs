@@ -12,14 +12,14 @@
 //! - `timeout`: every SYN is dropped and the client gives up after 1.5 s (one retransmission);
 //! - `aborted`: the same, given up after 0.3 s, before any retransmission.
 
-use std::{collections::HashMap, net::IpAddr, process::Command};
+use std::{collections::HashMap, net::IpAddr};
 
 use crate::support::{
-    Events, Kept, Scratch, Tracer, endpoint, json_lines, port, stop_after_quiet, tcpdrive,
+    Events, Kept, Scratch, Tracer, analyze, endpoint, json_lines, port, stop_after_quiet, tcpdrive,
 };
 use netwatch_tests::{
-    NetPair, ReadyChild, Side, counter_delta, find_line, netwatch_bin, output_with_timeout,
-    require_root, unique_port,
+    NetPair, ReadyChild, Side, counter_delta, find_line, output_with_timeout, require_root,
+    unique_port,
 };
 use serde_json::Value;
 
@@ -44,19 +44,6 @@ fn client(pair: &NetPair, args: &[&str], expect_success: bool) -> (u64, String) 
         .and_then(|f| f.get(1)?.parse().ok())
         .unwrap_or_else(|| panic!("no pid from tcpdrive {args:?}: {stdout}"));
     (pid, stdout)
-}
-
-/// `netwatch analyze FILE ARGS`: its stdout.
-fn analyze(file: &std::path::Path, args: &[&str]) -> String {
-    let mut cmd = Command::new(netwatch_bin());
-    cmd.arg("analyze").arg(file).args(args);
-    let out = output_with_timeout(cmd, 60);
-    assert!(
-        out.status.success(),
-        "analyze {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8")
 }
 
 fn u64_of(c: &Value, field: &str) -> u64 {

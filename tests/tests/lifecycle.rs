@@ -8,8 +8,9 @@
 use std::{collections::HashMap, net::IpAddr, process::Command, time::Duration};
 
 use crate::support::{
-    Events, Kept, Scratch, Tracer, ip, json_lines, leaked_connections, orderly_connections, port,
-    refused_connects, step, stop_after_quiet, tcpdrive, timed_out_connects,
+    Events, Kept, Scratch, Tracer, analyze, ip, json_lines, leaked_connections,
+    orderly_connections, port, refused_connects, step, stop_after_quiet, tcpdrive,
+    timed_out_connects,
 };
 use netwatch_tests::{
     NetPair, ReadyChild, Side, counter_delta, drop_data_ruleset, netwatch_bin, output_with_timeout,
@@ -22,18 +23,6 @@ const M: u64 = 3;
 const K: u64 = 2;
 const R: u64 = 4;
 const L: u64 = 5;
-
-fn analyze(file: &std::path::Path, args: &[&str]) -> String {
-    let mut cmd = Command::new(netwatch_bin());
-    cmd.arg("analyze").arg(file).args(args);
-    let out = output_with_timeout(cmd, 60);
-    assert!(
-        out.status.success(),
-        "analyze {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8")
-}
 
 #[test]
 fn root_report_counts_equal_the_kernel_counters() {

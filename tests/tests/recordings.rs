@@ -18,15 +18,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn analyze(file: &str, args: &[&str]) -> String {
-    let mut cmd = Command::new(netwatch_bin());
-    cmd.arg("analyze").arg(fixture(file)).args(args);
-    let out = output_with_timeout(cmd, 60);
-    assert!(
-        out.status.success(),
-        "analyze {file} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8")
+    crate::support::analyze(&fixture(file), args)
 }
 
 fn expected(name: &str) -> String {

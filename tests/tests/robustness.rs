@@ -21,7 +21,8 @@ use std::{
 };
 
 use crate::support::{
-    Events, Kept, Scratch, Tracer, endpoint, eventually, ip, port, step, stop_after_quiet, tcpdrive,
+    Events, Kept, Scratch, Tracer, analyze_with_stderr, endpoint, eventually, ip, port, step,
+    stop_after_quiet, tcpdrive,
 };
 use netwatch_tests::{
     NetPair, ReadyChild, Side, counter_delta, find_line, netwatch_bin, output_with_timeout,
@@ -46,25 +47,9 @@ fn read_json(path: &Path) -> Value {
 }
 
 /// `netwatch analyze <recording> <args>` (bounded), returning (stdout, stderr).
-fn analyze(recording: &Path, args: &[&str]) -> (String, String) {
-    let mut cmd = Command::new(netwatch_bin());
-    cmd.arg("analyze").arg(recording).args(args);
-    let out = output_with_timeout(cmd, 120);
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert!(
-        out.status.success(),
-        "netwatch analyze {args:?} failed ({}): {stderr}",
-        out.status
-    );
-    (stdout, stderr)
-}
-
 /// The connection records of a recording (`analyze --life --json`, one object per line).
 fn life_records(recording: &Path) -> Vec<Value> {
-    let (stdout, _) = analyze(recording, &["--life", "--json"]);
+    let (stdout, _) = analyze_with_stderr(recording, &["--life", "--json"]);
     stdout
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -390,7 +375,7 @@ fn root_slow_consumer_recovers_and_keeps_owners() {
         report["findings"]
     );
     // The recording knows about the loss too.
-    let (replayed, _) = analyze(&recording, &["--report", "--json"]);
+    let (replayed, _) = analyze_with_stderr(&recording, &["--report", "--json"]);
     let replayed: Value = serde_json::from_str(&replayed).expect("replayed report");
     assert_eq!(replayed["lost_events"], done.lost, "replayed report");
 

@@ -3,7 +3,7 @@
 //! accept() must name the server's accept-calling function with its source line, and its
 //! callers.
 
-use crate::support::{Scratch, Tracer, build_fixture, eventually, marked_line, tcpdrive};
+use crate::support::{Scratch, Tracer, analyze, build_fixture, eventually, marked_line, tcpdrive};
 use netwatch_tests::{NetPair, ReadyChild, Side, output_with_timeout, require_root, unique_port};
 use serde_json::Value;
 
@@ -108,16 +108,8 @@ fn root_accept_stack_names_the_function_and_line_that_accepted() {
         "stack on an event other than accept/connect"
     );
 
-    let mut cmd = std::process::Command::new(netwatch_tests::netwatch_bin());
-    cmd.args(["analyze", rec, "--json"]);
-    let out = output_with_timeout(cmd, 60);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout) == done.stdout,
+        analyze(&recording, &["--json"]) == done.stdout,
         "the replay of `trace --json --stacks` differs from the live run (stacks not recorded?)"
     );
 }

@@ -7,8 +7,8 @@
 use std::{net::IpAddr, time::Duration};
 
 use crate::support::{
-    Events, Finished, Kept, Scratch, Tracer, endpoint, eventually, ip, port, step,
-    stop_after_quiet, tcpdrive,
+    Events, Finished, Kept, Scratch, Tracer, analyze, analyze_with_stderr, endpoint, eventually,
+    ip, port, step, stop_after_quiet, tcpdrive,
 };
 use netwatch_tests::{
     NetPair, ReadyChild, Side, counter_delta, drop_data_ruleset, find_line, output_with_timeout,
@@ -663,35 +663,21 @@ fn root_a_replay_prints_what_the_filtered_live_run_printed() {
         done.events
     );
     // Every event the recording holds, with a filter that keeps all.
-    let mut cmd = std::process::Command::new(netwatch_tests::netwatch_bin());
-    cmd.args(["analyze", rec, "--json", "sport >= 0"]);
-    let all = output_with_timeout(cmd, 60);
     assert!(
-        all.status.success(),
-        "{}",
-        String::from_utf8_lossy(&all.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&all.stdout).lines().count() > done.events.len(),
+        analyze(&recording, &["--json", "sport >= 0"])
+            .lines()
+            .count()
+            > done.events.len(),
         "the recording holds more than the printed lines"
     );
-    let mut cmd = std::process::Command::new(netwatch_tests::netwatch_bin());
-    cmd.args(["analyze", rec, "--json"]);
-    let out = output_with_timeout(cmd, 60);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (replayed, stderr) = analyze_with_stderr(&recording, &["--json"]);
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        done.stdout,
+        replayed, done.stdout,
         "the replay differs from the live run"
     );
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("applying the recording's filter"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains("applying the recording's filter"),
+        "{stderr}"
     );
 }
 
@@ -1063,16 +1049,8 @@ fn root_text_trace_record_replays_to_the_same_lines() {
         .count() as u64;
     assert_eq!(connects, CONNECTIONS, "{}", done.stdout);
 
-    let mut cmd = std::process::Command::new(netwatch_tests::netwatch_bin());
-    cmd.args(["analyze", rec]);
-    let out = output_with_timeout(cmd, 60);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        analyze(&recording, &[]),
         done.stdout,
         "the text replay differs from the live run"
     );

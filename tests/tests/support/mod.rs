@@ -32,6 +32,30 @@ pub fn endpoint(addr: IpAddr, port: u16) -> String {
     }
 }
 
+/// `netwatch analyze FILE ARGS` (a replay, no root needed): its stdout and stderr. A failed
+/// replay fails the test, showing both.
+pub fn analyze_with_stderr(file: &Path, args: &[&str]) -> (String, String) {
+    let mut cmd = Command::new(netwatch_tests::netwatch_bin());
+    cmd.arg("analyze").arg(file).args(args);
+    let out = output_with_timeout(cmd, 120);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "netwatch analyze {} {args:?} exited {}; stdout:\n{stdout}\nstderr:\n{stderr}",
+        file.display(),
+        out.status
+    );
+    (stdout, stderr)
+}
+
+/// [`analyze_with_stderr`]'s stdout.
+pub fn analyze(file: &Path, args: &[&str]) -> String {
+    analyze_with_stderr(file, args).0
+}
+
 /// Event field helpers over the JSON form.
 pub fn ip(ev: &Value, field: &str) -> IpAddr {
     ev[field]
