@@ -10,7 +10,7 @@ use crate::{
     model::{event::Event, selection::Selection},
     pipeline::{
         session::Header,
-        sink::{Filtered, JsonSink, QuietNote, Sink, TextSink, TimeStyle},
+        sink::{Filtered, JsonSink, QuietNote, Sink, TextSink, TimeStyle, wraps},
     },
 };
 
@@ -54,6 +54,8 @@ pub fn output(
 }
 
 impl Sink for TraceSink {
+    wraps!(inner);
+
     fn attach(&mut self, probe: &Probe) -> anyhow::Result<()> {
         self.stacks = Some(Box::new(Stacks::new(probe.stack_map()?)));
         self.inner.attach(probe)
@@ -73,9 +75,5 @@ impl Sink for TraceSink {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         let ev = self.completed(ev);
         self.inner.event(&ev)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
     }
 }

@@ -23,10 +23,31 @@ use crate::{
 /// with a `flush` after each batch, `stopped` when the stream ends, then `finish` for what is
 /// printed at the end of a run, live or replayed. The runner never needs to know which
 /// command it feeds.
+///
+/// A sink that wraps another (a filter, a note, the recorder) says so through [`Sink::inner`],
+/// [`Sink::inner_mut`] and [`Sink::into_inner`]: every hook it does not implement itself goes
+/// on to the wrapped sink. Why: wrappers once forwarded each hook by hand, and a hook added
+/// later and forgotten in one of them was silently lost (the recorder never saw `trace
+/// --stacks`' symbolized stacks until `Box<dyn Sink>` forwarded `completed`).
 pub trait Sink {
+    /// The sink this one wraps, if it wraps one.
+    fn inner(&self) -> Option<&dyn Sink> {
+        None
+    }
+
+    /// The sink this one wraps, to forward a hook to.
+    fn inner_mut(&mut self) -> Option<&mut dyn Sink> {
+        None
+    }
+
+    /// The sink this one wraps, to finish.
+    fn into_inner(self: Box<Self>) -> Option<Box<dyn Sink>> {
+        None
+    }
+
     /// The programs are attached: take what the probe offers (its counters, its stack map).
-    fn attach(&mut self, _probe: &Probe) -> anyhow::Result<()> {
-        Ok(())
+    fn attach(&mut self, probe: &Probe) -> anyhow::Result<()> {
+        self.inner_mut().map_or(Ok(()), |s| s.attach(probe))
     }
 
     fn event(&mut self, ev: &Event) -> io::Result<()>;
@@ -35,95 +56,107 @@ pub trait Sink {
     /// its user stack, symbolized), for a recording to store: a replay has no process to
     /// symbolize. Passed back to [`Sink::event`] as it is.
     fn completed<'e>(&mut self, ev: &'e Event) -> Cow<'e, Event> {
-        Cow::Borrowed(ev)
+        match self.inner_mut() {
+            Some(s) => s.completed(ev),
+            None => Cow::Borrowed(ev),
+        }
     }
 
-    fn flush(&mut self) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner_mut().map_or(Ok(()), |s| s.flush())
+    }
 
     /// Whether a live run should hand this sink the kernel's timewait lists
     /// ([`Sink::time_waits`]): a dump of every network namespace every few seconds, so only the
     /// commands that show the TIME_WAIT population ask for it.
     fn wants_time_waits(&self) -> bool {
-        false
+        self.inner().is_some_and(|s| s.wants_time_waits())
     }
 
     /// The kernel's list of one namespace's timewait sockets: dumped by a live run, or read
     /// back from its recording at the same place in the stream.
-    fn time_waits(&mut self, _obs: &Observed) -> io::Result<()> {
-        Ok(())
+    fn time_waits(&mut self, obs: &Observed) -> io::Result<()> {
+        self.inner_mut().map_or(Ok(()), |s| s.time_waits(obs))
     }
 
     /// A recording asks for what each periodic output takes from the host (a `leaks`
     /// snapshot, a `top` summary): from now on, keep it for [`Sink::take_host_snapshots`].
-    fn record_host_snapshots(&mut self) {}
+    fn record_host_snapshots(&mut self) {
+        if let Some(s) = self.inner_mut() {
+            s.record_host_snapshots();
+        }
+    }
 
     /// The host's side of the snapshots taken since the last call, oldest first: a recording
     /// writes them after the events the sink had seen when it took them.
     fn take_host_snapshots(&mut self) -> Vec<HostSnapshot> {
-        Vec::new()
+        self.inner_mut()
+            .map_or_else(Vec::new, |s| s.take_host_snapshots())
     }
 
     /// A snapshot's host side, read back from a recording at the same place in the stream:
     /// take the snapshot from it, asking this host nothing.
-    fn host_snapshot(&mut self, _snapshot: &HostSnapshot) -> io::Result<()> {
-        Ok(())
+    fn host_snapshot(&mut self, snapshot: &HostSnapshot) -> io::Result<()> {
+        self.inner_mut()
+            .map_or(Ok(()), |s| s.host_snapshot(snapshot))
     }
 
     /// The stream stopped: a live view gives the terminal back before the summary line; a
     /// sink that takes snapshots takes its last one (before a recording writes its summary).
-    fn stopped(&mut self, _stop: StopReason) {}
+    fn stopped(&mut self, stop: StopReason) {
+        if let Some(s) = self.inner_mut() {
+            s.stopped(stop);
+        }
+    }
 
-    /// Prints what is printed at the end of a run.
-    fn finish(mut self: Box<Self>, _header: &Header, _summary: &Summary) -> io::Result<()> {
-        self.flush()
+    /// Prints what is printed at the end of a run: by default, flushes and finishes the
+    /// wrapped sink.
+    fn finish(mut self: Box<Self>, header: &Header, summary: &Summary) -> io::Result<()> {
+        self.flush()?;
+        match self.into_inner() {
+            Some(s) => s.finish(header, summary),
+            None => Ok(()),
+        }
     }
 }
 
 impl Sink for Box<dyn Sink> {
-    fn attach(&mut self, probe: &Probe) -> anyhow::Result<()> {
-        (**self).attach(probe)
+    fn inner(&self) -> Option<&dyn Sink> {
+        Some(&**self)
+    }
+
+    fn inner_mut(&mut self) -> Option<&mut dyn Sink> {
+        Some(&mut **self)
+    }
+
+    fn into_inner(self: Box<Self>) -> Option<Box<dyn Sink>> {
+        Some(*self)
     }
 
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         (**self).event(ev)
     }
-
-    fn completed<'e>(&mut self, ev: &'e Event) -> Cow<'e, Event> {
-        (**self).completed(ev)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        (**self).flush()
-    }
-
-    fn wants_time_waits(&self) -> bool {
-        (**self).wants_time_waits()
-    }
-
-    fn time_waits(&mut self, obs: &Observed) -> io::Result<()> {
-        (**self).time_waits(obs)
-    }
-
-    fn record_host_snapshots(&mut self) {
-        (**self).record_host_snapshots()
-    }
-
-    fn take_host_snapshots(&mut self) -> Vec<HostSnapshot> {
-        (**self).take_host_snapshots()
-    }
-
-    fn host_snapshot(&mut self, snapshot: &HostSnapshot) -> io::Result<()> {
-        (**self).host_snapshot(snapshot)
-    }
-
-    fn stopped(&mut self, stop: StopReason) {
-        (**self).stopped(stop)
-    }
-
-    fn finish(self: Box<Self>, header: &Header, summary: &Summary) -> io::Result<()> {
-        <dyn Sink>::finish(*self, header, summary)
-    }
 }
+
+/// The three [`Sink`] methods of a wrapper ([`Sink::inner`], [`Sink::inner_mut`],
+/// [`Sink::into_inner`]), for the field that holds the wrapped sink: every hook the wrapper
+/// does not implement then goes on to it.
+macro_rules! wraps {
+    ($field:ident) => {
+        fn inner(&self) -> Option<&dyn $crate::pipeline::sink::Sink> {
+            Some(&self.$field)
+        }
+
+        fn inner_mut(&mut self) -> Option<&mut dyn $crate::pipeline::sink::Sink> {
+            Some(&mut self.$field)
+        }
+
+        fn into_inner(self: Box<Self>) -> Option<Box<dyn $crate::pipeline::sink::Sink>> {
+            Some(Box::new(self.$field))
+        }
+    };
+}
+pub(crate) use wraps;
 
 /// Says once on stderr when a live run has seen no event for [`QUIET_NOTE_AFTER`], so that a
 /// quiet host (or a filter that matches nothing) is not mistaken for a hung netwatch.
@@ -148,7 +181,9 @@ impl<S: Sink + 'static> QuietNote<S> {
     }
 }
 
-impl<S: Sink> Sink for QuietNote<S> {
+impl<S: Sink + 'static> Sink for QuietNote<S> {
+    wraps!(inner);
+
     fn attach(&mut self, probe: &Probe) -> anyhow::Result<()> {
         self.attached = Some(std::time::Instant::now());
         self.inner.attach(probe)
@@ -175,34 +210,6 @@ impl<S: Sink> Sink for QuietNote<S> {
         }
         self.inner.flush()
     }
-
-    fn wants_time_waits(&self) -> bool {
-        self.inner.wants_time_waits()
-    }
-
-    fn time_waits(&mut self, obs: &Observed) -> io::Result<()> {
-        self.inner.time_waits(obs)
-    }
-
-    fn record_host_snapshots(&mut self) {
-        self.inner.record_host_snapshots()
-    }
-
-    fn take_host_snapshots(&mut self) -> Vec<HostSnapshot> {
-        self.inner.take_host_snapshots()
-    }
-
-    fn host_snapshot(&mut self, snapshot: &HostSnapshot) -> io::Result<()> {
-        self.inner.host_snapshot(snapshot)
-    }
-
-    fn stopped(&mut self, stop: StopReason) {
-        self.inner.stopped(stop)
-    }
-
-    fn finish(self: Box<Self>, header: &Header, summary: &Summary) -> io::Result<()> {
-        Box::new(self.inner).finish(header, summary)
-    }
 }
 
 /// Passes on only the events the selection keeps.
@@ -222,10 +229,8 @@ impl<S: Sink + 'static> Filtered<S> {
     }
 }
 
-impl<S: Sink> Sink for Filtered<S> {
-    fn attach(&mut self, probe: &Probe) -> anyhow::Result<()> {
-        self.inner.attach(probe)
-    }
+impl<S: Sink + 'static> Sink for Filtered<S> {
+    wraps!(inner);
 
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         if self.selection.event(ev) {
@@ -233,30 +238,6 @@ impl<S: Sink> Sink for Filtered<S> {
         } else {
             Ok(())
         }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-
-    fn record_host_snapshots(&mut self) {
-        self.inner.record_host_snapshots()
-    }
-
-    fn take_host_snapshots(&mut self) -> Vec<HostSnapshot> {
-        self.inner.take_host_snapshots()
-    }
-
-    fn host_snapshot(&mut self, snapshot: &HostSnapshot) -> io::Result<()> {
-        self.inner.host_snapshot(snapshot)
-    }
-
-    fn stopped(&mut self, stop: StopReason) {
-        self.inner.stopped(stop)
-    }
-
-    fn finish(self: Box<Self>, header: &Header, summary: &Summary) -> io::Result<()> {
-        Box::new(self.inner).finish(header, summary)
     }
 }
 
@@ -713,5 +694,117 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
         assert!(text.starts_with("TIME(s)"), "{text}");
+    }
+
+    /// Records which hooks reached it, through a shared log (it is moved into the wrappers).
+    struct Hooks(std::rc::Rc<std::cell::RefCell<Vec<&'static str>>>);
+
+    impl Sink for Hooks {
+        fn event(&mut self, _ev: &Event) -> io::Result<()> {
+            self.0.borrow_mut().push("event");
+            Ok(())
+        }
+
+        fn completed<'e>(&mut self, ev: &'e Event) -> Cow<'e, Event> {
+            self.0.borrow_mut().push("completed");
+            Cow::Borrowed(ev)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            self.0.borrow_mut().push("flush");
+            Ok(())
+        }
+
+        fn wants_time_waits(&self) -> bool {
+            true
+        }
+
+        fn time_waits(&mut self, _obs: &Observed) -> io::Result<()> {
+            self.0.borrow_mut().push("time_waits");
+            Ok(())
+        }
+
+        fn record_host_snapshots(&mut self) {
+            self.0.borrow_mut().push("record_host_snapshots");
+        }
+
+        fn take_host_snapshots(&mut self) -> Vec<HostSnapshot> {
+            self.0.borrow_mut().push("take_host_snapshots");
+            Vec::new()
+        }
+
+        fn host_snapshot(&mut self, _snapshot: &HostSnapshot) -> io::Result<()> {
+            self.0.borrow_mut().push("host_snapshot");
+            Ok(())
+        }
+
+        fn stopped(&mut self, _stop: StopReason) {
+            self.0.borrow_mut().push("stopped");
+        }
+
+        fn finish(self: Box<Self>, _header: &Header, _summary: &Summary) -> io::Result<()> {
+            self.0.borrow_mut().push("finish");
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_hook_reaches_the_sink_the_wrappers_wrap() {
+        let log = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let inner: Box<dyn Sink> = Box::new(Hooks(log.clone()));
+        let selection = Selection::default();
+        // Filtered::boxed leaves out an empty selection: build the wrapper itself.
+        let filtered = Filtered { selection, inner };
+        let mut sink = QuietNote::boxed(filtered);
+        let ev = event(EventKind::Destroy { state: None });
+        assert!(sink.wants_time_waits());
+        sink.event(&ev).unwrap();
+        let _ = sink.completed(&ev);
+        sink.flush().unwrap();
+        let obs = Observed {
+            netns: 0,
+            taken_ns: 0,
+            settings: crate::model::timewait::HostSettings::default(),
+            sockets: Vec::new(),
+            kernel_overflows: None,
+        };
+        sink.time_waits(&obs).unwrap();
+        sink.record_host_snapshots();
+        let _ = sink.take_host_snapshots();
+        let tick = HostSnapshot::Tick(crate::host::snapshot::TopTick {
+            at_ns: 0,
+            lost: 0,
+            interval_ns: 1,
+            last: true,
+            printed: true,
+            report: false,
+        });
+        sink.host_snapshot(&tick).unwrap();
+        sink.stopped(StopReason::Signal);
+        let header = Header {
+            netwatch_record: 1,
+            started_ns: 0,
+            wall_offset_ns: 0,
+            settings: crate::model::timewait::HostSettings::default(),
+            filter: Vec::new(),
+        };
+        sink.finish(&header, &Summary::default()).unwrap();
+        let seen = log.borrow();
+        for hook in [
+            "event",
+            "completed",
+            "flush",
+            "time_waits",
+            "record_host_snapshots",
+            "take_host_snapshots",
+            "host_snapshot",
+            "stopped",
+            "finish",
+        ] {
+            assert!(
+                seen.contains(&hook),
+                "{hook} did not reach the sink: {seen:?}"
+            );
+        }
     }
 }
