@@ -20,8 +20,8 @@ use std::{
 };
 
 use crate::support::{
-    Events, Kept, Tracer, eventually, get, http, leaked_connections, orderly_connections,
-    refused_connects, step, stop_after_quiet, tcpdrive, timed_out_connects,
+    Events, Kept, Tracer, certs::certificates, eventually, get, http, leaked_connections,
+    orderly_connections, refused_connects, step, stop_after_quiet, tcpdrive, timed_out_connects,
 };
 use netwatch_tests::{
     NetPair, ReadyChild, Side, counter_delta, require_root, unique_port, wait_with_timeout,
@@ -754,46 +754,6 @@ fn root_serve_rejects_bad_requests_without_slowing_tracing() {
         traced_step("SYN_SENT->ESTABLISHED")
     );
     assert_eq!(sum_of(&metrics, "netwatch_events_lost_total"), 0.0);
-}
-
-/// A CA and a server certificate it signed for 127.0.0.1 and `localhost`, written to `dir`:
-/// (ca.pem, server.pem, server.key); and a client certificate it signed, `client.pem` and
-/// `client.key` in `dir`.
-fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    fs::create_dir_all(dir).unwrap();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    // Not the default name the server's certificate gets too: OpenSSL would take the
-    // server's for self-signed.
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "netwatch test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    );
-    fs::write(&paths.0, ca.pem()).unwrap();
-    fs::write(&paths.1, cert.pem()).unwrap();
-    fs::write(&paths.2, key.serialize_pem()).unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
-    client
-        .distinguished_name
-        .push(DnType::CommonName, "prometheus");
-    let client = client.signed_by(&client_key, &issuer).unwrap();
-    fs::write(dir.join("client.pem"), client.pem()).unwrap();
-    fs::write(dir.join("client.key"), client_key.serialize_pem()).unwrap();
-    paths
 }
 
 /// `curl` with `args`: (HTTP status, or 0 when no HTTP answer came; curl's exit code).

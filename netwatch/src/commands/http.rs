@@ -458,40 +458,19 @@ mod tests {
         }
     }
 
-    /// A CA, and a certificate it signed for `localhost` and 127.0.0.1, as PEM files in
-    /// `dir`: (CA certificate, server certificate, server key). Also in `dir`: `ca.pem`, and a
-    /// client certificate the CA signed, `client.pem` and `client.key`.
+    /// The test certificates the root tests of `serve` use too.
+    mod certs {
+        include!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/tests/support/certs.rs"
+        ));
+    }
+
+    /// [`certs::certificates`] in `dir`, with the CA certificate's PEM text: (CA certificate,
+    /// server certificate file, server key file).
     fn certificates(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path::PathBuf) {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        // Not the default name the server's certificate gets too: OpenSSL would take the
-        // server's for self-signed.
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "netwatch test CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        std::fs::create_dir_all(dir).unwrap();
-        let (cert_file, key_file) = (dir.join("server.pem"), dir.join("server.key"));
-        std::fs::write(&cert_file, cert.pem()).unwrap();
-        std::fs::write(&key_file, key.serialize_pem()).unwrap();
-        let client_key = KeyPair::generate().unwrap();
-        let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
-        client
-            .distinguished_name
-            .push(DnType::CommonName, "prometheus");
-        let client = client.signed_by(&client_key, &issuer).unwrap();
-        std::fs::write(dir.join("client.pem"), client.pem()).unwrap();
-        std::fs::write(dir.join("client.key"), client_key.serialize_pem()).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        (ca.pem(), cert_file, key_file)
+        let (ca, cert, key) = certs::certificates(dir);
+        (std::fs::read_to_string(ca).unwrap(), cert, key)
     }
 
     /// A TLS client that trusts only `ca_pem` and shows the client certificate of `dir` (see

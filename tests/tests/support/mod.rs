@@ -11,6 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Test certificates for TLS (shared with the unit tests of the HTTP server).
+pub mod certs;
 mod http;
 
 pub use http::{get, http};
