@@ -37,6 +37,27 @@ fn own_traffic_only(pair: &NetPair, server_ports: &[u16]) -> Vec<String> {
     crate::support::own_traffic_only(pair, CLIENT_PORTS, server_ports, &[])
 }
 
+/// Starts `top --interval INTERVAL EXTRA...` on `pair`'s traffic to `server_ports`, its stdout
+/// a file of `scratch`: no terminal, so plain summaries. The tracer, and the file's path.
+fn top_to_file(
+    scratch: &Scratch,
+    pair: &NetPair,
+    interval: &str,
+    extra: &[String],
+    server_ports: &[u16],
+) -> (Tracer, PathBuf) {
+    let mut args: Vec<String> = ["top", "--interval", interval].map(String::from).to_vec();
+    args.extend_from_slice(extra);
+    args.extend(own_traffic_only(pair, server_ports));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out_path = scratch.path("stdout");
+    let file = fs::File::create(&out_path).expect("stdout file");
+    let tracer = Tracer::start_with(&args, |cmd| {
+        cmd.stdout(file);
+    });
+    (tracer, out_path)
+}
+
 /// The known workload's ports, and its leaking server (alive: its sockets stay in CLOSE_WAIT).
 struct Workload {
     p_ok: u16,
@@ -494,28 +515,12 @@ fn root_top_without_a_terminal_prints_plain_summaries() {
     let scratch = Scratch::new("plain");
     let pair = NetPair::new();
     let mut work = Workload::ports();
-    let mut args: Vec<String> = ["top", "--interval", "1s"].map(String::from).to_vec();
-    args.extend(own_traffic_only(&pair, &work.server_ports()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out_path = scratch.path("stdout");
-    let file = fs::File::create(&out_path).expect("stdout file");
     // stdout is a file: no terminal, so summaries, not a screen.
-    let tracer = Tracer::start_with(&args, |cmd| {
-        cmd.stdout(file);
-    });
+    let (tracer, out_path) = top_to_file(&scratch, &pair, "1s", &[], &work.server_ports());
     let leaker_pid = work.run(&pair);
     // Each summary counts from the start. Once there are two (one per interval) and the last
     // has the whole workload (the last transitions into TIME_WAIT come in softirq, after the
     // clients exited), SIGTERM: the summaries that follow it (a last one at exit) have it too.
-    let summaries_of = |text: &str| -> Vec<String> {
-        // After SIGTERM, the report follows the summaries.
-        let plain = text.split("netwatch report:").next().unwrap_or_default();
-        plain
-            .split("netwatch top at ")
-            .filter(|s| !s.trim().is_empty())
-            .map(str::to_string)
-            .collect()
-    };
     let in_all = format!(
         "in all: {} connects, {} accepts, {} TIME_WAIT births",
         N + L + M,
@@ -524,7 +529,7 @@ fn root_top_without_a_terminal_prints_plain_summaries() {
     );
     let whole = eventually(Duration::from_secs(20), || {
         let text = fs::read_to_string(&out_path).unwrap_or_default();
-        let summaries = summaries_of(&text);
+        let summaries = plain_summaries(&text);
         summaries.len() >= 2
             && summaries.last().is_some_and(|s| {
                 flat(s).contains(&in_all)
@@ -548,7 +553,7 @@ fn root_top_without_a_terminal_prints_plain_summaries() {
         "terminal escape sequences in a file:\n{text}"
     );
 
-    let summaries = summaries_of(&text);
+    let summaries = plain_summaries(&text);
     assert!(
         summaries.len() >= 2,
         "expected a summary per interval, got {}:\n{text}",
@@ -629,17 +634,8 @@ fn root_top_record_replays_byte_identical_summaries() {
     let recording = scratch.path("top.nwr");
     let pair = NetPair::new();
     let mut work = Workload::ports();
-    let mut args: Vec<String> = ["top", "--interval", "1s", "--record"]
-        .map(String::from)
-        .to_vec();
-    args.push(recording.to_string_lossy().into_owned());
-    args.extend(own_traffic_only(&pair, &work.server_ports()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out_path = scratch.path("stdout");
-    let file = fs::File::create(&out_path).expect("stdout file");
-    let tracer = Tracer::start_with(&args, |cmd| {
-        cmd.stdout(file);
-    });
+    let record = ["--record", &recording.to_string_lossy()].map(String::from);
+    let (tracer, out_path) = top_to_file(&scratch, &pair, "1s", &record, &work.server_ports());
     let leaker_pid = work.run(&pair);
     let holder = format!("CLOSE_WAIT holders: tcpdrive[{leaker_pid}] {L} sockets");
     // Two summaries at least, the last with the leak in it: the replay must place both.
@@ -733,15 +729,8 @@ fn root_top_last_summary_has_every_retransmit_the_kernel_counted() {
         &["listen-only", &format!("{server}:{p_synack}")],
     ));
     // Long enough that the workload and the stop fit in half an interval after a summary.
-    let mut args: Vec<String> = ["top", "--interval", "10s"].map(String::from).to_vec();
-    args.extend(own_traffic_only(&pair, &[p_syn, p_synack]));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out_path = scratch.path("stdout");
-    let file = fs::File::create(&out_path).expect("stdout file");
     let before = [Side::Client, Side::Server].map(|s| pair.nstat(s));
-    let tracer = Tracer::start_with(&args, |cmd| {
-        cmd.stdout(file);
-    });
+    let (tracer, out_path) = top_to_file(&scratch, &pair, "10s", &[], &[p_syn, p_synack]);
     let first = eventually(Duration::from_secs(30), || {
         !plain_summaries(&fs::read_to_string(&out_path).unwrap_or_default()).is_empty()
     });
