@@ -200,6 +200,19 @@ impl<W: Write> LifeSink<W> {
         }
     }
 
+    /// What the exit says when the tracker evicted sockets: their connections are missing from
+    /// the output, which must not go unsaid.
+    fn eviction_note(&self) -> Option<String> {
+        let evicted = self.tracker.stats().evicted;
+        (evicted > 0).then(|| {
+            format!(
+                "netwatch: {evicted} sockets were evicted from the tracker at --max-sockets (the \
+                 least recently active first): their connections are not given; raise \
+                 --max-sockets"
+            )
+        })
+    }
+
     /// Ends what is still waiting (end of stream) and prints it.
     fn print_end(&mut self) -> io::Result<()> {
         let mut done = Vec::new();
@@ -238,7 +251,11 @@ impl<W: Write> Sink for LifeSink<W> {
         _header: &crate::pipeline::session::Header,
         _summary: &crate::pipeline::session::Summary,
     ) -> io::Result<()> {
-        self.print_end()
+        self.print_end()?;
+        if let Some(note) = self.eviction_note() {
+            eprintln!("{note}");
+        }
+        Ok(())
     }
 
     fn event(&mut self, ev: &Event) -> io::Result<()> {
@@ -296,6 +313,21 @@ mod tests {
             .iter()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn evictions_are_said_at_the_end() {
+        let mut r = Replay::open(std::path::Path::new(RECORDING)).unwrap();
+        // Room for one socket: the recording's several connections overlap.
+        let mut sink = LifeSink::new(Vec::new(), true, false, 1, Selection::default());
+        let mut full = LifeSink::new(Vec::new(), true, false, 1000, Selection::default());
+        while let Item::Event(ev) = r.next_item().unwrap() {
+            sink.event(&ev).unwrap();
+            full.event(&ev).unwrap();
+        }
+        let note = sink.eviction_note().expect("a note on evictions");
+        assert!(note.contains("raise --max-sockets"), "{note}");
+        assert_eq!(full.eviction_note(), None);
     }
 
     #[test]
