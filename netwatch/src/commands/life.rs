@@ -283,7 +283,8 @@ mod tests {
     fn replay_lines() -> Vec<String> {
         let mut r = Replay::open(std::path::Path::new(RECORDING)).unwrap();
         let mut sink = LifeSink::new(Vec::new(), true, false, 1000, Selection::default());
-        while let Item::Event(ev) = r.next_item().unwrap() {
+        let mut ev = crate::model::event::Event::default();
+        while let Item::Event = r.next_item(&mut ev).unwrap() {
             sink.event(&ev).unwrap();
         }
         sink.print_end().unwrap();
