@@ -1,9 +1,8 @@
 //! Where events go: text columns for people, JSON lines for jq and for machines.
 use std::{
     borrow::Cow,
-    fmt::{self, Write as _},
+    fmt,
     io::{self, Write},
-    net::IpAddr,
 };
 
 use serde::Serialize;
@@ -11,9 +10,9 @@ use serde::Serialize;
 use crate::{
     host::{clock::WallClock, snapshot::HostSnapshot},
     kernel::probe::Probe,
-    model::event::{Endpoint, Event, EventKind, state_label},
+    model::event::{Event, EventKind, state_label},
     model::names::Container,
-    model::pad::pad,
+    model::pad::{SPACES, pad, push_decimal, push_endpoint, push_left, push_right},
     model::selection::Selection,
     model::timewait::Observed,
     pipeline::session::{Header, StopReason, Summary},
@@ -332,83 +331,6 @@ impl<W: Write> TextSink<W> {
     }
 }
 
-/// Spaces to pad a column with, taken at once: `{:<N}` into a `String` writes its fill one
-/// character at a time, and that was a fifth of a text trace's instructions.
-const SPACES: &str = "                                                                ";
-
-/// Appends `value` left-aligned in `width` characters, as `{value:<width}` would.
-fn push_left(line: &mut String, value: impl fmt::Display, width: usize) {
-    let start = line.len();
-    // Writing to a `String` cannot fail.
-    let _ = write!(line, "{value}");
-    fill_left(line, start, width);
-}
-
-/// Pads what was written to `line` from `start` on to `width` characters.
-fn fill_left(line: &mut String, start: usize, width: usize) {
-    let mut fill = width.saturating_sub(chars(&line[start..]));
-    while fill > 0 {
-        let n = fill.min(SPACES.len());
-        line.push_str(&SPACES[..n]);
-        fill -= n;
-    }
-}
-
-/// Appends `value` right-aligned in `width` characters, as `{value:>width}` would.
-fn push_right(line: &mut String, value: impl fmt::Display, width: usize) {
-    let start = line.len();
-    let _ = write!(line, "{value}");
-    let mut fill = width.saturating_sub(chars(&line[start..]));
-    while fill > 0 {
-        let n = fill.min(SPACES.len());
-        line.insert_str(start, &SPACES[..n]);
-        fill -= n;
-    }
-}
-
-/// Characters in `s`, as a width counts them: its bytes when ASCII, as nearly always.
-fn chars(s: &str) -> usize {
-    if s.is_ascii() {
-        s.len()
-    } else {
-        s.chars().count()
-    }
-}
-
-/// Appends `n` in decimal: fmt's integer path (sign, prefix, padding checks) cost more than
-/// the digits in a trace line's nine numbers.
-fn push_decimal(line: &mut String, mut n: u32) {
-    let mut digits = [0u8; 10];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    line.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
-}
-
-/// Appends `addr:port` left-aligned in `width` characters, as `{:<width}` of [`Endpoint`]
-/// would; an IPv4 one digit by digit.
-fn push_endpoint(line: &mut String, addr: IpAddr, port: u16, width: usize) {
-    let IpAddr::V4(v4) = addr else {
-        return push_left(line, Endpoint(addr, port), width);
-    };
-    let start = line.len();
-    let [a, b, c, d] = v4.octets();
-    push_decimal(line, a.into());
-    for octet in [b, c, d] {
-        line.push('.');
-        push_decimal(line, octet.into());
-    }
-    line.push(':');
-    push_decimal(line, port.into());
-    fill_left(line, start, width);
-}
-
 /// The EVENT column: `OLD -> NEW` for transitions, the kind and state for the rest.
 struct Describe<'a>(&'a EventKind);
 
@@ -593,42 +515,6 @@ impl<W: Write> Sink for JsonSink<W> {
 mod tests {
     use super::*;
     use crate::model::event::TcpState;
-
-    /// The trace's columns, padded at once and written digit by digit, are what `{:<w$}` and
-    /// `{:>w$}` of the same values write.
-    #[test]
-    fn columns_are_what_fmt_pads() {
-        let addrs = [
-            "0.0.0.0",
-            "10.0.0.1",
-            "255.255.255.255",
-            "::1",
-            "fe80::1",
-            "::ffff:1.2.3.4",
-        ];
-        for addr in addrs {
-            let ip: IpAddr = addr.parse().unwrap();
-            for port in [0, 9, 80, 65535] {
-                for width in [0, 5, 21, 47, 100] {
-                    let mut line = String::from("x");
-                    push_endpoint(&mut line, ip, port, width);
-                    assert_eq!(line, format!("x{:<width$}", Endpoint(ip, port)));
-                }
-            }
-        }
-        for n in [0, 7, 10, 4_294_967_295] {
-            let mut line = String::new();
-            push_decimal(&mut line, n);
-            assert_eq!(line, n.to_string());
-        }
-        for (value, width) in [("é-", 5), ("-", 7), ("longer than seven", 7), ("", 70)] {
-            let (mut left, mut right) = (String::new(), String::new());
-            push_left(&mut left, value, width);
-            push_right(&mut right, value, width);
-            assert_eq!(left, format!("{value:<width$}"));
-            assert_eq!(right, format!("{value:>width$}"));
-        }
-    }
 
     fn event(kind: EventKind) -> Event {
         let mut ev = Event::test_state(3_500_000_000);
