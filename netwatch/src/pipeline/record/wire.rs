@@ -540,3 +540,43 @@ impl Put<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every varint length reads back, in every width it fits, and is refused in one it does
+    /// not fit; cut anywhere, it is short.
+    #[test]
+    fn varints_read_back_at_every_length() {
+        let values = [
+            0,
+            127,
+            128,
+            16_383,
+            16_384,
+            65_535,
+            65_536,
+            (1 << 21) - 1,
+            1 << 21,
+            u64::from(u32::MAX),
+            u64::from(u32::MAX) + 1,
+            u64::MAX,
+        ];
+        for v in values {
+            let mut bytes = Vec::new();
+            Put(&mut bytes).u64(v);
+            for bits in [16, 32, 64] {
+                let read = Wire::new(&bytes).varint(bits);
+                if bits == 64 || v >> bits == 0 {
+                    assert_eq!(read, Ok(v), "{v} in {bits} bits");
+                } else {
+                    assert_eq!(read, Err(WireError::LongVarint(bits)), "{v} in {bits} bits");
+                }
+            }
+            for cut in 0..bytes.len() {
+                assert_eq!(Wire::new(&bytes[..cut]).varint(64), Err(WireError::Short));
+            }
+        }
+    }
+}
