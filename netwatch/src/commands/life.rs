@@ -1,7 +1,10 @@
 //! `netwatch life`: one line per connection when it ends (tcplife's columns, plus ROLE and END;
 //! with `-w` also CONTAINER and CGROUP), or its full record as JSON (plus `cgroup` and the
 //! container's `container_id`, `container`, `pod` and `namespace`).
-use std::io::{self, Write};
+use std::{
+    fmt::Write as _,
+    io::{self, Write},
+};
 
 use serde::Serialize;
 
@@ -9,6 +12,7 @@ use crate::{
     host::clock::WallClock,
     model::event::Event,
     model::names::Container,
+    model::pad::{push_ip, push_left, push_right},
     model::selection::Selection,
     model::tracker::{Connection, Fact, Tracker},
     pipeline::sink::{QuietNote, Sink},
@@ -72,6 +76,8 @@ pub struct LifeSink<W: Write> {
     /// `-T`: a first TIME column, the wall-clock time the connection ended.
     time: Option<WallClock>,
     pub tracker: Tracker,
+    /// The text line being written, reused from row to row.
+    line: String,
 }
 
 impl<W: Write> LifeSink<W> {
@@ -84,6 +90,7 @@ impl<W: Write> LifeSink<W> {
             header_done: false,
             time: None,
             tracker: Tracker::new(max_sockets),
+            line: String::new(),
         }
     }
 
@@ -154,24 +161,41 @@ impl<W: Write> LifeSink<W> {
             crate::model::tracker::Role::Passive => "passive",
             crate::model::tracker::Role::Unknown => "-",
         };
-        writeln!(
-            self.out,
-            "{}{:>7} {:<15} {:<aw$} {:>5} {:<aw$} {:>5} {:>6} {:>6} {:>10.3} {:<7} {}{}{}",
-            self.time_column(Some(c.end_ns)),
-            OrDash(c.pid),
-            c.comm.as_deref().unwrap_or("-"),
-            c.saddr,
-            c.sport,
-            c.daddr,
-            c.dport,
-            kb(c.bytes_sent),
-            kb(c.bytes_received),
-            OrDash(c.ms),
-            role,
-            self.container_column(container.map(|c| c.label()).as_deref()),
-            self.cgroup_column(cgroup.as_deref()),
-            c.end
-        )
+        let time = self.time_column(Some(c.end_ns));
+        let container = self.container_column(container.map(|c| c.label()).as_deref());
+        let cgroup = self.cgroup_column(cgroup.as_deref());
+        // Into one reused line, padded at once: `writeln!` with widths straight into the
+        // output wrote each fill space as its own write.
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        line.push_str(&time);
+        push_right(&mut line, OrDash(c.pid), 7);
+        line.push(' ');
+        push_left(&mut line, c.comm.as_deref().unwrap_or("-"), 15);
+        line.push(' ');
+        push_ip(&mut line, c.saddr, aw);
+        line.push(' ');
+        push_right(&mut line, c.sport, 5);
+        line.push(' ');
+        push_ip(&mut line, c.daddr, aw);
+        line.push(' ');
+        push_right(&mut line, c.dport, 5);
+        line.push(' ');
+        push_right(&mut line, kb(c.bytes_sent), 6);
+        line.push(' ');
+        push_right(&mut line, kb(c.bytes_received), 6);
+        line.push(' ');
+        push_right(&mut line, format_args!("{:.3}", OrDash(c.ms)), 10);
+        line.push(' ');
+        push_left(&mut line, role, 7);
+        line.push(' ');
+        line.push_str(&container);
+        line.push_str(&cgroup);
+        // Writing to a `String` cannot fail.
+        let _ = writeln!(line, "{}", c.end);
+        let written = self.out.write_all(line.as_bytes());
+        self.line = line;
+        written
     }
 
     /// The CGROUP column with its separator under `-w` (`-` when unknown), else nothing. It
@@ -300,7 +324,8 @@ mod tests {
     fn replay_lines() -> Vec<String> {
         let mut r = Replay::open(std::path::Path::new(RECORDING)).unwrap();
         let mut sink = LifeSink::new(Vec::new(), true, false, 1000, Selection::default());
-        while let Item::Event(ev) = r.next_item().unwrap() {
+        let mut ev = crate::model::event::Event::default();
+        while let Item::Event = r.next_item(&mut ev).unwrap() {
             sink.event(&ev).unwrap();
         }
         sink.print_end().unwrap();

@@ -403,6 +403,31 @@ impl Event {
     }
 }
 
+/// An event of nothing known: the buffer a recording's reader reads each event into.
+impl Default for Event {
+    fn default() -> Self {
+        Event {
+            ts_ns: 0,
+            sock: 0,
+            pid: None,
+            tid: None,
+            comm: None,
+            owner_seen_here: false,
+            cgroup_id: None,
+            netns: None,
+            family: Family::Ipv4,
+            saddr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            sport: 0,
+            daddr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            dport: 0,
+            stack_id: None,
+            stack: Vec::new(),
+            sp_word: None,
+            kind: EventKind::Destroy { state: None },
+        }
+    }
+}
+
 #[cfg(test)]
 impl Event {
     /// A `CLOSE -> SYN_SENT` event at `ts_ns`, for tests that need any event.

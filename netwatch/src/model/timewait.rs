@@ -17,8 +17,8 @@
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap, HashSet, VecDeque},
-    hash::Hash,
-    net::{IpAddr, SocketAddr},
+    hash::{Hash, Hasher},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
 use foldhash::fast::RandomState;
@@ -119,29 +119,122 @@ impl HostSettings {
 }
 
 /// A timewait socket's identity: its namespace and 4-tuple, seen from this host.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Kept compact (44 bytes, no enum to match) and hashed in three words: every state change
+/// looks its tuple up here, and `SocketAddr` pairs cost as much to build, hash and compare as
+/// the rest of the table's work. Ordered as the `SocketAddr` pairs were.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Tuple {
     pub netns: u32,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
+    local: Side,
+    remote: Side,
+}
+
+/// One end of a [`Tuple`]: IPv4 (in the first 4 bytes) or IPv6, and the port. The derived
+/// order is `SocketAddr`'s: IPv4 before IPv6, then the address, then the port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Side {
+    v6: bool,
+    addr: [u8; 16],
+    port: u16,
+}
+
+impl Side {
+    /// An IPv4-mapped IPv6 address is its IPv4 address, as the kernel's tuples hold it.
+    #[inline]
+    fn new(ip: IpAddr, port: u16) -> Side {
+        match ip.to_canonical() {
+            IpAddr::V4(a) => {
+                let mut addr = [0; 16];
+                addr[..4].copy_from_slice(&a.octets());
+                Side {
+                    v6: false,
+                    addr,
+                    port,
+                }
+            }
+            IpAddr::V6(a) => Side {
+                v6: true,
+                addr: a.octets(),
+                port,
+            },
+        }
+    }
+
+    fn ip(&self) -> IpAddr {
+        if self.v6 {
+            IpAddr::V6(self.addr.into())
+        } else {
+            IpAddr::V4(Ipv4Addr::new(
+                self.addr[0],
+                self.addr[1],
+                self.addr[2],
+                self.addr[3],
+            ))
+        }
+    }
+
+    fn socket(&self) -> SocketAddr {
+        SocketAddr::new(self.ip(), self.port)
+    }
+
+    /// The address's two halves.
+    #[inline]
+    fn words(&self) -> (u64, u64) {
+        let (lo, hi) = self.addr.split_at(8);
+        (
+            u64::from_ne_bytes(lo.try_into().expect("8 bytes")),
+            u64::from_ne_bytes(hi.try_into().expect("8 bytes")),
+        )
+    }
+}
+
+impl Hash for Tuple {
+    /// Equal tuples hash alike; the address family needs no word of its own (an IPv4 address
+    /// leaves its last 12 bytes zero).
+    #[inline]
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        let ((l0, l1), (r0, r1)) = (self.local.words(), self.remote.words());
+        h.write_u64(l0 ^ r0.rotate_left(32));
+        h.write_u64(l1 ^ r1.rotate_left(32));
+        h.write_u64(
+            u64::from(self.netns) << 32
+                | u64::from(self.local.port) << 16
+                | u64::from(self.remote.port),
+        );
+    }
 }
 
 impl Tuple {
+    #[inline]
     pub fn new(netns: Option<u32>, local: SocketAddr, remote: SocketAddr) -> Self {
-        let canon = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+        Self::of(
+            netns,
+            (local.ip(), local.port()),
+            (remote.ip(), remote.port()),
+        )
+    }
+
+    /// The same from addresses and ports apart, as events hold them.
+    #[inline]
+    fn of(netns: Option<u32>, local: (IpAddr, u16), remote: (IpAddr, u16)) -> Self {
         Self {
             netns: netns.unwrap_or(0),
-            local: canon(local),
-            remote: canon(remote),
+            local: Side::new(local.0, local.1),
+            remote: Side::new(remote.0, remote.1),
         }
     }
 
     fn of_connection(c: &Connection) -> Self {
-        Self::new(
-            c.netns,
-            SocketAddr::new(c.saddr, c.sport),
-            SocketAddr::new(c.daddr, c.dport),
-        )
+        Self::of(c.netns, (c.saddr, c.sport), (c.daddr, c.dport))
+    }
+
+    pub fn local(&self) -> SocketAddr {
+        self.local.socket()
+    }
+
+    pub fn remote(&self) -> SocketAddr {
+        self.remote.socket()
     }
 }
 
@@ -226,7 +319,7 @@ struct DestStats {
     births: u64,
     first_birth_ns: Option<u64>,
     /// Alive sockets per local address: each local address has its own ports.
-    local_addrs: HashMap<IpAddr, u64>,
+    local_addrs: FastMap<IpAddr, u64>,
     /// Births per second over the last minute, indexed by second modulo 64.
     seconds: [Second; 64],
     /// Population samples, every [`HISTORY_STEP_NS`], oldest first.
@@ -245,7 +338,7 @@ impl DestStats {
             alive: 0,
             births: 0,
             first_birth_ns: None,
-            local_addrs: HashMap::new(),
+            local_addrs: FastMap::default(),
             seconds: [Second::default(); 64],
             history: VecDeque::new(),
         }
@@ -426,8 +519,8 @@ pub struct KernelOverflow {
     pub overflows: u64,
 }
 
-/// A map keyed by tuples: foldhash (seeded per process) rather than SipHash, on the
-/// per-event path.
+/// A map on the per-event or per-birth path: foldhash (seeded per process) rather than
+/// SipHash.
 type FastMap<K, V> = HashMap<K, V, RandomState>;
 
 /// The table. `T` is the caller's process dimension (`()` when it needs none).
@@ -445,7 +538,7 @@ pub struct TimeWaits<T> {
     /// The shared row past [`MAX_DESTINATIONS`], once made.
     other_dest: Option<u32>,
     by_tag: FastMap<(u32, T), u64>,
-    netns: HashMap<u32, NetnsStats>,
+    netns: FastMap<u32, NetnsStats>,
     default_settings: HostSettings,
     started_ns: Option<u64>,
     now_ns: u64,
@@ -466,7 +559,7 @@ impl<T: Clone + Eq + Hash + Default> TimeWaits<T> {
             free_dests: Vec::new(),
             other_dest: None,
             by_tag: FastMap::default(),
-            netns: HashMap::new(),
+            netns: FastMap::default(),
             default_settings: settings,
             started_ns: None,
             now_ns: 0,
@@ -498,14 +591,10 @@ impl<T: Clone + Eq + Hash + Default> TimeWaits<T> {
         else {
             return;
         };
-        let tuple = Tuple::new(
-            ev.netns,
-            SocketAddr::new(ev.saddr, ev.sport),
-            SocketAddr::new(ev.daddr, ev.dport),
-        );
-        if tuple.local.port() == 0 || tuple.remote.port() == 0 {
+        if ev.sport == 0 || ev.dport == 0 {
             return;
         }
+        let tuple = Tuple::of(ev.netns, (ev.saddr, ev.sport), (ev.daddr, ev.dport));
         match (old_state, new_state) {
             (
                 Some(TcpState::FinWait1 | TcpState::FinWait2 | TcpState::Closing),
@@ -541,7 +630,11 @@ impl<T: Clone + Eq + Hash + Default> TimeWaits<T> {
         let dest = self.dest_id(Destination {
             netns: tuple.netns,
             active,
-            endpoint: if active { tuple.remote } else { tuple.local },
+            endpoint: if active {
+                tuple.remote()
+            } else {
+                tuple.local()
+            },
         });
         self.counts.births += 1;
         let long_lived = c.ms.is_none_or(|ms| ms >= LONG_LIVED_MS);
@@ -697,7 +790,11 @@ impl<T: Clone + Eq + Hash + Default> TimeWaits<T> {
             let dest = self.dest_id(Destination {
                 netns: obs.netns,
                 active,
-                endpoint: if active { tuple.remote } else { tuple.local },
+                endpoint: if active {
+                    tuple.remote()
+                } else {
+                    tuple.local()
+                },
             });
             if born_ns >= started {
                 self.counts.drift_unseen += 1;

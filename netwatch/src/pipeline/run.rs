@@ -16,6 +16,7 @@ use crate::{
         privileges,
         probe::{KernelStats, Probe, ProbeConfig, ProgramSpec, TracepointPath},
     },
+    model::event::Event,
     pipeline::{
         record::{self, Item, Recorder, Replay, Target, binary::FileHeader},
         session::{Header, StopReason, Summary},
@@ -213,9 +214,10 @@ pub fn replay(
     };
     let mut events = 0u64;
     let mut last_ns = header.started_ns;
+    let mut ev = Event::default();
     let outcome = loop {
-        match replay.next_item() {
-            Ok(Item::Event(ev)) => {
+        match replay.next_item(&mut ev) {
+            Ok(Item::Event) => {
                 events += 1;
                 last_ns = last_ns.max(ev.ts_ns);
                 if let Some(r) = &mut rec {

@@ -1,7 +1,7 @@
 //! Where events go: text columns for people, JSON lines for jq and for machines.
 use std::{
     borrow::Cow,
-    fmt::{self, Write as _},
+    fmt,
     io::{self, Write},
 };
 
@@ -10,9 +10,9 @@ use serde::Serialize;
 use crate::{
     host::{clock::WallClock, snapshot::HostSnapshot},
     kernel::probe::Probe,
-    model::event::{Endpoint, Event, EventKind, state_label},
+    model::event::{Event, EventKind, state_label},
     model::names::Container,
-    model::pad::pad,
+    model::pad::{SPACES, pad, push_decimal, push_endpoint, push_left, push_right},
     model::selection::Selection,
     model::timewait::Observed,
     pipeline::session::{Header, StopReason, Summary},
@@ -376,34 +376,40 @@ impl<W: Write> Sink for TextSink<W> {
         self.header_once()?;
         let line = &mut self.line;
         line.clear();
-        // Writing to a `String` cannot fail.
-        let _ = match self.time {
+        match self.time {
             TimeStyle::Relative { start_ns } => {
                 let s = ev.ts_ns.saturating_sub(start_ns) as f64 / 1e9;
-                write!(line, "{s:<12.3}")
+                push_left(line, format_args!("{s:.3}"), 12);
             }
-            TimeStyle::Wall => write!(line, "{:<12}", self.clock.hms(ev.ts_ns)),
-        };
-        let _ = match ev.pid {
-            Some(pid) => write!(line, " {pid:>7}"),
-            None => write!(line, " {:>7}", "-"),
-        };
+            TimeStyle::Wall => push_left(line, self.clock.hms(ev.ts_ns), 12),
+        }
+        line.push(' ');
+        match ev.pid {
+            Some(pid) => {
+                let start = line.len();
+                push_decimal(line, pid);
+                let fill = 7usize.saturating_sub(line.len() - start);
+                line.insert_str(start, &SPACES[..fill]);
+            }
+            None => push_right(line, "-", 7),
+        }
         let w = self.addr_width;
-        let _ = write!(
-            line,
-            " {:<15} {:<w$} {:<w$} {:<EVENT_WIDTH$} ",
-            ev.comm.as_deref().unwrap_or("-"),
-            Endpoint(ev.saddr, ev.sport),
-            Endpoint(ev.daddr, ev.dport),
-            Describe(&ev.kind),
-        );
-        let _ = match ev.kind {
+        line.push(' ');
+        push_left(line, ev.comm.as_deref().unwrap_or("-"), 15);
+        line.push(' ');
+        push_endpoint(line, ev.saddr, ev.sport, w);
+        line.push(' ');
+        push_endpoint(line, ev.daddr, ev.dport, w);
+        line.push(' ');
+        push_left(line, Describe(&ev.kind), EVENT_WIDTH);
+        line.push(' ');
+        match ev.kind {
             EventKind::State {
                 ms_in_old: Some(ms),
                 ..
-            } => write!(line, "{ms:>10.3}"),
-            _ => write!(line, "{:>10}", "-"),
-        };
+            } => push_right(line, format_args!("{ms:.3}"), 10),
+            _ => push_right(line, "-", 10),
+        }
         self.out.write_all(line.as_bytes())?;
         let (container, cgroup) = if self.cgroup {
             (

@@ -562,11 +562,11 @@ impl BinaryReader {
         Ok(Some((kind, payload)))
     }
 
-    /// The next event, timewait list, or end.
-    pub fn next_item(&mut self) -> Result<Next, RecordError> {
+    /// The next event (into `ev`), timewait list, or end.
+    pub fn next_item(&mut self, ev: &mut Event) -> Result<Next, RecordError> {
         loop {
             if self.pos < self.block.len() {
-                return self.next_record().map(Next::Item);
+                return self.next_record(ev).map(Next::Item);
             }
             let at = self.offset;
             let Some((kind, payload)) = self.frame()? else {
@@ -650,7 +650,7 @@ impl BinaryReader {
         Ok(())
     }
 
-    fn next_record(&mut self) -> Result<Item, RecordError> {
+    fn next_record(&mut self, ev: &mut Event) -> Result<Item, RecordError> {
         let at = self.block_at;
         let corrupt = |pos: usize, e: String| RecordError::Corrupt {
             path: self.path.clone(),
@@ -660,15 +660,12 @@ impl BinaryReader {
         // Events, nearly every record, are read by hand ([`wire`]); the rest through serde.
         let mut wire = Wire::new(&self.block[self.pos..]);
         if wire.variant() == Ok(RECORD_EVENT) {
-            let c = wire
-                .compact()
+            let owner = wire
+                .event(ev, &self.table, &mut self.prev)
                 .map_err(|e| corrupt(self.pos, e.to_string()))?;
-            let (ev, owner) = c
-                .decode(&self.table, &mut self.prev)
-                .map_err(|e| corrupt(self.pos, e))?;
             if !self.learnt.contains(&Some(owner)) {
                 super::learn_owner(
-                    &ev,
+                    ev,
                     owner.names(&self.table).map_err(|e| corrupt(self.pos, e))?,
                 );
                 self.learnt[self.next_learnt] = Some(owner);
@@ -676,7 +673,7 @@ impl BinaryReader {
             }
             self.events += 1;
             self.pos += wire.pos();
-            return Ok(Item::Event(ev));
+            return Ok(Item::Event);
         }
         let (record, rest): (Record<'_>, &[u8]) =
             postcard::take_from_bytes(&self.block[self.pos..])

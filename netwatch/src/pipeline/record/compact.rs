@@ -53,7 +53,7 @@ impl Millis {
         Millis::Exact(ms)
     }
 
-    fn ms(self) -> Option<f64> {
+    pub(super) fn ms(self) -> Option<f64> {
         match self {
             Millis::Unknown => None,
             Millis::Nanos(ns) => Some(ns as f64 / 1e6),
@@ -171,6 +171,16 @@ pub struct Previous {
     sock: u64,
 }
 
+impl Previous {
+    /// The next event's time and socket, from their differences to this one's.
+    #[inline(always)]
+    pub(super) fn advance(&mut self, ts: i64, sock: i64) -> (u64, u64) {
+        self.ts_ns = self.ts_ns.wrapping_add(ts as u64);
+        self.sock = self.sock.wrapping_add(sock as u64);
+        (self.ts_ns, self.sock)
+    }
+}
+
 impl Compact {
     /// `ev` and its owner's names (cgroup path, container), with its strings put into
     /// `strings`.
@@ -257,7 +267,9 @@ impl Compact {
 
     /// The event back, and where its owner's names are in the block's string table (see
     /// [`OwnerRefs::names`]: a replay reads them only when they change); an error names the
-    /// index or number that does not fit.
+    /// index or number that does not fit. The reference that the replay's reader
+    /// ([`super::wire::Wire::event`], which makes no `Compact`) is held to.
+    #[cfg(test)]
     pub fn decode(&self, table: &Table, prev: &mut Previous) -> Result<(Event, OwnerRefs), String> {
         let st = |n: StateNo| -> Result<Option<TcpState>, String> {
             match n {
@@ -300,9 +312,7 @@ impl Compact {
                 call: *call,
             },
         };
-        let ts_ns = prev.ts_ns.wrapping_add(self.ts as u64);
-        let sock = prev.sock.wrapping_add(self.sock as u64);
-        *prev = Previous { ts_ns, sock };
+        let (ts_ns, sock) = prev.advance(self.ts, self.sock);
         let ev = Event {
             ts_ns,
             sock,
@@ -353,13 +363,21 @@ impl Table {
         Table { strings, comms }
     }
 
+    /// String `i`; past the table, the table's length.
+    #[inline(always)]
+    pub(super) fn at(&self, i: u32) -> Result<&String, usize> {
+        self.strings.get(i as usize).ok_or(self.strings.len())
+    }
+
+    /// String `i` as a task name; past the table, the table's length.
+    #[inline(always)]
+    pub(super) fn comm_at(&self, i: u32) -> Result<Comm, usize> {
+        self.comms.get(i as usize).copied().ok_or(self.comms.len())
+    }
+
     fn get(&self, i: u32) -> Result<&String, String> {
-        self.strings.get(i as usize).ok_or_else(|| {
-            format!(
-                "string {i} is not in the block's table of {}",
-                self.strings.len()
-            )
-        })
+        self.at(i)
+            .map_err(|len| format!("string {i} is not in the block's table of {len}"))
     }
 
     fn string(&self, i: u32) -> Result<String, String> {
@@ -370,6 +388,7 @@ impl Table {
         i.map(|i| self.string(i)).transpose()
     }
 
+    #[cfg(test)]
     fn comm(&self, i: u32) -> Result<Comm, String> {
         self.get(i)?;
         Ok(self.comms[i as usize])
@@ -380,10 +399,10 @@ impl Table {
 /// equal refs in one block are equal names, so a replay learns each owner once per block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OwnerRefs {
-    pid: Option<u32>,
-    cgroup_id: Option<u64>,
-    cgroup: Option<u32>,
-    container: Option<ContainerRef>,
+    pub(super) pid: Option<u32>,
+    pub(super) cgroup_id: Option<u64>,
+    pub(super) cgroup: Option<u32>,
+    pub(super) container: Option<ContainerRef>,
 }
 
 impl OwnerRefs {
@@ -408,7 +427,7 @@ impl OwnerRefs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::record::wire::{Wire, put_compact};
+    use crate::pipeline::record::wire::{Wire, WireError, put_compact};
 
     fn round_trip(events: &[(Event, RecordedOwner)]) -> Vec<(Event, RecordedOwner)> {
         let mut strings = Strings::default();
@@ -426,6 +445,7 @@ mod tests {
             })
             .collect();
         let mut prev = Previous::default();
+        let mut prev_read = Previous::default();
         let table = Table::new(strings.list().to_vec());
         compact
             .iter()
@@ -441,6 +461,12 @@ mod tests {
                 assert_eq!(wire.compact().unwrap(), back);
                 assert_eq!(wire.pos(), bytes.len());
                 let (ev, owner) = back.decode(&table, &mut prev).unwrap();
+                // The replay reads the same event straight from the bytes.
+                let mut wire = Wire::new(&bytes);
+                let mut read = Event::default();
+                assert_eq!(wire.event(&mut read, &table, &mut prev_read), Ok(owner));
+                assert_eq!(read, ev);
+                assert_eq!(wire.pos(), bytes.len());
                 (ev, owner.names(&table).unwrap())
             })
             .collect()
@@ -556,6 +582,15 @@ mod tests {
             .decode(&Table::default(), &mut Previous::default())
             .unwrap_err();
         assert_eq!(err, "string 0 is not in the block's table of 0");
+        let bytes = postcard::to_stdvec(&c).unwrap();
+        let err = Wire::new(&bytes)
+            .event(
+                &mut Event::default(),
+                &Table::default(),
+                &mut Previous::default(),
+            )
+            .unwrap_err();
+        assert_eq!(err.to_string(), "string 0 is not in the block's table of 0");
     }
 
     /// The bytes of one event: a change here breaks every recording already written, so it
@@ -602,12 +637,19 @@ mod tests {
             &mut Previous::default(),
         );
         let bytes = postcard::to_stdvec(&c).unwrap();
+        let table = Table::new(vec!["x".into(), "f".into(), "/".into()]);
+        let read = |bytes: &[u8]| {
+            Wire::new(bytes).event(&mut Event::default(), &table, &mut Previous::default())
+        };
+        assert!(read(&bytes).is_ok());
         for cut in 0..bytes.len() {
             assert!(Wire::new(&bytes[..cut]).compact().is_err(), "cut at {cut}");
+            assert!(read(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         let mut long = bytes.clone();
         long[0] |= 0x80;
         long.splice(1..1, [0xff; 12]);
         assert!(Wire::new(&long).compact().is_err());
+        assert_eq!(read(&long).err(), Some(WireError::LongVarint(64)));
     }
 }

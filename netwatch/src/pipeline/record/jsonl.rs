@@ -71,8 +71,8 @@ impl JsonReader {
         })
     }
 
-    /// The next event, or the summary at the end; an error names the line.
-    pub fn next_item(&mut self) -> Result<Item, RecordError> {
+    /// The next event (into `ev`), or the summary at the end; an error names the line.
+    pub fn next_item(&mut self, ev: &mut Event) -> Result<Item, RecordError> {
         self.buf.clear();
         let n = self
             .reader
@@ -102,10 +102,11 @@ impl JsonReader {
                 serde_json::from_slice(line).map_err(|e| self.corrupt(JsonEventError::Json(e)))?;
             return Ok(Item::TimeWaits(Box::new(t.netwatch_time_waits)));
         }
-        let (ev, owner) = Event::from_json_line(line).map_err(|e| self.corrupt(e))?;
-        super::learn_owner(&ev, owner);
+        let (read, owner) = Event::from_json_line(line).map_err(|e| self.corrupt(e))?;
+        super::learn_owner(&read, owner);
+        *ev = read;
         self.events += 1;
-        Ok(Item::Event(ev))
+        Ok(Item::Event)
     }
 
     fn corrupt(&self, e: JsonEventError) -> RecordError {

@@ -331,7 +331,9 @@ fn learn_owner(ev: &Event, owner: RecordedOwner) {
 
 /// What [`Replay::next_item`] found.
 pub enum Item {
-    Event(Event),
+    /// An event, read into the caller's buffer: one buffer for a whole replay, rather than
+    /// an event made and moved through each reader's layer.
+    Event,
     /// A namespace's timewait list, applied here in the live run.
     TimeWaits(Box<Observed>),
     /// What a `leaks` snapshot took from the host, here in the live run.
@@ -400,10 +402,10 @@ impl Reader {
         }
     }
 
-    fn next(&mut self) -> Result<Next, RecordError> {
+    fn next(&mut self, ev: &mut Event) -> Result<Next, RecordError> {
         match self {
-            Reader::Json(r) => r.next_item().map(Next::Item),
-            Reader::Binary(r) => r.next_item(),
+            Reader::Json(r) => r.next_item(ev).map(Next::Item),
+            Reader::Binary(r) => r.next_item(ev),
         }
     }
 }
@@ -482,9 +484,9 @@ impl Replay {
     }
 
     /// The next event, or the summary at the end; an error names the file and where in it.
-    pub fn next_item(&mut self) -> Result<Item, RecordError> {
+    pub fn next_item(&mut self, ev: &mut Event) -> Result<Item, RecordError> {
         loop {
-            match self.reader.next()? {
+            match self.reader.next(ev)? {
                 Next::Item(item) => return Ok(item),
                 Next::Continued => {
                     let at = match &self.reader {
@@ -635,9 +637,10 @@ mod tests {
             Err(e) => return (vec![], Err(e)),
         };
         let mut evs = vec![];
+        let mut ev = Event::default();
         loop {
-            match r.next_item() {
-                Ok(Item::Event(e)) => evs.push(e),
+            match r.next_item(&mut ev) {
+                Ok(Item::Event) => evs.push(ev.clone()),
                 Ok(Item::TimeWaits(_) | Item::HostSnapshot(_)) => {}
                 Ok(Item::End(s)) => return (evs, Ok(s)),
                 Err(e) => return (evs, Err(e)),
@@ -713,9 +716,10 @@ mod tests {
         rec.finish(&mut summary()).unwrap();
         let mut r = Replay::open(&path).unwrap();
         let mut seen = vec![];
+        let mut ev = Event::default();
         loop {
-            match r.next_item().unwrap() {
-                Item::Event(e) => seen.push(format!("event {}", e.ts_ns)),
+            match r.next_item(&mut ev).unwrap() {
+                Item::Event => seen.push(format!("event {}", ev.ts_ns)),
                 Item::TimeWaits(t) => {
                     assert_eq!(*t, obs);
                     seen.push("time_waits".into());
@@ -830,9 +834,10 @@ mod tests {
         assert_eq!(&bytes[8..12], &binary::VERSION.to_le_bytes());
         let mut r = Replay::open(&path).unwrap();
         let mut seen = vec![];
+        let mut ev = Event::default();
         loop {
-            match r.next_item().unwrap() {
-                Item::Event(e) => seen.push(format!("event {}", e.ts_ns)),
+            match r.next_item(&mut ev).unwrap() {
+                Item::Event => seen.push(format!("event {}", ev.ts_ns)),
                 Item::TimeWaits(_) => seen.push("time_waits".into()),
                 Item::HostSnapshot(h) => {
                     let HostSnapshot::Stuck(h) = *h else {
@@ -875,7 +880,7 @@ mod tests {
         std::fs::write(&path, &old).unwrap();
         let mut r = Replay::open(&path).unwrap();
         let msg = loop {
-            match r.next_item() {
+            match r.next_item(&mut Event::default()) {
                 Ok(Item::End(_)) => panic!("read a snapshot frame in a version-1 file"),
                 Ok(_) => {}
                 Err(e) => break e.to_string(),
@@ -949,9 +954,10 @@ mod tests {
         assert_eq!(ticks, 2, "a tick frame each");
         let mut r = Replay::open(&path).unwrap();
         let mut seen = vec![];
+        let mut ev = Event::default();
         loop {
-            match r.next_item().unwrap() {
-                Item::Event(e) => seen.push(format!("event {}", e.ts_ns)),
+            match r.next_item(&mut ev).unwrap() {
+                Item::Event => seen.push(format!("event {}", ev.ts_ns)),
                 Item::HostSnapshot(h) => match *h {
                     HostSnapshot::Tick(t) => {
                         assert_eq!((t.lost, t.interval_ns), (7, 1_000_000_000));
@@ -977,7 +983,7 @@ mod tests {
         std::fs::write(&path, &old).unwrap();
         let mut r = Replay::open(&path).unwrap();
         let msg = loop {
-            match r.next_item() {
+            match r.next_item(&mut Event::default()) {
                 Ok(Item::End(_)) => panic!("read a tick frame in a version-2 file"),
                 Ok(_) => {}
                 Err(e) => break e.to_string(),
@@ -994,7 +1000,7 @@ mod tests {
         let events = churn(40_000);
         write(&Target::File(path.clone()), &events, true);
         let mut r = Replay::open(&path).unwrap();
-        while !matches!(r.next_item().unwrap(), Item::End(_)) {}
+        while !matches!(r.next_item(&mut Event::default()).unwrap(), Item::End(_)) {}
         let sizes = r.sizes().unwrap();
         let per = |b: u64| b as f64 / events.len() as f64;
         eprintln!(
@@ -1240,7 +1246,8 @@ mod tests {
         let paths: Vec<PathBuf> = files.iter().map(|f| f.0.clone()).collect();
         let mut r = Replay::open_all(&paths).unwrap();
         let mut n = 0;
-        while let Item::Event(_) = r.next_item().unwrap() {
+        let mut ev = Event::default();
+        while let Item::Event = r.next_item(&mut ev).unwrap() {
             n += 1;
         }
         assert_eq!(n, events.len());
@@ -1333,9 +1340,10 @@ mod tests {
         let origin = FileHeader::rewritten(&replay.header, replay.origin.as_ref());
         let mut rec =
             Recorder::create(&Target::File(out.clone()), &origin, Collect(vec![])).unwrap();
+        let mut ev = Event::default();
         let mut end = loop {
-            match replay.next_item().unwrap() {
-                Item::Event(e) => rec.event(&e).unwrap(),
+            match replay.next_item(&mut ev).unwrap() {
+                Item::Event => rec.event(&ev).unwrap(),
                 Item::TimeWaits(t) => rec.time_waits(&t).unwrap(),
                 Item::HostSnapshot(h) => rec.host_snapshot(&h).unwrap(),
                 Item::End(s) => break s,
@@ -1389,7 +1397,8 @@ mod tests {
         let bin = file.with_extension("nwr");
         write(&Target::File(bin.clone()), &evs, true);
         let mut r = Replay::open(&bin).unwrap();
-        let Item::Event(back) = r.next_item().unwrap() else {
+        let mut back = Event::default();
+        let Item::Event = r.next_item(&mut back).unwrap() else {
             panic!("no event")
         };
         let mut out = Vec::new();

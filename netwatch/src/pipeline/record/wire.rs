@@ -13,8 +13,8 @@
 //! serde's bytes to the same answer, both ways.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::compact::{Compact, ContainerRef, Kind, Millis};
-use crate::model::event::{Family, UseCall};
+use super::compact::{Compact, ContainerRef, Kind, Millis, OwnerRefs, Previous, Table};
+use crate::model::event::{Event, EventKind, Family, TcpState, UseCall};
 
 /// A cursor over a block's records.
 pub struct Wire<'a> {
@@ -30,6 +30,8 @@ pub enum WireError {
     LongVarint(u32),
     Tag(&'static str, u64),
     StackLength(usize),
+    State(u8),
+    NotInTable { index: u32, len: usize },
 }
 
 impl std::fmt::Display for WireError {
@@ -39,6 +41,10 @@ impl std::fmt::Display for WireError {
             WireError::LongVarint(bits) => write!(f, "a varint larger than {bits} bits"),
             WireError::Tag(what, v) => write!(f, "{what} of kind {v}"),
             WireError::StackLength(n) => write!(f, "a stack of {n} frames in a shorter block"),
+            WireError::State(n) => write!(f, "unknown TCP state {n}"),
+            WireError::NotInTable { index, len } => {
+                write!(f, "string {index} is not in the block's table of {len}")
+            }
         }
     }
 }
@@ -77,6 +83,14 @@ impl<'a> Wire<'a> {
         let b = self.byte()?;
         if b < 0x80 {
             return Ok(u64::from(b));
+        }
+        // Two bytes (up to 14 bits, within every width read) are the next most common: a
+        // churn's time steps, socket steps and task ids.
+        if let Some(&next) = self.bytes.get(self.pos)
+            && next < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(b & 0x7f) | u64::from(next) << 7);
         }
         self.long_varint(b, bits)
     }
@@ -182,7 +196,7 @@ impl<'a> Wire<'a> {
         }
     }
 
-    #[inline(always)]
+    #[cfg(test)]
     fn kind(&mut self) -> Read<Kind> {
         Ok(match self.variant()? {
             0 => Kind::State {
@@ -225,7 +239,121 @@ impl<'a> Wire<'a> {
         })
     }
 
-    /// One [`Compact`], as serde's postcard writer wrote it.
+    /// A state number (0: unknown).
+    #[inline(always)]
+    fn state(&mut self) -> Read<Option<TcpState>> {
+        match self.byte()? {
+            0 => Ok(None),
+            n => TcpState::from_kernel(n)
+                .map(Some)
+                .ok_or(WireError::State(n)),
+        }
+    }
+
+    #[inline(always)]
+    fn millis_ms(&mut self) -> Read<Option<f64>> {
+        Ok(self.millis()?.ms())
+    }
+
+    /// One event record straight into `ev` (the caller's, reused from event to event), and
+    /// where its owner's names are in `table`: the same bytes as [`Wire::compact`] then
+    /// [`Compact::decode`] read, without a [`Compact`] or an [`Event`] made in between and
+    /// moved (copies of the 240-byte event were a tenth of a replay's instructions). After
+    /// an error, `ev` holds part of the record.
+    pub fn event(&mut self, ev: &mut Event, table: &Table, prev: &mut Previous) -> Read<OwnerRefs> {
+        (ev.ts_ns, ev.sock) = prev.advance(self.i64()?, self.i64()?);
+        ev.pid = self.option(Self::u32)?;
+        ev.tid = self.option(Self::u32)?;
+        ev.comm = match self.option(Self::u32)? {
+            None => None,
+            Some(i) => Some(table.comm_at(i).map_err(|len| not_in(i, len))?),
+        };
+        ev.owner_seen_here = self.bool()?;
+        ev.cgroup_id = self.option(Self::u64)?;
+        ev.netns = self.option(Self::u32)?;
+        ev.family = self.family()?;
+        ev.saddr = self.ip()?;
+        ev.sport = self.u16()?;
+        ev.daddr = self.ip()?;
+        ev.dport = self.u16()?;
+        ev.stack_id = self.option(Self::u32)?;
+        let frames = self.varint(32)? as usize;
+        // Each index takes at least a byte: a damaged length cannot allocate much.
+        if frames > self.bytes.len() - self.pos {
+            return Err(WireError::StackLength(frames));
+        }
+        ev.stack.clear();
+        for _ in 0..frames {
+            let i = self.u32()?;
+            ev.stack
+                .push(table.at(i).map_err(|len| not_in(i, len))?.clone());
+        }
+        ev.sp_word = None;
+        ev.kind = match self.variant()? {
+            0 => EventKind::State {
+                old_state: self.state()?,
+                new_state: self.state()?,
+                ms_in_old: self.millis_ms()?,
+                bytes_sent: self.option(Self::u64)?,
+                bytes_received: self.option(Self::u64)?,
+                srtt_ms: self.millis_ms()?,
+            },
+            1 => EventKind::Retransmit {
+                state: self.state()?,
+                err: self.option(Self::i32)?,
+            },
+            2 => EventKind::SynackRetransmit {
+                state: self.state()?,
+            },
+            3 => EventKind::ResetReceived {
+                state: self.state()?,
+            },
+            4 => EventKind::ResetSent {
+                state: self.state()?,
+                reason: match self.option(Self::u32)? {
+                    None => None,
+                    Some(i) => Some(table.at(i).map_err(|len| not_in(i, len))?.clone()),
+                },
+            },
+            5 => EventKind::Destroy {
+                state: self.state()?,
+            },
+            6 => EventKind::Accept {
+                state: self.state()?,
+            },
+            7 => EventKind::FirstUse {
+                state: self.state()?,
+                call: match self.variant()? {
+                    0 => UseCall::Send,
+                    1 => UseCall::Recv,
+                    v => return Err(WireError::Tag("a first use", u64::from(v))),
+                },
+            },
+            v => return Err(WireError::Tag("an event", u64::from(v))),
+        };
+        Ok(OwnerRefs {
+            pid: ev.pid,
+            cgroup_id: ev.cgroup_id,
+            cgroup: self.option(Self::u32)?,
+            container: self.container()?,
+        })
+    }
+
+    #[inline(always)]
+    fn container(&mut self) -> Read<Option<ContainerRef>> {
+        self.option(|w| {
+            Ok(ContainerRef {
+                id: w.u32()?,
+                name: w.option(Self::u32)?,
+                pod: w.option(Self::u32)?,
+                namespace: w.option(Self::u32)?,
+            })
+        })
+    }
+
+    /// One [`Compact`], as serde's postcard writer wrote it: the reference [`Wire::event`]
+    /// is held to.
+    #[cfg(test)]
     pub fn compact(&mut self) -> Read<Compact> {
         Ok(Compact {
             ts: self.i64()?,
@@ -256,16 +384,13 @@ impl<'a> Wire<'a> {
             },
             kind: self.kind()?,
             cgroup: self.option(Self::u32)?,
-            container: self.option(|w| {
-                Ok(ContainerRef {
-                    id: w.u32()?,
-                    name: w.option(Self::u32)?,
-                    pod: w.option(Self::u32)?,
-                    namespace: w.option(Self::u32)?,
-                })
-            })?,
+            container: self.container()?,
         })
     }
+}
+
+fn not_in(index: u32, len: usize) -> WireError {
+    WireError::NotInTable { index, len }
 }
 
 /// Appends `c` to `out` as serde's postcard writer would.
@@ -412,6 +537,46 @@ impl Put<'_> {
                     UseCall::Recv => 1,
                 },
             ]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every varint length reads back, in every width it fits, and is refused in one it does
+    /// not fit; cut anywhere, it is short.
+    #[test]
+    fn varints_read_back_at_every_length() {
+        let values = [
+            0,
+            127,
+            128,
+            16_383,
+            16_384,
+            65_535,
+            65_536,
+            (1 << 21) - 1,
+            1 << 21,
+            u64::from(u32::MAX),
+            u64::from(u32::MAX) + 1,
+            u64::MAX,
+        ];
+        for v in values {
+            let mut bytes = Vec::new();
+            Put(&mut bytes).u64(v);
+            for bits in [16, 32, 64] {
+                let read = Wire::new(&bytes).varint(bits);
+                if bits == 64 || v >> bits == 0 {
+                    assert_eq!(read, Ok(v), "{v} in {bits} bits");
+                } else {
+                    assert_eq!(read, Err(WireError::LongVarint(bits)), "{v} in {bits} bits");
+                }
+            }
+            for cut in 0..bytes.len() {
+                assert_eq!(Wire::new(&bytes[..cut]).varint(64), Err(WireError::Short));
+            }
         }
     }
 }
