@@ -23,6 +23,8 @@
 //!   host on the slow syscall path, so `dd bs=1` (6 M syscalls) is timed untraced and beside
 //!   each netwatch mode, in rounds like the churn; only the modes that show code paths may
 //!   attach one.
+//! - The held-sockets row ([`held`]): 200,000 live sockets at once with `netwatch serve`, for
+//!   the memory they cost (its RSS, the kernel map's `memlock`); `--only held` runs it alone.
 //! - Every child is a [`proc::Proc`] guard and every namespace a [`netns::Netns`] guard, and
 //!   Ctrl-C unwinds through them: nothing is left running or attached, also on error.
 //!

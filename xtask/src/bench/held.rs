@@ -47,6 +47,9 @@ pub const MAX_SOCKETS: u32 = 262_144;
 /// What the issue asks netwatch to hold.
 pub const TARGET_SOCKETS: u64 = 1_000_000;
 /// First server port, inside the bench's server namespace (the churn uses 5000, bulk 5001).
+/// Each hold has ports of its own: the 100,000 TIME_WAIT sockets the untraced hold leaves in
+/// the client namespace would otherwise stand in the way of the traced one's connect()s to
+/// the same server ports, and slow them down, not netwatch.
 const FIRST_PORT: u16 = 6000;
 /// Bound on establishing every connection: tens of seconds on the 2-core machines here, more
 /// with a busy neighbour.
@@ -115,7 +118,7 @@ pub(super) fn measure(env: &Env, progress: &mut Progress) -> Result<Held> {
         "{} held sockets, no tracer",
         super::fmt_int(SOCKETS)
     ));
-    let (clients, servers, took) = hold_all(env)?;
+    let (clients, servers, took) = hold_all(env, 0)?;
     held.establish_untraced = Some(took);
     release(env, clients, servers)?;
     progress.done(&format!("established in {}", sys::fmt_duration(took)));
@@ -128,7 +131,7 @@ pub(super) fn measure(env: &Env, progress: &mut Progress) -> Result<Held> {
     let pid = netwatch.pid();
     let metrics = metrics_addr(&netwatch)?;
     held.rss_before_kib = status_kib(pid, "VmRSS");
-    let (clients, servers, took) = hold_all(env)?;
+    let (clients, servers, took) = hold_all(env, 1)?;
     held.establish_traced = Some(took);
     held.sockets = established(env)?;
     // The tracker hears of a socket through the ring buffer: let it catch up (bounded).
@@ -213,12 +216,15 @@ fn served_addr(line: &str) -> Option<String> {
     Some(rest.split('/').next()?.to_owned()).filter(|a| !a.is_empty())
 }
 
-/// Starts the servers, then the clients, and waits (bounded, with progress) until every one
-/// printed `HELD`; how long that took from the first client's start.
-fn hold_all(env: &Env) -> Result<(Vec<Proc>, Vec<Proc>, Duration)> {
+/// Starts the servers (the `hold`-th set of ports), then the clients, and waits (bounded, with
+/// progress) until every one printed `HELD`; how long that took from the first client's start.
+fn hold_all(env: &Env, hold: u16) -> Result<(Vec<Proc>, Vec<Proc>, Duration)> {
+    let ports: Vec<u16> = (0..PROCESSES)
+        .map(|i| FIRST_PORT + hold * PROCESSES + i)
+        .collect();
     let mut servers = Vec::new();
-    for i in 0..PROCESSES {
-        let addr = format!("{}:{}", netns::VETH_SERVER, FIRST_PORT + i);
+    for port in &ports {
+        let addr = format!("{}:{port}", netns::VETH_SERVER);
         let mut cmd = env.server.exec(&env.tcpdrive);
         cmd.args([
             "hold-accept",
@@ -236,8 +242,8 @@ fn hold_all(env: &Env) -> Result<(Vec<Proc>, Vec<Proc>, Duration)> {
     }
     let started = Instant::now();
     let mut clients = Vec::new();
-    for i in 0..PROCESSES {
-        let addr = format!("{}:{}", netns::VETH_SERVER, FIRST_PORT + i);
+    for port in &ports {
+        let addr = format!("{}:{port}", netns::VETH_SERVER);
         let mut cmd = env.client.exec(&env.tcpdrive);
         cmd.args([
             "hold-connect",

@@ -1098,8 +1098,8 @@ fn held_table(md: &mut String, h: &Held) {
     };
     let _ = writeln!(
         md,
-        "| netwatch's resident memory, before → all held | {rss} | `VmRSS` (`VmHWM`) of \
-         /proc/<pid>/status |"
+        "| netwatch's resident memory, before → all held | {rss} | `VmRSS` (`VmHWM`) in \
+         `/proc/<pid>/status` |"
     );
     if let (Some(map), Some(rss)) = (h.map_bytes_per_entry(), h.rss_bytes_per_socket()) {
         let million = held::TARGET_SOCKETS as f64;
