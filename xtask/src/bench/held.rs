@@ -130,7 +130,10 @@ pub(super) fn measure(env: &Env, progress: &mut Progress) -> Result<Held> {
     let mut netwatch = start_serve(&env.netwatch)?;
     let pid = netwatch.pid();
     let metrics = metrics_addr(&netwatch)?;
-    held.rss_before_kib = status_kib(pid, "VmRSS");
+    // One scrape first, so the exporter's own first allocations are not counted as the
+    // sockets' memory; then the resident size once it stops moving.
+    scrape(&metrics)?;
+    held.rss_before_kib = settled_rss_kib(pid)?;
     let (clients, servers, took) = hold_all(env, 1)?;
     held.establish_traced = Some(took);
     held.sockets = established(env)?;
@@ -181,6 +184,26 @@ pub(super) fn measure(env: &Env, progress: &mut Progress) -> Result<Held> {
 
 fn opt(v: Option<u64>) -> String {
     v.map_or_else(|| "?".into(), super::fmt_int)
+}
+
+/// `VmRSS` once two reads [`POLL`] apart differ by less than 1% (at most 10 s; the last read
+/// then): right after start-up netwatch is still filling its first pages.
+fn settled_rss_kib(pid: u32) -> Result<Option<u64>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = status_kib(pid, "VmRSS");
+    loop {
+        proc::check_interrupted()?;
+        std::thread::sleep(POLL);
+        let now = status_kib(pid, "VmRSS");
+        let steady = match (last, now) {
+            (Some(a), Some(b)) => a.abs_diff(b) * 100 < a.max(1),
+            _ => true,
+        };
+        if steady || Instant::now() >= deadline {
+            return Ok(now);
+        }
+        last = now;
+    }
 }
 
 /// `netwatch serve` on a port the kernel picks, sized for the row, once it is tracing.

@@ -1121,3 +1121,53 @@ fn held_table(md: &mut String, h: &Held) {
         fmt_int(h.sockets_full)
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The held row renders its figures, and says why when it was not measured.
+    #[test]
+    fn renders_the_held_row() {
+        let m = Machine::default();
+        let took = std::time::Duration::from_secs(40);
+        let h = Held {
+            sockets: held::SOCKETS,
+            establish_untraced: Some(std::time::Duration::from_millis(2500)),
+            establish_traced: Some(std::time::Duration::from_millis(4000)),
+            rss_before_kib: Some(55_552),
+            rss_held_kib: Some(103_556),
+            hwm_kib: Some(103_556),
+            map: Some(held::MapInfo {
+                id: 7,
+                max_entries: held::MAX_SOCKETS,
+                memlock: 33_555_456,
+            }),
+            map_entries: Some(200_011),
+            tracked: Some(200_010),
+            summary: Some(super::super::Summary::default()),
+            ..Held::default()
+        };
+        let md = render_held_alone("cargo xtask bench --only held", &m, &h, took);
+        assert!(md.contains("## 200,000 live sockets"), "{md}");
+        assert!(md.contains("128 B per entry"), "{md}");
+        assert!(md.contains("246 B per socket"), "{md}");
+        assert!(md.contains("2.5 s → 4.0 s"), "{md}");
+        assert!(md.contains("| ✓ |"), "{md}");
+        let lost = Held {
+            sockets_full: 3,
+            ..h.clone()
+        };
+        assert!(render_held_alone("x", &m, &lost, took).contains("| ✗ |"));
+        let skipped = Held {
+            skipped: Some("`netwatch serve` is not built".into()),
+            ..Held::default()
+        };
+        let md = render_held_alone("x", &m, &skipped, took);
+        assert!(
+            md.contains("not measured: `netwatch serve` is not built | – |"),
+            "{md}"
+        );
+        assert!(md.contains("Not measured:"), "{md}");
+    }
+}
