@@ -57,6 +57,8 @@ const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(300);
 /// Bound on the namespaces quieting down once the processes are killed, and on netwatch's
 /// tracker catching up with what `ss` counts.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The tracker's gauge unchanged this long: it has read everything it will.
+const STILL: Duration = Duration::from_secs(5);
 /// How often the waits look.
 const POLL: Duration = Duration::from_millis(500);
 
@@ -137,14 +139,23 @@ pub(super) fn measure(env: &Env, progress: &mut Progress) -> Result<Held> {
     let (clients, servers, took) = hold_all(env, 1)?;
     held.establish_traced = Some(took);
     held.sockets = established(env)?;
-    // The tracker hears of a socket through the ring buffer: let it catch up (bounded).
+    // The tracker hears of a socket through the ring buffer: let it catch up, until it
+    // follows every socket or stops moving for [`STILL`] (events were lost), bounded.
     let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let mut moved = Instant::now();
     loop {
-        held.tracked = scrape(&metrics)
+        let tracked = scrape(&metrics)
             .ok()
             .and_then(|text| gauge(&text, "netwatch_tracker_sockets"))
             .map(|v| v as u64);
-        if held.tracked.is_some_and(|t| t >= held.sockets) || Instant::now() >= deadline {
+        if tracked != held.tracked {
+            moved = Instant::now();
+            held.tracked = tracked;
+        }
+        if held.tracked.is_some_and(|t| t >= held.sockets)
+            || moved.elapsed() >= STILL
+            || Instant::now() >= deadline
+        {
             break;
         }
         proc::check_interrupted()?;
@@ -424,7 +435,9 @@ fn map_named(json: &str, name: &str, ids: &BTreeSet<u32>) -> Result<Option<u32>>
 }
 
 /// Entries of map `id`, from `bpftool map dump` (formatted with BTF: one `"key":` line per
-/// entry; without: `Found N elements` at the end).
+/// entry; without: one `key: .. value: ..` line each). Distinct keys are counted: a key
+/// deleted while bpftool walks the map (any socket closing on the host) sends the walk back
+/// to the start, and entries already seen come again.
 fn map_entries(id: u32) -> Result<u64> {
     let mut cmd = command("bpftool");
     cmd.args(["map", "dump", "id", &id.to_string()]);
@@ -434,21 +447,19 @@ fn map_entries(id: u32) -> Result<u64> {
 }
 
 fn count_entries(dump: &str) -> u64 {
-    let found = dump.lines().find_map(|l| {
-        l.strip_prefix("Found ")?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    });
-    found.unwrap_or_else(|| {
-        dump.lines()
-            .filter(|l| {
-                let l = l.trim_start();
-                l.starts_with("\"key\":") || l.starts_with("key:")
-            })
-            .count() as u64
-    })
+    let keys: BTreeSet<&str> = dump
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            if let Some(key) = l.strip_prefix("\"key\":") {
+                Some(key.trim().trim_end_matches(','))
+            } else {
+                let key = l.strip_prefix("key:")?;
+                Some(key.split("value:").next()?.trim())
+            }
+        })
+        .collect();
+    keys.len() as u64
 }
 
 /// GET /metrics from `addr` (HTTP/1.0: the body ends with the connection, never chunked).
@@ -529,8 +540,13 @@ mod tests {
         assert_eq!(count_lines(""), 0);
         let btf = "[{\n        \"key\": 1,\n        \"value\": {\n            \"tgid\": 5\n        }\n    },{\n        \"key\": 2,\n        \"value\": {}\n    }\n]\n";
         assert_eq!(count_entries(btf), 2);
+        // A walk sent back to the start by a deletion lists keys again.
+        let again = format!("{}{btf}", btf.replace("\"key\": 2", "\"key\": 3"));
+        assert_eq!(count_entries(&again), 3);
         assert_eq!(
-            count_entries("key: 01 00 value: 02\nkey: 03 00 value: 04\nFound 2 elements\n"),
+            count_entries(
+                "key: 01 00 value: 02\nkey: 03 00 value: 04\nkey: 01 00 value: 05\nFound 3 elements\n"
+            ),
             2
         );
         let metrics = "# HELP netwatch_tracker_sockets Sockets the tracker follows now\n\

@@ -1034,7 +1034,9 @@ fn held_table(md: &mut String, h: &Held) {
          (a process may hold at most 20,000 files here). Untraced first, then with `netwatch \
          serve --max-sockets {}` (what a host runs always); once `ss` counts every socket, \
          netwatch's memory and its `SOCKETS` map are read. Then the clients are killed, then \
-         the servers, and netwatch is stopped once no socket but TIME_WAIT is left.\n",
+         the servers, and netwatch is stopped once no socket but TIME_WAIT is left. netwatch \
+         sees the whole host: other traffic meanwhile (the machine is shared) is in its map, \
+         its tracker and its lost events too.\n",
         held::PROCESSES,
         fmt_int(held::PER_PROCESS),
         held::PROCESSES,
