@@ -435,7 +435,8 @@ fn map_named(json: &str, name: &str, ids: &BTreeSet<u32>) -> Result<Option<u32>>
 }
 
 /// Entries of map `id`, from `bpftool map dump` (formatted with BTF: one `"key":` line per
-/// entry; without: one `key: .. value: ..` line each). Distinct keys are counted: a key
+/// entry; without: `key:` then the key's bytes, on the same line for small entries, on the
+/// next for large ones such as netwatch's). Distinct keys are counted: a key
 /// deleted while bpftool walks the map (any socket closing on the host) sends the walk back
 /// to the start, and entries already seen come again.
 fn map_entries(id: u32) -> Result<u64> {
@@ -447,18 +448,22 @@ fn map_entries(id: u32) -> Result<u64> {
 }
 
 fn count_entries(dump: &str) -> u64 {
-    let keys: BTreeSet<&str> = dump
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim_start();
-            if let Some(key) = l.strip_prefix("\"key\":") {
-                Some(key.trim().trim_end_matches(','))
-            } else {
-                let key = l.strip_prefix("key:")?;
-                Some(key.split("value:").next()?.trim())
+    let mut keys: BTreeSet<&str> = BTreeSet::new();
+    let mut lines = dump.lines();
+    while let Some(line) = lines.next() {
+        let line = line.trim_start();
+        let key = if let Some(key) = line.strip_prefix("\"key\":") {
+            key.trim().trim_end_matches(',')
+        } else if let Some(key) = line.strip_prefix("key:") {
+            match key.split("value:").next().unwrap_or("").trim() {
+                "" => lines.next().unwrap_or("").trim(),
+                key => key,
             }
-        })
-        .collect();
+        } else {
+            continue;
+        };
+        keys.insert(key);
+    }
     keys.len() as u64
 }
 
@@ -549,6 +554,11 @@ mod tests {
             ),
             2
         );
+        // netwatch's SOCKETS without BTF: the key on the line after `key:`.
+        let raw = "key:\n40 2e fc 35 81 88 ff ff\nvalue:\n13 46 76 c7\n00 00 00 00\n\
+                   key:\nc0 c0 9f 0d 81 88 ff ff\nvalue:\n4f 74 9e c7\n\
+                   key:\n40 2e fc 35 81 88 ff ff\nvalue:\n13 46 76 c8\nFound 3 elements\n";
+        assert_eq!(count_entries(raw), 2);
         let metrics = "# HELP netwatch_tracker_sockets Sockets the tracker follows now\n\
                        # TYPE netwatch_tracker_sockets gauge\n\
                        netwatch_tracker_sockets 200013\n\
