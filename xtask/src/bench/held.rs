@@ -30,7 +30,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::Value;
 
 use super::{
-    Env, Progress, STOP_TIMEOUT, Summary,
+    Env, Progress, STOP_TIMEOUT, Summary, kernel,
     netns::{self, Netns},
     proc::{self, Proc, Stream},
 };
@@ -83,6 +83,9 @@ pub struct Held {
     pub summary: Option<Summary>,
     pub missed: u64,
     pub sockets_full: u64,
+    /// Other BPF programs that ran while netwatch held the sockets (someone else tracing or
+    /// benching: their traffic's events land in netwatch's ring too).
+    pub foreign: Vec<String>,
     /// Why the row could not be measured, when it could not.
     pub skipped: Option<String>,
 }
@@ -129,8 +132,10 @@ pub(super) fn measure(env: &Env, progress: &mut Progress) -> Result<Held> {
         "{} held sockets, netwatch serve --max-sockets {MAX_SOCKETS}",
         super::fmt_int(SOCKETS)
     ));
+    env.stats.ensure()?;
     let mut netwatch = start_serve(&env.netwatch)?;
     let pid = netwatch.pid();
+    let before = kernel::programs()?;
     let metrics = metrics_addr(&netwatch)?;
     // One scrape first, so the exporter's own first allocations are not counted as the
     // sockets' memory; then the resident size once it stops moving.
@@ -169,6 +174,11 @@ pub(super) fn measure(env: &Env, progress: &mut Progress) -> Result<Held> {
         None => None,
     };
     release(env, clients, servers)?;
+    let after = kernel::programs()?;
+    let mut foreign = kernel::foreign_active(&before, &after, &kernel::owned_programs(pid));
+    foreign.sort();
+    foreign.dedup();
+    held.foreign = foreign;
     let exit = netwatch.stop("TERM", STOP_TIMEOUT)?;
     let line = netwatch
         .last_line(Stream::Stderr, |l| l.contains("delivered="))

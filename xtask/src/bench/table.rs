@@ -1122,6 +1122,20 @@ fn held_table(md: &mut String, h: &Held) {
         fmt_int(h.missed),
         fmt_int(h.sockets_full)
     );
+    if !h.foreign.is_empty() {
+        let names: Vec<String> = h
+            .foreign
+            .iter()
+            .take(12)
+            .map(|n| format!("`{n}`"))
+            .collect();
+        let _ = writeln!(
+            md,
+            "Other BPF programs ran meanwhile (someone else tracing or benching on this machine; \
+             its traffic is in the figures above): {}.\n",
+            names.join(", ")
+        );
+    }
 }
 
 #[cfg(test)]
@@ -1160,7 +1174,17 @@ mod tests {
             sockets_full: 3,
             ..h.clone()
         };
-        assert!(render_held_alone("x", &m, &lost, took).contains("| ✗ |"));
+        assert!(!md.contains("Other BPF programs"), "{md}");
+        let lost = Held {
+            foreign: vec!["tcpstates".into()],
+            ..lost
+        };
+        let md = render_held_alone("x", &m, &lost, took);
+        assert!(md.contains("| ✗ |"), "{md}");
+        assert!(
+            md.contains("ran meanwhile") && md.contains("`tcpstates`"),
+            "{md}"
+        );
         let skipped = Held {
             skipped: Some("`netwatch serve` is not built".into()),
             ..Held::default()
