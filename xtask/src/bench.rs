@@ -23,6 +23,8 @@
 //!   host on the slow syscall path, so `dd bs=1` (6 M syscalls) is timed untraced and beside
 //!   each netwatch mode, in rounds like the churn; only the modes that show code paths may
 //!   attach one.
+//! - The held-sockets row ([`held`]): 200,000 live sockets at once with `netwatch serve`, for
+//!   the memory they cost (its RSS, the kernel map's `memlock`); `--only held` runs it alone.
 //! - Every child is a [`proc::Proc`] guard and every namespace a [`netns::Netns`] guard, and
 //!   Ctrl-C unwinds through them: nothing is left running or attached, also on error.
 //!
@@ -31,6 +33,7 @@
 //! they are being written.
 
 mod bulk;
+mod held;
 mod kernel;
 mod netns;
 mod proc;
@@ -64,6 +67,24 @@ pub struct Options {
     pub quick: bool,
     pub runs: Option<u32>,
     pub seconds: Option<f64>,
+    /// `--only ROW`: one row, printed, not written to BENCHMARKS.md.
+    pub only: Option<String>,
+}
+
+/// The rows `--only` can run alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Only {
+    /// 200,000 live sockets held with `netwatch serve` ([`held`]).
+    Held,
+}
+
+impl Only {
+    fn parse(row: &str) -> Result<Only> {
+        match row {
+            "held" => Ok(Only::Held),
+            _ => bail!("--only {row}: no such row; the rows that run alone are: held"),
+        }
+    }
 }
 
 /// Port the churn server listens on, inside the bench's own namespaces.
@@ -98,6 +119,8 @@ pub struct Plan {
     /// (5, or 9 without `--quick`; `--runs` only raises it), as the target is 2% and `dd`'s own
     /// time on a CPU moves by 10% from run to run on this shared machine.
     pub tax_rounds: u32,
+    /// `--only`: run this row alone.
+    pub only: Option<Only>,
 }
 
 impl Plan {
@@ -122,6 +145,7 @@ impl Plan {
             calibration: if opts.quick { 2000 } else { 4000 },
             rate_steps,
             tax_rounds: runs.max(if opts.quick { 5 } else { 9 }),
+            only: opts.only.as_deref().map(Only::parse).transpose()?,
         })
     }
 
@@ -136,6 +160,9 @@ impl Plan {
         }
         if let Some(seconds) = opts.seconds {
             line.push_str(&format!(" --seconds {seconds}"));
+        }
+        if let Some(row) = &opts.only {
+            line.push_str(&format!(" --only {row}"));
         }
         line
     }
@@ -572,6 +599,8 @@ pub struct Results {
     pub tax: tax::SyscallTax,
     /// Bulk transfer untraced, with `report` and with `leaks` (the first-send programs).
     pub bulk: bulk::Bulk,
+    /// 200,000 live sockets held with `netwatch serve`: its memory, and the map's.
+    pub held: held::Held,
     pub took: Duration,
 }
 
@@ -685,6 +714,10 @@ pub fn bench(opts: Options) -> Result<()> {
         client,
         server,
     };
+    let serve_ready = tracers.contains(&(Tracer::Serve, Availability::Ready));
+    if plan.only == Some(Only::Held) {
+        return held_alone(&env, &plan, &opts, serve_ready, started);
+    }
 
     let runnable = tracers
         .iter()
@@ -711,7 +744,8 @@ pub fn bench(opts: Options) -> Result<()> {
                 bulk_rounds as usize * bulk::TRACERS.len()
             } else {
                 0
-            },
+            }
+            + if serve_ready { held::STEPS } else { 0 },
     };
 
     let mut counts = Vec::new();
@@ -761,6 +795,7 @@ pub fn bench(opts: Options) -> Result<()> {
             ..bulk::Bulk::default()
         }
     };
+    let held = held_row(&env, serve_ready, &mut progress)?;
     // Namespaces deleted and bpf_stats_enabled restored before the report is written, and
     // before the syscall tax, which needs neither: `dd` runs as on a machine nobody benches.
     let netwatch = env.netwatch.clone();
@@ -782,6 +817,7 @@ pub fn bench(opts: Options) -> Result<()> {
         offline,
         tax,
         bulk,
+        held,
         took: started.elapsed(),
     };
     let markdown = table::render(&results);
@@ -792,6 +828,62 @@ pub fn bench(opts: Options) -> Result<()> {
         "bench: done in {}; wrote {}",
         fmt_duration(results.took),
         path.display()
+    );
+    Ok(())
+}
+
+/// The held-sockets row, or why it was not measured: a failure there (after minutes of other
+/// rows) is reported in its section rather than losing the whole bench.
+fn held_row(env: &Env, serve_ready: bool, progress: &mut Progress) -> Result<held::Held> {
+    if !serve_ready {
+        return Ok(held::Held {
+            skipped: Some("`netwatch serve` is not built".into()),
+            ..held::Held::default()
+        });
+    }
+    match held::measure(env, progress) {
+        Ok(held) => Ok(held),
+        Err(err) => {
+            proc::check_interrupted()?;
+            progress.done(&format!("failed: {err:#}"));
+            Ok(held::Held {
+                skipped: Some(format!("{err:#}")),
+                ..held::Held::default()
+            })
+        }
+    }
+}
+
+/// `--only held`: that row alone, its section printed on stdout; BENCHMARKS.md keeps the last
+/// full bench (a file with one row would lose every other).
+fn held_alone(
+    env: &Env,
+    plan: &Plan,
+    opts: &Options,
+    serve_ready: bool,
+    started: Instant,
+) -> Result<()> {
+    let load_start = loadavg();
+    let mut progress = Progress {
+        step: 0,
+        total: held::STEPS,
+    };
+    if !serve_ready {
+        bail!("--only held needs `netwatch serve`, which this build does not have");
+    }
+    let held = held::measure(env, &mut progress)?;
+    let machine = Machine {
+        load_start,
+        load_end: loadavg(),
+        ..machine()
+    };
+    print!(
+        "{}",
+        table::render_held_alone(&plan.command_line(opts), &machine, &held, started.elapsed())
+    );
+    eprintln!(
+        "bench: done in {}; BENCHMARKS.md left as it was (--only)",
+        fmt_duration(started.elapsed())
     );
     Ok(())
 }
@@ -1267,6 +1359,7 @@ mod tests {
             quick: true,
             runs: None,
             seconds: None,
+            only: None,
         })
         .unwrap();
         assert_eq!(quick.runs, 1);
@@ -1275,14 +1368,26 @@ mod tests {
             quick: false,
             runs: None,
             seconds: None,
+            only: Some("held".into()),
         })
         .unwrap();
+        assert_eq!(full.only, Some(Only::Held));
         assert!(full.tax_rounds > quick.tax_rounds);
         assert!(
             Plan::new(&Options {
                 quick: false,
                 runs: Some(0),
-                seconds: None
+                seconds: None,
+                only: None,
+            })
+            .is_err()
+        );
+        assert!(
+            Plan::new(&Options {
+                quick: false,
+                runs: None,
+                seconds: None,
+                only: Some("churn".into()),
             })
             .is_err()
         );

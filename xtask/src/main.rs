@@ -44,6 +44,7 @@ use clap::{Parser, Subcommand};
         cargo xtask test                     # what CI runs (.ci/run)\n  \
         cargo xtask test -- close_wait       # only tests whose name contains close_wait\n  \
         cargo xtask bench --quick            # cost vs tcpstates/tcplife/bpftrace (root)\n  \
+        cargo xtask bench --only held        # only the 200,000 live sockets row (root)\n  \
         cargo xtask vm-test                  # the checks on 6.1 and 6.12 in qemu, both paths (root)\n\n\
         Every command except `setup` runs `setup` first; it takes a second when nothing is\n\
         missing."
@@ -141,6 +142,10 @@ enum Command {
         /// Seconds of churn per run without a tracer; default 2, --quick 1
         #[arg(long, value_name = "S")]
         seconds: Option<f64>,
+        /// Run only this row and print its section instead of writing BENCHMARKS.md: `held`
+        /// (200,000 live sockets held with `netwatch serve`)
+        #[arg(long, value_name = "ROW")]
+        only: Option<String>,
     },
     /// Run the checks that matter most on the host's kernel and on Debian's kernels, in qemu
     #[command(
@@ -201,10 +206,12 @@ fn dispatch(command: Command) -> Result<()> {
             quick,
             runs,
             seconds,
+            only,
         } => bench::bench(bench::Options {
             quick,
             runs,
             seconds,
+            only,
         }),
         Command::VmTest { only } => {
             setup::setup()?;

@@ -8,7 +8,9 @@
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use super::{
-    Availability, Cell, Results, Tracer, Workload, bulk, fmt_int, fmt_rate, median_rate,
+    Availability, Cell, Machine, Results, Tracer, Workload, bulk, fmt_int, fmt_rate,
+    held::{self, Held},
+    median_rate,
     tax::{self, SyscallTax, TaxRow, Verdict},
 };
 use crate::sys::fmt_duration;
@@ -143,6 +145,7 @@ pub fn render(r: &Results) -> String {
     per_program(&mut md, r);
     syscall_tax(&mut md, r);
     bulk_table(&mut md, r);
+    held_table(&mut md, &r.held);
     rate_table(&mut md, r);
     replay(&mut md, r);
     by_hand(&mut md);
@@ -335,6 +338,7 @@ fn targets(md: &mut String, r: &Results) {
     );
 
     tax_target(md, &r.tax);
+    held_target(md, &r.held);
 
     match &r.offline {
         Some(o) => {
@@ -945,5 +949,251 @@ fn notes(md: &mut String, r: &Results) {
     }
     if r.cells.iter().all(|c| c.runs.is_empty()) {
         let _ = writeln!(md, "- No run completed.");
+    }
+}
+
+/// `--only held`: the machine, the row's line of the Targets table, and its section.
+pub fn render_held_alone(
+    command_line: &str,
+    m: &Machine,
+    held: &Held,
+    took: std::time::Duration,
+) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "Written by `{command_line}` on {} in {} ({} × {}, kernel {}, load average {} → {}).\n",
+        m.date,
+        fmt_duration(took),
+        m.cpus,
+        m.cpu_model,
+        m.kernel,
+        m.load_start,
+        m.load_end
+    );
+    let _ = writeln!(md, "| target | goal | measured | ✓/✗ |\n|---|---|---|---|");
+    held_target(&mut md, held);
+    md.push('\n');
+    held_table(&mut md, held);
+    md
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// Every socket held is followed with its owner: none unattributed, none lost, the kernel map
+/// and the tracker hold at least as many as `ss` counts.
+fn held_complete(h: &Held) -> bool {
+    h.sockets == held::SOCKETS
+        && h.sockets_full == 0
+        && h.summary.is_some_and(|s| s.lost == 0)
+        && h.map_entries.is_some_and(|n| n >= h.sockets)
+        && h.tracked.is_some_and(|n| n >= h.sockets)
+}
+
+fn held_target(md: &mut String, h: &Held) {
+    let goal = format!(
+        "{} (target); {} here",
+        fmt_int(held::TARGET_SOCKETS),
+        fmt_int(held::SOCKETS)
+    );
+    let what = "live sockets tracked with owners (`netwatch serve`)";
+    if let Some(why) = &h.skipped {
+        let _ = writeln!(
+            md,
+            "| {what} | {goal} | not measured: {} | – |",
+            escape(why)
+        );
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "| {what} | {goal} | {} held; {} in the `SOCKETS` map, {} in the tracker; {}; {} | {} |",
+        fmt_int(h.sockets),
+        h.map_entries.map_or("?".into(), fmt_int),
+        h.tracked.map_or("?".into(), fmt_int),
+        opt(h.map_bytes_per_entry(), |b| format!(
+            "kernel map {b:.0} B per entry (memlock / max entries)"
+        )),
+        opt(h.rss_bytes_per_socket(), |b| format!(
+            "RSS {b:.0} B per socket (growth / sockets)"
+        )),
+        check(held_complete(h))
+    );
+}
+
+fn held_table(md: &mut String, h: &Held) {
+    let _ = writeln!(md, "## {} live sockets\n", fmt_int(held::SOCKETS));
+    let _ = writeln!(
+        md,
+        "{} `tcpdrive hold-connect` clients each open {} connections over the veth pair to one \
+         of {} `tcpdrive hold-accept` servers and hold them: {} established sockets, both ends \
+         (a process may hold at most 20,000 files here). Untraced first, then with `netwatch \
+         serve --max-sockets {}` (what a host runs always); once `ss` counts every socket, \
+         netwatch's memory and its `SOCKETS` map are read. Then the clients are killed, then \
+         the servers, and netwatch is stopped once no socket but TIME_WAIT is left. netwatch \
+         sees the whole host: other traffic meanwhile (the machine is shared) is in its map, \
+         its tracker and its lost events too.\n",
+        held::PROCESSES,
+        fmt_int(held::PER_PROCESS),
+        held::PROCESSES,
+        fmt_int(held::SOCKETS),
+        held::MAX_SOCKETS
+    );
+    if let Some(why) = &h.skipped {
+        let _ = writeln!(md, "Not measured: {}\n", escape(why));
+        return;
+    }
+    let secs =
+        |d: Option<std::time::Duration>| opt(d.map(|d| d.as_secs_f64()), |s| format!("{s:.1} s"));
+    let _ = writeln!(md, "| | value | from |\n|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| time to establish every connection, untraced → with netwatch | {} → {} | first \
+         client started to last `HELD` line |",
+        secs(h.establish_untraced),
+        secs(h.establish_traced)
+    );
+    let _ = writeln!(
+        md,
+        "| established sockets | {} | `ss -Htan state established`, both namespaces |",
+        fmt_int(h.sockets)
+    );
+    let _ = writeln!(
+        md,
+        "| entries of the kernel's `SOCKETS` map | {} of {} | `bpftool map dump` |",
+        h.map_entries.map_or("?".into(), fmt_int),
+        fmt_int(u64::from(held::MAX_SOCKETS))
+    );
+    let _ = writeln!(
+        md,
+        "| sockets the tracker follows | {} | `netwatch_tracker_sockets` on /metrics |",
+        h.tracked.map_or("?".into(), fmt_int)
+    );
+    let map = match (&h.map, h.map_bytes_per_entry()) {
+        (Some(m), Some(per)) => format!(
+            "{} for {} entries: {per:.0} B per entry",
+            mib(m.memlock >> 10),
+            fmt_int(u64::from(m.max_entries))
+        ),
+        _ => "?".into(),
+    };
+    let _ = writeln!(
+        md,
+        "| kernel memory of the `SOCKETS` map | {map} | `memlock` in its fdinfo (sized by \
+         `--max-sockets`, whatever it holds) |"
+    );
+    let rss = match (h.rss_before_kib, h.rss_held_kib) {
+        (Some(a), Some(b)) => format!(
+            "{} → {} (peak {}){}",
+            mib(a),
+            mib(b),
+            h.hwm_kib.map_or("?".into(), mib),
+            opt(h.rss_bytes_per_socket(), |p| format!(
+                ": {p:.0} B per socket"
+            ))
+        ),
+        _ => "?".into(),
+    };
+    let _ = writeln!(
+        md,
+        "| netwatch's resident memory, before → all held | {rss} | `VmRSS` (`VmHWM`) in \
+         `/proc/<pid>/status` |"
+    );
+    if let (Some(map), Some(rss)) = (h.map_bytes_per_entry(), h.rss_bytes_per_socket()) {
+        let million = held::TARGET_SOCKETS as f64;
+        let _ = writeln!(
+            md,
+            "| projected for {} sockets (`--max-sockets 1048576`) | {:.0} MiB in the kernel + \
+             {:.0} MiB of RSS growth | the two rates above, times the sockets |",
+            fmt_int(held::TARGET_SOCKETS),
+            map * f64::from(1u32 << 20) / MIB,
+            rss * million / MIB
+        );
+    }
+    let _ = writeln!(
+        md,
+        "| at teardown: events lost / missed in the kernel / sockets unattributed | {} / {} / {} \
+         | netwatch's exit line (`lost=`, `missed=`, `sockets_full=`) |\n",
+        h.summary.map_or("?".into(), |s| fmt_int(s.lost)),
+        fmt_int(h.missed),
+        fmt_int(h.sockets_full)
+    );
+    if !h.foreign.is_empty() {
+        let names: Vec<String> = h
+            .foreign
+            .iter()
+            .take(12)
+            .map(|n| format!("`{n}`"))
+            .collect();
+        let _ = writeln!(
+            md,
+            "Other BPF programs ran meanwhile (someone else tracing or benching on this machine; \
+             its traffic is in the figures above): {}.\n",
+            names.join(", ")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The held row renders its figures, and says why when it was not measured.
+    #[test]
+    fn renders_the_held_row() {
+        let m = Machine::default();
+        let took = std::time::Duration::from_secs(40);
+        let h = Held {
+            sockets: held::SOCKETS,
+            establish_untraced: Some(std::time::Duration::from_millis(2500)),
+            establish_traced: Some(std::time::Duration::from_millis(4000)),
+            rss_before_kib: Some(55_552),
+            rss_held_kib: Some(103_556),
+            hwm_kib: Some(103_556),
+            map: Some(held::MapInfo {
+                id: 7,
+                max_entries: held::MAX_SOCKETS,
+                memlock: 33_555_456,
+            }),
+            map_entries: Some(200_011),
+            tracked: Some(200_010),
+            summary: Some(super::super::Summary::default()),
+            ..Held::default()
+        };
+        let md = render_held_alone("cargo xtask bench --only held", &m, &h, took);
+        assert!(md.contains("## 200,000 live sockets"), "{md}");
+        assert!(md.contains("128 B per entry"), "{md}");
+        assert!(md.contains("246 B per socket"), "{md}");
+        assert!(md.contains("2.5 s → 4.0 s"), "{md}");
+        assert!(md.contains("| ✓ |"), "{md}");
+        let lost = Held {
+            sockets_full: 3,
+            ..h.clone()
+        };
+        assert!(!md.contains("Other BPF programs"), "{md}");
+        let lost = Held {
+            foreign: vec!["tcpstates".into()],
+            ..lost
+        };
+        let md = render_held_alone("x", &m, &lost, took);
+        assert!(md.contains("| ✗ |"), "{md}");
+        assert!(
+            md.contains("ran meanwhile") && md.contains("`tcpstates`"),
+            "{md}"
+        );
+        let skipped = Held {
+            skipped: Some("`netwatch serve` is not built".into()),
+            ..Held::default()
+        };
+        let md = render_held_alone("x", &m, &skipped, took);
+        assert!(
+            md.contains("not measured: `netwatch serve` is not built | – |"),
+            "{md}"
+        );
+        assert!(md.contains("Not measured:"), "{md}");
     }
 }
