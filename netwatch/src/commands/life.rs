@@ -346,7 +346,8 @@ mod tests {
         // Room for one socket: the recording's several connections overlap.
         let mut sink = LifeSink::new(Vec::new(), true, false, 1, Selection::default());
         let mut full = LifeSink::new(Vec::new(), true, false, 1000, Selection::default());
-        while let Item::Event(ev) = r.next_item().unwrap() {
+        let mut ev = crate::model::event::Event::default();
+        while let Item::Event = r.next_item(&mut ev).unwrap() {
             sink.event(&ev).unwrap();
             full.event(&ev).unwrap();
         }
