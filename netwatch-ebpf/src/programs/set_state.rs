@@ -18,8 +18,8 @@ use netwatch_common::{
 use crate::{
     SET_STATE_FIELDS, SOCKETS,
     helpers::{
-        copy_words, count, current_comm, current_task_owns, emit, global, owner_from, read_failed,
-        reset_event, sock_netns, starts_fresh, tcp_info, user_sp_word, user_stack_id, zero_words,
+        count, current_comm, current_task_owns, emit, global, owner_from, read_failed, reset_event,
+        sock_netns, starts_fresh, tcp_info, user_sp_word, user_stack_id, zero_words,
     },
     record::{Scratch, copy_record, with_scratch},
     sock::{self, Sock},
@@ -95,22 +95,20 @@ fn transition<C: StackIdContext>(
     new: u8,
     netns: impl FnOnce() -> u32,
 ) -> Option<()> {
-    let fresh = starts_fresh(old, new);
     let existing = SOCKETS.get_ptr_mut(skaddr);
-    // Built on the stack without a struct literal: see `zero_words`.
+    // A known socket's entry is updated in place (no copy out and back); a new one is built
+    // on the stack, without a struct literal (see `zero_words`), and inserted at the end.
     let mut slot = MaybeUninit::<SockInfo>::uninit();
-    // SAFETY: `slot` is an 8-aligned `SockInfo` (it has u64 fields), all plain data, and is
-    // wholly written before `assume_init_mut`; `p` comes from the map lookup and is valid for
-    // this program run (map values are 8-aligned).
+    // SAFETY: `p` is either the value from the map lookup, valid for this program run and
+    // 8-aligned (map values are), or `slot`, an 8-aligned `SockInfo` (it has u64 fields);
+    // both are plain data, and `slot` is wholly written before it is used.
     let info = unsafe {
-        match existing {
-            Some(p) if !fresh => copy_words(slot.as_mut_ptr(), p),
-            _ => {
-                zero_words(slot.as_mut_ptr());
-                (*slot.as_mut_ptr()).stack_id = -1;
-            }
+        let p = existing.unwrap_or(slot.as_mut_ptr());
+        if existing.is_none() || starts_fresh(old, new) {
+            zero_words(p);
+            (*p).stack_id = -1;
         }
-        slot.assume_init_mut()
+        &mut *p
     };
     if info.netns == 0 {
         info.netns = netns();
@@ -148,15 +146,8 @@ fn transition<C: StackIdContext>(
         info.state_since_ns = ev.ts_ns;
     }
     info.state = new;
-    match existing {
-        // Updating in place costs a store; an insert into the LRU map costs far more.
-        // SAFETY: as above; the value is plain data and this program is its only writer.
-        Some(p) => unsafe { copy_words(p, info) },
-        None => {
-            if SOCKETS.insert(skaddr, info, 0).is_err() {
-                count(stat::SOCKETS_FULL);
-            }
-        }
+    if existing.is_none() && SOCKETS.insert(skaddr, info, 0).is_err() {
+        count(stat::SOCKETS_FULL);
     }
     emit(ev);
     Some(())
