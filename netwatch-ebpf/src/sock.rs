@@ -121,7 +121,7 @@ impl<'a> Sock<'a> {
         // SAFETY: `head` is an array of words, so `head + off` is aligned for `T` when `off`
         // is a multiple of its size; `off + size <= len <= SOCK_HEAD_BYTES` keeps the read
         // inside the copy, which holds the kernel's bytes there: any bytes are a valid `T`.
-        unsafe { Self::pick(self.copy.head.as_ptr().cast(), off, len) }
+        unsafe { Self::pick(self.copy.head.as_ptr().cast(), u64::from(off), len) }
             .or_else(|| kread::<T>(self.sk, off))
     }
 
@@ -130,15 +130,12 @@ impl<'a> Sock<'a> {
     #[inline(always)]
     fn inet<T: Copy>(&self, off: u32) -> Option<T> {
         let o = &KERNEL_OFFSETS;
-        let start = global(&o.inet_copy_off);
-        if self.inet_copied && off != ABSENT32 && off >= start {
-            // SAFETY: as in `head`, for the `inet` block, which starts at `start`.
+        if self.inet_copied {
+            // An offset before the block, or absent, wraps to past its end.
+            let at = u64::from(off.wrapping_sub(global(&o.inet_copy_off)));
+            // SAFETY: as in `head`, for the `inet` block, which starts at `inet_copy_off`.
             let v = unsafe {
-                Self::pick::<T>(
-                    self.copy.inet.as_ptr().cast(),
-                    off - start,
-                    global(&o.inet_copy_len),
-                )
+                Self::pick::<T>(self.copy.inet.as_ptr().cast(), at, global(&o.inet_copy_len))
             };
             if v.is_some() {
                 return v;
@@ -147,14 +144,20 @@ impl<'a> Sock<'a> {
         kread::<T>(self.sk, off)
     }
 
-    /// The `T` at `off` in the copy at `base` holding `len` bytes, when it holds it aligned.
+    /// The `T` (1, 2, 4 or 8 bytes) at `off` in the copy at `base` holding `len` bytes, when
+    /// it holds it aligned. In 64 bits, so that an absent offset ([`ABSENT32`]) fails the
+    /// bounds check without a test of its own: these checks run for every field of every
+    /// event (the offsets are constants to the verifier, but the JIT still runs them).
     ///
     /// # Safety
     /// `base` must be 8-aligned and hold `len` readable bytes.
     #[inline(always)]
-    unsafe fn pick<T: Copy>(base: *const u8, off: u32, len: u32) -> Option<T> {
-        let size = core::mem::size_of::<T>() as u32;
-        if off == ABSENT32 || !off.is_multiple_of(size) || off > len || size > len - off {
+    unsafe fn pick<T: Copy>(base: *const u8, off: u64, len: u32) -> Option<T> {
+        let size = const {
+            assert!(core::mem::size_of::<T>().is_power_of_two() && core::mem::size_of::<T>() <= 8);
+            core::mem::size_of::<T>() as u64
+        };
+        if off & (size - 1) != 0 || off + size > u64::from(len) {
             return None;
         }
         // SAFETY: the caller vouches for `base` and `len`; the checks above keep the read
@@ -175,8 +178,8 @@ impl<'a> Sock<'a> {
         // SAFETY: as in `head`, for the two words at `off` and `off + 8`.
         let words = unsafe {
             (
-                Self::pick::<u64>(base, off, len),
-                Self::pick(base, off + 8, len),
+                Self::pick::<u64>(base, u64::from(off), len),
+                Self::pick(base, u64::from(off) + 8, len),
             )
         };
         if let (Some(a), Some(b)) = words {
