@@ -264,7 +264,25 @@ pub struct KernelOffsets {
     pub skb_head: u32,
     pub skb_data: u32,
     pub skb_network_header: u32,
+    /// How many bytes from the start of the socket (its `sock_common`) the raw programs copy
+    /// in one read, to pick the `skc_*` fields out of the copy instead of reading each on its
+    /// own (one `bpf_probe_read_kernel` costs about as much as copying a hundred bytes); at
+    /// most [`SOCK_HEAD_BYTES`], 0 = read every field on its own. A field that ends past it
+    /// is read on its own.
+    pub sk_head_len: u32,
+    /// The same for `inet_sock.inet_saddr` and `inet_sport`, which sit next to each other:
+    /// where the copied block starts and its length, at most [`INET_COPY_BYTES`]
+    /// (`ABSENT32`/0 = read each on its own).
+    pub inet_copy_off: u32,
+    pub inet_copy_len: u32,
+    pub _pad: u32,
 }
+
+/// Room for the copy of a socket's first bytes ([`KernelOffsets::sk_head_len`]): the whole
+/// `sock_common` up to the IPv6 addresses (88 bytes on 6.x), with room to spare.
+pub const SOCK_HEAD_BYTES: u32 = 128;
+/// Room for the copy of `inet_saddr` and `inet_sport` ([`KernelOffsets::inet_copy_len`]).
+pub const INET_COPY_BYTES: u32 = 16;
 
 impl KernelOffsets {
     pub const NONE: Self = Self {
@@ -296,6 +314,10 @@ impl KernelOffsets {
         skb_head: ABSENT32,
         skb_data: ABSENT32,
         skb_network_header: ABSENT32,
+        sk_head_len: 0,
+        inet_copy_off: ABSENT32,
+        inet_copy_len: 0,
+        _pad: 0,
     };
 }
 

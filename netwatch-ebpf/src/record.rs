@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use netwatch_common::{ABSENT, AF_INET, AF_INET6, RECORD_COPY_LEN, RawEvent, TpFields};
 
-use crate::{SCRATCH, helpers::read_failed};
+use crate::{SCRATCH, helpers::read_failed, sock::SockCopy};
 
 /// One tracepoint record, copied once from the kernel's trace buffer into [`Scratch`].
 #[repr(C)]
@@ -28,12 +28,14 @@ pub(crate) struct Record {
     buf: [u8; RECORD_COPY_LEN],
 }
 
-/// The working memory of one program run: the copied record (classic tracepoints only) and
-/// the event being built. Kept out of the BPF stack because older verifiers (6.1) count the
-/// stack of every call frame together against 512 bytes, and these two alone take 264.
+/// The working memory of one program run: the copied record (classic tracepoints only), the
+/// copied socket bytes (raw ones only) and the event being built. Kept out of the BPF stack
+/// because older verifiers (6.1) count the stack of every call frame together against 512
+/// bytes, and these alone take 408.
 #[repr(C)]
 pub(crate) struct Scratch {
     pub(crate) rec: Record,
+    pub(crate) sk: SockCopy,
     pub(crate) ev: RawEvent,
 }
 

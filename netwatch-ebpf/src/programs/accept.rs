@@ -9,7 +9,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::{TracePointContext, tracing::StackIdContext},
 };
-use netwatch_common::{AF_INET6, RawEvent, SockInfo, event_flags, event_kind, stat};
+use netwatch_common::{SockInfo, event_flags, event_kind, stat};
 
 use crate::{
     ACCEPT_FIELDS, KERNEL_OFFSETS, SOCKETS,
@@ -18,6 +18,7 @@ use crate::{
         user_stack_id,
     },
     record::{Scratch, copy_record, with_scratch},
+    sock::Sock,
 };
 
 /// `syscalls:sys_exit_accept4` and `sys_exit_accept` (`__syscall_nr`, `long ret`): in process
@@ -31,8 +32,8 @@ pub fn nw_accept(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_accept(ctx: &TracePointContext, s: &mut Scratch) -> Option<()> {
-    let Scratch { rec, ev } = s;
-    copy_record(ctx, rec)?;
+    copy_record(ctx, &mut s.rec)?;
+    let rec = &s.rec;
     let fd = rec.get::<i64>(global(&ACCEPT_FIELDS.ret))?;
     if fd < 0 {
         return None;
@@ -46,7 +47,7 @@ fn try_accept(ctx: &TracePointContext, s: &mut Scratch) -> Option<()> {
     };
     // Only sockets netwatch follows (TCP, seen in a transition) get an owner.
     let info = SOCKETS.get_ptr_mut(sk)?;
-    own(ctx, ev, sk, info, true)
+    own(ctx, s, sk, info, true)
 }
 
 /// Makes the current task the owner of `sk` (its `SOCKETS` entry `info`) and emits an `ACCEPT`
@@ -55,12 +56,12 @@ fn try_accept(ctx: &TracePointContext, s: &mut Scratch) -> Option<()> {
 #[inline(always)]
 pub(super) fn own<C: StackIdContext>(
     ctx: &C,
-    ev: &mut RawEvent,
+    s: &mut Scratch,
     sk: u64,
     info: *mut SockInfo,
     stack: bool,
 ) -> Option<()> {
-    let o = &KERNEL_OFFSETS;
+    let Scratch { sk: copy, ev, .. } = s;
     let pid_tgid = bpf_get_current_pid_tgid();
     reset_event(ev, event_kind::ACCEPT, sk);
     ev.tgid = (pid_tgid >> 32) as u32;
@@ -86,26 +87,9 @@ pub(super) fn own<C: StackIdContext>(
         ev.new_state = (*info).state;
         ev.netns = (*info).netns;
     }
-    let family = kread::<u16>(sk, global(&o.skc_family))?;
-    ev.family = family;
-    ev.sport = kread::<u16>(sk, global(&o.skc_num)).unwrap_or(0);
-    ev.dport = u16::from_be(kread::<u16>(sk, global(&o.skc_dport)).unwrap_or(0));
-    if family == AF_INET6 {
-        // `ev` is zeroed: an address that cannot be read stays all zeroes.
-        if let Some(a) = kread::<[u8; 16]>(sk, global(&o.skc_v6_rcv_saddr)) {
-            ev.saddr = a;
-        }
-        if let Some(a) = kread::<[u8; 16]>(sk, global(&o.skc_v6_daddr)) {
-            ev.daddr = a;
-        }
-    } else {
-        if let Some(a) = kread::<[u8; 4]>(sk, global(&o.skc_rcv_saddr)) {
-            ev.saddr[..4].copy_from_slice(&a);
-        }
-        if let Some(a) = kread::<[u8; 4]>(sk, global(&o.skc_daddr)) {
-            ev.daddr[..4].copy_from_slice(&a);
-        }
-    }
+    // `ev` is zeroed: a port or address that cannot be read stays zero.
+    let sock = Sock::copy_head(sk, copy)?;
+    sock.common_tuple(sock.family()?, ev);
     emit(ev);
     Some(())
 }

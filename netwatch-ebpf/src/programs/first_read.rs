@@ -55,5 +55,5 @@ fn first_read<C: StackIdContext>(ctx: &C, sk: u64) -> Option<()> {
         // The usual case: the owner is known (connect, accept, an earlier read).
         return None;
     }
-    with_scratch(|s| super::accept::own(ctx, &mut s.ev, sk, info, false))
+    with_scratch(|s| super::accept::own(ctx, s, sk, info, false))
 }

@@ -27,8 +27,8 @@ use netwatch_common::{ABSENT, event_flags, event_kind, first_use};
 use crate::{
     FIRST_USE_FIELDS, SOCKETS,
     helpers::{current_comm, emit, global, read_failed, reset_event, user_stack_id},
-    record::with_scratch,
-    sock,
+    record::{Scratch, with_scratch},
+    sock::Sock,
 };
 
 /// `sock:sock_send_length` (`sk, family, protocol, ret, flags`): only `sk` is read (8 bytes,
@@ -94,7 +94,7 @@ fn first_use<C: StackIdContext>(ctx: &C, sk: u64, bit: u8) -> Option<()> {
     // SAFETY: as above; `used` is plain data.
     unsafe { (*info).used = used | bit };
     with_scratch(|s| {
-        let ev = &mut s.ev;
+        let Scratch { sk: copy, ev, .. } = s;
         reset_event(ev, event_kind::FIRST_USE, sk);
         let pid_tgid = bpf_get_current_pid_tgid();
         ev.tgid = (pid_tgid >> 32) as u32;
@@ -119,7 +119,9 @@ fn first_use<C: StackIdContext>(ctx: &C, sk: u64, bit: u8) -> Option<()> {
         }
         // The endpoints, for the kernel-side filter and the reader; a failed read leaves them
         // empty (the socket is known by its address).
-        let _ = sock::tuple(sk, ev, false);
+        if let Some(mut sock) = Sock::copy_head(sk, copy) {
+            let _ = sock.tuple(ev, false);
+        }
         emit(ev);
         Some(())
     })

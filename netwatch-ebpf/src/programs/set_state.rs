@@ -18,11 +18,11 @@ use netwatch_common::{
 use crate::{
     SET_STATE_FIELDS, SOCKETS,
     helpers::{
-        copy_words, count, current_comm, current_task_owns, emit, global, owner_from, read_failed,
-        reset_event, sock_netns, starts_fresh, tcp_info, user_sp_word, user_stack_id, zero_words,
+        count, current_comm, current_task_owns, emit, global, owner_from, read_failed, reset_event,
+        sock_netns, starts_fresh, tcp_info, user_sp_word, user_stack_id, zero_words,
     },
     record::{Scratch, copy_record, with_scratch},
-    sock,
+    sock::{self, Sock},
 };
 
 /// `sock:inet_sock_set_state`, classic: every TCP state transition (`skaddr, oldstate,
@@ -37,13 +37,13 @@ pub fn nw_set_state(ctx: TracePointContext) -> u32 {
 /// newstate)`; the record's fields are read from the socket.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn nwr_set_state(ctx: RawTracePointContext) -> u32 {
-    with_scratch(|s| raw(&ctx, &mut s.ev));
+    with_scratch(|s| raw(&ctx, s));
     0
 }
 
 #[inline(always)]
 fn classic(ctx: &TracePointContext, s: &mut Scratch) -> Option<()> {
-    let Scratch { rec, ev } = s;
+    let Scratch { rec, ev, .. } = s;
     copy_record(ctx, rec)?;
     let f = global(&SET_STATE_FIELDS);
     if rec.get::<u16>(f.protocol)? != IPPROTO_TCP {
@@ -56,11 +56,12 @@ fn classic(ctx: &TracePointContext, s: &mut Scratch) -> Option<()> {
     ev.old_state = old;
     ev.new_state = new;
     rec.tuple(&f, ev);
-    transition(ctx, ev, skaddr, old, new)
+    transition(ctx, ev, skaddr, old, new, || sock_netns(skaddr))
 }
 
 #[inline(always)]
-fn raw(ctx: &RawTracePointContext, ev: &mut RawEvent) -> Option<()> {
+fn raw(ctx: &RawTracePointContext, s: &mut Scratch) -> Option<()> {
+    let Scratch { sk: copy, ev, .. } = s;
     let sk = ctx.arg::<u64>(0);
     let Some(protocol) = sock::protocol(sk) else {
         return read_failed();
@@ -73,14 +74,18 @@ fn raw(ctx: &RawTracePointContext, ev: &mut RawEvent) -> Option<()> {
     reset_event(ev, event_kind::STATE, sk);
     ev.old_state = old;
     ev.new_state = new;
-    if sock::tuple(sk, ev, false).is_none() {
+    let Some(mut sock) = Sock::copy_head(sk, copy) else {
+        return read_failed();
+    };
+    if sock.tuple(ev, false).is_none() {
         return read_failed();
     }
-    transition(ctx, ev, sk, old, new)
+    transition(ctx, ev, sk, old, new, || sock.netns())
 }
 
 /// The shared body: `ev` holds the transition and the socket's endpoints; this keeps the
 /// socket's `SOCKETS` entry, captures the owner where the current task is it, and emits.
+/// `netns` reads the socket's namespace, once per socket.
 #[inline(always)]
 fn transition<C: StackIdContext>(
     ctx: &C,
@@ -88,26 +93,25 @@ fn transition<C: StackIdContext>(
     skaddr: u64,
     old: u8,
     new: u8,
+    netns: impl FnOnce() -> u32,
 ) -> Option<()> {
-    let fresh = starts_fresh(old, new);
     let existing = SOCKETS.get_ptr_mut(skaddr);
-    // Built on the stack without a struct literal: see `zero_words`.
+    // A known socket's entry is updated in place (no copy out and back); a new one is built
+    // on the stack, without a struct literal (see `zero_words`), and inserted at the end.
     let mut slot = MaybeUninit::<SockInfo>::uninit();
-    // SAFETY: `slot` is an 8-aligned `SockInfo` (it has u64 fields), all plain data, and is
-    // wholly written before `assume_init_mut`; `p` comes from the map lookup and is valid for
-    // this program run (map values are 8-aligned).
+    // SAFETY: `p` is either the value from the map lookup, valid for this program run and
+    // 8-aligned (map values are), or `slot`, an 8-aligned `SockInfo` (it has u64 fields);
+    // both are plain data, and `slot` is wholly written before it is used.
     let info = unsafe {
-        match existing {
-            Some(p) if !fresh => copy_words(slot.as_mut_ptr(), p),
-            _ => {
-                zero_words(slot.as_mut_ptr());
-                (*slot.as_mut_ptr()).stack_id = -1;
-            }
+        let p = existing.unwrap_or(slot.as_mut_ptr());
+        if existing.is_none() || starts_fresh(old, new) {
+            zero_words(p);
+            (*p).stack_id = -1;
         }
-        slot.assume_init_mut()
+        &mut *p
     };
     if info.netns == 0 {
-        info.netns = sock_netns(skaddr);
+        info.netns = netns();
     }
     if info.state_since_ns != 0 && info.state_since_ns <= ev.ts_ns {
         ev.dwell_ns = ev.ts_ns - info.state_since_ns;
@@ -142,15 +146,8 @@ fn transition<C: StackIdContext>(
         info.state_since_ns = ev.ts_ns;
     }
     info.state = new;
-    match existing {
-        // Updating in place costs a store; an insert into the LRU map costs far more.
-        // SAFETY: as above; the value is plain data and this program is its only writer.
-        Some(p) => unsafe { copy_words(p, info) },
-        None => {
-            if SOCKETS.insert(skaddr, info, 0).is_err() {
-                count(stat::SOCKETS_FULL);
-            }
-        }
+    if existing.is_none() && SOCKETS.insert(skaddr, info, 0).is_err() {
+        count(stat::SOCKETS_FULL);
     }
     emit(ev);
     Some(())

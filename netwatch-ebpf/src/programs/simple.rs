@@ -13,11 +13,11 @@ use aya_ebpf::{
 use netwatch_common::{RawEvent, TpFields, event_flags, event_kind};
 
 use crate::{
-    DESTROY_FIELDS, RAW_ARGS, RECV_RESET_FIELDS, RETRANSMIT_FIELDS, SEND_RESET_FIELDS, SOCKETS,
-    SYNACK_FIELDS,
-    helpers::{emit, global, known_socket, read_failed, reset_event},
+    DESTROY_FIELDS, KERNEL_OFFSETS, RAW_ARGS, RECV_RESET_FIELDS, RETRANSMIT_FIELDS,
+    SEND_RESET_FIELDS, SOCKETS, SYNACK_FIELDS,
+    helpers::{emit, global, known_socket, kread, read_failed, reset_event},
     record::{Scratch, copy_record, with_scratch},
-    sock,
+    sock::{self, Sock},
 };
 
 /// `tcp:tcp_retransmit_skb` (`skbaddr, skaddr, state, sport, dport, family, saddr, daddr,
@@ -33,10 +33,13 @@ pub fn nw_retransmit(ctx: TracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
 pub fn nwr_retransmit(ctx: RawTracePointContext) -> u32 {
     with_scratch(|s| {
-        let ev = &mut s.ev;
+        let Scratch { sk: copy, ev, .. } = s;
         let sk = ctx.arg::<u64>(0);
         reset_event(ev, event_kind::RETRANSMIT, sk);
-        let Some(state) = sock::state(sk) else {
+        let Some(mut sock) = Sock::copy_head(sk, copy) else {
+            return read_failed();
+        };
+        let Some(state) = sock.state() else {
             return read_failed();
         };
         ev.new_state = state;
@@ -44,7 +47,7 @@ pub fn nwr_retransmit(ctx: RawTracePointContext) -> u32 {
             ev.aux = ctx.arg::<i32>(2) as u32;
             ev.flags |= event_flags::AUX_VALID;
         }
-        if sock::tuple(sk, ev, false).is_none() {
+        if sock.tuple(ev, false).is_none() {
             return read_failed();
         }
         finish(ev, sk)
@@ -70,12 +73,18 @@ pub fn nw_synack_rtx(ctx: TracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "tcp_retransmit_synack")]
 pub fn nwr_synack_rtx(ctx: RawTracePointContext) -> u32 {
     with_scratch(|s| {
-        let ev = &mut s.ev;
+        let Scratch { sk: copy, ev, .. } = s;
         let sk = ctx.arg::<u64>(0);
         reset_event(ev, event_kind::SYNACK_RETRANSMIT, sk);
-        if sock::request_tuple(sk, ctx.arg::<u64>(1), ev).is_none() {
+        // The request socket's endpoints under the listener's family; a request socket
+        // starts with a `sock_common`.
+        let Some(family) = kread::<u16>(sk, global(&KERNEL_OFFSETS.skc_family)) else {
             return read_failed();
-        }
+        };
+        let Some(req) = Sock::copy_head(ctx.arg::<u64>(1), copy) else {
+            return read_failed();
+        };
+        req.common_tuple(family, ev);
         finish(ev, sk)
     });
     0
@@ -99,7 +108,7 @@ pub fn nw_recv_reset(ctx: TracePointContext) -> u32 {
 /// `tcp_receive_reset`, raw: `(struct sock *sk)`.
 #[raw_tracepoint(tracepoint = "tcp_receive_reset")]
 pub fn nwr_recv_reset(ctx: RawTracePointContext) -> u32 {
-    with_scratch(|s| socket_only(&ctx, &mut s.ev, event_kind::RESET_RECEIVED));
+    with_scratch(|s| socket_only(&ctx, s, event_kind::RESET_RECEIVED));
     0
 }
 
@@ -119,25 +128,30 @@ pub fn nw_send_reset(ctx: TracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "tcp_send_reset")]
 pub fn nwr_send_reset(ctx: RawTracePointContext) -> u32 {
     with_scratch(|s| {
-        let ev = &mut s.ev;
+        let Scratch { sk: copy, ev, .. } = s;
         let sk = ctx.arg::<u64>(0);
         let skb = ctx.arg::<u64>(1);
         let since_6_10 = global(&RAW_ARGS.send_reset) >= 3;
         reset_event(ev, event_kind::RESET_SENT, sk);
-        let mut full = false;
+        let mut full_sock = None;
         if sk != 0 {
-            let Some(state) = sock::state(sk) else {
+            let Some(sock) = Sock::copy_head(sk, copy) else {
+                return read_failed();
+            };
+            let Some(state) = sock.state() else {
                 return read_failed();
             };
             ev.new_state = state;
-            full = sock::is_full(state);
+            if sock::is_full(state) {
+                full_sock = Some(sock);
+            }
         }
         if since_6_10 {
             ev.aux = ctx.arg::<u32>(2);
             ev.flags |= event_flags::AUX_VALID;
         }
-        let read = if full {
-            sock::tuple(sk, ev, since_6_10)
+        let read = if let Some(mut sock) = full_sock {
+            sock.tuple(ev, since_6_10)
         } else if skb != 0 {
             sock::segment_tuple(skb, ev)
         } else {
@@ -161,7 +175,7 @@ pub fn nw_destroy_sock(ctx: TracePointContext) -> u32 {
 /// `tcp_destroy_sock`, raw: `(struct sock *sk)`.
 #[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
 pub fn nwr_destroy_sk(ctx: RawTracePointContext) -> u32 {
-    with_scratch(|s| socket_only(&ctx, &mut s.ev, event_kind::DESTROY));
+    with_scratch(|s| socket_only(&ctx, s, event_kind::DESTROY));
     0
 }
 
@@ -169,7 +183,7 @@ pub fn nwr_destroy_sk(ctx: RawTracePointContext) -> u32 {
 /// whichever of `state`, `reason`/`err` and the address fields the tracepoint has).
 #[inline(always)]
 fn classic(ctx: &TracePointContext, s: &mut Scratch, f: TpFields, kind: u8) -> Option<()> {
-    let Scratch { rec, ev } = s;
+    let Scratch { rec, ev, .. } = s;
     copy_record(ctx, rec)?;
     let skaddr = rec.get::<u64>(f.skaddr)?;
     reset_event(ev, kind, skaddr);
@@ -190,10 +204,12 @@ fn classic(ctx: &TracePointContext, s: &mut Scratch, f: TpFields, kind: u8) -> O
 /// The raw body of the `tcp_event_sk` tracepoints (`(struct sock *sk)`): the socket's
 /// endpoints, no state (their records have none).
 #[inline(always)]
-fn socket_only(ctx: &RawTracePointContext, ev: &mut RawEvent, kind: u8) -> Option<()> {
+fn socket_only(ctx: &RawTracePointContext, s: &mut Scratch, kind: u8) -> Option<()> {
+    let Scratch { sk: copy, ev, .. } = s;
     let sk = ctx.arg::<u64>(0);
     reset_event(ev, kind, sk);
-    if sock::tuple(sk, ev, false).is_none() {
+    let read = Sock::copy_head(sk, copy).and_then(|mut sock| sock.tuple(ev, false));
+    if read.is_none() {
         return read_failed();
     }
     finish(ev, sk)

@@ -4,7 +4,7 @@
 //! BTF, never from constants compiled for one kernel; without BTF those features are off and
 //! netwatch says so once (the raw programs then give way to the classic ones, which the
 //! loader says).
-use netwatch_common::KernelOffsets;
+use netwatch_common::{ABSENT32, INET_COPY_BYTES, KernelOffsets, SOCK_HEAD_BYTES};
 
 use crate::kernel::btf::{Btf, BtfError};
 
@@ -184,9 +184,43 @@ fn from_btf(btf: &Btf, warnings: &mut Vec<String>) -> Offsets {
             "{e}: code paths at accept() may miss the function that called accept()"
         )),
     }
+    set_copy_extents(&mut o);
     Offsets {
         offsets: o,
         missing,
+    }
+}
+
+/// Where the socket's fields the raw programs read lie close together, they copy them in one
+/// read and pick them out of the copy ([`KernelOffsets::sk_head_len`], `inet_copy_*`): the
+/// `sock_common` fields from the socket's start up to the end of the furthest known one, and
+/// `inet_saddr` with `inet_sport`. A field that does not fit in the room the programs have is
+/// still read on its own; an absent one leaves the copy out of account.
+fn set_copy_extents(o: &mut KernelOffsets) {
+    let end = |off: u32, size: u32| (off != ABSENT32).then(|| off.saturating_add(size));
+    let head_end = [
+        end(o.skc_daddr, 4),
+        end(o.skc_rcv_saddr, 4),
+        end(o.skc_dport, 2),
+        end(o.skc_num, 2),
+        end(o.skc_family, 2),
+        end(o.skc_state, 1),
+        end(o.skc_net, 8),
+        end(o.skc_v6_daddr, 16),
+        end(o.skc_v6_rcv_saddr, 16),
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .unwrap_or(0);
+    o.sk_head_len = head_end.min(SOCK_HEAD_BYTES);
+    (o.inet_copy_off, o.inet_copy_len) = (ABSENT32, 0);
+    if o.inet_saddr != ABSENT32 && o.inet_sport != ABSENT32 {
+        let start = o.inet_saddr.min(o.inet_sport);
+        let stop = (o.inet_saddr + 4).max(o.inet_sport + 2);
+        if stop - start <= INET_COPY_BYTES {
+            (o.inet_copy_off, o.inet_copy_len) = (start, stop - start);
+        }
     }
 }
 
@@ -196,8 +230,6 @@ const TASK_PT_REGS_SINCE: (u32, u32) = (5, 15);
 
 #[cfg(test)]
 mod tests {
-    use netwatch_common::ABSENT32;
-
     use super::*;
 
     #[test]
@@ -227,5 +259,63 @@ mod tests {
         );
         assert!(o.tcp_bytes_acked != ABSENT32 && o.tcp_bytes_received != ABSENT32);
         assert!(o.skc_net != ABSENT32 && o.net_ns_inum != ABSENT32);
+        // One read copies all of sock_common the programs use (through the IPv6 source
+        // address), and one the source address and port of inet_sock.
+        assert_eq!(o.sk_head_len, o.skc_v6_rcv_saddr + 16);
+        assert!(o.sk_head_len >= o.skc_net + 8 && o.sk_head_len <= SOCK_HEAD_BYTES);
+        assert_eq!(o.inet_copy_off, o.inet_saddr.min(o.inet_sport));
+        assert!(o.inet_copy_len >= 6 && o.inet_copy_len <= INET_COPY_BYTES);
+    }
+
+    /// Offsets of 6.18's `sock_common` and `inet_sock`, the rest absent.
+    fn six_eighteen() -> KernelOffsets {
+        KernelOffsets {
+            skc_daddr: 0,
+            skc_rcv_saddr: 4,
+            skc_dport: 12,
+            skc_num: 14,
+            skc_family: 16,
+            skc_state: 18,
+            skc_net: 48,
+            skc_v6_daddr: 56,
+            skc_v6_rcv_saddr: 72,
+            inet_saddr: 808,
+            inet_sport: 814,
+            ..KernelOffsets::NONE
+        }
+    }
+
+    #[test]
+    fn copies_cover_the_fields_read_together() {
+        let mut o = six_eighteen();
+        set_copy_extents(&mut o);
+        assert_eq!(
+            (o.sk_head_len, o.inet_copy_off, o.inet_copy_len),
+            (88, 808, 8)
+        );
+    }
+
+    #[test]
+    fn fields_too_far_apart_are_read_on_their_own() {
+        let mut o = KernelOffsets {
+            skc_v6_rcv_saddr: SOCK_HEAD_BYTES,
+            inet_sport: 808 + INET_COPY_BYTES,
+            ..six_eighteen()
+        };
+        set_copy_extents(&mut o);
+        // The head copy stops at the room the programs have; the IPv6 source address past it
+        // is read on its own.
+        assert_eq!(o.sk_head_len, SOCK_HEAD_BYTES);
+        assert_eq!((o.inet_copy_off, o.inet_copy_len), (ABSENT32, 0));
+    }
+
+    #[test]
+    fn without_offsets_nothing_is_copied() {
+        let mut o = KernelOffsets::NONE;
+        set_copy_extents(&mut o);
+        assert_eq!(
+            (o.sk_head_len, o.inet_copy_off, o.inet_copy_len),
+            (0, ABSENT32, 0)
+        );
     }
 }
