@@ -33,6 +33,7 @@ use std::{
     fs::File,
     io::{self, BufReader, BufWriter, Read, Write},
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -40,8 +41,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     At, Item, Next, RecordError,
-    compact::{Compact, OwnerRefs, Previous, Strings, Table},
-    wire::{self, Wire},
+    compact::{Compact, OwnerRefs, Previous, Table},
+    encode::Encoder,
+    wire::Wire,
 };
 use crate::{
     host::{
@@ -231,9 +233,8 @@ fn stuck_frame(snapshot: &StuckSnapshot) -> io::Result<Vec<u8>> {
 
 /// The records of the block being filled.
 pub struct Block {
-    strings: Strings,
+    encoder: Encoder,
     records: Vec<u8>,
-    prev: Previous,
     events: u64,
     opened: Option<Instant>,
     zstd: zstd::bulk::Compressor<'static>,
@@ -242,9 +243,8 @@ pub struct Block {
 impl Block {
     pub fn new() -> io::Result<Block> {
         Ok(Block {
-            strings: Strings::default(),
+            encoder: Encoder::default(),
             records: Vec::with_capacity(BLOCK_BYTES + 4096),
-            prev: Previous::default(),
             events: 0,
             opened: None,
             zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL)?,
@@ -262,15 +262,14 @@ impl Block {
     pub fn event(
         &mut self,
         ev: &Event,
-        cgroup: Option<&str>,
-        container: Option<&Container>,
+        cgroup: Option<&Arc<str>>,
+        container: Option<&Arc<Container>>,
     ) -> io::Result<()> {
-        let compact = Compact::encode(ev, cgroup, container, &mut self.strings, &mut self.prev);
         self.events += 1;
         self.opened.get_or_insert_with(Instant::now);
-        // By hand, as serde would write `Record::Event(compact)` ([`wire`]).
+        // By hand, as serde would write `Record::Event(compact)` ([`super::encode`]).
         self.records.push(RECORD_EVENT as u8);
-        wire::put_compact(&mut self.records, &compact);
+        self.encoder.event(&mut self.records, ev, cgroup, container);
         Ok(())
     }
 
@@ -300,11 +299,10 @@ impl Block {
 
     /// The block as a frame (compressed when that makes it smaller), and a fresh block.
     pub fn take_frame(&mut self) -> io::Result<Vec<u8>> {
-        let mut raw = postcard::to_stdvec(self.strings.list()).map_err(invalid)?;
+        let mut raw = postcard::to_stdvec(self.encoder.strings()).map_err(invalid)?;
         raw.extend_from_slice(&self.records);
-        self.strings.clear();
+        self.encoder.clear();
         self.records.clear();
-        self.prev = Previous::default();
         self.events = 0;
         self.opened = None;
         let packed = self.zstd.compress(&raw)?;

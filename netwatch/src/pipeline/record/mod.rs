@@ -14,6 +14,7 @@
 //! by their first bytes.
 pub mod binary;
 mod compact;
+mod encode;
 pub mod jsonl;
 pub mod rotate;
 pub(crate) mod wire;
@@ -280,8 +281,7 @@ impl<S: Sink> Sink for Recorder<S> {
                 // The owner's names as the live run knows them, so a replay names the same.
                 let (cgroup, container) =
                     crate::host::containers::owner_names(ev.cgroup_id, ev.pid);
-                self.block
-                    .event(ev, cgroup.as_deref(), container.as_deref())?;
+                self.block.event(ev, cgroup.as_ref(), container.as_ref())?;
                 if self.block.is_full() {
                     self.write_block()?;
                 }

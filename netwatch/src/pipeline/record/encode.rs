@@ -1,0 +1,449 @@
+//! An event written straight into a block's records: the recorder's hot path.
+//!
+//! The bytes are those serde's postcard writer makes of [`Compact::encode`]'s record of the
+//! event (the test `writes_what_serde_writes` holds them equal), made without building that
+//! record first. Why: recording is paid per event in a live run, and the way through
+//! `Compact` cost about 1,150 instructions per event (callgrind, `analyze --record` of a
+//! live churn recording): an allocation for the stack, a hash lookup of the task name and of
+//! each owner name per event, and a capacity check per byte written.
+//!
+//! Here the fixed-size fields go into a buffer on the stack that is appended once; a task name
+//! is looked up in the block's strings once while it repeats (it is inline in the event, a
+//! 16-byte key), and an owner's names once while the owner repeats: the host's name caches
+//! hand out the same `Arc` for the same names, so an owner is known by the pointers of its
+//! names, and its encoded names are kept and copied.
+//!
+//! [`Compact`]: super::compact::Compact
+//! [`Compact::encode`]: super::compact::Compact::encode
+use std::{net::IpAddr, sync::Arc};
+
+use super::compact::{Millis, Strings};
+use crate::model::{
+    comm::Comm,
+    event::{Event, EventKind, Family, TcpState, UseCall},
+    names::Container,
+};
+
+/// How many task names and owners a block's encoder remembers: a churn's events alternate
+/// between a few (a client and a server).
+const RECENT: usize = 4;
+
+/// Bytes of an event before its stack: at most 103 (every varint at its longest, IPv6).
+const HEAD: usize = 112;
+
+/// Bytes of an event's kind (at most 45) and owner names (at most 30).
+const TAIL: usize = 80;
+
+/// Bytes of an owner's encoded names: an optional cgroup index (6), an optional container
+/// of an index and three optional ones (24).
+const OWNER: usize = 32;
+
+/// What the block being filled needs to encode its next event: its strings, the previous
+/// event's timestamp and socket (stored as differences), and the names it looked up last.
+#[derive(Default)]
+pub struct Encoder {
+    strings: Strings,
+    prev_ts_ns: u64,
+    prev_sock: u64,
+    comms: [Option<(Comm, u32)>; RECENT],
+    next_comm: usize,
+    owners: [Option<Owner>; RECENT],
+    next_owner: usize,
+}
+
+/// An owner's names, as the host's caches shared them, and as a block encodes them.
+struct Owner {
+    cgroup: Option<Arc<str>>,
+    container: Option<Arc<Container>>,
+    encoded: Buf<OWNER>,
+}
+
+impl Owner {
+    /// Whether these are the same names: the same `Arc`s (each held here, so never freed and
+    /// reused for other names while remembered).
+    fn is(&self, cgroup: Option<&Arc<str>>, container: Option<&Arc<Container>>) -> bool {
+        same(self.cgroup.as_ref(), cgroup) && same(self.container.as_ref(), container)
+    }
+}
+
+fn same<T: ?Sized>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
+
+impl Encoder {
+    /// The block's strings, in the order of their indexes.
+    pub fn strings(&self) -> &[String] {
+        self.strings.list()
+    }
+
+    /// Starts a new block: nothing is known from before it.
+    pub fn clear(&mut self) {
+        self.strings.clear();
+        self.prev_ts_ns = 0;
+        self.prev_sock = 0;
+        self.comms = Default::default();
+        self.owners = Default::default();
+    }
+
+    /// Appends `ev`, with its owner's names as the host knows them now, to `out`.
+    pub fn event(
+        &mut self,
+        out: &mut Vec<u8>,
+        ev: &Event,
+        cgroup: Option<&Arc<str>>,
+        container: Option<&Arc<Container>>,
+    ) {
+        let mut b = Buf::<HEAD>::new();
+        b.zigzag(ev.ts_ns.wrapping_sub(self.prev_ts_ns) as i64);
+        b.zigzag(ev.sock.wrapping_sub(self.prev_sock) as i64);
+        (self.prev_ts_ns, self.prev_sock) = (ev.ts_ns, ev.sock);
+        b.opt_u32(ev.pid);
+        b.opt_u32(ev.tid);
+        b.opt_u32(ev.comm.map(|c| self.comm(c)));
+        b.byte(u8::from(ev.owner_seen_here));
+        b.opt_u64(ev.cgroup_id);
+        b.opt_u32(ev.netns);
+        b.byte(match ev.family {
+            Family::Ipv4 => 0,
+            Family::Ipv6 => 1,
+        });
+        b.ip(ev.saddr);
+        b.varint(u64::from(ev.sport));
+        b.ip(ev.daddr);
+        b.varint(u64::from(ev.dport));
+        b.opt_u32(ev.stack_id);
+        if ev.stack.is_empty() {
+            b.byte(0);
+            out.extend_from_slice(b.bytes());
+        } else {
+            b.varint(ev.stack.len() as u64);
+            out.extend_from_slice(b.bytes());
+            for frame in &ev.stack {
+                let mut f = Buf::<5>::new();
+                f.varint(u64::from(self.strings.intern(frame)));
+                out.extend_from_slice(f.bytes());
+            }
+        }
+        let mut t = Buf::<TAIL>::new();
+        self.kind(&mut t, &ev.kind);
+        t.extend(self.owner(cgroup, container).bytes());
+        out.extend_from_slice(t.bytes());
+    }
+
+    /// The index of a task name, looked up in the strings only when it is not one of the last.
+    fn comm(&mut self, comm: Comm) -> u32 {
+        if let Some((_, i)) = self.comms.iter().flatten().find(|(c, _)| *c == comm) {
+            return *i;
+        }
+        let i = self.strings.intern(comm.as_str());
+        self.comms[self.next_comm] = Some((comm, i));
+        self.next_comm = (self.next_comm + 1) % RECENT;
+        i
+    }
+
+    /// An owner's names encoded, looked up in the strings only when they are not the last
+    /// owners' names.
+    fn owner(
+        &mut self,
+        cgroup: Option<&Arc<str>>,
+        container: Option<&Arc<Container>>,
+    ) -> &Buf<OWNER> {
+        let at = match self
+            .owners
+            .iter()
+            .position(|o| o.as_ref().is_some_and(|o| o.is(cgroup, container)))
+        {
+            Some(at) => at,
+            None => {
+                let mut encoded = Buf::new();
+                encoded.opt_u32(cgroup.map(|c| self.strings.intern(c)));
+                match container {
+                    None => encoded.byte(0),
+                    Some(c) => {
+                        encoded.byte(1);
+                        encoded.varint(u64::from(self.strings.intern(&c.id)));
+                        for name in [&c.name, &c.pod, &c.namespace] {
+                            encoded.opt_u32(name.as_deref().map(|n| self.strings.intern(n)));
+                        }
+                    }
+                }
+                let at = self.next_owner;
+                self.owners[at] = Some(Owner {
+                    cgroup: cgroup.cloned(),
+                    container: container.cloned(),
+                    encoded,
+                });
+                self.next_owner = (self.next_owner + 1) % RECENT;
+                at
+            }
+        };
+        &self.owners[at]
+            .as_ref()
+            .expect("found or just stored")
+            .encoded
+    }
+
+    fn kind(&mut self, t: &mut Buf<TAIL>, kind: &EventKind) {
+        let st = |s: &Option<TcpState>| s.map_or(0, TcpState::kernel_number);
+        match kind {
+            EventKind::State {
+                old_state,
+                new_state,
+                ms_in_old,
+                bytes_sent,
+                bytes_received,
+                srtt_ms,
+            } => {
+                t.extend(&[0, st(old_state), st(new_state)]);
+                t.millis(Millis::of(*ms_in_old));
+                t.opt_u64(*bytes_sent);
+                t.opt_u64(*bytes_received);
+                t.millis(Millis::of(*srtt_ms));
+            }
+            EventKind::Retransmit { state, err } => {
+                t.extend(&[1, st(state)]);
+                t.opt_u32(err.map(|v| ((v << 1) ^ (v >> 31)) as u32));
+            }
+            EventKind::SynackRetransmit { state } => t.extend(&[2, st(state)]),
+            EventKind::ResetReceived { state } => t.extend(&[3, st(state)]),
+            EventKind::ResetSent { state, reason } => {
+                t.extend(&[4, st(state)]);
+                t.opt_u32(reason.as_deref().map(|r| self.strings.intern(r)));
+            }
+            EventKind::Destroy { state } => t.extend(&[5, st(state)]),
+            EventKind::Accept { state } => t.extend(&[6, st(state)]),
+            EventKind::FirstUse { state, call } => t.extend(&[
+                7,
+                st(state),
+                match call {
+                    UseCall::Send => 0,
+                    UseCall::Recv => 1,
+                },
+            ]),
+        }
+    }
+}
+
+/// Up to `N` bytes of postcard's wire format (see [`super::wire`]), on the stack.
+struct Buf<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> Buf<N> {
+    fn new() -> Self {
+        Buf {
+            bytes: [0; N],
+            len: 0,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    #[inline(always)]
+    fn byte(&mut self, b: u8) {
+        self.bytes[self.len] = b;
+        self.len += 1;
+    }
+
+    #[inline(always)]
+    fn extend(&mut self, bytes: &[u8]) {
+        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    #[inline(always)]
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.byte(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.byte(v as u8);
+    }
+
+    #[inline(always)]
+    fn zigzag(&mut self, v: i64) {
+        self.varint(((v << 1) ^ (v >> 63)) as u64);
+    }
+
+    #[inline(always)]
+    fn opt_u32(&mut self, v: Option<u32>) {
+        self.opt_u64(v.map(u64::from));
+    }
+
+    #[inline(always)]
+    fn opt_u64(&mut self, v: Option<u64>) {
+        match v {
+            None => self.byte(0),
+            Some(v) => {
+                self.byte(1);
+                self.varint(v);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn ip(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(a) => {
+                self.byte(0);
+                self.extend(&a.octets());
+            }
+            IpAddr::V6(a) => {
+                self.byte(1);
+                self.extend(&a.octets());
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn millis(&mut self, m: Millis) {
+        match m {
+            Millis::Unknown => self.byte(0),
+            Millis::Nanos(ns) => {
+                self.byte(1);
+                self.varint(ns);
+            }
+            Millis::Micros(us) => {
+                self.byte(2);
+                self.varint(us);
+            }
+            Millis::Exact(ms) => {
+                self.byte(3);
+                self.extend(&ms.to_le_bytes());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::record::compact::{Compact, Previous};
+
+    /// What serde's postcard writer appends for `c`.
+    fn put_compact(out: &mut Vec<u8>, c: &Compact) {
+        out.extend(postcard::to_stdvec(c).unwrap());
+    }
+
+    fn kinds() -> Vec<EventKind> {
+        let st = Some(TcpState::Established);
+        vec![
+            EventKind::State {
+                old_state: Some(TcpState::SynSent),
+                new_state: Some(TcpState::Established),
+                ms_in_old: Some(1_234_567.0 / 1e6),
+                bytes_sent: Some(1 << 40),
+                bytes_received: Some(0),
+                srtt_ms: Some(f64::from(2500u32) / 1000.0),
+            },
+            EventKind::State {
+                old_state: None,
+                new_state: Some(TcpState::Close),
+                ms_in_old: Some(0.1 + 0.2),
+                bytes_sent: None,
+                bytes_received: None,
+                srtt_ms: Some(-0.0),
+            },
+            EventKind::Retransmit {
+                state: st,
+                err: Some(-11),
+            },
+            EventKind::Retransmit {
+                state: st,
+                err: Some(i32::MAX),
+            },
+            EventKind::SynackRetransmit { state: None },
+            EventKind::ResetReceived { state: st },
+            EventKind::ResetSent {
+                state: st,
+                reason: Some("NO_SOCKET".into()),
+            },
+            EventKind::Destroy {
+                state: Some(TcpState::Close),
+            },
+            EventKind::Accept { state: st },
+            EventKind::FirstUse {
+                state: st,
+                call: UseCall::Recv,
+            },
+        ]
+    }
+
+    /// Every kind and field, owners that repeat, and owners whose names are equal but not
+    /// shared (other `Arc`s), in one block: the same bytes and strings as serde makes of
+    /// `Compact`, which the replay reads.
+    #[test]
+    fn writes_what_serde_writes() {
+        let web: Arc<Container> = Arc::new(Container {
+            name: Some("web".into()),
+            pod: Some("shop-7f".into()),
+            namespace: Some("prod".into()),
+            ..Container::unnamed(&"ab".repeat(32))
+        });
+        let shop: Arc<str> = Arc::from("/system.slice/shop.service");
+        type Names = (Option<Arc<str>>, Option<Arc<Container>>);
+        let owners: Vec<Names> = vec![
+            (None, None),
+            (Some(shop.clone()), None),
+            (Some(shop.clone()), Some(web.clone())),
+            (Some(Arc::from("/system.slice/shop.service")), None),
+            (None, Some(Arc::new(Container::unnamed(&"cd".repeat(32))))),
+            (Some(Arc::from("/other")), Some(web.clone())),
+        ];
+        let mut encoder = Encoder::default();
+        let (mut strings, mut prev) = (Strings::default(), Previous::default());
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for round in 0..3u64 {
+            for (i, kind) in kinds().into_iter().enumerate() {
+                let n = round * 100 + i as u64;
+                let mut ev = Event::test_state(5_000_000_000 - n * 7);
+                ev.kind = kind;
+                ev.sock = 0xffff_8881_0000_0000 + (n % 3) * 4096;
+                if i % 2 == 0 {
+                    (ev.pid, ev.tid) = (Some(42 + i as u32 % 5), Some(u32::MAX));
+                    ev.comm = Some(["curl", "nginx", "a", "b", "c", "d"][i % 6].into());
+                    (ev.cgroup_id, ev.netns) = (Some(u64::MAX), Some(4_026_531_840));
+                    ev.owner_seen_here = true;
+                    ev.stack_id = Some(9);
+                }
+                if i % 5 == 0 {
+                    ev.stack = vec!["main (a.c:1)".into(), "start".into(), "curl".into()];
+                }
+                if i % 3 == 0 {
+                    ev.family = Family::Ipv6;
+                    ev.saddr = "fd31::1".parse().unwrap();
+                    ev.daddr = "fd31::2".parse().unwrap();
+                }
+                (ev.sport, ev.dport) = (40000 + i as u16, 80);
+                let (cgroup, container) = &owners[(n as usize * 7) % owners.len()];
+                encoder.event(&mut ours, &ev, cgroup.as_ref(), container.as_ref());
+                let c = Compact::encode(
+                    &ev,
+                    cgroup.as_deref(),
+                    container.as_deref(),
+                    &mut strings,
+                    &mut prev,
+                );
+                put_compact(&mut theirs, &c);
+                assert_eq!(ours, theirs, "event {n}");
+            }
+        }
+        assert_eq!(encoder.strings(), strings.list());
+        encoder.clear();
+        let ev = Event::test_state(1);
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        encoder.event(&mut ours, &ev, Some(&shop), None);
+        let mut fresh = Strings::default();
+        let c = Compact::encode(&ev, Some(&shop), None, &mut fresh, &mut Previous::default());
+        put_compact(&mut theirs, &c);
+        assert_eq!(ours, theirs, "a new block starts from nothing");
+        assert_eq!(encoder.strings(), ["/system.slice/shop.service"]);
+    }
+}
