@@ -9,34 +9,40 @@
 //!
 //! Here the fixed-size fields go into a buffer on the stack that is appended once; a task name
 //! is looked up in the block's strings once while it repeats (it is inline in the event, a
-//! 16-byte key), and an owner's names once while the owner repeats: the host's name caches
-//! hand out the same `Arc` for the same names, so an owner is known by the pointers of its
-//! names, and its encoded names are kept and copied.
+//! 16-byte key), and an owner's names are asked for and encoded once while the owner (pid,
+//! cgroup) repeats and the host's names stay of the same generation: the encoded names are
+//! kept and copied.
 //!
 //! [`Compact`]: super::compact::Compact
 //! [`Compact::encode`]: super::compact::Compact::encode
-use std::{net::IpAddr, sync::Arc};
+use std::net::IpAddr;
 
 use super::compact::{Millis, Strings};
-use crate::model::{
-    comm::Comm,
-    event::{Event, EventKind, Family, TcpState, UseCall},
-    names::Container,
+use crate::{
+    host::containers::{self, Names},
+    model::{
+        comm::Comm,
+        event::{Event, EventKind, Family, TcpState, UseCall},
+    },
 };
 
 /// How many task names and owners a block's encoder remembers: a churn's events alternate
 /// between a few (a client and a server).
 const RECENT: usize = 4;
 
-/// Bytes of an event before its stack: at most 103 (every varint at its longest, IPv6).
-const HEAD: usize = 112;
+/// Room for an event's bytes before its stack: at most 103 (every varint at its longest,
+/// IPv6), and the 10 a varint is given to write into ([`Buf::varint`]).
+const HEAD: usize = 128;
 
-/// Bytes of an event's kind (at most 45) and owner names (at most 30).
-const TAIL: usize = 80;
+/// Room for an event's kind (at most 45) and owner names (at most 30), likewise.
+const TAIL: usize = 96;
 
-/// Bytes of an owner's encoded names: an optional cgroup index (6), an optional container
-/// of an index and three optional ones (24).
-const OWNER: usize = 32;
+/// Room for an owner's encoded names: an optional cgroup index (6), an optional container of
+/// an index and three optional ones (24), likewise.
+const OWNER: usize = 40;
+
+/// Room for a stack frame's index, likewise.
+const FRAME: usize = 16;
 
 /// What the block being filled needs to encode its next event: its strings, the previous
 /// event's timestamp and socket (stored as differences), and the names it looked up last.
@@ -51,27 +57,15 @@ pub struct Encoder {
     next_owner: usize,
 }
 
-/// An owner's names, as the host's caches shared them, and as a block encodes them.
+/// Whom an event's owner names are asked about: (pid, cgroup v2 id).
+type Who = (Option<u32>, Option<u64>);
+
+/// An owner's names as the block encodes them, valid while the host's names keep their
+/// generation ([`containers::names_generation`]).
 struct Owner {
-    cgroup: Option<Arc<str>>,
-    container: Option<Arc<Container>>,
+    who: Who,
+    generation: (u64, u64),
     encoded: Buf<OWNER>,
-}
-
-impl Owner {
-    /// Whether these are the same names: the same `Arc`s (each held here, so never freed and
-    /// reused for other names while remembered).
-    fn is(&self, cgroup: Option<&Arc<str>>, container: Option<&Arc<Container>>) -> bool {
-        same(self.cgroup.as_ref(), cgroup) && same(self.container.as_ref(), container)
-    }
-}
-
-fn same<T: ?Sized>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
-    match (a, b) {
-        (None, None) => true,
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-        _ => false,
-    }
 }
 
 impl Encoder {
@@ -89,13 +83,15 @@ impl Encoder {
         self.owners = Default::default();
     }
 
-    /// Appends `ev`, with its owner's names as the host knows them now, to `out`.
+    /// Appends `ev`, with its owner's names as the host knows them now, to `out`: `names`
+    /// ([`containers::owner_names`] in a run) is asked only when the block has not encoded
+    /// this owner's names in this `generation` ([`containers::names_generation`]).
     pub fn event(
         &mut self,
         out: &mut Vec<u8>,
         ev: &Event,
-        cgroup: Option<&Arc<str>>,
-        container: Option<&Arc<Container>>,
+        generation: (u64, u64),
+        names: impl FnOnce() -> Names,
     ) {
         let mut b = Buf::<HEAD>::new();
         b.zigzag(ev.ts_ns.wrapping_sub(self.prev_ts_ns) as i64);
@@ -123,14 +119,17 @@ impl Encoder {
             b.varint(ev.stack.len() as u64);
             out.extend_from_slice(b.bytes());
             for frame in &ev.stack {
-                let mut f = Buf::<5>::new();
+                let mut f = Buf::<FRAME>::new();
                 f.varint(u64::from(self.strings.intern(frame)));
                 out.extend_from_slice(f.bytes());
             }
         }
         let mut t = Buf::<TAIL>::new();
         self.kind(&mut t, &ev.kind);
-        t.extend(self.owner(cgroup, container).bytes());
+        t.extend(
+            self.owner((ev.pid, ev.cgroup_id), generation, names)
+                .bytes(),
+        );
         out.extend_from_slice(t.bytes());
     }
 
@@ -145,46 +144,47 @@ impl Encoder {
         i
     }
 
-    /// An owner's names encoded, looked up in the strings only when they are not the last
-    /// owners' names.
+    /// An owner's names encoded: asked for, and their strings looked up, only when they are
+    /// not the last owners' names of this generation. An answer [`containers::may_keep`] does
+    /// not allow to keep (an unnamed container) is asked for again at the owner's next event,
+    /// as the host's own cache does.
     fn owner(
         &mut self,
-        cgroup: Option<&Arc<str>>,
-        container: Option<&Arc<Container>>,
-    ) -> &Buf<OWNER> {
-        let at = match self
+        who: Who,
+        generation: (u64, u64),
+        names: impl FnOnce() -> Names,
+    ) -> Buf<OWNER> {
+        let known = self
             .owners
             .iter()
-            .position(|o| o.as_ref().is_some_and(|o| o.is(cgroup, container)))
-        {
-            Some(at) => at,
-            None => {
-                let mut encoded = Buf::new();
-                encoded.opt_u32(cgroup.map(|c| self.strings.intern(c)));
-                match container {
-                    None => encoded.byte(0),
-                    Some(c) => {
-                        encoded.byte(1);
-                        encoded.varint(u64::from(self.strings.intern(&c.id)));
-                        for name in [&c.name, &c.pod, &c.namespace] {
-                            encoded.opt_u32(name.as_deref().map(|n| self.strings.intern(n)));
-                        }
-                    }
+            .flatten()
+            .find(|o| o.who == who && o.generation == generation);
+        if let Some(o) = known {
+            return o.encoded;
+        }
+        let names = names();
+        let (cgroup, container) = &names;
+        let mut encoded = Buf::new();
+        encoded.opt_u32(cgroup.as_deref().map(|c| self.strings.intern(c)));
+        match container {
+            None => encoded.byte(0),
+            Some(c) => {
+                encoded.byte(1);
+                encoded.varint(u64::from(self.strings.intern(&c.id)));
+                for name in [&c.name, &c.pod, &c.namespace] {
+                    encoded.opt_u32(name.as_deref().map(|n| self.strings.intern(n)));
                 }
-                let at = self.next_owner;
-                self.owners[at] = Some(Owner {
-                    cgroup: cgroup.cloned(),
-                    container: container.cloned(),
-                    encoded,
-                });
-                self.next_owner = (self.next_owner + 1) % RECENT;
-                at
             }
-        };
-        &self.owners[at]
-            .as_ref()
-            .expect("found or just stored")
-            .encoded
+        }
+        if containers::may_keep(&names) {
+            self.owners[self.next_owner] = Some(Owner {
+                who,
+                generation,
+                encoded,
+            });
+            self.next_owner = (self.next_owner + 1) % RECENT;
+        }
+        encoded
     }
 
     fn kind(&mut self, t: &mut Buf<TAIL>, kind: &EventKind) {
@@ -229,6 +229,7 @@ impl Encoder {
 }
 
 /// Up to `N` bytes of postcard's wire format (see [`super::wire`]), on the stack.
+#[derive(Clone, Copy)]
 struct Buf<const N: usize> {
     bytes: [u8; N],
     len: usize,
@@ -258,13 +259,24 @@ impl<const N: usize> Buf<N> {
         self.len += bytes.len();
     }
 
+    /// Written into the next 10 bytes, the longest a varint takes, checked once: a buffer is
+    /// sized for its longest content plus these 10.
     #[inline(always)]
     fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.byte(v as u8 | 0x80);
-            v >>= 7;
+        if v < 0x80 {
+            return self.byte(v as u8);
         }
-        self.byte(v as u8);
+        let out: &mut [u8; 10] = (&mut self.bytes[self.len..self.len + 10])
+            .try_into()
+            .expect("10 bytes");
+        let mut i = 0;
+        while v >= 0x80 {
+            out[i] = v as u8 | 0x80;
+            v >>= 7;
+            i += 1;
+        }
+        out[i] = v as u8;
+        self.len += i + 1;
     }
 
     #[inline(always)]
@@ -325,7 +337,11 @@ impl<const N: usize> Buf<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::record::compact::{Compact, Previous};
+    use crate::{
+        model::names::Container,
+        pipeline::record::compact::{Compact, Previous},
+    };
+    use std::sync::Arc;
 
     /// What serde's postcard writer appends for `c`.
     fn put_compact(out: &mut Vec<u8>, c: &Compact) {
@@ -376,40 +392,47 @@ mod tests {
         ]
     }
 
-    /// Every kind and field, owners that repeat, and owners whose names are equal but not
-    /// shared (other `Arc`s), in one block: the same bytes and strings as serde makes of
-    /// `Compact`, which the replay reads.
+    /// Every kind and field, owners that repeat, within a generation of the host's names and
+    /// across one, in one block: the same bytes and strings as serde makes of `Compact`, which
+    /// the replay reads; the names asked for once per owner and generation, except an unnamed
+    /// container's.
     #[test]
     fn writes_what_serde_writes() {
-        let web: Arc<Container> = Arc::new(Container {
-            name: Some("web".into()),
+        let named = |name: &str| Container {
+            name: Some(name.into()),
             pod: Some("shop-7f".into()),
             namespace: Some("prod".into()),
             ..Container::unnamed(&"ab".repeat(32))
-        });
-        let shop: Arc<str> = Arc::from("/system.slice/shop.service");
-        type Names = (Option<Arc<str>>, Option<Arc<Container>>);
-        let owners: Vec<Names> = vec![
-            (None, None),
-            (Some(shop.clone()), None),
-            (Some(shop.clone()), Some(web.clone())),
-            (Some(Arc::from("/system.slice/shop.service")), None),
-            (None, Some(Arc::new(Container::unnamed(&"cd".repeat(32))))),
-            (Some(Arc::from("/other")), Some(web.clone())),
-        ];
+        };
+        // Owner `j`'s names in generation `g` (owner 2's container is named in generation 1).
+        let names_of = |j: u64, g: u64| -> Names {
+            match (j, g) {
+                (0, _) => (None, None),
+                (1, _) => (Some(Arc::from("/system.slice/shop.service")), None),
+                (2, 0) => (
+                    Some(Arc::from("/kubepods/x")),
+                    Some(Arc::new(Container::unnamed(&"ab".repeat(32)))),
+                ),
+                (2, _) => (Some(Arc::from("/kubepods/x")), Some(Arc::new(named("web")))),
+                (_, _) => (None, Some(Arc::new(named("db")))),
+            }
+        };
         let mut encoder = Encoder::default();
         let (mut strings, mut prev) = (Strings::default(), Previous::default());
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-        for round in 0..3u64 {
+        let mut asked = Vec::new();
+        for round in 0..4u64 {
             for (i, kind) in kinds().into_iter().enumerate() {
                 let n = round * 100 + i as u64;
                 let mut ev = Event::test_state(5_000_000_000 - n * 7);
                 ev.kind = kind;
                 ev.sock = 0xffff_8881_0000_0000 + (n % 3) * 4096;
+                let j = (n * 7) % 4;
+                (ev.pid, ev.cgroup_id) = (Some(1000 + j as u32), Some(j));
                 if i % 2 == 0 {
-                    (ev.pid, ev.tid) = (Some(42 + i as u32 % 5), Some(u32::MAX));
+                    ev.tid = Some(u32::MAX);
                     ev.comm = Some(["curl", "nginx", "a", "b", "c", "d"][i % 6].into());
-                    (ev.cgroup_id, ev.netns) = (Some(u64::MAX), Some(4_026_531_840));
+                    ev.netns = Some(4_026_531_840);
                     ev.owner_seen_here = true;
                     ev.stack_id = Some(9);
                 }
@@ -422,8 +445,12 @@ mod tests {
                     ev.daddr = "fd31::2".parse().unwrap();
                 }
                 (ev.sport, ev.dport) = (40000 + i as u16, 80);
-                let (cgroup, container) = &owners[(n as usize * 7) % owners.len()];
-                encoder.event(&mut ours, &ev, cgroup.as_ref(), container.as_ref());
+                let g = round / 2;
+                encoder.event(&mut ours, &ev, (g, 7), || {
+                    asked.push((j, g));
+                    names_of(j, g)
+                });
+                let (cgroup, container) = names_of(j, g);
                 let c = Compact::encode(
                     &ev,
                     cgroup.as_deref(),
@@ -436,14 +463,68 @@ mod tests {
             }
         }
         assert_eq!(encoder.strings(), strings.list());
+        let unnamed = asked.iter().filter(|&&a| a == (2, 0)).count();
+        assert!(
+            unnamed > 1,
+            "an unnamed container is asked for at each event"
+        );
+        asked.retain(|&a| a != (2, 0));
+        let asks = asked.len();
+        asked.sort();
+        asked.dedup();
+        assert_eq!(
+            asked.len(),
+            asks,
+            "the others once per generation: {asked:?}"
+        );
+        assert_eq!(
+            asks,
+            3 + 4,
+            "three in generation 0, all four in generation 1"
+        );
+
         encoder.clear();
         let ev = Event::test_state(1);
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-        encoder.event(&mut ours, &ev, Some(&shop), None);
-        let mut fresh = Strings::default();
-        let c = Compact::encode(&ev, Some(&shop), None, &mut fresh, &mut Previous::default());
+        encoder.event(&mut ours, &ev, (1, 7), || names_of(1, 1));
+        let c = Compact::encode(
+            &ev,
+            Some("/system.slice/shop.service"),
+            None,
+            &mut Strings::default(),
+            &mut Previous::default(),
+        );
         put_compact(&mut theirs, &c);
         assert_eq!(ours, theirs, "a new block starts from nothing");
         assert_eq!(encoder.strings(), ["/system.slice/shop.service"]);
+    }
+
+    /// Integers of every length, differences of both signs: serde's varints, byte for byte.
+    #[test]
+    fn varints_of_every_length() {
+        let mut encoder = Encoder::default();
+        let (mut strings, mut prev) = (Strings::default(), Previous::default());
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for k in 0..64 {
+            let mut ev = Event::test_state(1 << k);
+            ev.sock = !(1 << k) ^ (k % 2);
+            (ev.pid, ev.tid, ev.cgroup_id) = (
+                Some(1 << (k % 32)),
+                Some(!0 >> (k % 32)),
+                Some((1 << k) - 1),
+            );
+            ev.kind = EventKind::State {
+                old_state: None,
+                new_state: Some(TcpState::Close),
+                ms_in_old: Some((1u64 << k) as f64 / 1e6),
+                bytes_sent: Some(1 << k),
+                bytes_received: Some(!0 >> k),
+                srtt_ms: None,
+            };
+            encoder.event(&mut ours, &ev, (0, 0), || (None, None));
+            let c = Compact::encode(&ev, None, None, &mut strings, &mut prev);
+            put_compact(&mut theirs, &c);
+            assert_eq!(ours, theirs, "at 2^{k}");
+        }
     }
 }
