@@ -65,7 +65,8 @@ type Who = (Option<u32>, Option<u64>);
 struct Owner {
     who: Who,
     generation: (u64, u64),
-    encoded: Buf<OWNER>,
+    encoded: [u8; OWNER],
+    encoded_len: usize,
 }
 
 impl Encoder {
@@ -93,7 +94,8 @@ impl Encoder {
         generation: (u64, u64),
         names: impl FnOnce() -> Names,
     ) {
-        let mut b = Buf::<HEAD>::new();
+        let mut head = [0; HEAD];
+        let mut b = Buf::new(&mut head);
         b.zigzag(ev.ts_ns.wrapping_sub(self.prev_ts_ns) as i64);
         b.zigzag(ev.sock.wrapping_sub(self.prev_sock) as i64);
         (self.prev_ts_ns, self.prev_sock) = (ev.ts_ns, ev.sock);
@@ -119,17 +121,17 @@ impl Encoder {
             b.varint(ev.stack.len() as u64);
             out.extend_from_slice(b.bytes());
             for frame in &ev.stack {
-                let mut f = Buf::<FRAME>::new();
+                let mut frame_bytes = [0; FRAME];
+                let mut f = Buf::new(&mut frame_bytes);
                 f.varint(u64::from(self.strings.intern(frame)));
                 out.extend_from_slice(f.bytes());
             }
         }
-        let mut t = Buf::<TAIL>::new();
+        let mut tail = [0; TAIL];
+        let mut t = Buf::new(&mut tail);
         self.kind(&mut t, &ev.kind);
-        t.extend(
-            self.owner((ev.pid, ev.cgroup_id), generation, names)
-                .bytes(),
-        );
+        let (owner, owner_len) = self.owner((ev.pid, ev.cgroup_id), generation, names);
+        t.extend(&owner[..owner_len]);
         out.extend_from_slice(t.bytes());
     }
 
@@ -153,18 +155,19 @@ impl Encoder {
         who: Who,
         generation: (u64, u64),
         names: impl FnOnce() -> Names,
-    ) -> Buf<OWNER> {
+    ) -> ([u8; OWNER], usize) {
         let known = self
             .owners
             .iter()
             .flatten()
             .find(|o| o.who == who && o.generation == generation);
         if let Some(o) = known {
-            return o.encoded;
+            return (o.encoded, o.encoded_len);
         }
         let names = names();
         let (cgroup, container) = &names;
-        let mut encoded = Buf::new();
+        let mut bytes = [0; OWNER];
+        let mut encoded = Buf::new(&mut bytes);
         encoded.opt_u32(cgroup.as_deref().map(|c| self.strings.intern(c)));
         match container {
             None => encoded.byte(0),
@@ -176,18 +179,20 @@ impl Encoder {
                 }
             }
         }
+        let encoded_len = encoded.len;
         if containers::may_keep(&names) {
             self.owners[self.next_owner] = Some(Owner {
                 who,
                 generation,
-                encoded,
+                encoded: bytes,
+                encoded_len,
             });
             self.next_owner = (self.next_owner + 1) % RECENT;
         }
-        encoded
+        (bytes, encoded_len)
     }
 
-    fn kind(&mut self, t: &mut Buf<TAIL>, kind: &EventKind) {
+    fn kind(&mut self, t: &mut Buf<'_, TAIL>, kind: &EventKind) {
         let st = |s: &Option<TcpState>| s.map_or(0, TcpState::kernel_number);
         match kind {
             EventKind::State {
@@ -228,19 +233,17 @@ impl Encoder {
     }
 }
 
-/// Up to `N` bytes of postcard's wire format (see [`super::wire`]), on the stack.
-#[derive(Clone, Copy)]
-struct Buf<const N: usize> {
-    bytes: [u8; N],
+/// Postcard's wire format (see [`super::wire`]) written into `N` bytes on the stack. The
+/// bytes are held apart from the count written so far, which then stays in a register rather
+/// than being stored and loaded again at each byte.
+struct Buf<'a, const N: usize> {
+    bytes: &'a mut [u8; N],
     len: usize,
 }
 
-impl<const N: usize> Buf<N> {
-    fn new() -> Self {
-        Buf {
-            bytes: [0; N],
-            len: 0,
-        }
+impl<'a, const N: usize> Buf<'a, N> {
+    fn new(bytes: &'a mut [u8; N]) -> Self {
+        Buf { bytes, len: 0 }
     }
 
     fn bytes(&self) -> &[u8] {
