@@ -1,16 +1,15 @@
-//! postcard's wire format, read and written by hand for the one record a recording holds per
-//! event.
+//! postcard's wire format, read by hand for the one record a recording holds per event (the
+//! recorder writes it by hand too: [`super::encode`]).
 //!
 //! Why not serde: decoding a [`Compact`] through serde's generic visitors cost about 1,200
 //! instructions per event (callgrind, `analyze --report` of a churn recording), a third of a
-//! replay, and encoding one about 600, most of what recording adds to a live run; this code
-//! takes and makes the same bytes in a fraction of that. The bytes are postcard's
+//! replay; this code takes the same bytes in a fraction of that. The bytes are postcard's
 //! (<https://postcard.jamesmunns.com/wire-format>): unsigned integers above 8 bits as
 //! varints, signed ones zigzagged first, `u8` and `bool` as one byte, `Option` as a 0/1 tag,
 //! enums as their variant's index (a varint) then its fields, sequences as a varint length
 //! then the elements, `f64` as 8 bytes little-endian, fixed arrays as their bytes. The other
-//! records (timewait lists, snapshots) stay serde's; the compact tests hold the hand-made and
-//! serde's bytes to the same answer, both ways.
+//! records (timewait lists, snapshots) stay serde's; the compact and encode tests hold the
+//! hand-made and serde's bytes to the same answer, both ways.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::compact::{Compact, ContainerRef, Kind, Millis};
