@@ -1,8 +1,8 @@
 //! An event written straight into a block's records: the recorder's hot path.
 //!
-//! The bytes are those serde's postcard writer makes of [`Compact::encode`]'s record of the
-//! event (the test `writes_what_serde_writes` holds them equal), made without building that
-//! record first. Why: recording is paid per event in a live run, and the way through
+//! The bytes are those serde's postcard writer makes of the event's [`Compact`] record (which
+//! the tests build with `Compact::encode`, and `writes_what_serde_writes` holds equal), made
+//! without building that record first. Why: recording is paid per event in a live run, and the way through
 //! `Compact` cost about 1,150 instructions per event (callgrind, `analyze --record` of a
 //! live churn recording): an allocation for the stack, a hash lookup of the task name and of
 //! each owner name per event, and a capacity check per byte written.
@@ -14,7 +14,6 @@
 //! kept and copied.
 //!
 //! [`Compact`]: super::compact::Compact
-//! [`Compact::encode`]: super::compact::Compact::encode
 use std::net::IpAddr;
 
 use super::compact::{Millis, Strings};
