@@ -240,7 +240,7 @@ fn known_mut() -> std::sync::RwLockWriteGuard<'static, Known> {
 static NAMES_GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// What [`owner_names`] answers.
-type Names = (Option<Arc<str>>, Option<Arc<Container>>);
+pub type Names = (Option<Arc<str>>, Option<Arc<Container>>);
 
 /// Whom [`owner_names`] is asked about: (pid, cgroup v2 id).
 type Owner = (Option<u32>, Option<u64>);
@@ -398,20 +398,31 @@ pub fn owner_container(cgroup_id: Option<u64>, pid: Option<u32>) -> Option<Arc<C
 /// of the cgroup.
 pub fn owner_names(cgroup_id: Option<u64>, pid: Option<u32>) -> Names {
     let key = (pid, cgroup_id);
-    let generations = (
-        cgroup::generation(),
-        NAMES_GENERATION.load(Ordering::Acquire),
-    );
+    let generations = names_generation();
     if let Some(names) = RECENT_NAMES.with_borrow_mut(|r| r.get(&key, generations)) {
         return names;
     }
     let names = look_up_names(cgroup_id, pid);
-    // A container no runtime has named yet is not kept: its next events ask again (at most
-    // every few seconds, see `Known::should_ask`).
-    if names.1.as_ref().is_none_or(|c| c.name.is_some()) {
+    if may_keep(&names) {
         RECENT_NAMES.with_borrow_mut(|r| r.put(key, names.clone()));
     }
     names
+}
+
+/// What [`owner_names`]' answers are valid for: an answer that [`may_keep`] stays the answer
+/// for the same owner while this stays the same.
+pub fn names_generation() -> (u64, u64) {
+    (
+        cgroup::generation(),
+        NAMES_GENERATION.load(Ordering::Acquire),
+    )
+}
+
+/// Whether an answer of [`owner_names`] may be kept for the owner's next events. A container
+/// no runtime has named yet is not: its next events ask again (at most every few seconds, see
+/// `Known::should_ask`).
+pub fn may_keep(names: &Names) -> bool {
+    names.1.as_ref().is_none_or(|c| c.name.is_some())
 }
 
 fn look_up_names(cgroup_id: Option<u64>, pid: Option<u32>) -> Names {

@@ -14,6 +14,7 @@
 //! by their first bytes.
 pub mod binary;
 mod compact;
+mod encode;
 pub mod jsonl;
 pub mod rotate;
 pub(crate) mod wire;
@@ -278,10 +279,10 @@ impl<S: Sink> Sink for Recorder<S> {
             Dest::Dir(d) if d.stopped() => d.unrecorded += 1,
             _ => {
                 // The owner's names as the live run knows them, so a replay names the same.
-                let (cgroup, container) =
-                    crate::host::containers::owner_names(ev.cgroup_id, ev.pid);
-                self.block
-                    .event(ev, cgroup.as_deref(), container.as_deref())?;
+                use crate::host::containers;
+                self.block.event(ev, containers::names_generation(), || {
+                    containers::owner_names(ev.cgroup_id, ev.pid)
+                })?;
                 if self.block.is_full() {
                     self.write_block()?;
                 }

@@ -1,19 +1,20 @@
-//! postcard's wire format, read and written by hand for the one record a recording holds per
-//! event.
+//! postcard's wire format, read by hand for the one record a recording holds per event (the
+//! recorder writes it by hand too: [`super::encode`]).
 //!
 //! Why not serde: decoding a [`Compact`] through serde's generic visitors cost about 1,200
 //! instructions per event (callgrind, `analyze --report` of a churn recording), a third of a
-//! replay, and encoding one about 600, most of what recording adds to a live run; this code
-//! takes and makes the same bytes in a fraction of that. The bytes are postcard's
+//! replay; this code takes the same bytes in a fraction of that. The bytes are postcard's
 //! (<https://postcard.jamesmunns.com/wire-format>): unsigned integers above 8 bits as
 //! varints, signed ones zigzagged first, `u8` and `bool` as one byte, `Option` as a 0/1 tag,
 //! enums as their variant's index (a varint) then its fields, sequences as a varint length
 //! then the elements, `f64` as 8 bytes little-endian, fixed arrays as their bytes. The other
-//! records (timewait lists, snapshots) stay serde's; the compact tests hold the hand-made and
-//! serde's bytes to the same answer, both ways.
+//! records (timewait lists, snapshots) stay serde's; the compact and encode tests hold the
+//! hand-made and serde's bytes to the same answer, both ways.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::compact::{Compact, ContainerRef, Kind, Millis, OwnerRefs, Previous, Table};
+#[cfg(test)]
+use super::compact::{Compact, Kind};
+use super::compact::{ContainerRef, Millis, OwnerRefs, Previous, Table};
 use crate::model::event::{Event, EventKind, Family, TcpState, UseCall};
 
 /// A cursor over a block's records.
@@ -393,154 +394,6 @@ fn not_in(index: u32, len: usize) -> WireError {
     WireError::NotInTable { index, len }
 }
 
-/// Appends `c` to `out` as serde's postcard writer would.
-pub fn put_compact(out: &mut Vec<u8>, c: &Compact) {
-    let mut w = Put(out);
-    w.i64(c.ts);
-    w.i64(c.sock);
-    w.option(c.pid, Put::u32);
-    w.option(c.tid, Put::u32);
-    w.option(c.comm, Put::u32);
-    w.0.push(u8::from(c.owner_seen_here));
-    w.option(c.cgroup_id, Put::u64);
-    w.option(c.netns, Put::u32);
-    w.u32(match c.family {
-        Family::Ipv4 => 0,
-        Family::Ipv6 => 1,
-    });
-    w.ip(c.saddr);
-    w.u32(u32::from(c.sport));
-    w.ip(c.daddr);
-    w.u32(u32::from(c.dport));
-    w.option(c.stack_id, Put::u32);
-    w.u64(c.stack.len() as u64);
-    for &i in &c.stack {
-        w.u32(i);
-    }
-    w.kind(&c.kind);
-    w.option(c.cgroup, Put::u32);
-    match &c.container {
-        None => w.0.push(0),
-        Some(r) => {
-            w.0.push(1);
-            w.u32(r.id);
-            w.option(r.name, Put::u32);
-            w.option(r.pod, Put::u32);
-            w.option(r.namespace, Put::u32);
-        }
-    }
-}
-
-/// A writer of postcard's wire format into a block's buffer.
-struct Put<'a>(&'a mut Vec<u8>);
-
-impl Put<'_> {
-    #[inline(always)]
-    fn u64(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.0.push(v as u8 | 0x80);
-            v >>= 7;
-        }
-        self.0.push(v as u8);
-    }
-
-    #[inline(always)]
-    fn u32(&mut self, v: u32) {
-        self.u64(u64::from(v));
-    }
-
-    #[inline(always)]
-    fn i64(&mut self, v: i64) {
-        self.u64(((v << 1) ^ (v >> 63)) as u64);
-    }
-
-    #[inline(always)]
-    fn i32(&mut self, v: i32) {
-        self.u32(((v << 1) ^ (v >> 31)) as u32);
-    }
-
-    #[inline(always)]
-    fn option<T>(&mut self, v: Option<T>, put: impl FnOnce(&mut Self, T)) {
-        match v {
-            None => self.0.push(0),
-            Some(v) => {
-                self.0.push(1);
-                put(self, v);
-            }
-        }
-    }
-
-    fn ip(&mut self, ip: IpAddr) {
-        match ip {
-            IpAddr::V4(a) => {
-                self.0.push(0);
-                self.0.extend_from_slice(&a.octets());
-            }
-            IpAddr::V6(a) => {
-                self.0.push(1);
-                self.0.extend_from_slice(&a.octets());
-            }
-        }
-    }
-
-    fn millis(&mut self, m: Millis) {
-        match m {
-            Millis::Unknown => self.0.push(0),
-            Millis::Nanos(ns) => {
-                self.0.push(1);
-                self.u64(ns);
-            }
-            Millis::Micros(us) => {
-                self.0.push(2);
-                self.u64(us);
-            }
-            Millis::Exact(ms) => {
-                self.0.push(3);
-                self.0.extend_from_slice(&ms.to_le_bytes());
-            }
-        }
-    }
-
-    fn kind(&mut self, k: &Kind) {
-        match k {
-            Kind::State {
-                old,
-                new,
-                ms_in_old,
-                bytes_sent,
-                bytes_received,
-                srtt_ms,
-            } => {
-                self.0.extend_from_slice(&[0, *old, *new]);
-                self.millis(*ms_in_old);
-                self.option(*bytes_sent, Put::u64);
-                self.option(*bytes_received, Put::u64);
-                self.millis(*srtt_ms);
-            }
-            Kind::Retransmit { state, err } => {
-                self.0.extend_from_slice(&[1, *state]);
-                self.option(*err, Put::i32);
-            }
-            Kind::SynackRetransmit { state } => self.0.extend_from_slice(&[2, *state]),
-            Kind::ResetReceived { state } => self.0.extend_from_slice(&[3, *state]),
-            Kind::ResetSent { state, reason } => {
-                self.0.extend_from_slice(&[4, *state]);
-                self.option(*reason, Put::u32);
-            }
-            Kind::Destroy { state } => self.0.extend_from_slice(&[5, *state]),
-            Kind::Accept { state } => self.0.extend_from_slice(&[6, *state]),
-            Kind::FirstUse { state, call } => self.0.extend_from_slice(&[
-                7,
-                *state,
-                match call {
-                    UseCall::Send => 0,
-                    UseCall::Recv => 1,
-                },
-            ]),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -564,8 +417,14 @@ mod tests {
             u64::MAX,
         ];
         for v in values {
+            // postcard's varint: 7 bits a byte, low first, the high bit saying more follow.
             let mut bytes = Vec::new();
-            Put(&mut bytes).u64(v);
+            let mut rest = v;
+            while rest >= 0x80 {
+                bytes.push(rest as u8 | 0x80);
+                rest >>= 7;
+            }
+            bytes.push(rest as u8);
             for bits in [16, 32, 64] {
                 let read = Wire::new(&bytes).varint(bits);
                 if bits == 64 || v >> bits == 0 {
