@@ -435,21 +435,8 @@ impl Event {
         Event {
             ts_ns,
             sock: 1,
-            pid: None,
-            tid: None,
-            comm: None,
-            owner_seen_here: false,
-            cgroup_id: None,
-            netns: None,
-            family: Family::Ipv4,
-            saddr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            sport: 0,
-            daddr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            dport: 0,
-            stack_id: None,
-            stack: Vec::new(),
-            sp_word: None,
             kind: EventKind::state(TcpState::Close, TcpState::SynSent),
+            ..Event::default()
         }
     }
 }

@@ -429,7 +429,7 @@ impl OwnerRefs {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::pipeline::record::wire::{Wire, WireError};
 
@@ -472,7 +472,9 @@ mod tests {
             .collect()
     }
 
-    fn every_kind() -> Vec<EventKind> {
+    /// One event kind of each variant, and the edge values of their fields (the recorder's
+    /// tests in `encode.rs` take them too).
+    pub(in crate::pipeline::record) fn every_kind() -> Vec<EventKind> {
         let st = Some(TcpState::Established);
         vec![
             EventKind::State {
@@ -494,6 +496,10 @@ mod tests {
             EventKind::Retransmit {
                 state: st,
                 err: Some(-11),
+            },
+            EventKind::Retransmit {
+                state: st,
+                err: Some(i32::MAX),
             },
             EventKind::SynackRetransmit { state: None },
             EventKind::ResetReceived { state: st },

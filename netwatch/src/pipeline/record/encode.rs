@@ -350,49 +350,7 @@ mod tests {
         out.extend(postcard::to_stdvec(c).unwrap());
     }
 
-    fn kinds() -> Vec<EventKind> {
-        let st = Some(TcpState::Established);
-        vec![
-            EventKind::State {
-                old_state: Some(TcpState::SynSent),
-                new_state: Some(TcpState::Established),
-                ms_in_old: Some(1_234_567.0 / 1e6),
-                bytes_sent: Some(1 << 40),
-                bytes_received: Some(0),
-                srtt_ms: Some(f64::from(2500u32) / 1000.0),
-            },
-            EventKind::State {
-                old_state: None,
-                new_state: Some(TcpState::Close),
-                ms_in_old: Some(0.1 + 0.2),
-                bytes_sent: None,
-                bytes_received: None,
-                srtt_ms: Some(-0.0),
-            },
-            EventKind::Retransmit {
-                state: st,
-                err: Some(-11),
-            },
-            EventKind::Retransmit {
-                state: st,
-                err: Some(i32::MAX),
-            },
-            EventKind::SynackRetransmit { state: None },
-            EventKind::ResetReceived { state: st },
-            EventKind::ResetSent {
-                state: st,
-                reason: Some("NO_SOCKET".into()),
-            },
-            EventKind::Destroy {
-                state: Some(TcpState::Close),
-            },
-            EventKind::Accept { state: st },
-            EventKind::FirstUse {
-                state: st,
-                call: UseCall::Recv,
-            },
-        ]
-    }
+    use crate::pipeline::record::compact::tests::every_kind as kinds;
 
     /// Every kind and field, owners that repeat, within a generation of the host's names and
     /// across one, in one block: the same bytes and strings as serde makes of `Compact`, which
