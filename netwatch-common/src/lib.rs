@@ -471,7 +471,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<SockInfo>(), 56);
         assert_eq!(core::mem::size_of::<KernelFilter>(), 120);
         assert_eq!(core::mem::size_of::<TpFields>(), 36);
-        assert_eq!(core::mem::size_of::<KernelOffsets>(), 112);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 128);
         assert_eq!(core::mem::size_of::<RawArgs>(), 8);
     }
 }
