@@ -8,7 +8,8 @@ use std::{net::IpAddr, time::Duration};
 
 use crate::support::{
     Events, Finished, Kept, Scratch, Tracer, analyze, analyze_with_stderr, endpoint, eventually,
-    ip, port, step, stop_after_quiet, tcpdrive,
+    firewalled_connects, ip, json_lines, kernel_counted_retransmit, port, step, stop_after_quiet,
+    tcpdrive,
 };
 use netwatch_tests::{
     NetPair, ReadyChild, Side, counter_delta, drop_data_ruleset, find_line, output_with_timeout,
@@ -344,7 +345,7 @@ fn root_dropped_packets_yield_retransmits_equal_to_the_kernel_count() {
         (server, port),
     )
     .into_iter()
-    .filter(|e| e["kind"] == "retransmit" && e["err"].as_i64().unwrap_or(0) == 0)
+    .filter(|e| kernel_counted_retransmit(e))
     .collect();
     let kernel = counter_delta(&before, &after)["TcpRetransSegs"];
     assert!(kernel >= 2);
@@ -361,6 +362,67 @@ fn root_dropped_packets_yield_retransmits_equal_to_the_kernel_count() {
             "retransmit owner: {e}"
         );
     }
+}
+
+/// A retransmission the client's own firewall drops fails after the kernel counted it: the
+/// event carries the error, and `report`, `life` and the kernel all count it.
+#[test]
+fn root_retransmissions_a_firewall_drops_count_as_the_kernel_counts() {
+    if !require_root("root_retransmissions_a_firewall_drops_count_as_the_kernel_counts") {
+        return;
+    }
+    const K: u64 = 2;
+    let pair = NetPair::new();
+    let server: IpAddr = pair.server_v4().into();
+    let port_ = unique_port();
+    let addr = endpoint(server, port_);
+    let scratch = Scratch::new("rtxfail");
+    let rec = scratch.path("rtx.nwr");
+    let tracer = Tracer::start(&["report", "--json", "--record", rec.to_str().unwrap()]);
+    let before = pair.nstat(Side::Client);
+    firewalled_connects(&pair, &addr, port_, K);
+    let done = stop_after_quiet(tracer, &pair, Events::Recording(&rec), Kept::NOTHING);
+    let d = counter_delta(&before, &pair.nstat(Side::Client));
+    assert_eq!(done.lost, 0, "{}", done.stderr);
+    assert_eq!(
+        (d["TcpRetransSegs"], d["TcpExtTCPRetransFail"]),
+        (K, K),
+        "one failed retransmission per connect: {d:?}"
+    );
+
+    let ns = pair.netns_inode(Side::Client);
+    let events = json_lines(&analyze(&rec, &["--json"]));
+    let rtx: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["kind"] == "retransmit"
+                && e["netns"].as_u64() == Some(ns)
+                && port(e, "dport") == port_
+        })
+        .collect();
+    assert_eq!(
+        rtx.iter().map(|e| e["err"].as_i64()).collect::<Vec<_>>(),
+        vec![Some(-i64::from(libc::EPERM)); K as usize],
+        "{rtx:#?}"
+    );
+    assert!(rtx.iter().all(|e| kernel_counted_retransmit(e)));
+    // The report of this destination counts them; `life` ends both connects as timeouts
+    // with one retransmission each.
+    let dst = format!("dst {addr}");
+    let report: Value =
+        serde_json::from_str(&analyze(&rec, &["--report", "--json", &dst])).expect("JSON report");
+    let by_peer = report["retransmits_by_peer"].as_array().expect("rows");
+    let row = by_peer
+        .iter()
+        .find(|r| r["key"] == server.to_string().as_str())
+        .unwrap_or_else(|| panic!("{server} not among {by_peer:#?}"));
+    assert_eq!(row["count"].as_u64(), Some(d["TcpRetransSegs"]));
+    let life = json_lines(&analyze(&rec, &["--life", "--json", &dst]));
+    let ends: Vec<_> = life
+        .iter()
+        .map(|c| (c["end"].as_str().unwrap_or("?"), c["retransmits"].as_u64()))
+        .collect();
+    assert_eq!(ends, vec![("timeout", Some(1)); K as usize], "{life:#?}");
 }
 
 /// Events each connection of `tcpdrive connect` to `tcpdrive serve` makes, as this test's

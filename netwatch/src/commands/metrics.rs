@@ -619,16 +619,18 @@ impl MetricsSink {
                     })
                     .inc();
             }
-            EventKind::Retransmit { .. } => match &self.m.retransmits {
-                PeerCounter::Plain(c) => {
-                    c.inc();
+            EventKind::Retransmit { .. } if ev.kind.is_retransmission() => {
+                match &self.m.retransmits {
+                    PeerCounter::Plain(c) => {
+                        c.inc();
+                    }
+                    PeerCounter::ByPeer(f) => {
+                        let f = f.clone();
+                        let labels = self.peer_labels(Vec::new(), ev.daddr);
+                        f.get_or_create(&labels).inc();
+                    }
                 }
-                PeerCounter::ByPeer(f) => {
-                    let f = f.clone();
-                    let labels = self.peer_labels(Vec::new(), ev.daddr);
-                    f.get_or_create(&labels).inc();
-                }
-            },
+            }
             EventKind::SynackRetransmit { .. } => {
                 self.m.synack_retransmits.inc();
             }
@@ -653,7 +655,11 @@ impl MetricsSink {
                     ])
                     .inc();
             }
-            EventKind::Destroy { .. } | EventKind::Accept { .. } | EventKind::FirstUse { .. } => {}
+            // An attempt the kernel gave up before counting it sent nothing.
+            EventKind::Retransmit { .. }
+            | EventKind::Destroy { .. }
+            | EventKind::Accept { .. }
+            | EventKind::FirstUse { .. } => {}
         }
     }
 

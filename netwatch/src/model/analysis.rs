@@ -481,7 +481,7 @@ impl Analysis {
                     || 0,
                 ) += 1;
             }
-            EventKind::Retransmit { .. } => {
+            EventKind::Retransmit { .. } if ev.kind.is_retransmission() => {
                 *capped(
                     &mut self.retransmits_by_peer,
                     Key::Peer(ev.daddr),
@@ -497,7 +497,9 @@ impl Analysis {
                     || 0,
                 ) += 1;
             }
-            EventKind::State { .. }
+            // An attempt the kernel gave up before counting it sent nothing.
+            EventKind::Retransmit { .. }
+            | EventKind::State { .. }
             | EventKind::Destroy { .. }
             | EventKind::Accept { .. }
             | EventKind::FirstUse { .. } => {}
@@ -1135,6 +1137,42 @@ mod tests {
             "{row}"
         );
         assert!(json["connects_by_destination"][0].get("pod").is_none());
+    }
+
+    /// Retransmissions by peer count what the kernel counts in `TcpRetransSegs`: an attempt
+    /// given up before the count (`EBUSY`) is none; one a firewall dropped after it is one.
+    #[test]
+    fn retransmits_by_peer_count_what_the_kernel_counts() {
+        let mut a = Analysis::new(HostSettings::default(), Thresholds::default());
+        for err in [
+            None,
+            Some(0),
+            Some(-libc::EPERM),
+            Some(-libc::EBUSY),
+            Some(-libc::EAGAIN),
+        ] {
+            let mut ev = Event::test_state(1);
+            ev.daddr = "10.0.0.2".parse().unwrap();
+            ev.kind = EventKind::Retransmit {
+                state: Some(TcpState::Established),
+                err,
+            };
+            a.on_event(&ev);
+        }
+        let r = a.report(
+            &Tracker::new(10),
+            5,
+            Losses::default(),
+            None,
+            &|_| true,
+            &no_names,
+        );
+        let counts: Vec<_> = r
+            .retransmits_by_peer
+            .iter()
+            .map(|row| (row.key.as_str(), row.count))
+            .collect();
+        assert_eq!(counts, [("10.0.0.2", 3)]);
     }
 
     #[test]

@@ -208,7 +208,34 @@ impl EventKind {
             } => "FIRST_RECV",
         }
     }
+
+    /// Whether the kernel counted this event as a retransmitted segment (`TcpRetransSegs`):
+    /// every SYN-ACK sent again, and every retransmission but the attempts
+    /// `__tcp_retransmit_skb` gave up before counting. Since 6.12 the tracepoint fires for
+    /// those too (`err` [`NOT_RETRANSMITTED`]): nothing went out, and the kernel tries again
+    /// later, which makes a second event. A failure after the count (a firewall's drop, a
+    /// full device queue) is a retransmission the network never saw, but the kernel counted
+    /// it, and so do we.
+    pub fn is_retransmission(&self) -> bool {
+        match self {
+            EventKind::Retransmit { err, .. } => {
+                !err.is_some_and(|e| NOT_RETRANSMITTED.contains(&e))
+            }
+            EventKind::SynackRetransmit { .. } => true,
+            _ => false,
+        }
+    }
 }
+
+/// The errors `__tcp_retransmit_skb` returns before it counts a segment (Linux 6.12+): the
+/// previous copy is still in the host's queues (`EBUSY`), the segment is beyond the peer's
+/// window (`EAGAIN`), no memory to split it (`ENOMEM`), no route (`EHOSTUNREACH`).
+pub const NOT_RETRANSMITTED: [i32; 4] = [
+    -libc::EBUSY,
+    -libc::EAGAIN,
+    -libc::ENOMEM,
+    -libc::EHOSTUNREACH,
+];
 
 /// One TCP event with its socket, its owner and its endpoints.
 ///
@@ -605,6 +632,28 @@ mod tests {
     use netwatch_common::COMM_LEN;
 
     use super::*;
+
+    #[test]
+    fn retransmissions_are_what_the_kernel_counted() {
+        let rtx = |err| EventKind::Retransmit { state: None, err }.is_retransmission();
+        // Sent, a kernel without `err`, and failures after the count: counted.
+        for err in [
+            Some(0),
+            None,
+            Some(-libc::EPERM),
+            Some(-libc::ENOBUFS),
+            Some(1),
+        ] {
+            assert!(rtx(err), "{err:?}");
+        }
+        // Given up before the count: not sent, tried again later.
+        for e in [libc::EBUSY, libc::EAGAIN, libc::ENOMEM, libc::EHOSTUNREACH] {
+            assert!(!rtx(Some(-e)), "{e}");
+        }
+        assert!(EventKind::SynackRetransmit { state: None }.is_retransmission());
+        let state = EventKind::state(TcpState::Established, TcpState::FinWait1);
+        assert!(!state.is_retransmission());
+    }
 
     /// IPv6 in brackets, and padded to a column as the string it writes would be.
     #[test]

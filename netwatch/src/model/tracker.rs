@@ -697,7 +697,7 @@ impl Tracker {
             }
             EventKind::Retransmit { state, .. } => {
                 if let Some(s) = self.known(ev, *state, out) {
-                    s.retransmits += 1;
+                    s.retransmits += u32::from(ev.kind.is_retransmission());
                 }
             }
             EventKind::ResetReceived { state } => {

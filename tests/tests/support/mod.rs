@@ -415,6 +415,32 @@ pub fn timed_out_connects(pair: &NetPair, addr: &str, port: u16, k: u64) {
     pair.nft(Side::Server, "delete table inet nwsyn");
 }
 
+/// `k` connects whose SYNs the client's own firewall drops on their way out (`output` hook),
+/// each given up after 1.5 s: the retransmission at 1 s fails after the kernel counted it
+/// (`TcpRetransSegs` and `TcpExtTCPRetransFail` +1 each, `err` = -EPERM).
+pub fn firewalled_connects(pair: &NetPair, addr: &str, port: u16, k: u64) {
+    pair.nft(
+        Side::Client,
+        &format!(
+            "table inet nwout {{\n  chain output {{\n    type filter hook output priority 0; policy accept;\n    tcp dport {port} drop\n  }}\n}}\n"
+        ),
+    );
+    for _ in 0..k {
+        let args = ["connect-expect-fail", addr, "--timeout-ms", "1500"];
+        assert_eq!(failed_connect(pair, &args), "ETIMEDOUT");
+    }
+    pair.nft(Side::Client, "delete table inet nwout");
+}
+
+/// Whether the kernel counted a `retransmit` event in `TcpRetransSegs`. `__tcp_retransmit_skb`
+/// (net/ipv4/tcp_output.c) counts a segment after its early checks and before it transmits:
+/// a retransmission that fails later (a firewall's drop, a full device queue) is counted,
+/// one given up early is not (EBUSY 16, EAGAIN 11, ENOMEM 12, EHOSTUNREACH 113). Since 6.12
+/// the tracepoint fires for both, with the error.
+pub fn kernel_counted_retransmit(e: &Value) -> bool {
+    e["kind"] == "retransmit" && !matches!(e["err"].as_i64(), Some(-16 | -11 | -12 | -113))
+}
+
 /// Runs a `tcpdrive connect-expect-fail` in the client namespace; its errno name.
 fn failed_connect(pair: &NetPair, args: &[&str]) -> String {
     let out = output_with_timeout(pair.exec(Side::Client, &tcpdrive(), args), 20);

@@ -244,7 +244,9 @@ impl Stats {
             }
             // A SYN-ACK sent again is a retransmitted segment too (nstat's TcpRetransSegs and
             // TCPSynRetrans count it): owned by the listener, to the peer that sent the SYN.
-            EventKind::Retransmit { .. } | EventKind::SynackRetransmit { .. } => {
+            EventKind::Retransmit { .. } | EventKind::SynackRetransmit { .. }
+                if ev.kind.is_retransmission() =>
+            {
                 let p = proc(self);
                 *slot(
                     &mut self.counters.retransmits,
