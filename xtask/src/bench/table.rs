@@ -500,7 +500,7 @@ fn tax_target(md: &mut String, t: &SyscallTax) {
     let _ = writeln!(
         md,
         "| syscall tax: `dd bs=1` ({} M syscalls) with netwatch running, vs untraced (time on \
-         a CPU, median of {} rounds) | ≤ {} in every mode that does not ask for code paths; \
+         a CPU, median of {} rounds' ratios) | ≤ {} in every mode that does not ask for code paths; \
          stated for those that do (`leaks`, `trace --stacks`) | {measured} | {} |",
         tax::DD_SYSCALLS / 1_000_000,
         t.rounds,
@@ -586,7 +586,9 @@ fn syscall_tax(md: &mut String, r: &Results) {
          programs never run) is timed by the bench, untraced and with each mode running; {} \
          round(s), each running every mode once, in turn, started fresh, `dd` starting 0.5 s \
          after its `tracing TCP events` line, the mode stopped after. Medians of the rounds; \
-         ratios to the untraced medians.\n",
+         **vs untraced** is the median of the per-round ratios, each run against the \
+         untraced run of its own round (seconds apart: the machine's pace drifts more over \
+         the bench than within a round).\n",
         tax::DD_ARGS.join(" "),
         tax::DD_SYSCALLS / 1_000_000,
         t.rounds

@@ -12,7 +12,10 @@
 //! started fresh, `dd` starts once its `tracing TCP events` line is out (and [`SETTLE`] has
 //! passed, so its start-up work is over), and it is stopped after. The bench times `dd` itself:
 //! wall time from spawn to exit, and its time on a CPU (`/proc/<pid>/schedstat`, read before it
-//! is reaped). The medians of the rounds are compared with the untraced medians.
+//! is reaped). Each run is compared with the untraced run of its own round, seconds apart, and
+//! the median of those per-round ratios is the mode's figure: the machine's pace drifts over
+//! a bench (other people's work comes and goes) more than within a round, and a ratio of two
+//! medians taken minutes apart carries that drift.
 //!
 //! The target is judged on the time on a CPU: on this shared 2-core machine `dd` often waits
 //! for a CPU for tenths of a second (other people's builds), which is in its wall time, swamps
@@ -50,6 +53,8 @@ const DD_TIMEOUT: Duration = Duration::from_secs(120);
 /// One timed `dd`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DdRun {
+    /// The round it ran in (from 1): its untraced pair is that round's.
+    pub round: u32,
     pub wall_s: f64,
     /// Time on a CPU; `None` without `/proc/<pid>/schedstat`.
     pub on_cpu_s: Option<f64>,
@@ -107,13 +112,23 @@ impl SyscallTax {
         self.rows.iter().find(|r| r.tracer == tracer)
     }
 
-    /// A row's medians over the untraced medians: (wall, on CPU).
+    /// A row's runs against the untraced runs of the same rounds, the median of the per-round
+    /// ratios: (wall, on CPU). A round without both runs is left out.
     pub fn ratios(&self, row: &TaxRow) -> (Option<f64>, Option<f64>) {
-        let base = self.row(Tracer::None);
         (
-            ratio(row.median_wall(), base.and_then(TaxRow::median_wall)),
-            ratio(row.median_on_cpu(), base.and_then(TaxRow::median_on_cpu)),
+            self.paired(row, |r| Some(r.wall_s)),
+            self.paired(row, |r| r.on_cpu_s),
         )
+    }
+
+    /// The median over rounds of `value(run) / value(untraced run of that round)`.
+    fn paired(&self, row: &TaxRow, value: impl Fn(&DdRun) -> Option<f64>) -> Option<f64> {
+        let base = self.row(Tracer::None)?;
+        let per_round = row.runs.iter().filter_map(|run| {
+            let untraced = base.runs.iter().find(|b| b.round == run.round)?;
+            ratio(value(run), value(untraced))
+        });
+        median(per_round.collect())
     }
 
     /// The ratio the target is judged on: on CPU, or wall time where schedstat is missing.
@@ -290,7 +305,7 @@ pub fn measure(
                     row.tracer.short()
                 }
             ));
-            match run(netwatch, row.tracer) {
+            match run(netwatch, row.tracer, round) {
                 Ok((dd, attached)) => {
                     progress.done(&describe(&dd, attached.as_ref()));
                     row.runs.push(dd);
@@ -326,7 +341,7 @@ fn describe(dd: &DdRun, attached: Option<&Attached>) -> String {
 }
 
 /// One run: the mode started (unless untraced), `dd` timed, the mode stopped.
-fn run(netwatch: &Path, tracer: Tracer) -> Result<(DdRun, Option<Attached>)> {
+fn run(netwatch: &Path, tracer: Tracer, round: u32) -> Result<(DdRun, Option<Attached>)> {
     let mut traced = match tracer {
         Tracer::None => None,
         _ => Some(start_tracer(netwatch, tracer)?),
@@ -343,7 +358,7 @@ fn run(netwatch: &Path, tracer: Tracer) -> Result<(DdRun, Option<Attached>)> {
     });
     thread::sleep(SETTLE);
     proc::check_interrupted()?;
-    let dd = dd()?;
+    let dd = dd(round)?;
     if let Some(p) = traced.as_mut() {
         p.stop(tracer.stop_signal(), STOP_TIMEOUT)?;
     }
@@ -351,7 +366,7 @@ fn run(netwatch: &Path, tracer: Tracer) -> Result<(DdRun, Option<Attached>)> {
 }
 
 /// Runs `dd` and times it.
-fn dd() -> Result<DdRun> {
+fn dd(round: u32) -> Result<DdRun> {
     let mut cmd = sys::command("dd");
     cmd.args(DD_ARGS);
     let started = Instant::now();
@@ -363,6 +378,7 @@ fn dd() -> Result<DdRun> {
     }
     let secs = |ns: u64| ns as f64 / 1e9;
     Ok(DdRun {
+        round,
         wall_s: exit.ended.duration_since(started).as_secs_f64(),
         on_cpu_s: exit.sched.map(|s| secs(s.on_cpu_ns)),
         waiting_s: exit.sched.map(|s| secs(s.waiting_ns)),
@@ -379,7 +395,9 @@ mod tests {
             availability: Availability::Ready,
             runs: runs
                 .iter()
-                .map(|&(wall_s, on_cpu_s)| DdRun {
+                .zip(1..)
+                .map(|(&(wall_s, on_cpu_s), round)| DdRun {
+                    round,
                     wall_s,
                     on_cpu_s,
                     waiting_s: on_cpu_s.map(|c| wall_s - c),
@@ -495,14 +513,23 @@ mod tests {
         let none = tax.row(Tracer::None).unwrap();
         assert_eq!(none.median_wall(), Some(1.0));
         assert_eq!(none.median_on_cpu(), Some(0.92));
+        // Each run against the untraced run of its round: wall 1.1, 1.5/1.4, 1.2/0.95; on a
+        // CPU 1.00/0.90, 1.04/0.92, 1.01/0.94; the medians of those.
         let leaks = tax.row(Tracer::Leaks).unwrap();
         let (wall, cpu) = tax.ratios(leaks);
-        assert!((wall.unwrap() - 1.2).abs() < 1e-9);
-        assert!((cpu.unwrap() - 1.01 / 0.92).abs() < 1e-9);
+        assert!((wall.unwrap() - 1.1).abs() < 1e-9);
+        assert!((cpu.unwrap() - 1.00 / 0.90).abs() < 1e-9);
         assert_eq!(tax.judged_ratio(leaks), cpu);
+        // Two rounds, walls 1.0/1.0 and 1.0/1.4: the median of two is their mean.
         let report = tax.row(Tracer::Report).unwrap();
         assert_eq!(report.median_on_cpu(), None);
-        assert_eq!(tax.judged_ratio(report), Some(1.0));
+        let judged = tax.judged_ratio(report).unwrap();
+        assert!((judged - (1.0 + 1.0 / 1.4) / 2.0).abs() < 1e-9);
+        // A round the untraced run failed in pairs with nothing.
+        let mut gap = tax.clone();
+        gap.rows[0].runs.remove(0);
+        let (wall, _) = gap.ratios(gap.row(Tracer::Leaks).unwrap());
+        assert!((wall.unwrap() - (1.5 / 1.4 + 1.2 / 0.95) / 2.0).abs() < 1e-9);
     }
 
     #[test]
