@@ -1,6 +1,7 @@
 //! From the kernel (or a recording) to a command: the [`sink::Sink`] trait, the stream loop,
 //! recording and replay.
 
+pub mod json_line;
 pub mod pending;
 pub mod record;
 pub mod run;

@@ -5,16 +5,14 @@ use std::{
     io::{self, Write},
 };
 
-use serde::Serialize;
-
 use crate::{
     host::{clock::WallClock, snapshot::HostSnapshot},
     kernel::probe::Probe,
     model::event::{Event, EventKind, state_label},
-    model::names::Container,
     model::pad::{SPACES, pad, push_decimal, push_endpoint, push_left, push_right},
     model::selection::Selection,
     model::timewait::Observed,
+    pipeline::json_line,
     pipeline::session::{Header, StopReason, Summary},
 };
 
@@ -435,56 +433,62 @@ impl<W: Write> Sink for TextSink<W> {
 pub struct JsonSink<W: Write> {
     out: W,
     clock: WallClock,
+    /// The line being written and its time, reused from event to event.
+    line: String,
+    time: String,
 }
 
 impl<W: Write> JsonSink<W> {
     pub fn new(out: W, clock: WallClock) -> Self {
-        Self { out, clock }
+        Self {
+            out,
+            clock,
+            line: String::new(),
+            time: String::new(),
+        }
     }
 }
 
-/// An event as `--json` and `--record` write it: its fields, plus `cgroup`, the owner's cgroup
-/// path as the host names it now, and its container (`container_id`, `container`, `pod`,
-/// `namespace`), each omitted when unknown. A recording thus keeps the names the live run
-/// saw, and a replay hands them back to the host's caches.
-#[derive(Serialize)]
+/// An event as `--json` writes it (and JSON-lines recordings held it): its fields, plus
+/// `cgroup`, the owner's cgroup path as the host names it now, and its container
+/// (`container_id`, `container`, `pod`, `namespace`), each omitted when unknown. Written by
+/// [`json_line::push_event`]; this derived form is the schema's reference, which the tests
+/// hold that writer to.
+#[cfg(test)]
+#[derive(serde::Serialize)]
 pub struct EventJson<'a> {
     #[serde(flatten)]
     pub event: &'a Event,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<&'a str>,
     #[serde(flatten)]
-    pub container: Option<&'a Container>,
+    pub container: Option<&'a crate::model::names::Container>,
 }
 
-impl EventJson<'_> {
-    /// Writes `event` as one JSON object, with its owner's cgroup path from the host.
-    pub fn write(out: &mut impl Write, event: &Event, time: Option<String>) -> io::Result<()> {
-        let (cgroup, container) = crate::host::containers::owner_names(event.cgroup_id, event.pid);
-        let json = EventJson {
-            event,
-            cgroup: cgroup.as_deref(),
-            container: container.as_deref(),
-        };
-        match time {
-            Some(time) => serde_json::to_writer(out, &JsonLine { time, event: json })?,
-            None => serde_json::to_writer(out, &json)?,
-        }
-        Ok(())
-    }
-}
-
-#[derive(Serialize)]
-struct JsonLine<'a> {
-    time: String,
+/// [`EventJson`] with the `time` first, as `--json` writes it.
+#[cfg(test)]
+#[derive(serde::Serialize)]
+pub struct JsonLine<'a> {
+    pub time: String,
     #[serde(flatten)]
-    event: EventJson<'a>,
+    pub event: EventJson<'a>,
+}
+
+/// Appends `event` as one JSON object (no newline) to `line`, with `time` first when given,
+/// and its owner's cgroup path and container from the host.
+pub fn push_event_json(line: &mut String, event: &Event, time: Option<&str>) {
+    let (cgroup, container) = crate::host::containers::owner_names(event.cgroup_id, event.pid);
+    json_line::push_event(line, event, time, cgroup.as_deref(), container.as_deref());
 }
 
 impl<W: Write> Sink for JsonSink<W> {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
-        EventJson::write(&mut self.out, ev, Some(self.clock.rfc3339(ev.ts_ns)))?;
-        self.out.write_all(b"\n")
+        self.time.clear();
+        self.clock.push_rfc3339(&mut self.time, ev.ts_ns);
+        self.line.clear();
+        push_event_json(&mut self.line, ev, Some(&self.time));
+        self.line.push('\n');
+        self.out.write_all(self.line.as_bytes())
     }
 
     fn flush(&mut self) -> io::Result<()> {

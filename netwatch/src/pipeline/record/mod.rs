@@ -535,7 +535,7 @@ mod tests {
     use crate::{
         host::{scratch::Scratch, snapshot::TopTick, stuck::StuckSnapshot},
         model::event::{EventKind, TcpState},
-        pipeline::sink::EventJson,
+        pipeline::sink::push_event_json,
     };
 
     struct Collect(Vec<Event>);
@@ -1268,7 +1268,9 @@ mod tests {
         let mut out = serde_json::to_vec(&header()).unwrap();
         out.push(b'\n');
         for ev in events {
-            EventJson::write(&mut out, ev, None).unwrap();
+            let mut line = String::new();
+            push_event_json(&mut line, ev, None);
+            out.extend_from_slice(line.as_bytes());
             out.push(b'\n');
         }
         if finish {
@@ -1402,9 +1404,9 @@ mod tests {
         let Item::Event = r.next_item(&mut back).unwrap() else {
             panic!("no event")
         };
-        let mut out = Vec::new();
-        EventJson::write(&mut out, &back, None).unwrap();
-        let again: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let mut out = String::new();
+        push_event_json(&mut out, &back, None);
+        let again: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(again["cgroup"], line["cgroup"]);
     }
 
