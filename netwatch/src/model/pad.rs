@@ -91,6 +91,11 @@ fn fill_left(line: &mut String, start: usize, width: usize) {
 pub fn push_right(line: &mut String, value: impl fmt::Display, width: usize) {
     let start = line.len();
     let _ = write!(line, "{value}");
+    right_align(line, start, width);
+}
+
+/// Pads what was written to `line` from `start` on to `width` characters, on its left.
+fn right_align(line: &mut String, start: usize, width: usize) {
     let mut fill = width.saturating_sub(chars(&line[start..]));
     while fill > 0 {
         let n = fill.min(SPACES.len());
@@ -110,18 +115,65 @@ fn chars(s: &str) -> usize {
 
 /// Appends `n` in decimal: fmt's integer path (sign, prefix, padding checks) cost more than
 /// the digits in a trace line's nine numbers.
-pub fn push_decimal(line: &mut String, mut n: u32) {
-    let mut digits = [0u8; 10];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+pub fn push_decimal(line: &mut String, n: u32) {
+    line.push_str(itoa::Buffer::new().format(n));
+}
+
+/// Appends `v` with three decimals, as `{v:.3}` writes it (rounded to nearest, ties to even,
+/// from the float's exact binary value), right-aligned in `width` characters. fmt's exact
+/// float path (Grisu, then Dragon when Grisu cannot decide) was a sixth of a text trace's
+/// instructions; a float of the two columns that use it (seconds since the start, ms in the
+/// old state) is `m * 2^e` with `m < 2^53`, so `m * 1000 / 2^-e` is integer arithmetic.
+pub fn push_millis(line: &mut String, v: f64, width: usize) {
+    let start = line.len();
+    match thousandths(v) {
+        Some(t) => {
+            line.push_str(itoa::Buffer::new().format(t / 1000));
+            let frac = (t % 1000) as u16;
+            let digits = [
+                b'.',
+                b'0' + (frac / 100) as u8,
+                b'0' + (frac / 10 % 10) as u8,
+                b'0' + (frac % 10) as u8,
+            ];
+            line.push_str(std::str::from_utf8(&digits).unwrap_or_default());
+        }
+        None => {
+            let _ = write!(line, "{v:.3}");
         }
     }
-    line.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+    right_align(line, start, width);
+}
+
+/// `v * 1000` rounded to nearest, ties to even, for `0 <= v < 2^53 / 1000`; `None` for
+/// anything else (negative, huge, not finite), which fmt then writes.
+fn thousandths(v: f64) -> Option<u64> {
+    if !(0.0..9_007_199_254_740.0).contains(&v) || v.is_sign_negative() {
+        return None;
+    }
+    let bits = v.to_bits();
+    let exp = ((bits >> 52) & 0x7ff) as i32;
+    let frac = bits & ((1 << 52) - 1);
+    // v = mantissa * 2^(exp - 1075), subnormals included.
+    let (mantissa, shift) = if exp == 0 {
+        (frac, 1074)
+    } else {
+        (frac | (1 << 52), 1075 - exp)
+    };
+    let scaled = u128::from(mantissa) * 1000;
+    if shift <= 0 {
+        // An integer (v < 2^53 / 1000 keeps this in range).
+        return u64::try_from(scaled << (-shift) as u32).ok();
+    }
+    if shift >= 100 {
+        return Some(0); // below 2^-47 * 1000: rounds to 0
+    }
+    let shift = shift as u32;
+    let q = scaled >> shift;
+    let rest = scaled & ((1u128 << shift) - 1);
+    let half = 1u128 << (shift - 1);
+    let up = rest > half || (rest == half && q & 1 == 1);
+    u64::try_from(q + u128::from(up)).ok()
 }
 
 /// Appends `addr:port` left-aligned in `width` characters, as `{:<width}` of [`Endpoint`]
@@ -194,6 +246,56 @@ mod tests {
             push_right(&mut right, value, width);
             assert_eq!(left, format!("{value:<width$}"));
             assert_eq!(right, format!("{value:>width$}"));
+        }
+    }
+
+    /// `{:.3}`, exactly: ties (which only binary fractions can be), both directions of
+    /// rounding, carries into the integer part, subnormals, and the values fmt keeps.
+    #[test]
+    fn millis_are_what_fmt_writes() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            0.0005,
+            0.0015,
+            0.0025,
+            0.125,
+            0.0625,
+            0.03125,
+            0.9995,
+            0.99949999,
+            1.0,
+            999.9995,
+            1234.5675,
+            5e-324,
+            1e-300,
+            2.5e-4,
+            9_007_199_254.740_991,
+            9_007_199_254_739.999,
+            9_007_199_254_740.0,
+            1e300,
+            -1.5,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ];
+        // Nanosecond counts as the trace makes them (s and ms), and a spread of magnitudes.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            values.push((x % 100_000_000_000_000) as f64 / 1e9);
+            values.push((x % 10_000_000_000) as f64 / 1e6);
+            values.push(f64::from_bits(x >> 2));
+            values.push((x % 4096) as f64 / 2048.0);
+        }
+        for v in values {
+            for width in [0, 10, 12] {
+                let mut line = String::from("x");
+                push_millis(&mut line, v, width);
+                assert_eq!(line, format!("x{v:>width$.3}"), "{v:e}");
+            }
         }
     }
 

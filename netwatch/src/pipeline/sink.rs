@@ -9,7 +9,7 @@ use crate::{
     host::{clock::WallClock, snapshot::HostSnapshot},
     kernel::probe::Probe,
     model::event::{Event, EventKind, state_label},
-    model::pad::{SPACES, pad, push_decimal, push_endpoint, push_left, push_right},
+    model::pad::{SPACES, pad, push_decimal, push_endpoint, push_left, push_millis, push_right},
     model::selection::Selection,
     model::timewait::Observed,
     pipeline::json_line,
@@ -377,7 +377,10 @@ impl<W: Write> Sink for TextSink<W> {
         match self.time {
             TimeStyle::Relative { start_ns } => {
                 let s = ev.ts_ns.saturating_sub(start_ns) as f64 / 1e9;
-                push_left(line, format_args!("{s:.3}"), 12);
+                let start = line.len();
+                push_millis(line, s, 0);
+                let fill = 12usize.saturating_sub(line.len() - start);
+                line.push_str(&SPACES[..fill]);
             }
             TimeStyle::Wall => push_left(line, self.clock.hms(ev.ts_ns), 12),
         }
@@ -405,7 +408,7 @@ impl<W: Write> Sink for TextSink<W> {
             EventKind::State {
                 ms_in_old: Some(ms),
                 ..
-            } => push_right(line, format_args!("{ms:.3}"), 10),
+            } => push_millis(line, ms, 10),
             _ => push_right(line, "-", 10),
         }
         self.out.write_all(line.as_bytes())?;
