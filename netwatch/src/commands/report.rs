@@ -513,6 +513,8 @@ mod tests {
         let r = report(&mut a);
         assert_eq!(r.ended_close_unseen, 0);
         assert!(!render(&r, &Style::default()).contains("no CLOSE seen"));
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(json.get("ended_close_unseen").is_none(), "left out when 0");
         a.on_connection(&unseen);
         let r = report(&mut a);
         let ends: Vec<_> = r.ends.iter().map(|e| (e.key.as_str(), e.count)).collect();

@@ -233,6 +233,10 @@ pub struct Finding {
     pub text: String,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// The whole diagnosis; `--json` prints it as one document.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
@@ -246,7 +250,8 @@ pub struct Report {
     pub ends: Vec<CountRow>,
     /// How many of `connections_ended` ended at their socket's destroy with no `-> CLOSE`
     /// seen (the `life` record's `close_unseen`): the kernel skipped that program run or
-    /// its event was lost.
+    /// its event was lost. Left out when 0, so that a report with none reads as before.
+    #[serde(skip_serializing_if = "is_zero")]
     pub ended_close_unseen: u64,
     pub time_wait: TimeWaitSection,
     pub close_wait: CloseWaitSection,
