@@ -192,7 +192,11 @@ impl<W: Write> LifeSink<W> {
         line.push_str(&container);
         line.push_str(&cgroup);
         // Writing to a `String` cannot fail.
-        let _ = writeln!(line, "{}", c.end);
+        let _ = write!(line, "{}", c.end);
+        if c.close_unseen {
+            line.push_str(" (close unseen)");
+        }
+        line.push('\n');
         let written = self.out.write_all(line.as_bytes());
         self.line = line;
         written
@@ -308,7 +312,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        model::tracker::{Connection, Role},
+        model::tracker::{Connection, End, Role},
         pipeline::record::{Item, Replay},
     };
 
@@ -365,6 +369,27 @@ mod tests {
             assert!(v.get("cgroup").is_none(), "{line}");
             assert!(v["pid"].is_u64() && v.get("end").is_some(), "{line}");
         }
+    }
+
+    /// A connection ended at its destroy without a seen close says so in both forms; others
+    /// are printed as before (no field, no note).
+    #[test]
+    fn rows_say_when_the_close_was_not_seen() {
+        let mut c = Connection::test(5_000_000, "10.0.0.2", 80, End::Aborted, Role::Active);
+        let print = |c: &Connection, json: bool| {
+            let mut sink = LifeSink::new(Vec::new(), json, false, 10, Selection::default());
+            sink.print(c).unwrap();
+            String::from_utf8(sink.out).unwrap()
+        };
+        assert!(print(&c, false).ends_with(" aborted\n"));
+        assert!(!print(&c, true).contains("close_unseen"));
+        c.close_unseen = true;
+        assert!(print(&c, false).ends_with(" aborted (close unseen)\n"));
+        let v: serde_json::Value = serde_json::from_str(&print(&c, true)).unwrap();
+        assert_eq!(
+            (&v["end"], &v["close_unseen"]),
+            (&"aborted".into(), &true.into())
+        );
     }
 
     #[test]

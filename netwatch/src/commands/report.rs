@@ -321,6 +321,14 @@ pub fn render(r: &Report, style: &Style) -> String {
             ends.join(", ")
         }
     );
+    if r.ended_close_unseen > 0 {
+        let _ = writeln!(
+            out,
+            "  {} of them ended at their socket's destroy with no CLOSE seen (skipped by the \
+             kernel or lost): `aborted` unless a reset, retransmit or SYN_SENT says more",
+            r.ended_close_unseen
+        );
+    }
 
     let tws = &r.time_wait;
     let c = &tws.counts;
@@ -478,6 +486,48 @@ mod tests {
         assert_eq!(cgroup_suffix(None, None), "");
     }
     use crate::model::tracker::{Connection, End, Role};
+
+    /// A connection ended at its destroy with no CLOSE seen is counted like any other end,
+    /// and the report says how many of the ends were such.
+    #[test]
+    fn ends_without_a_seen_close_are_counted_and_said() {
+        let mut a = Analysis::new(
+            crate::model::timewait::HostSettings::default(),
+            Thresholds::default(),
+        );
+        let tw = Connection::test(1_000_000_000, "10.0.0.9", 80, End::TimeWait, Role::Active);
+        let mut unseen =
+            Connection::test(1_000_000_000, "10.0.0.9", 80, End::Aborted, Role::Active);
+        unseen.close_unseen = true;
+        let report = |a: &mut Analysis| {
+            a.report(
+                &Tracker::new(10),
+                2_000_000_000,
+                Losses::default(),
+                None,
+                &|_| true,
+                &|_, _| None,
+            )
+        };
+        a.on_connection(&tw);
+        let r = report(&mut a);
+        assert_eq!(r.ended_close_unseen, 0);
+        assert!(!render(&r, &Style::default()).contains("no CLOSE seen"));
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(json.get("ended_close_unseen").is_none(), "left out when 0");
+        a.on_connection(&unseen);
+        let r = report(&mut a);
+        let ends: Vec<_> = r.ends.iter().map(|e| (e.key.as_str(), e.count)).collect();
+        assert_eq!(ends, [("aborted", 1), ("time-wait", 1)]);
+        assert_eq!((r.connections_ended, r.ended_close_unseen), (2, 1));
+        let text = render(&r, &Style::default());
+        assert!(
+            text.contains("\n  1 of them ended at their socket's destroy with no CLOSE seen"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["ended_close_unseen"], 1);
+    }
 
     #[test]
     fn process_rows_end_with_their_cgroup() {

@@ -233,6 +233,10 @@ pub struct Finding {
     pub text: String,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// The whole diagnosis; `--json` prints it as one document.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
@@ -244,6 +248,11 @@ pub struct Report {
     pub findings: Vec<Finding>,
     pub connections_ended: u64,
     pub ends: Vec<CountRow>,
+    /// How many of `connections_ended` ended at their socket's destroy with no `-> CLOSE`
+    /// seen (the `life` record's `close_unseen`): the kernel skipped that program run or
+    /// its event was lost. Left out when 0, so that a report with none reads as before.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub ended_close_unseen: u64,
     pub time_wait: TimeWaitSection,
     pub close_wait: CloseWaitSection,
     pub connects_by_destination: Vec<ConnectOutcomes>,
@@ -307,6 +316,7 @@ pub struct Analysis {
     /// By [`End::name`].
     ends: FastMap<&'static str, u64>,
     ended: u64,
+    ended_close_unseen: u64,
     connects_by_dest: KeyMap<(Outcomes, Hist)>,
     connects_by_process: KeyMap<(Outcomes, Hist)>,
     /// (direction, state) -> reason (`-` when none) -> count.
@@ -380,6 +390,7 @@ impl Analysis {
             no_port: KeyMap::default(),
             ends: HashMap::default(),
             ended: 0,
+            ended_close_unseen: 0,
             connects_by_dest: KeyMap::default(),
             connects_by_process: KeyMap::default(),
             resets: HashMap::default(),
@@ -531,6 +542,7 @@ impl Analysis {
     pub fn on_connection(&mut self, c: &Connection) {
         self.ended += 1;
         *self.ends.entry(c.end.name()).or_default() += 1;
+        self.ended_close_unseen += u64::from(c.close_unseen);
         let who = process(c.pid, c.comm);
         self.note_owner(who, c.pid, c.cgroup_id);
         let dest = Key::Endpoint(c.daddr, c.dport);
@@ -878,6 +890,7 @@ impl Analysis {
                     container: None,
                 })
                 .collect(),
+            ended_close_unseen: self.ended_close_unseen,
             time_wait: TimeWaitSection {
                 births: self.time_waits.counts.births,
                 per_second: self.time_waits.counts.births as f64 / duration_s,

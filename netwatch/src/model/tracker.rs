@@ -94,7 +94,8 @@ impl std::fmt::Display for End {
     }
 }
 
-/// Milliseconds spent in each state, `None` where netwatch did not see the state begin.
+/// Milliseconds spent in each state, `None` where netwatch did not see the state begin (or,
+/// for the last state of a `close_unseen` connection, end).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Dwell {
     pub syn_sent: Option<f64>,
@@ -159,7 +160,8 @@ impl DwellMs {
 /// One finished connection: a `life` line, and the facts the report is built from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Connection {
-    /// CLOCK_MONOTONIC ns of the first event seen, and of the `-> CLOSE` (or last event).
+    /// CLOCK_MONOTONIC ns of the first event seen, and of the `-> CLOSE` (of the destroy when
+    /// `close_unseen`).
     pub start_ns: u64,
     pub end_ns: u64,
     pub pid: Option<u32>,
@@ -201,6 +203,11 @@ pub struct Connection {
     pub bytes_sent: Option<u64>,
     pub bytes_received: Option<u64>,
     pub srtt_ms: Option<f64>,
+    /// Ended at its destroy (`end_ns`) without a seen `-> CLOSE` (the kernel skipped that
+    /// program run, or the event was lost): its end is classified from the last state and the
+    /// retransmits and resets seen, and what would claim an orderly close is `aborted`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub close_unseen: bool,
 }
 
 impl Connection {
@@ -213,6 +220,7 @@ impl Connection {
             && self.end == End::Aborted
             && self.connect_ms.is_none()
             && self.retransmits == 0
+            && !self.close_unseen
     }
 }
 
@@ -397,6 +405,9 @@ struct Sock {
     /// This life began with a fresh-start transition netwatch saw, at `first_ns`.
     born: bool,
     listener: bool,
+    /// Its `-> CLOSE` was never seen: `closed_state` is the last state known, and `closed_ns`
+    /// the time of its destroy (see [`Sock::close_at_destroy`]).
+    close_unseen: bool,
 }
 
 impl Sock {
@@ -407,6 +418,25 @@ impl Sock {
 
     fn late(&mut self) -> &mut Late {
         self.late.get_or_insert_default()
+    }
+
+    /// Closes at its destroy (at `ts_ns`) a connection whose `-> CLOSE` was never seen: the
+    /// kernel skipped that program run (recursion, counted as `missed=`) or the event was lost.
+    /// It closed from the last connection state known: the destroy's (the kernel programs'
+    /// last view, the newer one) or else the tracker's. A socket closed already, a listener,
+    /// or one never seen in a connection state stays as it is (no record).
+    fn close_at_destroy(&mut self, ts_ns: u64, destroy_state: Option<TcpState>) {
+        if self.closed_state.is_some() || self.listener {
+            return;
+        }
+        let in_connection = |st: &TcpState| DwellMs::index(*st).is_some();
+        let last = destroy_state
+            .filter(in_connection)
+            .or(self.state.filter(in_connection));
+        if let Some(last) = last {
+            (self.closed_state, self.closed_ns) = (Some(last), ts_ns);
+            self.close_unseen = true;
+        }
     }
 }
 
@@ -566,6 +596,7 @@ impl Connection {
             bytes_sent: None,
             bytes_received: None,
             srtt_ms: None,
+            close_unseen: false,
         }
     }
 }
@@ -729,8 +760,9 @@ impl Tracker {
                     s.stack = stack_key(ev).or(s.stack);
                 }
             }
-            EventKind::Destroy { .. } => {
-                if let Some(s) = self.socks.remove(ev.sock) {
+            EventKind::Destroy { state } => {
+                if let Some(mut s) = self.socks.remove(ev.sock) {
+                    s.close_at_destroy(ev.ts_ns, *state);
                     self.end(s, out);
                 }
             }
@@ -821,6 +853,7 @@ impl Tracker {
             // none when it was an `Option<NonZeroU64>`).
             born: born && ev.ts_ns != 0,
             listener,
+            close_unseen: false,
         });
         // Callers insert only where nothing is tracked; were something there, it ends here.
         if let Some(prev) = replaced {
@@ -940,7 +973,7 @@ impl Tracker {
     }
 
     /// Turns a finished socket into a connection record (listeners and sockets that never
-    /// closed produce none).
+    /// closed, as far as netwatch saw or [`Sock::close_at_destroy`] found, produce none).
     fn end(&mut self, mut s: Sock, out: &mut impl FnMut(Fact)) {
         let Some((from, close_ns)) = s.closed_from() else {
             return;
@@ -949,13 +982,22 @@ impl Tracker {
             return;
         }
         self.stats.ended += 1;
-        let end = classify(&s, from);
+        let end = match classify(&s, from) {
+            // An orderly end is a claim about the close, which netwatch did not see: a socket
+            // destroyed in FIN_WAIT1, FIN_WAIT2, CLOSING or LAST_ACK was aborted by the kernel
+            // (as orphans past tcp_max_orphans are) or closed unseen. No TIME_WAIT is known to
+            // hold its port.
+            End::TimeWait | End::Closed if s.close_unseen => End::Aborted,
+            end => end,
+        };
         let late = s.late.take().map(|late| *late).unwrap_or_default();
         let closer = match (&end, late.closer) {
             (End::TimeWait | End::Closed | End::ResetByUs { .. }, Some(c)) => Some(c),
             // An abortive close (SO_LINGER 0) goes ESTABLISHED -> CLOSE without FIN_WAIT1,
             // where the closer is otherwise learnt: this side closed, so its owner did.
             (End::ResetByUs { .. }, None) => s.owner,
+            // Ended at its destroy after this side began closing (FIN_WAIT1): it closed first.
+            (End::Aborted, Some(c)) if s.close_unseen => Some(c),
             _ => None,
         };
         let names = &self.names;
@@ -990,6 +1032,7 @@ impl Tracker {
             bytes_sent: late.bytes_sent,
             bytes_received: late.bytes_received,
             srtt_ms: late.srtt_ms,
+            close_unseen: s.close_unseen,
         })));
     }
 
@@ -1210,6 +1253,223 @@ mod tests {
         assert_eq!(c.dwell_ms.established, Some(10.0));
         assert_eq!(c.dwell_ms.fin_wait2, Some(1.0));
         assert_eq!((c.sport, c.dport), (5000, 80));
+    }
+
+    /// A client killed with its connection open: `ESTABLISHED -> FIN_WAIT1`, then only the
+    /// destroy, its `-> CLOSE` run skipped by the kernel (as orphans past tcp_max_orphans are
+    /// aborted inside close()).
+    #[test]
+    fn a_destroy_without_a_seen_close_ends_the_connection_there() {
+        let mut s = Stream::new();
+        let (l, r) = ((CLIENT, 5000), (SERVER, 80));
+        s.state(0, 0xa, Some(42), (CLIENT, 0), r, Close, SynSent);
+        s.state(2, 0xa, Some(42), l, r, SynSent, Established);
+        s.state(10, 0xa, Some(42), l, r, Established, FinWait1);
+        let destroy = EventKind::Destroy {
+            state: Some(FinWait1),
+        };
+        s.push(3, 0xa, None, l, r, destroy);
+        let destroyed_at = s.ts;
+        let (conns, t) = s.run(100);
+        assert_eq!(conns.len(), 1);
+        let c = &conns[0];
+        assert_eq!(
+            c.end,
+            End::Aborted,
+            "no TIME_WAIT is known to hold its port"
+        );
+        assert!(c.close_unseen);
+        assert_eq!(c.end_ns, destroyed_at);
+        assert_eq!(c.ms, Some(15.0), "its life runs to the destroy");
+        assert_eq!(
+            (c.pid, c.closer_pid),
+            (Some(42), Some(42)),
+            "it closed first"
+        );
+        assert_eq!(c.dwell_ms.established, Some(10.0));
+        assert_eq!(c.dwell_ms.fin_wait1, None, "not seen ending");
+        assert!(!c.ports_exhausted());
+        assert_eq!(t.stats().ended, 1);
+        let json = serde_json::to_value(c).unwrap();
+        assert_eq!(json["close_unseen"], true);
+        assert_eq!(json["end"], "aborted");
+    }
+
+    /// What the seen events say still decides the end; only an orderly one, which would claim
+    /// the unseen close, becomes `aborted`. The destroy's state, the kernel programs' last view,
+    /// is newer than the tracker's when a transition's event was lost.
+    #[test]
+    fn a_destroy_without_a_seen_close_is_classified_from_what_was_seen() {
+        let (l, r) = ((CLIENT, 5000), (SERVER, 80));
+        let rst = EventKind::ResetReceived {
+            state: Some(Established),
+        };
+        let rtx = EventKind::Retransmit {
+            state: Some(SynSent),
+            err: Some(0),
+        };
+        /// The states a client went through, an event after them, its destroy's state, and
+        /// the end wanted.
+        struct Case {
+            states: &'static [TcpState],
+            then: Option<EventKind>,
+            destroyed_in: Option<TcpState>,
+            end: End,
+        }
+        let case = |states, then, destroyed_in, end| Case {
+            states,
+            then,
+            destroyed_in,
+            end,
+        };
+        let cases = [
+            case(&[SynSent], Some(rtx), Some(SynSent), End::Timeout),
+            case(&[SynSent, Established], Some(rst), None, End::ResetByPeer),
+            case(
+                &[SynSent, Established, CloseWait, LastAck],
+                None,
+                None,
+                End::Aborted,
+            ),
+            case(
+                &[SynSent, Established, FinWait1],
+                None,
+                Some(FinWait2),
+                End::Aborted,
+            ),
+            case(&[SynSent, Established], None, Some(Close), End::Aborted),
+            case(
+                &[SynSent, Established],
+                None,
+                Some(Established),
+                End::Aborted,
+            ),
+        ];
+        for c in cases {
+            let mut s = Stream::new();
+            let mut old = Close;
+            for &new in c.states {
+                s.state(1, 0xa, Some(7), l, r, old, new);
+                old = new;
+            }
+            if let Some(kind) = c.then {
+                s.push(1, 0xa, None, l, r, kind);
+            }
+            let destroy = EventKind::Destroy {
+                state: c.destroyed_in,
+            };
+            s.push(1, 0xa, None, l, r, destroy);
+            let (conns, _) = s.run(100);
+            let ends: Vec<_> = conns
+                .iter()
+                .map(|k| (k.end.clone(), k.close_unseen))
+                .collect();
+            let (states, destroyed_in) = (c.states, c.destroyed_in);
+            assert_eq!(
+                ends,
+                [(c.end, true)],
+                "{states:?} then destroy in {destroyed_in:?}"
+            );
+        }
+    }
+
+    /// The usual order, `-> CLOSE` then destroy, gives one record as before, whether the
+    /// destroy comes within the wait for trailing events or long after it.
+    #[test]
+    fn a_destroy_after_a_seen_close_adds_no_record() {
+        for destroy_after_ms in [0, 5_000] {
+            let mut s = Stream::new();
+            client_closes_first(&mut s, 0xa, 42, 5000);
+            let destroy = s.events.pop().expect("pushed");
+            s.push(
+                destroy_after_ms,
+                0xa,
+                None,
+                (CLIENT, 5000),
+                (SERVER, 80),
+                destroy.kind,
+            );
+            let (conns, t) = s.run(100);
+            assert_eq!(
+                conns.len(),
+                1,
+                "destroyed {destroy_after_ms} ms after CLOSE"
+            );
+            assert_eq!(conns[0].end, End::TimeWait);
+            assert!(!conns[0].close_unseen);
+            assert_eq!(
+                conns[0].end_ns,
+                s.ts - destroy_after_ms * 1_000_000,
+                "at CLOSE"
+            );
+            assert!(
+                serde_json::to_value(&conns[0])
+                    .unwrap()
+                    .get("close_unseen")
+                    .is_none(),
+                "the field is left out when false"
+            );
+            assert_eq!(t.stats().ended, 1);
+        }
+    }
+
+    /// A socket netwatch first hears of at its destroy (closed before the trace, or evicted)
+    /// gives no record: nothing is known of its life.
+    #[test]
+    fn a_destroy_of_an_unknown_socket_gives_no_record() {
+        let mut s = Stream::new();
+        let destroy = EventKind::Destroy {
+            state: Some(Established),
+        };
+        s.push(1, 0xa, Some(3), (CLIENT, 5000), (SERVER, 80), destroy);
+        let (conns, t) = s.run(100);
+        assert!(conns.is_empty(), "{conns:?}");
+        assert_eq!((t.stats().ended, t.stats().sockets), (0, 0));
+    }
+
+    /// A listener is not a connection, whatever state its destroy carries; nor is a socket
+    /// only seen in CLOSE (a trailing reset whose socket's close came before the trace).
+    #[test]
+    fn a_destroy_of_a_listener_or_a_closed_socket_gives_no_record() {
+        let mut s = Stream::new();
+        let (l, any) = ((SERVER, 80), ("0.0.0.0", 0));
+        s.state(0, 0xb, Some(7), l, any, Close, Listen);
+        s.push(
+            5,
+            0xb,
+            Some(7),
+            l,
+            any,
+            EventKind::Destroy {
+                state: Some(Listen),
+            },
+        );
+        s.state(0, 0xc, Some(7), (SERVER, 81), any, Close, Listen);
+        s.push(
+            5,
+            0xc,
+            Some(7),
+            (SERVER, 81),
+            any,
+            EventKind::Destroy { state: None },
+        );
+        let (r, c) = ((CLIENT, 6000), (SERVER, 82));
+        let reset = EventKind::ResetSent {
+            state: Some(Close),
+            reason: None,
+        };
+        s.push(1, 0xd, None, c, r, reset);
+        s.push(
+            1,
+            0xd,
+            None,
+            c,
+            r,
+            EventKind::Destroy { state: Some(Close) },
+        );
+        let (conns, t) = s.run(100);
+        assert!(conns.is_empty(), "{conns:?}");
+        assert_eq!((t.stats().ended, t.stats().sockets), (0, 0));
     }
 
     #[test]
