@@ -18,6 +18,31 @@ use crate::{netwatch_bin, wait_with_timeout};
 /// What netwatch prints on stderr once every program is attached.
 pub const ATTACHED_MARKER: &str = "netwatch: tracing";
 
+/// The ring-buffer size every live tracer under test gets unless its test sets one: 64 MiB,
+/// 16 times netwatch's default. netwatch traces the whole host, and on a shared machine other
+/// people's connection churn (a 200,000-connection test, a benchmark) can fill the default
+/// ring while this test's tracer waits for a CPU: the test would then fail on events it never
+/// made. The tests check what netwatch counts; how long the default ring lasts at the churn
+/// this machine drives is the benchmark's `lost` column.
+pub const TEST_RING_SIZE: &str = "67108864";
+
+/// The commands that trace live (and take `--ring-size`).
+const LIVE_COMMANDS: [&str; 6] = ["trace", "life", "report", "top", "leaks", "serve"];
+
+/// `args` with `--ring-size` [`TEST_RING_SIZE`] right after a live command that sets none
+/// (before any filter words, which would otherwise take it).
+pub fn with_test_ring(args: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let live = args.first().is_some_and(|c| LIVE_COMMANDS.contains(c));
+    if live && !args.iter().any(|a| a.starts_with("--ring-size")) {
+        out.splice(
+            1..1,
+            ["--ring-size".to_string(), TEST_RING_SIZE.to_string()],
+        );
+    }
+    out
+}
+
 /// A running `netwatch`, stdout to a file (so a stopped reader never blocks on a pipe), stderr
 /// collected by a thread.
 pub struct Tracer {
@@ -57,7 +82,7 @@ impl Tracer {
         let stdout = dir.join("stdout");
         let file = fs::File::create(&stdout).expect("stdout file");
         let mut cmd = Command::new(netwatch_bin());
-        cmd.args(args)
+        cmd.args(with_test_ring(args))
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(Stdio::piped());
@@ -291,5 +316,32 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_commands_get_the_test_ring_before_their_filter() {
+        assert_eq!(
+            with_test_ring(&["trace", "--json", "dst", "10.0.0.1"]),
+            [
+                "trace",
+                "--ring-size",
+                TEST_RING_SIZE,
+                "--json",
+                "dst",
+                "10.0.0.1"
+            ]
+        );
+        // A test's own ring stays; commands that do not trace are left alone.
+        let own = ["report", "--ring-size", "4096"];
+        assert_eq!(with_test_ring(&own), own);
+        let own = ["life", "--ring-size=8192"];
+        assert_eq!(with_test_ring(&own), own);
+        assert_eq!(with_test_ring(&["doctor"]), ["doctor"]);
+        assert_eq!(with_test_ring(&[]), Vec::<String>::new());
     }
 }
