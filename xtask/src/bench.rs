@@ -76,13 +76,16 @@ pub struct Options {
 pub enum Only {
     /// 200,000 live sockets held with `netwatch serve` ([`held`]).
     Held,
+    /// The syscall tax of every mode ([`tax`]).
+    Tax,
 }
 
 impl Only {
     fn parse(row: &str) -> Result<Only> {
         match row {
             "held" => Ok(Only::Held),
-            _ => bail!("--only {row}: no such row; the rows that run alone are: held"),
+            "tax" => Ok(Only::Tax),
+            _ => bail!("--only {row}: no such row; the rows that run alone are: held, tax"),
         }
     }
 }
@@ -700,6 +703,9 @@ pub fn bench(opts: Options) -> Result<()> {
         }
     }
 
+    if plan.only == Some(Only::Tax) {
+        return tax_alone(&netwatch, &plan, &opts, &tax_tracers, started);
+    }
     let stats = BpfStats::enable()?;
     let lo = Netns::create("lo")?;
     let client = Netns::create("c")?;
@@ -880,6 +886,41 @@ fn held_alone(
     print!(
         "{}",
         table::render_held_alone(&plan.command_line(opts), &machine, &held, started.elapsed())
+    );
+    eprintln!(
+        "bench: done in {}; BENCHMARKS.md left as it was (--only)",
+        fmt_duration(started.elapsed())
+    );
+    Ok(())
+}
+
+/// `--only tax`: the syscall tax alone, its section printed on stdout; BENCHMARKS.md keeps the
+/// last full bench.
+fn tax_alone(
+    netwatch: &Path,
+    plan: &Plan,
+    opts: &Options,
+    tax_tracers: &[(Tracer, Availability)],
+    started: Instant,
+) -> Result<()> {
+    let load_start = loadavg();
+    let runnable = tax_tracers
+        .iter()
+        .filter(|(_, a)| *a == Availability::Ready)
+        .count();
+    let mut progress = Progress {
+        step: 0,
+        total: plan.tax_rounds as usize * runnable,
+    };
+    let tax = tax::measure(netwatch, plan.tax_rounds, tax_tracers, &mut progress)?;
+    let machine = Machine {
+        load_start,
+        load_end: loadavg(),
+        ..machine()
+    };
+    print!(
+        "{}",
+        table::render_tax_alone(&plan.command_line(opts), &machine, &tax, started.elapsed())
     );
     eprintln!(
         "bench: done in {}; BENCHMARKS.md left as it was (--only)",

@@ -45,6 +45,7 @@ use clap::{Parser, Subcommand};
         cargo xtask test -- close_wait       # only tests whose name contains close_wait\n  \
         cargo xtask bench --quick            # cost vs tcpstates/tcplife/bpftrace (root)\n  \
         cargo xtask bench --only held        # only the 200,000 live sockets row (root)\n  \
+        cargo xtask bench --only tax         # only the syscall tax rows, ~3 min (root)\n  \
         cargo xtask vm-test                  # the checks on 6.1 and 6.12 in qemu, both paths (root)\n\n\
         Every command except `setup` runs `setup` first; it takes a second when nothing is\n\
         missing."
@@ -143,7 +144,8 @@ enum Command {
         #[arg(long, value_name = "S")]
         seconds: Option<f64>,
         /// Run only this row and print its section instead of writing BENCHMARKS.md: `held`
-        /// (200,000 live sockets held with `netwatch serve`)
+        /// (200,000 live sockets held with `netwatch serve`), `tax` (the syscall tax of every
+        /// mode, `dd` untraced and traced)
         #[arg(long, value_name = "ROW")]
         only: Option<String>,
     },

@@ -143,7 +143,7 @@ pub fn render(r: &Results) -> String {
     targets(&mut md, r);
     churn_table(&mut md, r);
     per_program(&mut md, r);
-    syscall_tax(&mut md, r);
+    syscall_tax(&mut md, &r.tax);
     bulk_table(&mut md, r);
     held_table(&mut md, &r.held);
     rate_table(&mut md, r);
@@ -569,8 +569,7 @@ fn bulk_table(md: &mut String, r: &Results) {
     md.push('\n');
 }
 
-fn syscall_tax(md: &mut String, r: &Results) {
-    let t = &r.tax;
+fn syscall_tax(md: &mut String, t: &SyscallTax) {
     let _ = writeln!(
         md,
         "## Syscall tax
@@ -955,6 +954,32 @@ fn notes(md: &mut String, r: &Results) {
 }
 
 /// `--only held`: the machine, the row's line of the Targets table, and its section.
+/// `--only tax`: the target's row and the section, under a header like the full bench's.
+pub fn render_tax_alone(
+    command_line: &str,
+    m: &Machine,
+    tax: &SyscallTax,
+    took: std::time::Duration,
+) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "Written by `{command_line}` on {} in {} ({} × {}, kernel {}, load average {} → {}).\n",
+        m.date,
+        fmt_duration(took),
+        m.cpus,
+        m.cpu_model,
+        m.kernel,
+        m.load_start,
+        m.load_end
+    );
+    let _ = writeln!(md, "| target | goal | measured | ✓/✗ |\n|---|---|---|---|");
+    tax_target(&mut md, tax);
+    md.push('\n');
+    syscall_tax(&mut md, tax);
+    md
+}
+
 pub fn render_held_alone(
     command_line: &str,
     m: &Machine,
