@@ -64,7 +64,8 @@ pub enum Command {
     #[command(
         after_help = "Columns: TIME PID COMM LADDR:LPORT RADDR:RPORT EVENT MS_IN_OLD\n\
         EVENT is `OLD -> NEW` for a state transition, or RETRANSMIT, SYNACK_RETRANSMIT,\n\
-        RESET_RECEIVED, RESET_SENT (with the kernel's reason), ACCEPT or DESTROY with the\n\
+        RESET_RECEIVED, RESET_SENT (with the kernel's reason), ACCEPT, DESTROY, or with\n\
+        --stacks FIRST_SEND and FIRST_RECV (a socket's first send and receive), with the\n\
         socket's state. PID/COMM is `-` when the owner is not known (an accepted socket's\n\
         handshake, before accept() returns it): netwatch never names a softirq bystander.\n\n\
         Examples:\n  \
@@ -1201,6 +1202,45 @@ mod tests {
                 topic.contains(sub.get_name()),
                 "`netwatch help`'s TOPIC does not name {}: {topic}",
                 sub.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn trace_help_names_every_event_label() {
+        use crate::model::event::{EventKind, UseCall};
+        let trace = visible_subcommands()
+            .into_iter()
+            .find(|c| c.get_name() == "trace")
+            .unwrap();
+        let help = trace.get_after_help().unwrap().to_string();
+        let kinds = [
+            EventKind::Retransmit {
+                state: None,
+                err: None,
+            },
+            EventKind::SynackRetransmit { state: None },
+            EventKind::ResetReceived { state: None },
+            EventKind::ResetSent {
+                state: None,
+                reason: None,
+            },
+            EventKind::Destroy { state: None },
+            EventKind::Accept { state: None },
+            EventKind::FirstUse {
+                state: None,
+                call: UseCall::Send,
+            },
+            EventKind::FirstUse {
+                state: None,
+                call: UseCall::Recv,
+            },
+        ];
+        for kind in kinds {
+            assert!(
+                help.contains(kind.label()),
+                "`trace --help` does not name {}",
+                kind.label()
             );
         }
     }
