@@ -38,7 +38,7 @@ use clap::{Parser, Subcommand};
     after_help = "Examples:\n  \
         cargo xtask setup                    # install what is missing (needs root for apt)\n  \
         cargo xtask build --release          # prints the binary's path on stdout\n  \
-        cargo xtask run                      # netwatch trace (needs root)\n  \
+        cargo xtask run                      # netwatch top, the live view (needs root)\n  \
         cargo xtask run -- trace --json -T   # arguments after `--` go to netwatch\n  \
         cargo xtask lint                     # rustfmt + clippy only\n  \
         cargo xtask test                     # what CI runs (.ci/run)\n  \
@@ -245,4 +245,26 @@ fn man() -> Result<()> {
     std::fs::write(&path, &out.stdout)?;
     println!("{}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    #[test]
+    fn the_run_example_names_what_run_runs_without_arguments() {
+        let help = Cli::command().get_after_help().unwrap().to_string();
+        let line = help
+            .lines()
+            .find(|l| {
+                l.trim_start()
+                    .strip_prefix("cargo xtask run")
+                    .is_some_and(|rest| rest.trim_start().starts_with('#'))
+            })
+            .expect("an example of `cargo xtask run` without arguments");
+        let default = format!("netwatch {}", crate::run::DEFAULT_ARGS.join(" "));
+        assert!(line.contains(&default), "{line:?} should name {default:?}");
+    }
 }

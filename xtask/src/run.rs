@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// What netwatch runs when no arguments follow `--`.
-const DEFAULT_ARGS: &[&str] = &["top"];
+pub(crate) const DEFAULT_ARGS: &[&str] = &["top"];
 
 pub fn run(release: bool, args: &[String]) -> Result<()> {
     setup::setup()?;

@@ -64,7 +64,8 @@ pub enum Command {
     #[command(
         after_help = "Columns: TIME PID COMM LADDR:LPORT RADDR:RPORT EVENT MS_IN_OLD\n\
         EVENT is `OLD -> NEW` for a state transition, or RETRANSMIT, SYNACK_RETRANSMIT,\n\
-        RESET_RECEIVED, RESET_SENT (with the kernel's reason), ACCEPT or DESTROY with the\n\
+        RESET_RECEIVED, RESET_SENT (with the kernel's reason), ACCEPT, DESTROY, or with\n\
+        --stacks FIRST_SEND and FIRST_RECV (a socket's first send and receive), with the\n\
         socket's state. PID/COMM is `-` when the owner is not known (an accepted socket's\n\
         handshake, before accept() returns it): netwatch never names a softirq bystander.\n\n\
         Examples:\n  \
@@ -78,10 +79,11 @@ pub enum Command {
     /// One line per connection when it ends: owner, endpoints, lifetime, role, how it ended
     #[command(
         after_help = "Columns: PID COMM LADDR LPORT RADDR RPORT TX_KB RX_KB MS ROLE END\n\
-        ROLE is active (we connected) or passive (we accepted). END is closed (the peer closed\n\
-        first), time-wait (we closed first: a TIME_WAIT was born), reset-by-peer,\n\
-        reset-by-us (reason), refused, timeout, or aborted. --json prints the full record:\n\
-        time in every state, connect latency, retransmissions and resets.\n\n\
+        ROLE is active (we connected), passive (we accepted), or - (a socket older than the\n\
+        trace). END is closed (the peer closed first), time-wait (we closed first: a TIME_WAIT\n\
+        was born), reset-by-peer, reset-by-us (reason), refused, timeout, or aborted. --json\n\
+        prints the full record: time in every state, connect latency, retransmissions and\n\
+        resets.\n\n\
         Examples:\n  \
         netwatch life\n  \
         netwatch life --json | jq 'select(.end == \"refused\")'\n  \
@@ -171,10 +173,15 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Help on a command, or on a topic: `netwatch help filters`
     Help {
-        /// A subcommand (trace, life, report, analyze, completions) or `filters`
+        /// A subcommand (trace, life, report, top, serve, leaks, analyze, doctor, completions)
+        /// or `filters`
         topic: Option<String>,
     },
     /// Print a shell completion script: netwatch completions bash > /etc/bash_completion.d/netwatch
+    #[command(after_help = "Examples:\n  \
+        netwatch completions bash > /etc/bash_completion.d/netwatch\n  \
+        netwatch completions zsh > \"${fpath[1]}/_netwatch\"\n  \
+        netwatch completions fish > ~/.config/fish/completions/netwatch.fish")]
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
@@ -186,8 +193,8 @@ pub enum Command {
 
 #[derive(Args, Debug, Default, Clone)]
 pub struct DoctorArgs {
-    /// Print one JSON document: {kernel, floor, checks: [{name, kind, status, detail,
-    /// verifier_log}], ok}
+    /// Print one JSON document: {kernel, floor, tracepoints, checks: [{name, kind, status,
+    /// detail, verifier_log, path, program}], ok}
     #[arg(long)]
     pub json: bool,
 }
@@ -201,7 +208,7 @@ pub struct OutputArgs {
     /// Wall-clock timestamps (HH:MM:SS.mmm, UTC) instead of seconds since start
     #[arg(short = 'T', long = "timestamp")]
     pub timestamp: bool,
-    /// Wide address columns, for IPv6
+    /// Wide address columns, for IPv6; trace and life also add CONTAINER and CGROUP columns
     #[arg(short = 'w', long)]
     pub wide: bool,
 }
@@ -442,8 +449,9 @@ pub struct LeaksArgs {
 pub struct TraceArgs {
     #[command(flatten)]
     pub output: OutputArgs,
-    /// With --json: add the symbolized user stack (`stack`) that opened the socket to
-    /// `accept` and `CLOSE -> SYN_SENT` events
+    /// Code paths. With --json: the symbolized user stack (`stack`) that opened the socket on
+    /// `accept` and `CLOSE -> SYN_SENT` events, and `first_use` events (a socket's first send
+    /// and first receive) with theirs
     #[arg(long)]
     pub stacks: bool,
     #[command(flatten)]
@@ -1151,6 +1159,90 @@ mod tests {
             panic!("expected doctor")
         };
         assert!(d.json);
+    }
+
+    /// The subcommands a user can ask `--help` about (not `help` itself, not the hidden
+    /// `manpage`).
+    fn visible_subcommands() -> Vec<clap::Command> {
+        use clap::CommandFactory;
+        Cli::command()
+            .get_subcommands()
+            .filter(|c| !c.is_hide_set() && c.get_name() != "help")
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn every_subcommand_help_ends_with_examples() {
+        let subs = visible_subcommands();
+        assert!(subs.len() >= 9, "{}", subs.len());
+        for sub in subs {
+            let after = sub.get_after_help().map(|h| h.to_string());
+            assert!(
+                after.as_deref().is_some_and(|h| h.contains("Example")),
+                "`netwatch {} --help` shows no example",
+                sub.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn help_topic_names_every_subcommand() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        let help = cmd.find_subcommand("help").unwrap();
+        let topic = help
+            .get_arguments()
+            .find(|a| a.get_id() == "topic")
+            .and_then(|a| a.get_help())
+            .unwrap()
+            .to_string();
+        for sub in visible_subcommands() {
+            assert!(
+                topic.contains(sub.get_name()),
+                "`netwatch help`'s TOPIC does not name {}: {topic}",
+                sub.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn trace_help_names_every_event_label() {
+        use crate::model::event::{EventKind, UseCall};
+        let trace = visible_subcommands()
+            .into_iter()
+            .find(|c| c.get_name() == "trace")
+            .unwrap();
+        let help = trace.get_after_help().unwrap().to_string();
+        let kinds = [
+            EventKind::Retransmit {
+                state: None,
+                err: None,
+            },
+            EventKind::SynackRetransmit { state: None },
+            EventKind::ResetReceived { state: None },
+            EventKind::ResetSent {
+                state: None,
+                reason: None,
+            },
+            EventKind::Destroy { state: None },
+            EventKind::Accept { state: None },
+            EventKind::FirstUse {
+                state: None,
+                call: UseCall::Send,
+            },
+            EventKind::FirstUse {
+                state: None,
+                call: UseCall::Recv,
+            },
+        ];
+        for kind in kinds {
+            assert!(
+                help.contains(kind.label()),
+                "`trace --help` does not name {}",
+                kind.label()
+            );
+        }
     }
 
     #[test]

@@ -923,6 +923,40 @@ mod tests {
     }
 
     #[test]
+    fn the_json_help_names_every_field_doctor_prints() {
+        use clap::CommandFactory as _;
+        let cli = crate::cli::Cli::command();
+        let help = cli
+            .find_subcommand("doctor")
+            .unwrap()
+            .get_arguments()
+            .find(|a| a.get_id() == "json")
+            .and_then(|a| a.get_help())
+            .unwrap()
+            .to_string();
+        let mut check = Check::new(Kind::Tracepoint, "t", Status::Rejected, "d");
+        check.verifier_log = Some("log".into());
+        check.path = Some("raw");
+        check.program = Some("nwr_set_state");
+        let report = Report {
+            kernel: "6.18.0".into(),
+            floor: "5.8",
+            tracepoints: "auto",
+            checks: vec![check],
+            ok: false,
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        let mut fields: Vec<&String> = json.as_object().unwrap().keys().collect();
+        fields.extend(json["checks"][0].as_object().unwrap().keys());
+        for field in fields {
+            assert!(
+                help.contains(field.as_str()),
+                "`doctor --json` help lacks {field}: {help}"
+            );
+        }
+    }
+
+    #[test]
     fn only_rejections_and_missing_requirements_fail() {
         let c = |status, required| {
             let c = Check::new(Kind::Tracepoint, "t", status, "d");

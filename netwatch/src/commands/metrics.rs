@@ -198,7 +198,7 @@ impl Metrics {
             lifetime: Histogram::new(buckets(0.0001, 3.0, 17)),
             // 10 µs to ~21 s (SYN retransmissions at 1, 3, 7 s land in their own buckets).
             connect_latency: Histogram::new(buckets(0.00001, 2.0, 22)),
-            // 1 ms to ~4.5 h.
+            // 1 ms to ~4.7 h.
             close_wait_dwell: Histogram::new(buckets(0.001, 4.0, 13)),
             events: Counter::default(),
             events_lost: Counter::default(),

@@ -8,7 +8,7 @@
 //! Cost: the kernel walks the whole established hash for each namespace and family (child
 //! namespaces share the host's table): about 4 ms of system time per namespace here, so a
 //! round every 30 s, not faster. A state-filtered sock_diag dump per namespace (what
-//! `ss -tan state time-wait` asks for) is cheap next to the 5 s between dumps, and it runs on
+//! `ss -tan state time-wait` asks for) is cheap next to the 30 s between dumps, and it runs on
 //! a thread of its own so the ring buffer is never left waiting for it.
 use std::{
     sync::mpsc::{self, Receiver, RecvTimeoutError, Sender},

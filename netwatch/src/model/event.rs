@@ -275,8 +275,8 @@ pub struct Event {
     /// or accept()); `None` when none was captured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack_id: Option<u32>,
-    /// That stack symbolized, innermost frame first (`trace --stacks`, at `accept` and
-    /// `CLOSE -> SYN_SENT` events only); empty otherwise.
+    /// That stack symbolized, innermost frame first (`trace --stacks`, at `accept`,
+    /// `CLOSE -> SYN_SENT` and `first_use` events only); empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stack: Vec<String>,
     /// At `accept` and `CLOSE -> SYN_SENT`: the word at the user stack pointer, maybe the
