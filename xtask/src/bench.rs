@@ -878,24 +878,33 @@ fn held_alone(
         bail!("--only held needs `netwatch serve`, which this build does not have");
     }
     let held = held::measure(env, &mut progress)?;
+    print_alone(load_start, started, |m, took| {
+        table::render_held_alone(&plan.command_line(opts), m, &held, took)
+    });
+    Ok(())
+}
+
+/// Prints what `render` makes of a row run alone, given the machine (its load when the row
+/// began, `load_start`, and now) and how long it took; BENCHMARKS.md keeps the last full
+/// bench (a file with one row would lose every other).
+fn print_alone(
+    load_start: String,
+    started: Instant,
+    render: impl FnOnce(&Machine, Duration) -> String,
+) {
     let machine = Machine {
         load_start,
         load_end: loadavg(),
         ..machine()
     };
-    print!(
-        "{}",
-        table::render_held_alone(&plan.command_line(opts), &machine, &held, started.elapsed())
-    );
+    print!("{}", render(&machine, started.elapsed()));
     eprintln!(
         "bench: done in {}; BENCHMARKS.md left as it was (--only)",
         fmt_duration(started.elapsed())
     );
-    Ok(())
 }
 
-/// `--only tax`: the syscall tax alone, its section printed on stdout; BENCHMARKS.md keeps the
-/// last full bench.
+/// `--only tax`: the syscall tax alone, its section printed on stdout.
 fn tax_alone(
     netwatch: &Path,
     plan: &Plan,
@@ -913,19 +922,9 @@ fn tax_alone(
         total: plan.tax_rounds as usize * runnable,
     };
     let tax = tax::measure(netwatch, plan.tax_rounds, tax_tracers, &mut progress)?;
-    let machine = Machine {
-        load_start,
-        load_end: loadavg(),
-        ..machine()
-    };
-    print!(
-        "{}",
-        table::render_tax_alone(&plan.command_line(opts), &machine, &tax, started.elapsed())
-    );
-    eprintln!(
-        "bench: done in {}; BENCHMARKS.md left as it was (--only)",
-        fmt_duration(started.elapsed())
-    );
+    print_alone(load_start, started, |m, took| {
+        table::render_tax_alone(&plan.command_line(opts), m, &tax, took)
+    });
     Ok(())
 }
 

@@ -402,34 +402,30 @@ pub fn refused_connects(pair: &NetPair, addr: &str, m: u64) {
 /// every SYN to that port (one SYN retransmission each, at 1 s): each must fail with
 /// ETIMEDOUT. The drop rule is removed afterwards.
 pub fn timed_out_connects(pair: &NetPair, addr: &str, port: u16, k: u64) {
-    pair.nft(
-        Side::Server,
-        &format!(
-            "table inet nwsyn {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    tcp dport {port} drop\n  }}\n}}\n"
-        ),
-    );
-    for _ in 0..k {
-        let args = ["connect-expect-fail", addr, "--timeout-ms", "1500"];
-        assert_eq!(failed_connect(pair, &args), "ETIMEDOUT");
-    }
-    pair.nft(Side::Server, "delete table inet nwsyn");
+    dropped_connects(pair, (Side::Server, "input"), addr, port, k);
 }
 
 /// `k` connects whose SYNs the client's own firewall drops on their way out (`output` hook),
 /// each given up after 1.5 s: the retransmission at 1 s fails after the kernel counted it
 /// (`TcpRetransSegs` and `TcpExtTCPRetransFail` +1 each, `err` = -EPERM).
 pub fn firewalled_connects(pair: &NetPair, addr: &str, port: u16, k: u64) {
+    dropped_connects(pair, (Side::Client, "output"), addr, port, k);
+}
+
+/// `k` connects to `addr`, each given up after 1.5 s (ETIMEDOUT) while an nft rule at `hook`
+/// in `side`'s namespace drops every segment to `port`; the rule is removed afterwards.
+fn dropped_connects(pair: &NetPair, (side, hook): (Side, &str), addr: &str, port: u16, k: u64) {
     pair.nft(
-        Side::Client,
+        side,
         &format!(
-            "table inet nwout {{\n  chain output {{\n    type filter hook output priority 0; policy accept;\n    tcp dport {port} drop\n  }}\n}}\n"
+            "table inet nwdrop_{hook} {{\n  chain c {{\n    type filter hook {hook} priority 0; policy accept;\n    tcp dport {port} drop\n  }}\n}}\n"
         ),
     );
     for _ in 0..k {
         let args = ["connect-expect-fail", addr, "--timeout-ms", "1500"];
         assert_eq!(failed_connect(pair, &args), "ETIMEDOUT");
     }
-    pair.nft(Side::Client, "delete table inet nwout");
+    pair.nft(side, &format!("delete table inet nwdrop_{hook}"));
 }
 
 /// Whether the kernel counted a `retransmit` event in `TcpRetransSegs`. `__tcp_retransmit_skb`

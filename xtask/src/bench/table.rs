@@ -953,56 +953,64 @@ fn notes(md: &mut String, r: &Results) {
     }
 }
 
-/// `--only held`: the machine, the row's line of the Targets table, and its section.
-/// `--only tax`: the target's row and the section, under a header like the full bench's.
+/// A row run alone (`--only`): the machine, the row's line of the Targets table (`target`),
+/// and its section (`section`).
+pub fn render_alone(
+    command_line: &str,
+    m: &Machine,
+    took: std::time::Duration,
+    target: impl FnOnce(&mut String),
+    section: impl FnOnce(&mut String),
+) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "Written by `{command_line}` on {} in {} ({} × {}, kernel {}, load average {} → {}).\n",
+        m.date,
+        fmt_duration(took),
+        m.cpus,
+        m.cpu_model,
+        m.kernel,
+        m.load_start,
+        m.load_end
+    );
+    let _ = writeln!(md, "| target | goal | measured | ✓/✗ |\n|---|---|---|---|");
+    target(&mut md);
+    md.push('\n');
+    section(&mut md);
+    md
+}
+
+/// `--only tax`'s target line and section.
 pub fn render_tax_alone(
     command_line: &str,
     m: &Machine,
     tax: &SyscallTax,
     took: std::time::Duration,
 ) -> String {
-    let mut md = String::new();
-    let _ = writeln!(
-        md,
-        "Written by `{command_line}` on {} in {} ({} × {}, kernel {}, load average {} → {}).\n",
-        m.date,
-        fmt_duration(took),
-        m.cpus,
-        m.cpu_model,
-        m.kernel,
-        m.load_start,
-        m.load_end
-    );
-    let _ = writeln!(md, "| target | goal | measured | ✓/✗ |\n|---|---|---|---|");
-    tax_target(&mut md, tax);
-    md.push('\n');
-    syscall_tax(&mut md, tax);
-    md
+    render_alone(
+        command_line,
+        m,
+        took,
+        |md| tax_target(md, tax),
+        |md| syscall_tax(md, tax),
+    )
 }
 
+/// `--only held`'s target line and section.
 pub fn render_held_alone(
     command_line: &str,
     m: &Machine,
     held: &Held,
     took: std::time::Duration,
 ) -> String {
-    let mut md = String::new();
-    let _ = writeln!(
-        md,
-        "Written by `{command_line}` on {} in {} ({} × {}, kernel {}, load average {} → {}).\n",
-        m.date,
-        fmt_duration(took),
-        m.cpus,
-        m.cpu_model,
-        m.kernel,
-        m.load_start,
-        m.load_end
-    );
-    let _ = writeln!(md, "| target | goal | measured | ✓/✗ |\n|---|---|---|---|");
-    held_target(&mut md, held);
-    md.push('\n');
-    held_table(&mut md, held);
-    md
+    render_alone(
+        command_line,
+        m,
+        took,
+        |md| held_target(md, held),
+        |md| held_table(md, held),
+    )
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
