@@ -121,7 +121,8 @@ pub fn push_decimal(line: &mut String, mut n: u32) {
             break;
         }
     }
-    line.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+    // ASCII digits as chars: a UTF-8 check of them cost more than the digits themselves.
+    line.extend(digits[at..].iter().map(|&d| char::from(d)));
 }
 
 /// Appends `addr:port` left-aligned in `width` characters, as `{:<width}` of [`Endpoint`]
