@@ -111,18 +111,35 @@ fn chars(s: &str) -> usize {
 /// Appends `n` in decimal: fmt's integer path (sign, prefix, padding checks) cost more than
 /// the digits in a trace line's nine numbers.
 pub fn push_decimal(line: &mut String, mut n: u32) {
+    // Most of an IPv4 address's octets are one or two digits: pushed at once.
+    if n < 10 {
+        return line.push(ascii_digit(n));
+    }
+    if n < 100 {
+        line.push(ascii_digit(n / 10));
+        return line.push(ascii_digit(n % 10));
+    }
     let mut digits = [0u8; 10];
     let mut at = digits.len();
     loop {
         at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
+        digits[at] = (n % 10) as u8;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    // ASCII digits as chars: a UTF-8 check of them cost more than the digits themselves.
-    line.extend(digits[at..].iter().map(|&d| char::from(d)));
+    // ASCII digits as chars, without a UTF-8 check of them (it cost more than the digits).
+    for &d in &digits[at..] {
+        line.push(ascii_digit(u32::from(d)));
+    }
+}
+
+/// The digit `d` (0 to 9). `min` tells the compiler it is one, so pushing it takes
+/// String's one-byte path.
+#[inline(always)]
+fn ascii_digit(d: u32) -> char {
+    char::from(b'0' + d.min(9) as u8)
 }
 
 /// Appends `addr:port` left-aligned in `width` characters, as `{:<width}` of [`Endpoint`]
@@ -184,7 +201,8 @@ mod tests {
                 }
             }
         }
-        for n in [0, 7, 10, 4_294_967_295] {
+        // Every length, and both sides of the one- and two-digit shortcuts.
+        for n in [0, 7, 9, 10, 42, 99, 100, 255, 999, 1000, 65_535, u32::MAX] {
             let mut line = String::new();
             push_decimal(&mut line, n);
             assert_eq!(line, n.to_string());
