@@ -79,7 +79,18 @@ pub fn push_left(line: &mut String, value: impl fmt::Display, width: usize) {
 
 /// Pads what was written to `line` from `start` on to `width` characters.
 fn fill_left(line: &mut String, start: usize, width: usize) {
-    let mut fill = width.saturating_sub(chars(&line[start..]));
+    push_spaces(line, width.saturating_sub(chars(&line[start..])));
+}
+
+/// [`fill_left`] of what is ASCII by construction (an IPv4 address's digits, dots and
+/// colon): its bytes are its characters, without the scan that checks it (most of the
+/// padding's instructions in a text trace).
+fn fill_left_ascii(line: &mut String, start: usize, width: usize) {
+    push_spaces(line, width.saturating_sub(line.len() - start));
+}
+
+/// Appends `fill` spaces, as much of [`SPACES`] at a time as it takes.
+fn push_spaces(line: &mut String, mut fill: usize) {
     while fill > 0 {
         let n = fill.min(SPACES.len());
         line.push_str(&SPACES[..n]);
@@ -186,7 +197,7 @@ pub fn push_endpoint(line: &mut String, addr: IpAddr, port: u16, width: usize) {
     push_v4(line, v4);
     line.push(':');
     push_decimal(line, port.into());
-    fill_left(line, start, width);
+    fill_left_ascii(line, start, width);
 }
 
 /// Appends `addr` left-aligned in `width` characters, as `{:<width}` would; an IPv4 one
@@ -197,7 +208,7 @@ pub fn push_ip(line: &mut String, addr: IpAddr, width: usize) {
     };
     let start = line.len();
     push_v4(line, v4);
-    fill_left(line, start, width);
+    fill_left_ascii(line, start, width);
 }
 
 fn push_v4(line: &mut String, v4: Ipv4Addr) {
@@ -235,7 +246,8 @@ mod tests {
                 }
             }
         }
-        for n in [0, 7, 10, 4_294_967_295] {
+        // Every length, and both sides of each power of ten.
+        for n in [0, 7, 9, 10, 42, 99, 100, 255, 999, 1000, 65_535, u32::MAX] {
             let mut line = String::new();
             push_decimal(&mut line, n);
             assert_eq!(line, n.to_string());

@@ -364,7 +364,15 @@ impl Addrs {
         }
     }
 
+    /// Called at every transition with ports: the common case, the same IPv4 pair, is told
+    /// by two 4-byte comparisons rather than by building and comparing `IpAddr` pairs.
+    #[inline]
     fn set(&mut self, saddr: IpAddr, daddr: IpAddr) {
+        if let (Addrs::V4(s, d), IpAddr::V4(a), IpAddr::V4(b)) = (&*self, saddr, daddr)
+            && (*s, *d) == (a, b)
+        {
+            return;
+        }
         if self.get() != (saddr, daddr) {
             *self = Addrs::new(saddr, daddr);
         }
@@ -486,6 +494,7 @@ impl Socks {
             .copied()
     }
 
+    #[cfg(test)]
     fn get(&self, sock: u64) -> Option<&Sock> {
         let i = self.slot(sock)?;
         self.slots[i as usize].as_ref()
@@ -496,12 +505,14 @@ impl Socks {
         self.slots[i as usize].as_mut()
     }
 
+    #[cfg(test)]
     fn contains(&self, sock: u64) -> bool {
         self.slot(sock).is_some()
     }
 
     /// Adds `s`, replacing and returning a socket tracked at its address: one hash lookup.
-    fn insert(&mut self, s: Sock) -> Option<Sock> {
+    /// Returns the slot it is in, with the socket it replaced.
+    fn insert(&mut self, s: Sock) -> (u32, Option<Sock>) {
         use hashbrown::hash_table::Entry;
         let hash = self.hash(s.sock);
         let (slots, hasher) = (&self.slots, &self.hasher);
@@ -516,7 +527,10 @@ impl Socks {
             },
         );
         match entry {
-            Entry::Occupied(tracked) => self.slots[*tracked.get() as usize].replace(s),
+            Entry::Occupied(tracked) => {
+                let i = *tracked.get();
+                (i, self.slots[i as usize].replace(s))
+            }
             Entry::Vacant(room) => {
                 let i = match self.free.pop() {
                     Some(i) => {
@@ -529,7 +543,7 @@ impl Socks {
                     }
                 };
                 room.insert(i);
-                None
+                (i, None)
             }
         }
     }
@@ -544,12 +558,27 @@ impl Socks {
         self.slots[i as usize].take()
     }
 
+    /// Removes the socket in `slot`, as [`Socks::slot`] found it: one hash probe, no
+    /// comparison of addresses.
+    fn remove_at(&mut self, slot: u32) -> Option<Sock> {
+        let sock = self.slots.get(slot as usize)?.as_ref()?.sock;
+        let found = self.index.find_entry(self.hash(sock), |&i| i == slot);
+        found.ok()?.remove();
+        self.free.push(slot);
+        self.slots[slot as usize].take()
+    }
+
     fn iter(&self) -> impl Iterator<Item = &Sock> {
         self.slots.iter().flatten()
     }
 
     fn iter_mut(&mut self) -> impl Iterator<Item = &mut Sock> {
         self.slots.iter_mut().flatten()
+    }
+
+    /// The socket in `slot`, as [`Socks::slot`] found it.
+    fn at(&self, slot: u32) -> Option<&Sock> {
+        self.slots.get(slot as usize)?.as_ref()
     }
 
     /// The socket in `slot`, as [`Socks::slot`] found it.
@@ -655,8 +684,9 @@ pub struct TrackerStats {
 pub struct Tracker {
     socks: Socks,
     names: Names,
-    /// Closed sockets waiting for trailing events, in close order.
-    closing: VecDeque<(u64, u32)>,
+    /// Closed sockets waiting for trailing events, in close order: address, generation and
+    /// slot, so that the oldest is checked every event without a hash lookup.
+    closing: VecDeque<(u64, u32, u32)>,
     next_generation: u32,
     max_sockets: usize,
     stats: TrackerStats,
@@ -717,9 +747,9 @@ impl Tracker {
                 srtt_ms,
                 ..
             } => {
-                self.on_transition(ev, *old_state, *new_state, out);
+                let slot = self.on_transition(ev, *old_state, *new_state, out);
                 if bytes_sent.is_some()
-                    && let Some(s) = self.socks.get_mut(ev.sock)
+                    && let Some(s) = slot.and_then(|i| self.socks.at_mut(i))
                 {
                     let e = s.late();
                     (e.bytes_sent, e.bytes_received, e.srtt_ms) =
@@ -800,10 +830,7 @@ impl Tracker {
     ) -> Option<&mut Sock> {
         let slot = match self.socks.slot(ev.sock) {
             Some(slot) => slot,
-            None if ev.sock != 0 => {
-                self.insert(ev, Role::Unknown, false, state, false, out);
-                self.socks.slot(ev.sock)?
-            }
+            None if ev.sock != 0 => self.insert(ev, Role::Unknown, false, state, false, out),
             None => return None,
         };
         let s = self.socks.at_mut(slot)?;
@@ -815,7 +842,7 @@ impl Tracker {
     }
 
     /// Starts following the socket of `ev`: `born` when its life began in view, `state` the
-    /// state it is known to be in.
+    /// state it is known to be in. Returns its slot.
     fn insert(
         &mut self,
         ev: &Event,
@@ -824,11 +851,11 @@ impl Tracker {
         state: Option<TcpState>,
         listener: bool,
         out: &mut impl FnMut(Fact),
-    ) {
+    ) -> u32 {
         self.make_room(out);
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
-        let replaced = self.socks.insert(Sock {
+        let (slot, replaced) = self.socks.insert(Sock {
             sock: ev.sock,
             first_ns: ev.ts_ns,
             last_ns: ev.ts_ns,
@@ -859,31 +886,37 @@ impl Tracker {
         if let Some(prev) = replaced {
             self.end(prev, out);
         }
+        slot
     }
 
+    /// A state transition of `ev`'s socket, tracked from here if it was not; returns the
+    /// socket's slot. One hash lookup for a tracked socket, where the address was looked up
+    /// again at each step (a quarter of the tracker's instructions).
     fn on_transition(
         &mut self,
         ev: &Event,
         old: Option<TcpState>,
         new: Option<TcpState>,
         out: &mut impl FnMut(Fact),
-    ) {
+    ) -> Option<u32> {
         let fresh = fresh_start(old, new);
-        if fresh && let Some(prev) = self.socks.remove(ev.sock) {
+        let mut tracked = self.socks.slot(ev.sock);
+        if fresh && let Some(prev) = tracked.take().and_then(|i| self.socks.remove_at(i)) {
             self.end(prev, out);
         }
-        if !self.socks.contains(ev.sock) {
-            let role = match new {
-                Some(TcpState::SynSent) if fresh => Role::Active,
-                Some(TcpState::SynRecv) if fresh => Role::Passive,
-                _ => Role::Unknown,
-            };
-            self.insert(ev, role, fresh, old, new == Some(TcpState::Listen), out);
-        }
-        let owner = self.owner_of(ev);
-        let Some(s) = self.socks.get_mut(ev.sock) else {
-            return;
+        let slot = match tracked {
+            Some(slot) => slot,
+            None => {
+                let role = match new {
+                    Some(TcpState::SynSent) if fresh => Role::Active,
+                    Some(TcpState::SynRecv) if fresh => Role::Passive,
+                    _ => Role::Unknown,
+                };
+                self.insert(ev, role, fresh, old, new == Some(TcpState::Listen), out)
+            }
         };
+        let owner = self.owner_of(ev);
+        let s = self.socks.at_mut(slot)?;
         s.last_ns = ev.ts_ns;
         if let Some(owner) = owner {
             s.owner = Some(owner);
@@ -922,18 +955,19 @@ impl Tracker {
             (_, Some(Close)) => {
                 if let Some(prev) = old {
                     (s.closed_state, s.closed_ns) = (Some(prev), ev.ts_ns);
-                    self.closing.push_back((ev.sock, s.generation));
+                    self.closing.push_back((ev.sock, s.generation, slot));
                 }
             }
             _ => {}
         }
+        Some(slot)
     }
 
     /// Finishes closed connections whose trailing-event window has passed.
     fn finish_due(&mut self, now: u64, out: &mut impl FnMut(Fact)) {
-        while let Some(&(sock, generation)) = self.closing.front() {
-            let due = match self.socks.get(sock) {
-                Some(s) if s.generation == generation => match s.closed_from() {
+        while let Some(&(sock, generation, slot)) = self.closing.front() {
+            let due = match self.socks.at(slot) {
+                Some(s) if s.sock == sock && s.generation == generation => match s.closed_from() {
                     Some((_, at)) => now.saturating_sub(at) >= FINISH_DELAY_NS,
                     None => true,
                 },
@@ -947,7 +981,7 @@ impl Tracker {
                 break;
             }
             self.closing.pop_front();
-            if let Some(s) = self.socks.remove(sock) {
+            if let Some(s) = self.socks.remove_at(slot) {
                 self.end(s, out);
             }
         }
@@ -959,7 +993,7 @@ impl Tracker {
             return;
         }
         // Closed sockets first: they are finished anyway.
-        if let Some((sock, _)) = self.closing.pop_front()
+        if let Some((sock, _, _)) = self.closing.pop_front()
             && let Some(s) = self.socks.remove(sock)
         {
             self.end(s, out);

@@ -403,6 +403,7 @@ impl Reader {
         }
     }
 
+    #[inline]
     fn next(&mut self, ev: &mut Event) -> Result<Next, RecordError> {
         match self {
             Reader::Json(r) => r.next_item(ev).map(Next::Item),
@@ -485,34 +486,44 @@ impl Replay {
     }
 
     /// The next event, or the summary at the end; an error names the file and where in it.
+    /// Inlined into the replay loop, as [`BinaryReader::next_item`] is into it.
+    #[inline]
     pub fn next_item(&mut self, ev: &mut Event) -> Result<Item, RecordError> {
+        match self.reader.next(ev)? {
+            Next::Item(item) => Ok(item),
+            Next::Continued => self.next_file(ev),
+        }
+    }
+
+    /// The file after a rotated one (the current file ended with its `CONTINUED` frame),
+    /// read from its first item.
+    #[inline(never)]
+    fn next_file(&mut self, ev: &mut Event) -> Result<Item, RecordError> {
         loop {
-            match self.reader.next(ev)? {
-                Next::Item(item) => return Ok(item),
-                Next::Continued => {
-                    let at = match &self.reader {
-                        Reader::Binary(r) => At::Offset(r.stored_bytes),
-                        Reader::Json(_) => At::Line(0),
-                    };
-                    let Some(next) = self.rest.pop_front() else {
-                        return Err(RecordError::Continues {
-                            path: self.path.clone(),
-                            at,
-                        });
-                    };
-                    let reader = Reader::open(&next)?;
-                    if reader.header().started_ns != self.header.started_ns {
-                        return Err(RecordError::OtherRun {
-                            path: next,
-                            first: self.first.clone(),
-                            started_ns: reader.header().started_ns,
-                            first_started_ns: self.header.started_ns,
-                        });
-                    }
-                    self.sizes_before = self.sizes().unwrap_or_default();
-                    self.reader = reader;
-                    self.path = next;
-                }
+            let at = match &self.reader {
+                Reader::Binary(r) => At::Offset(r.stored_bytes),
+                Reader::Json(_) => At::Line(0),
+            };
+            let Some(next) = self.rest.pop_front() else {
+                return Err(RecordError::Continues {
+                    path: self.path.clone(),
+                    at,
+                });
+            };
+            let reader = Reader::open(&next)?;
+            if reader.header().started_ns != self.header.started_ns {
+                return Err(RecordError::OtherRun {
+                    path: next,
+                    first: self.first.clone(),
+                    started_ns: reader.header().started_ns,
+                    first_started_ns: self.header.started_ns,
+                });
+            }
+            self.sizes_before = self.sizes().unwrap_or_default();
+            self.reader = reader;
+            self.path = next;
+            if let Next::Item(item) = self.reader.next(ev)? {
+                return Ok(item);
             }
         }
     }
