@@ -108,6 +108,11 @@ impl Pending {
         Ok(())
     }
 
+    /// Whether any event is held for its container's names.
+    pub fn is_holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+
     /// Passes on everything held, in order: the stream ends.
     pub fn release_all(&mut self, sink: &mut dyn Sink) -> io::Result<()> {
         while let Some((_, held)) = self.held.pop_front() {
@@ -213,10 +218,12 @@ mod tests {
         pending.time_waits(dump(7), &mut sink, t0).unwrap();
         pending.release(&mut sink, t0 + MAX_HOLD / 2).unwrap();
         assert_eq!(sink.0, [1], "held while its container is asked about");
+        assert!(pending.is_holding(), "a stop waits for it (bounded)");
         // The runtimes answered: nothing waits any more.
         pending.awaited = |_| false;
         pending.release(&mut sink, t0 + MAX_HOLD / 2).unwrap();
         assert_eq!(sink.0, [1, 100, 2, -7]);
+        assert!(!pending.is_holding());
     }
 
     #[test]

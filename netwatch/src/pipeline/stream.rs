@@ -19,7 +19,11 @@ use crate::{
     host::timewait_feed::TimeWaitFeed,
     kernel::probe::{KernelStats, Probe},
     model::event::{DecodeContext, Event, raw_from_bytes},
-    pipeline::{pending::Pending, session::StopReason, sink::Sink},
+    pipeline::{
+        pending::{MAX_HOLD, Pending},
+        session::StopReason,
+        sink::Sink,
+    },
 };
 
 /// The longest an event waits in the ring buffer before user space reads it.
@@ -230,6 +234,21 @@ pub async fn run(
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // What waits for a new container's names waits for them as during the run, at most
+    // MAX_HOLD more: a stop right after a short-lived container's connect (a job's, a
+    // cron's) printed its events without the names the runtime was about to give.
+    let hold_end = Instant::now() + MAX_HOLD;
+    while reader.pending.is_holding() && Instant::now() < hold_end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        match reader
+            .pending
+            .release(reader.sink, std::time::Instant::now())
+        {
+            Ok(()) => {}
+            Err(e) if output_closed(&e) => break,
+            Err(e) => return Err(e).context("writing output"),
+        }
     }
     if let Err(e) = reader
         .pending
