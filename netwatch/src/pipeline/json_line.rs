@@ -3,14 +3,12 @@
 //! the socket address) cost about 0.6 µs per event: a fifth of a core under the heaviest
 //! churn, taken from the traced workload. The bytes are serde's, exactly: the tests hold this
 //! writer to the derived one (`EventJson`), which stays as its oracle.
-use std::{
-    fmt::Write as _,
-    net::{IpAddr, Ipv4Addr},
-};
+use std::fmt::Write as _;
 
 use crate::model::{
     event::{Event, EventKind, Family, TcpState, UseCall},
     names::Container,
+    pad,
 };
 
 /// Appends `ev` as one JSON object (no newline): `time` (RFC 3339, written as it is) first
@@ -60,11 +58,11 @@ pub fn push_event(
         Family::Ipv6 => ",\"family\":\"ipv6\"",
     });
     line.push_str(",\"saddr\":\"");
-    push_ip(line, ev.saddr);
+    pad::push_ip(line, ev.saddr, 0);
     line.push_str("\",\"sport\":");
     push_u64(line, ev.sport.into());
     line.push_str(",\"daddr\":\"");
-    push_ip(line, ev.daddr);
+    pad::push_ip(line, ev.daddr, 0);
     line.push_str("\",\"dport\":");
     push_u64(line, ev.dport.into());
     if let Some(id) = ev.stack_id {
@@ -261,24 +259,6 @@ fn push_opt_f64(line: &mut String, v: Option<f64>) {
     match v {
         Some(v) if v.is_finite() => line.push_str(zmij::Buffer::new().format_finite(v)),
         _ => line.push_str("null"),
-    }
-}
-
-fn push_ip(line: &mut String, addr: IpAddr) {
-    match addr {
-        IpAddr::V4(v4) => push_v4(line, v4),
-        IpAddr::V6(v6) => {
-            let _ = write!(line, "{v6}");
-        }
-    }
-}
-
-fn push_v4(line: &mut String, v4: Ipv4Addr) {
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            line.push('.');
-        }
-        push_u64(line, octet.into());
     }
 }
 
