@@ -78,11 +78,20 @@ struct Sockets {
     slots: Vec<Written>,
 }
 
-/// A full record's identity and its owner's names as encoded.
+/// A full record's identity and its owner's names as encoded, with the generation of the
+/// host's names they are valid in when the encoder may keep them ([`containers::may_keep`]).
 struct Written {
     id: Identity,
     owner: [u8; OWNER],
     owner_len: usize,
+    kept: Option<(u64, u64)>,
+}
+
+/// An owner's names encoded, and whether the encoder may keep them for their generation.
+struct Encoded {
+    bytes: [u8; OWNER],
+    len: usize,
+    kept: bool,
 }
 
 impl Sockets {
@@ -104,12 +113,13 @@ impl Sockets {
     }
 
     /// The next slot, for a full record of `id`: its socket's newest.
-    fn add(&mut self, id: Identity, owner: &[u8; OWNER], owner_len: usize) {
+    fn add(&mut self, id: Identity, owner: &Encoded, generation: (u64, u64)) {
         let slot = self.slots.len() as u32;
         self.slots.push(Written {
             id,
-            owner: *owner,
-            owner_len,
+            owner: owner.bytes,
+            owner_len: owner.len,
+            kept: owner.kept.then_some(generation),
         });
         let hash = self.hash(id.sock);
         let hasher = &self.hasher;
@@ -195,18 +205,24 @@ impl Encoder {
         let mut t = Buf::new(&mut tail);
         self.kind(&mut t, &ev.kind);
         let kind_len = t.len;
-        let (owner, owner_len) = self.owner((ev.pid, ev.cgroup_id), generation, names);
-        let written = &self.sockets.slots[slot as usize];
-        if written.owner[..written.owner_len] != owner[..owner_len] {
-            t.extend(&owner[..owner_len]);
-            let mut head = [0; HEAD];
-            let head_len = self.head(&mut head, ev);
-            out.push(RECORD_EVENT);
-            out.extend_from_slice(&head[..head_len]);
-            out.extend_from_slice(t.bytes());
-            self.sockets.add(id, &owner, owner_len);
-            return;
+        // The slot's owner names, kept in this generation of the host's names, are those the
+        // owner (the slot's too) would be asked for: not asked, not compared.
+        if self.sockets.slots[slot as usize].kept != Some(generation) {
+            let owner = self.owner((ev.pid, ev.cgroup_id), generation, names);
+            let written = &mut self.sockets.slots[slot as usize];
+            if written.owner[..written.owner_len] != owner.bytes[..owner.len] {
+                t.extend(&owner.bytes[..owner.len]);
+                let mut head = [0; HEAD];
+                let head_len = self.head(&mut head, ev);
+                out.push(RECORD_EVENT);
+                out.extend_from_slice(&head[..head_len]);
+                out.extend_from_slice(t.bytes());
+                self.sockets.add(id, &owner, generation);
+                return;
+            }
+            written.kept = owner.kept.then_some(generation);
         }
+        let written = &self.sockets.slots[slot as usize];
         let mut head = [0; SAME_HEAD];
         let mut b = Buf::new(&mut head);
         b.byte(RECORD_SAME_SOCKET);
@@ -246,10 +262,10 @@ impl Encoder {
         let mut tail = [0; TAIL];
         let mut t = Buf::new(&mut tail);
         self.kind(&mut t, &ev.kind);
-        let (owner, owner_len) = self.owner((ev.pid, ev.cgroup_id), generation, names);
-        t.extend(&owner[..owner_len]);
+        let owner = self.owner((ev.pid, ev.cgroup_id), generation, names);
+        t.extend(&owner.bytes[..owner.len]);
         out.extend_from_slice(t.bytes());
-        self.sockets.add(id, &owner, owner_len);
+        self.sockets.add(id, &owner, generation);
     }
 
     /// A full record's fields from its time to its stack's length, into `head`; their length.
@@ -297,14 +313,18 @@ impl Encoder {
         who: Who,
         generation: (u64, u64),
         names: impl FnOnce() -> Names,
-    ) -> ([u8; OWNER], usize) {
+    ) -> Encoded {
         let known = self
             .owners
             .iter()
             .flatten()
             .find(|o| o.who == who && o.generation == generation);
         if let Some(o) = known {
-            return (o.encoded, o.encoded_len);
+            return Encoded {
+                bytes: o.encoded,
+                len: o.encoded_len,
+                kept: true,
+            };
         }
         let names = names();
         let (cgroup, container) = &names;
@@ -322,7 +342,8 @@ impl Encoder {
             }
         }
         let encoded_len = encoded.len;
-        if containers::may_keep(&names) {
+        let kept = containers::may_keep(&names);
+        if kept {
             self.owners[self.next_owner] = Some(Owner {
                 who,
                 generation,
@@ -331,7 +352,11 @@ impl Encoder {
             });
             self.next_owner = (self.next_owner + 1) % RECENT;
         }
-        (bytes, encoded_len)
+        Encoded {
+            bytes,
+            len: encoded_len,
+            kept,
+        }
     }
 
     fn kind(&mut self, t: &mut Buf<'_, TAIL>, kind: &EventKind) {
@@ -767,8 +792,8 @@ pub(in crate::pipeline::record) mod tests {
         out
     }
 
-    /// The host's names of an event's owner in a generation: a container unnamed in the first
-    /// (asked again at each event), named after; another's name changing.
+    /// The host's names of an event's owner in a generation: a container unnamed in every
+    /// third (asked again at each event), named in the others; another's name changing.
     pub(in crate::pipeline::record) fn lives_names(ev: &Event, generation: (u64, u64)) -> Names {
         let named = |name: String| {
             Arc::new(Container {
@@ -782,7 +807,7 @@ pub(in crate::pipeline::record) mod tests {
             (None, _) => (None, None),
             (Some(0), _) => (None, None),
             (Some(1), _) => (Some(Arc::from("/system.slice/shop.service")), None),
-            (Some(2), 0) => (
+            (Some(2), g) if g % 3 == 0 => (
                 Some(Arc::from("/kubepods/x")),
                 Some(Arc::new(Container::unnamed(&"ab".repeat(32)))),
             ),
@@ -835,8 +860,12 @@ pub(in crate::pipeline::record) mod tests {
         let events = lives(400);
         let mut encoder = Encoder::default();
         let (mut blocks, mut records) = (Vec::new(), Vec::new());
+        let (mut unnamed_asked, mut unnamed) = (0, 0);
         for (ev, generation) in &events {
+            let unkept = !containers::may_keep(&lives_names(ev, *generation));
+            unnamed += usize::from(unkept);
             encoder.event(&mut records, ev, *generation, || {
+                unnamed_asked += usize::from(unkept);
                 lives_names(ev, *generation)
             });
             if records.len() >= 4000 {
@@ -846,6 +875,11 @@ pub(in crate::pipeline::record) mod tests {
         }
         blocks.push((encoder.strings().to_vec(), records));
         assert!(blocks.len() >= 5, "{} blocks", blocks.len());
+        assert!(unnamed > 50, "{unnamed}");
+        assert_eq!(
+            unnamed_asked, unnamed,
+            "an unnamed container is asked for at each event"
+        );
         let mut back = Vec::new();
         for (strings, records) in &blocks {
             back.extend(read_block(strings, records).unwrap());
