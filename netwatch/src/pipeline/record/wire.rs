@@ -1,5 +1,5 @@
-//! postcard's wire format, read by hand for the one record a recording holds per event (the
-//! recorder writes it by hand too: [`super::encode`]).
+//! postcard's wire format, read by hand for the record a recording holds per event, full or
+//! same-socket (the recorder writes them by hand too: [`super::encode`]).
 //!
 //! Why not serde: decoding a [`Compact`] through serde's generic visitors cost about 1,200
 //! instructions per event (callgrind, `analyze --report` of a churn recording), a third of a
