@@ -5,7 +5,8 @@
 //! what that netwatch's `analyze` printed from it (see `tests/fixtures/README.md`).
 //! `report-0.1.nwr` is the same recording in the first binary format version.
 //! `leaks-v2.nwr` is a `netwatch leaks --json --record` file in the second, and
-//! `leaks-v2.leaks.json` what that live run printed.
+//! `leaks-v2.leaks.json` what that live run printed. `trace-v3.nwr` is a `trace --stacks`
+//! recording in the third, the last before same-socket records.
 
 use std::{path::PathBuf, process::Command};
 
@@ -86,5 +87,52 @@ fn a_recording_without_top_ticks_says_which_command_records_them() {
             "{file}: {stderr}"
         );
         assert!(out.stdout.is_empty(), "{file}: printed a summary");
+    }
+}
+
+/// `trace-v3.nwr`, written before same-socket records (format version 3), and its rewrite by
+/// this netwatch (`analyze trace-v3.nwr --record new.nwr`, version 4) replay to the same, in
+/// every mode: the rewrite's shorter records name the same sockets, owners and stacks.
+#[test]
+fn a_format_3_recording_and_its_format_4_rewrite_replay_the_same() {
+    let scratch = crate::support::Scratch::new("v3-rewrite");
+    let rewrite = scratch.path("trace-v4.nwr");
+    let mut cmd = Command::new(netwatch_bin());
+    cmd.arg("analyze")
+        .arg(fixture("trace-v3.nwr"))
+        .arg("--record")
+        .arg(&rewrite);
+    let out = output_with_timeout(cmd, 60);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (old, new) = (
+        std::fs::read(fixture("trace-v3.nwr")).unwrap(),
+        std::fs::read(&rewrite).unwrap(),
+    );
+    assert_eq!(
+        old[8..12],
+        3u32.to_le_bytes(),
+        "the fixture is of version 3"
+    );
+    assert_eq!(
+        new[8..12],
+        4u32.to_le_bytes(),
+        "the rewrite is of version 4"
+    );
+    for mode in [
+        &[][..],
+        &["--json"],
+        &["-w"],
+        &["--report"],
+        &["--report", "--json"],
+        &["--life"],
+        &["--life", "--json"],
+    ] {
+        let before = analyze("trace-v3.nwr", mode);
+        assert!(!before.is_empty(), "{mode:?}: nothing printed");
+        assert_eq!(before, crate::support::analyze(&rewrite, mode), "{mode:?}");
     }
 }

@@ -20,11 +20,30 @@
 //!
 //! A block holds up to [`BLOCK_BYTES`] of records: first its string table (postcard
 //! `Vec<&str>`: every comm, cgroup path, container name, stack frame and reset reason its
-//! events use, each once), then the records (postcard [`Record`]s: events in their
-//! [`Compact`] form, and the kernel's timewait lists). `BLOCK_ZSTD` is the same, compressed
-//! with zstd (its payload starts with the uncompressed length, u32 LE). Each block stands
-//! alone (its own strings, differences from its own first event), so a rotated file and the
-//! blocks after a damaged one need nothing from before them.
+//! events use, each once), then the records, each starting with its tag (a varint):
+//!
+//! ```text
+//! 0  full event     the postcard [`Compact`] form of the event: time and socket as
+//!                   differences, identity (pid, tid, comm, owner_seen_here, cgroup id, netns,
+//!                   family, addresses, ports, stack id), stack, kind, owner's names
+//! 1  timewait list  a namespace's list, JSON of [`Observed`] (postcard string)
+//! 2  same socket    (version 4 on) slot (varint: newest slot - slot), time difference
+//!                   (zigzag varint), flags (u8: 1 owner_seen_here, 2 a task id follows; the
+//!                   other bits 0), the task id when flagged (an option, as in a full
+//!                   event), then the kind, as a full event writes it
+//! ```
+//!
+//! Each full event of a version-4 block takes the block's next slot (0, 1, ...): its
+//! identity (socket, pid, tid, comm, cgroup id, netns, family, addresses, ports, stack id) and
+//! its owner's name refs. A same-socket record is an event with its slot's identity and owner
+//! (its own tid when flagged), no stack, and its own time, flags and kind. The writer makes
+//! one when the block's newest slot of the event's socket has the same identity (but maybe
+//! the tid) and the same encoded owner names, and the event has no stack; otherwise it writes
+//! a full event. Time differences run over both kinds of event record; a full event's socket
+//! difference is from the previous full event's (a same-socket record leaves it). `BLOCK_ZSTD`
+//! is the same, compressed with zstd (its payload starts with the uncompressed length, u32
+//! LE). Each block stands alone (its own strings and slots, differences from its own first
+//! event), so a rotated file and the blocks after a damaged one need nothing from before them.
 //!
 //! Header, summary and timewait lists are JSON inside their frames: they are rare, and JSON
 //! lets a later netwatch add fields to them without a new format version. Events are postcard:
@@ -40,8 +59,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     At, Item, Next, RecordError,
-    compact::{Compact, OwnerRefs, Previous, Table},
-    encode::Encoder,
+    compact::{Compact, Identity, OwnerRefs, Previous, Slot, Table},
+    encode::{self, Encoder},
     wire::Wire,
 };
 use crate::{
@@ -62,7 +81,10 @@ pub const MAGIC: [u8; 8] = *b"\x89NWREC\r\n";
 /// 2: `SNAPSHOT` frames (a netwatch that reads only 1 refuses the file, naming its version).
 /// 3: `TICK` frames (likewise for a netwatch that reads up to 2; a tick in an older file is
 /// damage).
-pub const VERSION: u32 = 3;
+/// 4: same-socket records in blocks (a netwatch that reads up to 3 refuses the file; a tag 2
+/// record in an older file is damage). Why: a socket's events (about 6 to 13 over its life)
+/// mostly repeat its identity and owner, which a full record writes again each time.
+pub const VERSION: u32 = 4;
 
 /// Frame kinds.
 pub mod frame {
@@ -282,8 +304,8 @@ impl Block {
     ) -> io::Result<()> {
         self.events += 1;
         self.opened.get_or_insert_with(Instant::now);
-        // By hand, as serde would write `Record::Event(compact)` ([`super::encode`]).
-        self.records.push(RECORD_EVENT as u8);
+        // By hand: a full event as serde would write `Record::Event(compact)`, or a
+        // same-socket record ([`super::encode`]).
         self.encoder.event(&mut self.records, ev, generation, names);
         Ok(())
     }
@@ -387,7 +409,9 @@ impl FileWriter {
 }
 
 /// The variant index of [`Record::Event`] on the wire.
-const RECORD_EVENT: u32 = 0;
+const RECORD_EVENT: u32 = encode::RECORD_EVENT as u32;
+/// The tag of a same-socket record (version 4 on; no [`Record`] variant: read by hand only).
+const RECORD_SAME_SOCKET: u32 = encode::RECORD_SAME_SOCKET as u32;
 
 /// How many of a block's last owners a reader remembers having learnt.
 const LEARNT: usize = 4;
@@ -408,6 +432,9 @@ pub struct BinaryReader {
     learnt: [Option<OwnerRefs>; LEARNT],
     next_learnt: usize,
     prev: Previous,
+    /// The block's full event records so far (version 4 on): what its same-socket records
+    /// copy.
+    slots: Vec<Slot>,
     zstd: zstd::bulk::Decompressor<'static>,
     /// The file's format version: which frame kinds it may hold.
     version: u32,
@@ -432,6 +459,7 @@ impl BinaryReader {
             learnt: [None; LEARNT],
             next_learnt: 0,
             prev: Previous::default(),
+            slots: Vec::new(),
             zstd: zstd::bulk::Decompressor::new().map_err(|source| RecordError::Read {
                 path: path.to_path_buf(),
                 at: At::Offset(0),
@@ -672,6 +700,7 @@ impl BinaryReader {
         self.block = raw;
         self.block_at = at;
         self.prev = Previous::default();
+        self.slots.clear();
         Ok(())
     }
 
@@ -680,10 +709,24 @@ impl BinaryReader {
     #[inline(never)]
     fn next_record(&mut self, ev: &mut Event) -> Result<Item, RecordError> {
         let mut wire = Wire::new(&self.block[self.pos..]);
-        if wire.variant() != Ok(RECORD_EVENT) {
-            return self.other_record();
-        }
-        let read = wire.event(ev, &self.table, &mut self.prev);
+        let read = match wire.variant() {
+            Ok(RECORD_SAME_SOCKET) if self.version >= 4 => {
+                wire.same_socket(ev, &self.table, &self.slots, &mut self.prev)
+            }
+            Ok(RECORD_EVENT) => {
+                let read = wire.event(ev, &self.table, &mut self.prev);
+                if let Ok(owner) = read
+                    && self.version >= 4
+                {
+                    self.slots.push(Slot {
+                        id: Identity::of(ev),
+                        owner,
+                    });
+                }
+                read
+            }
+            _ => return self.other_record(),
+        };
         let len = wire.pos();
         let owner = match read {
             Ok(owner) => owner,

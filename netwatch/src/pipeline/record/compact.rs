@@ -4,6 +4,10 @@
 //! the block's previous event (a churn's events are microseconds and a few slab objects
 //! apart). Lossless: a block decodes to the very [`Event`] and owner names that were written.
 //!
+//! From version 4 a block also holds shorter records for a socket it already wrote in full
+//! ([`Identity`]; see [`super::binary`]): those are read by hand ([`super::wire`]) and have no
+//! `Compact`.
+//!
 //! The encoding is part of the file format ([`super::binary::VERSION`]): a change to these
 //! types (field order, variant order) needs a new version and a reader for the old one. The
 //! test `an_event_encodes_to_these_bytes` pins it.
@@ -12,10 +16,10 @@ use std::{collections::HashMap, net::IpAddr};
 use serde::{Deserialize, Serialize};
 
 #[cfg(test)]
-use crate::model::event::{Event, EventKind, TcpState};
+use crate::model::event::{EventKind, TcpState};
 use crate::model::{
     comm::Comm,
-    event::{Family, UseCall},
+    event::{Event, Family, UseCall},
     names::{Container, RecordedOwner},
 };
 
@@ -115,9 +119,11 @@ pub(super) struct ContainerRef {
 /// One event and its owner's names, as a block stores it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Compact {
-    /// `ts_ns` minus the previous event's in the block (wrapping; the first: minus 0).
+    /// `ts_ns` minus the previous event's in the block, of either record (wrapping; the first:
+    /// minus 0).
     pub(super) ts: i64,
-    /// `sock` minus the previous event's in the block (wrapping).
+    /// `sock` minus the previous full event's in the block (wrapping): a same-socket record
+    /// (version 4) leaves the socket difference where it was.
     pub(super) sock: i64,
     pub(super) pid: Option<u32>,
     pub(super) tid: Option<u32>,
@@ -182,6 +188,88 @@ impl Previous {
         self.sock = self.sock.wrapping_add(sock as u64);
         (self.ts_ns, self.sock)
     }
+
+    /// A same-socket record's time, from its difference to the previous event's: its socket
+    /// comes from its slot, and the next full event's socket difference stays from the last
+    /// full event's.
+    #[inline(always)]
+    pub(super) fn advance_ts(&mut self, ts: i64) -> u64 {
+        self.ts_ns = self.ts_ns.wrapping_add(ts as u64);
+        self.ts_ns
+    }
+}
+
+/// What a socket's events share, as a full event record writes it: a same-socket record
+/// (version 4) takes it from the block's earlier full record of its socket (its slot), and
+/// `tid` unless the record gives its own. Compared whole by the writer, copied whole into the
+/// event by the reader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Identity {
+    pub(super) sock: u64,
+    pub(super) pid: Option<u32>,
+    pub(super) tid: Option<u32>,
+    pub(super) comm: Option<Comm>,
+    pub(super) cgroup_id: Option<u64>,
+    pub(super) netns: Option<u32>,
+    pub(super) family: Family,
+    pub(super) saddr: IpAddr,
+    pub(super) sport: u16,
+    pub(super) daddr: IpAddr,
+    pub(super) dport: u16,
+    pub(super) stack_id: Option<u32>,
+}
+
+impl Identity {
+    #[inline(always)]
+    pub(super) fn of(ev: &Event) -> Identity {
+        Identity {
+            sock: ev.sock,
+            pid: ev.pid,
+            tid: ev.tid,
+            comm: ev.comm,
+            cgroup_id: ev.cgroup_id,
+            netns: ev.netns,
+            family: ev.family,
+            saddr: ev.saddr,
+            sport: ev.sport,
+            daddr: ev.daddr,
+            dport: ev.dport,
+            stack_id: ev.stack_id,
+        }
+    }
+
+    /// Equal but for `tid`, which a same-socket record may give apart.
+    #[inline(always)]
+    pub(super) fn same_but_tid(&self, other: &Identity) -> bool {
+        Identity {
+            tid: other.tid,
+            ..*self
+        } == *other
+    }
+
+    /// Into `ev`, whose other fields the record gives.
+    #[inline(always)]
+    pub(super) fn put(&self, ev: &mut Event) {
+        ev.sock = self.sock;
+        ev.pid = self.pid;
+        ev.tid = self.tid;
+        ev.comm = self.comm;
+        ev.cgroup_id = self.cgroup_id;
+        ev.netns = self.netns;
+        ev.family = self.family;
+        ev.saddr = self.saddr;
+        ev.sport = self.sport;
+        ev.daddr = self.daddr;
+        ev.dport = self.dport;
+        ev.stack_id = self.stack_id;
+    }
+}
+
+/// A reader's slot: the identity and owner of one full event record of the block.
+#[derive(Clone, Copy, Debug)]
+pub struct Slot {
+    pub(super) id: Identity,
+    pub(super) owner: OwnerRefs,
 }
 
 impl Compact {

@@ -1,5 +1,5 @@
-//! postcard's wire format, read by hand for the one record a recording holds per event (the
-//! recorder writes it by hand too: [`super::encode`]).
+//! postcard's wire format, read by hand for the record a recording holds per event, full or
+//! same-socket (the recorder writes them by hand too: [`super::encode`]).
 //!
 //! Why not serde: decoding a [`Compact`] through serde's generic visitors cost about 1,200
 //! instructions per event (callgrind, `analyze --report` of a churn recording), a third of a
@@ -14,8 +14,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 #[cfg(test)]
 use super::compact::{Compact, Kind};
-use super::compact::{ContainerRef, Millis, OwnerRefs, Previous, Table};
+use super::compact::{ContainerRef, Millis, OwnerRefs, Previous, Slot, Table};
 use crate::model::event::{Event, EventKind, Family, TcpState, UseCall};
+
+/// A same-socket record's flags: the event read its owner here ([`Event::owner_seen_here`]).
+pub const SEEN_HERE: u8 = 1;
+/// A same-socket record's flags: its task id follows (an option, as a full record writes it),
+/// rather than being its slot's.
+pub const OWN_TID: u8 = 2;
 
 /// A cursor over a block's records.
 pub struct Wire<'a> {
@@ -33,6 +39,7 @@ pub enum WireError {
     StackLength(usize),
     State(u8),
     NotInTable { index: u32, len: usize },
+    Slot { back: u32, len: usize },
 }
 
 impl std::fmt::Display for WireError {
@@ -46,6 +53,10 @@ impl std::fmt::Display for WireError {
             WireError::NotInTable { index, len } => {
                 write!(f, "string {index} is not in the block's table of {len}")
             }
+            WireError::Slot { back, len } => write!(
+                f,
+                "a same-socket record {back} slots back, in a block of {len} written so far"
+            ),
         }
     }
 }
@@ -303,7 +314,19 @@ impl<'a> Wire<'a> {
                 .push(table.at(i).map_err(|len| not_in(i, len))?.clone());
         }
         ev.sp_word = None;
-        ev.kind = match self.variant()? {
+        ev.kind = self.event_kind(table)?;
+        Ok(OwnerRefs {
+            pid: ev.pid,
+            cgroup_id: ev.cgroup_id,
+            cgroup: self.option(Self::u32)?,
+            container: self.container()?,
+        })
+    }
+
+    /// An event's kind, as both event records end with it.
+    #[inline(always)]
+    fn event_kind(&mut self, table: &Table) -> Read<EventKind> {
+        Ok(match self.variant()? {
             0 => EventKind::State {
                 old_state: self.state()?,
                 new_state: self.state()?,
@@ -344,13 +367,45 @@ impl<'a> Wire<'a> {
                 },
             },
             v => return Err(WireError::Tag("an event", u64::from(v))),
-        };
-        Ok(OwnerRefs {
-            pid: ev.pid,
-            cgroup_id: ev.cgroup_id,
-            cgroup: self.option(Self::u32)?,
-            container: self.container()?,
         })
+    }
+
+    /// One same-socket record (version 4, after its tag) straight into `ev`, and its owner's
+    /// refs: the identity and owner of the slot it names, its own time, flags and kind.
+    #[inline(always)]
+    pub fn same_socket(
+        &mut self,
+        ev: &mut Event,
+        table: &Table,
+        slots: &[Slot],
+        prev: &mut Previous,
+    ) -> Read<OwnerRefs> {
+        let back = self.u32()?;
+        let slot = slots
+            .len()
+            .checked_sub(1 + back as usize)
+            .map(|i| &slots[i])
+            .ok_or(WireError::Slot {
+                back,
+                len: slots.len(),
+            })?;
+        ev.ts_ns = prev.advance_ts(self.i64()?);
+        let flags = self.byte()?;
+        if flags & !(SEEN_HERE | OWN_TID) != 0 {
+            return Err(WireError::Tag(
+                "a same-socket record's flags",
+                u64::from(flags),
+            ));
+        }
+        slot.id.put(ev);
+        ev.owner_seen_here = flags & SEEN_HERE != 0;
+        if flags & OWN_TID != 0 {
+            ev.tid = self.option(Self::u32)?;
+        }
+        ev.stack.clear();
+        ev.sp_word = None;
+        ev.kind = self.event_kind(table)?;
+        Ok(slot.owner)
     }
 
     #[inline(always)]
