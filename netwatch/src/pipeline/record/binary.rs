@@ -21,14 +21,16 @@
 //! A block holds up to [`BLOCK_BYTES`] of records: first its string table (postcard
 //! `Vec<&str>`: every comm, cgroup path, container name, stack frame and reset reason its
 //! events use, each once), then the records (postcard [`Record`]s: events in their
-//! [`Compact`] form, and the kernel's timewait lists). `BLOCK_ZSTD` is the same, compressed
+//! [`Compact`] form, and the kernel's timewait lists: record 1, JSON, up to version 3; record
+//! 3, from version 4 on, in the form [`time_wait_list`] gives). `BLOCK_ZSTD` is the same, compressed
 //! with zstd (its payload starts with the uncompressed length, u32 LE). Each block stands
 //! alone (its own strings, differences from its own first event), so a rotated file and the
 //! blocks after a damaged one need nothing from before them.
 //!
-//! Header, summary and timewait lists are JSON inside their frames: they are rare, and JSON
-//! lets a later netwatch add fields to them without a new format version. Events are postcard:
-//! they are the bulk of the file, and the hot path of a replay.
+//! Header, summary and a timewait list's settings are JSON inside their frames: they are rare,
+//! and JSON lets a later netwatch add fields to them without a new format version. Events are
+//! postcard, and a timewait list's sockets fixed binary: they are the bulk of the file, and the
+//! hot path of a recording and of a replay.
 use std::{
     fs::File,
     io::{self, BufReader, BufWriter, Read, Write},
@@ -42,6 +44,7 @@ use super::{
     At, Item, Next, RecordError,
     compact::{Compact, OwnerRefs, Previous, Table},
     encode::Encoder,
+    time_wait_list,
     wire::Wire,
 };
 use crate::{
@@ -60,9 +63,10 @@ pub const MAGIC: [u8; 8] = *b"\x89NWREC\r\n";
 
 /// The binary format's version, after the magic. Readers read every version up to theirs.
 /// 2: `SNAPSHOT` frames (a netwatch that reads only 1 refuses the file, naming its version).
+/// 4: timewait lists as record 3 ([`time_wait_list`]) rather than JSON.
 /// 3: `TICK` frames (likewise for a netwatch that reads up to 2; a tick in an older file is
 /// damage).
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// Frame kinds.
 pub mod frame {
@@ -169,7 +173,8 @@ impl FileHeader {
 )]
 enum Record<'a> {
     Event(Compact),
-    /// A namespace's timewait list (JSON of [`Observed`]), where the live run applied it.
+    /// A namespace's timewait list (JSON of [`Observed`]), where the live run applied it:
+    /// versions 1 to 3 (4 writes [`RECORD_TIME_WAIT_LIST`]).
     TimeWaits(&'a str),
 }
 
@@ -265,13 +270,6 @@ impl Block {
         })
     }
 
-    fn push(&mut self, record: &Record<'_>) -> io::Result<()> {
-        self.opened.get_or_insert_with(Instant::now);
-        let records = std::mem::take(&mut self.records);
-        self.records = postcard::to_extend(record, records).map_err(invalid)?;
-        Ok(())
-    }
-
     /// `ev`, with its owner's names as the host knows them now: `names` is asked for them
     /// only when the block has not written them in this `generation` ([`Encoder::event`]).
     pub fn event(
@@ -289,8 +287,20 @@ impl Block {
     }
 
     pub fn time_waits(&mut self, obs: &Observed) -> io::Result<()> {
-        let json = serde_json::to_string(obs)?;
-        self.push(&Record::TimeWaits(&json))
+        self.opened.get_or_insert_with(Instant::now);
+        self.records.push(RECORD_TIME_WAIT_LIST as u8);
+        time_wait_list::write(&mut self.records, obs)?;
+        Ok(())
+    }
+
+    /// A timewait list as versions 1 to 3 wrote it (record 1, JSON): what a test of an old
+    /// file needs.
+    #[cfg(test)]
+    pub fn time_waits_as_json(&mut self, obs: &Observed) {
+        self.opened.get_or_insert_with(Instant::now);
+        let json = serde_json::to_string(obs).unwrap();
+        let records = std::mem::take(&mut self.records);
+        self.records = postcard::to_extend(&Record::TimeWaits(&json), records).unwrap();
     }
 
     /// Events in the block.
@@ -388,6 +398,9 @@ impl FileWriter {
 
 /// The variant index of [`Record::Event`] on the wire.
 const RECORD_EVENT: u32 = 0;
+
+/// The record of a timewait list from version 4 on (1, JSON, before).
+const RECORD_TIME_WAIT_LIST: u32 = 3;
 
 /// How many of a block's last owners a reader remembers having learnt.
 const LEARNT: usize = 4;
@@ -730,6 +743,14 @@ impl BinaryReader {
             at: At::Offset(at),
             detail: format!("a record at byte {pos} of the block: {e}"),
         };
+        let mut wire = Wire::new(&self.block[self.pos..]);
+        if self.version >= 4 && wire.variant() == Ok(RECORD_TIME_WAIT_LIST) {
+            let start = self.pos + wire.pos();
+            let (obs, len) =
+                time_wait_list::read(&self.block[start..]).map_err(|e| corrupt(self.pos, e))?;
+            self.pos = start + len;
+            return Ok(Item::TimeWaits(Box::new(obs)));
+        }
         let (record, rest): (Record<'_>, &[u8]) =
             postcard::take_from_bytes(&self.block[self.pos..])
                 .map_err(|e| corrupt(self.pos, e.to_string()))?;
