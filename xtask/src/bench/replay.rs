@@ -191,7 +191,7 @@ fn write_live(path: &Path, sockets: u64) -> Result<()> {
 }
 
 /// Runs `netwatch analyze ARGS` under `/usr/bin/time`: (user + system CPU s, max RSS KiB).
-pub(super) fn timed_analyze(netwatch: &Path, args: &[&str]) -> Result<(f64, u64)> {
+fn timed_analyze(netwatch: &Path, args: &[&str]) -> Result<(f64, u64)> {
     let out = Command::new("/usr/bin/time")
         .args(["-f", "NWTIME %U %S %M"])
         .arg(netwatch)

@@ -9,11 +9,14 @@
 //! compressor the live run used; their difference is what recording adds per event. On a host
 //! whose CPUs the churn keeps busy, the rate falls by the share of the CPU that work takes
 //! (`cost_share`), and by less when CPUs idle.
-use std::path::Path;
+use std::{ffi::OsStr, path::Path, process::Command, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 
-use super::replay;
+use super::proc::Proc;
+
+/// Longest a replay of one run's recording may take.
+const TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Replays of each kind; the cheapest of each is kept (noise only adds time).
 pub const ROUNDS: usize = 5;
@@ -44,23 +47,36 @@ pub fn cost_share(ns_per_event: f64, events_per_conn: f64, conns_per_s: f64, cpu
 /// Measures the writer on `recording` (a `--record-dir` directory), writing into `scratch`
 /// (removed after).
 pub fn measure(netwatch: &Path, recording: &Path, scratch: &Path) -> Result<WriterCost> {
-    let rec = recording
-        .to_str()
-        .context("a recording path that is not UTF-8")?;
-    let out = scratch
-        .to_str()
-        .context("a scratch path that is not UTF-8")?;
-    let events = replayed_events(netwatch, recording)?;
-    if events == 0 {
-        bail!("the recording in {rec} holds no events");
-    }
+    measure_with(recording, scratch, |args| on_cpu(netwatch, args))
+}
+
+/// [`measure`], `analyze` run by `analyze` (ARGS → CPU s, stderr).
+fn measure_with(
+    recording: &Path,
+    scratch: &Path,
+    mut analyze: impl FnMut(&[&OsStr]) -> Result<(f64, String)>,
+) -> Result<WriterCost> {
+    let rec = recording.as_os_str();
+    let out = scratch.as_os_str();
+    let mut events = None;
     let mut replay_s = f64::INFINITY;
     let mut rewrite_s = f64::INFINITY;
     for _ in 0..ROUNDS {
-        replay_s = replay_s.min(replay::timed_analyze(netwatch, &[rec, "--report"])?.0);
-        rewrite_s =
-            rewrite_s.min(replay::timed_analyze(netwatch, &[rec, "--report", "--record", out])?.0);
+        let (s, stderr) = analyze(&[rec, "--report".as_ref()])?;
+        replay_s = replay_s.min(s);
+        events = events.or_else(|| parse_replayed(&stderr));
+        let (s, _) = analyze(&[rec, "--report".as_ref(), "--record".as_ref(), out])?;
+        rewrite_s = rewrite_s.min(s);
         let _ = std::fs::remove_file(scratch);
+    }
+    let events = events.with_context(|| {
+        format!(
+            "no event count in `netwatch analyze {}`'s last line",
+            recording.display()
+        )
+    })?;
+    if events == 0 {
+        bail!("the recording in {} holds no events", recording.display());
     }
     Ok(WriterCost {
         events,
@@ -69,21 +85,23 @@ pub fn measure(netwatch: &Path, recording: &Path, scratch: &Path) -> Result<Writ
     })
 }
 
-/// The event count of `analyze`'s last line: `netwatch: replayed 195000 events from ...`.
-fn replayed_events(netwatch: &Path, recording: &Path) -> Result<u64> {
-    let out = std::process::Command::new(netwatch)
-        .arg("analyze")
-        .arg(recording)
-        .arg("--report")
-        .stdout(std::process::Stdio::null())
-        .output()
-        .context("running netwatch analyze")?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("netwatch analyze {} failed: {stderr}", recording.display());
+/// Runs `netwatch analyze ARGS` (one thread) to its end: its time on a CPU at ns resolution
+/// (`/proc/<pid>/schedstat`, read while it is a zombie; `/usr/bin/time`'s 10 ms are a tenth
+/// of what writing a short run's recording costs), and its stderr.
+fn on_cpu(netwatch: &Path, args: &[&OsStr]) -> Result<(f64, String)> {
+    let mut cmd = Command::new(netwatch);
+    cmd.arg("analyze").args(args);
+    let mut p = Proc::spawn("netwatch analyze", cmd, false)?;
+    let exit = p.finish(TIMEOUT)?;
+    let stderr: Vec<&str> = p.lines().iter().map(|l| l.text.as_str()).collect();
+    let stderr = stderr.join("\n");
+    if !exit.status.success() {
+        bail!("netwatch analyze {args:?} failed: {stderr}");
     }
-    parse_replayed(&stderr)
-        .with_context(|| format!("no event count in `netwatch analyze`'s last line: {stderr}"))
+    let sched = exit
+        .sched
+        .context("no /proc/<pid>/schedstat (a kernel without CONFIG_SCHED_INFO)")?;
+    Ok((sched.on_cpu_ns as f64 / 1e9, stderr))
 }
 
 fn parse_replayed(stderr: &str) -> Option<u64> {
@@ -104,6 +122,49 @@ mod tests {
                       57.0 uncompressed)\n";
         assert_eq!(parse_replayed(stderr), Some(195_000));
         assert_eq!(parse_replayed("netwatch: no replay here\n"), None);
+    }
+
+    /// The cheapest of each kind of replay is kept, the count comes from the replay's line,
+    /// the rewritten file goes, and a failed replay is the error.
+    #[test]
+    fn the_cheapest_replays_are_compared_and_the_scratch_file_goes() {
+        let dir = std::env::temp_dir().join(format!("nw-writer-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = dir.join("out.nwr");
+        let mut times = [0.9, 1.4, 0.7, 1.2, 0.8, 1.0, 0.75, 1.1, 0.8, 1.3].into_iter();
+        let mut calls = Vec::new();
+        let cost = measure_with(Path::new("/rec"), &scratch, |args| {
+            let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into()).collect();
+            if args.len() == 4 {
+                assert!(args[3].ends_with("out.nwr"));
+                std::fs::write(&scratch, b"x").unwrap();
+            }
+            calls.push(args.join(" "));
+            Ok((
+                times.next().unwrap(),
+                "netwatch: replayed 42 events from /rec (..)".into(),
+            ))
+        })
+        .unwrap();
+        assert_eq!(calls.len(), 2 * ROUNDS);
+        assert_eq!(calls[0], "/rec --report");
+        assert!(
+            calls[1].starts_with("/rec --report --record "),
+            "{}",
+            calls[1]
+        );
+        assert_eq!(cost.events, 42);
+        assert_eq!((cost.replay_s, cost.rewrite_s), (0.7, 1.0));
+        assert!(!scratch.exists(), "the rewritten recording is removed");
+        let err = measure_with(Path::new("/rec"), &scratch, |_| {
+            anyhow::bail!("no such file")
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("no such file"));
+        let err =
+            measure_with(Path::new("/rec"), &scratch, |_| Ok((1.0, String::new()))).unwrap_err();
+        assert!(format!("{err:#}").contains("no event count"), "{err:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
