@@ -40,6 +40,7 @@ mod proc;
 mod replay;
 mod table;
 mod tax;
+mod writer;
 
 use std::{
     collections::BTreeSet,
@@ -419,6 +420,25 @@ impl RecordDir {
         let _ = std::fs::remove_dir_all(&dir);
         RecordDir(dir)
     }
+
+    /// Where the last recording of `w` is kept, for the writer's cost ([`writer`]), until
+    /// that is measured.
+    fn kept(w: Workload) -> PathBuf {
+        let mut path = Self::path().into_os_string();
+        path.push(format!("-{}", w.short().replace(' ', "-")));
+        PathBuf::from(path)
+    }
+
+    /// Moves the recording to `to` (replacing what is there), out of this run's removal.
+    fn keep(&self, to: &Path) {
+        let _ = std::fs::remove_dir_all(to);
+        if let Err(err) = std::fs::rename(&self.0, to) {
+            eprintln!(
+                "bench: could not keep the recording in {} for the writer's cost: {err}",
+                self.0.display()
+            );
+        }
+    }
 }
 
 impl Drop for RecordDir {
@@ -537,6 +557,8 @@ impl TracerRun {
 
 #[derive(Debug, Clone)]
 pub struct Run {
+    /// The round it ran in (1-based): runs of one round ran minutes apart at most.
+    pub round: u32,
     pub churn: Churn,
     pub tracer: Option<TracerRun>,
     /// Names of other BPF programs that ran during the load (someone else tracing).
@@ -604,6 +626,8 @@ pub struct Results {
     pub bulk: bulk::Bulk,
     /// 200,000 live sockets held with `netwatch serve`: its memory, and the map's.
     pub held: held::Held,
+    /// The recording writer's CPU on each workload's last `report --record-dir` recording.
+    pub writer: Vec<(Workload, Result<writer::WriterCost, String>)>,
     pub took: Duration,
 }
 
@@ -755,6 +779,7 @@ pub fn bench(opts: Options) -> Result<()> {
     };
 
     let mut counts = Vec::new();
+    let mut writer = Vec::new();
     let mut cells = Vec::new();
     for workload in Workload::ALL {
         let count = calibrate(&env, &plan, workload, &mut progress)?;
@@ -767,6 +792,19 @@ pub fn bench(opts: Options) -> Result<()> {
             &tracers,
             &mut progress,
         )?);
+        let kept = RecordDir::kept(workload);
+        if kept.exists() {
+            eprintln!(
+                "bench: the recording writer's CPU on the last {} recording ...",
+                workload.short()
+            );
+            let scratch = std::env::temp_dir()
+                .join(format!("netwatch-bench-rewrite-{}.nwr", std::process::id()));
+            let cost =
+                writer::measure(&env.netwatch, &kept, &scratch).map_err(|e| format!("{e:#}"));
+            let _ = fs::remove_dir_all(&kept);
+            writer.push((workload, cost));
+        }
     }
 
     let trace_ready = tracers.contains(&(Tracer::Trace, Availability::Ready));
@@ -824,6 +862,7 @@ pub fn bench(opts: Options) -> Result<()> {
         tax,
         bulk,
         held,
+        writer,
         took: started.elapsed(),
     };
     let markdown = table::render(&results);
@@ -979,7 +1018,8 @@ fn measure_workload(
                 plan.runs
             ));
             match measured_run(env, w, cell.tracer, count) {
-                Ok(run) => {
+                Ok(mut run) => {
+                    run.round = round;
                     progress.done(&describe_run(&run));
                     cell.runs.push(run);
                 }
@@ -1040,7 +1080,7 @@ fn measured_run(env: &Env, w: Workload, tracer: Tracer, count: u64) -> Result<Ru
     env.stats.ensure()?;
     // Made before the tracer, so dropped after it has been stopped (or killed), on every way
     // out of this run.
-    let _recording = RecordDir::for_run(tracer);
+    let recording = RecordDir::for_run(tracer);
     let mut traced = match tracer {
         Tracer::None => None,
         _ => Some(start_tracer(&env.netwatch, tracer)?),
@@ -1059,6 +1099,7 @@ fn measured_run(env: &Env, w: Workload, tracer: Tracer, count: u64) -> Result<Ru
     let foreign = kernel::foreign_active(&before, &after, &ours);
     let Some(p) = traced.as_mut() else {
         return Ok(Run {
+            round: 0,
             churn,
             tracer: None,
             foreign,
@@ -1075,7 +1116,11 @@ fn measured_run(env: &Env, w: Workload, tracer: Tracer, count: u64) -> Result<Ru
     } else {
         None
     };
+    if let Some(recording) = &recording {
+        recording.keep(&RecordDir::kept(w));
+    }
     Ok(Run {
+        round: 0,
         churn,
         tracer: Some(TracerRun {
             progs: kernel::deltas(&before, &after, &ours),

@@ -754,7 +754,7 @@ impl<T: Clone + Eq + Hash + Default> TimeWaits<T> {
         if let Some(k) = obs.kernel_overflows {
             n.kernel_overflows = Some((n.kernel_overflows.map_or(k, |(first, _)| first), k));
         }
-        let listed: HashSet<Tuple> = obs
+        let listed: HashSet<Tuple, RandomState> = obs
             .sockets
             .iter()
             .map(|&(l, r, _)| Tuple::new(Some(obs.netns), l, r))

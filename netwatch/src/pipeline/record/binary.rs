@@ -26,11 +26,14 @@
 //! 0  full event     the postcard [`Compact`] form of the event: time and socket as
 //!                   differences, identity (pid, tid, comm, owner_seen_here, cgroup id, netns,
 //!                   family, addresses, ports, stack id), stack, kind, owner's names
-//! 1  timewait list  a namespace's list, JSON of [`Observed`] (postcard string)
+//! 1  timewait list  a namespace's list, JSON of [`Observed`] (postcard string); up to
+//!                   version 3
 //! 2  same socket    (version 4 on) slot (varint: newest slot - slot), time difference
 //!                   (zigzag varint), flags (u8: 1 owner_seen_here, 2 a task id follows; the
 //!                   other bits 0), the task id when flagged (an option, as in a full
 //!                   event), then the kind, as a full event writes it
+//! 3  timewait list  (version 4 on) a namespace's list as [`time_wait_list`] writes it:
+//!                   settings as JSON, sockets fixed binary
 //! ```
 //!
 //! Each full event of a version-4 block takes the block's next slot (0, 1, ...): its
@@ -45,9 +48,10 @@
 //! LE). Each block stands alone (its own strings and slots, differences from its own first
 //! event), so a rotated file and the blocks after a damaged one need nothing from before them.
 //!
-//! Header, summary and timewait lists are JSON inside their frames: they are rare, and JSON
-//! lets a later netwatch add fields to them without a new format version. Events are postcard:
-//! they are the bulk of the file, and the hot path of a replay.
+//! Header, summary and a timewait list's settings are JSON inside their frames: they are rare,
+//! and JSON lets a later netwatch add fields to them without a new format version. Events are
+//! postcard, and a timewait list's sockets fixed binary: they are the bulk of the file, and the
+//! hot path of a recording and of a replay.
 use std::{
     fs::File,
     io::{self, BufReader, BufWriter, Read, Write},
@@ -61,6 +65,7 @@ use super::{
     At, Item, Next, RecordError,
     compact::{Compact, Identity, OwnerRefs, Previous, Slot, Table},
     encode::{self, Encoder},
+    time_wait_list,
     wire::Wire,
 };
 use crate::{
@@ -84,6 +89,7 @@ pub const MAGIC: [u8; 8] = *b"\x89NWREC\r\n";
 /// 4: same-socket records in blocks (a netwatch that reads up to 3 refuses the file; a tag 2
 /// record in an older file is damage). Why: a socket's events (about 6 to 13 over its life)
 /// mostly repeat its identity and owner, which a full record writes again each time.
+/// Also from 4: timewait lists as record 3 ([`time_wait_list`]) rather than JSON.
 pub const VERSION: u32 = 4;
 
 /// Frame kinds.
@@ -191,7 +197,8 @@ impl FileHeader {
 )]
 enum Record<'a> {
     Event(Compact),
-    /// A namespace's timewait list (JSON of [`Observed`]), where the live run applied it.
+    /// A namespace's timewait list (JSON of [`Observed`]), where the live run applied it:
+    /// versions 1 to 3 (4 writes [`RECORD_TIME_WAIT_LIST`]).
     TimeWaits(&'a str),
 }
 
@@ -287,13 +294,6 @@ impl Block {
         })
     }
 
-    fn push(&mut self, record: &Record<'_>) -> io::Result<()> {
-        self.opened.get_or_insert_with(Instant::now);
-        let records = std::mem::take(&mut self.records);
-        self.records = postcard::to_extend(record, records).map_err(invalid)?;
-        Ok(())
-    }
-
     /// `ev`, with its owner's names as the host knows them now: `names` is asked for them
     /// only when the block has not written them in this `generation` ([`Encoder::event`]).
     pub fn event(
@@ -311,8 +311,20 @@ impl Block {
     }
 
     pub fn time_waits(&mut self, obs: &Observed) -> io::Result<()> {
-        let json = serde_json::to_string(obs)?;
-        self.push(&Record::TimeWaits(&json))
+        self.opened.get_or_insert_with(Instant::now);
+        self.records.push(RECORD_TIME_WAIT_LIST as u8);
+        time_wait_list::write(&mut self.records, obs)?;
+        Ok(())
+    }
+
+    /// A timewait list as versions 1 to 3 wrote it (record 1, JSON): what a test of an old
+    /// file needs.
+    #[cfg(test)]
+    pub fn time_waits_as_json(&mut self, obs: &Observed) {
+        self.opened.get_or_insert_with(Instant::now);
+        let json = serde_json::to_string(obs).unwrap();
+        let records = std::mem::take(&mut self.records);
+        self.records = postcard::to_extend(&Record::TimeWaits(&json), records).unwrap();
     }
 
     /// Events in the block.
@@ -412,6 +424,9 @@ impl FileWriter {
 const RECORD_EVENT: u32 = encode::RECORD_EVENT as u32;
 /// The tag of a same-socket record (version 4 on; no [`Record`] variant: read by hand only).
 const RECORD_SAME_SOCKET: u32 = encode::RECORD_SAME_SOCKET as u32;
+
+/// The record of a timewait list from version 4 on (1, JSON, before).
+const RECORD_TIME_WAIT_LIST: u32 = 3;
 
 /// How many of a block's last owners a reader remembers having learnt.
 const LEARNT: usize = 4;
@@ -773,6 +788,14 @@ impl BinaryReader {
             at: At::Offset(at),
             detail: format!("a record at byte {pos} of the block: {e}"),
         };
+        let mut wire = Wire::new(&self.block[self.pos..]);
+        if self.version >= 4 && wire.variant() == Ok(RECORD_TIME_WAIT_LIST) {
+            let start = self.pos + wire.pos();
+            let (obs, len) =
+                time_wait_list::read(&self.block[start..]).map_err(|e| corrupt(self.pos, e))?;
+            self.pos = start + len;
+            return Ok(Item::TimeWaits(Box::new(obs)));
+        }
         let (record, rest): (Record<'_>, &[u8]) =
             postcard::take_from_bytes(&self.block[self.pos..])
                 .map_err(|e| corrupt(self.pos, e.to_string()))?;

@@ -17,6 +17,7 @@ mod compact;
 pub(crate) mod encode;
 pub mod jsonl;
 pub mod rotate;
+mod time_wait_list;
 pub(crate) mod wire;
 
 use std::{
@@ -729,6 +730,53 @@ mod tests {
         let mut r = Replay::open(&path).unwrap();
         let mut seen = vec![];
         let mut ev = Event::default();
+        loop {
+            match r.next_item(&mut ev).unwrap() {
+                Item::Event => seen.push(format!("event {}", ev.ts_ns)),
+                Item::TimeWaits(t) => {
+                    assert_eq!(*t, obs);
+                    seen.push("time_waits".into());
+                }
+                Item::HostSnapshot(_) => seen.push("snapshot".into()),
+                Item::End(_) => break,
+            }
+        }
+        assert_eq!(seen, ["event 1", "time_waits", "event 2"]);
+
+        // A version-3 file cannot hold the binary list: its reader would not know it.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let mut r = Replay::open(&path).unwrap();
+        let msg = loop {
+            match r.next_item(&mut ev) {
+                Ok(Item::End(_)) => panic!("read a version-4 timewait list in a version-3 file"),
+                Ok(_) => {}
+                Err(e) => break e.to_string(),
+            }
+        };
+        assert!(msg.contains("a record at byte"), "{msg}");
+
+        // The JSON list versions 1 to 3 wrote still reads.
+        let mut rec = Recorder::create(
+            &Target::File(path.clone()),
+            &FileHeader::here(&header()),
+            Collect(vec![]),
+        )
+        .unwrap();
+        rec.event(&Event::test_state(1)).unwrap();
+        rec.block.time_waits_as_json(&obs);
+        // Another socket: a second event of the first would be a same-socket record, which a
+        // version-3 file cannot hold either.
+        let mut other = Event::test_state(2);
+        other.sock += 0x100;
+        rec.event(&other).unwrap();
+        rec.finish(&mut summary()).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let mut r = Replay::open(&path).unwrap();
+        let mut seen = vec![];
         loop {
             match r.next_item(&mut ev).unwrap() {
                 Item::Event => seen.push(format!("event {}", ev.ts_ns)),
